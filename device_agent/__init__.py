@@ -1,0 +1,1 @@
+"""The on-device Fleet OTA agent: stdlib, paho-mqtt and cryptography only; never Django."""

@@ -1,0 +1,42 @@
+"""Stable error codes (DESIGN.md §3).
+
+API errors, agent events and the ESP32 stub all use these strings; they are part of
+the contract, so a code is never renamed, only added.
+"""
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    SIGNATURE_INVALID = "signature_invalid"
+    THRESHOLD_NOT_MET = "threshold_not_met"
+    HASH_MISMATCH = "hash_mismatch"
+    LENGTH_EXCEEDED = "length_exceeded"
+    METADATA_EXPIRED = "metadata_expired"
+    METADATA_TOO_LARGE = "metadata_too_large"
+    ROLLBACK_DETECTED = "rollback_detected"
+    DOWNGRADE_REFUSED = "downgrade_refused"
+    VERSION_MISMATCH = "version_mismatch"
+    HW_MISMATCH = "hw_mismatch"
+    WRONG_DEVICE = "wrong_device"
+    REPLAYED_COMMAND = "replayed_command"
+    COMMAND_EXPIRED = "command_expired"
+    DIRECTOR_IMAGE_MISMATCH = "director_image_mismatch"
+    INVALID_TARGET_PATH = "invalid_target_path"
+    DOWNLOAD_FAILED = "download_failed"
+    DOWNLOAD_TIMEOUT = "download_timeout"
+    DISK_FULL = "disk_full"
+    HEALTH_CHECK_FAILED = "health_check_failed"
+    COMMIT_TIMEOUT = "commit_timeout"
+    VERSION_EXISTS = "version_exists"
+    INVALID_VERSION = "invalid_version"
+    UNKNOWN_MODEL = "unknown_model"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    MALFORMED = "malformed"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    # Added by the control plane (docs/api.md): a concurrent writer changed the
+    # metadata this request was built on; refetch and retry.
+    CONFLICT = "conflict"
+    # Added by the control plane: the requested object does not exist.
+    NOT_FOUND = "not_found"

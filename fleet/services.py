@@ -1,0 +1,31 @@
+"""Writes to the fleet registry."""
+
+from django.contrib.auth.models import Permission, User
+from django.db import transaction
+
+from fleet.auth import token_generate
+from fleet.models import ApiToken
+
+CI_PERMISSIONS = ("ota.add_artifact", "ota.view_artifact", "ota.view_model")
+
+
+@transaction.atomic
+def ci_user_get_or_create(*, username: str) -> User:
+    """The service account CI publishes as: no password, only publish/read permissions."""
+    user, created = User.objects.get_or_create(username=username)
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    for perm in CI_PERMISSIONS:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    return user
+
+
+def api_token_create(*, user: User, name: str) -> tuple[ApiToken, str]:
+    """Create a token; the clear token is returned once and never stored."""
+    full, lookup, secret_hash = token_generate()
+    token = ApiToken.objects.create(user=user, name=name, lookup=lookup, secret_hash=secret_hash)
+    return token, full

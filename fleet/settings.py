@@ -1,0 +1,295 @@
+"""Fleet OTA settings: one file, driven by environment variables.
+
+With nothing set, everything runs embedded on one machine: SQLite and local files
+under ``FLEET_DATA_DIR`` (default ``./var``), Celery tasks run eagerly. Production
+differs only in its environment (``FLEET_MODE=production``), and start-up stops with
+a message naming the variable when something required there is missing or wrong.
+See docs/operator-guide.md for every variable.
+"""
+
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+import django_stubs_ext
+from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
+from rest_framework import serializers
+
+# Lets the admin and serializer classes be written with their type parameters.
+django_stubs_ext.monkeypatch(
+    extra_classes=[serializers.Serializer, serializers.ModelSerializer, serializers.ListSerializer]
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = _env(name)
+    if not raw:
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean: use true or false.")
+
+
+def _env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = _env(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer.") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}.")
+    return value
+
+
+FLEET_MODE = _env("FLEET_MODE", "embedded")
+if FLEET_MODE not in {"embedded", "production"}:
+    raise ImproperlyConfigured(
+        f"FLEET_MODE={FLEET_MODE!r}: use 'embedded' (the default) or 'production'."
+    )
+PRODUCTION = FLEET_MODE == "production"
+
+
+def _require(name: str, why: str) -> str:
+    value = _env(name)
+    if PRODUCTION and not value:
+        raise ImproperlyConfigured(f"FLEET_MODE=production needs {name}: {why}")
+    return value
+
+
+FLEET_DATA_DIR = Path(_env("FLEET_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+FLEET_KEYS_DIR = Path(_env("FLEET_KEYS_DIR", str(FLEET_DATA_DIR / "keys"))).resolve()
+
+
+def _embedded_secret_key() -> str:
+    # Generated once per data directory so sessions survive restarts; never in the repo.
+    path = FLEET_DATA_DIR / "secret_key"
+    if not path.exists():
+        FLEET_DATA_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = (
+    _require(
+        "DJANGO_SECRET_KEY",
+        "a long random string, e.g. `python -c 'import secrets; "
+        "print(secrets.token_urlsafe(50))'`.",
+    )
+    or _embedded_secret_key()
+)
+if PRODUCTION and len(SECRET_KEY) < 40:
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY must be at least 40 characters long.")
+
+DEBUG = _env_bool("DJANGO_DEBUG", not PRODUCTION)
+_hosts = _require("DJANGO_ALLOWED_HOSTS", "the comma-separated host names the API is served on.")
+ALLOWED_HOSTS = (
+    [h.strip() for h in _hosts.split(",") if h.strip()]
+    if _hosts
+    else ["localhost", "127.0.0.1", "[::1]", "testserver"]
+)
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in _env("DJANGO_CSRF_TRUSTED_ORIGINS").split(",") if o.strip()
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "fleet",
+    "ota",
+    "telemetry",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "fleet.urls"
+WSGI_APPLICATION = "fleet.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database -------------------------------------------------------------------------
+_database_url = _require(
+    "DATABASE_URL", "postgres://USER:PASSWORD@HOST:5432/NAME of the PostgreSQL database."
+)
+if _database_url:
+    try:
+        _db: dict[str, Any] = dict(
+            dj_database_url.parse(_database_url, conn_max_age=_env_int("FLEET_DB_CONN_MAX_AGE", 60))
+        )
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from None
+    if PRODUCTION and _db["ENGINE"] != "django.db.backends.postgresql":
+        raise ImproperlyConfigured("FLEET_MODE=production needs a postgres:// DATABASE_URL.")
+else:
+    FLEET_DATA_DIR.mkdir(parents=True, exist_ok=True)
+    _db = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": FLEET_DATA_DIR / "fleet.sqlite3",
+        "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
+    }
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- artifact storage -------------------------------------------------------------------
+FLEET_STORAGE = _env("FLEET_STORAGE", "local")
+if FLEET_STORAGE == "local":
+    FLEET_ARTIFACT_DIR = Path(_env("FLEET_ARTIFACT_DIR", str(FLEET_DATA_DIR / "artifacts")))
+    _artifact_storage: dict[str, Any] = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(FLEET_ARTIFACT_DIR), "file_permissions_mode": 0o640},
+    }
+elif FLEET_STORAGE == "s3":
+    _bucket = _env("AWS_STORAGE_BUCKET_NAME")
+    if not _bucket:
+        raise ImproperlyConfigured(
+            "FLEET_STORAGE=s3 needs AWS_STORAGE_BUCKET_NAME (and AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY, AWS_S3_REGION_NAME; AWS_S3_ENDPOINT_URL for an "
+            "S3-compatible server)."
+        )
+    _artifact_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": _bucket,
+            "endpoint_url": _env("AWS_S3_ENDPOINT_URL") or None,
+            "region_name": _env("AWS_S3_REGION_NAME") or None,
+            "file_overwrite": False,
+            "default_acl": None,
+            "querystring_auth": True,
+            "querystring_expire": _env_int("FLEET_S3_URL_EXPIRY_SECONDS", 3600, minimum=60),
+            "location": _env("FLEET_S3_PREFIX"),
+        },
+    }
+else:
+    raise ImproperlyConfigured(f"FLEET_STORAGE={FLEET_STORAGE!r}: use 'local' or 's3'.")
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "artifacts": _artifact_storage,
+}
+STATIC_URL = "static/"
+STATIC_ROOT = FLEET_DATA_DIR / "static"
+
+# Artifact uploads stream to a temporary file; nothing above this size is kept.
+FLEET_MAX_ARTIFACT_BYTES = _env_int("FLEET_MAX_ARTIFACT_BYTES", 4 * 1024**3, minimum=1)
+FLEET_MAX_METADATA_BYTES = _env_int("FLEET_MAX_METADATA_BYTES", 8 * 1024**2, minimum=1024)
+FILE_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = FLEET_MAX_METADATA_BYTES
+FILE_UPLOAD_TEMP_DIR = _env("FLEET_UPLOAD_TEMP_DIR") or None
+FILE_UPLOAD_HANDLERS = ["ota.uploads.HashingUploadHandler"]
+
+# --- TUF image repository ----------------------------------------------------------------
+# Root and targets keys belong offline in production: there the server holds only the
+# online snapshot and timestamp keys, and root/targets changes take key files on the
+# command line (docs/security.md).
+FLEET_TUF_TIMESTAMP_EXPIRY = timedelta(hours=_env_int("FLEET_TUF_TIMESTAMP_HOURS", 24, minimum=1))
+FLEET_TUF_SNAPSHOT_EXPIRY = timedelta(days=_env_int("FLEET_TUF_SNAPSHOT_DAYS", 7, minimum=1))
+FLEET_TUF_TARGETS_EXPIRY = timedelta(days=_env_int("FLEET_TUF_TARGETS_DAYS", 365, minimum=1))
+FLEET_TUF_ROOT_EXPIRY = timedelta(days=_env_int("FLEET_TUF_ROOT_DAYS", 365, minimum=1))
+FLEET_PUBLIC_URL = _env("FLEET_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+
+# --- REST API -----------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "fleet.auth.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.CursorPagination",
+    "PAGE_SIZE": 100,
+    "EXCEPTION_HANDLER": "fleet.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Fleet OTA API",
+    "DESCRIPTION": "Signed ML-model artifacts, TUF metadata and rollouts for edge fleets.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Celery ---------------------------------------------------------------------------------
+CELERY_BROKER_URL = _env("CELERY_BROKER_URL")
+CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE = {
+    "tuf-refresh-timestamp": {
+        "task": "ota.tasks.tuf_refresh_task",
+        "schedule": crontab(minute="*/15"),
+    },
+}
+if PRODUCTION and not CELERY_BROKER_URL:
+    raise ImproperlyConfigured(
+        "FLEET_MODE=production needs CELERY_BROKER_URL (amqp://... or redis://...)."
+    )
+
+# --- security -------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+if PRODUCTION:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": _env("FLEET_LOG_LEVEL", "INFO")},
+}

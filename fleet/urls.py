@@ -1,0 +1,17 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from fleet.health import healthz
+from ota import tuf_views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("healthz", healthz, name="healthz"),
+    path("api/v1/", include("ota.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    re_path(r"^tuf/targets/(?P<path>models/.+)$", tuf_views.target, name="tuf-target"),
+    re_path(r"^tuf/(?P<filename>[^/]+)$", tuf_views.metadata, name="tuf-metadata"),
+]

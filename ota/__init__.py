@@ -1,0 +1,1 @@
+"""Signed model artifacts, the TUF image repository, release keys and rollouts."""

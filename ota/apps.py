@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class OtaConfig(AppConfig):
+    name = "ota"
+    verbose_name = "Models and rollouts"

@@ -1,0 +1,29 @@
+"""Reads of the model registry."""
+
+from django.db.models import QuerySet
+
+from ota.models import Artifact, Model, TufMetadata
+
+
+def model_list() -> QuerySet[Model]:
+    return Model.objects.prefetch_related("release_keys").order_by("name")
+
+
+def artifact_list(*, model: Model, version: str | None = None) -> QuerySet[Artifact]:
+    qs = Artifact.objects.filter(model=model).select_related("published_by", "model")
+    if version is not None:
+        qs = qs.filter(version=version)
+    return qs.order_by("-release_counter", "hardware")
+
+
+def tuf_metadata_bytes(role: str, version: int | None) -> bytes | None:
+    qs = TufMetadata.objects.filter(role=role)
+    row = qs.filter(version=version).first() if version else qs.order_by("-version").first()
+    return bytes(row.data) if row else None
+
+
+def artifact_for_target(target_path: str, sha256: str | None) -> Artifact | None:
+    qs = Artifact.objects.filter(target_path=target_path)
+    if sha256 is not None:
+        qs = qs.filter(sha256=sha256)
+    return qs.first()

@@ -1,0 +1,1 @@
+"""Ingestion of device telemetry, its storage and the Prometheus metrics."""

@@ -1,0 +1,98 @@
+"""Shared fixtures: an initialised TUF repository in a temporary keys/artifact directory,
+a registered model with a release key, and a CI token."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from securesystemslib.signer import Signer
+
+from ota.signing import keypair_generate, signer_load
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+# Live-server threads must not keep connections open past a test (teardown drops the DB).
+os.environ.setdefault("FLEET_DB_CONN_MAX_AGE", "0")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if IN_CI and not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        raise pytest.UsageError("CI=true: the suite must run on PostgreSQL (set DATABASE_URL)")
+
+
+def require_service(available: bool, what: str, install: str) -> None:
+    """Skip on a developer machine without the service; under CI a missing one fails."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required under CI: {install}")
+    pytest.skip(f"{what} is not available: {install}")
+
+
+@pytest.fixture
+def storage_dirs(settings, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    settings.FLEET_KEYS_DIR = tmp_path / "keys"
+    artifacts = tmp_path / "artifacts"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "artifacts": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(artifacts)},
+        },
+    }
+    settings.FLEET_STORAGE = "local"
+    return tmp_path
+
+
+@pytest.fixture
+def repo(storage_dirs: Path, db: None) -> Path:
+    from ota.repository import repository_initialize
+
+    repository_initialize(generate_missing_keys=True)
+    return storage_dirs
+
+
+@dataclass
+class ReleaseKeyFiles:
+    private: Path
+    public: Path
+    signer: Signer
+
+
+def make_release_key(directory: Path) -> ReleaseKeyFiles:
+    directory.mkdir(parents=True, exist_ok=True)
+    keypair_generate(directory / "release.key", directory / "release.pub")
+    return ReleaseKeyFiles(
+        directory / "release.key", directory / "release.pub", signer_load(directory / "release.key")
+    )
+
+
+@pytest.fixture
+def release_key(tmp_path: Path) -> ReleaseKeyFiles:
+    return make_release_key(tmp_path / "ci-key")
+
+
+@pytest.fixture
+def kws(repo: Path, release_key: ReleaseKeyFiles):  # type: ignore[no-untyped-def]
+    from ota.repository import model_register, signer_for
+
+    return model_register(
+        name="kws",
+        keys=[release_key.signer.public_key],
+        threshold=1,
+        targets_signer=signer_for("targets"),
+    )
+
+
+@pytest.fixture
+def ci_token(db: None) -> str:
+    from fleet.services import api_token_create, ci_user_get_or_create
+
+    user = ci_user_get_or_create(username="ci")
+    return api_token_create(user=user, name="ci")[1]
+
+
+@pytest.fixture
+def db_vendor(db: None) -> str:
+    return connection.vendor
