@@ -168,6 +168,9 @@ else:
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": FLEET_DATA_DIR / "fleet.sqlite3",
         "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
+        # A file, not shared-cache memory: concurrent writers then wait on the lock
+        # (as in the quick start) instead of failing with "table is locked".
+        "TEST": {"NAME": str(FLEET_DATA_DIR / "test.sqlite3")},
     }
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
