@@ -250,6 +250,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Signed ML-model artifacts, TUF metadata and rollouts for edge fleets.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

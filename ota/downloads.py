@@ -42,8 +42,8 @@ def parse_range(header: str, length: int) -> tuple[int, int] | None:
         return None
     if not first_s:  # suffix range: the last N bytes
         n = int(last_s)
-        if n == 0:
-            raise ValueError("empty suffix range")
+        if n == 0 or length == 0:
+            raise ValueError("range not satisfiable")
         return max(0, length - n), length - 1
     first = int(first_s)
     last = min(int(last_s), length - 1) if last_s else length - 1

@@ -2,14 +2,11 @@
 a registered model with a release key, and a CI token."""
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from django.db import connection
-from securesystemslib.signer import Signer
-
-from ota.signing import keypair_generate, signer_load
+from release_keys import ReleaseKeyFiles, make_release_key
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # Live-server threads must not keep connections open past a test (teardown drops the DB).
@@ -51,21 +48,6 @@ def repo(storage_dirs: Path, db: None) -> Path:
 
     repository_initialize(generate_missing_keys=True)
     return storage_dirs
-
-
-@dataclass
-class ReleaseKeyFiles:
-    private: Path
-    public: Path
-    signer: Signer
-
-
-def make_release_key(directory: Path) -> ReleaseKeyFiles:
-    directory.mkdir(parents=True, exist_ok=True)
-    keypair_generate(directory / "release.key", directory / "release.pub")
-    return ReleaseKeyFiles(
-        directory / "release.key", directory / "release.pub", signer_load(directory / "release.key")
-    )
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import make_release_key
 from django.core.management import call_command
+from release_keys import make_release_key
 from tuf.ngclient import Updater
 
 from ota import cli

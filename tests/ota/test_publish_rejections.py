@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_release_key
 from django.test import Client
 from publishing_helpers import current_metadata, error_code, post_publish, signed_metadata
+from release_keys import make_release_key
 
 from ota.models import Artifact, TufMetadata
 from ota.repository import release_key_revoke, signer_for
