@@ -24,6 +24,7 @@ from device_agent.protocol.errors import ErrorCode
 from fleet.errors import ServiceError
 from ota import repository
 from ota.models import Artifact, Model
+from ota.selectors import model_get
 
 log = logging.getLogger(__name__)
 
@@ -218,18 +219,11 @@ def _check(model: Model, md: Metadata[Targets], upload: Upload | None) -> NewTar
     return target
 
 
-def _model_get(name: str) -> Model:
-    model = Model.objects.filter(name=name).first()
-    if model is None:
-        raise _fail(ErrorCode.UNKNOWN_MODEL, f"model {name!r} is not registered")
-    return model
-
-
 def artifact_publish(
     *, model_name: str, metadata: bytes, upload: Upload, by: User
 ) -> Artifact:
     """Publish one artifact with the model's next CI-signed targets metadata."""
-    model = _model_get(model_name)
+    model = model_get(model_name)
     md = metadata_parse(metadata, model=model)
     target = _check(model, md, upload)
     assert target is not None  # noqa: S101 - _check returns a target whenever upload is given
@@ -267,7 +261,7 @@ def artifact_publish(
 @transaction.atomic
 def model_metadata_update(*, model_name: str, metadata: bytes) -> int:
     """Accept re-signed model metadata that adds no target (e.g. after a key rotation)."""
-    model = _model_get(model_name)
+    model = model_get(model_name)
     md = metadata_parse(metadata, model=model)
     repository.repository_lock()
     _check(model, md, None)

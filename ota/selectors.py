@@ -2,7 +2,17 @@
 
 from django.db.models import QuerySet
 
+from device_agent.protocol.errors import ErrorCode
+from fleet.errors import ServiceError
 from ota.models import Artifact, Model, TufMetadata
+
+
+def model_get(name: str) -> Model:
+    """The registered model, or an ``unknown_model`` refusal."""
+    model = Model.objects.filter(name=name).first()
+    if model is None:
+        raise ServiceError(ErrorCode.UNKNOWN_MODEL, f"model {name!r} is not registered")
+    return model
 
 
 def model_list() -> QuerySet[Model]:

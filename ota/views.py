@@ -40,13 +40,6 @@ def has_perm(perm: str) -> type[permissions.BasePermission]:
     return HasPerm
 
 
-def _model(name: str) -> Model:
-    model = Model.objects.filter(name=name).first()
-    if model is None:
-        raise ServiceError(ErrorCode.UNKNOWN_MODEL, f"model {name!r} is not registered")
-    return model
-
-
 class ModelListView(APIView):
     permission_classes = [has_perm("ota.view_model")]
 
@@ -60,7 +53,7 @@ class ModelDetailView(APIView):
 
     @extend_schema(responses=ModelSerializer)
     def get(self, request: Request, name: str) -> Response:
-        return Response(ModelSerializer(_model(name)).data)
+        return Response(ModelSerializer(selectors.model_get(name)).data)
 
 
 class ModelMetadataView(APIView):
@@ -71,7 +64,7 @@ class ModelMetadataView(APIView):
 
     @extend_schema(responses={200: OpenApiResponse(description="TUF targets metadata")})
     def get(self, request: Request, name: str) -> Response:
-        model = _model(name)
+        model = selectors.model_get(name)
         raw = selectors.tuf_metadata_bytes(model.name, None)
         return Response(
             {"role": model.name, "metadata": json.loads(raw) if raw is not None else None}
@@ -150,7 +143,7 @@ class VersionListView(APIView):
 
     @extend_schema(responses=VersionSerializer(many=True))
     def get(self, request: Request, name: str) -> Response:
-        return Response(_versions(_model(name), None))
+        return Response(_versions(selectors.model_get(name), None))
 
 
 class VersionDetailView(APIView):
@@ -158,7 +151,7 @@ class VersionDetailView(APIView):
 
     @extend_schema(responses=VersionSerializer)
     def get(self, request: Request, name: str, version: str) -> Response:
-        versions = _versions(_model(name), version)
+        versions = _versions(selectors.model_get(name), version)
         if not versions:
             raise ServiceError(ErrorCode.NOT_FOUND, f"{name} {version} is not published")
         return Response(versions[0])
