@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 
 
@@ -17,3 +18,152 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.user})"
+
+
+DEVICE_ID_VALIDATOR = RegexValidator(
+    r"^[A-Za-z0-9_-]{1,64}$", "device ids are 1-64 of A-Z a-z 0-9 _ -"
+)
+
+
+class Tag(models.Model):
+    """A free-form label on devices (``site-berlin``, ``camera``), used in selections."""
+
+    name = models.CharField(max_length=64, unique=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Group(models.Model):
+    """A static group: an operator-chosen set of devices."""
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DynamicGroup(models.Model):
+    """A saved selection (hardware and tags), evaluated whenever it is used."""
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    hardware = models.JSONField(default=list, blank=True, help_text="any of these; empty: any")
+    tags = models.JSONField(default=list, blank=True, help_text="all of these tags")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DeviceQuerySet(models.QuerySet["Device"]):
+    def online(self) -> "DeviceQuerySet":
+        return self.filter(online=True)
+
+    def enabled(self) -> "DeviceQuerySet":
+        return self.filter(revoked_at__isnull=True)
+
+
+class Device(models.Model):
+    """An enrolled edge device, identified on MQTT by its client certificate's CN."""
+
+    device_id = models.CharField(max_length=64, unique=True, validators=[DEVICE_ID_VALIDATOR])
+    hardware = models.CharField(max_length=64, db_index=True)
+    tags = models.ManyToManyField(Tag, blank=True, related_name="devices")
+    groups = models.ManyToManyField(Group, blank=True, related_name="devices")
+    agent_version = models.CharField(max_length=32, blank=True)
+    reported = models.JSONField(
+        default=dict, blank=True, help_text="the last reported state (models, slots, statuses)"
+    )
+    reported_seq = models.PositiveBigIntegerField(default=0, help_text="last_seq it reported")
+    online = models.BooleanField(default=False, db_index=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    enrolled_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = DeviceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["device_id"]
+        indexes = [models.Index(fields=["hardware", "device_id"])]
+
+    def __str__(self) -> str:
+        return self.device_id
+
+
+class DeviceCertificate(models.Model):
+    """An X.509 client certificate the fleet CA issued; revoked ones go into the CRL."""
+
+    serial = models.CharField(max_length=40, unique=True, help_text="hex")
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="certificates")
+    not_after = models.DateTimeField()
+    issued_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.device_id}:{self.serial}"
+
+
+class EnrollmentToken(models.Model):
+    """A one-time, expiring secret a device presents with its CSR; only a hash is kept."""
+
+    lookup = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    expires_at = models.DateTimeField()
+    hardware = models.CharField(max_length=64, blank=True, help_text="empty: any")
+    group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.SET_NULL)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+    device = models.OneToOneField(
+        Device, null=True, blank=True, on_delete=models.SET_NULL, related_name="enrollment"
+    )
+
+    def __str__(self) -> str:
+        return f"enrollment {self.lookup}"
+
+
+class DeviceEvent(models.Model):
+    """An update progress event a device reported (DESIGN.md §3 ``events``)."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveBigIntegerField()
+    rollout_id = models.CharField(max_length=64, blank=True)
+    model = models.CharField(max_length=64, blank=True)
+    phase = models.CharField(max_length=16)
+    progress = models.PositiveSmallIntegerField(null=True, blank=True)
+    code = models.CharField(max_length=32, blank=True)
+    detail = models.CharField(max_length=500, blank=True)
+    ts = models.DateTimeField(help_text="when the device says it happened")
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        indexes = [models.Index(fields=["device", "-received_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.device_id} {self.phase}"
+
+
+class DesiredState(models.Model):
+    """The director's signed desired state for one device, and how far it was published.
+
+    The director writes ``seq``/``envelope`` in the same transaction as the change that
+    caused them; the bridge publishes rows whose ``published_seq`` is behind (an outbox,
+    so nothing is lost when the bridge or broker is down).
+    """
+
+    device = models.OneToOneField(Device, on_delete=models.CASCADE, related_name="desired")
+    seq = models.PositiveBigIntegerField(default=0)
+    payload = models.JSONField(default=dict)
+    envelope = models.BinaryField(default=b"")
+    issued_at = models.DateTimeField(null=True)
+    published_seq = models.PositiveBigIntegerField(default=0, db_index=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.device_id} seq {self.seq}"

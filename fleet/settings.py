@@ -233,6 +233,14 @@ FLEET_TUF_TARGETS_EXPIRY = timedelta(days=_env_int("FLEET_TUF_TARGETS_DAYS", 365
 FLEET_TUF_ROOT_EXPIRY = timedelta(days=_env_int("FLEET_TUF_ROOT_DAYS", 365, minimum=1))
 FLEET_PUBLIC_URL = _env("FLEET_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 
+# --- devices and MQTT ---------------------------------------------------------------------
+# The broker URL handed to devices at enrollment (mqtts://host:8883 in production).
+FLEET_MQTT_URL = _env("FLEET_MQTT_URL", "mqtt://127.0.0.1:1883")
+FLEET_DEVICE_CERT_DAYS = _env_int("FLEET_DEVICE_CERT_DAYS", 365, minimum=1)
+# Written on every revocation; point Mosquitto's `crlfile` at it and SIGHUP the broker.
+FLEET_CRL_PATH = Path(_env("FLEET_CRL_PATH", str(FLEET_DATA_DIR / "mqtt" / "crl.pem")))
+FLEET_ENROLLMENT_TOKEN_HOURS = _env_int("FLEET_ENROLLMENT_TOKEN_HOURS", 24, minimum=1)
+
 # --- REST API -----------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -78,3 +78,13 @@ def ci_token(db: None) -> str:
 @pytest.fixture
 def db_vendor(db: None) -> str:
     return connection.vendor
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A plain (anonymous, no TLS) Mosquitto of this test's own, with persistence."""
+    from mqtt_broker import MosquittoBroker
+
+    broker = MosquittoBroker(tmp_path / "mosquitto")
+    yield broker
+    broker.stop()

@@ -1,0 +1,37 @@
+"""The director's online signing key (ECDSA P-256), generated on first use when embedded."""
+
+from functools import cache
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from django.conf import settings
+
+from device_agent.protocol.envelope import (
+    generate_director_key,
+    public_key_to_pem,
+    read_private_key,
+    write_private_key,
+)
+
+DIRECTOR_KEY_FILE = "director.pem"
+
+
+def director_key_path() -> Path:
+    return Path(settings.FLEET_KEYS_DIR) / DIRECTOR_KEY_FILE
+
+
+@cache
+def _load(path: Path) -> ec.EllipticCurvePrivateKey:
+    if not path.exists():
+        if settings.PRODUCTION:
+            raise RuntimeError(f"the director key {path} is missing (FLEET_KEYS_DIR)")
+        write_private_key(path, generate_director_key())
+    return read_private_key(path)
+
+
+def director_private_key() -> ec.EllipticCurvePrivateKey:
+    return _load(director_key_path())
+
+
+def director_public_pem() -> bytes:
+    return public_key_to_pem(director_private_key().public_key())
