@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from django.db import connection
 from release_keys import ReleaseKeyFiles, make_release_key
+from service_check import IN_CI
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 # Live-server threads must not keep connections open past a test (teardown drops the DB).
 os.environ.setdefault("FLEET_DB_CONN_MAX_AGE", "0")
 
@@ -16,15 +16,6 @@ os.environ.setdefault("FLEET_DB_CONN_MAX_AGE", "0")
 def pytest_sessionstart(session: pytest.Session) -> None:
     if IN_CI and not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise pytest.UsageError("CI=true: the suite must run on PostgreSQL (set DATABASE_URL)")
-
-
-def require_service(available: bool, what: str, install: str) -> None:
-    """Skip on a developer machine without the service; under CI a missing one fails."""
-    if available:
-        return
-    if IN_CI:
-        pytest.fail(f"{what} is required under CI: {install}")
-    pytest.skip(f"{what} is not available: {install}")
 
 
 @pytest.fixture
