@@ -1,0 +1,23 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from fleet import views
+
+router = SimpleRouter(trailing_slash=True)
+router.register("groups", views.GroupViewSet, basename="group")
+router.register("dynamic-groups", views.DynamicGroupViewSet, basename="dynamic-group")
+
+urlpatterns = [
+    path("devices/", views.DeviceListView.as_view(), name="device-list"),
+    path("devices/<str:device_id>/", views.DeviceDetailView.as_view(), name="device-detail"),
+    path("devices/<str:device_id>/revoke", views.DeviceRevokeView.as_view(), name="device-revoke"),
+    path("groups/<str:name>/members", views.GroupMembersView.as_view(), name="group-members"),
+    path(
+        "dynamic-groups/<str:name>/devices",
+        views.DynamicGroupDevicesView.as_view(),
+        name="dynamic-group-devices",
+    ),
+    path("enrollment-tokens", views.EnrollmentTokenView.as_view(), name="enrollment-token"),
+    path("enroll", views.EnrollView.as_view(), name="enroll"),
+    *router.urls,
+]

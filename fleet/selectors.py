@@ -1,0 +1,43 @@
+"""Reads of the fleet registry."""
+
+from collections.abc import Iterable
+
+from django.db.models import QuerySet
+
+from fleet.models import Device, DynamicGroup
+
+
+def device_list(
+    *,
+    hardware: str | None = None,
+    tags: Iterable[str] = (),
+    group: str | None = None,
+    online: bool | None = None,
+    revoked: bool | None = None,
+    prefix: str | None = None,
+) -> QuerySet[Device]:
+    """Devices matching every filter given; each filter is one indexed condition."""
+    qs = Device.objects.all()
+    if hardware:
+        qs = qs.filter(hardware=hardware)
+    for tag in tags:
+        qs = qs.filter(tags__name=tag)
+    if group:
+        qs = qs.filter(groups__name=group)
+    if online is not None:
+        qs = qs.filter(online=online)
+    if revoked is not None:
+        qs = qs.filter(revoked_at__isnull=not revoked)
+    if prefix:
+        qs = qs.filter(device_id__startswith=prefix)
+    return qs
+
+
+def dynamic_group_devices(group: DynamicGroup) -> QuerySet[Device]:
+    """The devices a dynamic group selects now: any of its hardware, all of its tags."""
+    qs = Device.objects.enabled()
+    if group.hardware:
+        qs = qs.filter(hardware__in=list(group.hardware))
+    for tag in group.tags:
+        qs = qs.filter(tags__name=tag)
+    return qs
