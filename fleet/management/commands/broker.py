@@ -1,0 +1,99 @@
+"""The embedded MQTT broker for one machine: Mosquitto when installed, else amqtt.
+
+Plain TCP on loopback only. Production uses Mosquitto with TLS, client certificates
+and ACLs (deploy/mosquitto/); this command says so every time it starts.
+"""
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+WARNING = (
+    "embedded broker: plain MQTT on 127.0.0.1:{port}, anonymous, no TLS. Production runs "
+    "Mosquitto with TLS, client certificates and ACLs: see deploy/mosquitto/."
+)
+
+
+def mosquitto_binary() -> str | None:
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
+
+
+class Command(BaseCommand):
+    help = "Run a local MQTT broker on loopback (Mosquitto if installed, else amqtt)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--port", type=int, default=1883)
+        parser.add_argument("--engine", choices=["auto", "mosquitto", "amqtt"], default="auto")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        port: int = options["port"]
+        engine = options["engine"]
+        if engine == "auto":
+            engine = "mosquitto" if mosquitto_binary() else "amqtt"
+        self.stderr.write(self.style.WARNING(WARNING.format(port=port)))
+        if engine == "mosquitto":
+            self._mosquitto(port)
+        else:
+            self._amqtt(port)
+
+    def _mosquitto(self, port: int) -> None:
+        binary = mosquitto_binary()
+        if binary is None:
+            raise SystemExit("mosquitto is not installed (apt-get install mosquitto)")
+        directory = Path(settings.FLEET_DATA_DIR) / "mqtt"
+        directory.mkdir(parents=True, exist_ok=True)
+        config = directory / "mosquitto.conf"
+        config.write_text(
+            "# written by manage.py broker: embedded default, NOT for production\n"
+            f"persistence true\npersistence_location {directory}/\n"
+            f"log_dest file {directory}/mosquitto.log\n"
+            "max_packet_size 131072\nmax_queued_messages 100000\n"
+            f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+        )
+        self.stdout.write(f"mosquitto listening on 127.0.0.1:{port}", ending="\n")
+        self.stdout.flush()
+        process = subprocess.Popen([binary, "-c", str(config)])  # noqa: S603 - our own binary and file
+        signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+        try:
+            process.wait()
+        except KeyboardInterrupt:
+            process.terminate()
+            process.wait()
+
+    def _amqtt(self, port: int) -> None:
+        from amqtt.broker import Broker
+
+        for noisy in ("amqtt", "transitions"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            },
+        }
+
+        async def run() -> None:
+            broker = Broker(config)
+            await broker.start()
+            self.stdout.write(f"amqtt listening on 127.0.0.1:{port} (no $share support)")
+            self.stdout.flush()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            await broker.shutdown()
+
+        asyncio.run(run())
