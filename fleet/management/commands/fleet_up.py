@@ -8,8 +8,9 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from fleet.devserver import Child, Supervisor, first_free_port, port_free
 from fleet.services import api_token_create, ci_user_get_or_create
 from ota.models import Model
 from ota.repository import model_register, signer_for
@@ -29,7 +30,10 @@ def _secret_file(path: Path, make: Any) -> str:
 
 
 class Command(BaseCommand):
-    help = "Migrate, create dev keys, an operator and a CI token, then run the web server."
+    help = (
+        "Migrate, create dev keys, an operator and a CI token, then run the broker and the "
+        "web server (and, as they land, bridge, worker and simulated devices)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--addr", default=os.environ.get("FLEET_ADDR", "127.0.0.1"))
@@ -64,22 +68,50 @@ class Command(BaseCommand):
             ],
         )
 
-        base = f"http://{options['addr']}:{options['port']}"
-        self.stdout.write(
+        port = int(options["port"])
+        if not options["no_serve"] and not port_free(port):
+            raise CommandError(f"port {port} is in use: set FLEET_PORT or pass --port")
+        mqtt_port = first_free_port(int(os.environ.get("FLEET_MQTT_PORT", "1883")))
+        base = f"http://{options['addr']}:{port}"
+        env = {
+            **os.environ,
+            "FLEET_PUBLIC_URL": base,
+            "FLEET_MQTT_URL": f"mqtt://127.0.0.1:{mqtt_port}",
+            "FLEET_MQTT_BRIDGE_URL": f"mqtt://127.0.0.1:{mqtt_port}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        banner = (
             self.style.SUCCESS("\nFleet OTA is up (embedded defaults: SQLite, local files).\n")
             + f"""
   Dashboard     {base}/admin/        user: operator   password: {password}
   API docs      {base}/api/docs/
   TUF metadata  {base}/tuf/timestamp.json
   Health        {base}/healthz
-  Data dir      {data}
+  MQTT broker   mqtt://127.0.0.1:{mqtt_port}  (plain, loopback only; production: deploy/mosquitto/)
+  Logs          {data / "logs"}/
 
 Publish a model as CI would:
   export FLEET_URL={base} FLEET_TOKEN={token} FLEET_RELEASE_KEY={ci_dir / "release.key"}
   .venv/bin/fleetctl publish model.onnx --name kws --version 1.0.0 \\
       --hardware linux-x86_64-fp32 --format onnx
+
+Stop with Ctrl-C.
 """
         )
         if options["no_serve"]:
+            self.stdout.write(banner)
             return
-        call_command("runserver", f"{options['addr']}:{options['port']}", use_reloader=False)
+        supervisor = Supervisor(data / "logs", env)
+        supervisor.manage("broker", "broker", "--port", str(mqtt_port), ready_port=mqtt_port)
+        supervisor.manage(
+            "web", "runserver", f"{options['addr']}:{port}", "--noreload", ready_port=port
+        )
+        self.stdout.write(banner)
+        self.stdout.flush()
+
+        def died(child: Child, code: int) -> None:
+            self.stderr.write(
+                self.style.ERROR(f"{child.name} exited with {code}: see {data / 'logs'}/")
+            )
+
+        supervisor.wait(died)
