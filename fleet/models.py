@@ -162,6 +162,7 @@ class DesiredState(models.Model):
     payload = models.JSONField(default=dict)
     envelope = models.BinaryField(default=b"")
     issued_at = models.DateTimeField(null=True)
+    expires_at = models.DateTimeField(null=True, db_index=True)
     published_seq = models.PositiveBigIntegerField(default=0, db_index=True)
     published_at = models.DateTimeField(null=True, blank=True)
 

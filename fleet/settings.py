@@ -239,6 +239,7 @@ FLEET_MQTT_URL = _env("FLEET_MQTT_URL", "mqtt://127.0.0.1:1883")
 FLEET_DEVICE_CERT_DAYS = _env_int("FLEET_DEVICE_CERT_DAYS", 365, minimum=1)
 # Written on every revocation; point Mosquitto's `crlfile` at it and SIGHUP the broker.
 FLEET_CRL_PATH = Path(_env("FLEET_CRL_PATH", str(FLEET_DATA_DIR / "mqtt" / "crl.pem")))
+FLEET_DESIRED_TTL = timedelta(days=_env_int("FLEET_DESIRED_TTL_DAYS", 7, minimum=1))
 FLEET_ENROLLMENT_TOKEN_HOURS = _env_int("FLEET_ENROLLMENT_TOKEN_HOURS", 24, minimum=1)
 
 # --- REST API -----------------------------------------------------------------------------
@@ -275,6 +276,14 @@ CELERY_BEAT_SCHEDULE = {
     "tuf-refresh-timestamp": {
         "task": "ota.tasks.tuf_refresh_task",
         "schedule": crontab(minute="*/15"),
+    },
+    "director-reissue-expiring": {
+        "task": "fleet.tasks.desired_reissue_expiring_task",
+        "schedule": crontab(minute=7),  # hourly, clear of the TUF refresh
+    },
+    "crl-refresh": {
+        "task": "fleet.tasks.crl_refresh_task",
+        "schedule": crontab(minute=23, hour=3),  # daily: the CRL's nextUpdate is 30 days out
     },
 }
 if PRODUCTION and not CELERY_BROKER_URL:

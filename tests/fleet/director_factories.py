@@ -1,0 +1,54 @@
+"""Factories for the director tests (no tests here; imported by tests/fleet/test_director_*)."""
+
+import hashlib
+from pathlib import Path
+
+import factory
+from django.contrib.auth.models import User
+
+from ota.models import Artifact, Model
+
+HW = "linux-x86_64-fp32"
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = User
+        django_get_or_create = ("username",)
+
+    username = "ci"
+
+
+class ModelFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Model
+        django_get_or_create = ("name",)
+
+    name = "kws"
+
+
+class ArtifactFactory(factory.django.DjangoModelFactory):
+    """An artifact row as the publishing service would leave it (no TUF metadata)."""
+
+    class Meta:
+        model = Artifact
+
+    model = factory.SubFactory(ModelFactory)
+    version = "1.0.0"
+    hardware = HW
+    format = "onnx"
+    release_counter = 1
+    target_path = factory.LazyAttribute(
+        lambda a: f"models/{a.model.name}/{a.version}/{a.hardware}/model.onnx"
+    )
+    sha256 = factory.LazyAttribute(lambda a: hashlib.sha256(a.target_path.encode()).hexdigest())
+    length = 1000
+    storage_key = factory.LazyAttribute(lambda a: a.target_path)
+    published_by = factory.SubFactory(UserFactory)
+    metadata_version = 1
+
+
+def own_director_key(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Point FLEET_KEYS_DIR at a fresh directory: a key of the test's own, never var/keys."""
+    settings.FLEET_KEYS_DIR = tmp_path / "keys"
+    settings.FLEET_KEYS_DIR.mkdir()
