@@ -1,0 +1,150 @@
+"""The agent's config file (`config.json`, mode 0600) and its on-disk layout (DESIGN.md §4).
+
+trust/root.json  trust/director.pem   pinned at enrollment
+ca.pem  cert.pem  key.pem             MQTT identity (key 0600)
+tuf/                                  ngclient metadata cache
+models/<name>/slots/{a,b}/<file>      two slots per model
+models/<name>/current -> slots/a      what applications read
+journal.json  state.json              the update in progress, the persistent state
+downloads/<sha256>.part               resumable partial downloads
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from device_agent.fsutil import write_json_atomic
+from device_agent.protocol.topics import is_valid_device_id
+
+DEFAULT_DIR = Path(os.environ.get("FLEET_AGENT_DIR", "/var/lib/fleet-agent"))
+CONFIG_FILE = "config.json"
+CONFIG_VERSION = 1
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or wrong; the message says what to fix."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    """Settings written by `fleet-agent enroll`; the rest have working defaults."""
+
+    device_id: str
+    hardware: str
+    server_url: str
+    tuf_url: str
+    broker_url: str
+    # Trial: overall deadline, and an optional operator command run with the
+    # model path in FLEET_MODEL_PATH (non-zero exit = health_check_failed).
+    trial_deadline_s: float = 120.0
+    trial_hook: list[str] | None = None
+    # Downloads: no byte for this long = download_timeout; attempts with backoff.
+    download_stall_s: float = 30.0
+    download_attempts: int = 6
+    download_backoff_s: float = 1.0
+    download_backoff_max_s: float = 60.0
+    # Kept free on the disk beyond the artifact itself.
+    disk_reserve_bytes: int = 16 * 1024 * 1024
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not is_valid_device_id(self.device_id):
+            raise ConfigError(f"device_id {self.device_id!r} must match [A-Za-z0-9_-]{{1,64}}")
+        if not self.tuf_url.endswith("/"):
+            object.__setattr__(self, "tuf_url", self.tuf_url + "/")
+        if self.trial_hook is not None and (
+            not isinstance(self.trial_hook, list)
+            or not all(isinstance(a, str) for a in self.trial_hook)
+        ):
+            raise ConfigError("trial_hook must be a list of strings (argv) or null")
+
+    @classmethod
+    def load(cls, directory: Path) -> "AgentConfig":
+        path = directory / CONFIG_FILE
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise ConfigError(f"{path} is missing: run `fleet-agent enroll` first") from None
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not JSON: {exc}") from None
+        if not isinstance(data, dict) or data.pop("v", None) != CONFIG_VERSION:
+            raise ConfigError(f"{path} is not a version {CONFIG_VERSION} agent config")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown settings {unknown}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def save(self, directory: Path) -> None:
+        write_json_atomic(directory / CONFIG_FILE, {"v": CONFIG_VERSION, **asdict(self)})
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths under the agent's directory."""
+
+    root: Path
+
+    @property
+    def trust_root(self) -> Path:
+        return self.root / "trust" / "root.json"
+
+    @property
+    def director_key(self) -> Path:
+        return self.root / "trust" / "director.pem"
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "ca.pem"
+
+    @property
+    def cert(self) -> Path:
+        return self.root / "cert.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.root / "key.pem"
+
+    @property
+    def tuf(self) -> Path:
+        return self.root / "tuf"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def downloads(self) -> Path:
+        return self.root / "downloads"
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "journal.json"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "agent.lock"
+
+    def part(self, sha256: str) -> Path:
+        return self.downloads / f"{sha256}.part"
+
+    def make_dirs(self) -> None:
+        # Applications (maybe other users) read models/<name>/current/; the secrets are
+        # 0600 files and the rest stays private to the agent.
+        for directory, mode in (
+            (self.root, 0o755),
+            (self.models, 0o755),
+            (self.root / "trust", 0o700),
+            (self.tuf, 0o700),
+            (self.downloads, 0o700),
+        ):
+            directory.mkdir(mode=mode, parents=True, exist_ok=True)

@@ -1,0 +1,295 @@
+"""Resumable, verified, memory-flat artifact downloads (DESIGN.md §4).
+
+Bytes stream into `downloads/<sha256>.part` through a fixed-size buffer while a
+SHA-256 is computed incrementally. An existing part (from an interrupted attempt or
+an earlier run of the agent) is re-hashed and resumed with an HTTP Range request; a
+server that answers 200 instead of 206 restarts the part. The signed length is a
+hard limit: a server sending more is refused (`length_exceeded`) before the excess
+is written. Failures are retried with exponential backoff and jitter; a connection
+that delivers no byte for `stall_s` seconds counts as a failed attempt, and running
+out of attempts that way is `download_timeout`.
+"""
+
+import errno
+import hashlib
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import urllib3
+
+from device_agent.protocol.errors import ErrorCode
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+PROGRESS_INTERVAL_S = 1.0
+# 4xx answers worth retrying: the server may recover.
+RETRYABLE_4XX = frozenset({408, 425, 429})
+
+
+class DownloadError(Exception):
+    """A download that will not complete; `code` is the event's error code."""
+
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class Interrupted(Exception):
+    """The agent is stopping; the part stays for the next run to resume."""
+
+
+class _Retry(Exception):
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(kw_only=True)
+class DownloadOptions:
+    stall_s: float = 30.0
+    attempts: int = 6
+    backoff_s: float = 1.0
+    backoff_max_s: float = 60.0
+    reserve_bytes: int = 0
+    chunk: int = CHUNK
+    user_agent: str = "fleet-agent"
+    ca_certs: str | None = None
+    sleep: Callable[[float], None] = time.sleep
+    stop: Callable[[], bool] = field(default=lambda: False)
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def backoff_delay(failures: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: in [d/2, d] for d = min(cap, base * 2**(n-1))."""
+    delay = min(cap, base * (2 ** max(0, failures - 1)))
+    return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not crypto
+
+
+def _hash_file(path: Path, chunk: int) -> tuple["hashlib._Hash", int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while data := f.read(chunk):
+            digest.update(data)
+            size += len(data)
+    return digest, size
+
+
+def _check_disk(directory: Path, needed: int, reserve: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if free < needed + reserve:
+        raise DownloadError(
+            ErrorCode.DISK_FULL,
+            f"{needed} bytes needed (+{reserve} reserve), {free} free in {directory}",
+        )
+
+
+class _Progress:
+    def __init__(self, callback: ProgressCallback | None, total: int) -> None:
+        self.callback = callback
+        self.total = total
+        self.last = 0.0
+
+    def __call__(self, done: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.callback and (force or now - self.last >= PROGRESS_INTERVAL_S):
+            self.last = now
+            self.callback(done, self.total)
+
+
+@dataclass
+class _PartState:
+    """What is on disk so far; mutated as bytes arrive, so a failed attempt keeps them."""
+
+    digest: "hashlib._Hash"
+    have: int
+
+    def restart(self) -> None:
+        self.digest, self.have = hashlib.sha256(), 0
+
+
+def download(
+    url: str,
+    part: Path,
+    *,
+    sha256: str,
+    length: int,
+    options: DownloadOptions | None = None,
+    progress: ProgressCallback | None = None,
+    pool: urllib3.PoolManager | None = None,
+) -> Path:
+    """Download `url` into `part` until it holds exactly `length` bytes hashing to `sha256`.
+
+    Returns `part`. Raises DownloadError (download_failed, download_timeout,
+    length_exceeded, hash_mismatch, disk_full) or Interrupted when `options.stop()`.
+    A hash mismatch deletes the part; other failures keep it for a later resume.
+    """
+    opts = options or DownloadOptions()
+    part.parent.mkdir(parents=True, exist_ok=True)
+    if part.exists() and (part.stat().st_nlink > 1 or part.stat().st_size > length):
+        # Linked into a slot (not ours to append to) or longer than signed: start over.
+        part.unlink()
+    state = _PartState(*_hash_file(part, opts.chunk)) if part.exists() else None
+    state = state or _PartState(hashlib.sha256(), 0)
+    _check_disk(part.parent, length - state.have, opts.reserve_bytes)
+    report = _Progress(progress, length)
+    http = pool or urllib3.PoolManager(ca_certs=opts.ca_certs)
+    resumed = state.have > 0
+    failures = 0
+    while True:
+        if state.have == length:
+            if state.digest.hexdigest() == sha256:
+                report(state.have, force=True)
+                return part
+            part.unlink()
+            if resumed:
+                # The kept part was stale or damaged (power loss): one clean restart.
+                log.warning("resumed download of %s did not verify; restarting", url)
+                state.restart()
+                resumed = False
+                continue
+            raise DownloadError(ErrorCode.HASH_MISMATCH, f"{url}: sha256 is not {sha256}")
+        if opts.stop():
+            raise Interrupted
+        before = state.have
+        try:
+            _attempt(http, url, part, state, length, opts, report)
+        except _Retry as retry:
+            failures = 1 if state.have > before else failures + 1
+            if failures >= opts.attempts:
+                raise DownloadError(
+                    retry.code, f"{retry.detail} (after {failures} attempts)"
+                ) from None
+            delay = backoff_delay(failures, opts.backoff_s, opts.backoff_max_s)
+            log.info("download of %s failed (%s); retrying in %.1fs", url, retry.detail, delay)
+            opts.sleep(delay)
+
+
+def _attempt(
+    http: urllib3.PoolManager,
+    url: str,
+    part: Path,
+    state: _PartState,
+    length: int,
+    opts: DownloadOptions,
+    report: _Progress,
+) -> None:
+    """One request, appending to `part` and `state`; raises _Retry or DownloadError."""
+    headers = {"User-Agent": opts.user_agent, "Accept-Encoding": "identity"}
+    if state.have:
+        headers["Range"] = f"bytes={state.have}-"
+    try:
+        response = http.request(
+            "GET",
+            url,
+            headers=headers,
+            preload_content=False,
+            redirect=True,
+            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, redirect=5),
+            timeout=urllib3.Timeout(connect=opts.stall_s, read=opts.stall_s),
+        )
+    except urllib3.exceptions.MaxRetryError as exc:
+        code = (
+            ErrorCode.DOWNLOAD_TIMEOUT
+            if isinstance(exc.reason, urllib3.exceptions.TimeoutError)
+            else ErrorCode.DOWNLOAD_FAILED
+        )
+        raise _Retry(code, f"cannot fetch {url}: {exc.reason}") from None
+    except urllib3.exceptions.TimeoutError:
+        raise _Retry(ErrorCode.DOWNLOAD_TIMEOUT, f"{url}: no answer in {opts.stall_s}s") from None
+    except urllib3.exceptions.HTTPError as exc:
+        raise _Retry(ErrorCode.DOWNLOAD_FAILED, f"cannot fetch {url}: {exc}") from None
+    try:
+        _receive(response, url, part, state, length, opts, report)
+    finally:
+        response.release_conn()
+
+
+def _receive(
+    response: urllib3.BaseHTTPResponse,
+    url: str,
+    part: Path,
+    state: _PartState,
+    length: int,
+    opts: DownloadOptions,
+    report: _Progress,
+) -> None:
+    status = response.status
+    if status == 416 and state.have:
+        # Our part does not fit what the server has: start from scratch.
+        part.unlink(missing_ok=True)
+        state.restart()
+        raise _Retry(ErrorCode.DOWNLOAD_FAILED, f"{url}: range not satisfiable")
+    if status >= 500 or status in RETRYABLE_4XX:
+        raise _Retry(ErrorCode.DOWNLOAD_FAILED, f"{url}: HTTP {status}")
+    if status not in (200, 206):
+        raise DownloadError(ErrorCode.DOWNLOAD_FAILED, f"{url}: HTTP {status}")
+    if status == 206:
+        start = _content_range_start(response.headers.get("Content-Range", ""))
+        if start != state.have:
+            raise _Retry(ErrorCode.DOWNLOAD_FAILED, f"{url}: range starts at {start}")
+    elif state.have:
+        log.info("%s ignored the Range request; restarting the part", url)
+        state.restart()
+    with part.open("ab" if state.have else "wb") as f:
+        try:
+            for data in _chunks(response, opts.chunk):
+                if state.have + len(data) > length:
+                    raise DownloadError(
+                        ErrorCode.LENGTH_EXCEEDED,
+                        f"{url}: server sent more than the signed {length} bytes",
+                    )
+                f.write(data)
+                state.digest.update(data)
+                state.have += len(data)
+                report(state.have)
+                if opts.stop():
+                    raise Interrupted
+        except urllib3.exceptions.TimeoutError:
+            raise _Retry(
+                ErrorCode.DOWNLOAD_TIMEOUT, f"{url}: no data for {opts.stall_s}s"
+            ) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise DownloadError(ErrorCode.DISK_FULL, str(exc)) from None
+            raise _Retry(ErrorCode.DOWNLOAD_FAILED, f"{url}: {exc}") from None
+        finally:
+            # What the digest covers must be on disk before a later run trusts it.
+            f.flush()
+            os.fsync(f.fileno())
+    if state.have < length:
+        raise _Retry(
+            ErrorCode.DOWNLOAD_FAILED, f"{url}: connection closed at {state.have}/{length}"
+        )
+
+
+def _chunks(response: urllib3.BaseHTTPResponse, chunk: int) -> Iterator[bytes]:
+    # read1 hands over whatever one socket read returned, so bytes that arrived
+    # before a stall or a dropped connection are written (and resumed from), not lost
+    # inside a half-filled read(). urllib3 < 2.3 lacks it: fall back to stream().
+    read1 = getattr(response, "read1", None)
+    if read1 is None:
+        yield from response.stream(chunk)
+        return
+    while data := read1(chunk):
+        yield data
+
+
+def _content_range_start(header: str) -> int | None:
+    # "bytes 100-199/200"
+    unit, _, rest = header.strip().partition(" ")
+    first, sep, _ = rest.partition("-")
+    if unit != "bytes" or not sep or not first.isascii() or not first.isdigit():
+        return None
+    return int(first)

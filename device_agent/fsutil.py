@@ -1,0 +1,44 @@
+"""Crash-safe file writes: a reader sees the old content or the new, never a mix."""
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename, link or unlink inside `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Temp file + fsync + os.replace + fsync(dir) (STYLE.md rule 9)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, obj: object, *, mode: int = 0o600) -> None:
+    """`obj` as indented UTF-8 JSON, written with write_atomic."""
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n", mode=mode)
+
+
+def remove_durably(path: Path) -> None:
+    """Unlink `path` (missing is fine) and fsync its directory."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+        fsync_dir(path.parent)

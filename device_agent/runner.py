@@ -1,0 +1,452 @@
+"""The agent's runner: all the IO around the pure state machine (STYLE.md rule 9).
+
+For each event it asks `state.next_step` for the next state and actions, journals
+the state (journal.json) *before* applying any action, then applies the actions in
+order; the one action that does work (download, verify, stage, swap, trial, roll
+back) yields the next event. On start it loads the journal and sends `Recover`, so
+an interrupted download resumes, a swap that never committed is rolled back and a
+half-staged slot is staged again. One thread does all of this; the MQTT network
+thread only queues incoming `desired` payloads.
+"""
+
+import errno
+import hashlib
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import urllib3
+
+from device_agent import AGENT_VERSION
+from device_agent.config import AgentConfig, Layout
+from device_agent.download import DownloadError, DownloadOptions, download
+from device_agent.fsutil import remove_durably
+from device_agent.journal import Journal, JournalError
+from device_agent.protocol.envelope import read_public_key
+from device_agent.protocol.errors import ErrorCode
+from device_agent.protocol.messages import (
+    MAX_DETAIL_CHARS,
+    ModelState,
+    Phase,
+    ReportedState,
+    UpdateEvent,
+)
+from device_agent.slots import ModelSlots
+from device_agent.state import (
+    IDLE,
+    TERMINAL,
+    Action,
+    AgentState,
+    Commit,
+    Continue,
+    DesiredAccepted,
+    Download,
+    DownloadDone,
+    DownloadFailed,
+    DownloadProgress,
+    Event,
+    Job,
+    PublishState,
+    Recover,
+    Report,
+    RollBack,
+    RolledBack,
+    RunTrial,
+    Stage,
+    Staged,
+    StageFailed,
+    Status,
+    Swap,
+    SwapFailed,
+    Swapped,
+    TrialFailed,
+    TrialPassed,
+    TrialTimedOut,
+    Verified,
+    Verify,
+    VerifyFailed,
+    next_step,
+)
+from device_agent.store import AgentStore, Installed
+from device_agent.trial import run_trial
+from device_agent.verify import Accepted, Ignored, VerifyContext, evaluate, tuf_updater
+
+log = logging.getLogger(__name__)
+
+HASH_CHUNK = 1024 * 1024
+
+
+class Publisher(Protocol):
+    """Where events and the reported state go (MQTT in production, a list in tests)."""
+
+    def event(self, event: UpdateEvent) -> None: ...
+
+    def state(self, state: ReportedState) -> None: ...
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _PublishStateRequest:
+    """Queued by the MQTT thread on (re)connect: publish the retained state."""
+
+
+PUBLISH_STATE = _PublishStateRequest()
+
+
+class Runner:
+    """Drives updates for one agent directory."""
+
+    def __init__(
+        self,
+        directory: Path,
+        config: AgentConfig,
+        *,
+        publisher: Publisher,
+        clock: Callable[[], datetime] = utc_now,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.layout = Layout(directory)
+        self.layout.make_dirs()
+        self.config = config
+        self.publisher = publisher
+        self.clock = clock
+        self.stop = stop or threading.Event()
+        self.store = AgentStore.load(self.layout.store)
+        self.journal = Journal(self.layout.journal)
+        self.state: AgentState = IDLE
+        self.director_key = read_public_key(self.layout.director_key)
+        self.tuf = tuf_updater(
+            trust_root=self.layout.trust_root, metadata_dir=self.layout.tuf, tuf_url=config.tuf_url
+        )
+        self.inbox: queue.Queue[bytes | _PublishStateRequest] = queue.Queue()
+        self.http = urllib3.PoolManager()
+        self._accepted: Accepted | None = None
+
+    # --- driving ---------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Resume from the journal, then make `current` agree with the store."""
+        try:
+            self.state = self.journal.load()
+        except JournalError:
+            log.exception("the journal is unreadable; moving it aside")
+            os.replace(self.layout.journal, self.layout.journal.with_suffix(".corrupt"))
+            self.state = IDLE
+        if self.state.status is not Status.IDLE:
+            log.warning("recovering an update interrupted in state %s", self.state.status)
+            self._drive(Recover())
+        self._reconcile()
+
+    def handle_desired(self, envelope: bytes) -> None:
+        """Judge one `desired` payload and carry out what it asks (blocking)."""
+        if self.state.status is not Status.IDLE:
+            raise RuntimeError(f"desired state handled while {self.state.status}")
+        outcome = evaluate(envelope, self._context(), self.store)
+        if isinstance(outcome, Ignored):
+            log.debug("retained desired seq %d seen again; nothing to do", outcome.seq)
+            return
+        if isinstance(outcome, Accepted):
+            self._accepted = outcome
+            self._drive(outcome.event)
+        else:
+            log.warning(
+                "refused desired state: %s %s", outcome.rejection.code, outcome.rejection.detail
+            )
+            self._drive(outcome)
+
+    def run(self) -> None:
+        """Process queued messages until `stop` is set (call recover() first)."""
+        while not self.stop.is_set():
+            try:
+                item = self.inbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if isinstance(item, _PublishStateRequest):
+                self.publish_state()
+            else:
+                self.handle_desired(item)
+
+    def _context(self) -> VerifyContext:
+        return VerifyContext(
+            device_id=self.config.device_id,
+            hardware=self.config.hardware,
+            director_key=self.director_key,
+            models_dir=self.layout.models,
+            now=self.clock(),
+            tuf=self.tuf,
+        )
+
+    def _drive(self, event: Event | None) -> None:
+        while event is not None:
+            event = self._feed(event)
+            if event is None and self.state.status in TERMINAL:
+                event = Continue()
+
+    def _feed(self, event: Event) -> Event | None:
+        new_state, actions = next_step(self.state, event)
+        if new_state != self.state:
+            self.journal.save(new_state)  # before any action: see state.py
+        self.state = new_state
+        if isinstance(event, DesiredAccepted):
+            self._record_accepted()
+        follow: Event | None = None
+        for action in actions:
+            produced = self._apply(action)
+            if produced is not None:
+                follow = produced
+        return follow
+
+    def _record_accepted(self) -> None:
+        # After the jobs are journaled: a crash in between re-accepts the retained
+        # envelope on restart, and jobs already done are skipped as installed.
+        accepted, self._accepted = self._accepted, None
+        if accepted is None:
+            return
+        desired = accepted.desired
+        store = self.store
+        store.last_seq = desired.seq
+        store.last_digest = accepted.digest
+        store.last_trusted_time = max(
+            store.last_trusted_time or desired.issued_at, desired.issued_at
+        )
+        store.save()
+
+    # --- actions ---------------------------------------------------------------------
+
+    def _apply(self, action: Action) -> Event | None:
+        if isinstance(action, Report):
+            self._report(action)
+            return None
+        if isinstance(action, PublishState):
+            self.publish_state()
+            return None
+        if isinstance(action, Download):
+            return self._download(action.job)
+        if isinstance(action, Verify):
+            return self._verify(action.job)
+        if isinstance(action, Stage):
+            return self._stage(action.job)
+        if isinstance(action, Swap):
+            return self._swap(action.job)
+        if isinstance(action, RunTrial):
+            return self._trial(action.job)
+        if isinstance(action, Commit):
+            self._commit(action.job)
+            return None
+        if isinstance(action, RollBack):
+            return self._roll_back(action.job)
+        self._discard(action.job)
+        return None
+
+    def _report(self, report: Report) -> None:
+        if report.model is not None and report.code is not ErrorCode.REPLAYED_COMMAND:
+            record = self.store.models.get(report.model)
+            if record is not None:
+                record.status = report.phase
+        detail = report.detail[:MAX_DETAIL_CHARS]
+        log.info(
+            "event seq=%d model=%s phase=%s%s%s",
+            report.seq,
+            report.model,
+            report.phase,
+            f" progress={report.progress}" if report.progress is not None else "",
+            f" code={report.code} {detail}" if report.code else "",
+        )
+        event = UpdateEvent(
+            seq=report.seq,
+            rollout_id=report.rollout_id,
+            model=report.model,
+            phase=report.phase,
+            progress=report.progress,
+            code=report.code,
+            detail=detail,
+            ts=self.clock(),
+        )
+        try:
+            self.publisher.event(event)
+        except Exception:
+            log.exception("could not publish an event")
+
+    def publish_state(self) -> None:
+        try:
+            self.publisher.state(self.reported_state())
+        except Exception:
+            log.exception("could not publish the state")
+
+    def reported_state(self) -> ReportedState:
+        models = []
+        for name, record in sorted(self.store.models.items()):
+            installed = record.installed
+            if installed is None:
+                continue
+            models.append(
+                ModelState(
+                    name=name,
+                    version=installed.version,
+                    release_counter=installed.release_counter,
+                    slot=installed.slot,
+                    status=record.status or Phase.COMMITTED,
+                )
+            )
+        return ReportedState(
+            agent_version=AGENT_VERSION,
+            hardware=self.config.hardware,
+            models=tuple(models),
+            last_seq=self.store.last_seq or 0,
+        )
+
+    def _slots(self, job: Job) -> ModelSlots:
+        return ModelSlots(self.layout.models, job.model)
+
+    def _filename(self, job: Job) -> str:
+        return job.target.path.rsplit("/", 1)[-1]
+
+    def _download(self, job: Job) -> Event:
+        options = DownloadOptions(
+            stall_s=self.config.download_stall_s,
+            attempts=self.config.download_attempts,
+            backoff_s=self.config.download_backoff_s,
+            backoff_max_s=self.config.download_backoff_max_s,
+            reserve_bytes=self.config.disk_reserve_bytes,
+            user_agent=f"fleet-agent/{AGENT_VERSION}",
+            stop=self.stop.is_set,
+        )
+
+        def progress(done: int, total: int) -> None:
+            self._feed(DownloadProgress(done=done, total=total))
+
+        try:
+            download(
+                job.target.url,
+                self.layout.part(job.target.sha256),
+                sha256=job.target.sha256,
+                length=job.target.length,
+                options=options,
+                progress=progress,
+                pool=self.http,
+            )
+        except DownloadError as exc:
+            return DownloadFailed(code=exc.code, detail=exc.detail)
+        return DownloadDone()
+
+    def _verify(self, job: Job) -> Event:
+        part = self.layout.part(job.target.sha256)
+        digest, size = hashlib.sha256(), 0
+        try:
+            with part.open("rb") as f:
+                while data := f.read(HASH_CHUNK):
+                    digest.update(data)
+                    size += len(data)
+        except FileNotFoundError:
+            return VerifyFailed(code=ErrorCode.DOWNLOAD_FAILED, detail=f"{part} vanished")
+        if size != job.target.length:
+            return VerifyFailed(
+                code=ErrorCode.LENGTH_EXCEEDED
+                if size > job.target.length
+                else ErrorCode.HASH_MISMATCH,
+                detail=f"{size} bytes, signed length {job.target.length}",
+            )
+        if digest.hexdigest() != job.target.sha256:
+            return VerifyFailed(
+                code=ErrorCode.HASH_MISMATCH, detail="sha256 differs from the signed one"
+            )
+        return Verified()
+
+    def _stage(self, job: Job) -> Event:
+        record = self.store.model(job.model)
+        if record.previous is not None and record.previous.slot is job.slot:
+            # The slot about to be overwritten held the version before the live one.
+            record.previous = None
+            self.store.save()
+        try:
+            self._slots(job).stage(
+                job.slot, self.layout.part(job.target.sha256), self._filename(job)
+            )
+        except OSError as exc:
+            code = ErrorCode.DISK_FULL if exc.errno == errno.ENOSPC else ErrorCode.DOWNLOAD_FAILED
+            return StageFailed(code=code, detail=f"staging failed: {exc}")
+        return Staged()
+
+    def _swap(self, job: Job) -> Event:
+        try:
+            self._slots(job).swap(job.slot)
+        except OSError as exc:
+            return SwapFailed(code=ErrorCode.HEALTH_CHECK_FAILED, detail=f"swap failed: {exc}")
+        return Swapped()
+
+    def _trial(self, job: Job) -> Event:
+        slots = self._slots(job)
+        result = run_trial(
+            slots.current_link / self._filename(job),
+            fmt=job.format,
+            selftest=job.selftest,
+            name=job.model,
+            version=job.target.version,
+            hook=self.config.trial_hook,
+            deadline_s=self.config.trial_deadline_s,
+        )
+        if result.ok:
+            log.info("trial of %s %s passed: %s", job.model, job.target.version, result.detail)
+            return TrialPassed()
+        if result.code is ErrorCode.COMMIT_TIMEOUT:
+            return TrialTimedOut(detail=result.detail)
+        return TrialFailed(code=result.code or ErrorCode.HEALTH_CHECK_FAILED, detail=result.detail)
+
+    def _commit(self, job: Job) -> None:
+        record = self.store.model(job.model)
+        if record.installed is not None and record.installed.slot is not job.slot:
+            record.previous = record.installed
+        target = job.target
+        record.installed = Installed(
+            version=target.version,
+            release_counter=target.release_counter,
+            sha256=target.sha256,
+            length=target.length,
+            slot=job.slot,
+            filename=self._filename(job),
+            format=job.format,
+            rollout_id=target.rollout_id,
+            arm=target.arm,
+        )
+        record.floor = max(record.floor, job.floor)
+        record.status = Phase.COMMITTED
+        self.store.save()
+        remove_durably(self.layout.part(target.sha256))
+
+    def _roll_back(self, job: Job) -> Event:
+        slots = self._slots(job)
+        if job.previous_slot is None:
+            slots.remove_current()
+        else:
+            slots.swap(job.previous_slot)
+        return RolledBack()
+
+    def _discard(self, job: Job) -> None:
+        remove_durably(self.layout.part(job.target.sha256))
+        slots = self._slots(job)
+        if slots.current() is not job.slot:
+            slots.wipe(job.slot)
+
+    def _reconcile(self) -> None:
+        """At rest, `current` must point where the store says the live model is."""
+        if self.state.status is not Status.IDLE:
+            return
+        for name, record in self.store.models.items():
+            installed = record.installed
+            if installed is None:
+                continue
+            slots = ModelSlots(self.layout.models, name)
+            if slots.current() is installed.slot:
+                continue
+            if slots.file(installed.slot, installed.filename).is_file():
+                log.warning("%s: current did not point at slot %s; repaired", name, installed.slot)
+                slots.swap(installed.slot)
+            else:
+                log.error("%s: the installed slot %s is missing its model", name, installed.slot)
