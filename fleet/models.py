@@ -73,7 +73,7 @@ class Device(models.Model):
     hardware = models.CharField(max_length=64, db_index=True)
     tags = models.ManyToManyField(Tag, blank=True, related_name="devices")
     groups = models.ManyToManyField(Group, blank=True, related_name="devices")
-    agent_version = models.CharField(max_length=32, blank=True)
+    agent_version = models.CharField(max_length=64, blank=True)
     reported = models.JSONField(
         default=dict, blank=True, help_text="the last reported state (models, slots, statuses)"
     )
@@ -137,13 +137,23 @@ class DeviceEvent(models.Model):
     phase = models.CharField(max_length=16)
     progress = models.PositiveSmallIntegerField(null=True, blank=True)
     code = models.CharField(max_length=32, blank=True)
-    detail = models.CharField(max_length=500, blank=True)
+    detail = models.CharField(max_length=1024, blank=True)
     ts = models.DateTimeField(help_text="when the device says it happened")
     received_at = models.DateTimeField(auto_now_add=True)
+    digest = models.CharField(
+        max_length=64,
+        default="",
+        help_text="sha256 of the event as sent: a redelivery is stored once",
+    )
 
     class Meta:
         ordering = ["-received_at"]
         indexes = [models.Index(fields=["device", "-received_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device", "digest"], name="deviceevent_unique_report"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.device_id} {self.phase}"
@@ -165,6 +175,16 @@ class DesiredState(models.Model):
     expires_at = models.DateTimeField(null=True, db_index=True)
     published_seq = models.PositiveBigIntegerField(default=0, db_index=True)
     published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # The bridge's outbox poll reads only rows that are behind.
+            models.Index(
+                fields=["id"],
+                condition=models.Q(published_seq__lt=models.F("seq")),
+                name="fleet_desired_behind",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.device_id} seq {self.seq}"

@@ -239,6 +239,23 @@ FLEET_MQTT_URL = _env("FLEET_MQTT_URL", "mqtt://127.0.0.1:1883")
 FLEET_DEVICE_CERT_DAYS = _env_int("FLEET_DEVICE_CERT_DAYS", 365, minimum=1)
 # Written on every revocation; point Mosquitto's `crlfile` at it and SIGHUP the broker.
 FLEET_CRL_PATH = Path(_env("FLEET_CRL_PATH", str(FLEET_DATA_DIR / "mqtt" / "crl.pem")))
+# The bridge: the control plane's only MQTT client (fleet/bridge/config.py has the rest).
+FLEET_MQTT_BRIDGE_URL = _env("FLEET_MQTT_BRIDGE_URL", "mqtt://127.0.0.1:1883")
+FLEET_MQTT_BRIDGE_CA_FILE = _env("FLEET_MQTT_BRIDGE_CA_FILE")
+FLEET_MQTT_BRIDGE_CERT_FILE = _env("FLEET_MQTT_BRIDGE_CERT_FILE")
+FLEET_MQTT_BRIDGE_KEY_FILE = _env("FLEET_MQTT_BRIDGE_KEY_FILE")
+FLEET_BRIDGE_CLIENT_ID = _env("FLEET_BRIDGE_CLIENT_ID", "fleet-bridge")
+FLEET_BRIDGE_USE_SHARED = _env_bool("FLEET_BRIDGE_USE_SHARED", True)
+FLEET_BRIDGE_PROTOCOL = _env("FLEET_BRIDGE_PROTOCOL", "5")
+if FLEET_BRIDGE_PROTOCOL not in {"5", "3.1.1"}:
+    raise ImproperlyConfigured("FLEET_BRIDGE_PROTOCOL must be 5 or 3.1.1.")
+if PRODUCTION and FLEET_MQTT_BRIDGE_URL.startswith("mqtts://") and not (
+    FLEET_MQTT_BRIDGE_CERT_FILE and FLEET_MQTT_BRIDGE_KEY_FILE
+):
+    raise ImproperlyConfigured(
+        "FLEET_MQTT_BRIDGE_CERT_FILE and FLEET_MQTT_BRIDGE_KEY_FILE are needed for mqtts:// "
+        "(the bridge's client certificate from `manage.py mqtt_certs`)."
+    )
 FLEET_DESIRED_TTL = timedelta(days=_env_int("FLEET_DESIRED_TTL_DAYS", 7, minimum=1))
 FLEET_ENROLLMENT_TOKEN_HOURS = _env_int("FLEET_ENROLLMENT_TOKEN_HOURS", 24, minimum=1)
 

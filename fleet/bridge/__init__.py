@@ -1,0 +1,8 @@
+"""The MQTT bridge (`manage.py bridge`): the control plane's only MQTT client.
+
+client.py   paho: persistent MQTT 5 session, shared subscriptions, manual acks
+handlers.py decode and check one device message, call one service in fleet.reports
+worker.py   the thread between paho and the database: batch, store, then acknowledge
+outbox.py   publish DesiredState rows that are behind, retained, QoS 1
+runner.py   Bridge: the three threads wired together
+"""

@@ -1,0 +1,316 @@
+"""The bridge's MQTT connection: the only module of the control plane that imports paho.
+
+One paho client, MQTT 5 by default, with a persistent session (clean start off, a
+session expiry interval, a stable client id) and manual acknowledgements: a QoS 1
+message is PUBACKed only when the worker says it is stored, so a bridge that crashes
+in between gets the message again from the broker. Everything paho calls back runs on
+its network thread and only hands data over; nothing here touches the database.
+"""
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from django.utils import timezone
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from device_agent.protocol.topics import Channel, subscription_filter
+from fleet.bridge.config import BridgeConfig
+from telemetry import metrics
+
+logger = logging.getLogger(__name__)
+
+
+class _NoDisconnectNoise(logging.Filter):
+    # paho 2.2 logs "Client is not connected" at ERROR after every clean disconnect.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_PAHO_LOGGER = logging.getLogger("fleet.bridge.paho")
+_PAHO_LOGGER.addFilter(_NoDisconnectNoise())
+
+INBOUND_CHANNELS = (Channel.STATE, Channel.EVENTS, Channel.STATUS, Channel.TELEMETRY)
+# MQTT 5 says a broker that does not announce Receive Maximum accepts 65535 in flight.
+DEFAULT_RECEIVE_MAXIMUM = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One PUBLISH as the worker sees it; `generation` names the connection it came on."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+    generation: int
+    received_at: datetime
+
+
+class _Client(mqtt.Client):
+    def inflight_limit_set(self, limit: int) -> None:
+        # paho refuses max_inflight_messages_set() once connected, but the broker only tells
+        # its Receive Maximum in CONNACK; called from on_connect, before paho resends.
+        with self._out_message_mutex:
+            self._max_inflight_messages = limit
+
+    def _messages_reconnect_reset_out(self) -> None:
+        # paho 2.2 marks every unacknowledged publish for resending on reconnect, ignoring
+        # max_inflight; a broker that enforces its Receive Maximum (EMQX, HiveMQ) then
+        # disconnects us. Send the first max_inflight again and queue the rest: paho's
+        # CONNACK handler stops at the first queued message and PUBACKs release the rest.
+        super()._messages_reconnect_reset_out()
+        limit = self._max_inflight_messages
+        if not limit:
+            return
+        with self._out_message_mutex:
+            for index, message in enumerate(self._out_messages.values()):
+                if index >= limit and message.qos > 0 and message.state == mqtt.mqtt_ms_publish:
+                    message.state = mqtt.mqtt_ms_queued
+
+
+class MqttConnection:
+    """The paho client, its callbacks and a thread-safe `publish` / `ack` for the others.
+
+    `on_message(InboundMessage)` and `on_published(mid, ok)` run on paho's network
+    thread: they must only enqueue.
+    """
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        *,
+        on_message: Callable[[InboundMessage], None],
+        on_published: Callable[[int, bool], None],
+    ) -> None:
+        self._config = config
+        self._on_message_cb = on_message
+        self._on_published_cb = on_published
+        self.subscribed = threading.Event()
+        self._connected = False
+        self._server_receive_maximum = DEFAULT_RECEIVE_MAXIMUM
+        # Bumped on every connect and disconnect. A packet id only means something on the
+        # connection that delivered it; the ack lock keeps an ack from slipping onto the
+        # next connection, where the id may name another message.
+        self._generation = 0
+        self._ack_lock = threading.Lock()
+        self._stopping = False
+        self._client: _Client = self._build()
+
+    # --- set-up ------------------------------------------------------------------------
+
+    def _build(self) -> _Client:
+        config = self._config
+        v5 = config.protocol == "5"
+        client = _Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=config.client_id,
+            clean_session=None if v5 else False,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            manual_ack=True,
+        )
+        client.enable_logger(_PAHO_LOGGER)
+        # An exception escaping a callback would end paho's network thread.
+        client.suppress_exceptions = True
+        client.reconnect_delay_set(config.reconnect_min_seconds, config.reconnect_max_seconds)
+        client.max_inflight_messages_set(config.max_inflight)
+        client.max_queued_messages_set(0)  # the outbox window bounds what we queue
+        if config.broker.username:
+            client.username_pw_set(config.broker.username, config.broker.password)
+        if config.broker.tls:
+            client.tls_set(
+                ca_certs=config.ca_file or None,
+                certfile=config.cert_file or None,
+                keyfile=config.key_file or None,
+            )
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    def start(self) -> None:
+        """Connect in the background; paho retries with backoff until stop()."""
+        config = self._config
+        properties = None
+        if config.protocol == "5":
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = config.session_expiry_seconds
+            properties.ReceiveMaximum = config.receive_maximum
+        self._client.connect_async(
+            config.broker.host,
+            config.broker.port,
+            keepalive=config.keepalive_seconds,
+            clean_start=False,
+            properties=properties,
+        )
+        self._client.loop_start()
+        logger.info(
+            "bridge %s connecting to %s (MQTT %s, %s)",
+            config.client_id,
+            config.broker,
+            config.protocol,
+            f"$share/{config.share_group}" if config.share_group else "no shared subscriptions",
+        )
+
+    def stop(self) -> None:
+        """Send what is queued (acks included), DISCONNECT normally and end the network thread.
+
+        A normal DISCONNECT keeps the session: the broker queues for us until we return.
+        """
+        self._stopping = True
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._set_connected(False)
+
+    # --- used by the other threads ---------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def inflight_limit(self) -> int:
+        """How many publishes may await PUBACK at once: ours and the broker's limit."""
+        return min(self._config.max_inflight, self._server_receive_maximum)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> int | None:
+        """Queue a publish; its mid, or None if paho refused it (then nothing was queued)."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            logger.warning("publish to %s refused by the MQTT client: %s", topic, info.rc)
+            return None
+        return info.mid
+
+    def ack(self, message: InboundMessage) -> bool:
+        """PUBACK a QoS 1 message the worker has stored; False if its connection is gone."""
+        if message.qos == 0:
+            return True
+        with self._ack_lock:
+            if message.generation != self._generation:
+                metrics.BRIDGE_ACKS_SKIPPED.inc()
+                return False
+            return self._client.ack(message.mid, message.qos) == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    # --- paho callbacks (network thread) ------------------------------------------------
+
+    def _set_connected(self, connected: bool) -> None:
+        self._connected = connected
+        metrics.BRIDGE_CONNECTED.set(1 if connected else 0)
+
+    def _next_generation(self) -> None:
+        with self._ack_lock:
+            self._generation += 1
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._next_generation()
+        if reason_code.is_failure:
+            logger.error("broker %s refused the bridge: %s", self._config.broker, reason_code)
+            return
+        receive_maximum = getattr(properties, "ReceiveMaximum", DEFAULT_RECEIVE_MAXIMUM)
+        self._server_receive_maximum = int(receive_maximum)
+        self._client.inflight_limit_set(self.inflight_limit)
+        self._set_connected(True)
+        metrics.BRIDGE_CONNECTS.inc()
+        logger.info(
+            "bridge connected to %s (session present: %s, publishes in flight: %d)",
+            self._config.broker,
+            flags.session_present,
+            self.inflight_limit,
+        )
+        # Subscribe on every connect (STYLE rule 9): a broker that lost the session (expiry,
+        # restart without persistence) would otherwise leave us subscribed to nothing.
+        share = self._config.share_group
+        topics: list[tuple[str, Any]]
+        if self._config.protocol == "5":
+            # retainHandling=1: retained state/status only when the subscription is new,
+            # not again on every reconnect of a persistent session.
+            options = SubscribeOptions(
+                qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
+            )
+            topics = [
+                (subscription_filter(c, share_group=share), options) for c in INBOUND_CHANNELS
+            ]
+        else:
+            topics = [(subscription_filter(c, share_group=share), 1) for c in INBOUND_CHANNELS]
+        client.subscribe(topics)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        logger.warning("bridge cannot reach broker %s; retrying", self._config.broker)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._next_generation()
+        was_connected = self._connected
+        self._set_connected(False)
+        self.subscribed.clear()
+        if was_connected and not self._stopping:
+            logger.warning("bridge lost broker %s: %s", self._config.broker, reason_code)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        failed = [str(code) for code in reason_codes if code.is_failure]
+        if failed:
+            # e.g. "Shared Subscriptions not supported": run with --no-share for that broker.
+            logger.error("broker refused bridge subscriptions: %s", ", ".join(failed))
+            return
+        self.subscribed.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = ""  # parse_topic refuses it, and the message is counted as malformed
+        self._on_message_cb(
+            InboundMessage(
+                topic=topic,
+                payload=bytes(message.payload),
+                qos=message.qos,
+                retain=message.retain,
+                mid=message.mid,
+                generation=self._generation,
+                received_at=timezone.now(),
+            )
+        )
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            logger.warning("broker refused publish %d: %s", mid, reason_code)
+        self._on_published_cb(mid, not reason_code.is_failure)

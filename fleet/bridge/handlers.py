@@ -1,0 +1,221 @@
+"""Decode one device message, check it and hand it to one service (STYLE.md rule 6).
+
+Checks, in order: the topic is `fleet/v1/devices/<id>/<channel>`; the payload is at
+most 64 KiB of strict JSON with `"v": 1`; a `device_id` in it, if any, is the one in
+the topic; the protocol parser accepts it; the device is enrolled and not revoked.
+Whatever fails is dropped with a reason (an ErrorCode value or one of the REASON_*
+below); nothing here raises on input.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from django.utils import timezone
+
+from device_agent.protocol.errors import ErrorCode
+from device_agent.protocol.exceptions import ProtocolError
+from device_agent.protocol.messages import (
+    DeviceStatus,
+    Presence,
+    ReportedState,
+    TelemetryBatch,
+    UpdateEvent,
+    loads_json,
+)
+from device_agent.protocol.topics import Channel, parse_topic
+from fleet.bridge.client import InboundMessage
+from fleet.models import Device
+from fleet.reports import (
+    device_event_record,
+    device_presence_set,
+    device_state_record,
+    devices_seen_record,
+)
+
+logger = logging.getLogger(__name__)
+
+REASON_UNKNOWN_DEVICE = "unknown_device"
+REASON_REVOKED_DEVICE = "revoked_device"
+REASON_TOPIC_MISMATCH = "topic_mismatch"
+REASON_BACKPRESSURE = "backpressure"
+REASON_INTERNAL_ERROR = "internal_error"
+UNKNOWN_CHANNEL = "unknown"
+
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+DROPPED = "dropped"
+ERROR = "error"
+
+_DECODERS: dict[Channel, Callable[[object], object]] = {
+    Channel.STATE: ReportedState.from_dict,
+    Channel.EVENTS: UpdateEvent.from_dict,
+    Channel.STATUS: DeviceStatus.from_dict,
+    Channel.TELEMETRY: TelemetryBatch.from_dict,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one message: metric labels, plus a reason when it was dropped."""
+
+    channel: str
+    result: str
+    reason: str = ""
+
+
+def channel_label(topic: str) -> str:
+    """The channel metric label of a topic without parsing it fully (for the network thread)."""
+    last = topic.rpartition("/")[2]
+    return last if last in Channel.__members__.values() else UNKNOWN_CHANNEL
+
+
+class TelemetrySink(Protocol):
+    """Where validated telemetry goes (issue 5 stores it). The worker calls `flush()` inside
+    the transaction whose commit precedes the acks, and `discard()` if it rolls back."""
+
+    def add(self, *, device: Device, batch: TelemetryBatch, received_at: datetime) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+class DiscardTelemetry:
+    """The telemetry sink until storage lands: validated and counted, then forgotten."""
+
+    def add(self, *, device: Device, batch: TelemetryBatch, received_at: datetime) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+    def discard(self) -> None:
+        return None
+
+
+class RateLimitedLog:
+    """Log a refused message at WARNING at most once per `interval` per reason.
+
+    A misbehaving device can send thousands of bad messages a second; the counters carry
+    the numbers, the log carries one example and how many were not logged.
+    """
+
+    def __init__(self, log: logging.Logger, interval: float = 10.0) -> None:
+        self._log = log
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -self._interval) < self._interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        suffix = f" ({suppressed} more like it not logged)" if suppressed else ""
+        self._log.warning(message + suffix, *args, exc_info=exc_info)
+
+
+class DeviceDirectory:
+    """Device rows by device id, cached for a few seconds (positive and negative).
+
+    Every message needs its device; the cache keeps a chatty fleet from costing a query
+    per message. A revocation therefore takes up to `ttl` seconds to reach the bridge
+    (the broker's CRL already keeps a revoked device from connecting).
+    """
+
+    MAX_ENTRIES = 100_000
+
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._entries: dict[str, tuple[float, Device | None]] = {}
+
+    def get(self, device_id: str) -> Device | None:
+        now = time.monotonic()
+        hit = self._entries.get(device_id)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        device = Device.objects.filter(device_id=device_id).first()
+        if self._ttl > 0:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()  # a flood of random ids must not grow memory
+            self._entries[device_id] = (now, device)
+        return device
+
+
+class Dispatcher:
+    """Validates inbound messages and calls the services; run by the worker thread only."""
+
+    def __init__(self, *, telemetry: TelemetrySink, device_cache_seconds: float) -> None:
+        self.telemetry = telemetry
+        self._devices = DeviceDirectory(device_cache_seconds)
+        self._seen: set[int] = set()
+        self._log = RateLimitedLog(logger)
+
+    def handle(self, message: InboundMessage) -> Outcome:
+        """Check and store one message; the outcome says how (never raises on bad input)."""
+        try:
+            device_id, channel = parse_topic(message.topic)
+        except ProtocolError as exc:
+            return self._drop(UNKNOWN_CHANNEL, exc.code, message, exc.detail)
+        if channel not in _DECODERS:  # `desired` is ours to publish, never a report
+            return self._drop(channel, ErrorCode.MALFORMED, message, "not a device channel")
+        try:
+            obj = loads_json(message.payload)
+            claimed = obj.get("device_id", device_id)
+            if claimed != device_id:
+                return self._drop(
+                    channel, REASON_TOPIC_MISMATCH, message, "payload names another device"
+                )
+            decoded = _DECODERS[channel](obj)
+        except ProtocolError as exc:
+            return self._drop(channel, exc.code, message, exc.detail)
+        device = self._devices.get(device_id)
+        if device is None:
+            return self._drop(channel, REASON_UNKNOWN_DEVICE, message, "not enrolled")
+        if device.revoked_at is not None:
+            return self._drop(channel, REASON_REVOKED_DEVICE, message, "revoked")
+        return self._dispatch(channel, device, decoded, message)
+
+    def _dispatch(
+        self, channel: Channel, device: Device, decoded: object, message: InboundMessage
+    ) -> Outcome:
+        result = ACCEPTED
+        seen = True
+        if isinstance(decoded, ReportedState):
+            device_state_record(device=device, state=decoded)
+        elif isinstance(decoded, UpdateEvent):
+            _, created = device_event_record(device=device, event=decoded)
+            result = ACCEPTED if created else DUPLICATE
+        elif isinstance(decoded, DeviceStatus):
+            online = decoded.status is Presence.ONLINE
+            device_presence_set(device=device, online=online, at=message.received_at)
+            seen = online  # an `offline` is usually the broker's last will, not the device
+        elif isinstance(decoded, TelemetryBatch):
+            self.telemetry.add(device=device, batch=decoded, received_at=message.received_at)
+        if seen:
+            self._seen.add(device.pk)
+        return Outcome(channel.value, result)
+
+    def _drop(self, channel: str, reason: str, message: InboundMessage, detail: str) -> Outcome:
+        self._log.warning(
+            f"drop:{reason}",
+            "dropped a message on %r: %s (%s)",
+            message.topic[:200],
+            reason,
+            detail[:200],
+        )
+        return Outcome(str(channel), DROPPED, str(reason))
+
+    def flush_seen(self) -> int:
+        """Write `last_seen_at` for the devices heard from since the last flush."""
+        if not self._seen:
+            return 0
+        updated = devices_seen_record(device_pks=self._seen, at=timezone.now())
+        self._seen.clear()  # only once written: a failed flush is retried next time
+        return updated

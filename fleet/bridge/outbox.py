@@ -1,0 +1,261 @@
+"""The desired-state outbox: publish every DesiredState whose `published_seq < seq`.
+
+The director only writes rows (seq and signed envelope in one transaction). This
+thread scans for rows behind, publishes each envelope retained at QoS 1 to
+`fleet/v1/devices/<id>/desired`, and once the broker PUBACKs it records
+`published_seq = seq` with a conditional update (`WHERE seq = <the seq we sent>`), so a
+row rewritten meanwhile stays behind and is published again. Nothing is lost when the
+bridge or the broker is down: the row simply stays behind until a publish is acked.
+
+Throughput: up to `window` publishes are handed to paho at once, and paho keeps the
+broker's Receive Maximum of them in flight, refilling from its own queue on each
+PUBACK on its network thread, as a bare paho publisher does. This thread only tops
+the window up in large steps and records PUBACKs in batches (one UPDATE per distinct
+seq per batch, not one per row).
+"""
+
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from datetime import datetime
+from typing import NamedTuple, Protocol
+
+from django.db import close_old_connections, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from device_agent.protocol.topics import Channel, topic_for
+from fleet.bridge.handlers import RateLimitedLog
+from fleet.models import DesiredState
+from telemetry import metrics
+
+logger = logging.getLogger(__name__)
+
+RECORD_BATCH = 1000  # PUBACKs recorded per transaction at most...
+RECORD_DELAY = 0.1  # ...or after this many seconds, whichever comes first
+REFUSED_RETRY_SECONDS = 30.0  # a publish the broker refused is not retried sooner
+_UPDATE_CHUNK = 500  # pks per `IN (...)`
+
+
+class Publisher(Protocol):
+    """What the outbox needs of the MQTT connection (MqttConnection, or a fake in tests)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> int | None: ...
+
+
+class _Row(NamedTuple):
+    pk: int
+    seq: int
+    device_id: str
+    envelope: bytes
+
+
+def desired_states_mark_published(*, published: Iterable[tuple[int, int]], at: datetime) -> int:
+    """Record that the broker acknowledged `(pk, seq)` publishes; rows updated.
+
+    Conditional on the row still having that seq: a row the director rewrote meanwhile
+    stays behind and goes out again with its new envelope.
+    """
+    by_seq: dict[int, list[int]] = defaultdict(list)
+    for pk, seq in published:
+        by_seq[seq].append(pk)
+    updated = 0
+    with transaction.atomic():
+        for seq, pks in by_seq.items():
+            for start in range(0, len(pks), _UPDATE_CHUNK):
+                updated += DesiredState.objects.filter(
+                    pk__in=pks[start : start + _UPDATE_CHUNK], seq=seq
+                ).update(published_seq=seq, published_at=at)
+    return updated
+
+
+class Outbox:
+    """Publishes DesiredState rows that are behind; `run()` is its thread's body.
+
+    `on_published(mid, ok)` is called on paho's network thread for every PUBACK.
+    """
+
+    def __init__(
+        self, *, publisher: Publisher, poll_seconds: float, batch_size: int, window: int
+    ) -> None:
+        self._publisher = publisher
+        self._poll_seconds = poll_seconds
+        self._batch_size = batch_size
+        self._window = window
+        self._low_water = window // 2
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        # Shared with the network thread, under _lock:
+        self._pending: dict[int, tuple[int, int]] = {}  # mid -> (pk, seq) awaiting PUBACK
+        self._early: dict[int, bool] = {}  # PUBACKs that arrived before publish() returned
+        self._acked: list[tuple[int, int, bool]] = []  # (pk, seq, ok) not yet recorded
+        self._acked_since = 0.0
+        # This thread only:
+        self._sent: dict[int, int] = {}  # pk -> seq handed to paho and not yet recorded
+        self._refused: dict[int, tuple[int, float]] = {}  # pk -> (seq, retry after)
+        self._buffer: deque[_Row] = deque()
+        self._cursor = 0
+        self._scan_more = True
+        self._log = RateLimitedLog(logger)
+
+    # --- network thread ---------------------------------------------------------------------
+
+    def on_published(self, mid: int, ok: bool) -> None:
+        with self._lock:
+            entry = self._pending.pop(mid, None)
+            if entry is None:
+                self._early[mid] = ok
+                return
+            if not self._acked:
+                self._acked_since = time.monotonic()
+            self._acked.append((*entry, ok))
+            # Wake the outbox thread when there is a batch worth doing, not on every PUBACK.
+            wake = len(self._pending) in (self._low_water, 0) or len(self._acked) >= RECORD_BATCH
+        if wake:
+            self._wake.set()
+
+    # --- outbox thread ----------------------------------------------------------------------
+
+    @property
+    def outstanding(self) -> int:
+        """Publishes handed to paho and not yet acknowledged."""
+        return len(self._pending)
+
+    def run(self, stop: threading.Event, *, drain_seconds: float = 5.0) -> None:
+        """Publish until `stop` is set, then wait up to `drain_seconds` for PUBACKs."""
+        next_scan = 0.0
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= next_scan:
+                    self.rescan()
+                    next_scan = now + self._poll_seconds
+                if not self._step_safely():
+                    self._wake.wait(min(RECORD_DELAY, max(0.0, next_scan - now)))
+                    self._wake.clear()
+            self.drain(drain_seconds)
+        finally:
+            connection.close()
+
+    def drain(self, timeout: float) -> None:
+        """Record PUBACKs until none are outstanding or `timeout` passes (at shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self.outstanding and self._publisher.connected and time.monotonic() < deadline:
+            self._wake.wait(RECORD_DELAY)
+            self._wake.clear()
+            self._record(force=True)
+        self._record(force=True)
+
+    def _step_safely(self) -> bool:
+        try:
+            close_old_connections()
+            return self.step()
+        except Exception:
+            self._log.warning("step", "outbox step failed; retrying", exc_info=True)
+            connection.close()
+            time.sleep(self._poll_seconds)
+            return False
+
+    def rescan(self) -> None:
+        """Look for rows that are behind again (every poll interval), from where the scan is."""
+        self._scan_more = True
+
+    def step(self) -> bool:
+        """One round: record acknowledged publishes, publish more. False when idle."""
+        recorded = self._record(force=False)
+        if not self._publisher.connected:
+            return recorded  # paho resends what it holds after reconnecting
+        published = 0
+        free = self._window - self.outstanding
+        while free > 0:
+            if not self._buffer:
+                if not self._scan_more or not self._refill():
+                    break
+                continue
+            row = self._buffer.popleft()
+            if self._publish(row):
+                published += 1
+                free -= 1
+        metrics.BRIDGE_DESIRED_INFLIGHT.set(self.outstanding)
+        return recorded or published > 0
+
+    def _refill(self) -> bool:
+        """Read the next rows that are behind into the buffer; False once the scan is done."""
+        rows = list(
+            DesiredState.objects.filter(published_seq__lt=F("seq"), pk__gt=self._cursor)
+            .order_by("pk")
+            .values_list("pk", "seq", "device__device_id", "envelope")[: self._batch_size]
+        )
+        if len(rows) < self._batch_size:
+            self._cursor = 0
+            self._scan_more = False  # the next scan starts after the poll interval
+        else:
+            self._cursor = rows[-1][0]
+        now = time.monotonic()
+        for pk, seq, device_id, envelope in rows:
+            if self._sent.get(pk) == seq:
+                continue  # already on its way
+            refused = self._refused.get(pk)
+            if refused is not None and refused[0] == seq and refused[1] > now:
+                continue
+            self._buffer.append(_Row(pk, seq, device_id, bytes(envelope)))
+        return bool(rows)
+
+    def _publish(self, row: _Row) -> bool:
+        if not row.envelope:
+            # An empty retained payload would delete the device's desired state.
+            self._log.warning("empty", "desired state %d seq %d has no envelope", row.pk, row.seq)
+            return False
+        mid = self._publisher.publish(
+            topic_for(row.device_id, Channel.DESIRED), row.envelope, qos=1, retain=True
+        )
+        if mid is None:
+            return False
+        self._sent[row.pk] = row.seq
+        with self._lock:
+            ok = self._early.pop(mid, None)
+            if ok is None:
+                self._pending[mid] = (row.pk, row.seq)
+            else:
+                if not self._acked:
+                    self._acked_since = time.monotonic()
+                self._acked.append((row.pk, row.seq, ok))
+        return True
+
+    def _record(self, *, force: bool) -> bool:
+        with self._lock:
+            if not self._acked:
+                return False
+            due = (
+                force
+                or len(self._acked) >= RECORD_BATCH
+                or not self._pending
+                or time.monotonic() - self._acked_since >= RECORD_DELAY
+            )
+            if not due:
+                return False
+            acked, self._acked = self._acked, []
+        try:
+            desired_states_mark_published(
+                published=[(pk, seq) for pk, seq, ok in acked if ok], at=timezone.now()
+            )
+        except Exception:
+            with self._lock:  # keep them for the next attempt
+                self._acked = acked + self._acked
+            raise
+        retry_at = time.monotonic() + REFUSED_RETRY_SECONDS
+        for pk, seq, ok in acked:
+            if self._sent.get(pk) == seq:
+                del self._sent[pk]
+            if ok:
+                self._refused.pop(pk, None)
+                metrics.BRIDGE_DESIRED_PUBLISHED.inc()
+            else:
+                self._refused[pk] = (seq, retry_at)
+                metrics.BRIDGE_DESIRED_REFUSED.inc()
+        return True

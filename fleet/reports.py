@@ -1,0 +1,77 @@
+"""Writes for what devices report over MQTT (DESIGN.md §3): state, events, presence.
+
+The bridge validates every message with `device_agent.protocol` before it calls one of
+these; they trust their typed arguments. Each is idempotent, because the bridge
+acknowledges a QoS 1 message only after its write commits, so a crash in between
+means the broker delivers the same message again.
+"""
+
+import hashlib
+from collections.abc import Collection
+from datetime import datetime
+
+from device_agent.protocol.messages import ReportedState, UpdateEvent
+from fleet.models import Device, DeviceEvent
+
+
+def _clip(model: type[Device] | type[DeviceEvent], field: str, value: str) -> str:
+    # The protocol allows more than some columns hold (agent_version 64 vs 32, detail 1024
+    # vs 500): keep what fits rather than lose the report.
+    max_length = getattr(model._meta.get_field(field), "max_length", None)
+    return value[:max_length] if max_length else value
+
+
+def device_state_record(*, device: Device, state: ReportedState) -> Device:
+    """Store the device's retained `state` report: what it runs and the last desired seq.
+
+    The latest report wins: a device's messages reach the bridge in the order it sent them.
+    """
+    device.reported = state.to_dict()
+    device.agent_version = _clip(Device, "agent_version", state.agent_version)
+    device.reported_seq = state.last_seq
+    device.save(update_fields=["reported", "agent_version", "reported_seq"])
+    return device
+
+
+def device_event_record(*, device: Device, event: UpdateEvent) -> tuple[DeviceEvent, bool]:
+    """Store one update-progress event; `(event, created)`, created False for a redelivery.
+
+    An event repeated field for field is the same report delivered twice (the broker
+    redelivers what the bridge had not acknowledged), so it is stored once.
+    """
+    return DeviceEvent.objects.get_or_create(
+        device=device,
+        digest=hashlib.sha256(event.to_json()).hexdigest(),
+        defaults={
+            "seq": event.seq,
+            "rollout_id": event.rollout_id or "",
+            "model": event.model or "",
+            "phase": event.phase.value,
+            "progress": event.progress,
+            "code": event.code.value if event.code else "",
+            "detail": _clip(DeviceEvent, "detail", event.detail),
+            "ts": event.ts,
+        },
+    )
+
+
+def device_presence_set(*, device: Device, online: bool, at: datetime) -> Device:
+    """Mark the device online (seen `at`) or offline, from its retained `status` topic.
+
+    `offline` usually is the device's last will, published by the broker once the device
+    is gone, so it does not move `last_seen_at`.
+    """
+    device.online = online
+    update_fields = ["online"]
+    if online:
+        device.last_seen_at = at
+        update_fields.append("last_seen_at")
+    device.save(update_fields=update_fields)
+    return device
+
+
+def devices_seen_record(*, device_pks: Collection[int], at: datetime) -> int:
+    """Set `last_seen_at` of many devices at once (the bridge batches it); rows updated."""
+    if not device_pks:
+        return 0
+    return Device.objects.filter(pk__in=list(device_pks)).update(last_seen_at=at)

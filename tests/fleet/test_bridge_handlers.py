@@ -1,0 +1,151 @@
+"""The bridge's checks on one message, without MQTT: every refusal has its reason, nothing
+refused is stored, and no input makes the handler raise."""
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from bridge_harness import event_payload, make_device, state_payload, status_payload
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from device_agent.protocol.messages import MAX_PAYLOAD_BYTES, Presence
+from fleet.bridge.client import InboundMessage
+from fleet.bridge.handlers import DiscardTelemetry, Dispatcher
+from fleet.models import Device, DeviceEvent
+
+pytestmark = pytest.mark.django_db
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def message(topic: str, payload: bytes, qos: int = 1) -> InboundMessage:
+    return InboundMessage(
+        topic=topic, payload=payload, qos=qos, retain=False, mid=1, generation=1, received_at=NOW
+    )
+
+
+def events_topic(device_id: str = "dev-1") -> str:
+    return f"fleet/v1/devices/{device_id}/events"
+
+
+@pytest.fixture
+def dispatcher() -> Dispatcher:
+    make_device("dev-1")
+    make_device("dev-2")
+    return Dispatcher(telemetry=DiscardTelemetry(), device_cache_seconds=0)
+
+
+def _event(**changes: object) -> bytes:
+    obj = json.loads(event_payload(3))
+    obj.update(changes)
+    return json.dumps(obj).encode()
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "channel", "reason"),
+    [
+        (events_topic(), b"{not json", "events", "malformed"),
+        (events_topic(), b"\xff\xfe", "events", "malformed"),
+        (events_topic(), b"[1, 2]", "events", "malformed"),
+        (events_topic(), _event(v=2), "events", "malformed"),
+        (events_topic(), _event(v="1"), "events", "malformed"),
+        (events_topic(), _event(v=True), "events", "malformed"),
+        (
+            events_topic(),
+            event_payload(3).replace(b'"progress":50', b'"progress":NaN'),
+            "events",
+            "malformed",
+        ),
+        (events_topic(), _event(seq="3"), "events", "malformed"),
+        (events_topic(), _event(progress=101), "events", "malformed"),
+        (events_topic(), _event(phase="exploded"), "events", "malformed"),
+        (events_topic(), _event(extra=1), "events", "malformed"),
+        (events_topic(), _event(device_id="dev-2"), "events", "topic_mismatch"),
+        (events_topic(), b" " * (MAX_PAYLOAD_BYTES + 1), "events", "payload_too_large"),
+        (events_topic("dev-404"), event_payload(3), "events", "unknown_device"),
+        ("fleet/v1/devices/dev-1/events/extra", event_payload(3), "unknown", "malformed"),
+        ("fleet/v1/devices/dev 1/events", event_payload(3), "unknown", "malformed"),
+        ("fleet/v1/devices/dev-1/bogus", event_payload(3), "unknown", "malformed"),
+        ("", event_payload(3), "unknown", "malformed"),
+        ("fleet/v1/devices/dev-1/desired", event_payload(3), "desired", "malformed"),
+        ("fleet/v1/devices/dev-1/state", state_payload()[:-1], "state", "malformed"),
+        ("fleet/v1/devices/dev-1/status", b'{"v":1,"status":"sleepy"}', "status", "malformed"),
+        ("fleet/v1/devices/dev-1/telemetry", b'{"v":1,"samples":[]}', "telemetry", "malformed"),
+    ],
+)
+def test_refused_messages_are_dropped_with_their_reason(
+    dispatcher: Dispatcher, topic: str, payload: bytes, channel: str, reason: str
+) -> None:
+    outcome = dispatcher.handle(message(topic, payload))
+    assert (outcome.channel, outcome.result, outcome.reason) == (channel, "dropped", reason)
+    assert not DeviceEvent.objects.exists()
+    assert Device.objects.get(device_id="dev-1").reported == {}
+
+
+def test_a_revoked_device_is_not_heard(dispatcher: Dispatcher) -> None:
+    Device.objects.filter(device_id="dev-1").update(revoked_at=NOW)
+    outcome = dispatcher.handle(message(events_topic(), event_payload(3)))
+    assert (outcome.result, outcome.reason) == ("dropped", "revoked_device")
+    assert not DeviceEvent.objects.exists()
+
+
+def test_a_repeated_event_is_stored_once(dispatcher: Dispatcher) -> None:
+    first = dispatcher.handle(message(events_topic(), event_payload(3)))
+    again = dispatcher.handle(message(events_topic(), event_payload(3)))
+    other = dispatcher.handle(message(events_topic(), event_payload(3, progress=60)))
+    assert [first.result, again.result, other.result] == ["accepted", "duplicate", "accepted"]
+    assert DeviceEvent.objects.count() == 2
+
+
+def test_state_and_presence_update_the_device(dispatcher: Dispatcher) -> None:
+    dispatcher.handle(message("fleet/v1/devices/dev-1/state", state_payload(last_seq=9)))
+    dispatcher.handle(message("fleet/v1/devices/dev-1/status", status_payload(Presence.ONLINE)))
+    device = Device.objects.get(device_id="dev-1")
+    assert (device.reported_seq, device.agent_version, device.online) == (9, "0.3.1", True)
+    assert device.reported["models"][0]["version"] == "1.4.0"
+    assert device.last_seen_at == NOW
+    dispatcher.handle(message("fleet/v1/devices/dev-1/status", status_payload(Presence.OFFLINE)))
+    device.refresh_from_db()
+    assert (device.online, device.last_seen_at) == (False, NOW)
+
+
+def test_seen_devices_get_last_seen_at_in_one_flush(dispatcher: Dispatcher) -> None:
+    dispatcher.handle(message(events_topic("dev-1"), event_payload(1)))
+    dispatcher.handle(message(events_topic("dev-2"), event_payload(1)))
+    dispatcher.handle(message(events_topic("dev-404"), event_payload(1)))
+    assert dispatcher.flush_seen() == 2
+    assert Device.objects.filter(last_seen_at__isnull=False).count() == 2
+    assert dispatcher.flush_seen() == 0
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    channel=st.sampled_from(["state", "events", "status", "telemetry", "desired", "x"]),
+    payload=st.one_of(
+        st.binary(max_size=512),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+            ),
+            max_leaves=20,
+        ).map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries(
+            {
+                "v": st.integers(0, 2),
+                "status": st.text(max_size=8).filter(lambda s: s not in ("online", "offline")),
+            }
+        ).map(lambda v: json.dumps(v).encode()),
+    ),
+)
+def test_no_input_makes_the_handler_raise_or_store(
+    dispatcher: Dispatcher, channel: str, payload: bytes
+) -> None:
+    outcome = dispatcher.handle(message(f"fleet/v1/devices/dev-1/{channel}", payload))
+    assert outcome.result == "dropped"
+    assert outcome.reason
+    assert not DeviceEvent.objects.exists()

@@ -1,0 +1,180 @@
+"""The outbox publishes every DesiredState that is behind, retained, and records it only
+once the broker acknowledged that very seq; a row rewritten meanwhile goes out again."""
+
+import itertools
+import threading
+
+import paho.mqtt.client as mqtt
+import pytest
+from bridge_harness import make_device, running_bridge, wait_until
+from django.db.models import F
+
+from fleet.bridge.outbox import Outbox
+from fleet.models import DesiredState, Device
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DEVICES = 200
+
+
+def envelope(device_id: str, seq: int) -> bytes:
+    # The outbox treats envelopes as opaque bytes: a stand-in per device and seq will do.
+    return f'{{"device_id":"{device_id}","seq":{seq}}}'.encode()
+
+
+def _write_rows(count: int, seq: int) -> None:
+    devices = Device.objects.bulk_create(
+        Device(device_id=f"dev-{i:04d}", hardware="esp32s3-int8") for i in range(count)
+    )
+    DesiredState.objects.bulk_create(
+        DesiredState(device=d, seq=seq, envelope=envelope(d.device_id, seq)) for d in devices
+    )
+
+
+def _rewrite_all(seq: int) -> None:
+    """What the director does: a new seq and envelope per device (published_seq untouched)."""
+    for row in DesiredState.objects.select_related("device"):
+        DesiredState.objects.filter(pk=row.pk).update(
+            seq=seq, envelope=envelope(row.device.device_id, seq)
+        )
+
+
+def _all_published(seq: int) -> bool:
+    return DesiredState.objects.filter(seq=seq, published_seq=seq).count() == DEVICES
+
+
+def _retained(port: int, expected: int) -> dict[str, bytes]:
+    """The retained `desired` messages a new subscriber gets, by topic."""
+    received: dict[str, bytes] = {}
+    done = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+
+    def on_message(c, userdata, message):  # type: ignore[no-untyped-def]
+        if message.retain:
+            received[message.topic] = message.payload
+        if len(received) >= expected:
+            done.set()
+
+    client.on_message = on_message
+    client.on_connect = lambda c, *a: c.subscribe("fleet/v1/devices/+/desired", qos=1)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        done.wait(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return received
+
+
+def _expected(seq: int) -> dict[str, bytes]:
+    return {
+        f"fleet/v1/devices/dev-{i:04d}/desired": envelope(f"dev-{i:04d}", seq)
+        for i in range(DEVICES)
+    }
+
+
+def test_every_row_is_published_retained_and_rewrites_go_out_again(mosquitto) -> None:  # type: ignore[no-untyped-def]
+    # given 200 devices with a desired state each
+    _write_rows(DEVICES, seq=1)
+    with running_bridge(mosquitto.port):
+        # when the director rewrites every row while the outbox is publishing seq 1
+        _rewrite_all(seq=2)
+        # then each device's latest envelope is retained and its row marked published
+        assert wait_until(lambda: _all_published(2), 20)
+        assert not DesiredState.objects.filter(published_seq__lt=F("seq")).exists()
+        assert not DesiredState.objects.filter(published_at__isnull=True).exists()
+        assert _retained(mosquitto.port, DEVICES) == _expected(2)
+
+        # when the director rewrites them again and the broker restarts mid-flight
+        _rewrite_all(seq=3)
+        mosquitto.restart()
+        # then publishing resumes and completes
+        assert wait_until(lambda: _all_published(3), 20), mosquitto.log_tail()
+        assert _retained(mosquitto.port, DEVICES) == _expected(3)
+
+
+class FakePublisher:
+    """Stands in for the MQTT connection: records publishes, PUBACKs when told to."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.sent: dict[int, tuple[str, bytes]] = {}
+        self._mids = itertools.count(1)
+        self.ack_immediately: Outbox | None = None
+
+    def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> int | None:
+        assert (qos, retain) == (1, True)
+        mid = next(self._mids)
+        self.sent[mid] = (topic, payload)
+        if self.ack_immediately is not None:  # the PUBACK beats publish() returning
+            self.ack_immediately.on_published(mid, True)
+        return mid
+
+
+def _row() -> DesiredState:
+    return DesiredState.objects.get()
+
+
+def test_a_row_rewritten_in_flight_is_published_again() -> None:
+    # given a desired state at seq 1 handed to the broker
+    device = make_device("dev-1")
+    DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
+    publisher = FakePublisher()
+    outbox = Outbox(publisher=publisher, poll_seconds=0, batch_size=10, window=10)
+    outbox.step()
+    assert list(publisher.sent.values()) == [("fleet/v1/devices/dev-1/desired", b"env-1")]
+    # a scan while seq 1 is in flight does not send it twice
+    outbox.rescan()
+    outbox.step()
+    assert len(publisher.sent) == 1
+
+    # when the director writes seq 2 before the PUBACK of seq 1 comes back
+    DesiredState.objects.filter(pk=_row().pk).update(seq=2, envelope=b"env-2")
+    outbox.on_published(1, True)
+    outbox.step()
+    # then seq 1 is not recorded as published
+    assert _row().published_seq == 0
+
+    # and the next scan publishes seq 2, recorded once acknowledged
+    outbox.rescan()
+    outbox.step()
+    assert publisher.sent[2] == ("fleet/v1/devices/dev-1/desired", b"env-2")
+    outbox.on_published(2, True)
+    outbox.step()
+    row = _row()
+    assert (row.published_seq, row.seq) == (2, 2)
+    assert row.published_at is not None
+
+
+def test_a_refused_publish_is_not_recorded_and_an_early_puback_is() -> None:
+    device = make_device("dev-1")
+    DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
+    publisher = FakePublisher()
+    outbox = Outbox(publisher=publisher, poll_seconds=0, batch_size=10, window=10)
+    # a PUBACK with a failure reason (e.g. not authorized) leaves the row behind...
+    outbox.step()
+    outbox.on_published(1, False)
+    outbox.step()
+    assert _row().published_seq == 0
+    # ... and it is not retried at once
+    outbox.rescan()
+    outbox.step()
+    assert len(publisher.sent) == 1
+    # a PUBACK arriving before publish() returns is still recorded
+    DesiredState.objects.filter(pk=_row().pk).update(seq=2, envelope=b"env-2")
+    publisher.ack_immediately = outbox
+    outbox.rescan()
+    outbox.step()
+    outbox.step()
+    assert _row().published_seq == 2
+
+
+def test_nothing_is_published_while_disconnected() -> None:
+    device = make_device("dev-1")
+    DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
+    publisher = FakePublisher()
+    publisher.connected = False
+    outbox = Outbox(publisher=publisher, poll_seconds=0, batch_size=10, window=10)
+    assert outbox.step() is False
+    assert publisher.sent == {}
