@@ -11,6 +11,14 @@ urlpatterns = [
     path("devices/", views.DeviceListView.as_view(), name="device-list"),
     path("devices/<str:device_id>/", views.DeviceDetailView.as_view(), name="device-detail"),
     path("devices/<str:device_id>/revoke", views.DeviceRevokeView.as_view(), name="device-revoke"),
+    path(
+        "devices/<str:device_id>/desired", views.DeviceDesiredView.as_view(), name="device-desired"
+    ),
+    path(
+        "devices/<str:device_id>/desired/republish",
+        views.DeviceRepublishView.as_view(),
+        name="device-republish",
+    ),
     path("groups/<str:name>/members", views.GroupMembersView.as_view(), name="group-members"),
     path(
         "dynamic-groups/<str:name>/devices",

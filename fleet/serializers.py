@@ -85,3 +85,12 @@ class EnrollRequestSerializer(serializers.Serializer[dict[str, object]]):
     hardware = serializers.RegexField(r"^[a-z0-9][a-z0-9_-]{0,63}$")
     csr = serializers.CharField(max_length=16 * 1024)
     agent_version = serializers.CharField(max_length=32, required=False, default="")
+
+
+class AssignmentSerializer(serializers.Serializer[dict[str, object]]):
+    model = serializers.CharField(max_length=64)
+    version = serializers.CharField(max_length=64)
+
+
+class DesiredRequestSerializer(serializers.Serializer[dict[str, object]]):
+    models = serializers.ListField(child=AssignmentSerializer(), allow_empty=False, max_length=32)

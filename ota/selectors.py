@@ -37,3 +37,16 @@ def artifact_for_target(target_path: str, sha256: str | None) -> Artifact | None
     if sha256 is not None:
         qs = qs.filter(sha256=sha256)
     return qs.first()
+
+
+def artifact_for_device(*, model_name: str, version: str, hardware: str) -> Artifact:
+    """The variant of ``model_name`` ``version`` built for ``hardware``, or a refusal."""
+    model = model_get(model_name)
+    artifact = Artifact.objects.filter(model=model, version=version, hardware=hardware).first()
+    if artifact is not None:
+        return artifact
+    if Artifact.objects.filter(model=model, version=version).exists():
+        raise ServiceError(
+            ErrorCode.HW_MISMATCH, f"{model_name} {version} has no variant for {hardware}"
+        )
+    raise ServiceError(ErrorCode.NOT_FOUND, f"{model_name} {version} is not published")

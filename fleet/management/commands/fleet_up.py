@@ -2,6 +2,9 @@
 
 import os
 import secrets
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,11 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from device_agent.config import CONFIG_FILE, AgentConfig
 from fleet.devserver import Child, Supervisor, first_free_port, port_free
+from fleet.enrollment import enrollment_token_create
+from fleet.management.commands.broker import mosquitto_binary
+from fleet.models import Device
 from fleet.services import api_token_create, ci_user_get_or_create
 from ota.models import Model
 from ota.repository import model_register, signer_for
@@ -29,6 +36,63 @@ def _secret_file(path: Path, make: Any) -> str:
     return value
 
 
+SIM_HARDWARE = "linux-x86_64-fp32"
+
+
+def _mqtt_port(data: Path, preferred: int) -> int:
+    """The broker port of the last run when it is still free (enrolled agents remember it)."""
+    remembered = data / "mqtt" / "port"
+    if remembered.exists():
+        old = int(remembered.read_text())
+        if port_free(old):
+            return old
+    port = first_free_port(preferred)
+    remembered.parent.mkdir(parents=True, exist_ok=True)
+    remembered.write_text(str(port))
+    return port
+
+
+def _simulated_device(data: Path, index: int, base: str, mqtt_port: int) -> Path:
+    """Enroll a simulated device once, through the real API, as a real agent would."""
+    device_id = f"sim-{index:03d}"
+    directory = data / "devices" / device_id
+    broker = f"mqtt://127.0.0.1:{mqtt_port}"
+    if (directory / CONFIG_FILE).exists():
+        config = AgentConfig.load(directory)
+        if config.broker_url != broker or config.server_url != base:
+            replace(config, broker_url=broker, server_url=base, tuf_url=f"{base}/tuf/").save(
+                directory
+            )
+        return directory
+    if Device.objects.filter(device_id=device_id).exists():
+        raise CommandError(
+            f"{device_id} is enrolled but {directory} is gone: delete {data} to start afresh"
+        )
+    _, token = enrollment_token_create(by=None, hours=1, hardware=SIM_HARDWARE)
+    subprocess.run(  # noqa: S603 - our own console script
+        [
+            str(Path(sys.executable).parent / "fleet-agent"),
+            "enroll",
+            "--dir",
+            str(directory),
+            "--server",
+            base,
+            "--token",
+            token,
+            "--device-id",
+            device_id,
+            "--hardware",
+            SIM_HARDWARE,
+            "--broker-url",
+            broker,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return directory
+
+
 class Command(BaseCommand):
     help = (
         "Migrate, create dev keys, an operator and a CI token, then run the broker and the "
@@ -39,6 +103,12 @@ class Command(BaseCommand):
         parser.add_argument("--addr", default=os.environ.get("FLEET_ADDR", "127.0.0.1"))
         parser.add_argument("--port", default=os.environ.get("FLEET_PORT", "8000"))
         parser.add_argument("--no-serve", action="store_true", help="prepare only")
+        parser.add_argument(
+            "--devices",
+            type=int,
+            default=int(os.environ.get("FLEET_DEVICES", "3")),
+            help="simulated devices, each a real fleet-agent process (default 3)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         data = Path(settings.FLEET_DATA_DIR)
@@ -71,7 +141,8 @@ class Command(BaseCommand):
         port = int(options["port"])
         if not options["no_serve"] and not port_free(port):
             raise CommandError(f"port {port} is in use: set FLEET_PORT or pass --port")
-        mqtt_port = first_free_port(int(os.environ.get("FLEET_MQTT_PORT", "1883")))
+        mqtt_port = _mqtt_port(data, int(os.environ.get("FLEET_MQTT_PORT", "1883")))
+        engine = "mosquitto" if mosquitto_binary() else "amqtt"
         base = f"http://{options['addr']}:{port}"
         env = {
             **os.environ,
@@ -87,7 +158,9 @@ class Command(BaseCommand):
   API docs      {base}/api/docs/
   TUF metadata  {base}/tuf/timestamp.json
   Health        {base}/healthz
-  MQTT broker   mqtt://127.0.0.1:{mqtt_port}  (plain, loopback only; production: deploy/mosquitto/)
+  MQTT broker   mqtt://127.0.0.1:{mqtt_port}  ({engine}, plain, loopback only)
+                production uses TLS + client certificates: deploy/mosquitto/
+  Devices       {options["devices"]} simulated fleet-agent processes, in {data / "devices"}/
   Logs          {data / "logs"}/
 
 Publish a model as CI would:
@@ -103,9 +176,26 @@ Stop with Ctrl-C.
             return
         supervisor = Supervisor(data / "logs", env)
         supervisor.manage("broker", "broker", "--port", str(mqtt_port), ready_port=mqtt_port)
+        bridge_args = ["bridge", "--url", f"mqtt://127.0.0.1:{mqtt_port}"]
+        if engine == "amqtt":  # no $share, MQTT 3.1.1 (DESIGN.md §7)
+            bridge_args += ["--no-share", "--protocol", "3.1.1"]
+        supervisor.manage("bridge", *bridge_args)
         supervisor.manage(
             "web", "runserver", f"{options['addr']}:{port}", "--noreload", ready_port=port
         )
+        for index in range(1, options["devices"] + 1):
+            device_dir = _simulated_device(data, index, base, mqtt_port)
+            supervisor.start(
+                Child(
+                    f"device-{index}",
+                    [
+                        str(Path(sys.executable).parent / "fleet-agent"),
+                        "run",
+                        "--dir",
+                        str(device_dir),
+                    ],
+                )
+            )
         self.stdout.write(banner)
         self.stdout.flush()
 
