@@ -138,8 +138,40 @@ def crl_write() -> Path:
     return path
 
 
+ACL_REVOKED_HEADER = (
+    "\n# --- revoked devices (written by fleet.enrollment.acl_write; do not edit) ---\n"
+)
+
+
+def acl_write() -> Path | None:
+    """Render the broker ACL: the template plus a deny-everything block per revoked device.
+
+    The CRL only stops new connections; a revoked device that is connected keeps its
+    session. A ``user <id>`` block overrides the ``%u`` patterns and Mosquitto applies it
+    to live sessions on SIGHUP, so the device loses every right at the same reload.
+    Disabled (returns None) unless ``FLEET_MQTT_ACL_PATH`` is set.
+    """
+    if not settings.FLEET_MQTT_ACL_PATH:
+        return None
+    template = Path(settings.FLEET_MQTT_ACL_TEMPLATE).read_text()
+    revoked = (
+        Device.objects.filter(revoked_at__isnull=False)
+        .order_by("device_id")
+        .values_list("device_id", flat=True)
+    )
+    blocks = "".join(f"\nuser {device_id}\ntopic deny #\n" for device_id in revoked)
+    path = Path(settings.FLEET_MQTT_ACL_PATH)
+    ca.write_atomic(path, (template + ACL_REVOKED_HEADER + blocks).encode())
+    return path
+
+
+def _broker_files_write() -> None:
+    crl_write()
+    acl_write()
+
+
 def device_revoke(*, device: Device, reason: str) -> Device:
-    """Disable a device and revoke its certificates; the CRL is rewritten after commit."""
+    """Disable a device and revoke its certificates; CRL and ACL are rewritten after commit."""
     now = timezone.now()
     with transaction.atomic():
         locked = Device.objects.select_for_update().get(pk=device.pk)
@@ -148,6 +180,6 @@ def device_revoke(*, device: Device, reason: str) -> Device:
         locked.revoked_at = now
         locked.save(update_fields=["revoked_at"])
         locked.certificates.filter(revoked_at__isnull=True).update(revoked_at=now)
-        transaction.on_commit(crl_write)
+        transaction.on_commit(_broker_files_write)
     log.warning("revoked %s: %s", locked.device_id, reason)
     return locked

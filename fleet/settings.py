@@ -257,6 +257,12 @@ if PRODUCTION and FLEET_MQTT_BRIDGE_URL.startswith("mqtts://") and not (
         "(the bridge's client certificate from `manage.py mqtt_certs`)."
     )
 FLEET_DESIRED_TTL = timedelta(days=_env_int("FLEET_DESIRED_TTL_DAYS", 7, minimum=1))
+# When set, revocations also rewrite this ACL file (the template plus a deny block per
+# revoked device) so a connected revoked device loses its rights at the broker's reload.
+FLEET_MQTT_ACL_PATH = _env("FLEET_MQTT_ACL_PATH")
+FLEET_MQTT_ACL_TEMPLATE = Path(
+    _env("FLEET_MQTT_ACL_TEMPLATE", str(BASE_DIR / "deploy" / "mosquitto" / "acl"))
+)
 FLEET_ENROLLMENT_TOKEN_HOURS = _env_int("FLEET_ENROLLMENT_TOKEN_HOURS", 24, minimum=1)
 
 # --- REST API -----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from celery import shared_task
 
 from fleet.director import desired_reissue_expiring
-from fleet.enrollment import crl_write
+from fleet.enrollment import acl_write, crl_write
 
 
 @shared_task
@@ -15,4 +15,5 @@ def desired_reissue_expiring_task() -> int:
 @shared_task
 def crl_refresh_task() -> str:
     """Re-sign the CRL daily: Mosquitto refuses every client once its nextUpdate passes."""
+    acl_write()
     return str(crl_write())

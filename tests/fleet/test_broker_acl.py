@@ -386,3 +386,28 @@ def test_mqtt_certs_writes_private_keys_0600_and_the_names_as_sans(repo, setting
     before = (out / mqtt_certs.BROKER_KEY).read_bytes()
     call_command("mqtt_certs", "--out", str(out), "--force", stdout=io.StringIO())
     assert (out / mqtt_certs.BROKER_KEY).read_bytes() != before
+
+
+def test_a_connected_revoked_device_is_cut_off_at_the_reload(  # type: ignore[no-untyped-def]
+    broker, devices, connect, settings, django_capture_on_commit_callbacks
+):
+    # given the control plane writes the ACL file this broker reads, and A is connected
+    settings.FLEET_MQTT_ACL_PATH = str(broker.directory / "acl")
+    bridge = connect(broker.bridge_credential())
+    bridge.subscribe(subscription_filter(Channel.EVENTS, share_group="bridge"))
+    a, b = connect(devices[A]), connect(devices[B])
+    assert not a.publish(topic_for(A, Channel.EVENTS), b"before").is_failure
+    bridge.wait_for_message(topic_for(A, Channel.EVENTS), b"before")
+
+    # when A is revoked while connected and the broker reloads (the CRL alone would only
+    # stop A's next connection)
+    with django_capture_on_commit_callbacks(execute=True):
+        device_revoke(device=device(A), reason="stolen")
+    assert f"user {A}\ntopic deny #" in (broker.directory / "acl").read_text()
+    broker.reload_and_wait()
+
+    # then A's live session may no longer publish, while B's still may
+    assert _reason(a.publish(topic_for(A, Channel.EVENTS), b"after")) == NOT_AUTHORIZED
+    assert not b.publish(topic_for(B, Channel.EVENTS), b"control").is_failure
+    got = bridge.wait_for_message(topic_for(B, Channel.EVENTS), b"control")
+    assert (topic_for(A, Channel.EVENTS), b"after") not in got
