@@ -1,5 +1,6 @@
 """The director's online signing key (ECDSA P-256), generated on first use when embedded."""
 
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -20,12 +21,16 @@ def director_key_path() -> Path:
     return Path(settings.FLEET_KEYS_DIR) / DIRECTOR_KEY_FILE
 
 
+_create_lock = threading.Lock()
+
+
 @cache
 def _load(path: Path) -> ec.EllipticCurvePrivateKey:
-    if not path.exists():
-        if settings.PRODUCTION:
-            raise RuntimeError(f"the director key {path} is missing (FLEET_KEYS_DIR)")
-        write_private_key(path, generate_director_key())
+    with _create_lock:  # two threads must not both create it
+        if not path.exists():
+            if settings.PRODUCTION:
+                raise RuntimeError(f"the director key {path} is missing (FLEET_KEYS_DIR)")
+            write_private_key(path, generate_director_key())
     return read_private_key(path)
 
 

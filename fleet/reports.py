@@ -12,6 +12,7 @@ from datetime import datetime
 
 from device_agent.protocol.messages import ReportedState, UpdateEvent
 from fleet.models import Device, DeviceEvent
+from ota.tasks import rollout_evaluate_on_commit
 
 
 def _clip(model: type[Device] | type[DeviceEvent], field: str, value: str) -> str:
@@ -39,7 +40,7 @@ def device_event_record(*, device: Device, event: UpdateEvent) -> tuple[DeviceEv
     An event repeated field for field is the same report delivered twice (the broker
     redelivers what the bridge had not acknowledged), so it is stored once.
     """
-    return DeviceEvent.objects.get_or_create(
+    stored, created = DeviceEvent.objects.get_or_create(
         device=device,
         digest=hashlib.sha256(event.to_json()).hexdigest(),
         defaults={
@@ -53,6 +54,10 @@ def device_event_record(*, device: Device, event: UpdateEvent) -> tuple[DeviceEv
             "ts": event.ts,
         },
     )
+    if created and stored.rollout_id:
+        # The rollout engine tracks outcomes from these rows: let it look once they commit.
+        rollout_evaluate_on_commit(rollout_id=stored.rollout_id, phase=stored.phase)
+    return stored, created
 
 
 def device_presence_set(*, device: Device, online: bool, at: datetime) -> Device:

@@ -6,7 +6,13 @@ from django.db import transaction
 from fleet.auth import token_generate
 from fleet.models import ApiToken
 
-CI_PERMISSIONS = ("ota.add_artifact", "ota.view_artifact", "ota.view_model")
+CI_PERMISSIONS = (
+    "ota.add_artifact",
+    "ota.view_artifact",
+    "ota.view_model",
+    "ota.add_rollout",
+    "ota.view_rollout",
+)
 
 
 @transaction.atomic

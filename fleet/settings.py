@@ -288,6 +288,14 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# --- rollouts -------------------------------------------------------------------------------
+# How often the beat evaluates every active rollout (start and bake times, timeouts,
+# pacing); device events trigger evaluations in between.
+FLEET_ROLLOUT_TICK_SECONDS = _env_int("FLEET_ROLLOUT_TICK_SECONDS", 30, minimum=5)
+# Dotted path of the telemetry gates' data source (ota.gates.TelemetrySource); empty: no
+# telemetry data yet, so telemetry gates report insufficient_data.
+FLEET_ROLLOUT_TELEMETRY_SOURCE = _env("FLEET_ROLLOUT_TELEMETRY_SOURCE")
+
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = _env("CELERY_BROKER_URL")
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
@@ -307,6 +315,10 @@ CELERY_BEAT_SCHEDULE = {
     "crl-refresh": {
         "task": "fleet.tasks.crl_refresh_task",
         "schedule": crontab(minute=23, hour=3),  # daily: the CRL's nextUpdate is 30 days out
+    },
+    "rollouts-tick": {
+        "task": "ota.tasks.rollouts_tick_task",
+        "schedule": timedelta(seconds=FLEET_ROLLOUT_TICK_SECONDS),
     },
 }
 if PRODUCTION and not CELERY_BROKER_URL:

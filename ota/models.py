@@ -103,3 +103,171 @@ class RepositoryLock(models.Model):
 
     def __str__(self) -> str:
         return "TUF repository"
+
+
+# --- rollouts (DESIGN.md §5) ------------------------------------------------------------
+
+
+class RolloutStatus(models.TextChoices):
+    """A rollout's lifecycle; only ``ota/rollouts.py`` moves a rollout between these."""
+
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    ROLLED_BACK = "rolled_back"
+
+
+class RolloutStrategy(models.TextChoices):
+    PHASED = "phased"
+    AB = "ab", "A/B"
+
+
+class Rollout(models.Model):
+    """Deploys one model to a selection of devices, phased or as an A/B experiment.
+
+    Devices and other models see it by its public id ``r-<pk>``, the ``rollout_id`` of
+    desired-state entries, update events and telemetry. ``stages``, ``arms``, ``selection``
+    and ``policy`` are JSON validated by ``ota/rollout_config.py``; a phased rollout has one
+    arm, ``main``. The engine's bookkeeping (stage, bake clock, last gate figures) lives
+    here too so one row lock orders every evaluation.
+    """
+
+    model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="rollouts")
+    strategy = models.CharField(max_length=8, choices=RolloutStrategy.choices)
+    version = models.CharField(
+        max_length=64, blank=True, help_text="phased: the version deployed; A/B: the winner"
+    )
+    description = models.TextField(blank=True)
+    selection = models.JSONField(default=dict)
+    stages = models.JSONField(default=list, help_text="[{percent, bake_minutes}]")
+    arms = models.JSONField(default=list, help_text="[{name, version, weight, baseline}]")
+    policy = models.JSONField(default=dict)
+    status = models.CharField(
+        max_length=16, choices=RolloutStatus.choices, default=RolloutStatus.DRAFT, db_index=True
+    )
+    current_stage = models.PositiveSmallIntegerField(default=0)
+    stage_started_at = models.DateTimeField(null=True, blank=True)
+    stage_settled_at = models.DateTimeField(
+        null=True, blank=True, help_text="when every device of the stage finished: bake starts"
+    )
+    promoted_arm = models.CharField(max_length=64, blank=True)
+    starts_at = models.DateTimeField(null=True, blank=True)
+    gate_figures = models.JSONField(default=dict, blank=True, help_text="last gate evaluation")
+    gates_since = models.DateTimeField(
+        null=True, blank=True, help_text="the failure gate counts devices finished since (resume)"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    evaluated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [
+            ("start_rollout", "Can start a rollout or schedule its start time"),
+            ("control_rollout", "Can pause, resume, abort and promote a rollout"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} {self.model.name}"
+
+    @property
+    def public_id(self) -> str:
+        return f"r-{self.pk}"
+
+
+class RolloutDeviceState(models.TextChoices):
+    """Where one device is in a rollout (the engine's own small state machine)."""
+
+    PENDING = "pending"
+    NOTIFIED = "notified"
+    IN_PROGRESS = "in_progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+    KEPT = "kept", "kept (cannot be rolled back)"
+
+
+class RolloutDevice(models.Model):
+    """One device of a rollout: its sticky cohort, what it is sent, and how it went.
+
+    Rows are made when the rollout starts, one per selected device. ``previous_artifact``
+    is the device's desired entry for the model before its first notification: what an
+    abort re-issues. ``desired_seq`` is the seq of the last envelope this rollout issued
+    to it; events and reports older than that belong to an earlier attempt.
+    """
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="devices")
+    device = models.ForeignKey(
+        "fleet.Device", on_delete=models.CASCADE, related_name="rollout_devices"
+    )
+    arm = models.CharField(max_length=64)
+    bucket = models.FloatField(help_text="sha256(rollout_id + device_id) in [0, 1)")
+    artifact = models.ForeignKey(
+        Artifact, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    previous_artifact = models.ForeignKey(
+        Artifact, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    state = models.CharField(
+        max_length=16, choices=RolloutDeviceState.choices, default=RolloutDeviceState.PENDING
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    rollback_attempts = models.PositiveSmallIntegerField(default=0)
+    desired_seq = models.PositiveBigIntegerField(default=0)
+    notified_at = models.DateTimeField(null=True, blank=True)
+    phase_at = models.DateTimeField(
+        null=True, blank=True, help_text="when the last phase change was seen (timeouts)"
+    )
+    last_phase = models.CharField(max_length=16, blank=True)
+    last_code = models.CharField(max_length=32, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["rollout", "bucket"]
+        constraints = [
+            models.UniqueConstraint(fields=["rollout", "device"], name="rolloutdevice_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["rollout", "state", "bucket"], name="rolloutdevice_state"),
+            models.Index(fields=["rollout", "notified_at"], name="rolloutdevice_notified"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rollout_id}:{self.device_id} {self.state}"
+
+
+class RolloutAuditEvent(models.Model):
+    """Who changed a rollout, when and why, with the gate figures behind the decision.
+
+    One row per status change (``from_status`` != ``to_status``) and per stage advance or
+    promotion (same status); ``actor`` is empty and ``actor_name`` ``engine`` for the
+    engine's own decisions.
+    """
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="audit_events")
+    from_status = models.CharField(max_length=16, blank=True)
+    to_status = models.CharField(max_length=16)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField(max_length=150)
+    reason = models.TextField(blank=True)
+    figures = models.JSONField(default=dict, blank=True)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["rollout", "at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.rollout_id}: {self.from_status or '-'} -> {self.to_status}"

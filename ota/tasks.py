@@ -1,11 +1,79 @@
 """Celery tasks of the model registry: small, idempotent, one service call each."""
 
-from celery import shared_task
+import logging
 
+from celery import shared_task
+from django.db import transaction
+
+from ota import engine, rollout_selectors
 from ota.repository import repository_refresh
+
+log = logging.getLogger(__name__)
 
 
 @shared_task
 def tuf_refresh_task() -> list[str]:
     """Re-sign snapshot/timestamp before they expire so frozen devices notice."""
     return repository_refresh()
+
+
+# --- rollouts ---------------------------------------------------------------------------------
+
+
+@shared_task
+def rollout_evaluate_task(rollout_id: str) -> dict[str, object]:
+    """Evaluate one rollout (``r-<n>``); safe to run twice or concurrently (row lock).
+
+    When the evaluation left work over (a roll-back larger than one batch), the next
+    one is queued at once instead of waiting for the beat.
+    """
+    result = engine.rollout_evaluate(rollout_id=rollout_id)
+    if result.more:
+        rollout_evaluate_task.apply_async((rollout_id,), countdown=1)
+    return result.to_dict()
+
+
+@shared_task
+def rollouts_tick_task() -> int:
+    """The beat: queue an evaluation of every rollout that may have something to do
+    (start times, bake times, timeouts, pacing and windows move with the clock)."""
+    ids = [rollout.public_id for rollout in rollout_selectors.rollouts_to_evaluate()]
+    for rollout_id in ids:
+        try:
+            rollout_evaluate_task.delay(rollout_id)
+        except Exception:
+            # Eager (embedded) runs the evaluation right here: one rollout's failure must not
+            # keep the others from being evaluated.
+            log.exception("evaluating %s failed", rollout_id)
+    return len(ids)
+
+
+# Phases after which a rollout may decide something (a device finished); progress events
+# only move timeouts, which the beat checks.
+_DECISIVE_PHASES = frozenset({"committed", "failed", "rejected", "rolled_back"})
+
+
+def rollout_evaluate_on_commit(*, rollout_id: str, phase: str) -> None:
+    """Queue an evaluation of ``rollout_id`` once the current transaction commits.
+
+    Called for every stored device event; only decisive phases of our own rollout ids
+    count, and one transaction (the bridge stores events in batches) queues at most one
+    evaluation per rollout. ``robust``: a failure to queue must not fail the bridge's
+    batch, which has committed already; the beat evaluates the rollout anyway.
+    """
+    if phase not in _DECISIVE_PHASES or rollout_selectors.rollout_pk(rollout_id) is None:
+        return
+    connection = transaction.get_connection()
+    if connection.in_atomic_block:
+        # Django keeps the pending callbacks in run_on_commit (savepoint ids, callback,
+        # robust); looking there rather than in a set of our own is what stays right
+        # when a transaction rolls back and its callbacks are dropped.
+        for pending in connection.run_on_commit:
+            if getattr(pending[1], "rollout_id", None) == rollout_id:
+                return
+
+    def evaluate() -> None:
+        rollout_evaluate_task.delay(rollout_id)
+
+    evaluate.rollout_id = rollout_id  # type: ignore[attr-defined]
+    transaction.on_commit(evaluate, robust=True)

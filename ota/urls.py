@@ -1,6 +1,6 @@
 from django.urls import path
 
-from ota import views
+from ota import rollout_views, views
 
 urlpatterns = [
     path("models/", views.ModelListView.as_view(), name="model-list"),
@@ -22,5 +22,34 @@ urlpatterns = [
         "release-keys/<str:keyid>/revoke",
         views.ReleaseKeyRevokeView.as_view(),
         name="release-key-revoke",
+    ),
+    # rollouts (DESIGN.md §5)
+    path("rollouts/", rollout_views.RolloutListView.as_view(), name="rollout-list"),
+    path(
+        "rollouts/<str:rollout_id>/",
+        rollout_views.RolloutDetailView.as_view(),
+        name="rollout-detail",
+    ),
+    *[
+        path(f"rollouts/<str:rollout_id>/{action}", view.as_view(), name=f"rollout-{action}")
+        for action, view in (
+            ("schedule", rollout_views.RolloutScheduleView),
+            ("unschedule", rollout_views.RolloutUnscheduleView),
+            ("start", rollout_views.RolloutStartView),
+            ("pause", rollout_views.RolloutPauseView),
+            ("resume", rollout_views.RolloutResumeView),
+            ("abort", rollout_views.RolloutAbortView),
+            ("promote", rollout_views.RolloutPromoteView),
+        )
+    ],
+    path(
+        "rollouts/<str:rollout_id>/devices",
+        rollout_views.RolloutDevicesView.as_view(),
+        name="rollout-devices",
+    ),
+    path(
+        "rollouts/<str:rollout_id>/audit",
+        rollout_views.RolloutAuditView.as_view(),
+        name="rollout-audit",
     ),
 ]

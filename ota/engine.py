@@ -1,0 +1,624 @@
+"""The rollout engine: one evaluation of one rollout (DESIGN.md §5).
+
+``rollout_evaluate`` is what the Celery task runs, after device events and on the beat.
+It holds the rollout's row lock for the whole evaluation, in one transaction with the
+desired states it issues, so evaluations of one rollout run one after another: running
+one twice, or two at once, notifies nobody twice, and a crash leaves either both the
+device rows and their envelopes or neither. In order:
+
+1. start a scheduled rollout whose time has come;
+2. track outcomes of devices in flight: their update events for this rollout (and a
+   whole-envelope rejection) since the envelope we issued, falling back on the reported
+   state (a device already running the version reports no events, only its state);
+   devices without progress for ``device_timeout_minutes`` time out;
+3. running: retry failed devices, check the gates (on a breach pause or abort as the
+   policy says), advance the stage once every device of it finished and it baked,
+   complete, or (A/B) promote; then notify pending devices of the stage, in bucket
+   order, at the policy's pace and inside its maintenance window;
+4. aborted: re-issue every touched device's previous version through the director, in
+   batches; ``rolled_back`` once none is still rolling back.
+"""
+
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count, Max, Q
+from django.utils import timezone
+
+from device_agent.protocol.errors import ErrorCode
+from device_agent.protocol.messages import Phase
+from fleet.director import ModelAssignment, devices_desired_set
+from fleet.errors import ServiceError
+from fleet.models import DesiredState, Device, DeviceEvent
+from ota import rollouts
+from ota.gates import (
+    PHASED_BASELINE,
+    Gate,
+    GateContext,
+    GateResult,
+    GateStatus,
+    InstallFailureGate,
+    Outcomes,
+    TelemetryGate,
+    pick_winner,
+    telemetry_source,
+)
+from ota.models import (
+    Artifact,
+    Model,
+    Rollout,
+    RolloutDevice,
+    RolloutDeviceState,
+    RolloutStatus,
+    RolloutStrategy,
+)
+from ota.pacing import RATE_WINDOW, current_rate, notify_budget, window_open
+from ota.rollout_config import baseline_arm
+from ota.rollout_selectors import rollout_pk
+from ota.rollouts import RolloutConfig
+
+log = logging.getLogger(__name__)
+
+D = RolloutDeviceState
+# Bounds on one evaluation's work (and so on how long it holds its locks); what is left
+# over is picked up by the next evaluation, which the task schedules at once.
+NOTIFY_MAX_PER_EVALUATION = 1000
+ROLLBACK_BATCH = 1000
+TRACK_CHUNK = 1000
+# Telemetry gates query the telemetry store; evaluations come with every device event.
+TELEMETRY_INTERVAL = timedelta(seconds=60)
+
+TRACKED = (D.NOTIFIED, D.IN_PROGRESS, D.ROLLING_BACK)
+ACTIVE = (D.PENDING, D.NOTIFIED, D.IN_PROGRESS)
+# States of a device that was notified and not yet rolled back (with attempts > 0).
+TOUCHED = (D.PENDING, D.NOTIFIED, D.IN_PROGRESS, D.SUCCEEDED, D.FAILED, D.TIMED_OUT)
+TERMINAL_PHASES = frozenset({Phase.COMMITTED, Phase.FAILED, Phase.REJECTED, Phase.ROLLED_BACK})
+DEVICE_FIELDS = [
+    "state",
+    "attempts",
+    "rollback_attempts",
+    "desired_seq",
+    "notified_at",
+    "phase_at",
+    "last_phase",
+    "last_code",
+    "previous_artifact",
+    "updated_at",
+]
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation did (the task's return value; also handy in tests)."""
+
+    rollout_id: str
+    status: str = ""
+    tracked: int = 0
+    notified: int = 0
+    rollback_issued: int = 0
+    more: bool = False
+    note: str = ""
+    gates: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _chunks[T](items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def rollout_evaluate(
+    *, rollout_id: str, now: datetime | None = None, rng: random.Random | None = None
+) -> Evaluation:
+    """Evaluate the rollout ``r-<n>`` once (see the module docstring); idempotent.
+
+    Ids that are not ours (events from other systems) and missing rollouts do nothing.
+    """
+    result = Evaluation(rollout_id)
+    pk = rollout_pk(rollout_id)
+    if pk is None:
+        return result
+    now = now or timezone.now()
+    with transaction.atomic():
+        rollout = Rollout.objects.select_for_update().select_related("model").filter(pk=pk).first()
+        if rollout is None:
+            return result
+        if (
+            rollout.status == RolloutStatus.SCHEDULED
+            and rollout.starts_at is not None
+            and rollout.starts_at <= now
+        ):
+            try:
+                rollout = rollouts.rollout_start_due(rollout=rollout, now=now)
+            except ServiceError as exc:
+                # E.g. a device joined a group another rollout of the model holds: it stays
+                # scheduled (and says why) until an operator narrows or unschedules it.
+                log.warning("%s cannot start: %s", rollout.public_id, exc)
+                result.note = f"cannot start: {exc.detail}"
+        if rollout.status in (RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.ABORTED):
+            config = RolloutConfig.of(rollout)
+            result.tracked = _track(rollout, config, now)
+            if rollout.status == RolloutStatus.RUNNING:
+                rollout = _run(rollout, config, now, rng or random.Random(), result)  # noqa: S311
+            if rollout.status == RolloutStatus.ABORTED:
+                rollout = _roll_back(rollout, config, now, result)
+            Rollout.objects.filter(pk=pk).update(evaluated_at=now)
+        result.status = rollout.status
+    return result
+
+
+# --- 2. outcomes -------------------------------------------------------------------------------
+
+
+def _runs(reported: object, model: str, target: tuple[str, int] | None) -> bool:
+    """Whether a reported state shows ``model`` at exactly (version, release counter)."""
+    if target is None or not isinstance(reported, dict):
+        return False
+    entries = reported.get("models")
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, dict) and entry.get("name") == model:
+            return (entry.get("version"), entry.get("release_counter")) == target
+    return False
+
+
+def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
+    """Update devices in flight from their events and reports; returns how many changed."""
+    rows = list(RolloutDevice.objects.filter(rollout=rollout, state__in=TRACKED).order_by("pk"))
+    if not rows:
+        return 0
+    public_id, name = rollout.public_id, rollout.model.name
+    events: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    reported: dict[int, tuple[int, object]] = {}
+    for chunk in _chunks([r.device_id for r in rows], TRACK_CHUNK):
+        # A whole desired state refused (bad signature, expired) names no model or rollout.
+        mine = Q(rollout_id=public_id, model=name) | Q(model="", phase=Phase.REJECTED)
+        for event in (
+            DeviceEvent.objects.filter(device_id__in=chunk)
+            .filter(mine)
+            .values("pk", "device_id", "seq", "phase", "code", "ts", "received_at")
+        ):
+            events[event["device_id"]].append(dict(event))
+        for pk, seq, state in Device.objects.filter(pk__in=chunk).values_list(
+            "pk", "reported_seq", "reported"
+        ):
+            reported[pk] = (seq, state)
+    wanted = {r.artifact_id for r in rows} | {r.previous_artifact_id for r in rows}
+    targets = {
+        pk: (version, counter)
+        for pk, version, counter in Artifact.objects.filter(
+            pk__in=[pk for pk in wanted if pk is not None]
+        ).values_list("pk", "version", "release_counter")
+    }
+    timeout = timedelta(minutes=config.policy.device_timeout_minutes)
+    changed = []
+    for row in rows:
+        before = (row.state, row.last_phase, row.last_code, row.phase_at)
+        rolling_back = row.state == D.ROLLING_BACK
+        target = targets.get((row.previous_artifact_id if rolling_back else row.artifact_id) or 0)
+        attempt = sorted(
+            (e for e in events[row.device_id] if e["seq"] >= row.desired_seq),
+            key=lambda e: (e["ts"], e["pk"]),
+        )
+        terminal = [e for e in attempt if e["phase"] in TERMINAL_PHASES]
+        seq, state = reported.get(row.device_id, (0, None))
+        if attempt:
+            row.last_phase = attempt[-1]["phase"]
+            row.phase_at = max(e["received_at"] for e in attempt)
+        if terminal:
+            row.last_phase, row.last_code = terminal[-1]["phase"], terminal[-1]["code"]
+            ok: bool | None = terminal[-1]["phase"] == Phase.COMMITTED
+        elif seq >= row.desired_seq and _runs(state, name, target):
+            ok = True  # no event (it already ran that version), but its report says so
+            row.phase_at = now if row.last_phase != Phase.COMMITTED else row.phase_at
+            row.last_phase = Phase.COMMITTED
+        else:
+            ok = None
+        if ok is True:
+            row.state = D.ROLLED_BACK if rolling_back else D.SUCCEEDED
+        elif ok is False:
+            # A failed roll-back goes back to "failed": the roll-back step retries or gives up.
+            row.state = D.FAILED
+        elif row.phase_at is not None and now - row.phase_at > timeout:
+            row.state = D.FAILED if rolling_back else D.TIMED_OUT
+            row.last_code = row.last_code or "timeout"
+        elif attempt and not rolling_back:
+            row.state = D.IN_PROGRESS
+        if (row.state, row.last_phase, row.last_code, row.phase_at) != before:
+            changed.append(row)
+    RolloutDevice.objects.bulk_update(changed, DEVICE_FIELDS, batch_size=500)
+    return len(changed)
+
+
+def _outcomes(rollout: Rollout) -> dict[str, Outcomes]:
+    """Per-arm outcome counts; finished devices count from ``gates_since`` (a resume)."""
+    finished = Q()
+    if rollout.gates_since is not None:
+        finished = Q(phase_at__gte=rollout.gates_since)
+
+    def count(*states: str, extra: Q | None = None) -> Count:
+        return Count("pk", filter=Q(state__in=states) & (extra or Q()))
+
+    rows = (
+        RolloutDevice.objects.filter(rollout=rollout)
+        .values("arm")
+        .annotate(
+            succeeded=count(D.SUCCEEDED, extra=finished),
+            failed=count(D.FAILED, extra=finished),
+            timed_out=count(D.TIMED_OUT, extra=finished),
+            in_flight=count(D.NOTIFIED, D.IN_PROGRESS),
+            pending=count(D.PENDING),
+            skipped=count(D.SKIPPED),
+        )
+        .order_by()
+    )
+    return {
+        row["arm"]: Outcomes(
+            succeeded=row["succeeded"],
+            failed=row["failed"],
+            timed_out=row["timed_out"],
+            in_flight=row["in_flight"],
+            pending=row["pending"],
+            skipped=row["skipped"],
+        )
+        for row in rows
+    }
+
+
+# --- 3. running ----------------------------------------------------------------------------------
+
+
+def _context(rollout: Rollout, config: RolloutConfig, now: datetime) -> GateContext:
+    baseline = baseline_arm(config.arms)
+    return GateContext(
+        rollout_id=rollout.public_id,
+        model=rollout.model.name,
+        arms=config.arms,
+        baseline=baseline.name if baseline else PHASED_BASELINE,
+        outcomes=_outcomes(rollout),
+        since=rollout.started_at,
+        now=now,
+    )
+
+
+def _stored(result: dict[str, Any]) -> GateResult:
+    return GateResult(
+        gate=result["gate"],
+        status=GateStatus(result["status"]),
+        detail=result["detail"],
+        figures=result["figures"],
+        required=result["required"],
+    )
+
+
+def _gates(rollout: Rollout, config: RolloutConfig, ctx: GateContext) -> list[GateResult]:
+    policy = config.policy
+    install: Gate = InstallFailureGate(
+        max_failure_rate=policy.max_failure_rate, min_finished=policy.min_finished
+    )
+    results = [install.check(ctx)]
+    if policy.telemetry_gates:
+        stored = rollout.gate_figures.get("telemetry") or {}
+        at = stored.get("at")
+        fresh = at and ctx.now - datetime.fromisoformat(at) < TELEMETRY_INTERVAL
+        if fresh and len(stored.get("results", [])) == len(policy.telemetry_gates):
+            results += [_stored(r) for r in stored["results"]]
+        else:
+            source = telemetry_source()
+            telemetry = [TelemetryGate(g, source).check(ctx) for g in policy.telemetry_gates]
+            rollout.gate_figures["telemetry"] = {
+                "at": ctx.now.isoformat(),
+                "results": [r.to_dict() for r in telemetry],
+            }
+            results += telemetry
+    return results
+
+
+def _retry(rollout: Rollout, config: RolloutConfig) -> None:
+    """Failed and timed-out devices with attempts left go back to pending."""
+    RolloutDevice.objects.filter(
+        rollout=rollout,
+        state__in=[D.FAILED, D.TIMED_OUT],
+        attempts__lt=config.policy.max_attempts,
+    ).update(state=D.PENDING, updated_at=timezone.now())
+
+
+def _run(
+    rollout: Rollout,
+    config: RolloutConfig,
+    now: datetime,
+    rng: random.Random,
+    result: Evaluation,
+) -> Rollout:
+    _retry(rollout, config)
+    ctx = _context(rollout, config, now)
+    gates = _gates(rollout, config, ctx)
+    result.gates = [g.to_dict() for g in gates]
+    rollout.gate_figures = {
+        **rollout.gate_figures,
+        "at": now.isoformat(),
+        "gates": result.gates,
+    }
+    rollout.save(update_fields=["gate_figures"])
+    breaches = [g for g in gates if g.status is GateStatus.BREACH]
+    if breaches:
+        reason = "gate breach: " + "; ".join(f"{g.gate}: {g.detail}" for g in breaches)
+        figures = {"gates": [g.to_dict() for g in breaches]}
+        result.note = reason
+        if config.policy.on_breach == "abort":
+            return rollouts.rollout_abort(rollout=rollout, by=None, reason=reason, figures=figures)
+        return rollouts.rollout_pause(rollout=rollout, by=None, reason=reason, figures=figures)
+    rollout = _advance(rollout, config, ctx, gates, now, result)
+    if rollout.status == RolloutStatus.RUNNING:
+        result.notified = _notify(rollout, config, now, rng, result)
+    return rollout
+
+
+def _percent(rollout: Rollout, config: RolloutConfig) -> float:
+    if rollout.promoted_arm:
+        return 100.0
+    return config.stages[rollout.current_stage].percent
+
+
+def _advance(
+    rollout: Rollout,
+    config: RolloutConfig,
+    ctx: GateContext,
+    gates: list[GateResult],
+    now: datetime,
+    result: Evaluation,
+) -> Rollout:
+    """Open the next stage, complete, or promote, when the current stage allows it."""
+    percent = _percent(rollout, config)
+    active = RolloutDevice.objects.filter(
+        rollout=rollout, state__in=ACTIVE, bucket__lt=percent / 100
+    ).exists()
+    if active:
+        if rollout.stage_settled_at is not None:  # a retry brought a device back
+            rollout.stage_settled_at = None
+            rollout.save(update_fields=["stage_settled_at"])
+        return rollout
+    if rollout.stage_settled_at is None:
+        rollout.stage_settled_at = now
+        rollout.save(update_fields=["stage_settled_at"])
+    stage = rollout.current_stage
+    bake = 0.0 if rollout.promoted_arm else config.stages[stage].bake_minutes
+    baked_at = rollout.stage_settled_at + timedelta(minutes=bake)
+    if now < baked_at:
+        result.note = f"stage {stage + 1} baking until {baked_at.isoformat()}"
+        return rollout
+    holding = [g for g in gates if g.blocks_advance]
+    if holding:
+        result.note = "waiting for gate data: " + ", ".join(g.gate for g in holding)
+        return rollout
+    figures = {
+        "outcomes": {arm: asdict(o) for arm, o in ctx.outcomes.items()},
+        "gates": [g.to_dict() for g in gates],
+    }
+    last = stage == len(config.stages) - 1
+    if rollout.promoted_arm or (last and rollout.strategy == RolloutStrategy.PHASED):
+        return rollouts.rollout_complete(rollout=rollout, figures=figures)
+    if not last:
+        return rollouts.rollout_stage_advance(rollout=rollout, stage=stage + 1, figures=figures)
+    promotion = config.policy.promotion
+    result.note = "awaiting promotion of an arm"
+    asked = rollout.gate_figures.get("promotion_at")
+    if promotion.mode == "auto" and (
+        not asked or now - datetime.fromisoformat(asked) >= TELEMETRY_INTERVAL
+    ):
+        winner, comparisons = pick_winner(promotion, ctx, telemetry_source())
+        rollout.gate_figures["promotion"] = [c.to_dict() for c in comparisons]
+        rollout.gate_figures["promotion_at"] = now.isoformat()
+        rollout.save(update_fields=["gate_figures"])
+        if winner is not None:
+            return rollouts.rollout_promote(
+                rollout=rollout,
+                arm=winner,
+                by=None,
+                reason=f"automatic promotion: arm {winner} beats the baseline on "
+                f"{promotion.statistic} {promotion.metric}",
+            )
+    return rollout
+
+
+def _previous_artifacts(model: Model, device_pks: Sequence[int]) -> dict[int, int | None]:
+    """Each device's current desired entry for ``model``, as an artifact id."""
+    paths: dict[int, str] = {}
+    for pk, payload in DesiredState.objects.filter(device_id__in=device_pks).values_list(
+        "device_id", "payload"
+    ):
+        entries = payload.get("models") if isinstance(payload, dict) else None
+        for entry in entries if isinstance(entries, list) else ():
+            if isinstance(entry, dict) and entry.get("name") == model.name:
+                path = entry.get("path")
+                if isinstance(path, str):
+                    paths[pk] = path
+    ids = dict(
+        Artifact.objects.filter(model=model, target_path__in=set(paths.values())).values_list(
+            "target_path", "pk"
+        )
+    )
+    return {pk: ids.get(path) for pk, path in paths.items()}
+
+
+def _issue(
+    rollout: Rollout,
+    rows: Sequence[RolloutDevice],
+    artifact_of: dict[int, Artifact],
+    arm_of: dict[int, str | None],
+) -> tuple[dict[int, int], dict[int, ServiceError]]:
+    """Issue each row's artifact through the director: (seq by device pk, refusals)."""
+    by_pk = {row.device_id: row for row in rows}
+    public_id = rollout.public_id
+    outcome = devices_desired_set(
+        devices=[row.device for row in rows],
+        assignments_for=lambda device: [
+            ModelAssignment(
+                artifact=artifact_of[device.pk], rollout_id=public_id, arm=arm_of[device.pk]
+            )
+        ],
+    )
+    refused = {
+        row.device_id: outcome.refused[row.device.device_id]
+        for row in rows
+        if row.device.device_id in outcome.refused
+    }
+    seqs = dict(
+        DesiredState.objects.filter(device_id__in=list(by_pk)).values_list("device_id", "seq")
+    )
+    return seqs, refused
+
+
+def _notify(
+    rollout: Rollout,
+    config: RolloutConfig,
+    now: datetime,
+    rng: random.Random,
+    result: Evaluation,
+) -> int:
+    """Notify pending devices of the stage, in bucket order, within the pace and window."""
+    policy = config.policy
+    if not window_open(policy.window, now):
+        result.note = result.note or "outside the maintenance window"
+        return 0
+    counts = RolloutDevice.objects.filter(rollout=rollout).aggregate(
+        succeeded=Count("pk", filter=Q(state=D.SUCCEEDED)),
+        notified=Count("pk", filter=Q(attempts__gt=0)),
+        last_minute=Count("pk", filter=Q(notified_at__gt=now - RATE_WINDOW)),
+        last_at=Max("notified_at"),
+    )
+    rate = current_rate(policy, succeeded=counts["succeeded"], notified=counts["notified"])
+    last_at = counts["last_at"]
+    budget = notify_budget(
+        rate_per_minute=rate,
+        notified_last_minute=counts["last_minute"],
+        seconds_since_last_notify=(now - last_at).total_seconds() if last_at else None,
+        jitter=policy.jitter,
+        rng=rng,
+    )
+    if budget > NOTIFY_MAX_PER_EVALUATION:
+        budget = NOTIFY_MAX_PER_EVALUATION
+        result.more = True  # a high rate: the task queues the next evaluation at once
+    if budget <= 0:
+        return 0
+    rows = list(
+        RolloutDevice.objects.filter(
+            rollout=rollout, state=D.PENDING, bucket__lt=_percent(rollout, config) / 100
+        )
+        .select_related("device", "artifact__model")
+        .order_by("bucket", "pk")[:budget]
+    )
+    if not rows:
+        return 0
+    previous = _previous_artifacts(rollout.model, [r.device_id for r in rows if r.attempts == 0])
+    phased = rollout.strategy == RolloutStrategy.PHASED
+    seqs, refused = _issue(
+        rollout,
+        rows,
+        {r.device_id: r.artifact for r in rows if r.artifact is not None},
+        {r.device_id: None if phased else (rollout.promoted_arm or r.arm) for r in rows},
+    )
+    issued = 0
+    for row in rows:
+        refusal = refused.get(row.device_id)
+        if refusal is not None:
+            log.warning("%s: %s refused: %s", rollout.public_id, row.device.device_id, refusal)
+            row.last_code = str(refusal.code)
+            if row.attempts == 0:
+                row.state = D.SKIPPED  # never touched: nothing to roll back
+            else:
+                row.state, row.attempts = D.FAILED, max(row.attempts, policy.max_attempts)
+            continue
+        if row.attempts == 0:
+            row.previous_artifact_id = previous.get(row.device_id)
+        row.state = D.NOTIFIED
+        row.attempts += 1
+        row.desired_seq = seqs[row.device_id]
+        row.notified_at = row.phase_at = now
+        row.last_phase = row.last_code = ""
+        issued += 1
+    RolloutDevice.objects.bulk_update(rows, DEVICE_FIELDS, batch_size=500)
+    return issued
+
+
+# --- 4. rolling back -----------------------------------------------------------------------------
+
+
+def _roll_back(
+    rollout: Rollout, config: RolloutConfig, now: datetime, result: Evaluation
+) -> Rollout:
+    """Re-issue touched devices' previous versions; finish once none is still rolling back."""
+    policy = config.policy
+    rows = list(
+        RolloutDevice.objects.filter(rollout=rollout, attempts__gt=0, state__in=TOUCHED)
+        .select_related("device", "artifact", "previous_artifact__model")
+        .order_by("pk")[:ROLLBACK_BATCH]
+    )
+    to_issue = []
+    for row in rows:
+        previous = row.previous_artifact
+        if previous is None:
+            row.state, row.last_code = D.KEPT, "no_previous_version"
+        elif (
+            row.state == D.SUCCEEDED
+            and row.artifact is not None
+            and row.artifact.floor > previous.release_counter
+        ):
+            # It committed a version whose floor forbids the previous one: the device
+            # would refuse it (downgrade_refused), so the control plane does not plan it.
+            row.state, row.last_code = D.KEPT, ErrorCode.DOWNGRADE_REFUSED
+        elif row.rollback_attempts >= policy.max_attempts:
+            row.state = D.ROLLBACK_FAILED
+        else:
+            to_issue.append(row)
+    if to_issue:
+        seqs, refused = _issue(
+            rollout,
+            to_issue,
+            {r.device_id: r.previous_artifact for r in to_issue if r.previous_artifact},
+            {r.device_id: None for r in to_issue},
+        )
+        for row in to_issue:
+            refusal = refused.get(row.device_id)
+            if refusal is not None:
+                row.state, row.last_code = D.ROLLBACK_FAILED, str(refusal.code)
+                continue
+            row.state = D.ROLLING_BACK
+            row.rollback_attempts += 1
+            row.desired_seq = seqs[row.device_id]
+            row.phase_at = now
+            row.last_phase = row.last_code = ""
+            result.rollback_issued += 1
+    RolloutDevice.objects.bulk_update(rows, DEVICE_FIELDS, batch_size=500)
+    if len(rows) == ROLLBACK_BATCH:
+        result.more = True
+        return rollout
+    if RolloutDevice.objects.filter(rollout=rollout, state=D.ROLLING_BACK).exists():
+        result.note = "waiting for devices to report their previous version"
+        return rollout
+    counts = dict(
+        RolloutDevice.objects.filter(
+            rollout=rollout, state__in=[D.ROLLED_BACK, D.KEPT, D.ROLLBACK_FAILED]
+        )
+        .values_list("state")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    back, kept, failed = (counts.get(s, 0) for s in (D.ROLLED_BACK, D.KEPT, D.ROLLBACK_FAILED))
+    reason = f"{back} device(s) back on their previous version"
+    if kept:
+        reason += f", {kept} kept theirs (no previous version or below its floor)"
+    if failed:
+        reason += f", {failed} failed to roll back"
+    return rollouts.rollout_finish_rollback(
+        rollout=rollout,
+        reason=reason,
+        figures={"rolled_back": back, "kept": kept, "rollback_failed": failed},
+    )

@@ -1,0 +1,79 @@
+"""How many devices a rollout may notify now: rate limit, exponential growth, jitter and
+the maintenance window. Pure functions of their arguments (the engine reads the counts).
+"""
+
+import math
+import random
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from ota.rollout_config import DAYS, Policy, Window
+
+RATE_WINDOW = timedelta(seconds=60)
+
+
+def current_rate(policy: Policy, *, succeeded: int, notified: int) -> float:
+    """Devices per minute now: AWS IoT Jobs' exponential rate.
+
+    The rate starts at ``rate_per_minute`` and is multiplied by ``rate_growth_factor``
+    each time another ``rate_growth_every`` devices have succeeded (or been notified),
+    capped at ``rate_max_per_minute``. Counting increases as ``count // every`` instead of
+    keeping a "since the last increase" counter makes it a function of counts the
+    engine can always recompute, so no state can drift.
+    """
+    if policy.rate_growth_factor <= 1 or policy.rate_growth_every <= 0:
+        return policy.rate_per_minute
+    count = succeeded if policy.rate_growth_on == "succeeded" else notified
+    steps = count // policy.rate_growth_every
+    # Past the cap further growth is moot; bounding the exponent keeps the float finite.
+    cap_steps = math.ceil(
+        math.log(policy.rate_max_per_minute / policy.rate_per_minute)
+        / math.log(policy.rate_growth_factor)
+    )
+    rate = policy.rate_per_minute * policy.rate_growth_factor ** min(steps, cap_steps)
+    return min(rate, policy.rate_max_per_minute)
+
+
+def notify_budget(
+    *,
+    rate_per_minute: float,
+    notified_last_minute: int,
+    seconds_since_last_notify: float | None,
+    jitter: float = 0.0,
+    rng: random.Random | None = None,
+) -> int:
+    """How many devices to notify in this evaluation.
+
+    Two limits. The hard one: never more than ``rate_per_minute`` devices in any 60 s
+    (``notified_last_minute`` counts the sliding window). The smoothing one: release
+    tokens in proportion to the time since the last release, so frequent evaluations
+    (one per device event) send small batches rather than a minute's worth at once.
+    ``jitter`` scales the release by a random factor in [1 - jitter, 1] so rollouts
+    evaluated on the same beat do not release in lockstep.
+    """
+    hard = math.floor(rate_per_minute) - notified_last_minute
+    if hard <= 0:
+        return 0
+    elapsed = 60.0 if seconds_since_last_notify is None else seconds_since_last_notify
+    tokens = rate_per_minute * min(max(elapsed, 0.0), 60.0) / 60.0
+    if jitter > 0:
+        # Not security-relevant: spreading load only.
+        tokens *= (rng or random.Random()).uniform(1.0 - jitter, 1.0)  # noqa: S311
+    return max(0, min(hard, math.floor(tokens)))
+
+
+def window_open(window: Window | None, now: datetime) -> bool:
+    """Whether ``now`` (aware) lies inside the maintenance window (always, without one)."""
+    if window is None:
+        return True
+    local = now.astimezone(ZoneInfo(window.timezone))
+    day = DAYS[local.weekday()]
+    yesterday = DAYS[(local.weekday() - 1) % 7]
+    clock = local.time().replace(tzinfo=None)
+    start, end = window.start, window.end
+    if start == end:
+        return day in window.days
+    if start < end:
+        return day in window.days and start <= clock < end
+    # Over midnight: opened today (after start) or yesterday (before end).
+    return (day in window.days and clock >= start) or (yesterday in window.days and clock < end)

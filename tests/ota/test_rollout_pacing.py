@@ -1,0 +1,237 @@
+"""Pacing: at most N devices a minute, exponential growth on success, jitter, and the
+maintenance window in its own time zone - the pure functions, then the engine obeying them."""
+
+import random
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+from rollout_helpers import (
+    artifact,
+    commit_all,
+    devices,
+    evaluate,
+    later,
+    phased,
+    rows,
+    use_own_director_key,
+)
+
+from fleet.errors import ServiceError
+from ota.pacing import current_rate, notify_budget, window_open
+from ota.rollout_config import Policy, Window
+
+
+def _policy(**fields):  # type: ignore[no-untyped-def]
+    return Policy.from_dict(fields)
+
+
+# --- rate ---------------------------------------------------------------------------------
+
+
+def test_constant_rate_without_growth():  # type: ignore[no-untyped-def]
+    policy = _policy(rate_per_minute=10)
+    assert current_rate(policy, succeeded=10_000, notified=10_000) == 10
+
+
+def test_rate_grows_by_the_factor_each_time_the_criterion_is_met():  # type: ignore[no-untyped-def]
+    # AWS IoT Jobs: base 10/min, x2 every 50 succeeded devices, at most 100/min
+    policy = _policy(
+        rate_per_minute=10, rate_growth_factor=2, rate_growth_every=50, rate_max_per_minute=100
+    )
+    assert current_rate(policy, succeeded=0, notified=500) == 10
+    assert current_rate(policy, succeeded=49, notified=500) == 10
+    assert current_rate(policy, succeeded=50, notified=500) == 20
+    assert current_rate(policy, succeeded=149, notified=500) == 40
+    assert current_rate(policy, succeeded=150, notified=500) == 80
+    assert current_rate(policy, succeeded=200, notified=500) == 100  # capped
+    assert current_rate(policy, succeeded=10**9, notified=500) == 100
+
+
+def test_rate_can_grow_on_notified_devices():  # type: ignore[no-untyped-def]
+    policy = _policy(
+        rate_per_minute=10,
+        rate_growth_factor=1.5,
+        rate_growth_every=20,
+        rate_growth_on="notified",
+        rate_max_per_minute=1000,
+    )
+    assert current_rate(policy, succeeded=0, notified=40) == pytest.approx(22.5)
+
+
+def test_growth_needs_a_criterion():  # type: ignore[no-untyped-def]
+    with pytest.raises(ServiceError):
+        _policy(rate_growth_factor=2)
+
+
+# --- budget ---------------------------------------------------------------------------------
+
+
+def test_budget_never_exceeds_the_rate_in_any_minute():  # type: ignore[no-untyped-def]
+    assert (
+        notify_budget(rate_per_minute=10, notified_last_minute=0, seconds_since_last_notify=None)
+        == 10
+    )
+    assert (
+        notify_budget(rate_per_minute=10, notified_last_minute=10, seconds_since_last_notify=90)
+        == 0
+    )
+    assert (
+        notify_budget(rate_per_minute=10, notified_last_minute=7, seconds_since_last_notify=60) == 3
+    )
+
+
+def test_budget_is_released_in_proportion_to_time():  # type: ignore[no-untyped-def]
+    # evaluations every 6 s at 10/min release one device each
+    assert (
+        notify_budget(rate_per_minute=10, notified_last_minute=3, seconds_since_last_notify=6) == 1
+    )
+    assert (
+        notify_budget(rate_per_minute=10, notified_last_minute=3, seconds_since_last_notify=3) == 0
+    )
+    assert (
+        notify_budget(rate_per_minute=120, notified_last_minute=0, seconds_since_last_notify=15)
+        == 30
+    )
+
+
+def test_jitter_scales_the_release_down_within_bounds():  # type: ignore[no-untyped-def]
+    rng = random.Random(7)  # noqa: S311 - reproducible test data
+    budgets = [
+        notify_budget(
+            rate_per_minute=100,
+            notified_last_minute=0,
+            seconds_since_last_notify=60,
+            jitter=0.5,
+            rng=rng,
+        )
+        for _ in range(200)
+    ]
+    assert min(budgets) >= 50
+    assert max(budgets) <= 100
+    assert len(set(budgets)) > 10  # it does vary
+
+
+# --- maintenance window ----------------------------------------------------------------------
+
+
+def _window(**fields):  # type: ignore[no-untyped-def]
+    return Window.from_dict(fields)
+
+
+def test_window_in_its_time_zone():  # type: ignore[no-untyped-def]
+    # 01:00-05:00 in Berlin, weekdays; 2026-01-14 is a Wednesday (CET = UTC+1)
+    window = _window(
+        days=["mon", "tue", "wed", "thu", "fri"],
+        start="01:00",
+        end="05:00",
+        timezone="Europe/Berlin",
+    )
+    assert window_open(window, datetime(2026, 1, 14, 0, 0, tzinfo=UTC))  # 01:00 local
+    assert window_open(window, datetime(2026, 1, 14, 3, 59, tzinfo=UTC))  # 04:59 local
+    assert not window_open(window, datetime(2026, 1, 14, 4, 0, tzinfo=UTC))  # 05:00 local
+    assert not window_open(window, datetime(2026, 1, 13, 23, 59, tzinfo=UTC))  # 00:59 local
+    assert not window_open(window, datetime(2026, 1, 17, 1, 0, tzinfo=UTC))  # Saturday
+
+
+def test_window_follows_daylight_saving_time():  # type: ignore[no-untyped-def]
+    window = _window(start="02:30", end="03:30", timezone="America/New_York")
+    # winter: EST = UTC-5, so 02:30 local is 07:30 UTC; summer: EDT = UTC-4, 06:30 UTC
+    assert window_open(window, datetime(2026, 1, 15, 7, 45, tzinfo=UTC))
+    assert not window_open(window, datetime(2026, 1, 15, 6, 45, tzinfo=UTC))
+    assert window_open(window, datetime(2026, 7, 15, 6, 45, tzinfo=UTC))
+    assert not window_open(window, datetime(2026, 7, 15, 7, 45, tzinfo=UTC))
+
+
+def test_window_over_midnight_belongs_to_the_day_it_opens():  # type: ignore[no-untyped-def]
+    # Fridays 22:00 to Saturday 04:00 in Tokyo (UTC+9, no DST); 2026-01-16 is a Friday
+    window = _window(days=["fri"], start="22:00", end="04:00", timezone="Asia/Tokyo")
+    assert window_open(window, datetime(2026, 1, 16, 13, 0, tzinfo=UTC))  # Fri 22:00
+    assert window_open(window, datetime(2026, 1, 16, 18, 59, tzinfo=UTC))  # Sat 03:59
+    assert not window_open(window, datetime(2026, 1, 16, 19, 0, tzinfo=UTC))  # Sat 04:00
+    assert not window_open(window, datetime(2026, 1, 15, 18, 0, tzinfo=UTC))  # Fri 03:00
+    assert not window_open(window, datetime(2026, 1, 17, 13, 0, tzinfo=UTC))  # Sat 22:00
+
+
+def test_no_window_is_always_open_and_equal_times_mean_all_day():  # type: ignore[no-untyped-def]
+    assert window_open(None, datetime(2026, 1, 1, tzinfo=UTC))
+    all_sunday = _window(days=["sun"], start="00:00", end="00:00", timezone="UTC")
+    assert window_open(all_sunday, datetime(2026, 1, 18, 23, 59, tzinfo=UTC))
+    assert not window_open(all_sunday, datetime(2026, 1, 19, 0, 0, tzinfo=UTC))
+
+
+def test_window_validation():  # type: ignore[no-untyped-def]
+    for bad in (
+        {"start": "25:00", "end": "01:00"},
+        {"start": "01:00", "end": "02:00", "timezone": "Mars/Olympus"},
+        {"start": "01:00", "end": "02:00", "days": ["funday"]},
+    ):
+        with pytest.raises(ServiceError):
+            _window(**bad)
+    assert _window(start="01:00", end="02:00").start == time(1, 0)
+
+
+# --- the engine obeys them ------------------------------------------------------------------
+
+
+@pytest.fixture
+def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+    use_own_director_key(settings, tmp_path)
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("_keys")
+def test_engine_notifies_at_most_the_rate_per_minute():  # type: ignore[no-untyped-def]
+    artifact("2.0.0")
+    devices(25)
+    rollout = phased(policy={"rate_per_minute": 10})
+    t0 = later()
+
+    assert evaluate(rollout, t0).notified == 10
+    # evaluations within the minute (device events, the beat) add nobody
+    assert evaluate(rollout, t0 + timedelta(seconds=20)).notified == 0
+    assert evaluate(rollout, t0 + timedelta(seconds=59)).notified == 0
+    # a minute on, the next ten
+    assert evaluate(rollout, t0 + timedelta(seconds=61)).notified == 10
+    assert evaluate(rollout, t0 + timedelta(seconds=122)).notified == 5
+    # lowest buckets first
+    order = sorted(rows(rollout), key=lambda r: (r.notified_at, r.bucket))
+    assert [r.bucket for r in order] == sorted(r.bucket for r in order)
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("_keys")
+def test_engine_rate_grows_as_devices_succeed():  # type: ignore[no-untyped-def]
+    artifact("2.0.0")
+    devices(40)
+    rollout = phased(
+        policy={
+            "rate_per_minute": 5,
+            "rate_growth_factor": 2,
+            "rate_growth_every": 5,
+            "rate_max_per_minute": 20,
+        }
+    )
+    t0 = later()
+    assert evaluate(rollout, t0).notified == 5
+    commit_all(rollout)
+    # 5 succeeded: the rate doubles to 10
+    assert evaluate(rollout, t0 + timedelta(seconds=61)).notified == 10
+    commit_all(rollout)
+    # 15 succeeded: x2 three times, capped at 20
+    assert evaluate(rollout, t0 + timedelta(seconds=122)).notified == 20
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("_keys")
+def test_engine_notifies_no_new_device_outside_the_window():  # type: ignore[no-untyped-def]
+    artifact("2.0.0")
+    devices(5)
+    # open 01:00-02:00 UTC every day
+    rollout = phased(policy={"window": {"start": "01:00", "end": "02:00", "timezone": "UTC"}})
+    day = later().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    day += timedelta(days=1)
+
+    closed = evaluate(rollout, day + timedelta(hours=3))
+    assert closed.notified == 0
+    assert closed.note == "outside the maintenance window"
+    assert evaluate(rollout, day + timedelta(hours=1, minutes=5)).notified == 5
