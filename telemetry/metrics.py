@@ -12,7 +12,36 @@ device id. Bridge labels:
   `internal_error`.
 """
 
-from prometheus_client import Counter, Gauge, Histogram
+import logging
+import os
+import threading
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from device_agent.protocol.errors import ErrorCode
+
+if TYPE_CHECKING:
+    from telemetry.fleet_stats import FleetStats
+
+logger = logging.getLogger(__name__)
 
 BRIDGE_MESSAGES = Counter(
     "fleet_bridge_messages_total",
@@ -59,3 +88,431 @@ BRIDGE_DESIRED_INFLIGHT = Gauge(
     "fleet_bridge_desired_inflight",
     "Desired-state publishes handed to the MQTT client and not yet acknowledged.",
 )
+
+
+# --- telemetry ingest (the bridge) --------------------------------------------------------
+# `reason` of a dropped sample: `stale_timestamp`, `future_timestamp`, `unknown_model`,
+# `backpressure` (the ingest buffer is full) or `database_refused` (the write failed on
+# something other than an unreachable database). Whole messages refused before they reach
+# ingest (malformed, payload_too_large, topic_mismatch, unknown_device, ...) are counted
+# by `fleet_bridge_dropped_total{channel="telemetry"}`.
+
+
+class BatchHistogram(Histogram):
+    """A Histogram that also takes pre-bucketed observations.
+
+    The ingest path sees tens of thousands of values a second; bucketing them into a
+    plain list and adding the counts once per batch costs a fraction of one `observe()`
+    (a lock and, under multiprocess mode, an mmap write) per value.
+    """
+
+    def observe_counts(self, counts: Sequence[int], total: float) -> None:
+        """Add `counts[i]` observations to bucket i (non-cumulative, +Inf last) and `total`
+        to the sum."""
+        self._raise_if_not_observable()
+        if len(counts) != len(self._buckets):
+            raise ValueError(f"{len(counts)} counts for {len(self._buckets)} buckets")
+        for bucket, n in zip(self._buckets, counts, strict=True):
+            if n:
+                bucket.inc(n)
+        self._sum.inc(total)
+
+    @property
+    def upper_bounds(self) -> tuple[float, ...]:
+        """The bucket bounds including +Inf (not for labelled parents, which have none)."""
+        return tuple(self._upper_bounds)
+
+
+TELEMETRY_SAMPLES_STORED = Counter(
+    "fleet_telemetry_samples_stored_total",
+    "Telemetry samples committed to the database.",
+)
+TELEMETRY_ROWS_STORED = Counter(
+    "fleet_telemetry_rows_stored_total",
+    "Telemetry rows (one per metric value) committed to the database.",
+)
+TELEMETRY_SAMPLES_DROPPED = Counter(
+    "fleet_telemetry_samples_dropped_total",
+    "Telemetry samples of accepted messages that ingest refused, by reason.",
+    ["reason"],
+)
+TELEMETRY_FLUSH_SECONDS = Histogram(
+    "fleet_telemetry_flush_seconds",
+    "Time to write one batch of telemetry rows (COPY on PostgreSQL), before the commit.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+TELEMETRY_FLUSH_ROWS = Histogram(
+    "fleet_telemetry_flush_rows",
+    "Rows per telemetry write batch.",
+    buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000, 100000),
+)
+TELEMETRY_LAG_SECONDS = BatchHistogram(
+    "fleet_telemetry_lag_seconds",
+    "Time from the bridge receiving a telemetry message to its rows being committed.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+TELEMETRY_LAST_COMMIT = Gauge(
+    "fleet_telemetry_last_commit_timestamp_seconds",
+    "Unix time of the last committed telemetry batch.",
+    multiprocess_mode="max",
+)
+# Observed from the `latency_ms` and `confidence` metrics of stored samples. `arm` is
+# `none` outside a rollout. Label sets beyond LABEL_SETS_MAX per histogram are folded into
+# version="other", arm="other": versions and arms come from devices.
+MODEL_LATENCY_SECONDS = BatchHistogram(
+    "fleet_model_latency_seconds",
+    "Model inference latency reported by devices (their latency_ms metric), in seconds.",
+    ["model", "version", "arm"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+MODEL_CONFIDENCE = BatchHistogram(
+    "fleet_model_confidence_ratio",
+    "Model confidence reported by devices (their confidence metric), 0 to 1.",
+    ["model", "version", "arm"],
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+)
+LABEL_SETS_MAX = 1000
+OTHER = "other"
+NO_ARM = "none"
+
+
+def observe_values(histogram: BatchHistogram, labels: tuple[str, ...], values: list[float]) -> None:
+    """Observe many values at once (sorts `values`): one bucket search per bound instead
+    of one `observe()` per value."""
+    if not values:
+        return
+    values.sort()
+    counts = []
+    below = 0
+    for bound in histogram._upper_bounds[:-1]:
+        upto = bisect_right(values, bound)
+        counts.append(upto - below)
+        below = upto
+    counts.append(len(values) - below)
+    _histogram_child(histogram, labels).observe_counts(counts, sum(values))
+
+
+_children: dict[tuple[int, tuple[str, ...]], BatchHistogram] = {}
+_children_lock = threading.Lock()
+
+
+def _histogram_child(histogram: BatchHistogram, labels: tuple[str, ...]) -> BatchHistogram:
+    if not labels:
+        return histogram
+    key = (id(histogram), labels)
+    child = _children.get(key)
+    if child is not None:
+        return child
+    with _children_lock:
+        if sum(1 for k in _children if k[0] == id(histogram)) >= LABEL_SETS_MAX:
+            labels = (labels[0], *([OTHER] * (len(labels) - 1)))
+            key = (id(histogram), labels)
+            if key in _children:
+                return _children[key]
+        child = _children[key] = histogram.labels(*labels)
+    return child
+
+
+# --- the web process: fleet gauges computed at scrape time --------------------------------
+# Read from the database by FleetCollector when /metrics is scraped, so every web worker
+# and replica reports the same numbers and nothing has to keep gauges up to date.
+# Labels: `hardware` (a hardware target), `model`/`version`, `state` (`online`/`offline`),
+# `phase`/`code` (DESIGN.md §3 phases and error codes), `role` (a TUF role), `rollout`
+# and `arm` (rollouts still running or recently finished only), `stat`
+# (count/mean/p50/p95/p99), `gate` (a gate's name), `status` (a device's update status in
+# a rollout). Series per family are capped at FLEET_METRICS_MAX_SERIES (most devices first).
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GateFigure:
+    """One gate of one rollout arm as the engine last evaluated it."""
+
+    value: float
+    threshold: float
+    passing: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RolloutArmProgress:
+    """What the rollout engine reports about one arm of one rollout at scrape time.
+
+    A phased rollout has a single arm (name it as its `desired` entries do). Report
+    rollouts that are not finished, plus finished ones for a while (a day, say), so the
+    `rollout` label stays a small set.
+    """
+
+    rollout: str
+    model: str
+    strategy: str  # "phased" | "ab"
+    state: str  # the Rollout status value: running, paused, aborted, ...
+    stage: int  # index of the current stage, 0-based
+    stage_percent: float  # share of the selection the current stage covers, 0-100
+    arm: str
+    devices: Mapping[str, int]  # update status (pending, in_progress, committed, ...) -> devices
+    failures: Mapping[str, int]  # ErrorCode value -> devices that failed with it
+    gates: Mapping[str, GateFigure]  # gate name (e.g. latency_ms_p95) -> figure
+
+
+RolloutProgressSource = Callable[[], Iterable[RolloutArmProgress]]
+_rollout_sources: list[RolloutProgressSource] = []
+
+
+def rollout_progress_source_register(source: RolloutProgressSource) -> None:
+    """Export rollout progress from `source`: the rollout engine calls this once (from its
+    AppConfig.ready()) with a function that reads its rollouts. Until something registers,
+    no rollout progress metric is exported; the setting FLEET_METRICS_ROLLOUT_SOURCE
+    (a dotted path) registers one too."""
+    if source not in _rollout_sources:
+        _rollout_sources.append(source)
+
+
+def _rollout_progress() -> list[RolloutArmProgress]:
+    sources = list(_rollout_sources)
+    dotted = getattr(settings, "FLEET_METRICS_ROLLOUT_SOURCE", "")
+    if dotted:
+        sources.append(import_string(dotted))
+    return [progress for source in sources for progress in source()]
+
+
+def _families_from_rollouts(progress: list[RolloutArmProgress]) -> list[Metric]:
+    info = GaugeMetricFamily(
+        "fleet_rollout_info",
+        "1 for each rollout the engine reports, with its model, strategy and state.",
+        labels=["rollout", "model", "strategy", "state"],
+    )
+    by_state = GaugeMetricFamily(
+        "fleet_rollouts", "Rollouts the engine reports, by state.", labels=["state"]
+    )
+    stage = GaugeMetricFamily(
+        "fleet_rollout_stage", "Index of the current stage (0-based).", labels=["rollout"]
+    )
+    stage_percent = GaugeMetricFamily(
+        "fleet_rollout_stage_percent",
+        "Share of the selection the current stage covers, 0-100.",
+        labels=["rollout"],
+    )
+    devices = GaugeMetricFamily(
+        "fleet_rollout_devices",
+        "Devices of a rollout arm by update status.",
+        labels=["rollout", "arm", "status"],
+    )
+    failures = CounterMetricFamily(
+        "fleet_rollout_failures",
+        "Devices of a rollout arm whose update failed, by error code.",
+        labels=["rollout", "arm", "code"],
+    )
+    gate_value = GaugeMetricFamily(
+        "fleet_rollout_gate_value",
+        "The figure a gate last measured.",
+        labels=["rollout", "arm", "gate"],
+    )
+    gate_threshold = GaugeMetricFamily(
+        "fleet_rollout_gate_threshold", "A gate's threshold.", labels=["rollout", "arm", "gate"]
+    )
+    gate_passing = GaugeMetricFamily(
+        "fleet_rollout_gate_passing",
+        "1 while a gate passes, 0 when it is breached.",
+        labels=["rollout", "arm", "gate"],
+    )
+    states: dict[str, set[str]] = {}
+    seen: set[str] = set()
+    for p in progress:
+        arm = p.arm or NO_ARM
+        states.setdefault(p.state, set()).add(p.rollout)
+        if p.rollout not in seen:
+            seen.add(p.rollout)
+            info.add_metric([p.rollout, p.model, p.strategy, p.state], 1)
+            stage.add_metric([p.rollout], p.stage)
+            stage_percent.add_metric([p.rollout], p.stage_percent)
+        for status, n in p.devices.items():
+            devices.add_metric([p.rollout, arm, status], n)
+        for code, n in p.failures.items():
+            failures.add_metric([p.rollout, arm, _code_label(code)], n)
+        for gate, figure in p.gates.items():
+            gate_value.add_metric([p.rollout, arm, gate], figure.value)
+            gate_threshold.add_metric([p.rollout, arm, gate], figure.threshold)
+            gate_passing.add_metric([p.rollout, arm, gate], 1 if figure.passing else 0)
+    for state, rollouts in sorted(states.items()):
+        by_state.add_metric([state], len(rollouts))
+    return [
+        info,
+        by_state,
+        stage,
+        stage_percent,
+        devices,
+        failures,
+        gate_value,
+        gate_threshold,
+        gate_passing,
+    ]
+
+
+_ERROR_CODES = frozenset(code.value for code in ErrorCode)
+
+
+def _code_label(code: str) -> str:
+    if not code:
+        return "none"
+    return code if code in _ERROR_CODES else OTHER
+
+
+class FleetCollector(Collector):
+    """Fleet gauges read from the database at scrape time (cached for a few seconds, so
+    several scrapers cost one set of queries)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cached_at = -float("inf")
+        self._cached: list[Metric] = []
+
+    def collect(self) -> Iterable[Metric]:
+        ttl = float(getattr(settings, "FLEET_METRICS_DB_CACHE_SECONDS", 5))
+        with self._lock:
+            if time.monotonic() - self._cached_at >= ttl:
+                self._cached = self._read()
+                self._cached_at = time.monotonic()
+            return list(self._cached)
+
+    def _read(self) -> list[Metric]:
+        from telemetry import fleet_stats  # the database is only touched at scrape time
+
+        up = GaugeMetricFamily(
+            "fleet_metrics_db_up", "1 when the fleet gauges could be read from the database."
+        )
+        started = time.perf_counter()
+        try:
+            families = _families_from_stats(fleet_stats.fleet_stats_read())
+            families += _families_from_rollouts(_rollout_progress())
+        except Exception:
+            logger.warning("could not read the fleet gauges", exc_info=True)
+            up.add_metric([], 0)
+            return [up]
+        up.add_metric([], 1)
+        seconds = GaugeMetricFamily(
+            "fleet_metrics_db_read_seconds", "Time the last read of the fleet gauges took."
+        )
+        seconds.add_metric([], time.perf_counter() - started)
+        return [up, seconds, *families]
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # registering must not query the database
+
+
+def _timestamp(value: datetime) -> float:
+    return value.timestamp()
+
+
+def _families_from_stats(stats: "FleetStats") -> list[Metric]:
+    limit = int(getattr(settings, "FLEET_METRICS_MAX_SERIES", 1000))
+    devices = GaugeMetricFamily(
+        "fleet_devices",
+        "Enrolled, not revoked devices by hardware target and presence.",
+        labels=["hardware", "state"],
+    )
+    for hardware, online, n in stats.devices[:limit]:
+        devices.add_metric([hardware, _presence(online)], n)
+    device_models = GaugeMetricFamily(
+        "fleet_device_models",
+        "Devices by the model versions they report running, hardware target and presence.",
+        labels=["hardware", "model", "version", "state"],
+    )
+    for hardware, model, version, online, n in stats.device_models[:limit]:
+        device_models.add_metric([hardware, model, version, _presence(online)], n)
+    outcomes = CounterMetricFamily(
+        "fleet_update_outcomes",
+        "Updates that ended, by final phase (committed, failed, rolled_back, rejected) and "
+        "error code (none when committed).",
+        labels=["phase", "code"],
+    )
+    merged: dict[tuple[str, str], int] = {}
+    for phase, code, n in stats.outcomes:
+        key = (phase, _code_label(code))
+        merged[key] = merged.get(key, 0) + n
+    for (phase, code), n in sorted(merged.items()):
+        outcomes.add_metric([phase, code], n)
+    tuf = GaugeMetricFamily(
+        "fleet_tuf_metadata_expires_timestamp_seconds",
+        "Unix time at which the newest version of a TUF role's metadata expires.",
+        labels=["role"],
+    )
+    for role, expires in stats.tuf_expires[:limit]:
+        tuf.add_metric([role], _timestamp(expires))
+    families: list[Metric] = [devices, device_models, outcomes, tuf]
+    if stats.rollup_latest is not None:
+        latest = GaugeMetricFamily(
+            "fleet_telemetry_rollup_latest_timestamp_seconds",
+            "Unix time of the newest one-minute telemetry rollup bucket.",
+        )
+        latest.add_metric([], _timestamp(stats.rollup_latest))
+        families.append(latest)
+    arm_stat = GaugeMetricFamily(
+        "fleet_telemetry_arm_stat",
+        "A telemetry metric of a rollout arm over its newest complete one-minute rollup "
+        "bucket (stat: count, mean, p50, p95, p99); what the gates read.",
+        labels=["rollout", "arm", "model", "version", "metric", "stat"],
+    )
+    for row in stats.arm_stats[:limit]:
+        labels = [row.rollout_id, row.arm or NO_ARM, row.model, row.version, row.metric]
+        for stat in ("count", "mean", "p50", "p95", "p99"):
+            arm_stat.add_metric([*labels, stat], float(getattr(row, stat)))
+    families.append(arm_stat)
+    return families
+
+
+def _presence(online: bool) -> str:
+    return "online" if online else "offline"
+
+
+FLEET_COLLECTOR = FleetCollector()
+
+# Moved by the bridge only: the web process leaves them out of its exposition, where they
+# would be zeros (and, for gauges under gunicorn, one series per worker pid).
+_BRIDGE_ONLY = frozenset(
+    metric._name
+    for metric in (
+        BRIDGE_MESSAGES,
+        BRIDGE_DROPPED,
+        BRIDGE_HANDLE_SECONDS,
+        BRIDGE_QUEUE_MESSAGES,
+        BRIDGE_ACKS_SKIPPED,
+        BRIDGE_CONNECTED,
+        BRIDGE_CONNECTS,
+        BRIDGE_DESIRED_PUBLISHED,
+        BRIDGE_DESIRED_REFUSED,
+        BRIDGE_DESIRED_INFLIGHT,
+        TELEMETRY_SAMPLES_STORED,
+        TELEMETRY_ROWS_STORED,
+        TELEMETRY_SAMPLES_DROPPED,
+        TELEMETRY_FLUSH_SECONDS,
+        TELEMETRY_FLUSH_ROWS,
+        TELEMETRY_LAG_SECONDS,
+        TELEMETRY_LAST_COMMIT,
+        MODEL_LATENCY_SECONDS,
+        MODEL_CONFIDENCE,
+    )
+)
+
+
+class _WebOnly(Collector):
+    def __init__(self, source: Collector | CollectorRegistry) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        return [family for family in self._source.collect() if family.name not in _BRIDGE_ONLY]
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+def web_exposition() -> bytes:
+    """The web process's metrics in the Prometheus text format: the fleet gauges, plus
+    every worker's own metrics under gunicorn (prometheus_client's multiprocess mode, when
+    PROMETHEUS_MULTIPROC_DIR is set) or this process's otherwise."""
+    source: Collector | CollectorRegistry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        source = CollectorRegistry()
+        multiprocess.MultiProcessCollector(source)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_WebOnly(source))
+    registry.register(FLEET_COLLECTOR)
+    return generate_latest(registry)
