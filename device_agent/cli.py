@@ -19,11 +19,12 @@ import os
 import signal
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -41,6 +42,11 @@ from device_agent.protocol.messages import Phase, ReportedState, UpdateEvent
 from device_agent.protocol.topics import Channel
 from device_agent.slots import ModelSlots
 from device_agent.state import Status
+from device_agent.systemd import Notifier
+
+if TYPE_CHECKING:
+    from device_agent.runner import Runner
+from device_agent.testhooks import agent_clock
 
 log = logging.getLogger("device_agent")
 ENROLL_TIMEOUT_S = 60
@@ -162,6 +168,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 class MqttPublisher:
+    """Events and state over MQTT (QoS 1); `flush` waits for the broker's PUBACKs."""
+
     def __init__(self, link: MqttLink) -> None:
         self.link = link
 
@@ -170,6 +178,11 @@ class MqttPublisher:
 
     def state(self, state: ReportedState) -> None:
         self.link.publish(Channel.STATE, state.to_json())
+
+    def flush(self, timeout: float) -> bool:
+        """True once the broker has everything published so far (paho resends QoS 1
+        messages after a reconnect, so this also waits out a short outage)."""
+        return self.link.flush(timeout)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -204,11 +217,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             on_desired=on_desired,
             on_connected=on_connected,
         )
-        runner = Runner(layout.root, config, publisher=MqttPublisher(link), stop=stop)
+        runner = Runner(
+            layout.root, config, publisher=MqttPublisher(link), clock=agent_clock(), stop=stop
+        )
         log.info("fleet-agent %s for %s starting", AGENT_VERSION, config.device_id)
         link.start()
         try:
             runner.recover()
+            _systemd_watch(runner, stop)
             runner.run()
         except Interrupted:
             log.info("stopped during a download; it resumes on the next start")
@@ -218,6 +234,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             link.stop()
     return 0
+
+
+# Longer than any single step between two signs of life (a trial has its own deadline).
+WATCHDOG_STALE_S = 300.0
+
+
+def _systemd_watch(runner: "Runner", stop: threading.Event) -> None:
+    """Tell systemd we are ready, then ping its watchdog while the update loop is alive.
+
+    A loop that shows no life for WATCHDOG_STALE_S stops the pings, and systemd restarts
+    the agent, which then resumes or rolls back from its journal.
+    """
+    notifier = Notifier()
+    if not notifier.enabled:
+        return
+    notifier.ready(f"device {runner.config.device_id}")
+    if notifier.watchdog_interval is None:
+        return
+
+    def ping() -> None:
+        while not stop.wait(min(notifier.watchdog_interval or 1.0, 5.0)):
+            if time.monotonic() - runner.last_alive < WATCHDOG_STALE_S:
+                notifier.watchdog()
+
+    threading.Thread(target=ping, name="systemd-watchdog", daemon=True).start()
 
 
 # --- status / rollback -------------------------------------------------------------

@@ -40,8 +40,12 @@ class AgentConfig:
     # model path in FLEET_MODEL_PATH (non-zero exit = health_check_failed).
     trial_deadline_s: float = 120.0
     trial_hook: list[str] | None = None
-    # Downloads: no byte for this long = download_timeout; attempts with backoff.
+    # Downloads: no byte for this long = download_timeout; attempts with backoff;
+    # the whole artifact download (all attempts) must end within download_deadline_s,
+    # and each TUF metadata file within metadata_deadline_s (a slow drip never stalls).
     download_stall_s: float = 30.0
+    download_deadline_s: float = 3600.0
+    metadata_deadline_s: float = 120.0
     download_attempts: int = 6
     download_backoff_s: float = 1.0
     download_backoff_max_s: float = 60.0

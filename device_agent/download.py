@@ -7,7 +7,9 @@ server that answers 200 instead of 206 restarts the part. The signed length is a
 hard limit: a server sending more is refused (`length_exceeded`) before the excess
 is written. Failures are retried with exponential backoff and jitter; a connection
 that delivers no byte for `stall_s` seconds counts as a failed attempt, and running
-out of attempts that way is `download_timeout`.
+out of attempts that way is `download_timeout`. So is running past `deadline_s`, the
+bound on the whole download: a server that trickles a byte now and then never stalls,
+so without it a slow drip would hold the agent forever.
 """
 
 import errno
@@ -16,6 +18,7 @@ import logging
 import os
 import random
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,10 +27,16 @@ from pathlib import Path
 import urllib3
 
 from device_agent.protocol.errors import ErrorCode
+from device_agent.testhooks import crashpoint
 
 log = logging.getLogger(__name__)
 
-CHUNK = 64 * 1024
+# One socket read: read1 returns what has arrived, up to this. 1 MiB instead of 64 KiB
+# halved the time of a 100 MiB loopback download (docs/benchmarks.md, Agent).
+CHUNK = 1024 * 1024
+HASH_CHUNK = 1024 * 1024
+# Written bytes between two background fdatasync calls (see _Writeback).
+SYNC_EVERY = 8 * 1024 * 1024
 PROGRESS_INTERVAL_S = 1.0
 # 4xx answers worth retrying: the server may recover.
 RETRYABLE_4XX = frozenset({408, 425, 429})
@@ -60,6 +69,8 @@ class DownloadOptions:
     backoff_s: float = 1.0
     backoff_max_s: float = 60.0
     reserve_bytes: int = 0
+    # The whole download, across attempts and backoff; None: no bound.
+    deadline_s: float | None = None
     chunk: int = CHUNK
     user_agent: str = "fleet-agent"
     ca_certs: str | None = None
@@ -76,14 +87,34 @@ def backoff_delay(failures: int, base: float, cap: float) -> float:
     return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not crypto
 
 
-def _hash_file(path: Path, chunk: int) -> tuple["hashlib._Hash", int]:
+def hash_file(path: Path, chunk: int = HASH_CHUNK) -> tuple["hashlib._Hash", int]:
+    """The sha256 state and size of `path`, read through one reused buffer."""
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as f:
-        while data := f.read(chunk):
-            digest.update(data)
-            size += len(data)
+    buffer = bytearray(chunk)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+            size += n
     return digest, size
+
+
+def verify_file(path: Path, *, sha256: str, length: int) -> None:
+    """Check that `path` holds exactly the signed bytes (streaming, memory-flat).
+
+    Raises DownloadError: length_exceeded (longer than signed), hash_mismatch (shorter,
+    or other bytes), download_failed (the file is gone).
+    """
+    try:
+        digest, size = hash_file(path)
+    except FileNotFoundError:
+        raise DownloadError(ErrorCode.DOWNLOAD_FAILED, f"{path} vanished") from None
+    if size != length:
+        code = ErrorCode.LENGTH_EXCEEDED if size > length else ErrorCode.HASH_MISMATCH
+        raise DownloadError(code, f"{size} bytes, signed length {length}")
+    if digest.hexdigest() != sha256:
+        raise DownloadError(ErrorCode.HASH_MISMATCH, "sha256 differs from the signed one")
 
 
 def _check_disk(directory: Path, needed: int, reserve: int) -> None:
@@ -140,13 +171,14 @@ def download(
     if part.exists() and (part.stat().st_nlink > 1 or part.stat().st_size > length):
         # Linked into a slot (not ours to append to) or longer than signed: start over.
         part.unlink()
-    state = _PartState(*_hash_file(part, opts.chunk)) if part.exists() else None
+    state = _PartState(*hash_file(part)) if part.exists() else None
     state = state or _PartState(hashlib.sha256(), 0)
     _check_disk(part.parent, length - state.have, opts.reserve_bytes)
     report = _Progress(progress, length)
     http = pool or urllib3.PoolManager(ca_certs=opts.ca_certs)
     resumed = state.have > 0
     failures = 0
+    deadline = _Deadline(opts.deadline_s, url)
     while True:
         if state.have == length:
             if state.digest.hexdigest() == sha256:
@@ -162,9 +194,10 @@ def download(
             raise DownloadError(ErrorCode.HASH_MISMATCH, f"{url}: sha256 is not {sha256}")
         if opts.stop():
             raise Interrupted
+        deadline.check()
         before = state.have
         try:
-            _attempt(http, url, part, state, length, opts, report)
+            _attempt(http, url, part, state, length, opts, report, deadline)
         except _Retry as retry:
             failures = 1 if state.have > before else failures + 1
             if failures >= opts.attempts:
@@ -173,7 +206,79 @@ def download(
                 ) from None
             delay = backoff_delay(failures, opts.backoff_s, opts.backoff_max_s)
             log.info("download of %s failed (%s); retrying in %.1fs", url, retry.detail, delay)
-            opts.sleep(delay)
+            opts.sleep(deadline.bound(delay))
+
+
+class _Deadline:
+    """The bound on a whole download (DownloadOptions.deadline_s)."""
+
+    def __init__(self, seconds: float | None, url: str) -> None:
+        self.seconds = seconds
+        self.url = url
+        self.at = None if seconds is None else time.monotonic() + seconds
+
+    def remaining(self) -> float | None:
+        return None if self.at is None else self.at - time.monotonic()
+
+    def check(self) -> None:
+        remaining = self.remaining()
+        if remaining is not None and remaining <= 0:
+            raise DownloadError(
+                ErrorCode.DOWNLOAD_TIMEOUT,
+                f"{self.url}: not downloaded within the {self.seconds:g}s deadline",
+            )
+
+    def bound(self, seconds: float) -> float:
+        """`seconds`, cut to what is left (at least a little, so check() then fires)."""
+        remaining = self.remaining()
+        return seconds if remaining is None else max(0.01, min(seconds, remaining))
+
+
+class _Writeback:
+    """fdatasync the part from a helper thread every SYNC_EVERY bytes.
+
+    The disk then writes back while more bytes arrive, instead of all at once in the
+    final fsync (0.1 s per 100 MiB on a fast SSD, seconds on an SD card), and a power
+    cut mid-download leaves a durable prefix to resume from. Errors are left to the
+    final fsync, which still runs and reports them.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.unsynced = 0
+        self.wake = threading.Event()
+        self.closing = False
+        self.thread: threading.Thread | None = None
+
+    def wrote(self, n: int, flush: Callable[[], None]) -> None:
+        self.unsynced += n
+        if self.unsynced < SYNC_EVERY:
+            return
+        self.unsynced = 0
+        flush()  # Python's buffer to the OS first
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="part-writeback", daemon=True)
+            self.thread.start()
+        self.wake.set()
+
+    def _run(self) -> None:
+        sync = getattr(os, "fdatasync", os.fsync)
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            if self.closing:
+                return
+            try:
+                sync(self.fd)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        """Stop the thread before the file (and its descriptor) is closed."""
+        self.closing = True
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join()
 
 
 def _attempt(
@@ -184,6 +289,7 @@ def _attempt(
     length: int,
     opts: DownloadOptions,
     report: _Progress,
+    deadline: _Deadline,
 ) -> None:
     """One request, appending to `part` and `state`; raises _Retry or DownloadError."""
     headers = {"User-Agent": opts.user_agent, "Accept-Encoding": "identity"}
@@ -197,7 +303,9 @@ def _attempt(
             preload_content=False,
             redirect=True,
             retries=urllib3.Retry(total=None, connect=0, read=0, status=0, redirect=5),
-            timeout=urllib3.Timeout(connect=opts.stall_s, read=opts.stall_s),
+            timeout=urllib3.Timeout(
+                connect=deadline.bound(opts.stall_s), read=deadline.bound(opts.stall_s)
+            ),
         )
     except urllib3.exceptions.MaxRetryError as exc:
         code = (
@@ -210,9 +318,15 @@ def _attempt(
         raise _Retry(ErrorCode.DOWNLOAD_TIMEOUT, f"{url}: no answer in {opts.stall_s}s") from None
     except urllib3.exceptions.HTTPError as exc:
         raise _Retry(ErrorCode.DOWNLOAD_FAILED, f"cannot fetch {url}: {exc}") from None
+    whole = False
     try:
-        _receive(response, url, part, state, length, opts, report)
+        _receive(response, url, part, state, length, opts, report, deadline)
+        whole = True
     finally:
+        if not whole:
+            # Unread bytes (an error, too long, too slow): drop the connection rather
+            # than leave it, still streaming, in the pool.
+            response.close()
         response.release_conn()
 
 
@@ -224,6 +338,7 @@ def _receive(
     length: int,
     opts: DownloadOptions,
     report: _Progress,
+    deadline: _Deadline,
 ) -> None:
     status = response.status
     if status == 416 and state.have:
@@ -243,6 +358,7 @@ def _receive(
         log.info("%s ignored the Range request; restarting the part", url)
         state.restart()
     with part.open("ab" if state.have else "wb") as f:
+        writeback = _Writeback(f.fileno())
         try:
             for data in _chunks(response, opts.chunk):
                 if state.have + len(data) > length:
@@ -251,11 +367,14 @@ def _receive(
                         f"{url}: server sent more than the signed {length} bytes",
                     )
                 f.write(data)
+                writeback.wrote(len(data), f.flush)
                 state.digest.update(data)
                 state.have += len(data)
+                crashpoint("download:bytes", state.have)
                 report(state.have)
                 if opts.stop():
                     raise Interrupted
+                deadline.check()
         except urllib3.exceptions.TimeoutError:
             raise _Retry(
                 ErrorCode.DOWNLOAD_TIMEOUT, f"{url}: no data for {opts.stall_s}s"
@@ -265,7 +384,9 @@ def _receive(
                 raise DownloadError(ErrorCode.DISK_FULL, str(exc)) from None
             raise _Retry(ErrorCode.DOWNLOAD_FAILED, f"{url}: {exc}") from None
         finally:
-            # What the digest covers must be on disk before a later run trusts it.
+            # The part is staged by a hard link, without a copy: what the digest covers
+            # must be on disk before it is used.
+            writeback.close()
             f.flush()
             os.fsync(f.fileno())
     if state.have < length:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from device_agent.protocol.topics import CHANNEL_QOS, RETAINED_CHANNELS, Channel
 log = logging.getLogger(__name__)
 
 KEEPALIVE_S = 30
+ACKED_EARLY_KEPT = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +64,12 @@ class MqttLink:
         self.on_connected = on_connected
         self.connected = threading.Event()
         self.desired_topic = topic_for(device_id, Channel.DESIRED)
+        # QoS 1 message ids sent but not yet acknowledged (PUBACK), and the latest
+        # acknowledgements of ids not (yet) in it: one can beat publish() back to its
+        # caller, QoS 0 sends report their id too. See flush().
+        self._acks = threading.Condition()
+        self._unacked: set[int] = set()
+        self._acked_early: dict[int, None] = {}
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=device_id,
@@ -88,6 +96,7 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         self.client = client
 
     def start(self) -> None:
@@ -108,12 +117,36 @@ class MqttLink:
 
         QoS 1 messages published while offline are queued and sent after reconnecting.
         """
-        return self.client.publish(
+        qos = CHANNEL_QOS[channel]
+        info = self.client.publish(
             topic_for(self.device_id, channel),
             payload,
-            qos=CHANNEL_QOS[channel],
+            qos=qos,
             retain=channel in RETAINED_CHANNELS,
         )
+        if qos > 0 and info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            with self._acks:
+                if info.mid in self._acked_early:
+                    del self._acked_early[info.mid]  # the PUBACK was quicker than us
+                else:
+                    self._unacked.add(info.mid)
+        return info
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the broker acknowledged every QoS 1 message published so far.
+
+        True when it did, False after `timeout`. paho's MQTTMessageInfo cannot tell
+        (a message queued while offline keeps its "no connection" code even after it
+        was sent and acknowledged), so acknowledgements are counted in on_publish.
+        """
+        deadline = time.monotonic() + timeout
+        with self._acks:
+            while self._unacked:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._acks.wait(remaining)
+        return True
 
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
@@ -135,6 +168,20 @@ class MqttLink:
     ) -> None:
         self.connected.clear()
         log.info("disconnected from the broker: %s", reason_code)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        with self._acks:
+            if mid in self._unacked:
+                self._unacked.discard(mid)
+                self._acks.notify_all()
+                return
+            self._acked_early[mid] = None
+            if len(self._acked_early) > ACKED_EARLY_KEPT:
+                # Ids of QoS 0 sends nobody claims: drop the oldest long before paho's
+                # 16-bit message ids wrap around to them.
+                del self._acked_early[next(iter(self._acked_early))]
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if message.topic != self.desired_topic:

@@ -7,24 +7,28 @@ back) yields the next event. On start it loads the journal and sends `Recover`, 
 an interrupted download resumes, a swap that never committed is rolled back and a
 half-staged slot is staged again. One thread does all of this; the MQTT network
 thread only queues incoming `desired` payloads.
+
+A job's final event (committed, failed, rolled_back) is flushed to the broker before
+the journal lets go of the job, so a crash never loses it: until the broker has it,
+recovery reports it again (at least once; the control plane is idempotent on them).
 """
 
 import errno
-import hashlib
 import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import urllib3
 
 from device_agent import AGENT_VERSION
 from device_agent.config import AgentConfig, Layout
-from device_agent.download import DownloadError, DownloadOptions, download
+from device_agent.download import DownloadError, DownloadOptions, download, verify_file
 from device_agent.fsutil import remove_durably
 from device_agent.journal import Journal, JournalError
 from device_agent.protocol.envelope import read_public_key
@@ -73,12 +77,14 @@ from device_agent.state import (
     next_step,
 )
 from device_agent.store import AgentStore, Installed
+from device_agent.testhooks import crashpoint
 from device_agent.trial import run_trial
 from device_agent.verify import Accepted, Ignored, VerifyContext, evaluate, tuf_updater
 
 log = logging.getLogger(__name__)
 
-HASH_CHUNK = 1024 * 1024
+# How long a job's final event may wait for the broker before the journal lets go.
+EVENT_FLUSH_S = 10.0
 
 
 class Publisher(Protocol):
@@ -87,6 +93,13 @@ class Publisher(Protocol):
     def event(self, event: UpdateEvent) -> None: ...
 
     def state(self, state: ReportedState) -> None: ...
+
+
+@runtime_checkable
+class FlushablePublisher(Protocol):
+    """A publisher that can tell when what it was handed has reached the broker."""
+
+    def flush(self, timeout: float) -> bool: ...
 
 
 def utc_now() -> datetime:
@@ -123,11 +136,18 @@ class Runner:
         self.state: AgentState = IDLE
         self.director_key = read_public_key(self.layout.director_key)
         self.tuf = tuf_updater(
-            trust_root=self.layout.trust_root, metadata_dir=self.layout.tuf, tuf_url=config.tuf_url
+            trust_root=self.layout.trust_root,
+            metadata_dir=self.layout.tuf,
+            tuf_url=config.tuf_url,
+            socket_timeout_s=config.download_stall_s,
+            deadline_s=config.metadata_deadline_s,
+            reference_time=self.trusted_now,
         )
         self.inbox: queue.Queue[bytes | _PublishStateRequest] = queue.Queue()
         self.http = urllib3.PoolManager()
         self._accepted: Accepted | None = None
+        # Last sign of life of the update loop, read by the systemd watchdog thread.
+        self.last_alive = time.monotonic()
 
     # --- driving ---------------------------------------------------------------------
 
@@ -164,6 +184,7 @@ class Runner:
     def run(self) -> None:
         """Process queued messages until `stop` is set (call recover() first)."""
         while not self.stop.is_set():
+            self.last_alive = time.monotonic()
             try:
                 item = self.inbox.get(timeout=0.5)
             except queue.Empty:
@@ -172,6 +193,12 @@ class Runner:
                 self.publish_state()
             else:
                 self.handle_desired(item)
+
+    def trusted_now(self) -> datetime:
+        """The clock, but never before the newest issued_at this device has accepted."""
+        now = self.clock()
+        trusted = self.store.last_trusted_time
+        return now if trusted is None else max(now, trusted)
 
     def _context(self) -> VerifyContext:
         return VerifyContext(
@@ -187,15 +214,24 @@ class Runner:
         while event is not None:
             event = self._feed(event)
             if event is None and self.state.status in TERMINAL:
+                self._flush_events()
                 event = Continue()
+
+    def _flush_events(self) -> None:
+        # The journal keeps the finished job until its final event reached the broker.
+        publisher = self.publisher
+        if isinstance(publisher, FlushablePublisher) and not publisher.flush(EVENT_FLUSH_S):
+            log.warning("the broker did not confirm the final event within %ss", EVENT_FLUSH_S)
 
     def _feed(self, event: Event) -> Event | None:
         new_state, actions = next_step(self.state, event)
         if new_state != self.state:
             self.journal.save(new_state)  # before any action: see state.py
+            crashpoint(f"journal:{new_state.status}")
         self.state = new_state
         if isinstance(event, DesiredAccepted):
             self._record_accepted()
+            crashpoint("accepted:recorded")
         follow: Event | None = None
         for action in actions:
             produced = self._apply(action)
@@ -273,6 +309,8 @@ class Runner:
             self.publisher.event(event)
         except Exception:
             log.exception("could not publish an event")
+        if report.phase in (Phase.COMMITTED, Phase.FAILED, Phase.ROLLED_BACK):
+            crashpoint(f"report:{report.phase}")
 
     def publish_state(self) -> None:
         try:
@@ -310,6 +348,7 @@ class Runner:
 
     def _download(self, job: Job) -> Event:
         options = DownloadOptions(
+            deadline_s=self.config.download_deadline_s,
             stall_s=self.config.download_stall_s,
             attempts=self.config.download_attempts,
             backoff_s=self.config.download_backoff_s,
@@ -320,6 +359,7 @@ class Runner:
         )
 
         def progress(done: int, total: int) -> None:
+            self.last_alive = time.monotonic()
             self._feed(DownloadProgress(done=done, total=total))
 
         try:
@@ -334,29 +374,19 @@ class Runner:
             )
         except DownloadError as exc:
             return DownloadFailed(code=exc.code, detail=exc.detail)
+        crashpoint("download:complete")
         return DownloadDone()
 
     def _verify(self, job: Job) -> Event:
-        part = self.layout.part(job.target.sha256)
-        digest, size = hashlib.sha256(), 0
         try:
-            with part.open("rb") as f:
-                while data := f.read(HASH_CHUNK):
-                    digest.update(data)
-                    size += len(data)
-        except FileNotFoundError:
-            return VerifyFailed(code=ErrorCode.DOWNLOAD_FAILED, detail=f"{part} vanished")
-        if size != job.target.length:
-            return VerifyFailed(
-                code=ErrorCode.LENGTH_EXCEEDED
-                if size > job.target.length
-                else ErrorCode.HASH_MISMATCH,
-                detail=f"{size} bytes, signed length {job.target.length}",
+            verify_file(
+                self.layout.part(job.target.sha256),
+                sha256=job.target.sha256,
+                length=job.target.length,
             )
-        if digest.hexdigest() != job.target.sha256:
-            return VerifyFailed(
-                code=ErrorCode.HASH_MISMATCH, detail="sha256 differs from the signed one"
-            )
+        except DownloadError as exc:
+            return VerifyFailed(code=exc.code, detail=exc.detail)
+        crashpoint("verify:done")
         return Verified()
 
     def _stage(self, job: Job) -> Event:
@@ -372,6 +402,7 @@ class Runner:
         except OSError as exc:
             code = ErrorCode.DISK_FULL if exc.errno == errno.ENOSPC else ErrorCode.DOWNLOAD_FAILED
             return StageFailed(code=code, detail=f"staging failed: {exc}")
+        crashpoint("stage:done")
         return Staged()
 
     def _swap(self, job: Job) -> Event:
@@ -379,6 +410,7 @@ class Runner:
             self._slots(job).swap(job.slot)
         except OSError as exc:
             return SwapFailed(code=ErrorCode.HEALTH_CHECK_FAILED, detail=f"swap failed: {exc}")
+        crashpoint("swap:replaced")
         return Swapped()
 
     def _trial(self, job: Job) -> Event:
@@ -394,6 +426,7 @@ class Runner:
         )
         if result.ok:
             log.info("trial of %s %s passed: %s", job.model, job.target.version, result.detail)
+            crashpoint("trial:passed")
             return TrialPassed()
         if result.code is ErrorCode.COMMIT_TIMEOUT:
             return TrialTimedOut(detail=result.detail)
@@ -418,6 +451,7 @@ class Runner:
         record.floor = max(record.floor, job.floor)
         record.status = Phase.COMMITTED
         self.store.save()
+        crashpoint("commit:stored")
         remove_durably(self.layout.part(target.sha256))
 
     def _roll_back(self, job: Job) -> Event:
@@ -426,10 +460,12 @@ class Runner:
             slots.remove_current()
         else:
             slots.swap(job.previous_slot)
+        crashpoint("rollback:swapped")
         return RolledBack()
 
     def _discard(self, job: Job) -> None:
         remove_durably(self.layout.part(job.target.sha256))
+        crashpoint("discard:part_removed")
         slots = self._slots(job)
         if slots.current() is not job.slot:
             slots.wipe(job.slot)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from device_agent.fsutil import fsync_dir
 from device_agent.protocol.messages import Slot
+from device_agent.testhooks import crashpoint
 
 COPY_CHUNK = 1024 * 1024
 
@@ -59,6 +60,7 @@ class ModelSlots:
             raise RuntimeError(f"refusing to stage into the live slot {slot} of {self.base}")
         directory = self.slot_dir(slot)
         self.wipe(slot)
+        crashpoint("stage:wiped")
         directory.mkdir(parents=True, mode=0o755)
         dest = directory / filename
         try:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from device_agent.protocol.errors import ErrorCode
+from device_agent.testhooks import crashpoint
 
 MAX_SELFTEST_ELEMENTS = 65536
 DEFAULT_ATOL = 1e-5
@@ -305,6 +306,7 @@ def _run_bounded(
         env=env,
         start_new_session=True,
     )
+    crashpoint("trial:running")
     try:
         out, err = process.communicate(stdin, timeout=max(0.0, timeout))
     except subprocess.TimeoutExpired:

@@ -22,12 +22,15 @@ entry's refusal is a `rejected` event for that model while the other models go o
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import urllib3
 from cryptography.hazmat.primitives.asymmetric import ec
 from tuf.api import exceptions as tuf_exceptions
 from tuf.api.metadata import TargetFile
@@ -44,7 +47,9 @@ from device_agent.store import AgentStore
 
 log = logging.getLogger(__name__)
 
-TUF_SOCKET_TIMEOUT_S = 30
+TUF_SOCKET_TIMEOUT_S = 30.0
+TUF_DEADLINE_S = 120.0
+TUF_CHUNK = 64 * 1024
 
 
 class Refused(Exception):
@@ -98,10 +103,60 @@ def envelope_digest(envelope: bytes) -> str:
     return hashlib.sha256(envelope).hexdigest()
 
 
+class DeadlineFetcher(Urllib3Fetcher):
+    """ngclient's urllib3 fetcher with a bound on each whole file, not only on gaps.
+
+    Urllib3Fetcher times out only when no byte arrives for `socket_timeout`, and reads
+    400 kB at a time; a server dripping a byte every few seconds would keep a refresh
+    going for days. This reads whatever each socket read returns and gives up with
+    SlowRetrievalError (download_timeout) once a file takes longer than `deadline_s`.
+    (The size bound is ngclient's: metadata_too_large past the role's max length.)
+    """
+
+    def __init__(self, *, socket_timeout_s: float, deadline_s: float, app_user_agent: str) -> None:
+        super().__init__(socket_timeout=math.ceil(socket_timeout_s), app_user_agent=app_user_agent)
+        self.deadline_s = deadline_s
+
+    def _chunks(self, response: urllib3.response.BaseHTTPResponse) -> Iterator[bytes]:
+        deadline = time.monotonic() + self.deadline_s
+        read1 = getattr(response, "read1", None)
+        chunks: Iterator[bytes] = (
+            iter(lambda: read1(TUF_CHUNK), b"") if read1 else response.stream(TUF_CHUNK)
+        )
+        whole = False
+        try:
+            for data in chunks:
+                yield data
+                if time.monotonic() > deadline:
+                    raise tuf_exceptions.SlowRetrievalError(
+                        f"not fetched within the {self.deadline_s:g}s deadline"
+                    )
+            whole = True
+        except urllib3.exceptions.TimeoutError as exc:
+            raise tuf_exceptions.SlowRetrievalError(f"no data for {self.socket_timeout}s") from exc
+        finally:
+            if not whole:
+                # Unread bytes (too slow, too long): drop the connection, never reuse it.
+                response.close()
+            response.release_conn()
+
+
 def tuf_updater(
-    *, trust_root: Path, metadata_dir: Path, tuf_url: str
+    *,
+    trust_root: Path,
+    metadata_dir: Path,
+    tuf_url: str,
+    socket_timeout_s: float = TUF_SOCKET_TIMEOUT_S,
+    deadline_s: float = TUF_DEADLINE_S,
+    reference_time: Callable[[], datetime] | None = None,
 ) -> Callable[[], TargetLookup]:
-    """A factory of refreshed Updaters (ngclient allows one refresh per instance)."""
+    """A factory of refreshed Updaters (ngclient allows one refresh per instance).
+
+    `reference_time` is the time metadata expiry is judged against. ngclient reads
+    the system clock; the agent passes max(clock, last trusted time) instead, so a
+    device whose clock was set back still refuses expired (frozen) metadata, as it
+    refuses expired director commands.
+    """
 
     def make() -> TargetLookup:
         metadata_dir.mkdir(parents=True, exist_ok=True)
@@ -110,11 +165,20 @@ def tuf_updater(
             metadata_dir=str(metadata_dir),
             metadata_base_url=base,
             target_base_url=base + "targets/",
-            fetcher=Urllib3Fetcher(
-                socket_timeout=TUF_SOCKET_TIMEOUT_S, app_user_agent="fleet-agent"
+            fetcher=DeadlineFetcher(
+                socket_timeout_s=socket_timeout_s,
+                deadline_s=deadline_s,
+                app_user_agent="fleet-agent",
             ),
             bootstrap=trust_root.read_bytes(),
         )
+        if reference_time is not None:
+            # python-tuf has no public knob for this; the attribute is read by every
+            # expiry check of the refresh below (tuf 6-7, TrustedMetadataSet).
+            trusted_set = getattr(updater, "_trusted_set", None)
+            if trusted_set is None or not hasattr(trusted_set, "reference_time"):
+                raise RuntimeError("this python-tuf has no TrustedMetadataSet.reference_time")
+            trusted_set.reference_time = reference_time()
         updater.refresh()
         return updater
 
