@@ -30,6 +30,7 @@ def _load(path: Path) -> ec.EllipticCurvePrivateKey:
         if not path.exists():
             if settings.PRODUCTION:
                 raise RuntimeError(f"the director key {path} is missing (FLEET_KEYS_DIR)")
+            path.parent.mkdir(parents=True, exist_ok=True)
             write_private_key(path, generate_director_key())
     return read_private_key(path)
 

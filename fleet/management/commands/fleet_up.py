@@ -180,6 +180,7 @@ Stop with Ctrl-C.
         if engine == "amqtt":  # no $share, MQTT 3.1.1 (DESIGN.md §7)
             bridge_args += ["--no-share", "--protocol", "3.1.1"]
         supervisor.manage("bridge", *bridge_args)
+        supervisor.manage("scheduler", "scheduler")
         supervisor.manage(
             "web", "runserver", f"{options['addr']}:{port}", "--noreload", ready_port=port
         )
