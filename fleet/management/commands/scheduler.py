@@ -54,15 +54,16 @@ class Command(BaseCommand):
                 due, next_in = (True, 0.0) if name not in last_run else sched.is_due(last_run[name])
                 if due:
                     last_run[name] = timezone.now()
-                    self._run(name, task_name)
+                    self._run(name, task_name, fresh_connection=not options["once"])
                     due, next_in = sched.is_due(last_run[name])
                 wait = min(wait, max(float(next_in), 1.0))
             if options["once"]:
                 return
             stop.wait(wait)
 
-    def _run(self, name: str, task_name: str) -> None:
-        close_old_connections()
+    def _run(self, name: str, task_name: str, *, fresh_connection: bool) -> None:
+        if fresh_connection:  # a long-lived loop must not hold a dead connection
+            close_old_connections()
         try:
             result = current_app.tasks[task_name].apply().get(propagate=True)
             log.info("scheduler: %s -> %r", name, result)
