@@ -88,3 +88,27 @@ def test_a_device_listed_twice_is_malformed(db):  # type: ignore[no-untyped-def]
         devices_desired_set(devices=[device, device], assignments_for=lambda d: [])
     assert refused.value.code == ErrorCode.MALFORMED
     assert not DesiredState.objects.exists()
+
+
+def test_repeated_bulk_sets_in_one_transaction_keep_the_latest():  # type: ignore[no-untyped-def]
+    # The PostgreSQL path stages rows in a temporary table: a second batch in the same
+    # transaction must not apply the first batch's rows again.
+    from django.db import transaction
+
+    devices = [Device.objects.create(device_id=f"tx-{i:03d}", hardware=HW) for i in range(30)]
+    model = ModelFactory(name="txm")
+    versions = [
+        ArtifactFactory(model=model, version=f"1.0.{n}", release_counter=n + 1) for n in range(3)
+    ]
+    with transaction.atomic():
+        for artifact in versions:
+            devices_desired_set(
+                devices=devices,
+                assignments_for=lambda d, a=artifact: [ModelAssignment(artifact=a)],
+                batch_size=7,
+            )
+    pem = director_public_pem()
+    for row in DesiredState.objects.filter(device__in=devices):
+        signed = verify_desired(bytes(row.envelope), pem)
+        assert row.seq == signed.seq == 3
+        assert signed.models[0].version == "1.0.2"
