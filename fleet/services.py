@@ -12,6 +12,7 @@ CI_PERMISSIONS = (
     "ota.view_model",
     "ota.add_rollout",
     "ota.view_rollout",
+    "telemetry.view_rollup",
 )
 
 

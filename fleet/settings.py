@@ -7,6 +7,7 @@ a message naming the variable when something required there is missing or wrong.
 See docs/operator-guide.md for every variable.
 """
 
+import ipaddress
 import os
 import secrets
 from datetime import timedelta
@@ -294,7 +295,9 @@ SPECTACULAR_SETTINGS = {
 FLEET_ROLLOUT_TICK_SECONDS = _env_int("FLEET_ROLLOUT_TICK_SECONDS", 30, minimum=5)
 # Dotted path of the telemetry gates' data source (ota.gates.TelemetrySource); empty: no
 # telemetry data yet, so telemetry gates report insufficient_data.
-FLEET_ROLLOUT_TELEMETRY_SOURCE = _env("FLEET_ROLLOUT_TELEMETRY_SOURCE")
+FLEET_ROLLOUT_TELEMETRY_SOURCE = _env(
+    "FLEET_ROLLOUT_TELEMETRY_SOURCE", "telemetry.selectors.rollout_arm_device_values"
+)
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = _env("CELERY_BROKER_URL")
@@ -325,6 +328,80 @@ if PRODUCTION and not CELERY_BROKER_URL:
     raise ImproperlyConfigured(
         "FLEET_MODE=production needs CELERY_BROKER_URL (amqp://... or redis://...)."
     )
+
+# --- telemetry and metrics (issue 5) ---------------------------------------------------------
+# A sample is stored only when its timestamp is within [received - MAX_AGE, received +
+# MAX_FUTURE] and (by default) its model is registered; otherwise it is dropped and counted.
+FLEET_TELEMETRY_MAX_AGE = timedelta(
+    seconds=_env_int("FLEET_TELEMETRY_MAX_AGE_SECONDS", 7 * 86400, minimum=60)
+)
+FLEET_TELEMETRY_MAX_FUTURE = timedelta(
+    seconds=_env_int("FLEET_TELEMETRY_MAX_FUTURE_SECONDS", 600, minimum=0)
+)
+FLEET_TELEMETRY_REQUIRE_KNOWN_MODEL = _env_bool("FLEET_TELEMETRY_REQUIRE_KNOWN_MODEL", True)
+FLEET_TELEMETRY_MODEL_CACHE_SECONDS = _env_int("FLEET_TELEMETRY_MODEL_CACHE_SECONDS", 10)
+FLEET_TELEMETRY_MAX_BUFFER_ROWS = _env_int(
+    "FLEET_TELEMETRY_MAX_BUFFER_ROWS", 1_000_000, minimum=1000
+)
+# Latency and confidence histograms by model version and arm, observed by the bridge.
+FLEET_TELEMETRY_MODEL_METRICS = _env_bool("FLEET_TELEMETRY_MODEL_METRICS", True)
+# The metrics exported per rollout arm (fleet_telemetry_arm_stat) for gates and dashboards.
+FLEET_TELEMETRY_GATE_METRICS = [
+    m.strip()
+    for m in _env("FLEET_TELEMETRY_GATE_METRICS", "latency_ms,confidence").split(",")
+    if m.strip()
+]
+# Raw samples are kept RAW_RETENTION; hourly rollups are computed from them before they go.
+FLEET_TELEMETRY_RAW_RETENTION = timedelta(
+    days=_env_int("FLEET_TELEMETRY_RAW_RETENTION_DAYS", 14, minimum=1)
+)
+FLEET_TELEMETRY_MINUTE_ROLLUP_RETENTION = timedelta(
+    days=_env_int("FLEET_TELEMETRY_MINUTE_ROLLUP_DAYS", 30, minimum=1)
+)
+FLEET_TELEMETRY_HOUR_ROLLUP_RETENTION = timedelta(
+    days=_env_int("FLEET_TELEMETRY_HOUR_ROLLUP_DAYS", 400, minimum=1)
+)
+# How far back each rollup run recomputes buckets, to take in samples that arrive late.
+FLEET_TELEMETRY_ROLLUP_LATENESS = timedelta(
+    seconds=_env_int("FLEET_TELEMETRY_ROLLUP_LATENESS_SECONDS", 300, minimum=60)
+)
+if FLEET_TELEMETRY_MAX_AGE >= FLEET_TELEMETRY_RAW_RETENTION:
+    raise ImproperlyConfigured(
+        "FLEET_TELEMETRY_MAX_AGE_SECONDS must be shorter than FLEET_TELEMETRY_RAW_RETENTION_DAYS: "
+        "older samples would be deleted as soon as they were stored."
+    )
+CELERY_BEAT_SCHEDULE["telemetry-rollup"] = {
+    "task": "telemetry.tasks.telemetry_rollup_task",
+    "schedule": crontab(),  # every minute
+}
+CELERY_BEAT_SCHEDULE["telemetry-retention"] = {
+    "task": "telemetry.tasks.telemetry_retention_task",
+    "schedule": crontab(minute=41, hour=2),  # daily
+}
+# GET /metrics on the web process: allowed with `Authorization: Bearer <FLEET_METRICS_TOKEN>`
+# or from an address in FLEET_METRICS_ALLOW (CIDRs; loopback by default, none in
+# production). FLEET_METRICS_WEB=false removes the route: then run `manage.py metrics_serve`
+# on a separate port. Under gunicorn see telemetry/gunicorn.py (PROMETHEUS_MULTIPROC_DIR).
+FLEET_METRICS_WEB = _env_bool("FLEET_METRICS_WEB", True)
+FLEET_METRICS_TOKEN = _env("FLEET_METRICS_TOKEN")
+if FLEET_METRICS_TOKEN and len(FLEET_METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("FLEET_METRICS_TOKEN must be at least 16 characters long.")
+FLEET_METRICS_ALLOW = [
+    c.strip()
+    for c in _env("FLEET_METRICS_ALLOW", "" if PRODUCTION else "127.0.0.1/32,::1/128").split(",")
+    if c.strip()
+]
+FLEET_METRICS_DB_CACHE_SECONDS = _env_int("FLEET_METRICS_DB_CACHE_SECONDS", 5)
+FLEET_METRICS_MAX_SERIES = _env_int("FLEET_METRICS_MAX_SERIES", 1000, minimum=1)
+# A dotted path to a function returning telemetry.metrics.RolloutArmProgress items.
+FLEET_METRICS_ROLLOUT_SOURCE = _env(
+    "FLEET_METRICS_ROLLOUT_SOURCE", "ota.rollout_selectors.rollout_arm_progress"
+)
+try:
+    for _cidr in FLEET_METRICS_ALLOW:
+        ipaddress.ip_network(_cidr, strict=False)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"FLEET_METRICS_ALLOW: {exc}") from None
 
 # --- security -------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,7 +1,9 @@
 """Every Prometheus metric of the control plane (STYLE.md rule 7).
 
 Names start with `fleet_`; label values come from small fixed sets and never carry a
-device id. Bridge labels:
+device id. The bridge serves its metrics (the module-level objects below) on
+--metrics-port; the web process serves the fleet gauges that FleetCollector reads from
+the database at scrape time (`web_exposition()`, behind /metrics). Bridge labels:
 
 - `channel`: a `device_agent.protocol.topics.Channel` value, or `unknown` when the
   topic did not parse;
@@ -99,11 +101,11 @@ BRIDGE_DESIRED_INFLIGHT = Gauge(
 
 
 class BatchHistogram(Histogram):
-    """A Histogram that also takes pre-bucketed observations.
+    """A Histogram that also takes pre-bucketed observations (`observe_values()`).
 
-    The ingest path sees tens of thousands of values a second; bucketing them into a
-    plain list and adding the counts once per batch costs a fraction of one `observe()`
-    (a lock and, under multiprocess mode, an mmap write) per value.
+    The ingest path sees tens of thousands of values a second; collecting them in a plain
+    list and adding bucket counts once per batch costs a fraction of one `observe()` (a
+    lock and, under multiprocess mode, an mmap write) per value.
     """
 
     def observe_counts(self, counts: Sequence[int], total: float) -> None:
@@ -116,11 +118,6 @@ class BatchHistogram(Histogram):
             if n:
                 bucket.inc(n)
         self._sum.inc(total)
-
-    @property
-    def upper_bounds(self) -> tuple[float, ...]:
-        """The bucket bounds including +Inf (not for labelled parents, which have none)."""
-        return tuple(self._upper_bounds)
 
 
 TELEMETRY_SAMPLES_STORED = Counter(
@@ -236,7 +233,7 @@ class GateFigure:
 class RolloutArmProgress:
     """What the rollout engine reports about one arm of one rollout at scrape time.
 
-    A phased rollout has a single arm (name it as its `desired` entries do). Report
+    A phased rollout has a single arm (an empty `arm` is exported as `none`). Report
     rollouts that are not finished, plus finished ones for a while (a day, say), so the
     `rollout` label stays a small set.
     """
@@ -271,7 +268,8 @@ def _rollout_progress() -> list[RolloutArmProgress]:
     dotted = getattr(settings, "FLEET_METRICS_ROLLOUT_SOURCE", "")
     if dotted:
         sources.append(import_string(dotted))
-    return [progress for source in sources for progress in source()]
+    limit = int(getattr(settings, "FLEET_METRICS_MAX_SERIES", 1000))
+    return [progress for source in sources for progress in source()][:limit]
 
 
 def _families_from_rollouts(progress: list[RolloutArmProgress]) -> list[Metric]:

@@ -74,8 +74,8 @@ def channel_label(topic: str) -> str:
 
 
 class TelemetrySink(Protocol):
-    """Where validated telemetry goes (issue 5 stores it). The worker calls `flush()` inside
-    the transaction whose commit precedes the acks, and `discard()` if it rolls back."""
+    """Where validated telemetry goes (telemetry.ingest stores it). The worker calls `flush()`
+    inside the transaction whose commit precedes the acks, and `discard()` if it rolls back."""
 
     def add(self, *, device: Device, batch: TelemetryBatch, received_at: datetime) -> None: ...
 
@@ -85,7 +85,7 @@ class TelemetrySink(Protocol):
 
 
 class DiscardTelemetry:
-    """The telemetry sink until storage lands: validated and counted, then forgotten."""
+    """A sink that stores nothing (tests of the bridge alone): validated, counted, forgotten."""
 
     def add(self, *, device: Device, batch: TelemetryBatch, received_at: datetime) -> None:
         return None

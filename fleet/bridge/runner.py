@@ -5,10 +5,11 @@ import threading
 
 from fleet.bridge.client import InboundMessage, MqttConnection
 from fleet.bridge.config import BridgeConfig
-from fleet.bridge.handlers import DiscardTelemetry, Dispatcher, TelemetrySink
+from fleet.bridge.handlers import Dispatcher, TelemetrySink
 from fleet.bridge.outbox import Outbox
 from fleet.bridge.worker import InboundWorker
 from telemetry import metrics
+from telemetry.ingest import telemetry_sink_from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class Bridge:
         )
         self.worker = InboundWorker(
             dispatcher=Dispatcher(
-                telemetry=telemetry or DiscardTelemetry(),
+                telemetry=telemetry or telemetry_sink_from_settings(),
                 device_cache_seconds=config.device_cache_seconds,
             ),
             ack=self.connection.ack,

@@ -28,6 +28,7 @@ from django.db import (
     transaction,
 )
 
+from device_agent.protocol.topics import Channel
 from fleet.bridge.client import InboundMessage
 from fleet.bridge.handlers import (
     DROPPED,
@@ -165,8 +166,13 @@ class InboundWorker:
     def _handle_one(self, message: InboundMessage) -> tuple[Outcome, float]:
         started = time.perf_counter()
         try:
-            with transaction.atomic():  # a savepoint: one failing message spares the batch
+            if channel_label(message.topic) == Channel.TELEMETRY:
+                # Telemetry only reads here (the sink writes in flush()), so it needs no
+                # savepoint: two round trips less per message, ~40 % of the worker's time.
                 outcome = self._dispatcher.handle(message)
+            else:
+                with transaction.atomic():  # a savepoint: one failing message spares the batch
+                    outcome = self._dispatcher.handle(message)
         except _RETRYABLE:
             raise
         except Exception:

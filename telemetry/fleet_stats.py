@@ -1,0 +1,167 @@
+"""Cheap aggregate reads behind the fleet gauges (telemetry.metrics.FleetCollector).
+
+Each is one GROUP BY over a small table or an indexed slice; they run at scrape time.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Count, Max, Q
+from django.utils import timezone
+
+from device_agent.protocol.messages import Phase
+from fleet.models import Device, DeviceEvent
+from ota.models import TufMetadata
+from telemetry.models import Granularity, Rollup
+
+FINAL_PHASES = (Phase.COMMITTED, Phase.FAILED, Phase.ROLLED_BACK, Phase.REJECTED)
+# A rollout arm shows in the gauges while it has a rollup this recent.
+ARM_STATS_WINDOW = timedelta(minutes=10)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ArmStat:
+    """The newest complete one-minute bucket of one metric of one rollout arm."""
+
+    rollout_id: str
+    arm: str
+    model: str
+    version: str
+    metric: str
+    bucket_start: datetime
+    count: int
+    mean: float
+    p50: float
+    p95: float
+    p99: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FleetStats:
+    """What the fleet gauges show; rows are ordered with the largest counts first."""
+
+    devices: list[tuple[str, bool, int]]  # hardware, online, devices
+    device_models: list[tuple[str, str, str, bool, int]]  # hardware, model, version, online, n
+    outcomes: list[tuple[str, str, int]]  # final phase, error code, events
+    tuf_expires: list[tuple[str, datetime]]  # role, expiry of its newest version
+    rollup_latest: datetime | None
+    arm_stats: list[ArmStat]
+
+
+def fleet_stats_read(*, now: datetime | None = None) -> FleetStats:
+    """Read every figure of the fleet gauges."""
+    now = now or timezone.now()
+    return FleetStats(
+        devices=_devices(),
+        device_models=_device_models(),
+        outcomes=_outcomes(),
+        tuf_expires=_tuf_expires(),
+        rollup_latest=Rollup.objects.filter(bucket_seconds=Granularity.MINUTE).aggregate(
+            latest=Max("bucket_start")
+        )["latest"],
+        arm_stats=_arm_stats(now),
+    )
+
+
+def _devices() -> list[tuple[str, bool, int]]:
+    rows = (
+        Device.objects.enabled()
+        .values_list("hardware", "online")
+        .annotate(n=Count("id"))
+        .order_by("-n", "hardware", "online")
+    )
+    return [(hardware, online, n) for hardware, online, n in rows]
+
+
+# One row per (device, reported model); `reported` is jsonb on PostgreSQL, JSON text on SQLite.
+_DEVICE_MODELS_SQL = {
+    "postgresql": """
+        SELECT d.hardware, m.value->>'name', m.value->>'version', d.online, count(*) AS n
+        FROM fleet_device d
+        CROSS JOIN LATERAL jsonb_array_elements(
+            CASE WHEN jsonb_typeof(d.reported->'models') = 'array'
+                 THEN d.reported->'models' ELSE '[]'::jsonb END) AS m
+        WHERE d.revoked_at IS NULL
+        GROUP BY 1, 2, 3, 4 ORDER BY n DESC, 1, 2, 3, 4
+    """,
+    "sqlite": """
+        SELECT d.hardware, json_extract(m.value, '$.name'), json_extract(m.value, '$.version'),
+               d.online, count(*) AS n
+        FROM fleet_device d, json_each(d.reported, '$.models') AS m
+        WHERE d.revoked_at IS NULL AND json_valid(d.reported)
+              AND json_type(d.reported, '$.models') = 'array'
+        GROUP BY 1, 2, 3, 4 ORDER BY n DESC, 1, 2, 3, 4
+    """,
+}
+
+
+def _device_models() -> list[tuple[str, str, str, bool, int]]:
+    sql = _DEVICE_MODELS_SQL.get(connection.vendor)
+    if sql is None:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        rows = cursor.fetchall()
+    return [
+        (hardware, str(model), str(version), bool(online), int(n))
+        for hardware, model, version, online, n in rows
+        if model is not None and version is not None
+    ]
+
+
+def _outcomes() -> list[tuple[str, str, int]]:
+    rows = (
+        DeviceEvent.objects.filter(phase__in=[p.value for p in FINAL_PHASES])
+        .values_list("phase", "code")
+        .annotate(n=Count("id"))
+        .order_by("-n")
+    )
+    return [(phase, code, n) for phase, code, n in rows]
+
+
+def _tuf_expires() -> list[tuple[str, datetime]]:
+    newest = TufMetadata.objects.values("role").annotate(version=Max("version"))
+    condition = Q()
+    for row in newest:
+        condition |= Q(role=row["role"], version=row["version"])
+    if not condition:
+        return []
+    rows = TufMetadata.objects.filter(condition).values_list("role", "expires").order_by("role")
+    return list(rows)
+
+
+def _arm_stats(now: datetime) -> list[ArmStat]:
+    metrics = list(getattr(settings, "FLEET_TELEMETRY_GATE_METRICS", ["latency_ms", "confidence"]))
+    since = now - ARM_STATS_WINDOW
+    # Only complete buckets: a bucket is complete once its minute has passed.
+    complete_before = now - timedelta(seconds=Granularity.MINUTE)
+    rows = (
+        Rollup.objects.filter(
+            bucket_seconds=Granularity.MINUTE,
+            bucket_start__gte=since,
+            bucket_start__lte=complete_before,
+            metric__in=metrics,
+        )
+        .exclude(rollout_id="")
+        .order_by("rollout_id", "arm", "model", "version", "metric", "-bucket_start")
+    )
+    newest: dict[tuple[str, str, str, str, str], ArmStat] = {}
+    for r in rows.iterator():
+        key = (r.rollout_id, r.arm, r.model, r.version, r.metric)
+        if key not in newest:
+            newest[key] = ArmStat(
+                rollout_id=r.rollout_id,
+                arm=r.arm,
+                model=r.model,
+                version=r.version,
+                metric=r.metric,
+                bucket_start=r.bucket_start,
+                count=r.count,
+                mean=r.mean,
+                p50=r.p50,
+                p95=r.p95,
+                p99=r.p99,
+            )
+    return sorted(newest.values(), key=lambda s: -s.count)

@@ -1,0 +1,267 @@
+"""The bridge's telemetry sink: check samples, buffer their rows, write them in bulk.
+
+The bridge has already refused what is not a telemetry batch of its enrolled, unrevoked
+device (malformed JSON, oversize, NaN/Infinity, another device's id, ...). Here each
+sample is checked against what only the server knows: its timestamp must lie within
+[received - max_age, received + max_future] and its model must be registered. Refused
+samples are counted by reason, never stored.
+
+The bridge's worker calls `add()` for each message of a batch, then `flush()` inside the
+transaction whose commit precedes the QoS 1 acknowledgements, and `discard()` when that
+transaction rolls back (the broker then delivers the batch again). So a batch is as large
+as what queued up while the previous one was written (up to FLEET_BRIDGE_BATCH_SIZE
+messages): one message at a time when the load is light, large batches when it is heavy,
+and acknowledged telemetry is always committed. Memory is bounded twice: the worker's
+queue drops QoS 0 messages beyond FLEET_BRIDGE_QUEUE_SIZE (`backpressure`), and this
+buffer refuses samples beyond `max_buffer_rows` rows, counted as `backpressure` too.
+
+On PostgreSQL the rows go in with a binary COPY (psycopg 3); elsewhere (the embedded
+SQLite default) with one executemany INSERT. Counters and histograms move only after the
+commit.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+
+from device_agent.protocol.messages import TelemetryBatch
+from fleet.models import Device
+from ota.models import Model
+from telemetry import metrics
+
+logger = logging.getLogger(__name__)
+
+REASON_STALE = "stale_timestamp"
+REASON_FUTURE = "future_timestamp"
+REASON_UNKNOWN_MODEL = "unknown_model"
+REASON_BACKPRESSURE = "backpressure"
+REASON_DATABASE_REFUSED = "database_refused"
+
+LATENCY_METRIC = "latency_ms"
+CONFIDENCE_METRIC = "confidence"
+
+# device pk, ts, model, version, rollout_id, arm, metric, value
+Row = tuple[int, datetime, str, str, str, str, str, float]
+COLUMNS = ("device_id", "ts", "model", "version", "rollout_id", "arm", "metric", "value")
+COPY_TYPES = ("int8", "timestamptz", "text", "text", "text", "text", "text", "float8")
+
+
+_INSERT_SQL = (
+    "INSERT INTO telemetry_sample (device_id, ts, model, version, rollout_id, arm, metric, value)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+)
+
+
+def copy_sql() -> str:
+    """The COPY statement the PostgreSQL write uses (the benchmark's reference uses it too)."""
+    return f"COPY telemetry_sample ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+
+
+def rows_write(rows: list[Row]) -> None:
+    """Insert rows in the current transaction: binary COPY on PostgreSQL, else executemany."""
+    if not rows:
+        return
+    if connection.vendor == "postgresql":
+        with (
+            connection.cursor() as cursor,
+            connection.wrap_database_errors,
+            cursor.cursor.copy(copy_sql()) as copy,
+        ):
+            copy.set_types(COPY_TYPES)
+            write_row = copy.write_row
+            for row in rows:
+                write_row(row)
+        return
+    adapt = connection.ops.adapt_datetimefield_value
+    as_text: dict[datetime, str] = {}
+    params = []
+    for pk, ts, model, version, rollout_id, arm, metric, value in rows:
+        text = as_text.get(ts)
+        if text is None:
+            text = as_text[ts] = str(adapt(ts))
+        params.append((pk, text, model, version, rollout_id, arm, metric, value))
+    with connection.cursor() as cursor:
+        cursor.executemany(_INSERT_SQL, params)
+
+
+class KnownModels:
+    """The names of registered models, re-read at most every `ttl` seconds."""
+
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._read_at = -float("inf")
+        self._names: frozenset[str] = frozenset()
+
+    def names(self) -> frozenset[str]:
+        now = time.monotonic()
+        if now - self._read_at >= self._ttl:
+            self._names = frozenset(Model.objects.values_list("name", flat=True))
+            self._read_at = now
+        return self._names
+
+
+@dataclass
+class _Pending:
+    """What the current batch will have stored once it commits."""
+
+    rows: list[Row] = field(default_factory=list)
+    samples: int = 0
+    received: list[float] = field(default_factory=list)  # unix times, one per message
+    dropped: dict[str, int] = field(default_factory=dict)
+    # (model, version, arm) -> (latency seconds, confidences); None when not observed
+    model_values: dict[tuple[str, str, str], tuple[list[float], list[float]]] | None = None
+
+    def drop(self, reason: str, n: int) -> None:
+        if n:
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+
+class TelemetryIngest:
+    """The bridge's TelemetrySink (fleet.bridge.handlers): validates and stores samples."""
+
+    def __init__(
+        self,
+        *,
+        max_age: timedelta,
+        max_future: timedelta,
+        require_known_model: bool = True,
+        model_cache_seconds: float = 10.0,
+        max_buffer_rows: int = 1_000_000,
+        observe_models: bool = True,
+        write: Callable[[list[Row]], None] = rows_write,
+    ) -> None:
+        self._max_age = max_age
+        self._max_future = max_future
+        self._models = KnownModels(model_cache_seconds) if require_known_model else None
+        self._max_buffer_rows = max_buffer_rows
+        self._observe_models = observe_models
+        self._write = write
+        self._pending = self._new_pending()
+
+    @classmethod
+    def from_settings(cls) -> "TelemetryIngest":
+        """The sink the bridge runs with, configured by the FLEET_TELEMETRY_* settings."""
+        return cls(
+            max_age=settings.FLEET_TELEMETRY_MAX_AGE,
+            max_future=settings.FLEET_TELEMETRY_MAX_FUTURE,
+            require_known_model=settings.FLEET_TELEMETRY_REQUIRE_KNOWN_MODEL,
+            model_cache_seconds=settings.FLEET_TELEMETRY_MODEL_CACHE_SECONDS,
+            max_buffer_rows=settings.FLEET_TELEMETRY_MAX_BUFFER_ROWS,
+            observe_models=settings.FLEET_TELEMETRY_MODEL_METRICS,
+        )
+
+    def _new_pending(self) -> _Pending:
+        pending = _Pending()
+        if self._observe_models:
+            pending.model_values = {}
+        return pending
+
+    @property
+    def buffered_rows(self) -> int:
+        return len(self._pending.rows)
+
+    # --- TelemetrySink ----------------------------------------------------------------
+
+    def add(self, *, device: Device, batch: TelemetryBatch, received_at: datetime) -> None:
+        """Check the batch's samples and buffer the rows of those that pass."""
+        pending = self._pending
+        if len(pending.rows) + sum(len(s.metrics) for s in batch.samples) > self._max_buffer_rows:
+            # Only reachable if flush() is not called: the worker flushes every batch.
+            pending.drop(REASON_BACKPRESSURE, len(batch.samples))
+            return
+        oldest, newest = received_at - self._max_age, received_at + self._max_future
+        known = self._models.names() if self._models is not None else None
+        model_values = pending.model_values
+        pk = device.pk
+        rows: list[Row] = []
+        append = rows.append
+        stale = future = unknown = stored = 0
+        for sample in batch.samples:
+            ts = sample.ts
+            if ts < oldest:
+                stale += 1
+                continue
+            if ts > newest:
+                future += 1
+                continue
+            model = sample.model
+            if known is not None and model not in known:
+                unknown += 1
+                continue
+            version, rollout_id, arm = sample.version, sample.rollout_id or "", sample.arm or ""
+            for name, value in sample.metrics.items():
+                append((pk, ts, model, version, rollout_id, arm, name, value))
+            stored += 1
+            if model_values is not None:
+                values = sample.metrics
+                labels = (model, version, arm or metrics.NO_ARM)
+                lists = model_values.get(labels)
+                if lists is None:
+                    lists = model_values[labels] = ([], [])
+                latency = values.get(LATENCY_METRIC)
+                if latency is not None:
+                    lists[0].append(latency / 1000.0)
+                confidence = values.get(CONFIDENCE_METRIC)
+                if confidence is not None:
+                    lists[1].append(confidence)
+        pending.drop(REASON_STALE, stale)
+        pending.drop(REASON_FUTURE, future)
+        pending.drop(REASON_UNKNOWN_MODEL, unknown)
+        pending.rows.extend(rows)
+        pending.samples += stored
+        pending.received.append(received_at.timestamp())
+
+    def flush(self) -> None:
+        """Write the buffered rows in the caller's transaction; metrics move on commit.
+
+        A database that is unreachable or locked raises (the worker retries the batch);
+        anything else the database refuses drops the batch's samples, counted, rather than
+        stopping the bridge.
+        """
+        pending, self._pending = self._pending, self._new_pending()
+        started = time.perf_counter()
+        try:
+            with transaction.atomic():
+                self._write(pending.rows)
+        except (OperationalError, InterfaceError):
+            self._pending = pending  # the worker calls discard() and retries
+            raise
+        except DatabaseError:
+            logger.exception("the database refused %d telemetry rows", len(pending.rows))
+            pending.drop(REASON_DATABASE_REFUSED, pending.samples)
+            pending.rows, pending.samples, pending.model_values = [], 0, None
+        seconds = time.perf_counter() - started
+        transaction.on_commit(lambda: _committed(pending, seconds))
+
+    def discard(self) -> None:
+        """Forget the buffered batch: its transaction rolled back and it will come again."""
+        self._pending = self._new_pending()
+
+
+def _committed(pending: _Pending, seconds: float) -> None:
+    now = time.time()
+    for reason, n in pending.dropped.items():
+        metrics.TELEMETRY_SAMPLES_DROPPED.labels(reason).inc(n)
+    if pending.rows:
+        metrics.TELEMETRY_FLUSH_SECONDS.observe(seconds)
+        metrics.TELEMETRY_FLUSH_ROWS.observe(len(pending.rows))
+        metrics.TELEMETRY_ROWS_STORED.inc(len(pending.rows))
+        metrics.TELEMETRY_SAMPLES_STORED.inc(pending.samples)
+        metrics.TELEMETRY_LAST_COMMIT.set(now)
+    if pending.received:
+        lags = [now - received for received in pending.received]
+        metrics.observe_values(metrics.TELEMETRY_LAG_SECONDS, (), lags)
+    if pending.model_values is not None:
+        for labels, (latencies, confidences) in pending.model_values.items():
+            metrics.observe_values(metrics.MODEL_LATENCY_SECONDS, labels, latencies)
+            metrics.observe_values(metrics.MODEL_CONFIDENCE, labels, confidences)
+
+
+def telemetry_sink_from_settings() -> TelemetryIngest:
+    """The bridge's telemetry sink (fleet.bridge.runner)."""
+    return TelemetryIngest.from_settings()

@@ -1,0 +1,252 @@
+"""Reads of telemetry: a device's recent samples, rollups, and what rollout gates need.
+
+Gates read `arm_metric_summary()`: count, mean, standard deviation and percentiles of one
+metric of one rollout arm, exact, from raw samples (kept for the raw retention period),
+optionally with the most recent raw values for a rank test. `metric_buckets()` and
+`rollups.pooled()` give per-bucket figures and pooled mean/deviation from rollups, which
+also cover a baseline version outside any rollout and periods older than raw retention.
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from django.db import connection
+from django.db.models import QuerySet
+
+from telemetry.models import Granularity, Rollup, Sample
+from telemetry.rollups import PERCENTILES, percentile_cont
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MetricSummary:
+    """One metric of one rollout arm over a time range. Figures are NaN when count is 0
+    (stddev when below 2); `samples` holds up to the requested number of the most recent
+    raw values, newest first."""
+
+    count: int
+    mean: float
+    stddev: float
+    min: float
+    max: float
+    p50: float
+    p95: float
+    p99: float
+    samples: tuple[float, ...] = ()
+
+
+def device_recent_samples(
+    *, device_pk: int, since: datetime | None = None, metric: str | None = None, limit: int = 500
+) -> QuerySet[Sample]:
+    """A device's samples, newest first: at most `limit` rows, optionally one metric only."""
+    qs = Sample.objects.filter(device_id=device_pk)
+    if since is not None:
+        qs = qs.filter(ts__gte=since)
+    if metric:
+        qs = qs.filter(metric=metric)
+    return qs.order_by("-ts", "id")[:limit]
+
+
+def _arm_values(
+    *, rollout_id: str, arm: str, metric: str, since: datetime, until: datetime | None
+) -> QuerySet[Sample]:
+    qs = Sample.objects.filter(rollout_id=rollout_id, arm=arm, metric=metric, ts__gte=since)
+    if until is not None:
+        qs = qs.filter(ts__lt=until)
+    return qs
+
+
+_PG_SUMMARY_SQL = """
+SELECT count(*), avg(value), stddev_samp(value), min(value), max(value),
+       percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY value)
+FROM telemetry_sample
+WHERE rollout_id = %s AND arm = %s AND metric = %s AND ts >= %s AND ts < %s
+"""
+_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def arm_metric_summary(
+    *,
+    rollout_id: str,
+    arm: str,
+    metric: str,
+    since: datetime,
+    until: datetime | None = None,
+    max_samples: int = 0,
+) -> MetricSummary:
+    """Count, mean, stddev, min, max, p50/p95/p99 of one metric of one rollout arm between
+    `since` and `until` (default: now and later), exact, plus up to `max_samples` raw values."""
+    if not rollout_id:
+        raise ValueError("arm_metric_summary needs a rollout id")
+    values = _arm_values(rollout_id=rollout_id, arm=arm, metric=metric, since=since, until=until)
+    recent: tuple[float, ...] = ()
+    if max_samples > 0:
+        recent = tuple(values.order_by("-ts").values_list("value", flat=True)[:max_samples])
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_PG_SUMMARY_SQL, [rollout_id, arm, metric, since, until or _FAR_FUTURE])
+            count, mean, stddev, low, high, quantiles = cursor.fetchone()
+        if not count:
+            return _empty(recent)
+        p50, p95, p99 = quantiles
+        return MetricSummary(
+            count=count,
+            mean=mean,
+            stddev=math.nan if stddev is None else stddev,
+            min=low,
+            max=high,
+            p50=p50,
+            p95=p95,
+            p99=p99,
+            samples=recent,
+        )
+    ordered = sorted(values.values_list("value", flat=True))
+    return summarize(ordered, samples=recent)
+
+
+def summarize(ordered: list[float], *, samples: tuple[float, ...] = ()) -> MetricSummary:
+    """The summary of sorted values, computed as PostgreSQL does."""
+    if not ordered:
+        return _empty(samples)
+    n = len(ordered)
+    mean = math.fsum(ordered) / n
+    stddev = math.sqrt(math.fsum((v - mean) ** 2 for v in ordered) / (n - 1)) if n > 1 else math.nan
+    p50, p95, p99 = (percentile_cont(ordered, p) for p in PERCENTILES)
+    return MetricSummary(
+        count=n,
+        mean=mean,
+        stddev=stddev,
+        min=ordered[0],
+        max=ordered[-1],
+        p50=p50,
+        p95=p95,
+        p99=p99,
+        samples=samples,
+    )
+
+
+def _empty(samples: tuple[float, ...]) -> MetricSummary:
+    nan = math.nan
+    return MetricSummary(
+        count=0, mean=nan, stddev=nan, min=nan, max=nan, p50=nan, p95=nan, p99=nan, samples=samples
+    )
+
+
+def metric_buckets(
+    *,
+    metric: str,
+    since: datetime,
+    until: datetime | None = None,
+    granularity: Granularity = Granularity.MINUTE,
+    rollout_id: str | None = None,
+    arm: str | None = None,
+    model: str | None = None,
+    version: str | None = None,
+) -> QuerySet[Rollup]:
+    """Rollup buckets of one metric, oldest first, filtered by rollout/arm or model/version
+    (an empty rollout id selects samples sent outside any rollout)."""
+    qs = Rollup.objects.filter(metric=metric, bucket_seconds=granularity, bucket_start__gte=since)
+    if until is not None:
+        qs = qs.filter(bucket_start__lt=until)
+    for name, value in (
+        ("rollout_id", rollout_id),
+        ("arm", arm),
+        ("model", model),
+        ("version", version),
+    ):
+        if value is not None:
+            qs = qs.filter(**{name: value})
+    return qs.order_by("bucket_start", "arm", "model", "version")
+
+
+def rollout_arms(*, rollout_id: str, since: datetime) -> list[str]:
+    """The arms of a rollout that have rollups since `since`."""
+    return sorted(
+        set(
+            Rollup.objects.filter(rollout_id=rollout_id, bucket_start__gte=since).values_list(
+                "arm", flat=True
+            )
+        )
+    )
+
+
+# --- the rollout gates' telemetry source (ota.gates.TelemetrySource) ----------------------
+
+# As ota.gates/ota.rollout_config name them: a phased rollout's single arm (its samples
+# carry no arm) and the comparison group of devices outside the rollout.
+PHASED_ARM = "main"
+PHASED_BASELINE = "baseline"
+_STATISTIC_SQL = {
+    "mean": "avg(value)",
+    "p50": "percentile_cont(0.5) WITHIN GROUP (ORDER BY value)",
+    "p95": "percentile_cont(0.95) WITHIN GROUP (ORDER BY value)",
+    "p99": "percentile_cont(0.99) WITHIN GROUP (ORDER BY value)",
+}
+_STATISTIC_FRACTION = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+
+
+class _ArmLike(Protocol):
+    name: str
+
+
+class _TelemetryQueryLike(Protocol):
+    """The fields of ota.gates.TelemetryQuery this source reads."""
+
+    rollout_id: str
+    model: str
+    metric: str
+    statistic: str
+    since: datetime | None
+    arms: Sequence[_ArmLike]
+    baseline: str
+
+
+def rollout_arm_device_values(query: _TelemetryQueryLike) -> dict[str, list[float]]:
+    """Per arm, one value per device: the device's statistic (mean, p50, p95, p99) of the
+    metric over its raw samples of the model tagged with the rollout and that arm since
+    `query.since`; ordered by device. A phased rollout's arm `main` reads the samples with
+    no arm; its baseline `baseline` reads the model's samples outside this rollout. The
+    device, not the sample, is the unit (ota.gates explains why).
+
+    Set FLEET_ROLLOUT_TELEMETRY_SOURCE to "telemetry.selectors.rollout_arm_device_values".
+    """
+    if query.statistic not in _STATISTIC_SQL:
+        raise ValueError(f"unknown statistic {query.statistic!r}")
+    phased = query.baseline == PHASED_BASELINE
+    values: dict[str, list[float]] = {}
+    for arm in query.arms:
+        arm_value = "" if phased and arm.name == PHASED_ARM else arm.name
+        values[arm.name] = _per_device(query, arm=arm_value)
+    if phased:
+        values[PHASED_BASELINE] = _per_device(query, arm=None)
+    return values
+
+
+def _per_device(query: _TelemetryQueryLike, *, arm: str | None) -> list[float]:
+    """Per-device statistic of the rollout's `arm`, or (arm None) of samples outside it."""
+    since = query.since or datetime(1970, 1, 1, tzinfo=UTC)
+    if connection.vendor == "postgresql":
+        where = "rollout_id <> %s" if arm is None else "rollout_id = %s AND arm = %s"
+        params = [query.rollout_id] if arm is None else [query.rollout_id, arm]
+        sql = (
+            f"SELECT device_id, {_STATISTIC_SQL[query.statistic]} FROM telemetry_sample "  # noqa: S608 (fixed fragments)
+            f"WHERE model = %s AND metric = %s AND ts >= %s AND {where} "
+            "GROUP BY device_id ORDER BY device_id"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [query.model, query.metric, since, *params])
+            return [float(value) for _, value in cursor.fetchall()]
+    rows = Sample.objects.filter(model=query.model, metric=query.metric, ts__gte=since)
+    if arm is None:
+        rows = rows.exclude(rollout_id=query.rollout_id)
+    else:
+        rows = rows.filter(rollout_id=query.rollout_id, arm=arm)
+    by_device: dict[int, list[float]] = {}
+    for device_pk, value in rows.values_list("device_id", "value").iterator():
+        by_device.setdefault(device_pk, []).append(value)
+    if query.statistic == "mean":
+        return [math.fsum(v) / len(v) for _, v in sorted(by_device.items())]
+    fraction = _STATISTIC_FRACTION[query.statistic]
+    return [percentile_cont(sorted(v), fraction) for _, v in sorted(by_device.items())]

@@ -1,0 +1,224 @@
+"""The ingest sink: what passes is stored as one row per metric value; what does not is
+counted by reason and never stored; counters move only when the batch commits."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import DatabaseError, OperationalError, transaction
+from prometheus_client import REGISTRY
+from telemetry_support import batch, make_device, now_utc, register_model, sample, years
+
+from telemetry.ingest import TelemetryIngest, rows_write
+from telemetry.models import Sample
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _dropped(reason: str) -> float:
+    return _metric("fleet_telemetry_samples_dropped_total", reason=reason)
+
+
+def _ingest(**overrides: object) -> TelemetryIngest:
+    options: dict[str, object] = {
+        "max_age": timedelta(days=7),
+        "max_future": timedelta(minutes=10),
+        "model_cache_seconds": 0,
+    }
+    options.update(overrides)
+    return TelemetryIngest(**options)  # type: ignore[arg-type]
+
+
+def test_valid_samples_are_stored_one_row_per_metric_value() -> None:
+    # given
+    device = make_device("dev-1")
+    register_model("kws")
+    now = now_utc()
+    ingest = _ingest()
+    stored_before = _metric("fleet_telemetry_samples_stored_total")
+    latency_before = _metric(
+        "fleet_model_latency_seconds_count", model="kws", version="1.4.0", arm="B"
+    )
+    # when
+    with transaction.atomic():
+        ingest.add(
+            device=device,
+            batch=batch(
+                sample(ts=now, latency_ms=10, confidence=0.5),
+                sample(ts=now + timedelta(seconds=1), rollout_id=None, arm=None, latency_ms=20),
+            ),
+            received_at=now,
+        )
+        ingest.flush()
+    # then
+    rows = list(
+        Sample.objects.order_by("ts", "metric").values_list(
+            "device_id", "model", "version", "rollout_id", "arm", "metric", "value"
+        )
+    )
+    assert rows == [
+        (device.pk, "kws", "1.4.0", "r-9", "B", "confidence", 0.5),
+        (device.pk, "kws", "1.4.0", "r-9", "B", "latency_ms", 10.0),
+        (device.pk, "kws", "1.4.0", "", "", "confidence", 0.93),
+        (device.pk, "kws", "1.4.0", "", "", "latency_ms", 20.0),
+    ]
+    assert Sample.objects.filter(ts=now).count() == 2
+    assert _metric("fleet_telemetry_samples_stored_total") == stored_before + 2
+    assert (
+        _metric("fleet_model_latency_seconds_count", model="kws", version="1.4.0", arm="B")
+        == latency_before + 1
+    )
+    assert (
+        _metric(
+            "fleet_model_latency_seconds_bucket",
+            model="kws",
+            version="1.4.0",
+            arm="none",
+            le="0.025",
+        )
+        >= 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("offset", "reason"),
+    [
+        (-years(3), "stale_timestamp"),
+        (-timedelta(days=8), "stale_timestamp"),
+        (timedelta(minutes=11), "future_timestamp"),
+        (years(5), "future_timestamp"),
+    ],
+)
+def test_samples_outside_the_time_window_are_dropped(offset: timedelta, reason: str) -> None:
+    device = make_device("dev-1")
+    register_model("kws")
+    now = now_utc()
+    ingest = _ingest()
+    before = _dropped(reason)
+    with transaction.atomic():
+        ingest.add(
+            device=device, batch=batch(sample(ts=now + offset), sample(ts=now)), received_at=now
+        )
+        ingest.flush()
+    assert Sample.objects.count() == 2  # the in-window sample's two metrics
+    assert not Sample.objects.exclude(ts=now).exists()
+    assert _dropped(reason) == before + 1
+
+
+def test_samples_of_an_unregistered_model_are_dropped() -> None:
+    device = make_device("dev-1")
+    register_model("kws")
+    ingest = _ingest()
+    before = _dropped("unknown_model")
+    with transaction.atomic():
+        ingest.add(
+            device=device,
+            batch=batch(sample(model="nosuchmodel"), sample(model="kws")),
+            received_at=now_utc(),
+        )
+        ingest.flush()
+    assert set(Sample.objects.values_list("model", flat=True)) == {"kws"}
+    assert _dropped("unknown_model") == before + 1
+
+
+def test_a_model_registered_later_is_accepted_once_the_cache_expires() -> None:
+    device = make_device("dev-1")
+    ingest = _ingest()
+    with transaction.atomic():
+        ingest.add(device=device, batch=batch(sample(model="vad")), received_at=now_utc())
+        ingest.flush()
+    register_model("vad")
+    with transaction.atomic():
+        ingest.add(device=device, batch=batch(sample(model="vad")), received_at=now_utc())
+        ingest.flush()
+    assert Sample.objects.filter(model="vad").count() == 2
+
+
+def test_the_buffer_bound_drops_and_counts_instead_of_growing() -> None:
+    device = make_device("dev-1")
+    register_model("kws")
+    ingest = _ingest(max_buffer_rows=4)
+    before = _dropped("backpressure")
+    with transaction.atomic():
+        for _ in range(3):  # 2 rows each: the third message does not fit
+            ingest.add(device=device, batch=batch(sample()), received_at=now_utc())
+        assert ingest.buffered_rows == 4
+        ingest.flush()
+    assert Sample.objects.count() == 4
+    assert _dropped("backpressure") == before + 1
+
+
+def test_a_rolled_back_batch_stores_and_counts_nothing_and_is_discarded() -> None:
+    device = make_device("dev-1")
+    register_model("kws")
+    ingest = _ingest()
+    stored_before = _metric("fleet_telemetry_samples_stored_total")
+    stale_before = _dropped("stale_timestamp")
+
+    def batch_then_failed_commit() -> None:
+        with transaction.atomic():
+            ingest.add(
+                device=device,
+                batch=batch(sample(), sample(ts=now_utc() - years(2))),
+                received_at=now_utc(),
+            )
+            ingest.flush()
+            raise RuntimeError("the commit fails")
+
+    with pytest.raises(RuntimeError):
+        batch_then_failed_commit()
+    ingest.discard()
+    assert Sample.objects.count() == 0
+    assert _metric("fleet_telemetry_samples_stored_total") == stored_before
+    assert _dropped("stale_timestamp") == stale_before
+    # and the next batch starts empty
+    with transaction.atomic():
+        ingest.flush()
+    assert Sample.objects.count() == 0
+
+
+def test_an_unreachable_database_raises_for_a_retry_and_keeps_nothing_twice() -> None:
+    device = make_device("dev-1")
+    register_model("kws")
+    calls: list[int] = []
+
+    def flaky_write(rows: list) -> None:  # type: ignore[type-arg]
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection")
+        rows_write(rows)
+
+    ingest = _ingest(write=flaky_write)
+    message = batch(sample())
+
+    def one_batch() -> None:
+        with transaction.atomic():
+            ingest.add(device=device, batch=message, received_at=now_utc())
+            ingest.flush()
+
+    with pytest.raises(OperationalError):
+        one_batch()
+    ingest.discard()  # what the worker does before retrying the batch
+    one_batch()
+    assert calls == [2, 2]
+    assert Sample.objects.count() == 2
+
+
+def test_rows_the_database_refuses_are_dropped_and_counted_not_raised() -> None:
+    device = make_device("dev-1")
+    register_model("kws")
+
+    def refusing_write(rows: list) -> None:  # type: ignore[type-arg]
+        raise DatabaseError("value out of range")
+
+    ingest = _ingest(write=refusing_write)
+    before = _dropped("database_refused")
+    with transaction.atomic():
+        ingest.add(device=device, batch=batch(sample(), sample()), received_at=now_utc())
+        ingest.flush()
+        make_device("dev-2")  # the transaction is still usable
+    assert _dropped("database_refused") == before + 2
+    assert Sample.objects.count() == 0
