@@ -112,9 +112,13 @@ def desired_envelope(
     *,
     issued_at: datetime | None = None,
     expires_in: timedelta = timedelta(days=7),
+    key: Any = None,
 ) -> bytes:
-    from fleet.keys import director_private_key
+    """A desired state signed with ``key`` (default: the control plane's director key)."""
+    if key is None:
+        from fleet.keys import director_private_key
 
+        key = director_private_key()
     issued = (issued_at or datetime.now(UTC)).replace(microsecond=0)
     desired = DesiredState(
         device_id=device_id,
@@ -123,7 +127,7 @@ def desired_envelope(
         expires_at=issued + expires_in,
         models=tuple(targets),
     )
-    return sign_desired(desired, director_private_key())
+    return sign_desired(desired, key)
 
 
 def agent_env() -> dict[str, str]:

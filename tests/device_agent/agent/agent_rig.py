@@ -37,16 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+from agent_harness import desired_envelope
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_agent.config import AgentConfig, Layout
 from device_agent.protocol.envelope import (
     generate_director_key,
-    sign_desired,
     sign_envelope,
     write_public_key,
 )
-from device_agent.protocol.messages import DesiredState, ModelTarget, parse_event, parse_state
+from device_agent.protocol.messages import ModelTarget, parse_event, parse_state
 from device_agent.protocol.topics import Channel, topic_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -617,15 +617,9 @@ class Rig:
         issued_at: datetime | None = None,
         expires_in: timedelta = timedelta(days=7),
     ) -> bytes:
-        issued = (issued_at or datetime.now(UTC)).replace(microsecond=0)
-        desired = DesiredState(
-            device_id=device_id,
-            seq=seq,
-            issued_at=issued,
-            expires_at=issued + expires_in,
-            models=tuple(targets),
+        return desired_envelope(
+            device_id, seq, targets, issued_at=issued_at, expires_in=expires_in, key=self.director
         )
-        return sign_desired(desired, self.director)
 
     def raw_envelope(self, payload: dict[str, Any]) -> bytes:
         """Sign any JSON payload, valid or not, with the director key."""
