@@ -1,9 +1,9 @@
 """Factories for the director tests (no tests here; imported by tests/fleet/test_director_*)."""
 
 import hashlib
-from pathlib import Path
 
 import factory
+from director_keys import own_director_key  # noqa: F401 - re-exported
 from django.contrib.auth.models import User
 
 from ota.models import Artifact, Model
@@ -46,9 +46,3 @@ class ArtifactFactory(factory.django.DjangoModelFactory):
     storage_key = factory.LazyAttribute(lambda a: a.target_path)
     published_by = factory.SubFactory(UserFactory)
     metadata_version = 1
-
-
-def own_director_key(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Point FLEET_KEYS_DIR at a fresh directory: a key of the test's own, never var/keys."""
-    settings.FLEET_KEYS_DIR = tmp_path / "keys"
-    settings.FLEET_KEYS_DIR.mkdir()

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from itertools import count
 from typing import Any
 
+from director_keys import own_director_key as use_own_director_key  # noqa: F401 - re-exported
 from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
@@ -17,7 +18,6 @@ from device_agent.protocol.messages import (
     Slot,
     UpdateEvent,
 )
-from fleet.keys import director_private_key
 from fleet.models import DesiredState, Device, DeviceEvent
 from fleet.reports import device_event_record, device_state_record
 from ota import engine, rollouts
@@ -26,14 +26,6 @@ from ota.models import Artifact, Model, Rollout, RolloutDevice
 HW = "linux-x86_64-fp32"
 HW2 = "esp32s3-int8"
 _events = count(1)
-
-
-def use_own_director_key(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """A director key of the test's own (never var/keys)."""
-    settings.FLEET_KEYS_DIR = tmp_path / "keys"
-    settings.FLEET_KEYS_DIR.mkdir(exist_ok=True)
-    # Generated now, not by the first of several threads racing to write it.
-    director_private_key()
 
 
 def user(name: str, *perms: str, staff: bool = False) -> User:
