@@ -4,8 +4,6 @@ child processes on the test database, a real Prometheus, and simulated devices (
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -18,6 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from django.db import connection
 from mqtt_broker import free_port, wait_for_port
+from processes import Child
 
 from device_agent.protocol.messages import (
     DeviceStatus,
@@ -60,37 +59,6 @@ def base_env(data_dir: Path, **extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
-
-
-class Child:
-    """One child process with its log file; stopped with SIGTERM, then SIGKILL."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
 
 
 def start_bridge(broker_port: int, data_dir: Path) -> tuple[Child, int]:
