@@ -4,6 +4,7 @@ and 20 real agents (tests/ota/rollout_system.py)."""
 
 import hashlib
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,3 +213,78 @@ def test_a_model_failing_its_self_test_aborts_in_the_first_stage_and_rolls_back(
     assert breach["status"] == "breach"
     assert breach["figures"]["arms"]["main"]["failure_rate"] > 0.05
     assert audit[-1]["to_status"] == "rolled_back"
+
+
+def test_pause_holds_notifications_resume_continues_and_an_engine_restart_loses_nothing(
+    system: FleetSystem, tmp_path: Path
+):
+    # given: a rollout paced at 10 devices a minute over 20 devices: 10 at once, the
+    # next 10 once the minute has passed
+    system.model_register("radar")
+    path, selftest = _model(tmp_path, "radar", bias=3.0)
+    sha = system.publish(path, name="radar", version="1.0.0", meta=[selftest_meta(selftest)])
+    seq_before = dict(
+        system.query(
+            "SELECT d.device_id, s.seq FROM fleet_desiredstate s "
+            "JOIN fleet_device d ON d.id = s.device_id"
+        )
+    )
+    rollout_id = _start(
+        system,
+        model="radar",
+        strategy="phased",
+        version="1.0.0",
+        policy={"rate_per_minute": 10, "min_finished": 1},
+    )
+
+    def notified() -> set[str]:
+        return {d["device"] for d in system.rollout_devices(rollout_id) if d["notified_at"]}
+
+    first = wait_until(lambda: len(n := notified()) == 10 and n, "the first ten notified", 60)
+
+    # when: the operator pauses it
+    system.post(f"/api/v1/rollouts/{rollout_id}/pause", {"reason": "looking at a dashboard"})
+    paused_at = time.monotonic()
+    assert system.rollout_status(rollout_id) == "paused"
+
+    # then: past the minute, when the pace would allow ten more, and over several beat
+    # ticks (5 s), nobody else is notified
+    while time.monotonic() < paused_at + 60 + 3 * 5:
+        assert notified() == first
+        time.sleep(1)
+    assert system.rollout_status(rollout_id) == "paused"
+
+    # when: it resumes, and the engine (worker with its beat) and the bridge crash
+    # while the second batch installs, then come back
+    system.post(f"/api/v1/rollouts/{rollout_id}/resume", {"reason": "all good"})
+    wait_until(lambda: len(notified()) > 10, "the second batch notified", 60)
+    for name in ("worker", "bridge"):
+        system.children[name].kill()
+    for name in ("worker", "bridge"):
+        system.children[name].restart()
+
+    # then: it completes from where it was; every device got exactly one new desired
+    # state for it and committed once
+    assert _wait_status(system, rollout_id, "completed", "paused", "aborted") == "completed"
+    devices = system.device_ids()
+    rows = {d["device"]: d for d in system.rollout_devices(rollout_id)}
+    assert {d: rows[d]["state"] for d in devices} == dict.fromkeys(devices, "succeeded")
+    assert {d: rows[d]["attempts"] for d in devices} == dict.fromkeys(devices, 1)
+    seq_after = dict(
+        system.query(
+            "SELECT d.device_id, s.seq FROM fleet_desiredstate s "
+            "JOIN fleet_device d ON d.id = s.device_id"
+        )
+    )
+    assert {d: seq_after[d] - seq_before.get(d, 0) for d in devices} == dict.fromkeys(devices, 1)
+    assert {d: system.installed(d, "radar") for d in devices} == dict.fromkeys(devices, sha)
+    commits = system.query(
+        "SELECT d.device_id, count(*) FROM fleet_deviceevent e "
+        "JOIN fleet_device d ON d.id = e.device_id "
+        "WHERE e.rollout_id = %s AND e.phase = 'committed' GROUP BY d.device_id",
+        rollout_id,
+    )
+    assert dict(commits) == dict.fromkeys(devices, 1)
+    audit = [(a["from_status"], a["to_status"], a["actor_name"]) for a in system.audit(rollout_id)]
+    assert ("running", "paused", "operator") in audit
+    assert ("paused", "running", "operator") in audit
