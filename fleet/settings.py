@@ -293,6 +293,10 @@ SPECTACULAR_SETTINGS = {
 # How often the beat evaluates every active rollout (start and bake times, timeouts,
 # pacing); device events trigger evaluations in between.
 FLEET_ROLLOUT_TICK_SECONDS = _env_int("FLEET_ROLLOUT_TICK_SECONDS", 30, minimum=5)
+# How often telemetry gates and automatic A/B promotion query telemetry (at most).
+FLEET_ROLLOUT_TELEMETRY_INTERVAL_SECONDS = _env_int(
+    "FLEET_ROLLOUT_TELEMETRY_INTERVAL_SECONDS", 60, minimum=1
+)
 # Dotted path of the telemetry gates' data source (ota.gates.TelemetrySource); empty: no
 # telemetry data yet, so telemetry gates report insufficient_data.
 FLEET_ROLLOUT_TELEMETRY_SOURCE = _env(

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
@@ -46,6 +47,7 @@ from ota.gates import (
     InstallFailureGate,
     Outcomes,
     TelemetryGate,
+    Verdict,
     pick_winner,
     telemetry_source,
 )
@@ -71,8 +73,13 @@ D = RolloutDeviceState
 NOTIFY_MAX_PER_EVALUATION = 1000
 ROLLBACK_BATCH = 1000
 TRACK_CHUNK = 1000
-# Telemetry gates query the telemetry store; evaluations come with every device event.
-TELEMETRY_INTERVAL = timedelta(seconds=60)
+
+
+# Telemetry gates and automatic promotion query the telemetry store at most this often
+# (settings.FLEET_ROLLOUT_TELEMETRY_INTERVAL_SECONDS); evaluations come with every event.
+def _telemetry_interval() -> timedelta:
+    return timedelta(seconds=settings.FLEET_ROLLOUT_TELEMETRY_INTERVAL_SECONDS)
+
 
 TRACKED = (D.NOTIFIED, D.IN_PROGRESS, D.ROLLING_BACK)
 ACTIVE = (D.PENDING, D.NOTIFIED, D.IN_PROGRESS)
@@ -307,7 +314,7 @@ def _gates(rollout: Rollout, config: RolloutConfig, ctx: GateContext) -> list[Ga
     if policy.telemetry_gates:
         stored = rollout.gate_figures.get("telemetry") or {}
         at = stored.get("at")
-        fresh = at and ctx.now - datetime.fromisoformat(at) < TELEMETRY_INTERVAL
+        fresh = at and ctx.now - datetime.fromisoformat(at) < _telemetry_interval()
         if fresh and len(stored.get("results", [])) == len(policy.telemetry_gates):
             results += [_stored(r) for r in stored["results"]]
         else:
@@ -411,19 +418,26 @@ def _advance(
     result.note = "awaiting promotion of an arm"
     asked = rollout.gate_figures.get("promotion_at")
     if promotion.mode == "auto" and (
-        not asked or now - datetime.fromisoformat(asked) >= TELEMETRY_INTERVAL
+        not asked or now - datetime.fromisoformat(asked) >= _telemetry_interval()
     ):
-        winner, comparisons = pick_winner(promotion, ctx, telemetry_source())
-        rollout.gate_figures["promotion"] = [c.to_dict() for c in comparisons]
+        decision = pick_winner(promotion, ctx, telemetry_source())
+        rollout.gate_figures["promotion"] = [c.to_dict() for c in decision.comparisons]
+        rollout.gate_figures["promotion_verdict"] = str(decision.verdict)
         rollout.gate_figures["promotion_at"] = now.isoformat()
         rollout.save(update_fields=["gate_figures"])
-        if winner is not None:
+        result.note = f"awaiting promotion of an arm: {decision.reason}"
+        if decision.winner is not None:
             return rollouts.rollout_promote(
                 rollout=rollout,
-                arm=winner,
+                arm=decision.winner,
                 by=None,
-                reason=f"automatic promotion: arm {winner} beats the baseline on "
-                f"{promotion.statistic} {promotion.metric}",
+                reason=f"automatic promotion: {decision.reason} on "
+                f"{promotion.statistic} {promotion.metric}"
+                + (
+                    "; the policy keeps the baseline"
+                    if decision.verdict is Verdict.INCONCLUSIVE
+                    else ""
+                ),
             )
     return rollout
 

@@ -418,11 +418,45 @@ class TelemetryGate:
         )
 
 
-def pick_winner(
-    config: PromotionConfig, ctx: GateContext, source: TelemetrySource
-) -> tuple[str | None, list[Comparison]]:
-    """Automatic promotion: the challenger significantly better than the baseline by the
-    largest margin, or None (then the operator decides)."""
+class Verdict(StrEnum):
+    """What automatic promotion concluded from the comparisons (``pick_winner``)."""
+
+    CHALLENGER = "challenger"  # a challenger beats the baseline: promote it
+    BASELINE = "baseline"  # the baseline beats every challenger: promote the baseline
+    INCONCLUSIVE = "inconclusive"  # enough devices, no arm better: the policy decides
+    INSUFFICIENT_DATA = "insufficient_data"  # an arm lacks min_devices: keep collecting
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The arm to promote (None: none yet), why, and the comparisons behind it."""
+
+    winner: str | None
+    verdict: Verdict
+    comparisons: list[Comparison]
+
+    @property
+    def reason(self) -> str:
+        if self.verdict is Verdict.CHALLENGER:
+            return f"arm {self.winner} beats the baseline"
+        if self.verdict is Verdict.BASELINE:
+            return f"the baseline {self.winner} beats every other arm"
+        if self.verdict is Verdict.INCONCLUSIVE:
+            return "no arm differs from the baseline with the minimum of devices"
+        return "too few devices in an arm"
+
+
+def pick_winner(config: PromotionConfig, ctx: GateContext, source: TelemetrySource) -> Promotion:
+    """Automatic promotion (one-sided tests at alpha split over the challengers):
+
+    - a challenger significantly better than the baseline (by ``min_relative_change``):
+      the best such one wins;
+    - else, once every arm has ``min_devices``, every challenger significantly worse:
+      the baseline wins (the experiment lost);
+    - else, once every arm has ``min_devices``: inconclusive, and ``on_inconclusive``
+      says what happens (``baseline``: promote it; ``wait``: an operator decides);
+    - before that: insufficient data, keep collecting.
+    """
     values = source(_query(ctx, config.metric, config.statistic))
     challengers = _challengers(ctx)
     alpha = config.alpha / max(1, len(challengers))
@@ -441,7 +475,12 @@ def pick_winner(
     ]
     sign = -1.0 if config.better == "lower" else 1.0
     winners = [c for c in comparisons if c.better]
-    if not winners:
-        return None, comparisons
-    best = max(winners, key=lambda c: sign * (c.relative_change or 0.0))
-    return best.arm, comparisons
+    if winners:
+        best = max(winners, key=lambda c: sign * (c.relative_change or 0.0))
+        return Promotion(best.arm, Verdict.CHALLENGER, comparisons)
+    if not comparisons or not all(c.enough for c in comparisons):
+        return Promotion(None, Verdict.INSUFFICIENT_DATA, comparisons)
+    if all(c.worse for c in comparisons):
+        return Promotion(ctx.baseline, Verdict.BASELINE, comparisons)
+    winner = ctx.baseline if config.on_inconclusive == "baseline" else None
+    return Promotion(winner, Verdict.INCONCLUSIVE, comparisons)

@@ -298,8 +298,10 @@ class TelemetryGateConfig:
 
 @dataclass(frozen=True)
 class PromotionConfig:
-    """A/B: promote the arm that beats the baseline on ``metric`` (automatic) or wait for an
-    operator (``mode: operator``)."""
+    """A/B: promote the arm that wins on ``metric`` (automatic, ``ota.gates.pick_winner``)
+    or wait for an operator (``mode: operator``). ``on_inconclusive``: once every arm has
+    ``min_devices`` and none differs from the baseline, ``wait`` for an operator or
+    promote the ``baseline``."""
 
     mode: Literal["operator", "auto"] = "operator"
     metric: str = ""
@@ -308,6 +310,7 @@ class PromotionConfig:
     min_relative_change: float = 0.0
     alpha: float = 0.05
     min_devices: int = 20
+    on_inconclusive: Literal["wait", "baseline"] = "wait"
 
     @classmethod
     def from_dict(cls, obj: object) -> Self:
@@ -328,6 +331,11 @@ class PromotionConfig:
             ),
             alpha=_number(data.get("alpha", 0.05), f"{what}.alpha", low=0, high=0.5, low_open=True),
             min_devices=_int(data.get("min_devices", 20), f"{what}.min_devices", low=3, high=10**6),
+            on_inconclusive=_choice(  # type: ignore[arg-type]
+                data.get("on_inconclusive", "wait"),
+                f"{what}.on_inconclusive",
+                ("wait", "baseline"),
+            ),
         )
 
 

@@ -155,3 +155,67 @@ def test_automatic_promotion_picks_the_arm_that_beats_the_baseline(settings):  #
     assert audit is not None
     assert audit.actor_name == "engine"
     assert audit.reason.startswith("automatic promotion: arm B beats the baseline")
+
+
+B_IS_WORSE = _confidence(
+    {
+        "A": [rng.gauss(0.86, 0.03) for _ in range(40)],
+        "B": [rng.gauss(0.70, 0.03) for _ in range(40)],
+    }
+)
+NO_DIFFERENCE = _confidence(
+    {
+        "A": [0.8 + 0.001 * (i % 7) for i in range(40)],
+        "B": [0.8 + 0.001 * ((i + 3) % 7) for i in range(40)],
+    }
+)
+TOO_FEW = _confidence({"A": [0.8] * 40, "B": [0.7, 0.71, 0.69]})
+
+
+def _auto_ab(on_inconclusive: str = "wait"):  # type: ignore[no-untyped-def]
+    devices(10)
+    rollout = ab(
+        arms=ARMS,
+        policy={
+            "promotion": {
+                "mode": "auto",
+                "metric": "confidence",
+                "better": "higher",
+                "min_devices": 20,
+                "on_inconclusive": on_inconclusive,
+            }
+        },
+    )
+    t0 = later()
+    evaluate(rollout, t0)
+    commit_all(rollout)
+    evaluate(rollout, later(1, base=t0))
+    return fresh(rollout)
+
+
+def test_the_baseline_is_promoted_when_every_challenger_is_worse(settings):  # type: ignore[no-untyped-def]
+    settings.FLEET_ROLLOUT_TELEMETRY_SOURCE = "test_rollout_ab.B_IS_WORSE"
+    rollout = _auto_ab()
+    assert rollout.promoted_arm == "A"
+    assert rollout.gate_figures["promotion_verdict"] == "baseline"
+    comparison = rollout.gate_figures["promotion"][0]
+    assert (comparison["arm"], comparison["worse"], comparison["better"]) == ("B", True, False)
+    audit = RolloutAuditEvent.objects.filter(rollout=rollout).order_by("pk").last()
+    assert audit is not None
+    assert audit.reason.startswith("automatic promotion: the baseline A beats every other arm")
+
+
+@pytest.mark.parametrize(("policy", "promoted"), [("wait", ""), ("baseline", "A")])
+def test_no_difference_follows_the_inconclusive_policy(settings, policy, promoted):  # type: ignore[no-untyped-def]
+    settings.FLEET_ROLLOUT_TELEMETRY_SOURCE = "test_rollout_ab.NO_DIFFERENCE"
+    rollout = _auto_ab(policy)
+    assert rollout.gate_figures["promotion_verdict"] == "inconclusive"
+    assert rollout.promoted_arm == promoted
+    assert rollout.status == RolloutStatus.RUNNING
+
+
+def test_below_the_sample_minimum_nothing_is_decided(settings):  # type: ignore[no-untyped-def]
+    settings.FLEET_ROLLOUT_TELEMETRY_SOURCE = "test_rollout_ab.TOO_FEW"
+    rollout = _auto_ab("baseline")
+    assert rollout.gate_figures["promotion_verdict"] == "insufficient_data"
+    assert rollout.promoted_arm == ""
