@@ -1,9 +1,10 @@
 """`fleet-agent`: enroll a device, run the agent, show its state, roll a model back.
 
     fleet-agent enroll --server URL --token T --device-id ID --hardware HW [--dir DIR]
-    fleet-agent run [--dir DIR]
+    fleet-agent run [--dir DIR] [--simulate-app MODEL [--simulate-app-interval S]]
     fleet-agent status [--dir DIR]
     fleet-agent rollback MODEL [--dir DIR]
+    fleet-agent report MODEL NAME=VALUE... [--dir DIR | --socket PATH | --udp-port N]
 
 DIR defaults to $FLEET_AGENT_DIR or /var/lib/fleet-agent. Exit codes: 0 done,
 1 refused or failed (the message starts with the error code), 2 usage.
@@ -15,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -22,7 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,7 @@ from device_agent import AGENT_VERSION
 from device_agent.config import DEFAULT_DIR, AgentConfig, ConfigError, Layout
 from device_agent.fsutil import write_atomic
 from device_agent.journal import Journal
+from device_agent.metrics_client import encode_sample, send_datagram
 from device_agent.mqtt import MqttLink, TlsFiles
 from device_agent.protocol.envelope import load_public_key_pem
 from device_agent.protocol.exceptions import ProtocolError
@@ -185,9 +188,34 @@ class MqttPublisher:
         return self.link.flush(timeout)
 
 
+class MqttTelemetryOut:
+    """Telemetry payloads over MQTT at the configured QoS (metrics_server.TelemetryOut)."""
+
+    def __init__(self, link: MqttLink, qos: int) -> None:
+        self.link = link
+        self.qos = qos
+
+    def ready(self) -> bool:
+        return self.link.connected.is_set()
+
+    def send(self, payload: bytes, on_ack: Callable[[], None]) -> bool:
+        import paho.mqtt.client as paho
+
+        info = self.link.publish(Channel.TELEMETRY, payload, qos=self.qos, on_ack=on_ack)
+        if self.qos == 0:
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                return False
+            on_ack()  # nothing more will come back for QoS 0
+            return True
+        # Queued by paho while the link dropped: sent (and acknowledged) after reconnecting.
+        return info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from device_agent.download import Interrupted  # lazy: tuf is heavy
+    from device_agent.metrics_server import MetricsService
     from device_agent.runner import PUBLISH_STATE, Runner
+    from device_agent.simapp import SimulatedApp
 
     layout = Layout(Path(args.dir))
     config = AgentConfig.load(layout.root)
@@ -216,12 +244,29 @@ def cmd_run(args: argparse.Namespace) -> int:
             tls=TlsFiles(ca=layout.ca, cert=layout.cert, key=layout.key),
             on_desired=on_desired,
             on_connected=on_connected,
+            protocol=config.mqtt_protocol,
         )
-        runner = Runner(
-            layout.root, config, publisher=MqttPublisher(link), clock=agent_clock(), stop=stop
+        clock = agent_clock()
+        runner = Runner(layout.root, config, publisher=MqttPublisher(link), clock=clock, stop=stop)
+        metrics = MetricsService(
+            layout=layout,
+            config=config,
+            tags=lambda: runner.telemetry_tags if runner is not None else {},
+            out=MqttTelemetryOut(link, config.telemetry_qos),
+            clock=clock,
         )
         log.info("fleet-agent %s for %s starting", AGENT_VERSION, config.device_id)
         link.start()
+        metrics.start()
+        if args.simulate_app:
+            SimulatedApp(
+                models_dir=layout.models,
+                model=args.simulate_app,
+                interval_s=args.simulate_app_interval,
+                socket_path=metrics.socket_path,
+                udp_port=None if metrics.socket_path else config.metrics_udp_port,
+                stop=stop,
+            ).start()
         try:
             runner.recover()
             _systemd_watch(runner, stop)
@@ -232,6 +277,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.exception("the agent stopped on an error")
             raise
         finally:
+            stop.set()
+            metrics.close(timeout=2.0)
             link.stop()
     return 0
 
@@ -271,6 +318,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = AgentConfig.load(layout.root)
     store = AgentStore.load(layout.store)
     state = Journal(layout.journal).load()
+    try:
+        telemetry = json.loads(layout.metrics_stats.read_bytes())
+    except (OSError, ValueError):
+        telemetry = None
     models = {}
     for name, record in store.models.items():
         models[name] = {
@@ -286,6 +337,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "update": state.to_dict(),
                 "last_seq": store.last_seq,
                 "models": models,
+                "telemetry": telemetry,
             },
             indent=2,
         )
@@ -333,6 +385,53 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _metric(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=NUMBER") from None
+    return name, number
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Send one sample the way an application's report() does (for scripts and checks)."""
+    socket_path: Path | None = Path(args.socket) if args.socket else None
+    udp_port: int | None = args.udp_port
+    if socket_path is None and udp_port is None:
+        layout = Layout(Path(args.dir))
+        try:
+            config = AgentConfig.load(layout.root)
+        except (ConfigError, OSError):  # config.json is the agent's (0600): the default
+            socket_path = layout.metrics_socket
+        else:
+            socket_path = config.metrics_socket_path(layout)
+            udp_port = config.metrics_udp_port
+    try:
+        data = encode_sample(args.model, dict(args.metrics))
+    except (TypeError, ValueError) as exc:
+        raise CliError("malformed", str(exc)) from None
+    where = f"udp port {udp_port}" if socket_path is None else str(socket_path)
+    try:
+        send_datagram(data, socket_path=socket_path, udp_port=udp_port)
+    except OSError as exc:
+        raise CliError("unavailable", f"the agent's metrics socket {where}: {exc}") from None
+    print(f"sent {len(args.metrics)} metrics of {args.model} to {where}")
+    return 0
+
+
 # --- main --------------------------------------------------------------------------
 
 
@@ -353,13 +452,33 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--broker-url", help="override the broker URL the server hands out")
     enroll.add_argument("--force", action="store_true", help="enroll again over an old identity")
     enroll.set_defaults(func=cmd_enroll)
-    with_dir(sub.add_parser("run", help="run the agent")).set_defaults(func=cmd_run)
+    run = with_dir(sub.add_parser("run", help="run the agent"))
+    run.add_argument(
+        "--simulate-app",
+        metavar="MODEL",
+        help="simulation aid: also act as the device's application, running the installed "
+        "MODEL and reporting its measured latency and confidence (device_agent/simapp.py)",
+    )
+    run.add_argument(
+        "--simulate-app-interval",
+        metavar="SECONDS",
+        type=_positive,
+        default=1.0,
+        help="how often the simulated application runs the model (default 1.0)",
+    )
+    run.set_defaults(func=cmd_run)
     with_dir(sub.add_parser("status", help="print the agent's state as JSON")).set_defaults(
         func=cmd_status
     )
     rollback = with_dir(sub.add_parser("rollback", help="go back to a model's previous version"))
     rollback.add_argument("model")
     rollback.set_defaults(func=cmd_rollback)
+    report = with_dir(sub.add_parser("report", help="hand one metrics sample to the running agent"))
+    report.add_argument("model")
+    report.add_argument("metrics", nargs="+", type=_metric, metavar="NAME=VALUE")
+    report.add_argument("--socket", help="the agent's metrics socket (default: from --dir)")
+    report.add_argument("--udp-port", type=int, help="send to 127.0.0.1:PORT over UDP instead")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

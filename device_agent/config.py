@@ -7,6 +7,8 @@ models/<name>/slots/{a,b}/<file>      two slots per model
 models/<name>/current -> slots/a      what applications read
 journal.json  state.json              the update in progress, the persistent state
 downloads/<sha256>.part               resumable partial downloads
+metrics.sock                          applications' telemetry (device_agent/metrics_client.py)
+metrics-stats.json                    what became of it (`fleet-agent status`)
 """
 
 import json
@@ -51,6 +53,24 @@ class AgentConfig:
     download_backoff_max_s: float = 60.0
     # Kept free on the disk beyond the artifact itself.
     disk_reserve_bytes: int = 16 * 1024 * 1024
+    # "3.1.1" (any broker, the embedded amqtt too) or "5" (Mosquitto, EMQX, HiveMQ): with
+    # 5 an `events` message that reached no subscriber is published again (mqtt.py).
+    mqtt_protocol: str = "3.1.1"
+    # Telemetry from the device's applications (device_agent/telemetry.py): a Unix
+    # datagram socket (None: <dir>/metrics.sock, "": none) with this mode (octal), and
+    # optionally a UDP port on 127.0.0.1. A model's batch goes out at
+    # telemetry_batch_samples samples or telemetry_batch_seconds after its first sample;
+    # at most telemetry_max_queued samples wait for their batch and
+    # telemetry_backlog_bytes of encoded batches for the broker (older ones are dropped).
+    metrics_socket: str | None = None
+    metrics_socket_mode: str = "0660"
+    metrics_udp_port: int | None = None
+    telemetry_batch_samples: int = 50
+    telemetry_batch_seconds: float = 5.0
+    telemetry_max_queued: int = 2000
+    telemetry_backlog_bytes: int = 2 * 1024 * 1024
+    telemetry_qos: int = 1
+    telemetry_max_inflight: int = 8
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,6 +83,40 @@ class AgentConfig:
             or not all(isinstance(a, str) for a in self.trial_hook)
         ):
             raise ConfigError("trial_hook must be a list of strings (argv) or null")
+        if self.mqtt_protocol not in ("3.1.1", "5"):
+            raise ConfigError('mqtt_protocol must be "3.1.1" or "5"')
+        self._check_telemetry()
+
+    def _check_telemetry(self) -> None:
+        def whole(name: str, low: int, high: int) -> None:
+            value = getattr(self, name)
+            if type(value) is not int or not low <= value <= high:
+                raise ConfigError(f"{name} must be an integer in [{low}, {high}]")
+
+        if self.metrics_socket is not None and not isinstance(self.metrics_socket, str):
+            raise ConfigError('metrics_socket must be a path, "" (no socket) or null')
+        try:
+            mode = int(self.metrics_socket_mode, 8)
+        except (TypeError, ValueError):
+            mode = -1
+        if not 0 <= mode <= 0o777:
+            raise ConfigError('metrics_socket_mode must be an octal mode such as "0660"')
+        if self.metrics_udp_port is not None:
+            whole("metrics_udp_port", 1, 65535)
+        whole("telemetry_batch_samples", 1, 500)
+        whole("telemetry_max_queued", 1, 1_000_000)
+        whole("telemetry_backlog_bytes", 65536, 1 << 30)
+        whole("telemetry_qos", 0, 1)
+        whole("telemetry_max_inflight", 1, 1000)
+        seconds = self.telemetry_batch_seconds
+        if type(seconds) not in (int, float) or not 0.01 <= seconds <= 3600:
+            raise ConfigError("telemetry_batch_seconds must be a number in [0.01, 3600]")
+
+    def metrics_socket_path(self, layout: "Layout") -> Path | None:
+        """Where the telemetry socket is, or None when there is none."""
+        if self.metrics_socket is None:
+            return layout.metrics_socket
+        return Path(self.metrics_socket) if self.metrics_socket else None
 
     @classmethod
     def load(cls, directory: Path) -> "AgentConfig":
@@ -137,6 +191,14 @@ class Layout:
     @property
     def lock(self) -> Path:
         return self.root / "agent.lock"
+
+    @property
+    def metrics_socket(self) -> Path:
+        return self.root / "metrics.sock"
+
+    @property
+    def metrics_stats(self) -> Path:
+        return self.root / "metrics-stats.json"
 
     def part(self, sha256: str) -> Path:
         return self.downloads / f"{sha256}.part"

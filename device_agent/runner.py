@@ -11,6 +11,10 @@ thread only queues incoming `desired` payloads.
 A job's final event (committed, failed, rolled_back) is flushed to the broker before
 the journal lets go of the job, so a crash never loses it: until the broker has it,
 recovery reports it again (at least once; the control plane is idempotent on them).
+
+`telemetry_tags` is what the metrics thread (metrics_server.py) tags applications'
+samples with; the runner replaces the whole mapping whenever the store changes what
+they say, so the other thread only ever reads a finished one.
 """
 
 import errno
@@ -19,7 +23,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -77,6 +82,7 @@ from device_agent.state import (
     next_step,
 )
 from device_agent.store import AgentStore, Installed
+from device_agent.telemetry import ModelTags, tags_from_store
 from device_agent.testhooks import crashpoint
 from device_agent.trial import run_trial
 from device_agent.verify import Accepted, Ignored, VerifyContext, evaluate, tuf_updater
@@ -132,6 +138,7 @@ class Runner:
         self.clock = clock
         self.stop = stop or threading.Event()
         self.store = AgentStore.load(self.layout.store)
+        self.telemetry_tags: Mapping[str, ModelTags] = tags_from_store(self.store)
         self.journal = Journal(self.layout.journal)
         self.state: AgentState = IDLE
         self.director_key = read_public_key(self.layout.director_key)
@@ -252,7 +259,15 @@ class Runner:
         store.last_trusted_time = max(
             store.last_trusted_time or desired.issued_at, desired.issued_at
         )
+        for entry in desired.models:
+            # A model already installed stays, but may now run under another rollout and
+            # arm (an A/B arm that keeps the baseline version): its telemetry says so.
+            record = store.models.get(entry.name)
+            installed = record.installed if record else None
+            if record and installed and installed.sha256 == entry.sha256:
+                record.installed = replace(installed, rollout_id=entry.rollout_id, arm=entry.arm)
         store.save()
+        self.telemetry_tags = tags_from_store(store)
 
     # --- actions ---------------------------------------------------------------------
 
@@ -451,6 +466,7 @@ class Runner:
         record.floor = max(record.floor, job.floor)
         record.status = Phase.COMMITTED
         self.store.save()
+        self.telemetry_tags = tags_from_store(self.store)
         crashpoint("commit:stored")
         remove_durably(self.layout.part(target.sha256))
 

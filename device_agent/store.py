@@ -35,6 +35,8 @@ class Installed:
     slot: Slot
     filename: str
     format: str
+    # The rollout and arm it runs under: those of the desired entry it was installed for,
+    # then of each later accepted entry that names the same bytes (telemetry tags).
     rollout_id: str | None = None
     arm: str | None = None
 

@@ -23,3 +23,30 @@ def matmul_onnx(weights: list[list[float]]) -> bytes:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return bytes(model.SerializeToString())
+
+
+def chain_onnx(layers: int, size: int = 64) -> bytes:
+    """y = x @ W^layers (x: [batch, size]), W a fixed scrambled matrix: `layers` MatMuls, so a
+    deeper chain really takes longer to run."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    scale = 1.0 / size
+    values = [((i * 7919 + j * 104729) % 17 - 8) * scale for i in range(size) for j in range(size)]
+    nodes = []
+    previous = "x"
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [previous, "W"], [f"h{i}"]))
+        previous = f"h{i}"
+    nodes.append(helper.make_node("Identity", [previous], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", size])],
+        initializer=[helper.make_tensor("W", TensorProto.FLOAT, [size, size], values)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())

@@ -703,5 +703,11 @@ def open_rig(root: Path, django_db_blocker: Any, extra: tuple[Release, ...] = ()
             template.wait_settled(1)
             template.assert_runs(V1, "a")
             template.kill()
-            shutil.copytree(template.directory, rig.template, symlinks=True)
+            # A killed agent leaves its metrics socket behind; copytree cannot copy one.
+            shutil.copytree(
+                template.directory,
+                rig.template,
+                symlinks=True,
+                ignore=shutil.ignore_patterns("metrics.sock"),
+            )
         yield rig
