@@ -250,8 +250,10 @@ FLEET_BRIDGE_USE_SHARED = _env_bool("FLEET_BRIDGE_USE_SHARED", True)
 FLEET_BRIDGE_PROTOCOL = _env("FLEET_BRIDGE_PROTOCOL", "5")
 if FLEET_BRIDGE_PROTOCOL not in {"5", "3.1.1"}:
     raise ImproperlyConfigured("FLEET_BRIDGE_PROTOCOL must be 5 or 3.1.1.")
-if PRODUCTION and FLEET_MQTT_BRIDGE_URL.startswith("mqtts://") and not (
-    FLEET_MQTT_BRIDGE_CERT_FILE and FLEET_MQTT_BRIDGE_KEY_FILE
+if (
+    PRODUCTION
+    and FLEET_MQTT_BRIDGE_URL.startswith("mqtts://")
+    and not (FLEET_MQTT_BRIDGE_CERT_FILE and FLEET_MQTT_BRIDGE_KEY_FILE)
 ):
     raise ImproperlyConfigured(
         "FLEET_MQTT_BRIDGE_CERT_FILE and FLEET_MQTT_BRIDGE_KEY_FILE are needed for mqtts:// "
@@ -306,6 +308,21 @@ FLEET_ROLLOUT_TELEMETRY_SOURCE = _env(
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = _env("CELERY_BROKER_URL")
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    # The embedded default's queue (deploy/dev/up): kombu's filesystem transport, a
+    # directory of message files under the data dir, so the quick start runs a real Celery
+    # worker and beat with no broker service. One machine only; production uses
+    # RabbitMQ or Redis.
+    _celery_queue = FLEET_DATA_DIR / "celery" / "queue"
+    _celery_queue.mkdir(parents=True, exist_ok=True)
+    (FLEET_DATA_DIR / "celery" / "control").mkdir(exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_celery_queue),
+        "data_folder_out": str(_celery_queue),
+        "control_folder": str(FLEET_DATA_DIR / "celery" / "control"),
+        "store_processed": False,
+        "polling_interval": 0.5,
+    }
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -328,9 +345,10 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=FLEET_ROLLOUT_TICK_SECONDS),
     },
 }
-if PRODUCTION and not CELERY_BROKER_URL:
+if PRODUCTION and (not CELERY_BROKER_URL or CELERY_BROKER_URL.startswith("filesystem://")):
     raise ImproperlyConfigured(
-        "FLEET_MODE=production needs CELERY_BROKER_URL (amqp://... or redis://...)."
+        "FLEET_MODE=production needs CELERY_BROKER_URL (amqp://... or redis://...); "
+        "filesystem:// is the single-machine development queue."
     )
 
 # --- telemetry and metrics (issue 5) ---------------------------------------------------------

@@ -1,7 +1,8 @@
-"""The README's run command, end to end: the whole system on embedded defaults, then a
-model published as CI would, assigned to a simulated device, and installed by its agent."""
+"""The README's run command, end to end: the whole system on embedded defaults (broker,
+bridge, Celery worker and beat on the filesystem queue, web, simulated devices), the
+sample model installed everywhere by a first rollout and a phased rollout of its second
+version running, telemetry from the simulated apps, and CI publishing another version."""
 
-import hashlib
 import json
 import os
 import signal
@@ -98,9 +99,35 @@ def test_quickstart_runs_the_whole_system(quickstart, tmp_path):  # type: ignore
 
     assert _wait(lambda: online() == ["sim-001", "sim-002"] and online(), "devices online")
 
-    # CI publishes a model with the printed command
-    model = tmp_path / "model.tflite"
-    model.write_bytes(b"\x1c\x00\x00\x00TFL3" + os.urandom(4000))
+    # the sample: kws 1.0.0 everywhere, through a first rollout, then a phased rollout of
+    # 1.1.0 running, in the API and in /metrics
+    samples = ROOT / "deploy" / "dev" / "sample-models"
+
+    def rollouts(version: str, status: str) -> list[dict]:  # type: ignore[type-arg]
+        found = _get(f"{base}/api/v1/rollouts/", token)["results"]
+        return [r for r in found if r["version"] == version and r["status"] == status]
+
+    (first,) = _wait(lambda: rollouts("1.0.0", "completed"), "kws 1.0.0 everywhere", 240)
+    devices = _get(f"{base}/api/v1/rollouts/{first['id']}/devices", token)["results"]
+    assert {(d["device"], d["state"]) for d in devices} == {
+        ("sim-001", "succeeded"),
+        ("sim-002", "succeeded"),
+    }
+
+    (rollout,) = _wait(lambda: rollouts("1.1.0", "running"), "kws 1.1.0 rolling out", 120)
+    assert [s["percent"] for s in rollout["stages"]] == [34, 67, 100]
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:  # noqa: S310
+        metrics = response.read().decode()
+    info = [line for line in metrics.splitlines() if line.startswith("fleet_rollout_info{")]
+    assert any(
+        f'rollout="{rollout["id"]}"' in line and 'state="running"' in line for line in info
+    ), info
+
+    # the simulated apps report the installed model's latency through their agents
+    samples_url = f"{base}/api/v1/telemetry/devices/sim-001/samples?metric=latency_ms"
+    _wait(lambda: _get(samples_url, token)["samples"], "latency telemetry from sim-001", 120)
+
+    # CI publishes another version with the printed command
     ci_env = {
         **env,
         "FLEET_URL": base,
@@ -111,42 +138,21 @@ def test_quickstart_runs_the_whole_system(quickstart, tmp_path):  # type: ignore
         [
             str(BIN / "fleetctl"),
             "publish",
-            str(model),
+            str(samples / "kws-1.1.0.onnx"),
             "--name",
             "kws",
             "--version",
-            "1.0.0",
+            "1.2.0",
             "--hardware",
             "linux-x86_64-fp32",
             "--format",
-            "tflite",
+            "onnx",
         ],
         env=ci_env,
         check=True,
         capture_output=True,
         timeout=60,
     )
-
-    # the operator assigns it to one device, whose agent installs and commits it
-    request = urllib.request.Request(
-        f"{base}/api/v1/devices/sim-001/desired",
-        data=json.dumps({"models": [{"model": "kws", "version": "1.0.0"}]}).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-        assert json.loads(response.read())["seq"] == 1
-    current = data / "devices" / "sim-001" / "models" / "kws" / "current" / "model.tflite"
-    want = hashlib.sha256(model.read_bytes()).hexdigest()
-    _wait(
-        lambda: current.exists() and hashlib.sha256(current.read_bytes()).hexdigest() == want,
-        "the model installed on sim-001",
-    )
-
-    def reported() -> list[dict]:  # type: ignore[type-arg]
-        return _get(f"{base}/api/v1/devices/sim-001/", token)["reported"].get("models", [])
-
-    installed = _wait(
-        lambda: [m for m in reported() if m.get("version") == "1.0.0"], "sim-001 reporting 1.0.0"
-    )
-    assert installed[0]["name"] == "kws"
-    assert not (data / "devices" / "sim-002" / "models" / "kws").exists()
+    versions = _get(f"{base}/api/v1/models/kws/versions/", token)
+    listed = versions["results"] if isinstance(versions, dict) else versions
+    assert {"1.0.0", "1.1.0", "1.2.0"} <= {v["version"] for v in listed}

@@ -43,7 +43,7 @@ def reachable(host: str, port: int) -> bool:
         return False
 
 
-def wait_until[T](predicate: Callable[[], T], what: str, timeout: float = 120.0) -> T:
+def wait_until[T](predicate: Callable[[], T | None], what: str, timeout: float = 120.0) -> T:
     """Poll ``predicate`` until it returns something truthy; fail with the last value."""
     deadline = time.monotonic() + timeout
     last: object = None
@@ -70,7 +70,14 @@ class ApiError(Exception):
 class FleetSystem:
     """Everything a rollout touches, as processes on loopback (see the module docstring)."""
 
-    def __init__(self, root: Path, *, devices: int, agent_args: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        devices: int,
+        agent_args: Iterable[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         pg_host, pg_port = "127.0.0.1", 5432
         require_service(
             reachable(pg_host, pg_port),
@@ -118,6 +125,7 @@ class FleetSystem:
             "FLEET_METRICS_DB_CACHE_SECONDS": "1",
             "FLEET_BRIDGE_SEEN_FLUSH_SECONDS": "0.2",
             "FLEET_TELEMETRY_MODEL_CACHE_SECONDS": "1",
+            **(env or {}),
         }
         self.operator_token = ""
         self.ci_env: dict[str, str] = {}

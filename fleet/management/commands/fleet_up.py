@@ -4,6 +4,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from fleet.devserver import Child, Supervisor, first_free_port, port_free
 from fleet.enrollment import enrollment_token_create
 from fleet.management.commands.broker import mosquitto_binary
 from fleet.models import Device
+from fleet.sample import FIRST, SECOND
 from fleet.services import api_token_create, ci_user_get_or_create
 from ota.models import Model
 from ota.repository import model_register, signer_for
@@ -95,8 +97,9 @@ def _simulated_device(data: Path, index: int, base: str, mqtt_port: int) -> Path
 
 class Command(BaseCommand):
     help = (
-        "Migrate, create dev keys, an operator and a CI token, then run the broker and the "
-        "web server (and, as they land, bridge, worker and simulated devices)."
+        "Migrate, create dev keys, an operator and a CI token, then run the broker, the "
+        "bridge, a Celery worker with beat, the web server and simulated devices, and seed "
+        "a sample model with a phased rollout."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -149,6 +152,9 @@ class Command(BaseCommand):
             "FLEET_PUBLIC_URL": base,
             "FLEET_MQTT_URL": f"mqtt://127.0.0.1:{mqtt_port}",
             "FLEET_MQTT_BRIDGE_URL": f"mqtt://127.0.0.1:{mqtt_port}",
+            # A real Celery worker and beat on the embedded queue (a directory under
+            # FLEET_DATA_DIR, fleet/settings.py) unless a broker is given.
+            "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL") or "filesystem://",
             "PYTHONUNBUFFERED": "1",
         }
         banner = (
@@ -160,13 +166,15 @@ class Command(BaseCommand):
   Health        {base}/healthz
   MQTT broker   mqtt://127.0.0.1:{mqtt_port}  ({engine}, plain, loopback only)
                 production uses TLS + client certificates: deploy/mosquitto/
+  Metrics       {base}/metrics  (loopback only)
+  Worker        Celery worker + beat on {env["CELERY_BROKER_URL"]}
   Devices       {options["devices"]} simulated fleet-agent processes, in {data / "devices"}/
   Logs          {data / "logs"}/
 
 Publish a model as CI would:
   export FLEET_URL={base} FLEET_TOKEN={token} FLEET_RELEASE_KEY={ci_dir / "release.key"}
-  .venv/bin/fleetctl publish model.onnx --name kws --version 1.0.0 \\
-      --hardware linux-x86_64-fp32 --format onnx
+  .venv/bin/fleetctl publish deploy/dev/sample-models/kws-1.1.0.onnx --name kws \\
+      --version 1.2.0 --hardware linux-x86_64-fp32 --format onnx
 
 Stop with Ctrl-C.
 """
@@ -180,7 +188,24 @@ Stop with Ctrl-C.
         if engine == "amqtt":  # no $share, MQTT 3.1.1 (DESIGN.md §7)
             bridge_args += ["--no-share", "--protocol", "3.1.1"]
         supervisor.manage("bridge", *bridge_args)
-        supervisor.manage("scheduler", "scheduler")
+        supervisor.start(
+            Child(
+                "worker",
+                [
+                    str(Path(sys.executable).parent / "celery"),
+                    "-A",
+                    "fleet",
+                    "worker",
+                    "--beat",
+                    "--schedule",
+                    str(data / "celerybeat-schedule"),
+                    "--concurrency",
+                    "1",
+                    "--loglevel",
+                    "INFO",
+                ],
+            )
+        )
         supervisor.manage(
             "web", "runserver", f"{options['addr']}:{port}", "--noreload", ready_port=port
         )
@@ -194,11 +219,28 @@ Stop with Ctrl-C.
                         "run",
                         "--dir",
                         str(device_dir),
+                        "--simulate-app",
+                        "kws",
                     ],
                 )
             )
         self.stdout.write(banner)
         self.stdout.flush()
+        devices = [f"sim-{index:03d}" for index in range(1, options["devices"] + 1)]
+        threading.Thread(
+            target=self._sample,
+            kwargs={
+                "ci_env": {
+                    **env,
+                    "FLEET_URL": base,
+                    "FLEET_TOKEN": token,
+                    "FLEET_RELEASE_KEY": str(ci_dir / "release.key"),
+                },
+                "devices": devices,
+                "base": base,
+            },
+            daemon=True,
+        ).start()
 
         def died(child: Child, code: int) -> None:
             self.stderr.write(
@@ -206,3 +248,24 @@ Stop with Ctrl-C.
             )
 
         supervisor.wait(died)
+
+    def _sample(self, *, ci_env: dict[str, str], devices: list[str], base: str) -> None:
+        done = subprocess.run(  # noqa: S603 - our own command
+            [sys.executable, str(settings.BASE_DIR / "manage.py"), "sample_seed", *devices],
+            env=ci_env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            self.stderr.write(
+                self.style.WARNING(f"The sample rollout was not seeded: {done.stderr[-2000:]}")
+            )
+            return
+        rollout_id = done.stdout.strip()
+        if rollout_id:
+            self.stdout.write(
+                f"Sample: kws {FIRST} runs on every simulated device; a phased rollout of "
+                f"kws {SECOND} ({rollout_id}) is running:\n  {base}/admin/ota/rollout/\n"
+            )
+            self.stdout.flush()
