@@ -1,0 +1,256 @@
+"""A real agent over mqtts end to end (issues 3 and 4): the production Mosquitto config
+(deploy/mosquitto/, TLS with client certificates from the fleet CA, ACLs, CRL), the web
+server and the bridge as processes, the bridge with its own client certificate, and a
+`fleet-agent` enrolled through the API, which hands it the mqtts:// broker URL, the CA
+and its certificate.
+
+Black box from the agent's side: the test publishes with fleetctl, sets the desired
+state through the REST API and reads the database, the agent's directory and the broker.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker_tls import TlsBroker
+from django.contrib.auth import get_user_model
+from django.db import connection
+from mqtt_broker import free_port, wait_for_port
+from processes import Child
+
+from fleet.keys import director_private_key
+from fleet.models import Device
+from fleet.services import api_token_create
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+MODEL = ROOT / "deploy" / "dev" / "sample-models" / "kws-1.0.0.onnx"
+HARDWARE = "linux-x86_64-fp32"
+DEVICE = "tls-001"
+
+
+def _database_url() -> str:
+    """The test database, for the child processes."""
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        name = Path(str(db["NAME"])).resolve()
+        return f"sqlite:///{name}?timeout=20&transaction_mode=IMMEDIATE"
+    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
+    host, port = db["HOST"] or "127.0.0.1", db["PORT"] or 5432
+    return f"postgres://{db['USER'] or ''}{password}@{host}:{port}/{db['NAME']}"
+
+
+def _wait[T](predicate: Callable[[], T], what: str, diagnostics: Callable[[], str]) -> T:
+    deadline = time.monotonic() + 60
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except OSError as exc:  # not up yet
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{diagnostics()}")
+
+
+@dataclass
+class System:
+    base: str
+    broker: TlsBroker
+    env: dict[str, str]
+    operator_token: str
+    ci_env: dict[str, str]
+    children: list[Child]
+    tmp_path: Path
+
+    def api(self, method: str, path: str, body: object = None) -> Any:
+        request = urllib.request.Request(
+            self.base + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {self.operator_token}",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return json.loads(response.read())
+
+    def start(self, name: str, args: list[str], **env: str) -> Child:
+        child = Child(name, args, {**self.env, **env}, self.tmp_path)
+        self.children.append(child)
+        return child
+
+    def diagnostics(self) -> str:
+        parts = [f"--- {c.name}\n{c.log_tail(30)}" for c in self.children]
+        return "\n".join([*parts, f"--- mosquitto\n{self.broker.log_tail(20)}"])
+
+
+@pytest.fixture
+def system(kws, release_key, ci_token, settings, tmp_path: Path) -> Iterator[System]:  # type: ignore[no-untyped-def]
+    """The TLS broker, the web server and the bridge (mqtts, its own certificate)."""
+    settings.FLEET_CRL_PATH = tmp_path / "control-plane" / "crl.pem"
+    broker = TlsBroker.start_in(tmp_path / "mosquitto", settings.FLEET_CRL_PATH)
+    # The web's workers would race to create it on first use.
+    director_private_key()
+    operator = get_user_model().objects.create_superuser("operator", password=None)
+    _, operator_token = api_token_create(user=operator, name="e2e")
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "PYTHONUNBUFFERED": "1",
+        "FLEET_DATA_DIR": str(tmp_path / "var"),
+        "FLEET_KEYS_DIR": str(settings.FLEET_KEYS_DIR),
+        "FLEET_STORAGE": "local",
+        "FLEET_ARTIFACT_DIR": str(settings.STORAGES["artifacts"]["OPTIONS"]["location"]),
+        "DATABASE_URL": _database_url(),
+        "FLEET_DB_CONN_MAX_AGE": "0",
+        "FLEET_LOG_LEVEL": "INFO",
+        "FLEET_PUBLIC_URL": base,
+        "FLEET_CRL_PATH": str(settings.FLEET_CRL_PATH),
+        # what enrollment hands the devices
+        "FLEET_MQTT_URL": f"mqtts://127.0.0.1:{broker.port}",
+    }
+    made = System(
+        base=base,
+        broker=broker,
+        env=env,
+        operator_token=operator_token,
+        ci_env={
+            **env,
+            "FLEET_URL": base,
+            "FLEET_TOKEN": ci_token,
+            "FLEET_RELEASE_KEY": str(release_key.private),
+        },
+        children=[],
+        tmp_path=tmp_path,
+    )
+    try:
+        gunicorn = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"]
+        made.start("web", [*gunicorn, "--workers", "2", "--timeout", "60", "fleet.wsgi"])
+        wait_for_port(port, 30)
+        bridge = broker.bridge_credential()
+        made.start(
+            "bridge",
+            [sys.executable, "manage.py", "bridge", "--client-id", "bridge-e2e"],
+            FLEET_MQTT_BRIDGE_URL=f"mqtts://127.0.0.1:{broker.port}",
+            FLEET_MQTT_BRIDGE_CA_FILE=str(bridge.ca),
+            FLEET_MQTT_BRIDGE_CERT_FILE=str(bridge.cert),
+            FLEET_MQTT_BRIDGE_KEY_FILE=str(bridge.key),
+            FLEET_BRIDGE_SEEN_FLUSH_SECONDS="0.2",
+        )
+        _wait(
+            lambda: "as bridge.fleet" in broker.log_path.read_text(),
+            "the bridge connected over TLS",
+            made.diagnostics,
+        )
+        yield made
+    finally:
+        for child in reversed(made.children):
+            child.stop()
+        broker.stop()
+
+
+def _reported(device_id: str, model: str) -> dict[str, Any] | None:
+    reported = Device.objects.get(device_id=device_id).reported or {}
+    return next((m for m in reported.get("models", []) if m.get("name") == model), None)
+
+
+def test_an_agent_enrolled_for_mqtts_comes_online_and_commits_its_desired_state(
+    system: System, tmp_path: Path
+) -> None:
+    agent_dir = tmp_path / "device"
+    # given a model CI has published
+    subprocess.run(
+        [str(BIN / "fleetctl"), "publish", str(MODEL), "--name", "kws", "--version", "1.0.0"]
+        + ["--hardware", HARDWARE, "--format", "onnx"],
+        env=system.ci_env,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    published = hashlib.sha256(MODEL.read_bytes()).hexdigest()
+
+    # when a device enrolls with a token from the API and runs the agent
+    token = system.api("POST", "/api/v1/enrollment-tokens", {"hours": 1, "hardware": HARDWARE})
+    enrolled = subprocess.run(
+        [str(BIN / "fleet-agent"), "enroll", "--server", system.base, "--token", token["token"]]
+        + ["--device-id", DEVICE, "--hardware", HARDWARE, "--dir", str(agent_dir)],
+        env=system.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+    config = json.loads((agent_dir / "config.json").read_text())
+    assert config["broker_url"] == f"mqtts://127.0.0.1:{system.broker.port}"
+    agent = system.start("agent", [str(BIN / "fleet-agent"), "run", "--dir", str(agent_dir)])
+
+    # then it connects with its certificate (the CN is its MQTT identity) and the bridge
+    # records it online from its retained status
+    _wait(
+        lambda: f"u'{DEVICE}'" in system.broker.log_path.read_text(),
+        "the agent's TLS connection",
+        system.diagnostics,
+    )
+    _wait(
+        lambda: Device.objects.get(device_id=DEVICE).online,
+        "the device online in the database",
+        system.diagnostics,
+    )
+
+    # when the operator sets its desired state through the REST API
+    desired = system.api(
+        "POST",
+        f"/api/v1/devices/{DEVICE}/desired",
+        {"models": [{"model": "kws", "version": "1.0.0"}]},
+    )
+
+    # then the bridge publishes it over TLS, the agent installs and commits the bytes
+    _wait(
+        lambda: (
+            system.api("GET", f"/api/v1/devices/{DEVICE}/desired")["published_seq"]
+            == desired["seq"]
+        ),
+        "the desired state published",
+        system.diagnostics,
+    )
+
+    def installed() -> str | None:
+        files = sorted((agent_dir / "models" / "kws" / "current").glob("*"))
+        return hashlib.sha256(files[0].read_bytes()).hexdigest() if files else None
+
+    _wait(lambda: installed() == published, "kws 1.0.0 installed", system.diagnostics)
+    # and reports it: the bridge stores the committed version and the seq
+    committed = _wait(
+        lambda: (m := _reported(DEVICE, "kws")) and m["status"] == "committed" and m,
+        "kws 1.0.0 reported committed",
+        system.diagnostics,
+    )
+    assert committed["version"] == "1.0.0"
+    assert Device.objects.get(device_id=DEVICE).reported_seq == desired["seq"]
+
+    # when the device loses power, the broker's will (over the same TLS session) says so
+    agent.kill()
+    _wait(
+        lambda: not Device.objects.get(device_id=DEVICE).online,
+        "the device offline (LWT)",
+        system.diagnostics,
+    )
