@@ -21,14 +21,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
-from django.db.models import QuerySet
+from django.db.models import F, Lookup, Model, QuerySet
 from django.utils import timezone
 
 from device_agent.protocol.envelope import sign_envelope
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.exceptions import ProtocolError, brief
 from device_agent.protocol.messages import DesiredState as DesiredPayload
-from device_agent.protocol.messages import ModelTarget, dumps_json, parse_timestamp
+from device_agent.protocol.messages import ModelTarget, parse_timestamp
 from fleet.errors import ServiceError
 from fleet.keys import director_private_key
 from fleet.models import DesiredState, Device
@@ -40,8 +40,13 @@ DEFAULT_TTL = timedelta(days=7)
 # Rows locked and written per transaction by the bulk paths: bounded lock time and
 # statement size, large enough that round trips do not dominate.
 BATCH_SIZE = 1000
+FIRST_BATCH = 125  # the first and last batches of devices_desired_set (see _batch_sizes)
 ISSUE_FIELDS = ["seq", "payload", "envelope", "issued_at", "expires_at"]
 _ISSUE_TABLE = "fleet_desired_issue"  # _rows_copy's temporary table
+# PostgreSQL NOTIFY channel: every transaction that leaves outbox rows behind notifies it
+# (delivered on commit, dropped on rollback), so a listening bridge publishes at once
+# instead of at its next poll (fleet/bridge/outbox.py, OutboxListener).
+OUTBOX_CHANNEL = "fleet_desired_outbox"
 
 
 @dataclass(frozen=True)
@@ -81,8 +86,32 @@ class _DeviceFacts:
     reported_seq: int
 
 
+class _AnyOf(Lookup):
+    """``lhs = ANY(%s)`` with the values as one array parameter (PostgreSQL).
+
+    ``pk__in`` writes one placeholder per value, and psycopg's client-side binding parses
+    such a statement again on every call (it caches short statements only): with a
+    thousand pks per batch that parse cost as much as the query.
+    """
+
+    lookup_name = "any_of"  # not registered: built directly by filter_in
+    prepare_rhs = False
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:  # type: ignore[override]
+        lhs, params = self.process_lhs(compiler, connection)
+        return f"{lhs} = ANY(%s)", [*params, list(self.rhs)]
+
+
+def filter_in[M: Model](queryset: QuerySet[M], field: str, values: list[int]) -> QuerySet[M]:
+    """``queryset.filter(<field>__in=values)``, as one array parameter on PostgreSQL (the
+    outbox uses it too)."""
+    if connection.vendor == "postgresql":
+        return queryset.filter(_AnyOf(F(field), values))
+    return queryset.filter(**{f"{field}__in": values})
+
+
 def _facts(pks: Iterable[int]) -> dict[int, _DeviceFacts]:
-    rows = Device.objects.filter(pk__in=list(pks)).values_list(
+    rows = filter_in(Device.objects.all(), "pk", list(pks)).values_list(
         "pk", "device_id", "hardware", "revoked_at", "reported_seq"
     )
     return {
@@ -157,10 +186,30 @@ def _targets(
     return targets
 
 
+@dataclass(slots=True)
+class _Locked:
+    """An outbox row locked by a bulk call: the columns read, then those ``_issue`` writes.
+
+    Plain values rather than ``DesiredState`` instances: building a model instance (and
+    sending its init signals) per row cost more than the row's share of the queries.
+    """
+
+    pk: int
+    device_id: int
+    seq: int
+    payload: Any
+    payload_json: str = ""  # the new payload as signed, written as is to the column
+    envelope: bytes = b""
+    issued_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
 _ParseCache = dict[tuple[tuple[str, object], ...], ModelTarget]
 
 
-def _current_models(row: DesiredState, cache: _ParseCache | None = None) -> list[ModelTarget]:
+def _current_models(
+    row: DesiredState | _Locked, cache: _ParseCache | None = None
+) -> list[ModelTarget]:
     """The models of the row's last envelope (validated again: the column is just JSON)."""
     if row.seq == 0 or not row.payload:
         return []
@@ -195,14 +244,17 @@ def _merged(current: list[ModelTarget], new: list[ModelTarget]) -> tuple[ModelTa
 
 
 def _issue(
-    row: DesiredState,
+    row: DesiredState | _Locked,
     facts: _DeviceFacts,
     models: tuple[ModelTarget, ...],
     *,
     now: datetime,
     key: ec.EllipticCurvePrivateKey,
-) -> None:
-    """Sign the next envelope for ``models`` into ``row`` (the caller holds its lock and saves)."""
+) -> str:
+    """Sign the next envelope for ``models`` into ``row`` (the caller holds its lock and saves).
+
+    Returns the payload's JSON as signed (the bulk paths write it to the column as is).
+    """
     # Above what the device says it last accepted too: after a database restore the
     # row's seq is behind the device's, which would refuse everything as a replay.
     seq = max(row.seq, facts.reported_seq) + 1
@@ -215,18 +267,20 @@ def _issue(
             expires_at=expires_at,
             models=models,
         )
-        document = payload.to_dict()
         # sign_desired(payload, key), with the payload encoded once for column and envelope.
-        envelope = sign_envelope(dumps_json(document), key)
+        encoded = payload.to_json()
+        envelope = sign_envelope(encoded, key)
     except ProtocolError as exc:
         raise ServiceError(
             exc.code, f"desired state for {brief(facts.device_id)}: {exc.detail}"
         ) from None
     row.seq = seq
-    row.payload = document
+    if isinstance(row, DesiredState):  # saved by the ORM; _Locked rows write the text
+        row.payload = payload.to_dict()
     row.envelope = envelope
     row.issued_at = now
     row.expires_at = expires_at
+    return encoded.decode()
 
 
 def _now() -> datetime:
@@ -249,28 +303,36 @@ def _row_lock(device_pk: int) -> DesiredState:
     return row
 
 
-def _rows_lock(pks: list[int]) -> dict[int, DesiredState]:
-    """Lock the outbox rows of ``pks`` (sorted, so concurrent batches cannot deadlock)."""
+_LOCKED_COLUMNS = ("pk", "device_id", "seq", "payload")
+
+
+def _rows_lock(pks: list[int], *, create: bool = True) -> dict[int, _Locked]:
+    """Lock the outbox rows of ``pks`` (sorted, so concurrent batches cannot deadlock),
+    creating those missing first unless ``create`` is false."""
     # The old envelope is never read, only replaced: not worth fetching.
-    locked = DesiredState.objects.select_for_update().defer("envelope").order_by("device_id")
-    rows = {row.device_id: row for row in locked.filter(device_id__in=pks)}
-    missing = [pk for pk in pks if pk not in rows]
+    locked = DesiredState.objects.select_for_update().order_by("device_id")
+    rows = {
+        values[1]: _Locked(*values)
+        for values in filter_in(locked, "device_id", pks).values_list(*_LOCKED_COLUMNS)
+    }
+    missing = [pk for pk in pks if pk not in rows] if create else []
     if missing:
         DesiredState.objects.bulk_create(
             [DesiredState(device_id=pk) for pk in missing], ignore_conflicts=True
         )
-        rows.update({row.device_id: row for row in locked.filter(device_id__in=missing)})
+        created = filter_in(locked, "device_id", missing).values_list(*_LOCKED_COLUMNS)
+        rows.update({values[1]: _Locked(*values) for values in created})
     return rows
 
 
-def _rows_save(rows: list[DesiredState]) -> None:
+def _rows_save(rows: list[_Locked]) -> None:
     """Write the issued fields of many locked rows.
 
     Not ``bulk_update``: building its CASE expressions costs about 0.7 ms of Python per
     row, more than signing the envelope. On PostgreSQL (psycopg 3) the rows are COPYed
-    into a temporary table and written with one ``UPDATE ... FROM``: 0.10-0.15 ms a row
-    here, against 0.24-0.30 ms for one UPDATE per row even pipelined (docs/benchmarks.md,
-    "Desired state to N devices"). Elsewhere one UPDATE per row, one executemany.
+    into a temporary table and written with one ``UPDATE ... FROM`` (``_rows_copy``);
+    elsewhere one UPDATE per row, one executemany. The payload goes in as the JSON text
+    that was signed, not encoded a second time.
     """
     if not rows:
         return
@@ -280,43 +342,79 @@ def _rows_save(rows: list[DesiredState]) -> None:
     qn = connection.ops.quote_name
     table, pk = qn(meta.db_table), qn(str(columns["id"].column))
     names = [qn(str(f.column)) for f in fields]
-    values = [
-        [row.pk, *(f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields)]
-        for row in rows
-    ]
-    # Only quoted identifiers from the model's metadata are formatted into SQL here and in
-    # _rows_copy; values are parameters or COPY data.
+    # Only quoted identifiers and types from the model's metadata are formatted into SQL
+    # here and in _rows_copy; values are parameters or COPY data.
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql" and hasattr(cursor.cursor, "copy"):
-            _rows_copy(cursor, table, [pk, *names], values)
+            casts = [str(f.db_type(connection)) for f in fields]
+            values = [
+                (r.pk, r.seq, r.payload_json, r.envelope, r.issued_at, r.expires_at) for r in rows
+            ]
+            _rows_copy(cursor, table, pk, list(zip(names, casts, strict=True)), values)
             return
+        prep = {name: columns[name].get_db_prep_save for name in ISSUE_FIELDS}
+        params = [
+            (
+                prep["seq"](r.seq, connection),
+                r.payload_json,
+                prep["envelope"](r.envelope, connection),
+                prep["issued_at"](r.issued_at, connection),
+                prep["expires_at"](r.expires_at, connection),
+                r.pk,
+            )
+            for r in rows
+        ]
         assignments = ", ".join(f"{name} = %s" for name in names)
         sql = f"UPDATE {table} SET {assignments} WHERE {pk} = %s"  # noqa: S608
-        cursor.executemany(sql, [[*v[1:], v[0]] for v in values])
+        cursor.executemany(sql, params)
+
+
+# The binary COPY types of (id, *ISSUE_FIELDS): the payload travels as the signed JSON
+# text and becomes jsonb in the UPDATE.
+_COPY_TYPES = ("int8", "int8", "text", "bytea", "timestamptz", "timestamptz")
 
 
 def _rows_copy(
-    cursor: CursorWrapper, table: str, names: list[str], values: list[list[Any]]
+    cursor: CursorWrapper,
+    table: str,
+    pk: str,
+    columns: list[tuple[str, str]],
+    values: list[tuple[Any, ...]],
 ) -> None:
-    """``_rows_save`` on PostgreSQL: COPY ``values`` (the primary key first, then the
-    columns ``names[1:]``) into a temporary table, then one UPDATE from it."""
-    pk, temp, listed = names[0], connection.ops.quote_name(_ISSUE_TABLE), ", ".join(names)
+    """``_rows_save`` on PostgreSQL: binary COPY ``values`` (the primary key, then the
+    ``columns``, each a name and its type in ``table``) into a temporary table, then one
+    UPDATE from it.
+
+    0.06-0.08 ms a row here, against 0.24-0.30 ms for one UPDATE per row even pipelined
+    (docs/benchmarks.md, "Desired state to N devices"); a binary COPY of the values as
+    they are is about twice as fast as a text COPY of Django's adapted values.
+    """
+    temp = connection.ops.quote_name(_ISSUE_TABLE)
+    names = [pk, *(name for name, _ in columns)]
+    listed = ", ".join(names)
+    typed = ", ".join(f"{n}::{t} AS {n}" for n, t in zip(names, _COPY_TYPES, strict=True))
     # The temporary table lives in this transaction only (nothing is left on a pooled
     # session). TRUNCATE: an earlier call in the same transaction may have filled it, and
     # an older row for the same device would make the UPDATE pick either. ANALYZE: with
     # no statistics the planner expects thousands of pages and hash-joins the whole
     # desired-state table instead of looking each row up by primary key.
     with transaction.atomic(savepoint=False):
-        like = f"SELECT {listed} FROM {table} WITH NO DATA"  # noqa: S608
+        like = f"SELECT {typed} FROM {table} WITH NO DATA"  # noqa: S608
         cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {temp} ON COMMIT DROP AS {like}")
         cursor.execute(f"TRUNCATE {temp}")
-        with cursor.cursor.copy(f"COPY {temp} ({listed}) FROM STDIN") as copy:
+        with cursor.cursor.copy(f"COPY {temp} ({listed}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(list(_COPY_TYPES))
+            write_row = copy.write_row
             for row in values:
-                copy.write_row(row)
+                write_row(row)
         cursor.execute(f"ANALYZE {temp}")
-        assignments = ", ".join(f"{name} = s.{name}" for name in names[1:])
+        assignments = ", ".join(f"{name} = s.{name}::{cast}" for name, cast in columns)
+        # One statement that also notifies the outbox (_outbox_notify) when it wrote rows.
         cursor.execute(
-            f"UPDATE {table} SET {assignments} FROM {temp} s WHERE {table}.{pk} = s.{pk}"  # noqa: S608
+            f"WITH written AS (UPDATE {table} SET {assignments} FROM {temp} s"  # noqa: S608
+            f" WHERE {table}.{pk} = s.{pk} RETURNING 1)"
+            " SELECT pg_notify(%s, '') WHERE EXISTS (SELECT FROM written)",
+            [OUTBOX_CHANNEL],
         )
 
 
@@ -325,6 +423,13 @@ def _fact(facts: dict[int, _DeviceFacts], device: Device) -> _DeviceFacts:
     if found is None:
         raise ServiceError(ErrorCode.NOT_FOUND, f"device {device.device_id} no longer exists")
     return found
+
+
+def _outbox_notify() -> None:
+    """Wake the listening bridges' outboxes when the current transaction commits."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [OUTBOX_CHANNEL])
 
 
 # --- one device ------------------------------------------------------------------------
@@ -346,6 +451,7 @@ def device_desired_set(*, device: Device, assignments: list[ModelAssignment]) ->
         models = _merged(_current_models(row), targets)
         _issue(row, facts, models, now=_now(), key=director_private_key())
         row.save(update_fields=ISSUE_FIELDS)
+        _outbox_notify()
     return row
 
 
@@ -366,6 +472,7 @@ def device_desired_reissue(*, device: Device) -> DesiredState:
             )
         _issue(row, facts, tuple(_current_models(row)), now=_now(), key=director_private_key())
         row.save(update_fields=ISSUE_FIELDS)
+        _outbox_notify()
     return row
 
 
@@ -377,7 +484,11 @@ def device_desired_republish(*, device: Device) -> None:
         raise ServiceError(ErrorCode.FORBIDDEN, f"device {device.device_id} is revoked")
     # Conditional, without a lock: the bridge's own "published up to seq" update is
     # what this undoes, and seq never moves here.
-    updated = DesiredState.objects.filter(device_id=device.pk, seq__gt=0).update(published_seq=0)
+    with transaction.atomic():
+        rows = DesiredState.objects.filter(device_id=device.pk, seq__gt=0)
+        updated = rows.update(published_seq=0)
+        if updated:
+            _outbox_notify()
     if not updated:
         raise ServiceError(ErrorCode.NOT_FOUND, f"device {device.device_id} has no desired state")
 
@@ -385,9 +496,36 @@ def device_desired_republish(*, device: Device) -> None:
 # --- many devices ----------------------------------------------------------------------
 
 
+def _batch_sizes(total: int, largest: int) -> list[int]:
+    """Batch sizes for ``total`` devices: up to ``largest``, doubling from FIRST_BATCH at the
+    start and halving down to it at the end.
+
+    Each batch is published by the bridge once it commits, so a small first batch starts
+    the publishing early and a small last one leaves little to publish after the director
+    returns; the large ones between keep the per-transaction cost low.
+    """
+    ramp = []
+    size = min(FIRST_BATCH, largest)
+    while size < largest:
+        ramp.append(size)
+        size *= 2
+    head: list[int] = []
+    tail: list[int] = []
+    left = total
+    for size in ramp:
+        for side in (head, tail):
+            if left:
+                side.append(min(size, left))
+                left -= side[-1]
+    middle = [largest] * (left // largest) + ([left % largest] if left % largest else [])
+    return [*head, *middle, *reversed(tail)]
+
+
 def _chunks(items: Sequence[Device], size: int) -> Iterator[Sequence[Device]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+    start = 0
+    for count in _batch_sizes(len(items), size):
+        yield items[start : start + count]
+        start += count
 
 
 def _assignments(
@@ -407,12 +545,13 @@ def devices_desired_set(
 ) -> DesiredSetResult:
     """``device_desired_set`` for many devices: what a rollout tick does for thousands.
 
-    Devices go in batches of ``batch_size``, each one transaction (a savepoint when the
-    caller has one open) with its rows locked in device order and written with one
-    executemany. ``assignments_for`` is called outside the row locks; a ``ServiceError`` it
-    raises refuses that device only. A refused device (same codes as
-    ``device_desired_set``) is left unchanged and reported in ``refused`` by device id;
-    the others go ahead.
+    Devices go in batches of at most ``batch_size`` (smaller at the start and the end, so
+    that the bridge starts publishing early and has little left when this returns), each
+    one transaction (a savepoint when the caller has one open) with its rows locked in
+    device order and written together. ``assignments_for`` is called outside the row
+    locks; a ``ServiceError`` it raises refuses that device only. A refused device (same
+    codes as ``device_desired_set``) is left unchanged and reported in ``refused`` by
+    device id; the others go ahead.
     """
     ordered = sorted(devices, key=lambda d: d.pk)
     if len({d.pk for d in ordered}) != len(ordered):
@@ -442,7 +581,7 @@ def devices_desired_set(
                 row = rows[fact.pk]
                 try:
                     models = _merged(_current_models(row, parse_cache), targets)
-                    _issue(row, fact, models, now=now, key=key)
+                    row.payload_json = _issue(row, fact, models, now=now, key=key)
                 except ServiceError as exc:
                     refused[fact.device_id] = exc
                     continue
@@ -460,7 +599,7 @@ def _expiring(before: datetime) -> QuerySet[DesiredState]:
     )
 
 
-def _expires_at(row: DesiredState) -> datetime | None:
+def _expires_at(row: _Locked) -> datetime | None:
     try:
         return parse_timestamp(row.payload.get("expires_at"))
     except (ProtocolError, AttributeError):
@@ -473,16 +612,16 @@ def _reissue_batch(
     now = _now()
     with transaction.atomic():
         facts = _facts(pks)
-        locked = DesiredState.objects.select_for_update().defer("envelope").order_by("device_id")
         changed = []
-        for row in locked.filter(device_id__in=pks):
+        for row in _rows_lock(pks, create=False).values():
             fact = facts.get(row.device_id)
             expires = _expires_at(row)
             # Checked again under the lock: a concurrent run or set may have re-signed it.
             if fact is None or fact.revoked or row.seq == 0 or (expires and expires >= before):
                 continue
             try:
-                _issue(row, fact, tuple(_current_models(row, cache)), now=now, key=key)
+                models = tuple(_current_models(row, cache))
+                row.payload_json = _issue(row, fact, models, now=now, key=key)
             except ServiceError as exc:
                 log.warning("cannot re-sign the desired state of %s: %s", fact.device_id, exc)
                 continue

@@ -6,14 +6,16 @@ sample is checked against what only the server knows: its timestamp must lie wit
 [received - max_age, received + max_future] and its model must be registered. Refused
 samples are counted by reason, never stored.
 
-The bridge's worker calls `add()` for each message of a batch, then `flush()` inside the
-transaction whose commit precedes the QoS 1 acknowledgements, and `discard()` when that
-transaction rolls back (the broker then delivers the batch again). So a batch is as large
-as what queued up while the previous one was written (up to FLEET_BRIDGE_BATCH_SIZE
-messages): one message at a time when the load is light, large batches when it is heavy,
-and acknowledged telemetry is always committed. Memory is bounded twice: the worker's
-queue drops QoS 0 messages beyond FLEET_BRIDGE_QUEUE_SIZE (`backpressure`), and this
-buffer refuses samples beyond `max_buffer_rows` rows, counted as `backpressure` too.
+The bridge's worker calls `add()` for each message of a batch and `take()` at its end (or
+`discard()` when its transaction rolls back, and the batch is checked again); its writer
+thread then calls `write()` with what was taken, inside the transaction whose commit
+precedes the QoS 1 acknowledgements, while the worker checks the next batch. So a batch is
+as large as what queued up while the previous one was checked (up to
+FLEET_BRIDGE_BATCH_SIZE messages): one message at a time when the load is light, large
+batches when it is heavy, and acknowledged telemetry is always committed. Memory is
+bounded twice: the worker's queue drops QoS 0 messages beyond FLEET_BRIDGE_QUEUE_SIZE
+(`backpressure`), and this buffer refuses samples beyond `max_buffer_rows` rows, counted
+as `backpressure` too.
 
 On PostgreSQL the rows go in with a binary COPY (psycopg 3); elsewhere (the embedded
 SQLite default) with one executemany INSERT. Counters and histograms move only after the
@@ -216,27 +218,44 @@ class TelemetryIngest:
         pending.samples += stored
         pending.received.append(received_at.timestamp())
 
-    def flush(self) -> None:
-        """Write the buffered rows in the caller's transaction; metrics move on commit.
-
-        A database that is unreachable or locked raises (the worker retries the batch);
-        anything else the database refuses drops the batch's samples, counted, rather than
-        stopping the bridge.
-        """
+    def take(self) -> _Pending:
+        """Detach what `add()` buffered since the last take, for `write()`; a new buffer
+        starts. (The bridge's worker takes; its writer thread writes.)"""
         pending, self._pending = self._pending, self._new_pending()
+        return pending
+
+    def write(self, taken: _Pending) -> None:
+        """Write a taken batch in the caller's transaction; metrics move on commit.
+
+        A database that is unreachable or locked raises, and `taken` is left as it was for
+        a retry; anything else the database refuses drops the batch's samples, counted,
+        rather than stopping the bridge.
+        """
         started = time.perf_counter()
         try:
             with transaction.atomic():
-                self._write(pending.rows)
+                self._write(taken.rows)
         except (OperationalError, InterfaceError):
-            self._pending = pending  # the worker calls discard() and retries
             raise
         except DatabaseError:
-            logger.exception("the database refused %d telemetry rows", len(pending.rows))
-            pending.drop(REASON_DATABASE_REFUSED, pending.samples)
-            pending.rows, pending.samples, pending.model_values = [], 0, None
+            logger.exception("the database refused %d telemetry rows", len(taken.rows))
+            taken.drop(REASON_DATABASE_REFUSED, taken.samples)
+            taken.rows, taken.samples, taken.model_values = [], 0, None
         seconds = time.perf_counter() - started
-        transaction.on_commit(lambda: _committed(pending, seconds))
+        transaction.on_commit(lambda: _committed(taken, seconds))
+
+    def flush(self) -> None:
+        """Write the buffered rows in the caller's transaction (`write(take())`).
+
+        A database that is unreachable or locked raises, and the rows stay buffered (the
+        caller calls `discard()` and adds the batch again).
+        """
+        pending = self.take()
+        try:
+            self.write(pending)
+        except (OperationalError, InterfaceError):
+            self._pending = pending
+            raise
 
     def discard(self) -> None:
         """Forget the buffered batch: its transaction rolled back and it will come again."""

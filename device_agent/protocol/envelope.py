@@ -9,7 +9,9 @@ same bytes, which is why nothing but DER signatures by a P-256 key is accepted.
 import base64
 import binascii
 import hashlib
+import json
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import TypeAlias
 
@@ -27,7 +29,6 @@ from device_agent.protocol.exceptions import ProtocolError, brief
 from device_agent.protocol.messages import (
     MAX_PAYLOAD_BYTES,
     DesiredState,
-    dumps_json,
     loads_json,
     parse_desired,
 )
@@ -188,6 +189,37 @@ def _is_canonical_der(signature: bytes) -> bool:
         return False
 
 
+# One ECDSA-SHA256 parameter object for every signature (it holds no state).
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+# keyid per signing key, computed once per key rather than once per envelope (DER export
+# and SHA-256 of the public key, a noticeable part of signing thousands of envelopes).
+# Keyed by the key object itself; the few director keys of a process stay alive anyway.
+_SIGNING_KEY_IDS: dict[ec.EllipticCurvePrivateKey, bytes] = {}
+_SIGNING_KEY_IDS_MAX = 8
+# dumps_json({"payload": ..., "payloadType": ..., "signatures": [{"keyid": ..., "sig": ...}]})
+# byte for byte: base64 and hex need no JSON escaping, the payload type is encoded by json.
+_ENVELOPE = b'{"payload":"%b","payloadType":%b,"signatures":[{"keyid":"%b","sig":"%b"}]}'
+
+
+def _signing_key_id(private_key: object) -> bytes:
+    """The keyid of a P-256 private key (checked on first use), as ASCII bytes."""
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        found = _SIGNING_KEY_IDS.get(private_key)
+        if found is not None:
+            return found
+    key = _p256_private(private_key)
+    found = key_id(key.public_key()).encode()
+    if len(_SIGNING_KEY_IDS) >= _SIGNING_KEY_IDS_MAX:
+        _SIGNING_KEY_IDS.clear()
+    _SIGNING_KEY_IDS[key] = found
+    return found
+
+
+@lru_cache(maxsize=16)
+def _json_string(text: str) -> bytes:
+    return json.dumps(text, ensure_ascii=False).encode()
+
+
 def sign_envelope(
     payload: bytes,
     private_key: ec.EllipticCurvePrivateKey,
@@ -195,16 +227,19 @@ def sign_envelope(
     payload_type: str = DESIRED_PAYLOAD_TYPE,
 ) -> bytes:
     """A compact JSON DSSE envelope over `payload`, at most MAX_ENVELOPE_BYTES."""
-    key = _p256_private(private_key)
-    signature = key.sign(pae(payload_type, payload), ec.ECDSA(hashes.SHA256()))
-    envelope = {
-        "payload": base64.b64encode(payload).decode(),
-        "payloadType": payload_type,
-        "signatures": [
-            {"keyid": key_id(key.public_key()), "sig": base64.b64encode(signature).decode()}
-        ],
-    }
-    return dumps_json(envelope, max_bytes=MAX_ENVELOPE_BYTES)
+    keyid = _signing_key_id(private_key)
+    signature = private_key.sign(pae(payload_type, payload), _ECDSA_SHA256)
+    envelope = _ENVELOPE % (
+        base64.b64encode(payload),
+        _json_string(payload_type),
+        keyid,
+        base64.b64encode(signature),
+    )
+    if len(envelope) > MAX_ENVELOPE_BYTES:
+        raise ProtocolError(
+            ErrorCode.PAYLOAD_TOO_LARGE, f"{len(envelope)} bytes > {MAX_ENVELOPE_BYTES}"
+        )
+    return envelope
 
 
 def _pinned(key: PinnedKey) -> ec.EllipticCurvePublicKey:
@@ -254,7 +289,7 @@ def verify_envelope(
         if not _is_canonical_der(signature):
             continue
         try:
-            key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+            key.verify(signature, message, _ECDSA_SHA256)
         except InvalidSignature:
             continue
         return payload

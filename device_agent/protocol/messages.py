@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum, StrEnum
-from typing import Any, NamedTuple, NoReturn, Self, TypeVar
+from functools import lru_cache
+from typing import Any, NamedTuple, NoReturn, Self, TypeVar, cast
 
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.exceptions import ProtocolError, brief
@@ -114,17 +115,22 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return obj
 
 
+# json.loads() with arguments builds a decoder per call; this one is shared, like the
+# json module's own default decoder (it keeps no state between calls).
+_STRICT_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+)
+
+
 def loads_json(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict[str, object]:
     """Decode one strict JSON object: UTF-8, no NaN/Infinity, no duplicate keys."""
     if len(data) > max_bytes:
         _fail(f"{len(data)} bytes > {max_bytes}", ErrorCode.PAYLOAD_TOO_LARGE)
     try:
-        obj = json.loads(
-            data.decode("utf-8"),
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-            object_pairs_hook=_unique_keys,
-        )
+        text = data.decode("utf-8")
+        if text.startswith("\ufeff"):  # as json.loads() says it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        obj = _STRICT_DECODER.decode(text)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise ProtocolError(ErrorCode.MALFORMED, f"not strict UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -217,8 +223,9 @@ def parse_timestamp(value: object) -> datetime:
 def format_timestamp(value: datetime) -> str:
     """Format a UTC datetime as RFC 3339 with `Z` (microseconds only when non-zero)."""
     _utc(value, "timestamp")
-    fraction = f".{value.microsecond:06d}" if value.microsecond else ""
-    return f"{value:%Y-%m-%dT%H:%M:%S}{fraction}Z"
+    # isoformat() writes `.ffffff` only when microsecond is non-zero, and four-digit years
+    # (strftime's %Y does not pad years before 1000); a third of strftime's time.
+    return f"{value.replace(tzinfo=None).isoformat()}Z"
 
 
 class TargetPath(NamedTuple):
@@ -292,8 +299,28 @@ def _enum(kind: type[_E], value: object, what: str) -> _E:
     _fail(f"{what} {brief(value)} is not one of {[m.value for m in kind]}")
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
+# Values that are their own JSON (exact types: a StrEnum member goes through _jsonable).
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _fields_dict(value: Any) -> dict[str, object]:
-    return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
+    # The director encodes one DesiredState per device: no dataclasses.fields() walk and no
+    # generic dispatch for the plain values that make up most fields.
+    out: dict[str, object] = {}
+    for name in _field_names(type(value)):
+        item = getattr(value, name)
+        out[name] = item if type(item) in _PLAIN else _jsonable(item)
+    return out
 
 
 def _jsonable(value: object) -> object:
@@ -363,6 +390,26 @@ class ModelTarget:
         return cls(**_members(obj, cls, "models[]", top_level=False))
 
 
+# DesiredState.to_json's parts; the keys in to_dict's order, with dumps_json's separators.
+_DESIRED_JSON = b'{"v":%d,"device_id":%b,"seq":%d,"issued_at":%b,"expires_at":%b,"models":%b}'
+
+
+def _json_text(value: str) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+@lru_cache(maxsize=64)
+def _json_timestamp(value: datetime) -> bytes:
+    # Only for validated (UTC) fields: equal datetimes in other offsets share a cache entry.
+    return _json_text(format_timestamp(value))
+
+
+@lru_cache(maxsize=256)
+def _json_models(models: tuple["ModelTarget", ...]) -> bytes:
+    data = [_fields_dict(model) for model in models]
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DesiredState(_Payload):
     """The director's payload: every model the device should run (DESIGN.md §2)."""
@@ -383,6 +430,24 @@ class DesiredState(_Payload):
             _fail("expires_at must be after issued_at")
         _tuple_of(self.models, "models", ModelTarget, MAX_MODELS)
         _unique_names(self.models, "models")
+
+    def to_json(self) -> bytes:
+        """Compact UTF-8 JSON, at most MAX_PAYLOAD_BYTES: dumps_json(self.to_dict()).
+
+        From cached parts: the director encodes one per device, and those of a rollout
+        differ only in device id and seq (same models, same issue and expiry times).
+        """
+        data = _DESIRED_JSON % (
+            PROTOCOL_VERSION,
+            _json_text(self.device_id),
+            self.seq,
+            _json_timestamp(self.issued_at),
+            _json_timestamp(self.expires_at),
+            _json_models(self.models),
+        )
+        if len(data) > MAX_PAYLOAD_BYTES:
+            _fail(f"{len(data)} bytes > {MAX_PAYLOAD_BYTES}", ErrorCode.PAYLOAD_TOO_LARGE)
+        return data
 
     @classmethod
     def from_dict(cls, obj: object) -> Self:
@@ -545,9 +610,123 @@ class TelemetryBatch(_Payload):
     @classmethod
     def from_dict(cls, obj: object) -> Self:
         """Build from a decoded JSON object; raises ProtocolError."""
+        if cls is TelemetryBatch:
+            fast = _telemetry_fast(obj)
+            if fast is not None:
+                return cast(Self, fast)
         members = _members(obj, cls, "telemetry", top_level=True)
         samples = _array(members["samples"], "samples", MAX_SAMPLES)
         return cls(samples=tuple(TelemetrySample.from_dict(s) for s in samples))
+
+
+# The bridge parses every telemetry message a fleet sends: _telemetry_fast checks the
+# usual shape with plain type and key checks, and remembers the values it has already
+# seen pass the full checks (a fleet repeats its few model/version/rollout/arm tags,
+# metric names and second-resolution timestamps), bounded: whoever floods new values
+# only empties these.
+_FAST_CACHE_MAX = 4096
+_BATCH_KEYS = frozenset({"v", "samples"})
+_SAMPLE_KEYS = frozenset(f.name for f in fields(TelemetrySample))
+_valid_tags: set[tuple[str, str, str | None, str | None]] = set()
+_valid_metric_names: set[str] = set()
+_timestamps: dict[str, datetime] = {}
+
+
+def _tags_valid(model: str, version: str, rollout_id: str | None, arm: str | None) -> bool:
+    return (
+        SEGMENT_RE.fullmatch(model) is not None
+        and len(version) <= MAX_VERSION_CHARS
+        and SEMVER_RE.fullmatch(version) is not None
+        and (rollout_id is None or TOKEN_RE.fullmatch(rollout_id) is not None)
+        and (arm is None or TOKEN_RE.fullmatch(arm) is not None)
+    )
+
+
+def _telemetry_fast(obj: object) -> TelemetryBatch | None:
+    """TelemetryBatch.from_dict for the usual shape, or None for the generic path.
+
+    Applies every check of the generic path (TelemetryBatch/TelemetrySample.from_dict and
+    their __post_init__) and builds equal objects. Anything that fails or is unusual (a
+    subclass of str or dict, say) returns None, and the generic path then accepts it or
+    raises its error; so errors, codes and details are the generic path's.
+    """
+    if type(obj) is not dict or obj.keys() != _BATCH_KEYS:
+        return None
+    v, items = obj["v"], obj["samples"]
+    if type(v) is not int or v != PROTOCOL_VERSION or type(items) is not list:
+        return None
+    if not 0 < len(items) <= MAX_SAMPLES:
+        return None
+    new, put = object.__new__, object.__setattr__
+    samples = []
+    for item in items:
+        if type(item) is not dict or item.keys() != _SAMPLE_KEYS:
+            return None
+        model, version, rollout_id, arm = (
+            item["model"],
+            item["version"],
+            item["rollout_id"],
+            item["arm"],
+        )
+        if (
+            type(model) is not str
+            or type(version) is not str
+            or (rollout_id is not None and type(rollout_id) is not str)
+            or (arm is not None and type(arm) is not str)
+        ):
+            return None
+        tags = (model, version, rollout_id, arm)
+        if tags not in _valid_tags:
+            if not _tags_valid(*tags):
+                return None
+            _remember(_valid_tags, tags)
+        values = item["metrics"]
+        if type(values) is not dict or not 0 < len(values) <= MAX_METRICS:
+            return None
+        metrics: dict[str, float] = {}
+        for name, value in values.items():
+            if name not in _valid_metric_names:
+                if type(name) is not str or METRIC_RE.fullmatch(name) is None:
+                    return None
+                _remember(_valid_metric_names, name)
+            kind = type(value)
+            if kind is float:
+                if not math.isfinite(value):
+                    return None
+                metrics[name] = value
+            elif kind is int and abs(value) <= MAX_SAFE_INT:
+                metrics[name] = float(value)
+            else:
+                return None
+        text = item["ts"]
+        if type(text) is not str:
+            return None
+        ts = _timestamps.get(text)
+        if ts is None:
+            try:
+                ts = parse_timestamp(text)
+            except ProtocolError:
+                return None
+            if len(_timestamps) >= _FAST_CACHE_MAX:
+                _timestamps.clear()
+            _timestamps[text] = ts
+        sample = new(TelemetrySample)
+        put(sample, "model", model)
+        put(sample, "version", version)
+        put(sample, "rollout_id", rollout_id)
+        put(sample, "arm", arm)
+        put(sample, "metrics", metrics)
+        put(sample, "ts", ts)
+        samples.append(sample)
+    batch = new(TelemetryBatch)
+    put(batch, "samples", tuple(samples))
+    return batch
+
+
+def _remember(seen: set[Any], value: object) -> None:
+    if len(seen) >= _FAST_CACHE_MAX:
+        seen.clear()
+    seen.add(value)
 
 
 # --- status ------------------------------------------------------------------------

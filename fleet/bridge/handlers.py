@@ -9,10 +9,10 @@ below); nothing here raises on input.
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from django.utils import timezone
 
@@ -74,10 +74,20 @@ def channel_label(topic: str) -> str:
 
 
 class TelemetrySink(Protocol):
-    """Where validated telemetry goes (telemetry.ingest stores it). The worker calls `flush()`
-    inside the transaction whose commit precedes the acks, and `discard()` if it rolls back."""
+    """Where validated telemetry goes (telemetry.ingest stores it).
+
+    The worker calls `add()` for each message of a batch, then `take()` (in its thread),
+    and hands what `take()` returned to the writer thread, which calls `write()` inside
+    the transaction whose commit precedes the acks; `discard()` forgets what was added
+    when the worker's transaction rolls back. `write()` raises OperationalError or
+    InterfaceError for a retry (with the same argument). `flush()` is `write(take())`.
+    """
 
     def add(self, *, device: Device, batch: TelemetryBatch, received_at: datetime) -> None: ...
+
+    def take(self) -> object: ...
+
+    def write(self, taken: Any) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -88,6 +98,12 @@ class DiscardTelemetry:
     """A sink that stores nothing (tests of the bridge alone): validated, counted, forgotten."""
 
     def add(self, *, device: Device, batch: TelemetryBatch, received_at: datetime) -> None:
+        return None
+
+    def take(self) -> object:
+        return None
+
+    def write(self, taken: Any) -> None:
         return None
 
     def flush(self) -> None:
@@ -147,6 +163,29 @@ class DeviceDirectory:
             self._entries[device_id] = (now, device)
         return device
 
+    def prefetch(self, device_ids: Iterable[str]) -> None:
+        """Read those of `device_ids` that are not cached (or are stale) in one query.
+
+        The worker calls it per batch: when the entries of a busy fleet expire, the next
+        batch reads its devices together rather than one query per device.
+        """
+        if self._ttl <= 0:
+            return
+        now = time.monotonic()
+        entries = self._entries
+        wanted = set()
+        for device_id in device_ids:
+            hit = entries.get(device_id)
+            if hit is None or now - hit[0] >= self._ttl:
+                wanted.add(device_id)
+        if not wanted:
+            return
+        found = {d.device_id: d for d in Device.objects.filter(device_id__in=wanted)}
+        if len(entries) + len(wanted) > self.MAX_ENTRIES:
+            entries.clear()
+        for device_id in wanted:
+            entries[device_id] = (now, found.get(device_id))
+
 
 class Dispatcher:
     """Validates inbound messages and calls the services; run by the worker thread only."""
@@ -156,6 +195,16 @@ class Dispatcher:
         self._devices = DeviceDirectory(device_cache_seconds)
         self._seen: set[int] = set()
         self._log = RateLimitedLog(logger)
+
+    def prepare(self, messages: Iterable[InboundMessage]) -> None:
+        """Before a batch: read the devices it comes from that are not cached, together."""
+        device_ids = []
+        for message in messages:
+            try:
+                device_ids.append(parse_topic(message.topic)[0])
+            except ProtocolError:
+                continue  # handle() drops it
+        self._devices.prefetch(device_ids)
 
     def handle(self, message: InboundMessage) -> Outcome:
         """Check and store one message; the outcome says how (never raises on bad input)."""

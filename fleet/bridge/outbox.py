@@ -7,6 +7,10 @@ thread scans for rows behind, publishes each envelope retained at QoS 1 to
 row rewritten meanwhile stays behind and is published again. Nothing is lost when the
 bridge or the broker is down: the row simply stays behind until a publish is acked.
 
+Latency: on PostgreSQL the director NOTIFYs a channel in every transaction that leaves
+rows behind, and `OutboxListener` wakes this thread when one commits; the poll (every
+`poll_seconds`) stays, as the fallback and as the only way on other databases.
+
 Throughput: up to `window` publishes are handed to paho at once, and paho keeps the
 broker's Receive Maximum of them in flight, refilling from its own queue on each
 PUBACK on its network thread, as a bare paho publisher does. This thread only tops
@@ -18,7 +22,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
@@ -28,6 +32,7 @@ from django.utils import timezone
 
 from device_agent.protocol.topics import Channel, topic_for
 from fleet.bridge.handlers import RateLimitedLog
+from fleet.director import OUTBOX_CHANNEL, filter_in
 from fleet.models import DesiredState
 from telemetry import metrics
 
@@ -35,8 +40,10 @@ logger = logging.getLogger(__name__)
 
 RECORD_BATCH = 1000  # PUBACKs recorded per transaction at most...
 RECORD_DELAY = 0.1  # ...or after this many seconds, whichever comes first
+LISTEN_TIMEOUT = 0.5  # the listener checks for a stop this often
+LISTEN_RETRY_SECONDS = 5.0  # after the listener's connection failed
 REFUSED_RETRY_SECONDS = 30.0  # a publish the broker refused is not retried sooner
-_UPDATE_CHUNK = 500  # pks per `IN (...)`
+_UPDATE_CHUNK = 5000  # pks per UPDATE (one array parameter on PostgreSQL)
 
 
 class Publisher(Protocol):
@@ -68,9 +75,9 @@ def desired_states_mark_published(*, published: Iterable[tuple[int, int]], at: d
     with transaction.atomic():
         for seq, pks in by_seq.items():
             for start in range(0, len(pks), _UPDATE_CHUNK):
-                updated += DesiredState.objects.filter(
-                    pk__in=pks[start : start + _UPDATE_CHUNK], seq=seq
-                ).update(published_seq=seq, published_at=at)
+                chunk = pks[start : start + _UPDATE_CHUNK]
+                rows = filter_in(DesiredState.objects.filter(seq=seq), "pk", chunk)
+                updated += rows.update(published_seq=seq, published_at=at)
     return updated
 
 
@@ -90,6 +97,7 @@ class Outbox:
         self._low_water = window // 2
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._committed = threading.Event()  # set by the listener: rows were committed
         # Shared with the network thread, under _lock:
         self._pending: dict[int, tuple[int, int]] = {}  # mid -> (pk, seq) awaiting PUBACK
         self._early: dict[int, bool] = {}  # PUBACKs that arrived before publish() returned
@@ -119,6 +127,13 @@ class Outbox:
         if wake:
             self._wake.set()
 
+    # --- listener thread --------------------------------------------------------------------
+
+    def committed(self) -> None:
+        """The director committed rows that are behind: scan now, not at the next poll."""
+        self._committed.set()
+        self._wake.set()
+
     # --- outbox thread ----------------------------------------------------------------------
 
     @property
@@ -132,6 +147,10 @@ class Outbox:
         try:
             while not stop.is_set():
                 now = time.monotonic()
+                if self._committed.is_set():
+                    # Cleared before the scan's query: a commit notified after it sets it again.
+                    self._committed.clear()
+                    self.rescan()
                 if now >= next_scan:
                     self.rescan()
                     next_scan = now + self._poll_seconds
@@ -249,13 +268,54 @@ class Outbox:
                 self._acked = acked + self._acked
             raise
         retry_at = time.monotonic() + REFUSED_RETRY_SECONDS
+        refused = 0
         for pk, seq, ok in acked:
             if self._sent.get(pk) == seq:
                 del self._sent[pk]
             if ok:
                 self._refused.pop(pk, None)
-                metrics.BRIDGE_DESIRED_PUBLISHED.inc()
             else:
                 self._refused[pk] = (seq, retry_at)
-                metrics.BRIDGE_DESIRED_REFUSED.inc()
+                refused += 1
+        # Counted once per batch, not once per row.
+        if len(acked) > refused:
+            metrics.BRIDGE_DESIRED_PUBLISHED.inc(len(acked) - refused)
+        if refused:
+            metrics.BRIDGE_DESIRED_REFUSED.inc(refused)
         return True
+
+
+class OutboxListener:
+    """Wakes the outbox when the director commits: LISTEN on OUTBOX_CHANNEL (PostgreSQL).
+
+    On a connection of its own, in autocommit, so a notification arrives as soon as the
+    director's transaction commits. Without it (other databases, or while its connection
+    is down) the outbox still finds the rows at its next poll: this only spares that
+    latency, once per committed batch.
+    """
+
+    def __init__(self, *, on_commit: Callable[[], None]) -> None:
+        self._on_commit = on_commit
+        self._log = RateLimitedLog(logger)
+
+    def run(self, stop: threading.Event) -> None:
+        """Listen until `stop` is set (the listener thread's body)."""
+        if connection.vendor != "postgresql":
+            return
+        while not stop.is_set():
+            try:
+                self._listen(stop)
+            except Exception:
+                self._log.warning("listen", "outbox listener failed; retrying", exc_info=True)
+                stop.wait(LISTEN_RETRY_SECONDS)
+
+    def _listen(self, stop: threading.Event) -> None:
+        import psycopg  # PostgreSQL only
+
+        params = connection.get_connection_params()
+        with psycopg.connect(**params, autocommit=True) as listening:
+            listening.execute(f"LISTEN {OUTBOX_CHANNEL}")
+            self._on_commit()  # whatever was committed before we listened
+            while not stop.is_set():
+                for _ in listening.notifies(timeout=LISTEN_TIMEOUT):
+                    self._on_commit()

@@ -6,7 +6,7 @@ import threading
 from fleet.bridge.client import InboundMessage, MqttConnection
 from fleet.bridge.config import BridgeConfig
 from fleet.bridge.handlers import Dispatcher, TelemetrySink
-from fleet.bridge.outbox import Outbox
+from fleet.bridge.outbox import Outbox, OutboxListener
 from fleet.bridge.worker import InboundWorker
 from telemetry import metrics
 from telemetry.ingest import telemetry_sink_from_settings
@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 
 class Bridge:
-    """Threads: paho's network loop, the inbound worker, the outbox.
+    """Threads: paho's network loop, the inbound worker, the outbox and its listener.
 
     `start()` returns at once (paho keeps retrying the broker); `stop()` finishes what is
     in flight: the outbox waits for outstanding PUBACKs, the worker stores and
@@ -50,6 +50,12 @@ class Bridge:
         self._outbox_thread = threading.Thread(
             target=self.outbox.run, args=(self._outbox_stop,), name="bridge-outbox", daemon=True
         )
+        self._listener_thread = threading.Thread(
+            target=OutboxListener(on_commit=self.outbox.committed).run,
+            args=(self._outbox_stop,),
+            name="bridge-outbox-listener",
+            daemon=True,
+        )
 
     def _on_message(self, message: InboundMessage) -> None:
         if self._stopping.is_set():
@@ -62,6 +68,7 @@ class Bridge:
     def start(self) -> None:
         self.worker.start()
         self._outbox_thread.start()
+        self._listener_thread.start()
         self.connection.start()
 
     def wait_subscribed(self, timeout: float) -> bool:
@@ -72,6 +79,7 @@ class Bridge:
         self._stopping.set()
         self._outbox_stop.set()
         self._outbox_thread.join(timeout)
+        self._listener_thread.join(timeout)
         self.worker.stop(timeout)
         self.connection.stop()
         metrics.BRIDGE_CONNECTED.set(0)

@@ -1,9 +1,16 @@
 """The inbound worker: takes messages off paho's network thread, stores them, then acks.
 
 paho's `on_message` only calls `offer()`. The worker thread drains the queue in
-batches, handles each message in its own savepoint inside one transaction, and after
-the commit PUBACKs the batch in arrival order. A crash before the commit loses
-nothing: the broker still holds every unacknowledged QoS 1 message for our session.
+batches, reads the batch's devices (those not cached) with one query and handles each
+message inside one transaction (in a savepoint of its own, except telemetry, which only
+reads: the sink buffers its rows). After that commit it hands the batch to the writer
+thread, which writes the batch's telemetry rows in a transaction of its own (on its own
+database connection) and, once that commits, PUBACKs the batch in arrival order. So the
+worker checks the next batch while the database takes in the rows of the previous one
+(the database's share of ingesting telemetry is about as large as the bridge's own), and
+acknowledgements still follow arrival order, batch after batch. A crash before the
+commits loses nothing: the broker still holds every unacknowledged QoS 1 message for our
+session.
 
 Why the queue does not block: for QoS 1 the broker may have at most Receive Maximum
 messages unacknowledged with us (MQTT 5 flow control, honoured by Mosquitto), so QoS 1
@@ -18,7 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import NamedTuple, cast
 
 from django.db import (
     InterfaceError,
@@ -45,12 +52,21 @@ from telemetry import metrics
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+_HAND_OVER_WAIT = 0.5  # seconds between checks for a dead writer or a stop
 # The database is unreachable or locked: retry the whole batch, do not drop it.
 _RETRYABLE = (OperationalError, InterfaceError)
 
 
+class _Checked(NamedTuple):
+    """A handled batch on its way to the writer: its messages, outcomes and telemetry."""
+
+    batch: list[InboundMessage]
+    handled: list[tuple[Outcome, float]]
+    rows: object  # what the telemetry sink's take() returned
+
+
 class InboundWorker:
-    """One thread that turns queued messages into database rows and acknowledgements."""
+    """Two threads that turn queued messages into database rows and acknowledgements."""
 
     def __init__(
         self,
@@ -69,6 +85,10 @@ class InboundWorker:
         self._seen_flush_seconds = seen_flush_seconds
         self._abandon = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bridge-worker", daemon=True)
+        # One batch being written and one waiting: memory stays bounded, and the broker's
+        # Receive Maximum holds back the rest.
+        self._writes: queue.Queue[object] = queue.Queue(maxsize=1)
+        self._writer = threading.Thread(target=self._write_loop, name="bridge-writer", daemon=True)
         self._log = RateLimitedLog(logger)
 
     # --- network thread -------------------------------------------------------------------
@@ -86,19 +106,20 @@ class InboundWorker:
     # --- control ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._writer.start()
         self._thread.start()
 
     def stop(self, timeout: float) -> None:
         """Handle and acknowledge what is queued now, then end; unacked ones are redelivered."""
         self._queue.put(_STOP)
-        self._thread.join(timeout)
+        self._thread.join(timeout)  # the worker thread stops the writer before it ends
         if self._thread.is_alive():
             self._abandon.set()  # e.g. the database is down: give up retrying
             self._thread.join(5)
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.is_alive() and self._writer.is_alive()
 
     # --- worker thread ----------------------------------------------------------------------
 
@@ -126,6 +147,7 @@ class InboundWorker:
                     return
         finally:
             connection.close()
+            self._stop_writer()
 
     def _drain_into(self, batch: list[InboundMessage]) -> bool:
         """Add what is already queued, up to the batch size; True if the stop marker came."""
@@ -140,34 +162,129 @@ class InboundWorker:
         return False
 
     def _process(self, batch: list[InboundMessage]) -> None:
+        """Handle the batch and hand it to the writer (which stores its telemetry and acks)."""
+        checked = self._check(batch)
+        if checked is not None:
+            self._hand_over(checked)
+
+    def _check(self, batch: list[InboundMessage]) -> _Checked | None:
+        """Handle every message of the batch in one transaction; None if abandoned."""
+        delay = 0.1
+        telemetry = self._dispatcher.telemetry
+        while True:
+            close_old_connections()
+            try:
+                with transaction.atomic():
+                    self._prepare(batch)
+                    handled = [self._handle_one(message) for message in batch]
+                    rows = telemetry.take()
+                return _Checked(batch, handled, rows)
+            except _RETRYABLE as exc:
+                telemetry.discard()
+                if self._abandon.is_set():
+                    return None  # not acked: the broker delivers these again after a restart
+                self._log.warning("db", "database unavailable, retrying a batch: %s", exc)
+                connection.close()
+                self._abandon.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _hand_over(self, checked: _Checked) -> None:
+        while not self._abandon.is_set():
+            if not self._writer.is_alive():
+                raise RuntimeError("the bridge's writer thread died")
+            try:
+                self._writes.put(checked, timeout=_HAND_OVER_WAIT)
+                return
+            except queue.Full:
+                continue
+
+    def _stop_writer(self) -> None:
+        """Let the writer finish what it was handed (or give up once abandoned), then end."""
+        self._hand_over_marker()
+        while self._writer.is_alive():
+            self._writer.join(_HAND_OVER_WAIT)
+            if self._abandon.is_set():
+                self._writer.join(5)
+                return
+
+    def _hand_over_marker(self) -> None:
+        while self._writer.is_alive():
+            try:
+                self._writes.put(_STOP, timeout=_HAND_OVER_WAIT)
+                return
+            except queue.Full:
+                if self._abandon.is_set():
+                    return
+
+    # --- writer thread ----------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        try:
+            while True:
+                item = self._writes.get()
+                if item is _STOP or not self._store(cast(_Checked, item)):
+                    return
+        finally:
+            connection.close()
+
+    def _store(self, checked: _Checked) -> bool:
+        """Write the batch's telemetry, then ack the batch in order; False once abandoned."""
         delay = 0.1
         while True:
             close_old_connections()
             try:
                 with transaction.atomic():
-                    handled = [self._handle_one(message) for message in batch]
-                    self._dispatcher.telemetry.flush()
+                    self._dispatcher.telemetry.write(checked.rows)
                 break
             except _RETRYABLE as exc:
-                self._dispatcher.telemetry.discard()
                 if self._abandon.is_set():
-                    return  # not acked: the broker delivers these again after a restart
-                self._log.warning("db", "database unavailable, retrying a batch: %s", exc)
+                    return False  # not acked (nor anything after it): delivered again
+                self._log.warning("db", "database unavailable, retrying telemetry: %s", exc)
                 connection.close()
                 self._abandon.wait(delay)
                 delay = min(delay * 2, 5.0)
-        for message, (outcome, seconds) in zip(batch, handled, strict=True):
-            metrics.BRIDGE_MESSAGES.labels(outcome.channel, outcome.result).inc()
-            if outcome.reason:
-                metrics.BRIDGE_DROPPED.labels(outcome.channel, outcome.reason).inc()
-            metrics.BRIDGE_HANDLE_SECONDS.labels(outcome.channel).observe(seconds)
+        self._count(checked.handled)
+        for message in checked.batch:
             self._ack(message)
+        return True
+
+    @staticmethod
+    def _count(handled: list[tuple[Outcome, float]]) -> None:
+        # Counters once per batch and label set, histogram children looked up once.
+        results: dict[tuple[str, str], int] = {}
+        drops: dict[tuple[str, str], int] = {}
+        seconds_by_channel: dict[str, list[float]] = {}
+        for outcome, seconds in handled:
+            key = (outcome.channel, outcome.result)
+            results[key] = results.get(key, 0) + 1
+            if outcome.reason:
+                key = (outcome.channel, outcome.reason)
+                drops[key] = drops.get(key, 0) + 1
+            seconds_by_channel.setdefault(outcome.channel, []).append(seconds)
+        for (channel, result), n in results.items():
+            metrics.BRIDGE_MESSAGES.labels(channel, result).inc(n)
+        for (channel, reason), n in drops.items():
+            metrics.BRIDGE_DROPPED.labels(channel, reason).inc(n)
+        for channel, values in seconds_by_channel.items():
+            observe = metrics.BRIDGE_HANDLE_SECONDS.labels(channel).observe
+            for value in values:
+                observe(value)
+
+    def _prepare(self, batch: list[InboundMessage]) -> None:
+        try:
+            with transaction.atomic():  # a savepoint: a failure here spares the batch
+                self._dispatcher.prepare(batch)
+        except _RETRYABLE:
+            raise
+        except Exception:
+            # Only a shortcut: each message still finds its device on its own.
+            self._log.warning("prepare", "could not prefetch a batch's devices", exc_info=True)
 
     def _handle_one(self, message: InboundMessage) -> tuple[Outcome, float]:
         started = time.perf_counter()
         try:
             if channel_label(message.topic) == Channel.TELEMETRY:
-                # Telemetry only reads here (the sink writes in flush()), so it needs no
+                # Telemetry only reads here (the writer stores its rows), so it needs no
                 # savepoint: two round trips less per message, ~40 % of the worker's time.
                 outcome = self._dispatcher.handle(message)
             else:

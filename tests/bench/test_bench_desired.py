@@ -335,6 +335,8 @@ class BridgeProcess:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "FLEET_DATA_DIR": str(data_dir),
             "DATABASE_URL": _subprocess_database_url(),
+            # As deployed: without DEBUG, whose cursor wrapper logs and keeps every query.
+            "DJANGO_DEBUG": "false",
         }
         args = ["--url", f"mqtt://127.0.0.1:{broker.port}", "--client-id", "bench-bridge"]
         with self.log.open("wb") as log:

@@ -178,3 +178,28 @@ def test_nothing_is_published_while_disconnected() -> None:
     outbox = Outbox(publisher=publisher, poll_seconds=0, batch_size=10, window=10)
     assert outbox.step() is False
     assert publisher.sent == {}
+
+
+def _published(device: Device) -> int:
+    return DesiredState.objects.get(device=device).published_seq
+
+
+def test_a_director_commit_wakes_the_outbox_without_waiting_for_the_poll(mosquitto) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL: the director NOTIFYs on commit and the bridge's listener wakes the
+    outbox, so a poll of an hour does not delay a publish (elsewhere the poll is all)."""
+    from django.db import connection
+
+    from fleet.director import device_desired_republish
+
+    if connection.vendor != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; run with DATABASE_URL=postgres://...")
+    device = make_device("dev-1")
+    DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
+    with running_bridge(mosquitto.port, outbox_poll_seconds=3600.0):
+        # what was committed before the listener listened goes out at start
+        assert wait_until(lambda: _published(device) == 1, timeout=10)
+        # a change made without a notification waits for the (hour-long) poll...
+        DesiredState.objects.filter(device=device).update(published_seq=0)
+        # ...until the director commits one of its own, which carries the notification
+        device_desired_republish(device=device)
+        assert wait_until(lambda: _published(device) == 1, timeout=10)

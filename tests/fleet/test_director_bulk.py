@@ -112,3 +112,17 @@ def test_repeated_bulk_sets_in_one_transaction_keep_the_latest():  # type: ignor
         signed = verify_desired(bytes(row.envelope), pem)
         assert row.seq == signed.seq == 3
         assert signed.models[0].version == "1.0.2"
+
+
+@pytest.mark.parametrize("total", [0, 1, 124, 125, 126, 999, 1000, 1001, 2500, 10_000, 12_345])
+@pytest.mark.parametrize("largest", [1, 100, 1000])
+def test_batch_sizes_cover_every_device_once_and_ramp(total: int, largest: int) -> None:
+    from fleet.director import FIRST_BATCH, _batch_sizes
+
+    sizes = _batch_sizes(total, largest)
+    assert sum(sizes) == total
+    assert all(0 < size <= largest for size in sizes)
+    if total >= 4 * largest >= 4 * FIRST_BATCH:
+        # small batches first and last, so publishing starts early and ends soon after
+        assert sizes[0] == sizes[-1] == FIRST_BATCH
+        assert max(sizes) == largest
