@@ -3,16 +3,21 @@
     fleetctl keygen --out DIR
     fleetctl publish FILE --name kws --version 1.4.0 --hardware esp32s3-int8 --format tflite
     fleetctl resign --name kws
+    fleetctl rollout create --model kws --version 1.4.0 --stages 1:10,10:30,100:0 --group canary
+    fleetctl rollout list | show ID | start ID | pause ID | resume ID | abort ID --reason ...
 
 Configured by FLEET_URL, FLEET_TOKEN and FLEET_RELEASE_KEY (the release private key
 file). The release key never leaves CI: fleetctl fetches the model's current targets
 metadata, adds the new target, signs it and uploads metadata and bytes in one request.
+The rollout commands talk to the rollout API (docs/rollouts.md). Exit status: 0 done,
+1 refused by the server or unreachable (the API's error code is printed), 2 bad usage.
 """
 
 import argparse
 import hashlib
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -31,6 +36,10 @@ from ota.signing import KeyFileError, keypair_generate, signer_load
 RESERVED = {"version", "hardware", "format", "release_counter", "floor"}
 MAX_ATTEMPTS = 5
 CHUNK = 1024 * 1024
+
+
+class UsageError(Exception):
+    """Options that do not fit together: argparse reports it (exit status 2)."""
 
 
 class CliError(Exception):
@@ -99,6 +108,12 @@ class Client:
             raise CliError(
                 "malformed", f"HTTP {response.status_code}: {response.text[:200]}"
             ) from None
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        return self._check(self.session.get(f"{self.url}{path}", params=params, timeout=30))
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._check(self.session.post(f"{self.url}{path}", json=body, timeout=60))
 
     def metadata(self, name: str) -> Metadata[Targets] | None:
         body = self._check(
@@ -241,6 +256,317 @@ def cmd_resign(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- rollouts -----------------------------------------------------------------------
+
+
+TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")  # the registry's tag names
+ROLLOUT_ACTIONS = ("start", "pause", "resume", "abort", "schedule", "unschedule", "promote")
+
+
+def _percent(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}: {text!r} is not a number") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{what}: {text!r} must be in (0, 100]")
+    return value
+
+
+def parse_stages(text: str) -> list[dict[str, float]]:
+    """``1:10,10:30,100:0``: percent of the devices, then minutes to bake, per stage."""
+    stages = []
+    for item in text.split(","):
+        percent, sep, bake = item.strip().partition(":")
+        try:
+            minutes = float(bake) if sep else 0.0
+        except ValueError:
+            minutes = -1.0
+        if minutes < 0 or minutes != minutes:
+            raise argparse.ArgumentTypeError(
+                f"stage {item!r}: PERCENT:BAKE_MINUTES, e.g. 10:30 (bake >= 0)"
+            )
+        stages.append({"percent": _percent(percent, f"stage {item!r}"), "bake_minutes": minutes})
+    percents = [s["percent"] for s in stages]
+    if any(b <= a for a, b in zip(percents, percents[1:], strict=False)):
+        raise argparse.ArgumentTypeError(f"stages {text!r}: percents must increase")
+    return stages
+
+
+def parse_arm(text: str) -> dict[str, Any]:
+    """``A=1.3.0:50``: arm name, version, weight (default 1)."""
+    name, sep, rest = text.partition("=")
+    version, colon, weight = rest.partition(":")
+    if not sep or not name or not version:
+        raise argparse.ArgumentTypeError(f"arm {text!r}: NAME=VERSION[:WEIGHT], e.g. B=1.4.0:50")
+    arm: dict[str, Any] = {"name": name, "version": version}
+    if colon:
+        try:
+            arm["weight"] = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"arm {text!r}: weight {weight!r} is not a number"
+            ) from None
+        if not arm["weight"] > 0:
+            raise argparse.ArgumentTypeError(f"arm {text!r}: the weight must be above 0")
+    return arm
+
+
+def parse_tag(text: str) -> str:
+    if TAG_RE.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"tag {text!r}: a device tag such as cam or site:berlin ({TAG_RE.pattern})"
+        )
+    return text
+
+
+def parse_json_option(text: str) -> dict[str, Any]:
+    """A JSON object, or ``@FILE`` holding one."""
+    raw = text
+    if text.startswith("@"):
+        try:
+            raw = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"{text}: {exc.strerror}") from None
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def rollout_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``POST /api/v1/rollouts/`` body of ``fleetctl rollout create``."""
+    strategy = args.strategy or ("ab" if args.arm else "phased")
+    body: dict[str, Any] = {"model": args.model, "strategy": strategy}
+    if strategy == "phased":
+        if not args.version or args.arm:
+            raise UsageError("a phased rollout needs --version and no --arm")
+        body["version"] = args.version
+    else:
+        if args.version or len(args.arm) < 2:
+            raise UsageError("an A/B rollout needs two or more --arm and no --version")
+        names = [arm["name"] for arm in args.arm]
+        if args.baseline not in names:
+            raise UsageError(f"--baseline must name one of the arms ({', '.join(names)})")
+        body["arms"] = [{**arm, "baseline": arm["name"] == args.baseline} for arm in args.arm]
+    if args.stages:
+        body["stages"] = args.stages
+    selection: dict[str, Any] = {
+        key: values
+        for key, values in (
+            ("groups", args.group),
+            ("dynamic_groups", args.dynamic_group),
+            ("devices", args.device),
+            ("tags", args.tag),
+            ("hardware", args.hardware),
+        )
+        if values
+    }
+    if args.all:
+        selection["all"] = True
+    body["selection"] = selection
+    policy = dict(args.policy or {})
+    for key, value in (
+        ("rate_per_minute", args.rate),
+        ("rate_burst", args.burst),
+        ("on_breach", args.on_breach),
+        ("max_failure_rate", args.max_failure_rate),
+    ):
+        if value is not None:
+            policy[key] = value
+    if policy:
+        body["policy"] = policy
+    if args.description:
+        body["description"] = args.description
+    if args.schedule or args.starts_at:
+        body["schedule"] = True
+    if args.starts_at:
+        body["starts_at"] = args.starts_at
+    return body
+
+
+def _stage_text(stage: dict[str, Any]) -> str:
+    bake = stage.get("bake_minutes") or 0
+    return f"{stage.get('percent', 0):g} %" + (f" (bake {bake:g} min)" if bake else "")
+
+
+def rollout_text(rollout: dict[str, Any]) -> str:
+    """A rollout for people: what, where, how far, and the gates."""
+    stages = rollout.get("stages") or []
+    what = rollout.get("version") or ", ".join(
+        f"{a['name']}={a['version']}" for a in rollout.get("arms") or []
+    )
+    current = rollout.get("current_stage", 0)
+    lines = [
+        f"{rollout['id']}  {rollout['model']}  {rollout['strategy']} {what}  "
+        f"{rollout['status']}  stage {current + 1}/{len(stages)}"
+    ]
+    lines.append("  stages     " + " -> ".join(_stage_text(s) for s in stages))
+    arms = rollout.get("arms") or []
+    if arms:
+        lines.append(
+            "  arms       "
+            + ", ".join(
+                f"{a['name']} {a['version']} (weight {a.get('weight', 1):g}"
+                + (", baseline)" if a.get("baseline") else ")")
+                for a in arms
+            )
+            + (f"; promoted {rollout['promoted_arm']}" if rollout.get("promoted_arm") else "")
+        )
+    selection = rollout.get("selection") or {}
+    chosen = [
+        f"{key}={','.join(values)}"
+        for key, values in selection.items()
+        if isinstance(values, list) and values
+    ]
+    lines.append("  selection  " + ("all" if selection.get("all") else "; ".join(chosen)))
+    progress = rollout.get("progress")
+    if isinstance(progress, dict):
+        total = progress.get("total") or {}
+        counts = ", ".join(f"{state} {n}" for state, n in sorted(total.items()))
+        devices = f"  devices    {progress.get('devices', 0)}"
+        lines.append(devices + (f": {counts}" if counts else ""))
+    figures = rollout.get("gate_figures") or {}
+    for gate in figures.get("gates") or []:
+        lines.append(f"  gate       {gate['gate']} {gate['status']}: {gate['detail']}")
+    when = [f"created {rollout.get('created_at')} by {rollout.get('created_by') or '-'}"]
+    for key in ("starts_at", "started_at", "finished_at"):
+        if rollout.get(key):
+            when.append(f"{key.removesuffix('_at').replace('_', ' ')} {rollout[key]}")
+    lines.append("  " + "; ".join(when))
+    return "\n".join(lines)
+
+
+def audit_text(events: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"  {e['at']}  {e['from_status'] or '-'} -> {e['to_status']}  {e['actor_name']}: "
+        f"{e['reason']}"
+        for e in events
+    )
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+def cmd_rollout_create(args: argparse.Namespace) -> int:
+    body = rollout_body(args)
+    client = Client(_env("FLEET_URL"), _env("FLEET_TOKEN"))
+    rollout = client.post("/api/v1/rollouts/", body)
+    if args.start:
+        try:
+            rollout = client.post(
+                f"/api/v1/rollouts/{rollout['id']}/start", {"reason": args.reason}
+            )
+        except CliError as exc:
+            created = f"created {rollout['id']} ({rollout['status']})"
+            raise CliError(exc.code, f"{created} but not started: {exc.detail}") from None
+    _print(args, rollout, rollout_text(rollout))
+    return 0
+
+
+def cmd_rollout_list(args: argparse.Namespace) -> int:
+    client = Client(_env("FLEET_URL"), _env("FLEET_TOKEN"))
+    params = {k: v for k, v in (("model", args.model), ("status", args.status)) if v}
+    params["page_size"] = str(min(args.limit, 500))
+    page = client.get("/api/v1/rollouts/", params)
+    rollouts = page.get("results", []) if isinstance(page, dict) else page
+    rows = [
+        f"{r['id']:<8} {r['model']:<16} {r['strategy']:<7} "
+        f"{r.get('version') or '/'.join(a['version'] for a in r.get('arms') or []):<16} "
+        f"{r['status']:<12} {r.get('current_stage', 0) + 1}/{len(r.get('stages') or [])}"
+        for r in rollouts[: args.limit]
+    ]
+    header = f"{'ID':<8} {'MODEL':<16} {'STRATEGY':<7} {'VERSION':<16} {'STATUS':<12} STAGE"
+    _print(args, rollouts[: args.limit], "\n".join([header, *rows]))
+    return 0
+
+
+def cmd_rollout_show(args: argparse.Namespace) -> int:
+    client = Client(_env("FLEET_URL"), _env("FLEET_TOKEN"))
+    rollout = client.get(f"/api/v1/rollouts/{args.id}/")
+    text = rollout_text(rollout)
+    if args.audit:
+        rollout = {**rollout, "audit": client.get(f"/api/v1/rollouts/{args.id}/audit")}
+        text += "\n  audit:\n" + audit_text(rollout["audit"])
+    _print(args, rollout, text)
+    return 0
+
+
+def cmd_rollout_action(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"reason": args.reason}
+    if args.action == "promote":
+        body["arm"] = args.arm
+    if args.action == "schedule" and args.starts_at:
+        body["starts_at"] = args.starts_at
+    client = Client(_env("FLEET_URL"), _env("FLEET_TOKEN"))
+    rollout = client.post(f"/api/v1/rollouts/{args.id}/{args.action}", body)
+    _print(args, rollout, rollout_text(rollout))
+    return 0
+
+
+def _rollout_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print the API's JSON")
+    rollout = sub.add_parser("rollout", help="create and steer rollouts")
+    actions = rollout.add_subparsers(dest="rollout_command", required=True)
+
+    create = actions.add_parser("create", parents=[output], help="create a rollout (a draft)")
+    create.add_argument("--model", required=True)
+    create.add_argument(
+        "--strategy", choices=["phased", "ab"], help="default: phased, or ab with --arm"
+    )
+    create.add_argument("--version", help="phased: the version to deploy")
+    create.add_argument(
+        "--arm", action="append", default=[], type=parse_arm, metavar="NAME=VERSION[:WEIGHT]"
+    )
+    create.add_argument("--baseline", help="A/B: the arm the others are compared with")
+    create.add_argument(
+        "--stages", type=parse_stages, metavar="PERCENT:BAKE,...", help="e.g. 1:10,10:30,100:0"
+    )
+    create.add_argument("--group", action="append", default=[])
+    create.add_argument("--dynamic-group", action="append", default=[])
+    create.add_argument("--device", action="append", default=[])
+    create.add_argument("--tag", action="append", default=[], type=parse_tag)
+    create.add_argument("--hardware", action="append", default=[])
+    create.add_argument("--all", action="store_true", help="the whole fleet")
+    create.add_argument("--policy", type=parse_json_option, metavar="JSON|@FILE")
+    create.add_argument("--rate", type=float, help="policy.rate_per_minute")
+    create.add_argument("--burst", type=int, help="policy.rate_burst")
+    create.add_argument("--on-breach", choices=["pause", "abort"])
+    create.add_argument("--max-failure-rate", type=float)
+    create.add_argument("--description", default="")
+    create.add_argument("--schedule", action="store_true", help="create it scheduled")
+    create.add_argument("--starts-at", help="ISO 8601: the engine starts it then")
+    create.add_argument("--start", action="store_true", help="start it now (operators)")
+    create.add_argument("--reason", default="", help="with --start: the audit's reason")
+    create.set_defaults(func=cmd_rollout_create)
+
+    listing = actions.add_parser("list", parents=[output], help="rollouts, newest first")
+    listing.add_argument("--model")
+    listing.add_argument("--status")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(func=cmd_rollout_list)
+
+    show = actions.add_parser("show", parents=[output], help="one rollout")
+    show.add_argument("id")
+    show.add_argument("--audit", action="store_true", help="with its audit trail")
+    show.set_defaults(func=cmd_rollout_show)
+
+    for action in ROLLOUT_ACTIONS:
+        command = actions.add_parser(action, parents=[output], help=f"{action} a rollout")
+        command.add_argument("id")
+        command.add_argument("--reason", default="", required=action == "abort")
+        if action == "promote":
+            command.add_argument("--arm", required=True, help="the winning arm")
+        if action == "schedule":
+            command.add_argument("--starts-at", help="ISO 8601: the engine starts it then")
+        command.set_defaults(func=cmd_rollout_action, action=action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetctl", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -262,13 +588,17 @@ def build_parser() -> argparse.ArgumentParser:
     resign.add_argument("--name", required=True)
     resign.add_argument("--expires-days", type=int, default=365)
     resign.set_defaults(func=cmd_resign)
+    _rollout_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args))
+    except UsageError as exc:
+        parser.error(str(exc))  # exits with status 2
     except CliError as exc:
         print(f"fleetctl: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1

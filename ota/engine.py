@@ -29,7 +29,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from device_agent.protocol.errors import ErrorCode
@@ -38,6 +38,7 @@ from fleet.director import ModelAssignment, devices_desired_set
 from fleet.errors import ServiceError
 from fleet.models import DesiredState, Device, DeviceEvent
 from ota import rollouts
+from ota.bulk_update import columns_update, rows_update
 from ota.gates import (
     PHASED_BASELINE,
     Gate,
@@ -60,7 +61,7 @@ from ota.models import (
     RolloutStatus,
     RolloutStrategy,
 )
-from ota.pacing import RATE_WINDOW, current_rate, notify_budget, window_open
+from ota.pacing import RATE_WINDOW, current_rate, notify_budget, pacing_since, window_open
 from ota.rollout_config import baseline_arm
 from ota.rollout_selectors import rollout_pk
 from ota.rollouts import RolloutConfig
@@ -176,27 +177,80 @@ def _runs(reported: object, model: str, target: tuple[str, int] | None) -> bool:
     return False
 
 
+@dataclass
+class _Tracked:
+    """What tracking reads of a device in flight and may change (``_TRACK_FIELDS``)."""
+
+    pk: int
+    device_id: int
+    state: str
+    desired_seq: int
+    artifact_id: int | None
+    previous_artifact_id: int | None
+    last_phase: str
+    last_code: str
+    phase_at: datetime | None
+    reported_seq: int
+
+    def key(self) -> tuple[str, str, str, datetime | None]:
+        return (self.state, self.last_phase, self.last_code, self.phase_at)
+
+
+_TRACK_FIELDS = ("state", "last_phase", "last_code", "phase_at")
+
+
 def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
-    """Update devices in flight from their events and reports; returns how many changed."""
-    rows = list(RolloutDevice.objects.filter(rollout=rollout, state__in=TRACKED).order_by("pk"))
+    """Update devices in flight from their events and reports; returns how many changed.
+
+    Only devices that can change are read: those with an event of their current attempt,
+    a report at or past the seq we sent them, or no progress for the timeout. The others
+    (most of a large stage, waiting for their turn on the broker or still downloading)
+    are left in the database, where one query per evaluation finds the few that moved:
+    reading every device in flight each time made an evaluation cost O(devices in
+    flight), and with one evaluation per batch of events a stage cost O(n^2).
+    """
+    public_id, name = rollout.public_id, rollout.model.name
+    # A whole desired state refused (bad signature, expired) names no model or rollout.
+    mine = Q(rollout_id=public_id, model=name) | Q(model="", phase=Phase.REJECTED)
+    timeout = timedelta(minutes=config.policy.device_timeout_minutes)
+    attempt_events = DeviceEvent.objects.filter(
+        mine, device_id=OuterRef("device_id"), seq__gte=OuterRef("desired_seq")
+    )
+    rows = [
+        _Tracked(*values)
+        for values in RolloutDevice.objects.filter(rollout=rollout, state__in=TRACKED)
+        .filter(
+            Exists(attempt_events)
+            | Q(device__reported_seq__gte=F("desired_seq"))
+            | Q(phase_at__lt=now - timeout)
+        )
+        .order_by("pk")
+        .values_list(
+            "pk",
+            "device_id",
+            "state",
+            "desired_seq",
+            "artifact_id",
+            "previous_artifact_id",
+            "last_phase",
+            "last_code",
+            "phase_at",
+            "device__reported_seq",
+        )
+    ]
     if not rows:
         return 0
-    public_id, name = rollout.public_id, rollout.model.name
     events: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    reported: dict[int, tuple[int, object]] = {}
-    for chunk in _chunks([r.device_id for r in rows], TRACK_CHUNK):
-        # A whole desired state refused (bad signature, expired) names no model or rollout.
-        mine = Q(rollout_id=public_id, model=name) | Q(model="", phase=Phase.REJECTED)
+    reported: dict[int, object] = {}
+    for chunk in _chunks(rows, TRACK_CHUNK):
         for event in (
-            DeviceEvent.objects.filter(device_id__in=chunk)
+            DeviceEvent.objects.filter(device_id__in=[r.device_id for r in chunk])
             .filter(mine)
             .values("pk", "device_id", "seq", "phase", "code", "ts", "received_at")
         ):
             events[event["device_id"]].append(dict(event))
-        for pk, seq, state in Device.objects.filter(pk__in=chunk).values_list(
-            "pk", "reported_seq", "reported"
-        ):
-            reported[pk] = (seq, state)
+        caught_up = [r.device_id for r in chunk if r.reported_seq >= r.desired_seq]
+        reported.update(Device.objects.filter(pk__in=caught_up).values_list("pk", "reported"))
     wanted = {r.artifact_id for r in rows} | {r.previous_artifact_id for r in rows}
     targets = {
         pk: (version, counter)
@@ -204,10 +258,9 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
             pk__in=[pk for pk in wanted if pk is not None]
         ).values_list("pk", "version", "release_counter")
     }
-    timeout = timedelta(minutes=config.policy.device_timeout_minutes)
     changed = []
     for row in rows:
-        before = (row.state, row.last_phase, row.last_code, row.phase_at)
+        before = row.key()
         rolling_back = row.state == D.ROLLING_BACK
         target = targets.get((row.previous_artifact_id if rolling_back else row.artifact_id) or 0)
         attempt = sorted(
@@ -215,14 +268,15 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
             key=lambda e: (e["ts"], e["pk"]),
         )
         terminal = [e for e in attempt if e["phase"] in TERMINAL_PHASES]
-        seq, state = reported.get(row.device_id, (0, None))
         if attempt:
             row.last_phase = attempt[-1]["phase"]
             row.phase_at = max(e["received_at"] for e in attempt)
         if terminal:
             row.last_phase, row.last_code = terminal[-1]["phase"], terminal[-1]["code"]
             ok: bool | None = terminal[-1]["phase"] == Phase.COMMITTED
-        elif seq >= row.desired_seq and _runs(state, name, target):
+        elif row.reported_seq >= row.desired_seq and _runs(
+            reported.get(row.device_id), name, target
+        ):
             ok = True  # no event (it already ran that version), but its report says so
             row.phase_at = now if row.last_phase != Phase.COMMITTED else row.phase_at
             row.last_phase = Phase.COMMITTED
@@ -238,9 +292,13 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
             row.last_code = row.last_code or "timeout"
         elif attempt and not rolling_back:
             row.state = D.IN_PROGRESS
-        if (row.state, row.last_phase, row.last_code, row.phase_at) != before:
+        if row.key() != before:
             changed.append(row)
-    RolloutDevice.objects.bulk_update(changed, DEVICE_FIELDS, batch_size=500)
+    columns_update(
+        RolloutDevice,
+        [r.pk for r in changed],
+        {name: [getattr(r, name) for r in changed] for name in _TRACK_FIELDS},
+    )
     return len(changed)
 
 
@@ -502,24 +560,25 @@ def _notify(
     if not window_open(policy.window, now):
         result.note = result.note or "outside the maintenance window"
         return 0
+    since = pacing_since(now=now, started=[rollout.stage_started_at, rollout.gates_since])
     counts = RolloutDevice.objects.filter(rollout=rollout).aggregate(
         succeeded=Count("pk", filter=Q(state=D.SUCCEEDED)),
         notified=Count("pk", filter=Q(attempts__gt=0)),
         last_minute=Count("pk", filter=Q(notified_at__gt=now - RATE_WINDOW)),
-        last_at=Max("notified_at"),
+        since=Count("pk", filter=Q(notified_at__gte=since)),
     )
     rate = current_rate(policy, succeeded=counts["succeeded"], notified=counts["notified"])
-    last_at = counts["last_at"]
     budget = notify_budget(
         rate_per_minute=rate,
         notified_last_minute=counts["last_minute"],
-        seconds_since_last_notify=(now - last_at).total_seconds() if last_at else None,
+        seconds_since=(now - since).total_seconds(),
+        notified_since=counts["since"],
+        burst=policy.rate_burst,
         jitter=policy.jitter,
         rng=rng,
     )
-    if budget > NOTIFY_MAX_PER_EVALUATION:
-        budget = NOTIFY_MAX_PER_EVALUATION
-        result.more = True  # a high rate: the task queues the next evaluation at once
+    capped = budget > NOTIFY_MAX_PER_EVALUATION
+    budget = min(budget, NOTIFY_MAX_PER_EVALUATION)
     if budget <= 0:
         return 0
     rows = list(
@@ -531,6 +590,10 @@ def _notify(
     )
     if not rows:
         return 0
+    # A high rate and devices left over: the task queues the next evaluation at once. Only
+    # then: were it set whenever the rate allows more than a batch, every evaluation of an
+    # unpaced rollout would queue another, forever, each event batch starting a new chain.
+    result.more = capped and len(rows) == budget
     previous = _previous_artifacts(rollout.model, [r.device_id for r in rows if r.attempts == 0])
     phased = rollout.strategy == RolloutStrategy.PHASED
     seqs, refused = _issue(
@@ -558,7 +621,7 @@ def _notify(
         row.notified_at = row.phase_at = now
         row.last_phase = row.last_code = ""
         issued += 1
-    RolloutDevice.objects.bulk_update(rows, DEVICE_FIELDS, batch_size=500)
+    rows_update(rows, DEVICE_FIELDS)
     return issued
 
 
@@ -610,7 +673,7 @@ def _roll_back(
             row.phase_at = now
             row.last_phase = row.last_code = ""
             result.rollback_issued += 1
-    RolloutDevice.objects.bulk_update(rows, DEVICE_FIELDS, batch_size=500)
+    rows_update(rows, DEVICE_FIELDS)
     if len(rows) == ROLLBACK_BATCH:
         result.more = True
         return rollout

@@ -4,6 +4,7 @@ the maintenance window. Pure functions of their arguments (the engine reads the 
 
 import math
 import random
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -34,32 +35,46 @@ def current_rate(policy: Policy, *, succeeded: int, notified: int) -> float:
     return min(rate, policy.rate_max_per_minute)
 
 
+def pacing_since(*, now: datetime, started: Sequence[datetime | None]) -> datetime:
+    """Where the smoothing counts from: the latest of ``started`` (the current stage's
+    start, the last resume), else one minute ago (``RATE_WINDOW``)."""
+    return max((at for at in started if at is not None), default=now - RATE_WINDOW)
+
+
 def notify_budget(
     *,
     rate_per_minute: float,
     notified_last_minute: int,
-    seconds_since_last_notify: float | None,
+    seconds_since: float,
+    notified_since: int,
+    burst: float | None = None,
     jitter: float = 0.0,
     rng: random.Random | None = None,
 ) -> int:
     """How many devices to notify in this evaluation.
 
     Two limits. The hard one: never more than ``rate_per_minute`` devices in any 60 s
-    (``notified_last_minute`` counts the sliding window). The smoothing one: release
-    tokens in proportion to the time since the last release, so frequent evaluations
-    (one per device event) send small batches rather than a minute's worth at once.
+    (``notified_last_minute`` counts the sliding window). The smoothing one: from
+    ``pacing_since()``, ``seconds_since`` ago, ``burst`` devices (default: a minute's
+    worth, the rate) are due at once and then one every 60 / rate seconds; the budget is
+    what is due and not yet notified (``notified_since``). Because the budget is counted
+    from that start rather than accrued since the last release, no fraction of a device
+    is lost between evaluations: whether evaluations come every 100 ms (device events)
+    or only with the beat, N devices after the burst take (N - burst) / rate minutes.
+    After a stall (a maintenance window that was closed, a promotion re-targeting
+    devices) what fell due meanwhile goes out as fast as the hard limit lets it.
     ``jitter`` scales the release by a random factor in [1 - jitter, 1] so rollouts
-    evaluated on the same beat do not release in lockstep.
+    evaluated on the same beat do not release in lockstep (what it holds back stays due).
     """
     hard = math.floor(rate_per_minute) - notified_last_minute
     if hard <= 0:
         return 0
-    elapsed = 60.0 if seconds_since_last_notify is None else seconds_since_last_notify
-    tokens = rate_per_minute * min(max(elapsed, 0.0), 60.0) / 60.0
+    initial = rate_per_minute if burst is None else burst
+    due = initial + rate_per_minute * max(seconds_since, 0.0) / 60.0 - notified_since
     if jitter > 0:
         # Not security-relevant: spreading load only.
-        tokens *= (rng or random.Random()).uniform(1.0 - jitter, 1.0)  # noqa: S311
-    return max(0, min(hard, math.floor(tokens)))
+        due *= (rng or random.Random()).uniform(1.0 - jitter, 1.0)  # noqa: S311
+    return max(0, min(hard, math.floor(due)))
 
 
 def window_open(window: Window | None, now: datetime) -> bool:

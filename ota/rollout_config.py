@@ -351,6 +351,9 @@ class Policy:
     - ``rate_per_minute``: devices notified in any 60 s; grows by ``rate_growth_factor``
       each time ``rate_growth_every`` more devices ``rate_growth_on`` (``succeeded`` or
       ``notified``), up to ``rate_max_per_minute`` (AWS IoT Jobs' exponential rate).
+    - ``rate_burst``: how many devices may go at once when a stage starts (or a rollout
+      resumes); then one every 60 / rate seconds. Unset: a minute's worth (the rate).
+      ``1`` spreads a stage evenly over its N / rate minutes.
     - ``jitter``: each release is scaled by a random factor in [1 - jitter, 1].
     - ``window``: optional maintenance window.
     """
@@ -365,6 +368,7 @@ class Policy:
     rate_growth_every: int = 0
     rate_growth_on: Literal["succeeded", "notified"] = "succeeded"
     rate_max_per_minute: float = 1000.0
+    rate_burst: int | None = None
     jitter: float = 0.0
     window: Window | None = None
     telemetry_gates: tuple[TelemetryGateConfig, ...] = ()
@@ -429,6 +433,9 @@ class Policy:
                 "policy.rate_max_per_minute",
                 low=rate,
             ),
+            rate_burst=None
+            if data.get("rate_burst") is None
+            else _int(data["rate_burst"], "policy.rate_burst", low=1, high=10**9),
             jitter=_number(data.get("jitter", d.jitter), "policy.jitter", low=0, high=0.9),
             window=None if window is None else Window.from_dict(window),
             telemetry_gates=tuple(

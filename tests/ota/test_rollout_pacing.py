@@ -10,6 +10,7 @@ from rollout_helpers import (
     commit_all,
     devices,
     evaluate,
+    fresh,
     later,
     phased,
     rows,
@@ -17,7 +18,7 @@ from rollout_helpers import (
 )
 
 from fleet.errors import ServiceError
-from ota.pacing import current_rate, notify_budget, window_open
+from ota.pacing import current_rate, notify_budget, pacing_since, window_open
 from ota.rollout_config import Policy, Window
 
 
@@ -67,31 +68,71 @@ def test_growth_needs_a_criterion():  # type: ignore[no-untyped-def]
 
 
 def test_budget_never_exceeds_the_rate_in_any_minute():  # type: ignore[no-untyped-def]
+    # by default a minute's worth may go at once when a stage starts
     assert (
-        notify_budget(rate_per_minute=10, notified_last_minute=0, seconds_since_last_notify=None)
+        notify_budget(rate_per_minute=10, notified_last_minute=0, seconds_since=0, notified_since=0)
         == 10
     )
+    # much is due, but 10 went out in the last 60 s
     assert (
-        notify_budget(rate_per_minute=10, notified_last_minute=10, seconds_since_last_notify=90)
+        notify_budget(
+            rate_per_minute=10, notified_last_minute=10, seconds_since=90, notified_since=10
+        )
         == 0
     )
     assert (
-        notify_budget(rate_per_minute=10, notified_last_minute=7, seconds_since_last_notify=60) == 3
+        notify_budget(
+            rate_per_minute=10, notified_last_minute=7, seconds_since=60, notified_since=10
+        )
+        == 3
     )
 
 
-def test_budget_is_released_in_proportion_to_time():  # type: ignore[no-untyped-def]
-    # evaluations every 6 s at 10/min release one device each
+def test_budget_is_what_fell_due_since_the_stage_started():  # type: ignore[no-untyped-def]
+    # a burst of one, then one every 6 s at 10/min
+    def budget(seconds: float, sent: int) -> int:
+        return notify_budget(
+            rate_per_minute=10,
+            notified_last_minute=sent,
+            seconds_since=seconds,
+            notified_since=sent,
+            burst=1,
+        )
+
+    assert budget(0, 0) == 1
+    assert budget(5, 1) == 0
+    assert budget(6, 1) == 1
+    # evaluations 4 s apart: the 2/3 of a device one could not send is not lost
+    assert budget(8, 2) == 0
+    assert budget(12, 2) == 1
+    assert budget(30, 3) == 3
     assert (
-        notify_budget(rate_per_minute=10, notified_last_minute=3, seconds_since_last_notify=6) == 1
+        notify_budget(
+            rate_per_minute=120,
+            notified_last_minute=0,
+            seconds_since=15,
+            notified_since=0,
+            burst=1,
+        )
+        == 31
     )
-    assert (
-        notify_budget(rate_per_minute=10, notified_last_minute=3, seconds_since_last_notify=3) == 0
-    )
-    assert (
-        notify_budget(rate_per_minute=120, notified_last_minute=0, seconds_since_last_notify=15)
-        == 30
-    )
+
+
+def test_pacing_counts_from_the_stage_start_or_the_last_resume():  # type: ignore[no-untyped-def]
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    stage = now - timedelta(minutes=20)
+    resumed = now - timedelta(minutes=5)
+    assert pacing_since(now=now, started=[stage, None]) == stage
+    assert pacing_since(now=now, started=[stage, resumed]) == resumed
+    assert pacing_since(now=now, started=[None, None]) == now - timedelta(seconds=60)
+
+
+def test_burst_validation():  # type: ignore[no-untyped-def]
+    assert _policy().rate_burst is None
+    assert _policy(rate_burst=1).rate_burst == 1
+    for bad in (0, 1.5, "1"):
+        with pytest.raises(ServiceError):
+            _policy(rate_burst=bad)
 
 
 def test_jitter_scales_the_release_down_within_bounds():  # type: ignore[no-untyped-def]
@@ -100,7 +141,8 @@ def test_jitter_scales_the_release_down_within_bounds():  # type: ignore[no-unty
         notify_budget(
             rate_per_minute=100,
             notified_last_minute=0,
-            seconds_since_last_notify=60,
+            seconds_since=0,
+            notified_since=0,
             jitter=0.5,
             rng=rng,
         )
@@ -219,6 +261,54 @@ def test_engine_rate_grows_as_devices_succeed():  # type: ignore[no-untyped-def]
     commit_all(rollout)
     # 15 succeeded: x2 three times, capped at 20
     assert evaluate(rollout, t0 + timedelta(seconds=122)).notified == 20
+
+
+def _paced(rollout, start, seconds, every):  # type: ignore[no-untyped-def]
+    """Evaluate every ``every`` seconds and at ``seconds``; the notification times."""
+    for i in range(int(seconds / every) + 1):
+        evaluate(rollout, start + timedelta(seconds=i * every))
+    evaluate(rollout, start + timedelta(seconds=seconds))
+    return sorted(r.notified_at for r in rows(rollout) if r.notified_at is not None)
+
+
+def _busiest_minute(times):  # type: ignore[no-untyped-def]
+    return max(sum(1 for t in times if at - timedelta(seconds=60) < t <= at) for at in times)
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("_keys")
+def test_a_burst_of_one_spreads_the_stage_evenly():  # type: ignore[no-untyped-def]
+    artifact("2.0.0")
+    devices(25)
+    rollout = phased(policy={"rate_per_minute": 10, "rate_burst": 1})
+    t0 = fresh(rollout).stage_started_at
+
+    assert evaluate(rollout, t0).notified == 1  # not a minute's worth at once
+    assert evaluate(rollout, t0 + timedelta(seconds=3)).notified == 0
+    assert evaluate(rollout, t0 + timedelta(seconds=13)).notified == 2
+    assert evaluate(rollout, t0 + timedelta(seconds=59)).notified == 7
+    # ten in the last minute: nobody more until the first ones leave the window
+    assert evaluate(rollout, t0 + timedelta(seconds=59.5)).notified == 0
+    assert evaluate(rollout, t0 + timedelta(seconds=70)).notified == 1
+    assert _busiest_minute(sorted(r.notified_at for r in rows(rollout) if r.notified_at)) == 10
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("_keys")
+@pytest.mark.parametrize("every", [1, 4, 7, 30])
+def test_the_rate_holds_whatever_the_evaluations_rhythm(every):  # type: ignore[no-untyped-def]
+    # given 10/min and evaluations every `every` seconds (device events, or only the beat)
+    artifact("2.0.0")
+    devices(40)
+    rollout = phased(policy={"rate_per_minute": 10, "rate_burst": 1})
+    t0 = fresh(rollout).stage_started_at
+    # when the engine runs for three minutes
+    times = _paced(rollout, t0, 180, every)
+    # then 1 + 10 a minute went out (a fraction of a device is never lost between
+    # evaluations), never more than 10 in any minute: a device sent late by the rhythm can
+    # make the hard limit hold the last one back until the next evaluation
+    assert 30 <= len(times) <= 31
+    assert _busiest_minute(times) <= 10
 
 
 @pytest.mark.django_db
