@@ -10,6 +10,7 @@ refuse to parse (a version that is not semver, an odd target path, too many mode
 refused here with a ``ServiceError`` carrying the same code, before anything is written.
 """
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
 from django.db.models import F, Lookup, Model, QuerySet
+from django.db.models.fields.json import KT
 from django.utils import timezone
 
 from device_agent.protocol.envelope import sign_envelope
@@ -197,26 +199,53 @@ class _Locked:
     pk: int
     device_id: int
     seq: int
-    payload: Any
+    # The stored payload's "models" and "expires_at" members as text, not the payload:
+    # the models of a rollout's rows are the same text, parsed once per call (_ParseCache),
+    # where decoding each row's whole payload cost as much as signing it.
+    models_json: str | None
+    expires_text: str | None
     payload_json: str = ""  # the new payload as signed, written as is to the column
     envelope: bytes = b""
     issued_at: datetime | None = None
     expires_at: datetime | None = None
 
 
-_ParseCache = dict[tuple[tuple[str, object], ...], ModelTarget]
+_ParseCache = dict[object, ModelTarget]
+_ModelsCache = dict[str, list[ModelTarget]]
+
+
+def _locked_models(row: _Locked, cache: _ModelsCache) -> list[ModelTarget]:
+    """``_current_models`` of a locked row, from its models' text (parsed once per text)."""
+    if row.seq == 0:
+        return []
+    text = row.models_json
+    if text is None:
+        raise ServiceError(ErrorCode.MALFORMED, f"stored desired state {row.pk} has no models")
+    found = cache.get(text)
+    if found is None:
+        try:
+            models = json.loads(text)
+        except ValueError:
+            models = None
+        found = _parsed_models(row.pk, models, {})
+        if len(cache) < 64:  # a call sees a handful of distinct model lists
+            cache[text] = found
+    return list(found)
 
 
 def _current_models(
-    row: DesiredState | _Locked, cache: _ParseCache | None = None
+    row: DesiredState, cache: _ParseCache | None = None
 ) -> list[ModelTarget]:
     """The models of the row's last envelope (validated again: the column is just JSON)."""
     if row.seq == 0 or not row.payload:
         return []
     models = row.payload.get("models") if isinstance(row.payload, dict) else None
+    return _parsed_models(row.pk, models, {} if cache is None else cache)
+
+
+def _parsed_models(pk: int, models: object, cache: _ParseCache) -> list[ModelTarget]:
     if not isinstance(models, list):
-        raise ServiceError(ErrorCode.MALFORMED, f"stored desired state {row.pk} has no models")
-    cache = {} if cache is None else cache
+        raise ServiceError(ErrorCode.MALFORMED, f"stored desired state {pk} has no models")
     targets = []
     try:
         for entry in models:
@@ -231,7 +260,7 @@ def _current_models(
             targets.append(cache[key])
     except (ProtocolError, TypeError) as exc:  # TypeError: an unhashable value in an entry
         raise ServiceError(
-            ErrorCode.MALFORMED, f"stored desired state {row.pk} is unreadable: {exc}"
+            ErrorCode.MALFORMED, f"stored desired state {pk} is unreadable: {exc}"
         ) from None
     return targets
 
@@ -303,7 +332,7 @@ def _row_lock(device_pk: int) -> DesiredState:
     return row
 
 
-_LOCKED_COLUMNS = ("pk", "device_id", "seq", "payload")
+_LOCKED_COLUMNS = ("pk", "device_id", "seq", KT("payload__models"), KT("payload__expires_at"))
 
 
 def _rows_lock(pks: list[int], *, create: bool = True) -> dict[int, _Locked]:
@@ -558,7 +587,7 @@ def devices_desired_set(
         raise ServiceError(ErrorCode.MALFORMED, "a device is listed twice")
     key = director_private_key()
     targets_cache: _TargetCache = {}
-    parse_cache: _ParseCache = {}
+    models_cache: _ModelsCache = {}
     issued, refused = 0, dict[str, ServiceError]()
     for batch in _chunks(ordered, batch_size):
         wanted = [(device, _assignments(assignments_for, device)) for device in batch]
@@ -580,7 +609,7 @@ def devices_desired_set(
             for fact, targets in accepted:
                 row = rows[fact.pk]
                 try:
-                    models = _merged(_current_models(row, parse_cache), targets)
+                    models = _merged(_locked_models(row, models_cache), targets)
                     row.payload_json = _issue(row, fact, models, now=now, key=key)
                 except ServiceError as exc:
                     refused[fact.device_id] = exc
@@ -601,13 +630,13 @@ def _expiring(before: datetime) -> QuerySet[DesiredState]:
 
 def _expires_at(row: _Locked) -> datetime | None:
     try:
-        return parse_timestamp(row.payload.get("expires_at"))
-    except (ProtocolError, AttributeError):
+        return parse_timestamp(row.expires_text)
+    except ProtocolError:
         return None
 
 
 def _reissue_batch(
-    pks: list[int], *, before: datetime, key: ec.EllipticCurvePrivateKey, cache: _ParseCache
+    pks: list[int], *, before: datetime, key: ec.EllipticCurvePrivateKey, cache: _ModelsCache
 ) -> int:
     now = _now()
     with transaction.atomic():
@@ -620,7 +649,7 @@ def _reissue_batch(
             if fact is None or fact.revoked or row.seq == 0 or (expires and expires >= before):
                 continue
             try:
-                models = tuple(_current_models(row, cache))
+                models = tuple(_locked_models(row, cache))
                 row.payload_json = _issue(row, fact, models, now=now, key=key)
             except ServiceError as exc:
                 log.warning("cannot re-sign the desired state of %s: %s", fact.device_id, exc)
@@ -641,7 +670,7 @@ def desired_reissue_expiring(
     ttl = desired_ttl()
     before = timezone.now() + (ttl / 3 if within is None else within)
     key = director_private_key()
-    cache: _ParseCache = {}
+    cache: _ModelsCache = {}
     count, after = 0, 0
     while True:
         pks = list(

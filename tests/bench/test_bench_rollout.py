@@ -221,6 +221,8 @@ class ControlPlane:
             "CELERY_BROKER_URL": redis.url,
             "FLEET_ROLLOUT_TICK_SECONDS": str(TICK_SECONDS),
             "FLEET_LOG_LEVEL": "INFO",
+            # As deployed: without DEBUG, whose cursor wrapper logs and keeps every query.
+            "DJANGO_DEBUG": "false",
         }
         url = f"mqtt://127.0.0.1:{broker.port}"
         self.bridge = Child(
@@ -742,8 +744,11 @@ def bench_env(settings: Any, tmp_path: Path) -> Iterator[tuple[Redis, Path]]:
     finally:
         from fleet.celery import app
 
-        app.pool.force_close_all()  # its connections are to this Redis
+        # Its connections are to this Redis: close them and forget the pools (the producer
+        # pool too, or the next test's first task finds it closed and is lost).
+        app.pool.force_close_all()
         app._pool = None
+        app.amqp._producer_pool = None
         redis.stop()
 
 

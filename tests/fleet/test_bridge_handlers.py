@@ -149,3 +149,34 @@ def test_no_input_makes_the_handler_raise_or_store(
     assert outcome.result == "dropped"
     assert outcome.reason
     assert not DeviceEvent.objects.exists()
+
+
+def test_a_deferred_batch_writes_the_same_as_one_by_one(
+    dispatcher: Dispatcher, django_assert_max_num_queries
+) -> None:  # type: ignore[no-untyped-def]
+    # given an event already stored
+    dispatcher.handle(message(events_topic(), event_payload(3)))
+    # when a deferred batch holds it again, a new one twice, another device's, and two
+    # states of one device
+    batch = [
+        message(events_topic(), event_payload(3)),
+        message(events_topic(), event_payload(4)),
+        message("fleet/v1/devices/dev-1/state", state_payload(last_seq=8)),
+        message(events_topic(), event_payload(4)),
+        message(events_topic("dev-2"), event_payload(4)),
+        message("fleet/v1/devices/dev-1/state", state_payload(last_seq=9, version="1.5.0")),
+    ]
+    dispatcher.begin(deferred=True)
+    outcomes = [dispatcher.handle(m) for m in batch]
+    assert DeviceEvent.objects.count() == 1  # nothing written yet
+    # then finish() writes them with a few statements, not one per message
+    with django_assert_max_num_queries(3):
+        duplicates = dispatcher.finish()
+    # and the outcomes, rows and device are what one by one gives
+    assert duplicates == {0, 3}
+    assert [o.result for o in outcomes] == ["accepted"] * 6  # until finish() says otherwise
+    stored = sorted(DeviceEvent.objects.values_list("device__device_id", "seq"))
+    assert stored == [("dev-1", 3), ("dev-1", 4), ("dev-2", 4)]
+    device = Device.objects.get(device_id="dev-1")
+    assert (device.reported_seq, device.reported["models"][0]["version"]) == (9, "1.5.0")
+    assert device.agent_version == "0.3.1"

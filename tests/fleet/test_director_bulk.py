@@ -126,3 +126,35 @@ def test_batch_sizes_cover_every_device_once_and_ramp(total: int, largest: int) 
         # small batches first and last, so publishing starts early and ends soon after
         assert sizes[0] == sizes[-1] == FIRST_BATCH
         assert max(sizes) == largest
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param({"v": 1}, id="no-models"),
+        pytest.param({"models": "kws"}, id="models-not-a-list"),
+        pytest.param({"models": [{"name": "kws"}]}, id="entry-missing-fields"),
+        pytest.param({"models": [[1, 2]]}, id="entry-not-an-object"),
+        pytest.param(["not", "an", "object"], id="payload-a-list"),
+    ],
+)
+def test_a_corrupt_stored_row_refuses_that_device_only(payload) -> None:  # type: ignore[no-untyped-def]
+    # given two devices with a desired state, one of whose stored payload is corrupt
+    devices = [Device.objects.create(device_id=f"dev-{i}", hardware=HW) for i in range(2)]
+    old = ArtifactFactory(version="1.3.0", release_counter=13)
+    for device in devices:
+        device_desired_set(device=device, assignments=[ModelAssignment(artifact=old)])
+    DesiredState.objects.filter(device=devices[0]).update(payload=payload)
+    corrupt = DesiredState.objects.get(device=devices[0])
+    new = ArtifactFactory(model=old.model, version="1.4.0", release_counter=14)
+
+    # when the bulk path assigns a new version to both
+    result = devices_desired_set(
+        devices=devices, assignments_for=lambda d: [ModelAssignment(artifact=new)]
+    )
+
+    # then the corrupt one is refused as malformed and left as it was; the other goes ahead
+    assert result.issued == 1
+    assert result.refused["dev-0"].code == ErrorCode.MALFORMED
+    assert DesiredState.objects.get(device=devices[0]).seq == corrupt.seq
+    assert DesiredState.objects.get(device=devices[1]).payload["models"][0]["version"] == "1.4.0"
