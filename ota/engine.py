@@ -1,6 +1,7 @@
 """The rollout engine: one evaluation of one rollout (DESIGN.md §5).
 
-``rollout_evaluate`` is what the Celery task runs, after device events and on the beat.
+``rollout_evaluate`` is what the Celery task runs, after device events, on the beat, and
+when the pace asks for it (``Evaluation.wake_in``).
 It holds the rollout's row lock for the whole evaluation, in one transaction with the
 desired states it issues, so evaluations of one rollout run one after another: running
 one twice, or two at once, notifies nobody twice, and a crash leaves either both the
@@ -14,12 +15,14 @@ device rows and their envelopes or neither. In order:
 3. running: retry failed devices, check the gates (on a breach pause or abort as the
    policy says), advance the stage once every device of it finished and it baked,
    complete, or (A/B) promote; then notify pending devices of the stage, in bucket
-   order, at the policy's pace and inside its maintenance window;
+   order, at the policy's pace and inside its maintenance window, and when the pace holds
+   some back, say when the next one falls due;
 4. aborted: re-issue every touched device's previous version through the director, in
    batches; ``rolled_back`` once none is still rolling back.
 """
 
 import logging
+import math
 import random
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -61,7 +64,14 @@ from ota.models import (
     RolloutStatus,
     RolloutStrategy,
 )
-from ota.pacing import RATE_WINDOW, current_rate, notify_budget, pacing_since, window_open
+from ota.pacing import (
+    RATE_WINDOW,
+    current_rate,
+    next_due_in,
+    notify_budget,
+    pacing_since,
+    window_open,
+)
 from ota.rollout_config import baseline_arm
 from ota.rollout_selectors import rollout_pk
 from ota.rollouts import RolloutConfig
@@ -74,6 +84,10 @@ D = RolloutDeviceState
 NOTIFY_MAX_PER_EVALUATION = 1000
 ROLLBACK_BATCH = 1000
 TRACK_CHUNK = 1000
+# A wake-up is asked for only when none is pending (``Rollout.wake_at``) or this much
+# sooner than the pending one; and one due within this much counts as due, so a Celery
+# countdown firing a hair early still asks for the next.
+WAKE_EPSILON = timedelta(milliseconds=10)
 
 
 # Telemetry gates and automatic promotion query the telemetry store at most this often
@@ -111,6 +125,10 @@ class Evaluation:
     notified: int = 0
     rollback_issued: int = 0
     more: bool = False
+    # Seconds until the pace lets the next pending device go: the task schedules an
+    # evaluation then (``more`` wins). None when nothing waits for the pace alone, when the
+    # beat comes first, or when a wake-up is already pending.
+    wake_in: float | None = None
     note: str = ""
     gates: list[dict[str, Any]] = field(default_factory=list)
 
@@ -139,6 +157,7 @@ def rollout_evaluate(
         rollout = Rollout.objects.select_for_update().select_related("model").filter(pk=pk).first()
         if rollout is None:
             return result
+        wake_at = rollout.wake_at
         if (
             rollout.status == RolloutStatus.SCHEDULED
             and rollout.starts_at is not None
@@ -158,9 +177,26 @@ def rollout_evaluate(
                 rollout = _run(rollout, config, now, rng or random.Random(), result)  # noqa: S311
             if rollout.status == RolloutStatus.ABORTED:
                 rollout = _roll_back(rollout, config, now, result)
-            Rollout.objects.filter(pk=pk).update(evaluated_at=now)
+            changes = {"evaluated_at": now}
+            if result.wake_in is not None:
+                at = now + timedelta(seconds=result.wake_in)
+                if _wake_wanted(pending=wake_at, at=at, now=now):
+                    changes["wake_at"] = at
+                else:
+                    result.wake_in = None
+            Rollout.objects.filter(pk=pk).update(**changes)
         result.status = rollout.status
     return result
+
+
+def _wake_wanted(*, pending: datetime | None, at: datetime, now: datetime) -> bool:
+    """Whether to ask for a wake-up at ``at`` when ``pending`` (``wake_at``) was asked for.
+
+    Evaluations after device events come many a second: each asking for its own wake-up
+    would start another chain of them every time. One pending is enough unless it is due
+    (or was consumed), or the new one is sooner (the rate grew).
+    """
+    return pending is None or pending <= now + WAKE_EPSILON or at < pending - WAKE_EPSILON
 
 
 # --- 2. outcomes -------------------------------------------------------------------------------
@@ -579,14 +615,15 @@ def _notify(
     )
     capped = budget > NOTIFY_MAX_PER_EVALUATION
     budget = min(budget, NOTIFY_MAX_PER_EVALUATION)
+    pending = RolloutDevice.objects.filter(
+        rollout=rollout, state=D.PENDING, bucket__lt=_percent(rollout, config) / 100
+    )
     if budget <= 0:
+        if pending.exists():
+            result.wake_in = _next_due(rollout, config, now, since, rate, counts)
         return 0
     rows = list(
-        RolloutDevice.objects.filter(
-            rollout=rollout, state=D.PENDING, bucket__lt=_percent(rollout, config) / 100
-        )
-        .select_related("device", "artifact__model")
-        .order_by("bucket", "pk")[:budget]
+        pending.select_related("device", "artifact__model").order_by("bucket", "pk")[:budget]
     )
     if not rows:
         return 0
@@ -622,7 +659,53 @@ def _notify(
         row.last_phase = row.last_code = ""
         issued += 1
     rows_update(rows, DEVICE_FIELDS)
+    if not result.more and len(rows) == budget and pending.exists():
+        first = sum(1 for r in rows if r.state == D.NOTIFIED and r.attempts == 1)
+        after = {
+            "last_minute": counts["last_minute"] + issued,
+            "since": counts["since"] + issued,
+        }
+        rate = current_rate(
+            policy, succeeded=counts["succeeded"], notified=counts["notified"] + first
+        )
+        result.wake_in = _next_due(rollout, config, now, since, rate, after)
     return issued
+
+
+def _next_due(
+    rollout: Rollout,
+    config: RolloutConfig,
+    now: datetime,
+    since: datetime,
+    rate: float,
+    counts: dict[str, int],
+) -> float | None:
+    """Seconds until the pace lets the next pending device go (``next_due_in``).
+
+    ``counts`` are those after this evaluation's notifications; a retried device notified
+    twice within the minute counts twice there, which can only make the wake-up later.
+    """
+    frees_in = None
+    full = counts["last_minute"] - math.floor(rate) + 1
+    if full > 0:
+        # The hard limit: the ``full``-th oldest notification of the last 60 s has to leave.
+        leaving = (
+            RolloutDevice.objects.filter(rollout=rollout, notified_at__gt=now - RATE_WINDOW)
+            .order_by("notified_at")
+            .values_list("notified_at", flat=True)[full - 1 : full]
+        )
+        at = next(iter(leaving), None)
+        frees_in = None if at is None else (at + RATE_WINDOW - now).total_seconds()
+    return next_due_in(
+        rate_per_minute=rate,
+        notified_last_minute=counts["last_minute"],
+        seconds_since=(now - since).total_seconds(),
+        notified_since=counts["since"],
+        burst=config.policy.rate_burst,
+        jitter=config.policy.jitter,
+        window_frees_in=frees_in,
+        horizon=settings.FLEET_ROLLOUT_TICK_SECONDS,
+    )
 
 
 # --- 4. rolling back -----------------------------------------------------------------------------

@@ -132,7 +132,8 @@ class Rollout(models.Model):
     desired-state entries, update events and telemetry. ``stages``, ``arms``, ``selection``
     and ``policy`` are JSON validated by ``ota/rollout_config.py``; a phased rollout has one
     arm, ``main``. The engine's bookkeeping (stage, bake clock, last gate figures) lives
-    here too so one row lock orders every evaluation.
+    here too so one row lock orders every evaluation; ``wake_at`` keeps a paced rollout to
+    one pending wake-up however many evaluations device events trigger.
     """
 
     model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="rollouts")
@@ -166,6 +167,9 @@ class Rollout(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     evaluated_at = models.DateTimeField(null=True, blank=True)
+    wake_at = models.DateTimeField(
+        null=True, blank=True, help_text="when the evaluation the pace asked for is due"
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -1,5 +1,6 @@
-"""How many devices a rollout may notify now: rate limit, exponential growth, jitter and
-the maintenance window. Pure functions of their arguments (the engine reads the counts).
+"""How many devices a rollout may notify now, and when the next one falls due: rate
+limit, exponential growth, jitter and the maintenance window. Pure functions of their
+arguments (the engine reads the counts).
 """
 
 import math
@@ -75,6 +76,50 @@ def notify_budget(
         # Not security-relevant: spreading load only.
         due *= (rng or random.Random()).uniform(1.0 - jitter, 1.0)  # noqa: S311
     return max(0, min(hard, math.floor(due)))
+
+
+# At most two wake-ups a second: at a high rate each releases what fell due meanwhile
+# (rate / 120 devices), the same pace in slightly larger steps. One wake-up per device
+# cost, at 1 200 a minute, more CPU in the worker and the database than the devices'
+# whole update traffic in the bridge (docs/benchmarks.md, "Rollouts").
+WAKE_MIN_SECONDS = 0.5
+# Aim a millisecond late: a wake-up a hair early (clock rounding) finds nobody due yet and
+# has to wake again.
+_WAKE_MARGIN_SECONDS = 0.001
+
+
+def next_due_in(
+    *,
+    rate_per_minute: float,
+    notified_last_minute: int,
+    seconds_since: float,
+    notified_since: int,
+    burst: float | None = None,
+    jitter: float = 0.0,
+    window_frees_in: float | None = None,
+    horizon: float,
+) -> float | None:
+    """Seconds until ``notify_budget`` (the same counts, taken after this evaluation's
+    notifications) allows one more device; None when that is beyond ``horizon`` (the beat
+    comes first) or unknown.
+
+    The smoothing limit: the first ``t`` with ``initial + rate * (seconds_since + t) / 60 -
+    notified_since >= 1``. With ``jitter`` the target is ``1 / (1 - jitter)``, when no random
+    factor can hold the device back; aiming at 1 would find it held back almost surely and
+    wake every ``WAKE_MIN_SECONDS`` until the draw lets it go. The hard limit, when the last
+    60 s are full: ``window_frees_in``, the seconds until enough of their notifications
+    leave the window (the engine reads it). The later of the two, at least
+    ``WAKE_MIN_SECONDS``.
+    """
+    initial = rate_per_minute if burst is None else burst
+    target = 1.0 / (1.0 - jitter) if jitter > 0 else 1.0
+    wait = (target + notified_since - initial) * 60.0 / rate_per_minute - max(seconds_since, 0.0)
+    if math.floor(rate_per_minute) - notified_last_minute <= 0:
+        if window_frees_in is None:
+            return None
+        wait = max(wait, window_frees_in)
+    wait = max(WAKE_MIN_SECONDS, wait + _WAKE_MARGIN_SECONDS)
+    return None if wait > horizon else wait
 
 
 def window_open(window: Window | None, now: datetime) -> bool:

@@ -18,7 +18,14 @@ from rollout_helpers import (
 )
 
 from fleet.errors import ServiceError
-from ota.pacing import current_rate, notify_budget, pacing_since, window_open
+from ota.pacing import (
+    WAKE_MIN_SECONDS,
+    current_rate,
+    next_due_in,
+    notify_budget,
+    pacing_since,
+    window_open,
+)
 from ota.rollout_config import Policy, Window
 
 
@@ -125,6 +132,128 @@ def test_pacing_counts_from_the_stage_start_or_the_last_resume():  # type: ignor
     assert pacing_since(now=now, started=[stage, None]) == stage
     assert pacing_since(now=now, started=[stage, resumed]) == resumed
     assert pacing_since(now=now, started=[None, None]) == now - timedelta(seconds=60)
+
+
+# --- when the next device falls due -------------------------------------------------------
+
+
+def test_next_due_is_when_the_smoothing_budget_reaches_one():  # type: ignore[no-untyped-def]
+    # 10/min, a burst of one: the first device went at the stage start, the next is due 6 s on
+    def wait(seconds: float, sent: int) -> float | None:
+        return next_due_in(
+            rate_per_minute=10,
+            notified_last_minute=sent,
+            seconds_since=seconds,
+            notified_since=sent,
+            burst=1,
+            horizon=30,
+        )
+
+    assert wait(0, 1) == pytest.approx(6, abs=0.002)
+    assert wait(4, 1) == pytest.approx(2, abs=0.002)
+    assert wait(8, 2) == pytest.approx(4, abs=0.002)
+    # ... which is where notify_budget says one device is due, and not a moment before
+    for seconds, sent in [(0, 1), (4, 1), (8, 2), (13.7, 3), (50.5, 9)]:
+        at = seconds + (wait(seconds, sent) or 0)
+        args = {"rate_per_minute": 10, "notified_last_minute": sent, "burst": 1}
+        assert notify_budget(seconds_since=at, notified_since=sent, **args) == 1
+        assert notify_budget(seconds_since=at - 0.002, notified_since=sent, **args) == 0
+
+
+def test_next_due_waits_for_the_sliding_window_when_the_minute_is_full():  # type: ignore[no-untyped-def]
+    # 10/min and ten went out in the last 60 s: smoothing has long been due (the stage
+    # fell behind), the hard limit holds until the oldest leaves the window in 20 s
+    assert next_due_in(
+        rate_per_minute=10,
+        notified_last_minute=10,
+        seconds_since=600,
+        notified_since=10,
+        window_frees_in=20,
+        horizon=30,
+    ) == pytest.approx(20, abs=0.002)
+    # the later of the two: the window frees in 1 s, smoothing is due in 6 s
+    assert next_due_in(
+        rate_per_minute=10,
+        notified_last_minute=10,
+        seconds_since=0,
+        notified_since=1,
+        burst=1,
+        window_frees_in=1,
+        horizon=30,
+    ) == pytest.approx(6, abs=0.002)
+    # a full window of unknown age: no guess
+    assert (
+        next_due_in(
+            rate_per_minute=10,
+            notified_last_minute=10,
+            seconds_since=600,
+            notified_since=10,
+            horizon=30,
+        )
+        is None
+    )
+
+
+def test_no_wake_up_beyond_the_beat():  # type: ignore[no-untyped-def]
+    # a minute's worth went at once: the next one only when the first leaves the window
+    assert (
+        next_due_in(
+            rate_per_minute=10,
+            notified_last_minute=10,
+            seconds_since=0,
+            notified_since=10,
+            window_frees_in=60,
+            horizon=30,
+        )
+        is None
+    )
+    # one a minute: the beat comes before the next is due
+    slow = {"rate_per_minute": 1, "notified_last_minute": 0, "burst": 1, "horizon": 30}
+    assert next_due_in(seconds_since=0, notified_since=1, **slow) is None
+    assert next_due_in(seconds_since=40, notified_since=1, **slow) == pytest.approx(20, abs=0.002)
+
+
+def test_next_due_is_never_sooner_than_the_minimum_step():  # type: ignore[no-untyped-def]
+    # already due (a device was refused, or a fast rate): wake soon, not in a tight loop
+    assert (
+        next_due_in(
+            rate_per_minute=6000,
+            notified_last_minute=1,
+            seconds_since=0,
+            notified_since=1,
+            burst=1,
+            horizon=30,
+        )
+        == WAKE_MIN_SECONDS
+    )
+
+
+def test_with_jitter_next_due_is_when_no_draw_can_hold_the_device_back():  # type: ignore[no-untyped-def]
+    # jitter 0.5: the release is floor(due * [0.5, 1]), sure to be 1 once 2 are due
+    wait = next_due_in(
+        rate_per_minute=60,
+        notified_last_minute=1,
+        seconds_since=0,
+        notified_since=1,
+        burst=1,
+        jitter=0.5,
+        horizon=30,
+    )
+    assert wait == pytest.approx(2, abs=0.002)
+    rng = random.Random(3)  # noqa: S311 - reproducible test data
+    for _ in range(100):
+        assert (
+            notify_budget(
+                rate_per_minute=60,
+                notified_last_minute=1,
+                seconds_since=wait,
+                notified_since=1,
+                burst=1,
+                jitter=0.5,
+                rng=rng,
+            )
+            >= 1
+        )
 
 
 def test_burst_validation():  # type: ignore[no-untyped-def]
