@@ -1,0 +1,75 @@
+"""Device events queue rollout evaluations, but at most one per rollout per interval from
+one process, and never leave an event without an evaluation that runs after it."""
+
+from unittest import mock
+
+import pytest
+
+from ota import tasks
+
+
+@pytest.fixture
+def queued(monkeypatch):  # type: ignore[no-untyped-def]
+    """A broker (not eager), a controlled clock, and the calls that queue evaluations."""
+    monkeypatch.setitem(tasks.rollout_evaluate_task.app.conf, "task_always_eager", False)
+    monkeypatch.setattr(tasks, "_event_evaluations", {})
+    clock = [1000.0]
+    monkeypatch.setattr(tasks.time, "monotonic", lambda: clock[0])
+    calls: list[tuple[str, float]] = []
+    monkeypatch.setattr(
+        tasks.rollout_evaluate_task, "delay", lambda rollout_id: calls.append((rollout_id, 0.0))
+    )
+    monkeypatch.setattr(
+        tasks.rollout_evaluate_task,
+        "apply_async",
+        lambda args, countdown: calls.append((args[0], countdown)),
+    )
+    return calls, clock
+
+
+def test_a_burst_of_event_batches_queues_one_now_and_one_after_the_interval(queued) -> None:  # type: ignore[no-untyped-def]
+    calls, clock = queued
+    interval = tasks.EVENT_EVALUATION_SECONDS
+    # the first batch's evaluation is queued at once
+    tasks._queue_for_events("r-1")
+    assert calls == [("r-1", 0.0)]
+    # the next batches within the interval share one evaluation at its end
+    clock[0] += interval / 4
+    tasks._queue_for_events("r-1")
+    clock[0] += interval / 4
+    tasks._queue_for_events("r-1")
+    assert calls[1:] == [("r-1", pytest.approx(interval * 3 / 4))]
+    # another rollout is not held back by this one
+    tasks._queue_for_events("r-2")
+    assert calls[-1] == ("r-2", 0.0)
+    # once that one has run and the interval has passed, the next is queued at once again
+    clock[0] += 2 * interval
+    tasks._queue_for_events("r-1")
+    assert calls[-1] == ("r-1", 0.0)
+    assert len(calls) == 4
+
+
+def test_every_event_batch_is_followed_by_an_evaluation(queued) -> None:  # type: ignore[no-untyped-def]
+    calls, clock = queued
+    interval = tasks.EVENT_EVALUATION_SECONDS
+    runs: list[float] = []  # when each queued evaluation runs
+    for step in range(200):
+        committed_at = clock[0]
+        already = len(calls)
+        tasks._queue_for_events("r-1")
+        runs += [committed_at + countdown for _, countdown in calls[already:]]
+        # an evaluation runs at or after this commit, within the interval
+        assert any(committed_at <= at <= committed_at + interval + 1e-9 for at in runs)
+        clock[0] += 0.013 * (1 + step % 7)
+    # and they run at least the interval apart: about one per interval, not one per batch
+    gaps = [b - a for a, b in zip(runs, runs[1:], strict=False)]
+    assert min(gaps) >= interval - 1e-9
+    assert len(runs) <= (clock[0] + interval - 1000.0) / interval + 1 < 200 / 3
+
+
+def test_eager_tasks_evaluate_for_every_batch(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setitem(tasks.rollout_evaluate_task.app.conf, "task_always_eager", True)
+    with mock.patch.object(tasks.rollout_evaluate_task, "delay") as delay:
+        for _ in range(3):
+            tasks._queue_for_events("r-1")
+    assert delay.call_count == 3
