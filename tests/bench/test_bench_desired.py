@@ -39,18 +39,17 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from django.contrib.auth.models import User
+from bench_fleet import HARDWARE, bench_broker, envelopes, kws_artifacts
 from django.db import connection
 from django.db.models import F
 from mqtt_broker import MosquittoBroker
 
-from device_agent.protocol.topics import Channel, topic_for
 from fleet.bridge.config import BridgeConfig
 from fleet.bridge.runner import Bridge
 from fleet.director import ModelAssignment, devices_desired_set
 from fleet.keys import director_private_key
 from fleet.models import DesiredState, Device
-from ota.models import Artifact, Model
+from ota.models import Artifact
 
 pytestmark = [pytest.mark.bench, pytest.mark.django_db(transaction=True)]
 
@@ -60,18 +59,7 @@ SIZES = (1_000, 10_000)
 RUNS = int(os.environ.get("BENCH_DESIRED_RUNS", "3"))
 WARMUP_DEVICES = 50
 RATIO_GOAL = 2.0
-HARDWARE = "linux-x86_64-fp32"
 FILTER = "fleet/v1/devices/+/desired"
-# Generous limits, set explicitly: a benchmark that loses messages measures nothing.
-# max_inflight_messages is also the Receive Maximum the broker announces to publishers,
-# so both publishers keep the bridge's max_inflight (100 by default) in flight.
-BROKER_CONFIG = (
-    "allow_anonymous true\n"
-    "max_inflight_messages 1000\n"
-    "max_queued_messages 1000000\n"
-    "max_queued_bytes 1073741824\n"
-    "max_packet_size 1048576\n"
-)
 SUBSCRIBER_TIMEOUT = 120.0
 PRODUCTION_CONN_MAX_AGE = 60  # fleet/settings.py's FLEET_DB_CONN_MAX_AGE default
 DUPLICATE_GRACE = 0.3  # seconds the subscriber keeps listening after the last topic
@@ -117,17 +105,6 @@ json.dump({**stats, "digests": digests}, sys.stdout)
 
 
 # --- broker and subscriber --------------------------------------------------------------
-
-
-def _broker(directory: Path) -> MosquittoBroker:
-    broker = MosquittoBroker(directory, BROKER_CONFIG, persistence=False)
-    # The fixture logs every packet (log_type all): four lines per message here, which no
-    # production broker writes and which would add the same cost to both sides.
-    broker.stop()
-    text = broker.config_path.read_text()
-    broker.config_path.write_text(text.replace("log_type all\n", "log_type error\n"))
-    broker.start()
-    return broker
 
 
 @dataclass
@@ -373,30 +350,6 @@ class BridgeProcess:
 # --- set-up ---------------------------------------------------------------------------
 
 
-def _artifacts(count: int) -> list[Artifact]:
-    user = User.objects.create(username="bench")
-    model = Model.objects.create(name="kws")
-    artifacts = []
-    for i in range(count):
-        path = f"models/kws/1.0.{i}/{HARDWARE}/model.onnx"
-        artifacts.append(
-            Artifact.objects.create(
-                model=model,
-                version=f"1.0.{i}",
-                hardware=HARDWARE,
-                format="onnx",
-                release_counter=i + 1,
-                target_path=path,
-                sha256=_digest(path.encode()),
-                length=4_000_000,
-                storage_key=path,
-                published_by=user,
-                metadata_version=i + 1,
-            )
-        )
-    return artifacts
-
-
 def _devices(prefix: str, n: int, artifact: Artifact) -> list[Device]:
     """N devices whose outbox rows exist and are published: a fleet before a rollout tick."""
     Device.objects.bulk_create(
@@ -408,17 +361,9 @@ def _devices(prefix: str, n: int, artifact: Artifact) -> list[Device]:
     return devices
 
 
-def _envelopes(devices: list[Device]) -> dict[str, bytes]:
-    """Each device's current envelope by topic (the reference sends these bytes)."""
-    rows = DesiredState.objects.filter(device__in=devices).values_list(
-        "device__device_id", "envelope"
-    )
-    return {topic_for(device_id, Channel.DESIRED): bytes(env) for device_id, env in rows}
-
-
 @contextmanager
 def _side(directory: Path, expected: int) -> Iterator[tuple[MosquittoBroker, Subscriber]]:
-    broker = _broker(directory)
+    broker = bench_broker(directory)
     try:
         yield broker, Subscriber(broker.port, expected)
     finally:
@@ -441,7 +386,7 @@ def _round(
     figures: Figures,
 ) -> None:
     """Reference, then the real system in both set-ups, each on a fresh broker; all checked."""
-    payloads = _envelopes(devices)
+    payloads = envelopes(devices)
     with _side(tmp_path / f"{label}-ref", len(devices)) as (broker, subscriber):
         figures.reference.append(reference(broker.port, payloads, subscriber))
         _check(subscriber.finish(), {t: _digest(p) for t, p in payloads.items()})
@@ -452,7 +397,7 @@ def _round(
             else:
                 figures.overlapped.append(overlapped(broker, devices, artifact, subscriber))
             received = subscriber.finish()
-        published = _envelopes(devices)
+        published = envelopes(devices)
         assert published.keys() == payloads.keys()
         assert published != payloads, "the director did not re-sign"
         _check(received, {t: _digest(p) for t, p in published.items()})
@@ -508,7 +453,7 @@ def test_desired_state_to_n_devices_vs_bare_paho(
     settings.FLEET_KEYS_DIR = tmp_path / "keys"
     settings.FLEET_KEYS_DIR.mkdir()
     director_private_key()
-    artifacts = _artifacts(2 * RUNS + 3)
+    artifacts = kws_artifacts(username="bench", count=2 * RUNS + 3)
     warm = _devices("warm", WARMUP_DEVICES, artifacts[0])
     _round(tmp_path, "warm", warm, (artifacts[1], artifacts[2]), Figures(WARMUP_DEVICES))
 
@@ -524,7 +469,7 @@ def test_desired_state_to_n_devices_vs_bare_paho(
         # then (checked in _round) every device's envelope arrived once, retained, QoS 1
         report.append(figures)
 
-    size = len(next(iter(_envelopes(warm).values())))
+    size = len(next(iter(envelopes(warm).values())))
     with capsys.disabled():
         print(
             f"\ndesired-state benchmark [{connection.vendor}], {os.cpu_count()} CPUs, "

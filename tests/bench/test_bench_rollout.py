@@ -55,6 +55,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psutil
 import pytest
+from bench_fleet import HARDWARE, bench_broker, envelopes, kws_artifacts
 from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.db.models import F
@@ -62,18 +63,16 @@ from mqtt_broker import MosquittoBroker, free_port, wait_for_port
 from service_check import require_service
 
 from device_agent.protocol.messages import ModelState, Phase, ReportedState, Slot
-from device_agent.protocol.topics import Channel, topic_for
 from fleet.director import ModelAssignment, devices_desired_set
 from fleet.keys import director_private_key, director_public_pem
 from fleet.models import DesiredState, Device, DeviceEvent, Group
 from ota import rollouts
-from ota.models import Artifact, Model, Rollout, RolloutDevice, RolloutStatus
+from ota.models import Artifact, Rollout, RolloutDevice, RolloutStatus
 
 pytestmark = [pytest.mark.bench, pytest.mark.django_db(transaction=True)]
 
 REPO = Path(__file__).resolve().parents[2]
 SIMULATOR = Path(__file__).with_name("rollout_simulator.py")
-HARDWARE = "linux-x86_64-fp32"
 SIZES = tuple(int(n) for n in os.environ.get("BENCH_ROLLOUT_SIZES", "1000,10000").split(","))
 RUNS = int(os.environ.get("BENCH_ROLLOUT_RUNS", "3"))
 SIMULATORS = int(os.environ.get("BENCH_ROLLOUT_SIMULATORS", "2"))
@@ -87,13 +86,6 @@ UNPACED = {"rate_per_minute": 10_000_000, "rate_max_per_minute": 10_000_000}
 PHASED_GOAL, PACED_GOAL = 2.0, 1.1
 INFLIGHT = 100  # the bridge's max_inflight default: the reference publisher's too
 RUN_TIMEOUT = 600.0
-BROKER_CONFIG = (
-    "allow_anonymous true\n"
-    "max_inflight_messages 1000\n"
-    "max_queued_messages 1000000\n"
-    "max_queued_bytes 1073741824\n"
-    "max_packet_size 1048576\n"
-)
 
 
 # --- processes --------------------------------------------------------------------------
@@ -292,15 +284,6 @@ def celery_to(redis: Redis) -> Iterator[None]:
 # --- brokers and simulated devices -----------------------------------------------------------
 
 
-def _broker(directory: Path) -> MosquittoBroker:
-    broker = MosquittoBroker(directory, BROKER_CONFIG, persistence=False)
-    broker.stop()  # the fixture logs every packet, which no production broker does
-    text = broker.config_path.read_text()
-    broker.config_path.write_text(text.replace("log_type all\n", "log_type error\n"))
-    broker.start()
-    return broker
-
-
 def _pid(broker: MosquittoBroker) -> int:
     assert broker.process is not None
     return broker.process.pid
@@ -392,30 +375,6 @@ def _operator() -> User:
     return User.objects.get(pk=user.pk)
 
 
-def _artifacts(count: int) -> list[Artifact]:
-    user = User.objects.create(username="bench-ci")
-    model = Model.objects.create(name="kws")
-    out = []
-    for i in range(count):
-        path = f"models/kws/1.0.{i}/{HARDWARE}/model.onnx"
-        out.append(
-            Artifact.objects.create(
-                model=model,
-                version=f"1.0.{i}",
-                hardware=HARDWARE,
-                format="onnx",
-                release_counter=i + 1,
-                target_path=path,
-                sha256=f"{i:064x}",
-                length=4_000_000,
-                storage_key=path,
-                published_by=user,
-                metadata_version=i + 1,
-            )
-        )
-    return out
-
-
 def _fleet(prefix: str, n: int, artifact: Artifact) -> list[Device]:
     """N devices in group ``prefix`` running ``artifact``: desired published and reported."""
     Device.objects.bulk_create(
@@ -459,13 +418,6 @@ def _seqs(devices: list[Device]) -> dict[str, int]:
     )
 
 
-def _envelopes(devices: list[Device]) -> dict[str, bytes]:
-    rows = DesiredState.objects.filter(device__in=devices).values_list(
-        "device__device_id", "envelope"
-    )
-    return {topic_for(device_id, Channel.DESIRED): bytes(env) for device_id, env in rows}
-
-
 # --- one run of each kind ----------------------------------------------------------------------
 
 
@@ -501,7 +453,7 @@ def rollout_run(
     """The real system: start a rollout, wait until all acknowledged and completed."""
     n = len(devices)
     ids = [d.device_id for d in devices]
-    broker = _broker(root / "mqtt")
+    broker = bench_broker(root / "mqtt")
     fleet = Fleet(broker.port, ids, root / "sims")
     plane = ControlPlane(broker, redis, keys, root / "plane")
     by = _operator()
@@ -636,8 +588,8 @@ def _stage_order(
 def reference_run(*, root: Path, devices: list[Device]) -> tuple[float, str]:
     """Bare paho publishes the rollout's envelopes; until the listener has every reply."""
     ids = [d.device_id for d in devices]
-    payloads = _envelopes(devices)
-    broker = _broker(root / "mqtt")
+    payloads = envelopes(devices)
+    broker = bench_broker(root / "mqtt")
     fleet = Fleet(broker.port, ids, root / "sims")
     listener = Sim("listen", broker.port, ids, root / "sims", "listener")
     acked: list[int] = []
@@ -757,7 +709,7 @@ def test_phased_rollout_vs_bare_paho(
     bench_env: tuple[Redis, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     redis, keys = bench_env
-    artifacts = _artifacts(RUNS + 2)
+    artifacts = kws_artifacts(username="bench-ci", count=RUNS + 2)
     report = []
     for n in SIZES:
         # given N devices running version 1.0.0
@@ -799,7 +751,7 @@ def test_paced_rollout_vs_n_over_rate(
     bench_env: tuple[Redis, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     redis, keys = bench_env
-    artifacts = _artifacts(2)
+    artifacts = kws_artifacts(username="bench-ci", count=2)
     devices = _fleet("paced", PACED_N, artifacts[0])
     # A burst of one: the stage is spread over N / R (by default a minute's worth may go
     # at once, which at R >= N is everything).
