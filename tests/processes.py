@@ -1,6 +1,13 @@
 """Child processes of end-to-end tests (importable from any test module: tests/ is on
-sys.path): one process with its own log file, stopped with SIGTERM, then SIGKILL."""
+sys.path): one process with its own log file, stopped with SIGTERM, then SIGKILL.
 
+Each child leads a process group of its own, and a kill or a stop ends the whole group,
+as systemd ends a service's control group: a Celery worker's pool processes and its
+embedded beat must not outlive it (orphans kept ticking against a dropped database).
+"""
+
+import contextlib
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -30,13 +37,19 @@ class Child:
     def _spawn(self) -> "subprocess.Popen[bytes]":
         with self.log_path.open("ab") as log:
             return subprocess.Popen(
-                self.args, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                self.args,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 10) -> None:
+        """SIGTERM (a shutdown), SIGKILL after ``timeout``; then whatever of its group is left."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -44,12 +57,18 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        self._kill_group()
 
     def kill(self) -> None:
-        """SIGKILL: a crash, not a shutdown."""
+        """SIGKILL to the whole group: a crash, not a shutdown."""
+        self._kill_group()
         if self.process.poll() is None:
             self.process.kill()
-            self.process.wait(5)
+        self.process.wait(5)
+
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def restart(self) -> None:
         self.stop()
