@@ -101,7 +101,9 @@ class _AnyOf(Lookup):
 
     def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:  # type: ignore[override]
         lhs, params = self.process_lhs(compiler, connection)
-        return f"{lhs} = ANY(%s)", [*params, list(self.rhs)]
+        # The array as one text literal: psycopg dumps a list element by element in Python.
+        literal = "{" + ",".join(str(int(value)) for value in self.rhs) + "}"
+        return f"{lhs} = ANY(%s::bigint[])", [*params, literal]
 
 
 def filter_in[M: Model](queryset: QuerySet[M], field: str, values: list[int]) -> QuerySet[M]:

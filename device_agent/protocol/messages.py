@@ -439,7 +439,8 @@ class DesiredState(_Payload):
         """
         data = _DESIRED_JSON % (
             PROTOCOL_VERSION,
-            _json_text(self.device_id),
+            # Validated against DEVICE_ID_RE: nothing in it needs escaping.
+            b'"%b"' % self.device_id.encode(),
             self.seq,
             _json_timestamp(self.issued_at),
             _json_timestamp(self.expires_at),
