@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_agent.fsutil import write_json_atomic
+from device_agent.fsutil import make_dir, write_json_atomic
 from device_agent.protocol.topics import is_valid_device_id
 
 DEFAULT_DIR = Path(os.environ.get("FLEET_AGENT_DIR", "/var/lib/fleet-agent"))
@@ -206,11 +206,9 @@ class Layout:
     def make_dirs(self) -> None:
         # Applications (maybe other users) read models/<name>/current/; the secrets are
         # 0600 files and the rest stays private to the agent.
-        for directory, mode in (
-            (self.root, 0o755),
-            (self.models, 0o755),
-            (self.root / "trust", 0o700),
-            (self.tuf, 0o700),
-            (self.downloads, 0o700),
-        ):
-            directory.mkdir(mode=mode, parents=True, exist_ok=True)
+        # The root keeps the mode it has (systemd's StateDirectoryMode); models/ is made
+        # readable whatever the umask.
+        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        make_dir(self.models, 0o755)
+        for directory in (self.root / "trust", self.tuf, self.downloads):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)

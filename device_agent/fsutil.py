@@ -15,6 +15,18 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def make_dir(path: Path, mode: int) -> None:
+    """Create `path` (and its parents) if missing, then give it exactly `mode`.
+
+    mkdir's mode is masked by the umask: under systemd's UMask=0077 a model directory meant
+    to be 0755 came out 0700, and applications running as other users could not read
+    models/<name>/current/. Parents created here get the umask's mode; callers make each
+    directory that must be reachable explicitly.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, mode)
+
+
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Temp file + fsync + os.replace + fsync(dir) (STYLE.md rule 9)."""
     tmp = path.with_name(f".{path.name}.tmp")

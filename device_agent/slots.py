@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from device_agent.fsutil import fsync_dir
+from device_agent.fsutil import fsync_dir, make_dir
 from device_agent.protocol.messages import Slot
 from device_agent.testhooks import crashpoint
 
@@ -61,7 +61,10 @@ class ModelSlots:
         directory = self.slot_dir(slot)
         self.wipe(slot)
         crashpoint("stage:wiped")
-        directory.mkdir(parents=True, mode=0o755)
+        # Applications (maybe other users) read current/<file>: every level readable,
+        # whatever the agent's umask.
+        for level in (self.base, directory.parent, directory):
+            make_dir(level, 0o755)
         dest = directory / filename
         try:
             os.link(source, dest)

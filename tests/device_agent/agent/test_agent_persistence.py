@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from agent_jobs import make_job
 
-from device_agent.config import AgentConfig, ConfigError
+from device_agent.config import AgentConfig, ConfigError, Layout
 from device_agent.fsutil import write_atomic
 from device_agent.journal import Journal, JournalError
 from device_agent.protocol.messages import Phase, Slot
@@ -135,3 +135,33 @@ def test_config_refuses_unknown_settings_and_bad_ids(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"v": 1, "device_id": "d", "surprise": 1}')
     with pytest.raises(ConfigError, match="surprise"):
         AgentConfig.load(tmp_path)
+
+
+def test_models_stay_readable_and_secrets_private_under_a_strict_umask(tmp_path: Path) -> None:
+    # given the agent running as systemd starts it (UMask=0077) in its 0750 state directory
+    root = tmp_path / "state"
+    root.mkdir()
+    root.chmod(0o750)  # noqa: S103 (what systemd's StateDirectoryMode gives)
+    previous = os.umask(0o077)
+    try:
+        # when it lays out its directory, writes a secret and installs a model
+        layout = Layout(root)
+        layout.make_dirs()
+        write_atomic(layout.key, b"private", mode=0o600)
+        source = layout.downloads / "dl.part"
+        source.write_bytes(b"v1")
+        slots = ModelSlots(layout.models, "kws")
+        slots.stage(Slot.A, source, "model.onnx")
+        slots.swap(Slot.A)
+    finally:
+        os.umask(previous)
+    # then another user in its group can reach models/<name>/current/<file>...
+    assert mode(root) == 0o750
+    for directory in (layout.models, layout.models / "kws", layout.models / "kws" / "slots"):
+        assert mode(directory) == 0o755, directory
+    assert mode(layout.models / "kws" / "slots" / "a") == 0o755
+    assert mode(layout.models / "kws" / "current" / "model.onnx") == 0o644
+    # ...and nobody else reads its keys, trust or downloads
+    assert mode(layout.key) == 0o600
+    for directory in (layout.root / "trust", layout.tuf, layout.downloads):
+        assert mode(directory) == 0o700, directory
