@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -80,9 +81,18 @@ def agent_lock(layout: Layout) -> Iterator[None]:
 # --- enroll ------------------------------------------------------------------------
 
 
-def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+def _tls_context(cafile: Path | None) -> ssl.SSLContext:
+    """Certificate and host name checked, against `cafile` or else the system's CAs."""
+    try:
+        return ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError("malformed", f"cannot use {cafile} as CA certificates: {exc}") from None
+
+
+def _post_json(url: str, body: dict[str, Any], *, cafile: Path | None = None) -> dict[str, Any]:
     if not url.startswith(("http://", "https://")):
         raise CliError("malformed", f"{url} is not an http(s) URL")
+    context = _tls_context(cafile)
     request = urllib.request.Request(  # noqa: S310 - scheme checked above
         url,
         data=json.dumps(body).encode(),
@@ -90,7 +100,9 @@ def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
         method="POST",
     )
     try:
-        with urllib.request.urlopen(request, timeout=ENROLL_TIMEOUT_S) as response:  # noqa: S310
+        with urllib.request.urlopen(  # noqa: S310 - scheme checked above
+            request, timeout=ENROLL_TIMEOUT_S, context=context
+        ) as response:
             data = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -105,6 +117,20 @@ def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _server_ca(path: str | None) -> bytes | None:
+    """The --server-ca file's certificates (checked to be PEM certificates), or None."""
+    if not path:
+        return None
+    try:
+        data = Path(path).read_bytes()
+        certificates = x509.load_pem_x509_certificates(data)
+    except OSError as exc:
+        raise CliError("malformed", f"cannot read --server-ca {path}: {exc}") from None
+    except ValueError:
+        raise CliError("malformed", f"--server-ca {path} holds no PEM certificate") from None
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
     layout = Layout(Path(args.dir))
     if (layout.root / "config.json").exists() and not args.force:
@@ -116,6 +142,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         .sign(key, hashes.SHA256())
     )
     server = args.server.rstrip("/")
+    server_ca = _server_ca(args.server_ca)
     answer = _post_json(
         f"{server}/api/v1/enroll",
         {
@@ -125,6 +152,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
             "agent_version": AGENT_VERSION,
         },
+        cafile=Path(args.server_ca) if args.server_ca else None,
     )
     try:
         certificate = str(answer["certificate"]).encode()
@@ -149,6 +177,10 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         broker_url=args.broker_url or broker_url,
     )
     layout.make_dirs()
+    if server_ca is not None:
+        write_atomic(layout.server_ca, server_ca, mode=0o600)
+    else:  # enrolled again (--force) without one: back to the system's CAs
+        layout.server_ca.unlink(missing_ok=True)
     write_atomic(layout.trust_root, json.dumps(tuf_root).encode(), mode=0o600)
     write_atomic(layout.director_key, director, mode=0o600)
     write_atomic(layout.ca, ca_certificate, mode=0o600)
@@ -451,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--hardware", required=True)
     enroll.add_argument("--broker-url", help="override the broker URL the server hands out")
     enroll.add_argument("--force", action="store_true", help="enroll again over an old identity")
+    enroll.add_argument(
+        "--server-ca",
+        metavar="PEM",
+        help="CA certificates to trust for HTTPS to the control plane (a private CA); "
+        "kept in the agent's directory for metadata and downloads too",
+    )
     enroll.set_defaults(func=cmd_enroll)
     run = with_dir(sub.add_parser("run", help="run the agent"))
     run.add_argument(

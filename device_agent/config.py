@@ -161,6 +161,16 @@ class Layout:
         return self.root / "ca.pem"
 
     @property
+    def server_ca(self) -> Path:
+        """CA certificates for HTTPS to the control plane (enroll --server-ca), when its
+        certificate is not from a CA the system trusts; absent: the system's CAs."""
+        return self.root / "trust" / "server-ca.pem"
+
+    def server_ca_file(self) -> str | None:
+        """`server_ca` as a path for TLS libraries, or None to use the system's CAs."""
+        return str(self.server_ca) if self.server_ca.exists() else None
+
+    @property
     def cert(self) -> Path:
         return self.root / "cert.pem"
 

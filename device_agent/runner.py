@@ -149,9 +149,10 @@ class Runner:
             socket_timeout_s=config.download_stall_s,
             deadline_s=config.metadata_deadline_s,
             reference_time=self.trusted_now,
+            ca_certs=self.layout.server_ca_file(),
         )
         self.inbox: queue.Queue[bytes | _PublishStateRequest] = queue.Queue()
-        self.http = urllib3.PoolManager()
+        self.http = urllib3.PoolManager(ca_certs=self.layout.server_ca_file())
         self._accepted: Accepted | None = None
         # Last sign of life of the update loop, read by the systemd watchdog thread.
         self.last_alive = time.monotonic()

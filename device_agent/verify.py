@@ -30,11 +30,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import tuf
 import urllib3
 from cryptography.hazmat.primitives.asymmetric import ec
 from tuf.api import exceptions as tuf_exceptions
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater
+from tuf.ngclient._internal.proxy import ProxyEnvironment
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from device_agent.protocol.envelope import verify_desired
@@ -113,9 +115,24 @@ class DeadlineFetcher(Urllib3Fetcher):
     (The size bound is ngclient's: metadata_too_large past the role's max length.)
     """
 
-    def __init__(self, *, socket_timeout_s: float, deadline_s: float, app_user_agent: str) -> None:
+    def __init__(
+        self,
+        *,
+        socket_timeout_s: float,
+        deadline_s: float,
+        app_user_agent: str,
+        ca_certs: str | None = None,
+    ) -> None:
         super().__init__(socket_timeout=math.ceil(socket_timeout_s), app_user_agent=app_user_agent)
         self.deadline_s = deadline_s
+        if ca_certs is not None:
+            # The control plane's private CA (enroll --server-ca). Urllib3Fetcher has no
+            # argument for it; it makes its PoolManagers through this object (tuf 6-7),
+            # which passes its keyword arguments on to each.
+            user_agent = f"{app_user_agent} python-tuf/{tuf.__version__}"
+            self._proxy_env = ProxyEnvironment(
+                headers={"User-Agent": user_agent}, ca_certs=ca_certs
+            )
 
     def _chunks(self, response: urllib3.response.BaseHTTPResponse) -> Iterator[bytes]:
         deadline = time.monotonic() + self.deadline_s
@@ -149,6 +166,7 @@ def tuf_updater(
     socket_timeout_s: float = TUF_SOCKET_TIMEOUT_S,
     deadline_s: float = TUF_DEADLINE_S,
     reference_time: Callable[[], datetime] | None = None,
+    ca_certs: str | None = None,
 ) -> Callable[[], TargetLookup]:
     """A factory of refreshed Updaters (ngclient allows one refresh per instance).
 
@@ -169,6 +187,7 @@ def tuf_updater(
                 socket_timeout_s=socket_timeout_s,
                 deadline_s=deadline_s,
                 app_user_agent="fleet-agent",
+                ca_certs=ca_certs,
             ),
             bootstrap=trust_root.read_bytes(),
         )

@@ -1,16 +1,21 @@
-"""A real agent over mqtts end to end (issues 3 and 4): the production Mosquitto config
+"""A real agent over TLS end to end (issues 3 and 4): the production Mosquitto config
 (deploy/mosquitto/, TLS with client certificates from the fleet CA, ACLs, CRL), the web
-server and the bridge as processes, the bridge with its own client certificate, and a
-`fleet-agent` enrolled through the API, which hands it the mqtts:// broker URL, the CA
-and its certificate.
+server over HTTPS with a certificate from a private CA of its own, and the bridge as
+processes, the bridge with its own client certificate, and a `fleet-agent` enrolled
+through the API with that private CA (`--server-ca`), which hands it the mqtts:// broker
+URL, the fleet CA and its certificate. Metadata and the model come over HTTPS too.
 
 Black box from the agent's side: the test publishes with fleetctl, sets the desired
 state through the REST API and reads the database, the agent's directory and the broker.
 """
 
+import datetime
 import hashlib
+import ipaddress
 import json
 import os
+import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -22,6 +27,10 @@ from typing import Any
 
 import pytest
 from broker_tls import TlsBroker
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from django.contrib.auth import get_user_model
 from django.db import connection
 from mqtt_broker import free_port, wait_for_port
@@ -66,9 +75,59 @@ def _wait[T](predicate: Callable[[], T], what: str, diagnostics: Callable[[], st
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{diagnostics()}")
 
 
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def web_tls(directory: Path) -> tuple[Path, Path, Path]:
+    """A private CA (not the fleet's) and a certificate from it for https://127.0.0.1:
+    (ca.pem, cert.pem, key.pem), as a site with its own PKI runs the control plane."""
+    directory.mkdir(parents=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("Site private CA"))
+        .issuer_name(_name("Site private CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
 @dataclass
 class System:
     base: str
+    web_ca: Path
     broker: TlsBroker
     env: dict[str, str]
     operator_token: str
@@ -86,7 +145,8 @@ class System:
                 "Authorization": f"Bearer {self.operator_token}",
             },
         )
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        context = ssl.create_default_context(cafile=str(self.web_ca))
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:  # noqa: S310
             return json.loads(response.read())
 
     def start(self, name: str, args: list[str], **env: str) -> Child:
@@ -110,7 +170,8 @@ def system(kws, release_key, ci_token, settings, tmp_path: Path) -> Iterator[Sys
     _, operator_token = api_token_create(user=operator, name="e2e")
 
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    base = f"https://127.0.0.1:{port}"
+    web_ca, web_cert, web_key = web_tls(tmp_path / "web-tls")
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),
@@ -129,6 +190,7 @@ def system(kws, release_key, ci_token, settings, tmp_path: Path) -> Iterator[Sys
     }
     made = System(
         base=base,
+        web_ca=web_ca,
         broker=broker,
         env=env,
         operator_token=operator_token,
@@ -137,12 +199,14 @@ def system(kws, release_key, ci_token, settings, tmp_path: Path) -> Iterator[Sys
             "FLEET_URL": base,
             "FLEET_TOKEN": ci_token,
             "FLEET_RELEASE_KEY": str(release_key.private),
+            "REQUESTS_CA_BUNDLE": str(web_ca),  # fleetctl (requests) trusts the site's CA
         },
         children=[],
         tmp_path=tmp_path,
     )
     try:
         gunicorn = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"]
+        gunicorn += ["--certfile", str(web_cert), "--keyfile", str(web_key)]
         made.start("web", [*gunicorn, "--workers", "2", "--timeout", "60", "fleet.wsgi"])
         wait_for_port(port, 30)
         bridge = broker.bridge_credential()
@@ -187,19 +251,35 @@ def test_an_agent_enrolled_for_mqtts_comes_online_and_commits_its_desired_state(
     )
     published = hashlib.sha256(MODEL.read_bytes()).hexdigest()
 
-    # when a device enrolls with a token from the API and runs the agent
+    # when a device enrolls with a token from the API...
     token = system.api("POST", "/api/v1/enrollment-tokens", {"hours": 1, "hardware": HARDWARE})
-    enrolled = subprocess.run(
-        [str(BIN / "fleet-agent"), "enroll", "--server", system.base, "--token", token["token"]]
-        + ["--device-id", DEVICE, "--hardware", HARDWARE, "--dir", str(agent_dir)],
-        env=system.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def enroll(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "fleet-agent"), "enroll", "--server", system.base, "--token"]
+            + [token["token"], "--device-id", DEVICE, "--hardware", HARDWARE]
+            + ["--dir", str(agent_dir), *extra],
+            env=system.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    # ...it refuses a server whose certificate no CA it trusts vouches for, and keeps nothing
+    refused = enroll()
+    assert refused.returncode != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused.stderr
+    assert not (agent_dir / "config.json").exists()
+    # and with the site's CA it enrolls (the token was not spent on the refused attempt),
+    # keeping that CA for metadata and downloads
+    enrolled = enroll("--server-ca", str(system.web_ca))
     assert enrolled.returncode == 0, enrolled.stderr
+    kept = agent_dir / "trust" / "server-ca.pem"
+    assert kept.read_bytes() == system.web_ca.read_bytes()
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     config = json.loads((agent_dir / "config.json").read_text())
+    assert config["server_url"] == system.base
     assert config["broker_url"] == f"mqtts://127.0.0.1:{system.broker.port}"
     agent = system.start("agent", [str(BIN / "fleet-agent"), "run", "--dir", str(agent_dir)])
 
