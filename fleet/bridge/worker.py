@@ -187,8 +187,8 @@ class InboundWorker:
         while True:
             close_old_connections()
             try:
+                self._prepare(batch)
                 with transaction.atomic():
-                    self._prepare(batch)
                     self._dispatcher.begin(deferred=not careful)
                     handled = [self._handle_one(message, careful=careful) for message in batch]
                     if not careful:
@@ -306,9 +306,10 @@ class InboundWorker:
                 observe(value)
 
     def _prepare(self, batch: list[InboundMessage]) -> None:
+        # Before the batch's transaction, in autocommit: a read needs none, and a failure
+        # here then cannot abort the batch's (no savepoint, two round trips less a batch).
         try:
-            with transaction.atomic():  # a savepoint: a failure here spares the batch
-                self._dispatcher.prepare(batch)
+            self._dispatcher.prepare(batch)
         except _RETRYABLE:
             raise
         except Exception:
