@@ -243,7 +243,8 @@ class Dispatcher:
         if channel not in _DECODERS:  # `desired` is ours to publish, never a report
             return self._drop(channel, ErrorCode.MALFORMED, message, "not a device channel")
         try:
-            obj = loads_json(message.payload)
+            # Telemetry's parsers refuse a non-finite metric themselves.
+            obj = loads_json(message.payload, finite_floats=channel is not Channel.TELEMETRY)
             claimed = obj.get("device_id", device_id)
             if claimed != device_id:
                 return self._drop(

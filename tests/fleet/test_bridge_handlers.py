@@ -72,6 +72,13 @@ def _event(**changes: object) -> bytes:
         ("fleet/v1/devices/dev-1/state", state_payload()[:-1], "state", "malformed"),
         ("fleet/v1/devices/dev-1/status", b'{"v":1,"status":"sleepy"}', "status", "malformed"),
         ("fleet/v1/devices/dev-1/telemetry", b'{"v":1,"samples":[]}', "telemetry", "malformed"),
+        (
+            "fleet/v1/devices/dev-1/telemetry",
+            b'{"v":1,"samples":[{"model":"kws","version":"1.0.0","rollout_id":null,'
+            b'"arm":null,"metrics":{"x":-1e999},"ts":"2026-11-22T10:01:00Z"}]}',
+            "telemetry",
+            "malformed",
+        ),
     ],
 )
 def test_refused_messages_are_dropped_with_their_reason(

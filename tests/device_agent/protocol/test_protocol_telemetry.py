@@ -74,8 +74,9 @@ def test_max_samples_fit_in_a_payload(example: Callable[[str], Payload]) -> None
 
 
 def test_huge_number_literal_refused() -> None:
-    # 1e999 is inf to float() and 10**5000 exceeds int's digit limit: both malformed
-    for literal in (b"1e999", b"1" * 5000):
+    # 1e999 is inf to float() and 10**5000 exceeds int's digit limit: both malformed. The
+    # telemetry parser decodes floats unchecked and refuses the non-finite ones itself.
+    for literal in (b"1e999", b"-1e999", b"1" * 5000, b"NaN", b"Infinity", b"-Infinity"):
         data = (
             b'{"v":1,"samples":[{"model":"kws","version":"1.0.0","rollout_id":null,'
             b'"arm":null,"metrics":{"x":' + literal + b'},"ts":"2026-11-22T10:01:00Z"}]}'
