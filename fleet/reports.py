@@ -43,11 +43,15 @@ def device_state_record(*, device: Device, state: ReportedState) -> Device:
 
     The latest report wins: a device's messages reach the bridge in the order it sent them.
     """
+    _apply_state(device, state)
+    device.save(update_fields=list(_STATE_FIELDS))
+    return device
+
+
+def _apply_state(device: Device, state: ReportedState) -> None:
     device.reported = state.to_dict()
     device.agent_version = _clip(Device, "agent_version", state.agent_version)
     device.reported_seq = state.last_seq
-    device.save(update_fields=["reported", "agent_version", "reported_seq"])
-    return device
 
 
 def devices_state_record(*, reports: Sequence[tuple[Device, ReportedState]]) -> None:
@@ -61,9 +65,7 @@ def devices_state_record(*, reports: Sequence[tuple[Device, ReportedState]]) -> 
         return
     params = []
     for device, state in latest.values():
-        device.reported = state.to_dict()
-        device.agent_version = _clip(Device, "agent_version", state.agent_version)
-        device.reported_seq = state.last_seq
+        _apply_state(device, state)
         params.append(
             (
                 _field(Device, "reported").get_db_prep_save(device.reported, connection),
@@ -131,21 +133,21 @@ def _insert_many(rows: list[DeviceEvent]) -> set[tuple[int, str]]:
     fields = [f for f in meta.concrete_fields if f is not meta.pk]
     qn = connection.ops.quote_name
     columns = ", ".join(qn(str(f.column)) for f in fields)
-    placeholders = f"({', '.join(['%s'] * len(fields))})"
-    params = [
-        value
-        for row in rows
-        for value in (f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields)
+    prepared = [
+        [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields] for row in rows
     ]
     device, digest = _column(DeviceEvent, "device"), _column(DeviceEvent, "digest")
+    params: list[Any]
     if connection.vendor == "postgresql":
         # One array per column: a statement of a dozen parameters, where VALUES lists
         # take psycopg longer to bind than the database to run (thousands of them).
         arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
         values = f"SELECT * FROM unnest({arrays})"  # noqa: S608
-        params = [list(column) for column in zip(*_rows(params, len(fields)), strict=True)]
+        params = [list(column) for column in zip(*prepared, strict=True)]
     else:
+        placeholders = f"({', '.join(['%s'] * len(fields))})"
         values = f"VALUES {', '.join([placeholders] * len(rows))}"
+        params = [value for row in prepared for value in row]
     # Only quoted identifiers and types from the model's metadata are formatted into the SQL.
     with connection.cursor() as cursor:
         cursor.execute(
@@ -155,9 +157,6 @@ def _insert_many(rows: list[DeviceEvent]) -> set[tuple[int, str]]:
         )
         return {(int(pk), str(text)) for pk, text in cursor.fetchall()}
 
-
-def _rows(flat: list[Any], width: int) -> list[list[Any]]:
-    return [flat[start : start + width] for start in range(0, len(flat), width)]
 
 
 def device_event_record(*, device: Device, event: UpdateEvent) -> tuple[DeviceEvent, bool]:
