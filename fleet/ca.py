@@ -4,9 +4,12 @@ The CA key (ECDSA P-256, mbedTLS-friendly) is held by the control plane in
 ``FLEET_KEYS_DIR``; in the embedded default it is generated on first use.
 """
 
+import contextlib
 import datetime as dt
+import fcntl
 import ipaddress
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,17 +37,25 @@ class IssuedCertificate:
     not_after: dt.datetime
 
 
-def _write_private(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@contextlib.contextmanager
+def _creating(keys: Path) -> Iterator[None]:
+    """Held while the CA is created: processes starting together (a fresh embedded start)
+    create it one at a time, and the others then find it made."""
+    keys.mkdir(parents=True, exist_ok=True)
+    with (keys / ".fleet-ca.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _now() -> dt.datetime:
@@ -55,40 +66,48 @@ def ca_load_or_create() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     keys = Path(settings.FLEET_KEYS_DIR)
     key_path, cert_path = keys / CA_KEY_FILE, keys / CA_CERT_FILE
     if not key_path.exists():
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Fleet OTA device CA")])
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(_now() - dt.timedelta(minutes=5))
-            .not_valid_after(_now() + dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )
-        _write_private(key_path, key)
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        with _creating(keys):
+            if not key_path.exists():
+                _create(key_path, cert_path)
     loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     if not isinstance(loaded, ec.EllipticCurvePrivateKey):
         raise RuntimeError(f"{key_path} is not an EC key")
     return loaded, x509.load_pem_x509_certificate(cert_path.read_bytes())
+
+
+def _create(key_path: Path, cert_path: Path) -> None:
+    """A new CA: the certificate first, then the key, each written atomically; the key's
+    presence is what says the CA exists."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Fleet OTA device CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - dt.timedelta(minutes=5))
+        .not_valid_after(_now() + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(key_path, _private_pem(key), mode=0o600)
 
 
 def ca_certificate_pem() -> bytes:

@@ -1,5 +1,7 @@
 """The director's online signing key (ECDSA P-256), generated on first use when embedded."""
 
+import os
+import secrets
 import threading
 from functools import cache
 from pathlib import Path
@@ -7,6 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 
+from device_agent.fsutil import fsync_dir
 from device_agent.protocol.envelope import (
     generate_director_key,
     public_key_to_pem,
@@ -30,9 +33,30 @@ def _load(path: Path) -> ec.EllipticCurvePrivateKey:
         if not path.exists():
             if settings.PRODUCTION:
                 raise RuntimeError(f"the director key {path} is missing (FLEET_KEYS_DIR)")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_private_key(path, generate_director_key())
+            create_key_once(path)
     return read_private_key(path)
+
+
+def create_key_once(path: Path) -> None:
+    """Create the key file unless another process has: every process then reads one key.
+
+    Several processes create it at once on a fresh embedded start (gunicorn's workers, the
+    bridge, the Celery worker). Each writes a key under a temporary name of its own and
+    links it to ``path``: link(2) fails when ``path`` exists, so the first key stays and
+    the others are dropped. (A shared temporary name failed one writer's rename, a 500 on
+    the first enrollments; a rename over ``path`` would have let a process keep signing
+    with a key that another's replaced on disk.)
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    write_private_key(tmp, generate_director_key())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another process's key came first
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
 
 
 def director_private_key() -> ec.EllipticCurvePrivateKey:
