@@ -90,6 +90,10 @@ BRIDGE_DESIRED_INFLIGHT = Gauge(
     "fleet_bridge_desired_inflight",
     "Desired-state publishes handed to the MQTT client and not yet acknowledged.",
 )
+BRIDGE_OUTBOX_LEADER = Gauge(
+    "fleet_bridge_outbox_leader",
+    "1 while this bridge publishes desired states (one bridge of several does), else 0.",
+)
 
 
 # --- telemetry ingest (the bridge) --------------------------------------------------------
@@ -478,6 +482,7 @@ _BRIDGE_ONLY = frozenset(
         BRIDGE_DESIRED_PUBLISHED,
         BRIDGE_DESIRED_REFUSED,
         BRIDGE_DESIRED_INFLIGHT,
+        BRIDGE_OUTBOX_LEADER,
         TELEMETRY_SAMPLES_STORED,
         TELEMETRY_ROWS_STORED,
         TELEMETRY_SAMPLES_DROPPED,

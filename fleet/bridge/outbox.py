@@ -11,6 +11,13 @@ Latency: on PostgreSQL the director NOTIFYs a channel in every transaction that 
 rows behind, and `OutboxListener` wakes this thread when one commits; the poll (every
 `poll_seconds`) stays, as the fallback and as the only way on other databases.
 
+Several bridges: they split the inbound messages (`$share/...`), but one publishes: the
+listener holds a PostgreSQL advisory lock (OUTBOX_LOCK) on its connection, and only the
+bridge holding it scans and publishes. When that bridge or its connection dies the lock
+goes with the session and another bridge takes it within LEADER_RETRY_SECONDS. (Two
+publishing at once for a moment is harmless: a desired state is retained, and a device
+ignores a seq it already has.) Other databases: a single bridge, always publishing.
+
 Throughput: up to `window` publishes are handed to paho at once, and paho keeps the
 broker's Receive Maximum of them in flight, refilling from its own queue on each
 PUBACK on its network thread, as a bare paho publisher does. This thread only tops
@@ -42,6 +49,8 @@ RECORD_BATCH = 1000  # PUBACKs recorded per transaction at most...
 RECORD_DELAY = 0.1  # ...or after this many seconds, whichever comes first
 LISTEN_TIMEOUT = 0.5  # the listener checks for a stop this often
 LISTEN_RETRY_SECONDS = 5.0  # after the listener's connection failed
+LEADER_RETRY_SECONDS = 2.0  # a bridge that does not publish asks for the lock this often
+OUTBOX_LOCK = 0x666C_6F62  # pg advisory lock key of the publishing bridge ("flob")
 REFUSED_RETRY_SECONDS = 30.0  # a publish the broker refused is not retried sooner
 _UPDATE_CHUNK = 5000  # pks per UPDATE (one array parameter on PostgreSQL)
 
@@ -98,6 +107,10 @@ class Outbox:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._committed = threading.Event()  # set by the listener: rows were committed
+        # Whether this bridge publishes (see "Several bridges"): yes unless told otherwise;
+        # on PostgreSQL the bridge says no until its listener holds the lock.
+        self._leading = threading.Event()
+        self._leading.set()
         # Shared with the network thread, under _lock:
         self._pending: dict[int, tuple[int, int]] = {}  # mid -> (pk, seq) awaiting PUBACK
         self._early: dict[int, bool] = {}  # PUBACKs that arrived before publish() returned
@@ -133,6 +146,15 @@ class Outbox:
         """The director committed rows that are behind: scan now, not at the next poll."""
         self._committed.set()
         self._wake.set()
+
+    def lead(self, leading: bool) -> None:
+        """This bridge starts (True) or stops (False) publishing desired states."""
+        if leading:
+            self._leading.set()
+            self.committed()  # everything behind, now
+        else:
+            self._leading.clear()
+        metrics.BRIDGE_OUTBOX_LEADER.set(1 if leading else 0)
 
     # --- outbox thread ----------------------------------------------------------------------
 
@@ -189,6 +211,10 @@ class Outbox:
         recorded = self._record(force=False)
         if not self._publisher.connected:
             return recorded  # paho resends what it holds after reconnecting
+        if not self._leading.is_set():
+            self._buffer.clear()  # another bridge publishes; what is in flight is recorded
+            self._scan_more = False
+            return recorded
         published = 0
         free = self._window - self.outstanding
         while free > 0:
@@ -294,8 +320,11 @@ class OutboxListener:
     latency, once per committed batch.
     """
 
-    def __init__(self, *, on_commit: Callable[[], None]) -> None:
+    def __init__(
+        self, *, on_commit: Callable[[], None], on_leader: Callable[[bool], None]
+    ) -> None:
         self._on_commit = on_commit
+        self._on_leader = on_leader
         self._log = RateLimitedLog(logger)
 
     def run(self, stop: threading.Event) -> None:
@@ -308,14 +337,24 @@ class OutboxListener:
             except Exception:
                 self._log.warning("listen", "outbox listener failed; retrying", exc_info=True)
                 stop.wait(LISTEN_RETRY_SECONDS)
+            finally:
+                self._on_leader(False)  # the lock went with the connection
 
     def _listen(self, stop: threading.Event) -> None:
         import psycopg  # PostgreSQL only
 
         params = connection.get_connection_params()
         with psycopg.connect(**params, autocommit=True) as listening:
+            while not stop.is_set():
+                row = listening.execute("SELECT pg_try_advisory_lock(%s)", [OUTBOX_LOCK]).fetchone()
+                if row is not None and row[0]:
+                    break
+                stop.wait(LEADER_RETRY_SECONDS)  # another bridge publishes
+            else:
+                return
+            logger.info("this bridge publishes desired states (outbox lock taken)")
             listening.execute(f"LISTEN {OUTBOX_CHANNEL}")
-            self._on_commit()  # whatever was committed before we listened
+            self._on_leader(True)  # and scans whatever was committed before we listened
             while not stop.is_set():
                 for _ in listening.notifies(timeout=LISTEN_TIMEOUT):
                     self._on_commit()

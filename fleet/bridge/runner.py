@@ -3,6 +3,8 @@
 import logging
 import threading
 
+from django.db import connection
+
 from fleet.bridge.client import InboundMessage, MqttConnection
 from fleet.bridge.config import BridgeConfig
 from fleet.bridge.handlers import Dispatcher, TelemetrySink
@@ -47,11 +49,16 @@ class Bridge:
             batch_size=config.outbox_batch_size,
             window=config.outbox_window,
         )
+        if connection.vendor == "postgresql":
+            # One bridge of several publishes: the one whose listener holds the lock.
+            self.outbox.lead(False)
         self._outbox_thread = threading.Thread(
             target=self.outbox.run, args=(self._outbox_stop,), name="bridge-outbox", daemon=True
         )
         self._listener_thread = threading.Thread(
-            target=OutboxListener(on_commit=self.outbox.committed).run,
+            target=OutboxListener(
+                on_commit=self.outbox.committed, on_leader=self.outbox.lead
+            ).run,
             args=(self._outbox_stop,),
             name="bridge-outbox-listener",
             daemon=True,

@@ -203,3 +203,64 @@ def test_a_director_commit_wakes_the_outbox_without_waiting_for_the_poll(mosquit
         # ...until the director commits one of its own, which carries the notification
         device_desired_republish(device=device)
         assert wait_until(lambda: _published(device) == 1, timeout=10)
+
+
+def test_of_several_bridges_one_publishes_and_another_takes_over(mosquitto) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL: bridges split inbound messages, but only the one holding the outbox lock
+    publishes desired states; when it stops, another takes the lock and publishes."""
+    from collections import Counter
+
+    from bridge_harness import bridge_config
+    from django.db import connection
+
+    from fleet.bridge.outbox import LEADER_RETRY_SECONDS
+    from fleet.bridge.runner import Bridge
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the outbox lock is a PostgreSQL advisory lock; run with DATABASE_URL")
+    # given a subscriber counting live (not retained) desired messages, and 50 rows behind
+    live: Counter[str] = Counter()
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    watcher.on_message = lambda c, u, m: None if m.retain else live.update([m.topic])
+    subscribed = threading.Event()
+    watcher.on_subscribe = lambda *a: subscribed.set()
+    watcher.on_connect = lambda c, *a: c.subscribe("fleet/v1/devices/+/desired", qos=1)
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.loop_start()
+    assert subscribed.wait(10)
+    count = 50
+    _write_rows(count, seq=1)
+    bridges = [Bridge(bridge_config(mosquitto.port, client_id=f"bridge-{n}")) for n in "ab"]
+    try:
+        # when two bridges run
+        for bridge in bridges:
+            bridge.start()
+        assert all(bridge.wait_subscribed(10) for bridge in bridges)
+        # then every row is published, each exactly once, by the one that leads
+        assert wait_until(lambda: sum(live.values()) >= count, timeout=15)
+        assert wait_until(
+            lambda: DesiredState.objects.filter(published_seq=1).count() == count, timeout=10
+        )
+        leaders = [b for b in bridges if b.outbox._leading.is_set()]
+        assert len(leaders) == 1
+        assert len(live) == count
+        assert set(live.values()) == {1}
+
+        # when the leader stops and the director writes seq 2 for every device
+        leaders[0].stop()
+        follower = next(b for b in bridges if b is not leaders[0])
+        live.clear()
+        _rewrite_all(seq=2)
+        # then the other bridge takes the lock and publishes them, once each
+        assert wait_until(
+            lambda: DesiredState.objects.filter(published_seq=2).count() == count,
+            timeout=LEADER_RETRY_SECONDS + 15,
+        )
+        assert follower.outbox._leading.is_set()
+        assert wait_until(lambda: sum(live.values()) >= count, timeout=10)
+        assert set(live.values()) == {1}
+    finally:
+        for bridge in bridges:
+            bridge.stop()
+        watcher.loop_stop()
+        watcher.disconnect()
