@@ -78,6 +78,7 @@ RUNS = int(os.environ.get("BENCH_ROLLOUT_RUNS", "3"))
 SIMULATORS = int(os.environ.get("BENCH_ROLLOUT_SIMULATORS", "2"))
 TICK_SECONDS = int(os.environ.get("BENCH_ROLLOUT_TICK_SECONDS", "30"))  # the settings' default
 PACED_N = int(os.environ.get("BENCH_ROLLOUT_PACED_N", "1000"))
+BRIDGES = int(os.environ.get("BENCH_ROLLOUT_BRIDGES", "1"))  # replicas of the bridge
 PACED_RATE = float(os.environ.get("BENCH_ROLLOUT_PACED_RATE", "1200"))  # per minute
 PYSPY = os.environ.get("BENCH_ROLLOUT_PYSPY", "")
 TRACE = os.environ.get("BENCH_ROLLOUT_TRACE", "") == "1"
@@ -217,12 +218,18 @@ class ControlPlane:
             "DJANGO_DEBUG": "false",
         }
         url = f"mqtt://127.0.0.1:{broker.port}"
-        self.bridge = Child(
-            "bridge",
-            [sys.executable, "manage.py", "bridge", "--url", url, "--client-id", "bench-bridge"],
-            env,
-            root,
-        )
+        # Replicas share the inbound messages ($share/bridge); one of them publishes.
+        self.bridges = [
+            Child(
+                f"bridge-{n}",
+                [sys.executable, "manage.py", "bridge", "--url", url]
+                + ["--client-id", f"bench-bridge-{n}"],
+                env,
+                root,
+            )
+            for n in range(BRIDGES)
+        ]
+        self.bridge = self.bridges[0]
         self.worker = Child(
             "worker",
             [
@@ -246,7 +253,8 @@ class ControlPlane:
             env,
             root,
         )
-        self.bridge.wait_for("bridge connected to")
+        for bridge in self.bridges:
+            bridge.wait_for("bridge connected to")
         self.worker.wait_for(" ready.")
         self.profilers = [self._profile(c) for c in (self.bridge, self.worker)] if PYSPY else []
 
@@ -264,7 +272,8 @@ class ControlPlane:
         for profiler in self.profilers:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(30)
-        self.bridge.stop()
+        for bridge in self.bridges:
+            bridge.stop()
         self.worker.stop()
 
 
@@ -458,7 +467,7 @@ def rollout_run(
     plane = ControlPlane(broker, redis, keys, root / "plane")
     by = _operator()
     cpu = CpuMeter()
-    cpu.add("bridge", plane.bridge.process.pid)
+    cpu.add("bridge", *(bridge.process.pid for bridge in plane.bridges))
     cpu.add("worker", plane.worker.process.pid)
     cpu.add("simulators", *(sim.process.pid for sim in fleet.sims))
     cpu.add("mosquitto", _pid(broker))
