@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import secrets
 from pathlib import Path
 
 
@@ -41,6 +42,26 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def create_once(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Create `path` with `data` unless it exists, safely when processes race to do it.
+
+    Each writes its own temporary file and links it to `path`: link(2) fails when `path`
+    exists, so the first file stays whole and the others are dropped, and a reader that
+    finds `path` finds it complete. (Opening `path` with O_EXCL and then writing lets a
+    reader see it empty; a rename over it lets a later writer replace what an earlier
+    process already read.)
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    write_atomic(tmp, data, mode=mode)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another process's file came first
+    finally:
+        tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
 
 

@@ -1,7 +1,5 @@
 """The director's online signing key (ECDSA P-256), generated on first use when embedded."""
 
-import os
-import secrets
 import threading
 from functools import cache
 from pathlib import Path
@@ -9,12 +7,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 
-from device_agent.fsutil import fsync_dir
+from device_agent.fsutil import create_once
 from device_agent.protocol.envelope import (
     generate_director_key,
+    private_key_to_pem,
     public_key_to_pem,
     read_private_key,
-    write_private_key,
 )
 
 DIRECTOR_KEY_FILE = "director.pem"
@@ -41,22 +39,11 @@ def create_key_once(path: Path) -> None:
     """Create the key file unless another process has: every process then reads one key.
 
     Several processes create it at once on a fresh embedded start (gunicorn's workers, the
-    bridge, the Celery worker). Each writes a key under a temporary name of its own and
-    links it to ``path``: link(2) fails when ``path`` exists, so the first key stays and
-    the others are dropped. (A shared temporary name failed one writer's rename, a 500 on
-    the first enrollments; a rename over ``path`` would have let a process keep signing
-    with a key that another's replaced on disk.)
+    bridge, the Celery worker); a shared temporary name failed one writer's rename, a 500
+    on the first enrollments.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    write_private_key(tmp, generate_director_key())
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass  # another process's key came first
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    create_once(path, private_key_to_pem(generate_director_key()), mode=0o600)
 
 
 def director_private_key() -> ec.EllipticCurvePrivateKey:

@@ -20,6 +20,8 @@ from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework import serializers
 
+from device_agent.fsutil import create_once
+
 # Lets the admin and serializer classes be written with their type parameters.
 django_stubs_ext.monkeypatch(
     extra_classes=[serializers.Serializer, serializers.ModelSerializer, serializers.ListSerializer]
@@ -77,12 +79,11 @@ FLEET_KEYS_DIR = Path(_env("FLEET_KEYS_DIR", str(FLEET_DATA_DIR / "keys"))).reso
 
 def _embedded_secret_key() -> str:
     # Generated once per data directory so sessions survive restarts; never in the repo.
+    # Processes starting together (a fresh embedded start) may all create it: one wins.
     path = FLEET_DATA_DIR / "secret_key"
     if not path.exists():
         FLEET_DATA_DIR.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(50))
+        create_once(path, secrets.token_urlsafe(50).encode(), mode=0o600)
     return path.read_text().strip()
 
 
