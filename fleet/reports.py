@@ -64,11 +64,12 @@ def devices_state_record(*, reports: Sequence[tuple[Device, ReportedState]]) -> 
     if not latest:
         return
     params = []
+    prep_reported = _field(Device, "reported").get_db_prep_save
     for device, state in latest.values():
         _apply_state(device, state)
         params.append(
             (
-                _field(Device, "reported").get_db_prep_save(device.reported, connection),
+                prep_reported(device.reported, connection),
                 device.agent_version,
                 device.reported_seq,
                 device.pk,
