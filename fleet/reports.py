@@ -7,12 +7,15 @@ means the broker delivers the same message again.
 """
 
 import hashlib
-from collections.abc import Collection, Sequence
+import json
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any, cast
 
+import psycopg
 from django.db import connection
 from django.db.models import Field
+from django.utils import timezone
 
 from device_agent.protocol.messages import ReportedState, UpdateEvent
 from fleet.models import Device, DeviceEvent
@@ -58,23 +61,21 @@ def devices_state_record(*, reports: Sequence[tuple[Device, ReportedState]]) -> 
     """``device_state_record`` for many devices in one statement batch (the bridge's).
 
     A device listed more than once keeps its last report, as one by one. On PostgreSQL
-    psycopg sends the executemany as one pipeline: no round trip per device.
+    one statement; elsewhere an executemany.
     """
     latest = {device.pk: (device, state) for device, state in reports}
     if not latest:
         return
-    params = []
-    prep_reported = _field(Device, "reported").get_db_prep_save
     for device, state in latest.values():
         _apply_state(device, state)
-        params.append(
-            (
-                prep_reported(device.reported, connection),
-                device.agent_version,
-                device.reported_seq,
-                device.pk,
-            )
-        )
+    if connection.vendor == "postgresql":
+        _update_unnest(list(latest.values()))
+        return
+    prep_reported = _field(Device, "reported").get_db_prep_save
+    params = [
+        (prep_reported(d.reported, connection), d.agent_version, d.reported_seq, d.pk)
+        for d, _ in latest.values()
+    ]
     qn = connection.ops.quote_name
     meta = Device._meta
     columns = [_column(Device, name) for name in _STATE_FIELDS]
@@ -85,10 +86,36 @@ def devices_state_record(*, reports: Sequence[tuple[Device, ReportedState]]) -> 
         cursor.executemany(sql, params)
 
 
-def _event_row(device: Device, event: UpdateEvent) -> DeviceEvent:
+def _update_unnest(reports: Sequence[tuple[Device, ReportedState]]) -> None:
+    """``devices_state_record`` on PostgreSQL: one ``UPDATE ... FROM unnest(...)`` with an
+    array per column, bound by the server in binary; the report as JSON text, made jsonb
+    by the database (docs/benchmarks.md, "Rollouts")."""
+    qn = connection.ops.quote_name
+    meta = Device._meta
+    table, pk = qn(meta.db_table), qn(str(meta.pk.column))
+    reported, agent, seq = (_column(Device, name) for name in _STATE_FIELDS)
+    ordered = sorted(reports, key=lambda report: report[0].pk)  # one lock order for all
+    params = [
+        [device.pk for device, _ in ordered],
+        [json.dumps(device.reported, separators=(",", ":")) for device, _ in ordered],
+        [device.agent_version for device, _ in ordered],
+        [device.reported_seq for device, _ in ordered],
+    ]
+    connection.ensure_connection()
+    # Only quoted identifiers from the model's metadata are formatted into the SQL.
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET {reported} = v.reported::jsonb, {agent} = v.agent, "  # noqa: S608
+            f"{seq} = v.seq FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::bigint[]) "
+            f"AS v(pk, reported, agent, seq) WHERE {table}.{pk} = v.pk",
+            params,
+        )
+
+
+def _event_row(device: Device, event: UpdateEvent, digest: str | None = None) -> DeviceEvent:
     return DeviceEvent(
         device=device,
-        digest=hashlib.sha256(event.to_json()).hexdigest(),
+        digest=digest or _digest(event),
         seq=event.seq,
         rollout_id=event.rollout_id or "",
         model=event.model or "",
@@ -108,56 +135,106 @@ def devices_event_record(*, reports: Sequence[tuple[Device, UpdateEvent]]) -> li
     by one took a round trip each (docs/benchmarks.md, "Rollouts"). Without RETURNING
     support, one by one.
     """
-    rows = [_event_row(device, event) for device, event in reports]
+    if not reports:
+        return []
     if not connection.features.can_return_rows_from_bulk_insert:
-        return [_insert_unless_stored(row) for row in rows]
+        return [_insert_unless_stored(_event_row(device, event)) for device, event in reports]
+    keys = [(device.pk, _digest(event)) for device, event in reports]
     first: dict[tuple[int, str], int] = {}
-    for index, row in enumerate(rows):
-        first.setdefault((row.device_id, row.digest), index)
+    for index, key in enumerate(keys):
+        first.setdefault(key, index)
     unique = sorted(first.values())
+    insert = _insert_unnest if connection.vendor == "postgresql" else _insert_many
     stored: set[tuple[int, str]] = set()
     for start in range(0, len(unique), EVENT_CHUNK):
-        stored |= _insert_many([rows[i] for i in unique[start : start + EVENT_CHUNK]])
-    created = [
-        first[(row.device_id, row.digest)] == index and (row.device_id, row.digest) in stored
-        for index, row in enumerate(rows)
-    ]
-    for row, new in zip(rows, created, strict=True):
-        if new and row.rollout_id:
-            rollout_evaluate_on_commit(rollout_id=row.rollout_id, phase=row.phase)
+        chunk = unique[start : start + EVENT_CHUNK]
+        stored |= insert([reports[i] for i in chunk], [keys[i][1] for i in chunk])
+    created = [first[key] == index and key in stored for index, key in enumerate(keys)]
+    for (_, event), new in zip(reports, created, strict=True):
+        if new and event.rollout_id:
+            rollout_evaluate_on_commit(rollout_id=event.rollout_id, phase=event.phase.value)
     return created
 
 
-def _insert_many(rows: list[DeviceEvent]) -> set[tuple[int, str]]:
+def _digest(event: UpdateEvent) -> str:
+    return hashlib.sha256(event.to_json()).hexdigest()
+
+
+def _insert_many(
+    reports: Sequence[tuple[Device, UpdateEvent]], digests: Sequence[str]
+) -> set[tuple[int, str]]:
     """INSERT the events not stored yet; the (device, digest) of those it inserted."""
+    rows = [
+        _event_row(device, event, digest)
+        for (device, event), digest in zip(reports, digests, strict=True)
+    ]
     meta = DeviceEvent._meta
     fields = [f for f in meta.concrete_fields if f is not meta.pk]
     qn = connection.ops.quote_name
     columns = ", ".join(qn(str(f.column)) for f in fields)
-    prepared = [
-        [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields] for row in rows
+    params = [
+        f.get_db_prep_save(f.pre_save(row, add=True), connection) for row in rows for f in fields
     ]
+    placeholders = f"({', '.join(['%s'] * len(fields))})"
     device, digest = _column(DeviceEvent, "device"), _column(DeviceEvent, "digest")
-    params: list[Any]
-    if connection.vendor == "postgresql":
-        # One array per column: a statement of a dozen parameters, where VALUES lists
-        # take psycopg longer to bind than the database to run (thousands of them).
-        arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
-        values = f"SELECT * FROM unnest({arrays})"  # noqa: S608
-        params = [list(column) for column in zip(*prepared, strict=True)]
-    else:
-        placeholders = f"({', '.join(['%s'] * len(fields))})"
-        values = f"VALUES {', '.join([placeholders] * len(rows))}"
-        params = [value for row in prepared for value in row]
-    # Only quoted identifiers and types from the model's metadata are formatted into the SQL.
+    # Only quoted identifiers from the model's metadata are formatted into the SQL.
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {qn(meta.db_table)} ({columns}) {values} "  # noqa: S608
+            f"INSERT INTO {qn(meta.db_table)} ({columns}) "  # noqa: S608
+            f"VALUES {', '.join([placeholders] * len(rows))} "
             f"ON CONFLICT ({device}, {digest}) DO NOTHING RETURNING {device}, {digest}",
             params,
         )
         return {(int(pk), str(text)) for pk, text in cursor.fetchall()}
 
+
+# (field, value of an event) for each column the PostgreSQL insert writes, in order.
+_UNNEST_COLUMNS: tuple[tuple[str, Callable[[UpdateEvent], object]], ...] = (
+    ("seq", lambda e: e.seq),
+    ("rollout_id", lambda e: e.rollout_id or ""),
+    ("model", lambda e: e.model or ""),
+    ("phase", lambda e: e.phase.value),
+    ("progress", lambda e: e.progress),
+    ("code", lambda e: e.code.value if e.code else ""),
+    ("detail", lambda e: _clip(DeviceEvent, "detail", e.detail)),
+    ("ts", lambda e: e.ts),
+)
+
+
+def _insert_unnest(
+    reports: Sequence[tuple[Device, UpdateEvent]], digests: Sequence[str]
+) -> set[tuple[int, str]]:
+    """``_insert_many`` on PostgreSQL: one array per column, ``INSERT ... SELECT FROM
+    unnest(...)``, bound by the server in binary.
+
+    Values straight from the events: building a model instance per event and preparing
+    each of its fields through Django cost more than the insert (docs/benchmarks.md,
+    "Rollouts"). A statement of a dozen parameters, where VALUES lists take psycopg
+    longer to bind than the database to run.
+    """
+    meta = DeviceEvent._meta
+    qn = connection.ops.quote_name
+    names = ["device", *(name for name, _ in _UNNEST_COLUMNS), "received_at", "digest"]
+    fields = [_field(DeviceEvent, name) for name in names]
+    columns = ", ".join(qn(str(f.column)) for f in fields)
+    arrays = ", ".join(f"%b::{f.db_type(connection)}[]" for f in fields)
+    events = [event for _, event in reports]
+    params: list[list[Any]] = [
+        [device.pk for device, _ in reports],
+        *([value(e) for e in events] for _, value in _UNNEST_COLUMNS),
+        [timezone.now()] * len(events),
+        list(digests),
+    ]
+    device, digest = _column(DeviceEvent, "device"), _column(DeviceEvent, "digest")
+    connection.ensure_connection()
+    # Only quoted identifiers and types from the model's metadata are formatted into the SQL.
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(
+            f"INSERT INTO {qn(meta.db_table)} ({columns}) SELECT * FROM unnest({arrays}) "  # noqa: S608
+            f"ON CONFLICT ({device}, {digest}) DO NOTHING RETURNING {device}, {digest}",
+            params,
+        )
+        return {(int(pk), str(text)) for pk, text in cursor.fetchall()}
 
 
 def device_event_record(*, device: Device, event: UpdateEvent) -> tuple[DeviceEvent, bool]:

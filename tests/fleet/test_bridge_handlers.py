@@ -187,3 +187,44 @@ def test_a_deferred_batch_writes_the_same_as_one_by_one(
     device = Device.objects.get(device_id="dev-1")
     assert (device.reported_seq, device.reported["models"][0]["version"]) == (9, "1.5.0")
     assert device.agent_version == "0.3.1"
+
+
+AWKWARD_TEXT = [
+    "",
+    'a "quoted" {brace}, comma; NULL',
+    "back\\slash \\N {1,2} \"x\"",
+    "ünïcødé ✓ 🚀 日本語",
+    "x" * 1024,  # the protocol's longest detail
+]
+
+
+@pytest.mark.parametrize("detail", AWKWARD_TEXT)
+def test_a_batch_stores_awkward_values_as_one_by_one_does(
+    dispatcher: Dispatcher, detail: str
+) -> None:
+    # given the same failed event, with an awkward detail, for two devices
+    obj = json.loads(event_payload(5, progress=None))
+    obj.update(phase="failed", code="hash_mismatch", detail=detail)
+    payload = json.dumps(obj).encode()
+    state = json.loads(state_payload(last_seq=5))
+    state["agent_version"] = "0.3.1+build." + "9" * 52  # the longest the protocol allows
+    # when dev-1's arrive one by one and dev-2's in a deferred batch
+    dispatcher.handle(message(events_topic("dev-1"), payload))
+    dispatcher.handle(message("fleet/v1/devices/dev-1/state", json.dumps(state).encode()))
+    dispatcher.begin(deferred=True)
+    dispatcher.handle(message(events_topic("dev-2"), payload))
+    dispatcher.handle(message("fleet/v1/devices/dev-2/state", json.dumps(state).encode()))
+    assert dispatcher.finish() == set()
+    # then both stored the same values, byte for byte
+    fields = ("seq", "rollout_id", "model", "phase", "progress", "code", "detail", "ts", "digest")
+    one, batched = (
+        DeviceEvent.objects.filter(device__device_id=d).values(*fields).get()
+        for d in ("dev-1", "dev-2")
+    )
+    assert one == batched
+    assert one["detail"] == detail
+    devices = {d.device_id: d for d in Device.objects.filter(device_id__in=["dev-1", "dev-2"])}
+    assert devices["dev-1"].reported == devices["dev-2"].reported == state
+    assert (
+        devices["dev-1"].agent_version == devices["dev-2"].agent_version == state["agent_version"]
+    )
