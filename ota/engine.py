@@ -82,6 +82,10 @@ D = RolloutDeviceState
 # Bounds on one evaluation's work (and so on how long it holds its locks); what is left
 # over is picked up by the next evaluation, which the task schedules at once.
 NOTIFY_MAX_PER_EVALUATION = 1000
+# The first evaluation of a stage notifies at most this many: their envelopes go out when
+# it commits, and the devices start on them while the next evaluation signs the rest. A
+# full batch first kept the devices idle for its whole signing, at every stage hand-over.
+NOTIFY_FIRST_OF_STAGE = 100
 ROLLBACK_BATCH = 1000
 TRACK_CHUNK = 1000
 # A wake-up is asked for only when none is pending (``Rollout.wake_at``) or this much
@@ -613,8 +617,9 @@ def _notify(
         jitter=policy.jitter,
         rng=rng,
     )
-    capped = budget > NOTIFY_MAX_PER_EVALUATION
-    budget = min(budget, NOTIFY_MAX_PER_EVALUATION)
+    cap = NOTIFY_MAX_PER_EVALUATION if counts["since"] else NOTIFY_FIRST_OF_STAGE
+    capped = budget > cap
+    budget = min(budget, cap)
     pending = RolloutDevice.objects.filter(
         rollout=rollout, state=D.PENDING, bucket__lt=_percent(rollout, config) / 100
     )

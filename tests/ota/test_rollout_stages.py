@@ -17,6 +17,7 @@ from rollout_helpers import (
 )
 
 from device_agent.protocol.messages import Phase
+from ota import engine
 from ota.models import RolloutAuditEvent, RolloutStatus
 
 pytestmark = pytest.mark.django_db
@@ -110,3 +111,20 @@ def test_progress_events_do_not_finish_a_device():  # type: ignore[no-untyped-de
     (row,) = rows(rollout)
     assert (row.state, row.last_phase) == ("in_progress", "trial")
     assert fresh(rollout).status == RolloutStatus.RUNNING
+
+
+def test_a_stage_opens_with_a_small_batch_and_the_rest_follows_at_once():  # type: ignore[no-untyped-def]
+    # given 400 devices and one unpaced stage of 100 %
+    artifact("1.0.0")
+    artifact("2.0.0")
+    devices(400)
+    rollout = phased(policy={"rate_per_minute": 100_000})
+    t0 = later()
+    # when the stage's first evaluation runs, it notifies a small batch only, whose
+    # envelopes go out as it commits, and asks for the next evaluation at once
+    first = evaluate(rollout, t0)
+    assert (first.notified, first.more) == (engine.NOTIFY_FIRST_OF_STAGE, True)
+    # then the next notifies the rest, up to a full batch
+    second = evaluate(rollout, later(seconds=1, base=t0))
+    assert (second.notified, second.more) == (400 - engine.NOTIFY_FIRST_OF_STAGE, False)
+    assert len(rows(rollout, state="notified")) == 400
