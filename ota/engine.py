@@ -600,6 +600,13 @@ def _notify(
     if not window_open(policy.window, now):
         result.note = result.note or "outside the maintenance window"
         return 0
+    pending = RolloutDevice.objects.filter(
+        rollout=rollout, state=D.PENDING, bucket__lt=_percent(rollout, config) / 100
+    )
+    # Most evaluations come while a stage's devices are all in flight: nobody to notify,
+    # and no reason to count over every device of the rollout (an index probe instead).
+    if not pending.exists():
+        return 0
     since = pacing_since(now=now, started=[rollout.stage_started_at, rollout.gates_since])
     counts = RolloutDevice.objects.filter(rollout=rollout).aggregate(
         succeeded=Count("pk", filter=Q(state=D.SUCCEEDED)),
@@ -620,12 +627,8 @@ def _notify(
     cap = NOTIFY_MAX_PER_EVALUATION if counts["since"] else NOTIFY_FIRST_OF_STAGE
     capped = budget > cap
     budget = min(budget, cap)
-    pending = RolloutDevice.objects.filter(
-        rollout=rollout, state=D.PENDING, bucket__lt=_percent(rollout, config) / 100
-    )
     if budget <= 0:
-        if pending.exists():
-            result.wake_in = _next_due(rollout, config, now, since, rate, counts)
+        result.wake_in = _next_due(rollout, config, now, since, rate, counts)
         return 0
     rows = list(
         pending.select_related("device", "artifact__model").order_by("bucket", "pk")[:budget]
