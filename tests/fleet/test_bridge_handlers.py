@@ -192,7 +192,7 @@ def test_a_deferred_batch_writes_the_same_as_one_by_one(
 AWKWARD_TEXT = [
     "",
     'a "quoted" {brace}, comma; NULL',
-    "back\\slash \\N {1,2} \"x\"",
+    'back\\slash \\N {1,2} "x"',
     "ünïcødé ✓ 🚀 日本語",
     "x" * 1024,  # the protocol's longest detail
 ]
