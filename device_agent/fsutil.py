@@ -28,10 +28,19 @@ def make_dir(path: Path, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Temp file + fsync + os.replace + fsync(dir) (STYLE.md rule 9)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, shared: bool = False) -> None:
+    """Temp file + fsync + os.replace + fsync(dir) (STYLE.md rule 9).
+
+    ``shared``: processes may write `path` at the same time (the control plane's web
+    workers write the CRL), so each uses a temporary name of its own; with one name, one
+    writer's rename found the other's file gone. Otherwise the one name is reused, and a
+    temporary file a crash left behind is replaced rather than kept.
+    """
+    if shared:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    else:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -8,8 +8,6 @@ import contextlib
 import datetime as dt
 import fcntl
 import ipaddress
-import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.conf import settings
+
+from device_agent import fsutil
 
 CA_KEY_FILE = "fleet-ca.key"
 CA_CERT_FILE = "fleet-ca.pem"
@@ -227,23 +227,7 @@ def crl_build(revoked: list[tuple[str, dt.datetime]]) -> bytes:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file, fsync, rename, fsync the directory: readers see old or new, never half."""
+    """Temp file, fsync, rename, fsync the directory: readers see old or new, never half.
+    Several processes may write the same file (the CRL), each with its own temporary."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A temporary name of this writer's own: the web's workers write the CRL concurrently,
-    # and with one shared name one worker's rename found the other's file gone.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsutil.write_atomic(path, data, mode=mode, shared=True)

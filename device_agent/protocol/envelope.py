@@ -10,7 +10,6 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeAlias
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from device_agent.fsutil import write_atomic
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.exceptions import ProtocolError, brief
 from device_agent.protocol.messages import (
@@ -109,37 +109,16 @@ def load_public_key_pem(data: bytes | str) -> ec.EllipticCurvePublicKey:
     return _p256_public(key)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    # temp + fsync + rename + fsync(dir): a crash leaves the old key or the new one.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def write_private_key(
     path: Path | str, key: ec.EllipticCurvePrivateKey, *, password: bytes | None = None
 ) -> None:
     """Write the key as PEM, mode 0600, atomically."""
-    _write_atomic(Path(path), private_key_to_pem(key, password=password), 0o600)
+    write_atomic(Path(path), private_key_to_pem(key, password=password), mode=0o600)
 
 
 def write_public_key(path: Path | str, key: ec.EllipticCurvePublicKey) -> None:
     """Write the public key as PEM, mode 0644, atomically."""
-    _write_atomic(Path(path), public_key_to_pem(key), 0o644)
+    write_atomic(Path(path), public_key_to_pem(key), mode=0o644)
 
 
 def read_private_key(
