@@ -630,11 +630,13 @@ def _notify(
     if budget <= 0:
         result.wake_in = _next_due(rollout, config, now, since, rate, counts)
         return 0
-    rows = list(
-        pending.select_related("device", "artifact__model").order_by("bucket", "pk")[:budget]
-    )
+    rows = list(pending.select_related("device").order_by("bucket", "pk")[:budget])
     if not rows:
         return 0
+    # One or two artifacts (an arm each) for the whole batch: read once, not once a row.
+    artifacts = Artifact.objects.select_related("model").in_bulk(
+        {r.artifact_id for r in rows if r.artifact_id is not None}
+    )
     # A high rate and devices left over: the task queues the next evaluation at once. Only
     # then: were it set whenever the rate allows more than a batch, every evaluation of an
     # unpaced rollout would queue another, forever, each event batch starting a new chain.
@@ -644,7 +646,7 @@ def _notify(
     seqs, refused = _issue(
         rollout,
         rows,
-        {r.device_id: r.artifact for r in rows if r.artifact is not None},
+        {r.device_id: artifacts[r.artifact_id] for r in rows if r.artifact_id in artifacts},
         {r.device_id: None if phased else (rollout.promoted_arm or r.arm) for r in rows},
     )
     issued = 0
