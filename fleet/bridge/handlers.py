@@ -203,6 +203,8 @@ class Dispatcher:
         self._deferred = False
         self._states: list[tuple[Device, ReportedState]] = []
         self._events: list[tuple[int, Device, UpdateEvent]] = []
+        # The valid topics of the batch prepare() last saw, parsed: handle() needs them too.
+        self._topics: dict[str, tuple[str, Channel]] = {}
 
     def begin(self, *, deferred: bool) -> None:
         """Start a batch. Deferred, `state` and `events` reports are only checked by
@@ -224,22 +226,26 @@ class Dispatcher:
 
     def prepare(self, messages: Iterable[InboundMessage]) -> None:
         """Before a batch: read the devices it comes from that are not cached, together."""
-        device_ids = []
+        topics: dict[str, tuple[str, Channel]] = {}
         for message in messages:
             try:
-                device_ids.append(parse_topic(message.topic)[0])
+                topics[message.topic] = parse_topic(message.topic)
             except ProtocolError:
                 continue  # handle() drops it
-        self._devices.prefetch(device_ids)
+        self._topics = topics
+        self._devices.prefetch(device_id for device_id, _ in topics.values())
 
     def handle(self, message: InboundMessage) -> Outcome:
         """Check and store one message; the outcome says how (never raises on bad input)."""
         index = self._index
         self._index += 1
-        try:
-            device_id, channel = parse_topic(message.topic)
-        except ProtocolError as exc:
-            return self._drop(UNKNOWN_CHANNEL, exc.code, message, exc.detail)
+        parsed = self._topics.get(message.topic)
+        if parsed is None:
+            try:
+                parsed = parse_topic(message.topic)
+            except ProtocolError as exc:
+                return self._drop(UNKNOWN_CHANNEL, exc.code, message, exc.detail)
+        device_id, channel = parsed
         if channel not in _DECODERS:  # `desired` is ours to publish, never a report
             return self._drop(channel, ErrorCode.MALFORMED, message, "not a device channel")
         try:
