@@ -21,7 +21,19 @@ from device_agent.protocol.messages import ReportedState, UpdateEvent
 from fleet.models import Device, DeviceEvent
 from ota.tasks import rollout_evaluate_on_commit
 
-_EVENT_FIELDS = ("seq", "rollout_id", "model", "phase", "progress", "code", "detail", "ts")
+# Each DeviceEvent field stored from an event, and its value: model instances
+# (_event_row) and the PostgreSQL insert's column arrays (_insert_unnest) both use it.
+_EVENT_VALUES: tuple[tuple[str, Callable[[UpdateEvent], object]], ...] = (
+    ("seq", lambda e: e.seq),
+    ("rollout_id", lambda e: e.rollout_id or ""),
+    ("model", lambda e: e.model or ""),
+    ("phase", lambda e: e.phase.value),
+    ("progress", lambda e: e.progress),
+    ("code", lambda e: e.code.value if e.code else ""),
+    ("detail", lambda e: _clip(DeviceEvent, "detail", e.detail)),
+    ("ts", lambda e: e.ts),
+)
+_EVENT_FIELDS = tuple(name for name, _ in _EVENT_VALUES)
 _STATE_FIELDS = ("reported", "agent_version", "reported_seq")
 EVENT_CHUNK = 500  # events per INSERT (11 parameters each; SQLite allows 32 766)
 
@@ -116,14 +128,7 @@ def _event_row(device: Device, event: UpdateEvent, digest: str | None = None) ->
     return DeviceEvent(
         device=device,
         digest=digest or _digest(event),
-        seq=event.seq,
-        rollout_id=event.rollout_id or "",
-        model=event.model or "",
-        phase=event.phase.value,
-        progress=event.progress,
-        code=event.code.value if event.code else "",
-        detail=_clip(DeviceEvent, "detail", event.detail),
-        ts=event.ts,
+        **{name: value(event) for name, value in _EVENT_VALUES},
     )
 
 
@@ -188,19 +193,6 @@ def _insert_many(
         return {(int(pk), str(text)) for pk, text in cursor.fetchall()}
 
 
-# (field, value of an event) for each column the PostgreSQL insert writes, in order.
-_UNNEST_COLUMNS: tuple[tuple[str, Callable[[UpdateEvent], object]], ...] = (
-    ("seq", lambda e: e.seq),
-    ("rollout_id", lambda e: e.rollout_id or ""),
-    ("model", lambda e: e.model or ""),
-    ("phase", lambda e: e.phase.value),
-    ("progress", lambda e: e.progress),
-    ("code", lambda e: e.code.value if e.code else ""),
-    ("detail", lambda e: _clip(DeviceEvent, "detail", e.detail)),
-    ("ts", lambda e: e.ts),
-)
-
-
 def _insert_unnest(
     reports: Sequence[tuple[Device, UpdateEvent]], digests: Sequence[str]
 ) -> set[tuple[int, str]]:
@@ -214,14 +206,14 @@ def _insert_unnest(
     """
     meta = DeviceEvent._meta
     qn = connection.ops.quote_name
-    names = ["device", *(name for name, _ in _UNNEST_COLUMNS), "received_at", "digest"]
+    names = ["device", *(name for name, _ in _EVENT_VALUES), "received_at", "digest"]
     fields = [_field(DeviceEvent, name) for name in names]
     columns = ", ".join(qn(str(f.column)) for f in fields)
     arrays = ", ".join(f"%b::{f.db_type(connection)}[]" for f in fields)
     events = [event for _, event in reports]
     params: list[list[Any]] = [
         [device.pk for device, _ in reports],
-        *([value(e) for e in events] for _, value in _UNNEST_COLUMNS),
+        *([value(e) for e in events] for _, value in _EVENT_VALUES),
         [timezone.now()] * len(events),
         list(digests),
     ]
