@@ -181,7 +181,12 @@ def rollout_evaluate(
                 rollout = _run(rollout, config, now, rng or random.Random(), result)  # noqa: S311
             if rollout.status == RolloutStatus.ABORTED:
                 rollout = _roll_back(rollout, config, now, result)
-            changes = {"evaluated_at": now}
+            changes: dict[str, Any] = {"evaluated_at": now}
+            issued = result.notified + result.rollback_issued
+            if issued:
+                # What the bridge compares with the decisive events it stored, to queue the
+                # evaluation that may open the next stage at once (ota.tasks).
+                changes["issued_count"] = F("issued_count") + issued
             if result.wake_in is not None:
                 at = now + timedelta(seconds=result.wake_in)
                 if _wake_wanted(pending=wake_at, at=at, now=now):

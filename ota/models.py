@@ -170,6 +170,10 @@ class Rollout(models.Model):
     wake_at = models.DateTimeField(
         null=True, blank=True, help_text="when the evaluation the pace asked for is due"
     )
+    issued_count = models.PositiveIntegerField(
+        default=0,
+        help_text="envelopes the engine issued for it (notifications, retries, roll-backs)",
+    )
 
     class Meta:
         ordering = ["-created_at"]

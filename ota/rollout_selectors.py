@@ -32,6 +32,14 @@ def rollout_pk(public_id: str) -> int | None:
     return int(match[1]) if match else None
 
 
+def rollout_issued_count(public_id: str) -> int | None:
+    """How many envelopes the engine has issued for ``r-<n>`` (None: no such rollout)."""
+    pk = rollout_pk(public_id)
+    if pk is None:
+        return None
+    return Rollout.objects.filter(pk=pk).values_list("issued_count", flat=True).first()
+
+
 def rollout_get(public_id: str) -> Rollout:
     """The rollout ``r-<n>`` (or ``<n>``), or a ``not_found`` refusal."""
     pk = rollout_pk(public_id) or (int(public_id) if public_id.isdigit() else None)

@@ -62,34 +62,72 @@ def rollouts_tick_task() -> int:
 # process (the bridge stores events in batches, several a second under load, and each batch
 # queued one). An event never waits longer than this for its evaluation. Without it a paced
 # rollout of 20 devices a second was evaluated as often as the bridge committed.
+#
+# One exception, the stage hand-over: the batch after which this process has stored as many
+# decisive events for a rollout as the engine has issued envelopes (``issued_count``) may be
+# the last of a stage, and its evaluation is queued at once, not at the end of the interval,
+# where it waited up to the interval at every stage (docs/rollouts.md). Once per
+# ``issued_count``: a device counted twice (``failed`` then ``rolled_back``) can make it
+# early, never repeated. With several bridges each sees a share and the interval applies.
 EVENT_EVALUATION_SECONDS = 0.2
 _event_evaluations: dict[str, float] = {}  # rollout id -> when its last queued one runs
+_decisive_stored: dict[str, int] = {}  # rollout id -> decisive events this process stored
+_issued_seen: dict[str, int] = {}  # rollout id -> its issued_count, as last read
+_hand_over_queued: dict[str, int] = {}  # rollout id -> issued_count of the last at-once one
 _event_lock = threading.Lock()
 
 
-def _queue_for_events(rollout_id: str) -> None:
+def _queue_for_events(rollout_id: str, decisive: int = 1) -> None:
     """Queue an evaluation that runs after now: at once, or (within the interval of the
-    last one) at the end of that interval, or none if one is already queued to run later."""
+    last one) at the end of that interval, or none if one is already queued to run later;
+    at once whenever ``decisive`` more events may have finished what was issued."""
     if rollout_evaluate_task.app.conf.task_always_eager:
         rollout_evaluate_task.delay(rollout_id)  # runs here and now: nothing to spare
         return
+    hand_over = _may_have_finished(rollout_id, decisive)
     now = time.monotonic()
     with _event_lock:
         last = _event_evaluations.get(rollout_id)
-        if last is not None and last > now:
+        if not hand_over and last is not None and last > now:
             return  # queued to run after these events committed: it will see them
-        if last is None or now - last >= EVENT_EVALUATION_SECONDS:
+        if hand_over or last is None or now - last >= EVENT_EVALUATION_SECONDS:
             at = now
         else:
             at = last + EVENT_EVALUATION_SECONDS
         if len(_event_evaluations) >= 1000:  # rollouts long finished
             for key in [k for k, v in _event_evaluations.items() if v < now - 60]:
-                del _event_evaluations[key]
-        _event_evaluations[rollout_id] = at
+                for known in (
+                    _event_evaluations,
+                    _decisive_stored,
+                    _issued_seen,
+                    _hand_over_queued,
+                ):
+                    known.pop(key, None)
+        # A hand-over queued at once leaves the one queued for later where it was.
+        _event_evaluations[rollout_id] = at if last is None else max(at, last)
     if at <= now:
         rollout_evaluate_task.delay(rollout_id)
     else:
         rollout_evaluate_task.apply_async((rollout_id,), countdown=at - now)
+
+
+def _may_have_finished(rollout_id: str, decisive: int) -> bool:
+    """Whether this process has now stored a decisive event for every envelope issued (the
+    first time for this ``issued_count``). The count only grows, so it is read again only
+    once the events have caught up with the value last read: rarely, not every batch."""
+    with _event_lock:
+        stored = _decisive_stored[rollout_id] = _decisive_stored.get(rollout_id, 0) + decisive
+        if stored < _issued_seen.get(rollout_id, 0):
+            return False
+    issued = rollout_selectors.rollout_issued_count(rollout_id)
+    if issued is None:
+        return False
+    with _event_lock:
+        _issued_seen[rollout_id] = issued
+        if stored < issued or _hand_over_queued.get(rollout_id) == issued:
+            return False
+        _hand_over_queued[rollout_id] = issued
+        return True
 
 
 # Phases after which a rollout may decide something (a device finished); progress events
@@ -97,13 +135,25 @@ def _queue_for_events(rollout_id: str) -> None:
 _DECISIVE_PHASES = frozenset({"committed", "failed", "rejected", "rolled_back"})
 
 
+class _EventsCommitted:
+    """The on-commit callback of one transaction's decisive events of one rollout."""
+
+    def __init__(self, rollout_id: str) -> None:
+        self.rollout_id = rollout_id
+        self.decisive = 1
+
+    def __call__(self) -> None:
+        _queue_for_events(self.rollout_id, self.decisive)
+
+
 def rollout_evaluate_on_commit(*, rollout_id: str, phase: str) -> None:
     """Queue an evaluation of ``rollout_id`` once the current transaction commits.
 
     Called for every stored device event; only decisive phases of our own rollout ids
     count, and one transaction (the bridge stores events in batches) queues at most one
-    evaluation per rollout. ``robust``: a failure to queue must not fail the bridge's
-    batch, which has committed already; the beat evaluates the rollout anyway.
+    evaluation per rollout, counting its decisive events. ``robust``: a failure to queue
+    must not fail the bridge's batch, which has committed already; the beat evaluates the
+    rollout anyway.
     """
     if phase not in _DECISIVE_PHASES or rollout_selectors.rollout_pk(rollout_id) is None:
         return
@@ -113,11 +163,8 @@ def rollout_evaluate_on_commit(*, rollout_id: str, phase: str) -> None:
         # robust); looking there rather than in a set of our own is what stays right
         # when a transaction rolls back and its callbacks are dropped.
         for pending in connection.run_on_commit:
-            if getattr(pending[1], "rollout_id", None) == rollout_id:
+            callback = pending[1]
+            if isinstance(callback, _EventsCommitted) and callback.rollout_id == rollout_id:
+                callback.decisive += 1
                 return
-
-    def evaluate() -> None:
-        _queue_for_events(rollout_id)
-
-    evaluate.rollout_id = rollout_id  # type: ignore[attr-defined]
-    transaction.on_commit(evaluate, robust=True)
+    transaction.on_commit(_EventsCommitted(rollout_id), robust=True)

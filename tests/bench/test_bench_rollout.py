@@ -517,16 +517,21 @@ def rollout_run(
     first_at = rollout.started_at
     assert first_at is not None
     run = Run(acked=acked, completed=completed, stage_gaps=gaps, cpu=cpu.line())
-    run.timeline = _timeline(rollout, stages)
+    run.timeline = _timeline(rollout, stages, summary["envelopes"])
     run.last_notified = (last - first_at).total_seconds()
     return run, Rollout.objects.get(pk=rollout.pk)
 
 
-def _timeline(rollout: Rollout, stages: list[dict[str, float]]) -> list[str]:
-    """Per stage, seconds from the start: opened, first and last notified, last committed
-    event stored (the database's clock, as the engine sees it)."""
+def _timeline(
+    rollout: Rollout, stages: list[dict[str, float]], envelopes: dict[str, list[list[Any]]]
+) -> list[str]:
+    """Per stage, seconds from the start: opened, first and last notified, first and last
+    envelope received and last reply sent by the simulators, last committed event stored
+    (the database's clock, as the engine sees it; the simulators' monotonic times moved
+    onto it)."""
     start = rollout.started_at
     assert start is not None
+    to_wall = time.time() - time.monotonic() - start.timestamp()
     opened = [start] + [
         at
         for at, reason in rollout.audit_events.order_by("pk").values_list("at", "reason")
@@ -550,10 +555,14 @@ def _timeline(rollout: Rollout, stages: list[dict[str, float]]) -> list[str]:
         assert first
         assert last
         assert acked
+        logs = [envelopes[d][0] for d in rows.values_list("device__device_id", flat=True)]
+        received = [log[2] + to_wall for log in logs]
+        replied = max(log[3] for log in logs) + to_wall
         lines.append(
             f"    stage {k + 1} ({rows.count()} devices): opened "
             f"{(opened[k] - start).total_seconds():6.2f}, notified "
             f"{(first - start).total_seconds():6.2f}-{(last - start).total_seconds():6.2f}, "
+            f"received {min(received):6.2f}-{max(received):6.2f}, last reply {replied:6.2f}, "
             f"last committed stored {(acked - start).total_seconds():6.2f}"
         )
         low = high

@@ -68,6 +68,8 @@ def test_abort_reissues_previous_versions_and_ends_rolled_back():  # type: ignor
 
     # then every touched device's desired entry is 1.0.0 again, tagged with this rollout
     assert result.rollback_issued == len(touched)
+    # (and the envelopes issued are counted: the notifications and the roll-backs)
+    assert fresh(rollout).issued_count == 2 * len(touched)
     for row in touched:
         entry = desired_entry(row.device)
         assert entry is not None

@@ -13,6 +13,11 @@ def queued(monkeypatch):  # type: ignore[no-untyped-def]
     """A broker (not eager), a controlled clock, and the calls that queue evaluations."""
     monkeypatch.setitem(tasks.rollout_evaluate_task.app.conf, "task_always_eager", False)
     monkeypatch.setattr(tasks, "_event_evaluations", {})
+    monkeypatch.setattr(tasks, "_decisive_stored", {})
+    monkeypatch.setattr(tasks, "_issued_seen", {})
+    monkeypatch.setattr(tasks, "_hand_over_queued", {})
+    # no rollout issued anything: the interval alone decides (the hand-over tests set it)
+    monkeypatch.setattr(tasks.rollout_selectors, "rollout_issued_count", lambda rollout_id: 10**9)
     clock = [1000.0]
     monkeypatch.setattr(tasks.time, "monotonic", lambda: clock[0])
     calls: list[tuple[str, float]] = []
@@ -67,9 +72,78 @@ def test_every_event_batch_is_followed_by_an_evaluation(queued) -> None:  # type
     assert len(runs) <= (clock[0] + interval - 1000.0) / interval + 1 < 200 / 3
 
 
+def test_the_events_that_catch_up_with_what_was_issued_are_evaluated_at_once(
+    queued, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A stage's last batch is not held to the interval; once per issued count, and the
+    count is read only once the events have caught up with the value last read."""
+    calls, clock = queued
+    interval = tasks.EVENT_EVALUATION_SECONDS
+    issued = {"r-1": 10}
+    reads: list[str] = []
+
+    def issued_count(rollout_id: str) -> int:
+        reads.append(rollout_id)
+        return issued[rollout_id]
+
+    monkeypatch.setattr(tasks.rollout_selectors, "rollout_issued_count", issued_count)
+    tasks._queue_for_events("r-1", decisive=4)  # first read: 4 of 10
+    assert calls == [("r-1", 0.0)]
+    assert reads == ["r-1"]
+    clock[0] += interval / 4
+    tasks._queue_for_events("r-1", decisive=3)  # 7 of 10: the interval, no read
+    assert calls[-1] == ("r-1", pytest.approx(interval * 3 / 4))
+    assert reads == ["r-1"]
+    clock[0] += interval / 4
+    tasks._queue_for_events("r-1", decisive=3)  # 10 of 10: at once, within the interval
+    assert calls[-1] == ("r-1", 0.0)
+    assert len(calls) == 3
+    assert reads == ["r-1", "r-1"]
+    # a straggler (counted twice) within the interval: the one queued for later covers it
+    clock[0] += interval / 8
+    tasks._queue_for_events("r-1", decisive=1)
+    assert len(calls) == 3
+    # the next stage was issued: its last events are evaluated at once again
+    issued["r-1"] = 100
+    clock[0] += interval / 8
+    tasks._queue_for_events("r-1", decisive=88)  # 99 of 100 (the straggler counted)
+    assert len(calls) == 3
+    tasks._queue_for_events("r-1", decisive=1)
+    assert calls[-1] == ("r-1", 0.0)
+    assert len(calls) == 4
+
+
+def test_an_unknown_rollout_is_held_to_the_interval(queued, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    calls, clock = queued
+    monkeypatch.setattr(tasks.rollout_selectors, "rollout_issued_count", lambda rollout_id: None)
+    tasks._queue_for_events("r-9", decisive=5)
+    clock[0] += tasks.EVENT_EVALUATION_SECONDS / 2
+    tasks._queue_for_events("r-9", decisive=5)
+    assert calls == [("r-9", 0.0), ("r-9", pytest.approx(tasks.EVENT_EVALUATION_SECONDS / 2))]
+
+
 def test_eager_tasks_evaluate_for_every_batch(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setitem(tasks.rollout_evaluate_task.app.conf, "task_always_eager", True)
     with mock.patch.object(tasks.rollout_evaluate_task, "delay") as delay:
         for _ in range(3):
             tasks._queue_for_events("r-1")
     assert delay.call_count == 3
+
+
+@pytest.mark.django_db
+def test_a_transaction_queues_one_evaluation_per_rollout_counting_its_decisive_events(
+    django_capture_on_commit_callbacks, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    queued: list[tuple[str, int]] = []
+    monkeypatch.setattr(
+        tasks,
+        "_queue_for_events",
+        lambda rollout_id, decisive=1: queued.append((rollout_id, decisive)),
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        for phase in ("downloading", "committed", "verifying", "failed", "rolled_back"):
+            tasks.rollout_evaluate_on_commit(rollout_id="r-1", phase=phase)
+        tasks.rollout_evaluate_on_commit(rollout_id="r-2", phase="rejected")
+        tasks.rollout_evaluate_on_commit(rollout_id="another-system-7", phase="committed")
+        assert queued == []  # nothing before the commit
+    assert sorted(queued) == [("r-1", 3), ("r-2", 1)]

@@ -124,7 +124,10 @@ def test_a_stage_opens_with_a_small_batch_and_the_rest_follows_at_once():  # typ
     # envelopes go out as it commits, and asks for the next evaluation at once
     first = evaluate(rollout, t0)
     assert (first.notified, first.more) == (engine.NOTIFY_FIRST_OF_STAGE, True)
+    assert fresh(rollout).issued_count == engine.NOTIFY_FIRST_OF_STAGE
     # then the next notifies the rest, up to a full batch
     second = evaluate(rollout, later(seconds=1, base=t0))
     assert (second.notified, second.more) == (400 - engine.NOTIFY_FIRST_OF_STAGE, False)
     assert len(rows(rollout, state="notified")) == 400
+    # what the bridge compares with the decisive events it stored (ota.tasks)
+    assert fresh(rollout).issued_count == 400
