@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 from rollout_helpers import artifact, devices, phased, use_own_director_key
 
-from ota.bulk_update import columns_update, rows_update
+from ota.bulk_update import columns_insert, columns_update, rows_update
 from ota.models import RolloutDevice
 
 
@@ -64,3 +64,51 @@ def test_columns_by_field_name_and_refusals(rollout_rows):  # type: ignore[no-un
         columns_update(RolloutDevice, pks, {"last_phase": ["accepted"]})
     with pytest.raises(ValueError, match="concrete, non-key fields"):
         columns_update(RolloutDevice, pks, {"id": [1, 2]})
+
+
+def test_inserted_rows_hold_their_values_and_the_others_defaults_as_create_gives(rollout_rows):  # type: ignore[no-untyped-def]
+    # given rows made by create() (the start's removed first), remembered and removed
+    rollout = rollout_rows[0].rollout
+    RolloutDevice.objects.filter(rollout=rollout).delete()
+    made = [
+        RolloutDevice.objects.create(
+            rollout=rollout,
+            device=row.device,
+            arm=row.arm,
+            bucket=row.bucket,
+            artifact=row.artifact if i < 2 else None,
+            state=row.state if i < 2 else "skipped",
+            last_code="hw_mismatch" if i == 2 else "",
+        )
+        for i, row in enumerate(rollout_rows[:3])
+    ]
+    expected = {r.device_id: r for r in RolloutDevice.objects.filter(rollout=rollout)}
+    RolloutDevice.objects.filter(rollout=rollout).delete()
+    started = timezone.now()
+    # when columns_insert makes them from their columns alone
+    count = columns_insert(
+        RolloutDevice,
+        {
+            "rollout": [rollout.pk] * 3,
+            "device": [m.device_id for m in made],
+            "arm": [m.arm for m in made],
+            "bucket": [m.bucket for m in made],
+            "artifact": [m.artifact_id for m in made],
+            "state": [m.state for m in made],
+            "last_code": [m.last_code for m in made],
+        },
+    )
+    # then each row holds what create() stored: its values, the defaults, now for updated_at
+    assert count == 3
+    got = {r.device_id: r for r in RolloutDevice.objects.filter(rollout=rollout)}
+    assert set(got) == set(expected)
+    ignored = {"id", "updated_at"}
+    names = [f.attname for f in RolloutDevice._meta.concrete_fields if f.name not in ignored]
+    for device_id, row in got.items():
+        assert {n: getattr(row, n) for n in names} == {
+            n: getattr(expected[device_id], n) for n in names
+        }
+        assert row.updated_at >= started
+    assert columns_insert(RolloutDevice, {"arm": []}) == 0
+    with pytest.raises(ValueError, match="different lengths"):
+        columns_insert(RolloutDevice, {"arm": ["a"], "bucket": [0.1, 0.2]})
