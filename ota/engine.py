@@ -156,11 +156,13 @@ def rollout_evaluate(
     pk = rollout_pk(rollout_id)
     if pk is None:
         return result
-    now = now or timezone.now()
     with transaction.atomic():
         rollout = Rollout.objects.select_for_update().select_related("model").filter(pk=pk).first()
         if rollout is None:
             return result
+        # Read once the lock is held: an evaluation that waited for it (say, behind the
+        # start that makes a large rollout's device rows) must not date its work earlier.
+        now = now or timezone.now()
         wake_at = rollout.wake_at
         if (
             rollout.status == RolloutStatus.SCHEDULED
