@@ -296,6 +296,9 @@ SPECTACULAR_SETTINGS = {
 # How often the beat evaluates every active rollout (start and bake times, timeouts,
 # pacing); device events trigger evaluations in between.
 FLEET_ROLLOUT_TICK_SECONDS = _env_int("FLEET_ROLLOUT_TICK_SECONDS", 30, minimum=5)
+# Device events queue an evaluation of their rollout at most this often from one bridge
+# (milliseconds); the events that may finish a stage queue theirs at once (docs/rollouts.md).
+FLEET_ROLLOUT_EVENT_EVALUATION_MS = _env_int("FLEET_ROLLOUT_EVENT_EVALUATION_MS", 200, minimum=10)
 # How often telemetry gates and automatic A/B promotion query telemetry (at most).
 FLEET_ROLLOUT_TELEMETRY_INTERVAL_SECONDS = _env_int(
     "FLEET_ROLLOUT_TELEMETRY_INTERVAL_SECONDS", 60, minimum=1

@@ -5,6 +5,7 @@ import threading
 import time
 
 from celery import shared_task
+from django.conf import settings
 from django.db import transaction
 
 from ota import engine, rollout_selectors
@@ -69,7 +70,11 @@ def rollouts_tick_task() -> int:
 # where it waited up to the interval at every stage (docs/rollouts.md). Once per
 # ``issued_count``: a device counted twice (``failed`` then ``rolled_back``) can make it
 # early, never repeated. With several bridges each sees a share and the interval applies.
-EVENT_EVALUATION_SECONDS = 0.2
+def _event_interval() -> float:
+    """``FLEET_ROLLOUT_EVENT_EVALUATION_MS`` in seconds."""
+    return float(settings.FLEET_ROLLOUT_EVENT_EVALUATION_MS) / 1000
+
+
 _event_evaluations: dict[str, float] = {}  # rollout id -> when its last queued one runs
 _decisive_stored: dict[str, int] = {}  # rollout id -> decisive events this process stored
 _issued_seen: dict[str, int] = {}  # rollout id -> its issued_count, as last read
@@ -85,15 +90,14 @@ def _queue_for_events(rollout_id: str, decisive: int = 1) -> None:
         rollout_evaluate_task.delay(rollout_id)  # runs here and now: nothing to spare
         return
     hand_over = _may_have_finished(rollout_id, decisive)
+    interval = _event_interval()
     now = time.monotonic()
     with _event_lock:
         last = _event_evaluations.get(rollout_id)
         if not hand_over and last is not None and last > now:
             return  # queued to run after these events committed: it will see them
-        if hand_over or last is None or now - last >= EVENT_EVALUATION_SECONDS:
-            at = now
-        else:
-            at = last + EVENT_EVALUATION_SECONDS
+        due = hand_over or last is None or now - last >= interval
+        at = now if due else last + interval
         if len(_event_evaluations) >= 1000:  # rollouts long finished
             for key in [k for k, v in _event_evaluations.items() if v < now - 60]:
                 for known in (

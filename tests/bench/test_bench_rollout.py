@@ -206,6 +206,12 @@ class ControlPlane:
     def __init__(self, broker: MosquittoBroker, redis: Redis, keys: Path, root: Path) -> None:
         root.mkdir(parents=True)
         env = {
+            # Rollout and bridge tuning from the caller's environment, to compare settings.
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if k.startswith(("FLEET_ROLLOUT_", "FLEET_BRIDGE_"))
+            },
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(root),
             "FLEET_DATA_DIR": str(root),

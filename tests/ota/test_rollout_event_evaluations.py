@@ -34,7 +34,7 @@ def queued(monkeypatch):  # type: ignore[no-untyped-def]
 
 def test_a_burst_of_event_batches_queues_one_now_and_one_after_the_interval(queued) -> None:  # type: ignore[no-untyped-def]
     calls, clock = queued
-    interval = tasks.EVENT_EVALUATION_SECONDS
+    interval = tasks._event_interval()
     # the first batch's evaluation is queued at once
     tasks._queue_for_events("r-1")
     assert calls == [("r-1", 0.0)]
@@ -56,7 +56,7 @@ def test_a_burst_of_event_batches_queues_one_now_and_one_after_the_interval(queu
 
 def test_every_event_batch_is_followed_by_an_evaluation(queued) -> None:  # type: ignore[no-untyped-def]
     calls, clock = queued
-    interval = tasks.EVENT_EVALUATION_SECONDS
+    interval = tasks._event_interval()
     runs: list[float] = []  # when each queued evaluation runs
     for step in range(200):
         committed_at = clock[0]
@@ -78,7 +78,7 @@ def test_the_events_that_catch_up_with_what_was_issued_are_evaluated_at_once(
     """A stage's last batch is not held to the interval; once per issued count, and the
     count is read only once the events have caught up with the value last read."""
     calls, clock = queued
-    interval = tasks.EVENT_EVALUATION_SECONDS
+    interval = tasks._event_interval()
     issued = {"r-1": 10}
     reads: list[str] = []
 
@@ -117,9 +117,9 @@ def test_an_unknown_rollout_is_held_to_the_interval(queued, monkeypatch) -> None
     calls, clock = queued
     monkeypatch.setattr(tasks.rollout_selectors, "rollout_issued_count", lambda rollout_id: None)
     tasks._queue_for_events("r-9", decisive=5)
-    clock[0] += tasks.EVENT_EVALUATION_SECONDS / 2
+    clock[0] += tasks._event_interval() / 2
     tasks._queue_for_events("r-9", decisive=5)
-    assert calls == [("r-9", 0.0), ("r-9", pytest.approx(tasks.EVENT_EVALUATION_SECONDS / 2))]
+    assert calls == [("r-9", 0.0), ("r-9", pytest.approx(tasks._event_interval() / 2))]
 
 
 def test_eager_tasks_evaluate_for_every_batch(monkeypatch) -> None:  # type: ignore[no-untyped-def]
