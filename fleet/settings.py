@@ -328,6 +328,12 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "polling_interval": 0.5,
     }
 CELERY_TASK_EAGER_PROPAGATES = True
+# Celery's Django fixup closes the database connection before and after every task unless
+# this is set: each rollout evaluation (one per batch of device events) opened a new
+# PostgreSQL session, a backend forked with cold caches. With it the worker keeps its
+# connection for this many tasks; fleet/celery.py closes it sooner when it is broken or
+# older than CONN_MAX_AGE, as Django does between requests.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
