@@ -96,8 +96,7 @@ def _queue_for_events(rollout_id: str, decisive: int = 1) -> None:
         last = _event_evaluations.get(rollout_id)
         if not hand_over and last is not None and last > now:
             return  # queued to run after these events committed: it will see them
-        due = hand_over or last is None or now - last >= interval
-        at = now if due else last + interval
+        at = now if hand_over or last is None else max(now, last + interval)
         if len(_event_evaluations) >= 1000:  # rollouts long finished
             for key in [k for k, v in _event_evaluations.items() if v < now - 60]:
                 for known in (
