@@ -6,7 +6,7 @@ import time
 
 from celery import shared_task
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 
 from ota import engine, rollout_selectors
 from ota.repository import repository_refresh
@@ -69,7 +69,8 @@ def rollouts_tick_task() -> int:
 # the last of a stage, and its evaluation is queued at once, not at the end of the interval,
 # where it waited up to the interval at every stage (docs/rollouts.md). Once per
 # ``issued_count``: a device counted twice (``failed`` then ``rolled_back``) can make it
-# early, never repeated. With several bridges each sees a share and the interval applies.
+# early, never repeated. With several bridges each sees a share and the interval applies;
+# so it does for the rollouts under way when a bridge restarts (its count starts again).
 def _event_interval() -> float:
     """``FLEET_ROLLOUT_EVENT_EVALUATION_MS`` in seconds."""
     return float(settings.FLEET_ROLLOUT_EVENT_EVALUATION_MS) / 1000
@@ -122,7 +123,11 @@ def _may_have_finished(rollout_id: str, decisive: int) -> bool:
         stored = _decisive_stored[rollout_id] = _decisive_stored.get(rollout_id, 0) + decisive
         if stored < _issued_seen.get(rollout_id, 0):
             return False
-    issued = rollout_selectors.rollout_issued_count(rollout_id)
+    try:
+        issued = rollout_selectors.rollout_issued_count(rollout_id)
+    except DatabaseError:
+        log.warning("%s: issued count unreadable, evaluating at the interval", rollout_id)
+        return False  # the batch has committed: its evaluation is still queued below
     if issued is None:
         return False
     with _event_lock:

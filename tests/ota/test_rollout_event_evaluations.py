@@ -4,6 +4,7 @@ one process, and never leave an event without an evaluation that runs after it."
 from unittest import mock
 
 import pytest
+from django.db import OperationalError
 
 from ota import tasks
 
@@ -111,6 +112,19 @@ def test_the_events_that_catch_up_with_what_was_issued_are_evaluated_at_once(
     tasks._queue_for_events("r-1", decisive=1)
     assert calls[-1] == ("r-1", 0.0)
     assert len(calls) == 4
+
+
+def test_an_unreadable_issued_count_still_queues_at_the_interval(queued, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    calls, clock = queued
+
+    def down(rollout_id: str) -> int:
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(tasks.rollout_selectors, "rollout_issued_count", down)
+    tasks._queue_for_events("r-3", decisive=5)
+    clock[0] += tasks._event_interval() / 2
+    tasks._queue_for_events("r-3", decisive=5)
+    assert calls == [("r-3", 0.0), ("r-3", pytest.approx(tasks._event_interval() / 2))]
 
 
 def test_an_unknown_rollout_is_held_to_the_interval(queued, monkeypatch) -> None:  # type: ignore[no-untyped-def]
