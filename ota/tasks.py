@@ -3,6 +3,7 @@
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 from celery import shared_task
 from django.conf import settings
@@ -76,10 +77,17 @@ def _event_interval() -> float:
     return float(settings.FLEET_ROLLOUT_EVENT_EVALUATION_MS) / 1000
 
 
-_event_evaluations: dict[str, float] = {}  # rollout id -> when its last queued one runs
-_decisive_stored: dict[str, int] = {}  # rollout id -> decisive events this process stored
-_issued_seen: dict[str, int] = {}  # rollout id -> its issued_count, as last read
-_hand_over_queued: dict[str, int] = {}  # rollout id -> issued_count of the last at-once one
+@dataclass
+class _Events:
+    """What this process knows of one rollout's device events."""
+
+    runs_at: float | None = None  # when the last evaluation queued for them runs
+    stored: int = 0  # decisive events this process stored
+    issued_seen: int = 0  # the rollout's issued_count, as last read
+    hand_over_for: int | None = None  # the issued_count an at-once evaluation was queued for
+
+
+_events: dict[str, _Events] = {}  # by rollout id
 _event_lock = threading.Lock()
 
 
@@ -94,25 +102,29 @@ def _queue_for_events(rollout_id: str, decisive: int = 1) -> None:
     interval = _event_interval()
     now = time.monotonic()
     with _event_lock:
-        last = _event_evaluations.get(rollout_id)
+        known = _known(rollout_id, now)
+        last = known.runs_at
         if not hand_over and last is not None and last > now:
             return  # queued to run after these events committed: it will see them
         at = now if hand_over or last is None else max(now, last + interval)
-        if len(_event_evaluations) >= 1000:  # rollouts long finished
-            for key in [k for k, v in _event_evaluations.items() if v < now - 60]:
-                for known in (
-                    _event_evaluations,
-                    _decisive_stored,
-                    _issued_seen,
-                    _hand_over_queued,
-                ):
-                    known.pop(key, None)
         # A hand-over queued at once leaves the one queued for later where it was.
-        _event_evaluations[rollout_id] = at if last is None else max(at, last)
+        known.runs_at = at if last is None else max(at, last)
     if at <= now:
         rollout_evaluate_task.delay(rollout_id)
     else:
         rollout_evaluate_task.apply_async((rollout_id,), countdown=at - now)
+
+
+def _known(rollout_id: str, now: float) -> _Events:
+    """This rollout's entry (under ``_event_lock``); rollouts quiet for a minute are
+    forgotten once a thousand are known."""
+    known = _events.get(rollout_id)
+    if known is None:
+        if len(_events) >= 1000:
+            for key in [k for k, v in _events.items() if (v.runs_at or 0) < now - 60]:
+                del _events[key]
+        known = _events[rollout_id] = _Events()
+    return known
 
 
 def _may_have_finished(rollout_id: str, decisive: int) -> bool:
@@ -120,8 +132,10 @@ def _may_have_finished(rollout_id: str, decisive: int) -> bool:
     first time for this ``issued_count``). The count only grows, so it is read again only
     once the events have caught up with the value last read: rarely, not every batch."""
     with _event_lock:
-        stored = _decisive_stored[rollout_id] = _decisive_stored.get(rollout_id, 0) + decisive
-        if stored < _issued_seen.get(rollout_id, 0):
+        known = _known(rollout_id, time.monotonic())
+        known.stored += decisive
+        stored = known.stored
+        if stored < known.issued_seen:
             return False
     try:
         issued = rollout_selectors.rollout_issued_count(rollout_id)
@@ -131,10 +145,10 @@ def _may_have_finished(rollout_id: str, decisive: int) -> bool:
     if issued is None:
         return False
     with _event_lock:
-        _issued_seen[rollout_id] = issued
-        if stored < issued or _hand_over_queued.get(rollout_id) == issued:
+        known.issued_seen = issued
+        if stored < issued or known.hand_over_for == issued:
             return False
-        _hand_over_queued[rollout_id] = issued
+        known.hand_over_for = issued
         return True
 
 

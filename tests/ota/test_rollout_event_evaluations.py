@@ -13,10 +13,7 @@ from ota import tasks
 def queued(monkeypatch):  # type: ignore[no-untyped-def]
     """A broker (not eager), a controlled clock, and the calls that queue evaluations."""
     monkeypatch.setitem(tasks.rollout_evaluate_task.app.conf, "task_always_eager", False)
-    monkeypatch.setattr(tasks, "_event_evaluations", {})
-    monkeypatch.setattr(tasks, "_decisive_stored", {})
-    monkeypatch.setattr(tasks, "_issued_seen", {})
-    monkeypatch.setattr(tasks, "_hand_over_queued", {})
+    monkeypatch.setattr(tasks, "_events", {})
     # no rollout issued anything: the interval alone decides (the hand-over tests set it)
     monkeypatch.setattr(tasks.rollout_selectors, "rollout_issued_count", lambda rollout_id: 10**9)
     clock = [1000.0]
