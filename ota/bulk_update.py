@@ -1,20 +1,20 @@
 """Write many rows of one model, each with its own values, in one statement.
 
-``columns_insert`` does the same for new rows: on PostgreSQL ``INSERT ... SELECT FROM
-unnest()`` of one array per column, where ``bulk_create`` built a model instance and a
-prepared expression per value (most of a 10 000-device rollout's start).
-
 Django's ``bulk_update`` builds a ``CASE WHEN pk = ... THEN ...`` expression per field with
 one branch per row, resolving and copying an expression object per value: in the rollout
 benchmark it was three quarters of the rollout engine's time (docs/benchmarks.md,
 "Rollouts"). On PostgreSQL ``columns_update`` sends one array per column as a bound
-parameter (server-side binding: Django's client-side cursor would spell every element
-out as a literal) and updates from their ``unnest()`` joined on the primary key: one
+parameter (server-side binding, in binary: Django's client-side cursor would spell every
+element out as a literal) and updates from their ``unnest()`` joined on the primary key: one
 short statement whatever the number of rows. Elsewhere (SQLite, for development) one
 UPDATE per row through ``executemany``.
 
 Fields with ``auto_now`` (``updated_at``) get the current time, as ``save()`` would give
 them; ``bulk_update`` leaves them as they were.
+
+``columns_insert`` does the same for new rows: on PostgreSQL ``INSERT ... SELECT FROM
+unnest()`` of one array per column, where ``bulk_create`` built a model instance and a
+prepared expression per value (most of a 10 000-device rollout's start).
 """
 
 from collections.abc import Mapping, Sequence
@@ -66,7 +66,8 @@ def columns_update(
     # Only quoted identifiers and column types from the model's metadata are formatted
     # into the SQL; the values are parameters.
     if connection.vendor == "postgresql":
-        arrays = ", ".join(f"%s::{f.cast_db_type(connection)}[]" for f in [pk, *fields])
+        # Bound in binary (%b), as columns_insert: dumping the arrays as text costs more.
+        arrays = ", ".join(f"%b::{f.cast_db_type(connection)}[]" for f in [pk, *fields])
         assignments = ", ".join(f"{name} = v.{name}" for name in names)
         sql = (
             f"UPDATE {table} SET {assignments} "  # noqa: S608
