@@ -100,6 +100,9 @@ def _telemetry_interval() -> timedelta:
     return timedelta(seconds=settings.FLEET_ROLLOUT_TELEMETRY_INTERVAL_SECONDS)
 
 
+# Device columns that issuing envelopes never reads (devices_desired_set reads the
+# device's facts again under its lock): not fetched with the rows being notified.
+_DEVICE_UNUSED = ("device__reported", "device__agent_version", "device__last_seen_at")
 TRACKED = (D.NOTIFIED, D.IN_PROGRESS, D.ROLLING_BACK)
 ACTIVE = (D.PENDING, D.NOTIFIED, D.IN_PROGRESS)
 # States of a device that was notified and not yet rolled back (with attempts > 0).
@@ -637,7 +640,11 @@ def _notify(
     if budget <= 0:
         result.wake_in = _next_due(rollout, config, now, since, rate, counts)
         return 0
-    rows = list(pending.select_related("device").order_by("bucket", "pk")[:budget])
+    # The director needs the device's id only: its reported state (JSON decoded a device)
+    # was a tenth of the worker's time in the rollout benchmark.
+    rows = list(
+        pending.select_related("device").defer(*_DEVICE_UNUSED).order_by("bucket", "pk")[:budget]
+    )
     if not rows:
         return 0
     # One or two artifacts (an arm each) for the whole batch: read once, not once a row.
@@ -736,6 +743,7 @@ def _roll_back(
     rows = list(
         RolloutDevice.objects.filter(rollout=rollout, attempts__gt=0, state__in=TOUCHED)
         .select_related("device", "artifact", "previous_artifact__model")
+        .defer(*_DEVICE_UNUSED)
         .order_by("pk")[:ROLLBACK_BATCH]
     )
     to_issue = []

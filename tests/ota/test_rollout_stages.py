@@ -131,3 +131,25 @@ def test_a_stage_opens_with_a_small_batch_and_the_rest_follows_at_once():  # typ
     assert len(rows(rollout, state="notified")) == 400
     # what the bridge compares with the decisive events it stored (ota.tasks)
     assert fresh(rollout).issued_count == 400
+
+
+def test_notifying_takes_as_many_queries_for_many_devices_as_for_few():  # type: ignore[no-untyped-def]
+    """No query per device (say, a deferred device field read one row at a time)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    counted = []
+    for n, name in ((20, "few"), (150, "many")):
+        # a model each, so that the two rollouts do not overlap
+        artifact("1.0.0", name=name)
+        artifact("2.0.0", name=name)
+        fleet = devices(n, prefix=name)
+        rollout = phased(
+            name=name,
+            selection={"devices": [d.device_id for d in fleet]},
+            policy={"rate_per_minute": 100_000},
+        )
+        with CaptureQueriesContext(connection) as queries:
+            assert evaluate(rollout, later()).notified == min(n, engine.NOTIFY_FIRST_OF_STAGE)
+        counted.append(len(queries))
+    assert counted[1] == counted[0], counted
