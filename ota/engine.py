@@ -640,8 +640,8 @@ def _notify(
     if budget <= 0:
         result.wake_in = _next_due(rollout, config, now, since, rate, counts)
         return 0
-    # The director needs the device's id only: its reported state (JSON decoded a device)
-    # was a tenth of the worker's time in the rollout benchmark.
+    # The director needs the device's id only. Decoding every device's reported state
+    # (JSON) took 7 % of the worker's samples in the rollout benchmark.
     rows = list(
         pending.select_related("device").defer(*_DEVICE_UNUSED).order_by("bucket", "pk")[:budget]
     )
