@@ -4,9 +4,21 @@ one process, and never leave an event without an evaluation that runs after it."
 from unittest import mock
 
 import pytest
-from django.db import OperationalError
+from django.db import OperationalError, transaction
+from rollout_helpers import (
+    artifact,
+    devices,
+    evaluate,
+    fresh,
+    phased,
+    report,
+    rows,
+    use_own_director_key,
+)
 
+from device_agent.protocol.messages import Phase
 from ota import tasks
+from ota.models import RolloutDevice
 
 
 @pytest.fixture
@@ -158,3 +170,50 @@ def test_a_transaction_queues_one_evaluation_per_rollout_counting_its_decisive_e
         tasks.rollout_evaluate_on_commit(rollout_id="another-system-7", phase="committed")
         assert queued == []  # nothing before the commit
     assert sorted(queued) == [("r-1", 3), ("r-2", 1)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_events_that_finish_a_stage_queue_its_evaluation_at_once(  # type: ignore[no-untyped-def]
+    settings, tmp_path, monkeypatch
+) -> None:
+    """On the database: the engine's issued_count, and events stored as the bridge stores
+    them, a transaction a batch, all within one interval."""
+    use_own_director_key(settings, tmp_path)
+    artifact("1.0.0")
+    artifact("2.0.0")
+    devices(40)
+    rollout = phased(stages=[{"percent": 50}, {"percent": 100}], policy={"rate_per_minute": 10**5})
+    evaluate(rollout)
+    first, *middle, last = rows(rollout, state="notified")
+    assert fresh(rollout).issued_count == len(middle) + 2
+    # from here on evaluations are queued to a broker, on a clock that stands still
+    monkeypatch.setitem(tasks.rollout_evaluate_task.app.conf, "task_always_eager", False)
+    monkeypatch.setattr(tasks, "_events", {})
+    monkeypatch.setattr(tasks.time, "monotonic", lambda: 1000.0)
+    calls: list[float] = []
+    monkeypatch.setattr(tasks.rollout_evaluate_task, "delay", lambda rollout_id: calls.append(0))
+    monkeypatch.setattr(
+        tasks.rollout_evaluate_task,
+        "apply_async",
+        lambda args, countdown: calls.append(countdown),
+    )
+
+    def batch(*finished: RolloutDevice) -> None:
+        with transaction.atomic():  # the bridge's transaction; evaluations queue on commit
+            for row in finished:
+                report(row.device, rollout, Phase.ACCEPTED)
+                report(row.device, rollout, Phase.COMMITTED)
+
+    # when every device but one commits, in batches
+    batch(first)
+    for row in middle:
+        batch(row)
+    # then one evaluation was queued at once, and one for the end of the interval
+    assert calls == [0, pytest.approx(tasks._event_interval())]
+    # when the last one commits, within the interval
+    batch(last)
+    # then its evaluation is queued at once: the stage may have finished
+    assert calls[2:] == [0]
+    # and a redelivered event (stored once) queues nothing more
+    batch(last)
+    assert len(calls) == 3
