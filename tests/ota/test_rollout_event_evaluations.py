@@ -1,5 +1,7 @@
 """Device events queue rollout evaluations, but at most one per rollout per interval from
-one process, and never leave an event without an evaluation that runs after it."""
+one process, and never leave an event without an evaluation that runs after it; the
+events that may finish a stage (as many decisive ones as envelopes issued) queue theirs
+at once."""
 
 from unittest import mock
 
