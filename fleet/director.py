@@ -372,14 +372,14 @@ def _rows_save(rows: list[_Locked]) -> None:
     names = [qn(str(f.column)) for f in fields]
     # Only quoted identifiers and types from the model's metadata are formatted into SQL
     # here and in _rows_unnest; values are parameters.
+    if connection.vendor == "postgresql":
+        casts = [str(f.db_type(connection)) for f in fields]
+        values = [
+            (r.pk, r.seq, r.payload_json, r.envelope, r.issued_at, r.expires_at) for r in rows
+        ]
+        _rows_unnest(table, pk, list(zip(names, casts, strict=True)), values)
+        return
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            casts = [str(f.db_type(connection)) for f in fields]
-            values = [
-                (r.pk, r.seq, r.payload_json, r.envelope, r.issued_at, r.expires_at) for r in rows
-            ]
-            _rows_unnest(table, pk, list(zip(names, casts, strict=True)), values)
-            return
         prep = {name: columns[name].get_db_prep_save for name in ISSUE_FIELDS}
         params = [
             (
