@@ -18,6 +18,7 @@ from django.db.models import Field
 from django.utils import timezone
 
 from device_agent.protocol.messages import ReportedState, UpdateEvent
+from fleet.director import filter_in
 from fleet.models import Device, DeviceEvent
 from ota.tasks import rollout_evaluate_on_commit
 
@@ -302,4 +303,6 @@ def devices_seen_record(*, device_pks: Collection[int], at: datetime) -> int:
     """Set `last_seen_at` of many devices at once (the bridge batches it); rows updated."""
     if not device_pks:
         return 0
-    return Device.objects.filter(pk__in=list(device_pks)).update(last_seen_at=at)
+    # One array parameter: a thousand literals in an IN list cost psycopg more to split
+    # client-side than the update itself.
+    return filter_in(Device.objects.all(), "pk", sorted(device_pks)).update(last_seen_at=at)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from device_agent.protocol.errors import ErrorCode
@@ -139,6 +140,12 @@ class RateLimitedLog:
         self._log.warning(message + suffix, *args, exc_info=exc_info)
 
 
+def _devices() -> QuerySet[Device]:
+    # A device's reported state is only ever replaced here, never read: not decoding it
+    # spares the JSON of every device of every batch whose cache entry expired.
+    return Device.objects.defer("reported")
+
+
 class DeviceDirectory:
     """Device rows by device id, cached for a few seconds (positive and negative).
 
@@ -158,7 +165,7 @@ class DeviceDirectory:
         hit = self._entries.get(device_id)
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
-        device = Device.objects.filter(device_id=device_id).first()
+        device = _devices().filter(device_id=device_id).first()
         if self._ttl > 0:
             if len(self._entries) >= self.MAX_ENTRIES:
                 self._entries.clear()  # a flood of random ids must not grow memory
@@ -182,7 +189,7 @@ class DeviceDirectory:
                 wanted.add(device_id)
         if not wanted:
             return
-        found = {d.device_id: d for d in Device.objects.filter(device_id__in=wanted)}
+        found = {d.device_id: d for d in _devices().filter(device_id__in=wanted)}
         if len(entries) + len(wanted) > self.MAX_ENTRIES:
             entries.clear()
         for device_id in wanted:

@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 from bridge_harness import event_payload, make_device, state_payload, status_payload
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -124,6 +126,31 @@ def test_seen_devices_get_last_seen_at_in_one_flush(dispatcher: Dispatcher) -> N
     assert dispatcher.flush_seen() == 2
     assert Device.objects.filter(last_seen_at__isnull=False).count() == 2
     assert dispatcher.flush_seen() == 0
+
+
+def test_a_batch_of_state_reports_decodes_no_stored_state_and_reads_no_device_twice() -> None:
+    # given ten devices with a large reported state each, and a cache of the devices
+    ids = [f"dev-{i}" for i in range(10)]
+    for device_id in ids:
+        make_device(device_id)
+    Device.objects.update(reported={"models": [{"name": "kws", "blob": "x" * 10_000}]})
+    dispatcher = Dispatcher(telemetry=DiscardTelemetry(), device_cache_seconds=60)
+    reports = [message(f"fleet/v1/devices/{d}/state", state_payload(last_seq=9)) for d in ids]
+    # when a deferred batch reports a state for each
+    with CaptureQueriesContext(connection) as queries:
+        dispatcher.prepare(reports)
+        dispatcher.begin(deferred=True)
+        outcomes = [dispatcher.handle(m) for m in reports]
+        dispatcher.finish()
+    # then the devices were read once, together, without their stored state
+    assert {o.result for o in outcomes} == {"accepted"}
+    reads = [q["sql"] for q in queries if q["sql"].lstrip().startswith("SELECT")]
+    assert len(reads) == 1
+    assert '"reported"' not in reads[0]
+    # and each device's new state is stored whole
+    for device in Device.objects.filter(device_id__in=ids):
+        assert device.reported_seq == 9
+        assert device.reported["models"][0]["version"] == "1.4.0"
 
 
 @settings(

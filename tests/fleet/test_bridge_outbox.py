@@ -3,11 +3,13 @@ once the broker acknowledged that very seq; a row rewritten meanwhile goes out a
 
 import itertools
 import threading
+from unittest.mock import patch
 
 import paho.mqtt.client as mqtt
 import pytest
 from bridge_harness import make_device, running_bridge, wait_until
-from django.db.models import F
+from django.db import connection
+from django.db.models import F, QuerySet
 
 from fleet.bridge.outbox import Outbox
 from fleet.models import DesiredState, Device
@@ -145,6 +147,61 @@ def test_a_row_rewritten_in_flight_is_published_again() -> None:
     row = _row()
     assert (row.published_seq, row.seq) == (2, 2)
     assert row.published_at is not None
+
+
+def test_a_scan_reads_no_envelope_of_a_row_still_in_flight() -> None:
+    # given 20 desired states handed to the broker and not yet acknowledged
+    devices = [make_device(f"dev-{i}") for i in range(20)]
+    for device in devices:
+        DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
+    publisher = FakePublisher()
+    outbox = Outbox(publisher=publisher, poll_seconds=0, batch_size=50, window=50)
+    outbox.step()
+    assert len(publisher.sent) == 20
+    # when the director commits a new row and the outbox scans again
+    DesiredState.objects.filter(device=devices[7]).update(seq=2, envelope=b"env-2")
+    outbox.rescan()
+    envelope_rows: list[int] = []
+
+    def count_rows(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        result = execute(sql, params, many, context)
+        if "envelope" in sql and sql.lstrip().upper().startswith("SELECT"):
+            envelope_rows.append(context["cursor"].rowcount)
+        return result
+
+    with connection.execute_wrapper(count_rows):
+        outbox.step()
+    # then only the rewritten row went out, and only its envelope was read (the other 19
+    # are on their way already)
+    assert publisher.sent[21] == ("fleet/v1/devices/dev-7/desired", b"env-2")
+    assert len(publisher.sent) == 21
+    assert len(envelope_rows) == 1
+    if connection.vendor == "postgresql":  # SQLite's cursor does not count a SELECT's rows
+        assert envelope_rows == [1]
+
+
+def test_a_row_rewritten_between_the_scan_and_the_read_goes_out_as_it_is_now() -> None:
+    # given a row behind at seq 1, and the director rewriting it just after the scan
+    device = make_device("dev-1")
+    DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
+    publisher = FakePublisher()
+    outbox = Outbox(publisher=publisher, poll_seconds=0, batch_size=10, window=10)
+    real_values_list = QuerySet.values_list
+
+    def rewrite_after_the_keys(self, *fields, **kwargs):  # type: ignore[no-untyped-def]
+        if fields == ("pk", "seq"):
+            rows = list(real_values_list(self, *fields, **kwargs))
+            DesiredState.objects.filter(device=device).update(seq=2, envelope=b"env-2")
+            return rows
+        return real_values_list(self, *fields, **kwargs)
+
+    with patch.object(QuerySet, "values_list", rewrite_after_the_keys):
+        outbox.step()
+    # then it goes out with seq 2's envelope, and its PUBACK records seq 2
+    assert list(publisher.sent.values()) == [("fleet/v1/devices/dev-1/desired", b"env-2")]
+    outbox.on_published(1, True)
+    outbox.step()
+    assert (_row().published_seq, _row().seq) == (2, 2)
 
 
 def test_a_refused_publish_is_not_recorded_and_an_early_puback_is() -> None:
