@@ -215,17 +215,23 @@ class RolloutDevice(models.Model):
     to it; events and reports older than that belong to an earlier attempt.
     """
 
-    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="devices")
+    # Every evaluation rewrites rows of a running rollout (their state is indexed, so each
+    # update adds an entry to every index): no index of their own for ``rollout`` (the
+    # unique constraint's leads with it) or the artifacts (only a deletion of an artifact
+    # looks rows up by them, and PROTECT makes that rare).
+    rollout = models.ForeignKey(
+        Rollout, on_delete=models.CASCADE, related_name="devices", db_index=False
+    )
     device = models.ForeignKey(
         "fleet.Device", on_delete=models.CASCADE, related_name="rollout_devices"
     )
     arm = models.CharField(max_length=64)
     bucket = models.FloatField(help_text="sha256(rollout_id + device_id) in [0, 1)")
     artifact = models.ForeignKey(
-        Artifact, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        Artifact, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
     )
     previous_artifact = models.ForeignKey(
-        Artifact, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        Artifact, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
     )
     state = models.CharField(
         max_length=16, choices=RolloutDeviceState.choices, default=RolloutDeviceState.PENDING
