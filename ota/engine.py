@@ -37,7 +37,7 @@ from django.utils import timezone
 
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.messages import Phase
-from fleet.director import ModelAssignment, devices_desired_set
+from fleet.director import ModelAssignment, devices_desired_set, filter_in
 from fleet.errors import ServiceError
 from fleet.models import DesiredState, Device, DeviceEvent
 from ota import rollouts
@@ -291,16 +291,26 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
     if not rows:
         return 0
     events: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    reported: dict[int, object] = {}
     for chunk in _chunks(rows, TRACK_CHUNK):
-        for event in (
-            DeviceEvent.objects.filter(device_id__in=[r.device_id for r in chunk])
-            .filter(mine)
-            .values("pk", "device_id", "seq", "phase", "code", "ts", "received_at")
-        ):
+        for event in filter_in(
+            DeviceEvent.objects.filter(mine), "device_id", [r.device_id for r in chunk]
+        ).values("pk", "device_id", "seq", "phase", "code", "ts", "received_at"):
             events[event["device_id"]].append(dict(event))
-        caught_up = [r.device_id for r in chunk if r.reported_seq >= r.desired_seq]
-        reported.update(Device.objects.filter(pk__in=caught_up).values_list("pk", "reported"))
+    # A report is read only where no terminal event of the attempt decides: most devices
+    # that finish report both, and decoding every finished device's state was 5 % of the
+    # worker's samples in the rollout benchmark.
+    undecided = [
+        r.device_id
+        for r in rows
+        if r.reported_seq >= r.desired_seq
+        and not any(
+            e["seq"] >= r.desired_seq and e["phase"] in TERMINAL_PHASES for e in events[r.device_id]
+        )
+    ]
+    reported: dict[int, object] = {}
+    for start in range(0, len(undecided), TRACK_CHUNK):
+        pks = undecided[start : start + TRACK_CHUNK]
+        reported.update(filter_in(Device.objects.all(), "pk", pks).values_list("pk", "reported"))
     wanted = {r.artifact_id for r in rows} | {r.previous_artifact_id for r in rows}
     targets = {
         pk: (version, counter)
@@ -640,10 +650,16 @@ def _notify(
     if budget <= 0:
         result.wake_in = _next_due(rollout, config, now, since, rate, counts)
         return 0
-    # The director needs the device's id only. Decoding every device's reported state
-    # (JSON) took 7 % of the worker's samples in the rollout benchmark.
+    # The batch's keys first, then its rows: joined to the devices before the sort, the
+    # query read the device of every pending row of the stage (thousands) for a batch of
+    # a hundred. The director needs the device's id only: decoding every device's
+    # reported state (JSON) took 7 % of the worker's samples in the rollout benchmark.
+    batch = list(pending.order_by("bucket", "pk").values_list("pk", flat=True)[:budget])
     rows = list(
-        pending.select_related("device").defer(*_DEVICE_UNUSED).order_by("bucket", "pk")[:budget]
+        filter_in(RolloutDevice.objects.all(), "pk", batch)
+        .select_related("device")
+        .defer(*_DEVICE_UNUSED)
+        .order_by("bucket", "pk")
     )
     if not rows:
         return 0

@@ -5,7 +5,7 @@ rollouts). Celery runs eagerly here, as in the embedded default."""
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from rollout_helpers import (
     artifact,
@@ -115,6 +115,39 @@ def test_a_device_already_running_the_version_succeeds_from_its_report():  # typ
     report_state(device, "2.0.0", 20)
     evaluate(rollout)
     assert states(rollout) == {device.device_id: "succeeded"}
+
+
+def test_devices_that_committed_are_decided_without_reading_their_reports():  # type: ignore[no-untyped-def]
+    # given three devices that committed and reported the new version, and one that only
+    # reported it (it ran the version already)
+    artifact("2.0.0", counter=20)
+    devices(4)
+    rollout = phased()
+    evaluate(rollout)
+    everyone = [row.device for row in rows(rollout)]
+    committed, reported_only = everyone[:3], everyone[3]
+    for device in committed:
+        report(device, rollout, Phase.COMMITTED)
+        report_state(device, "2.0.0", 20)
+    report_state(reported_only, "2.0.0", 20)
+    # when the rollout is evaluated
+    reads: list[list[object]] = []
+
+    def record(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        if '"reported"' in sql and sql.lstrip().startswith("SELECT"):
+            # the pks: one array literal on PostgreSQL ('{4,7}'), one parameter each elsewhere
+            reads.append(
+                [int(v) for p in params for v in str(p).strip("{}").split(",")]
+                if connection.vendor == "postgresql"
+                else list(params)
+            )
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        evaluate(rollout)
+    # then all four succeeded, and only the one without an event had its report read
+    assert set(states(rollout).values()) == {"succeeded"}
+    assert reads == [[reported_only.pk]]
 
 
 def test_a_refused_desired_state_fails_the_device():  # type: ignore[no-untyped-def]
