@@ -56,12 +56,57 @@ class InboundMessage:
     received_at: datetime
 
 
+# What one read takes from the socket at most (it returns what is there, not more).
+READ_SIZE = 64 * 1024
+
+
+class BufferedSocket:
+    """The broker connection with a read buffer: paho reads a packet in three or more
+    ``recv()`` calls (its first byte, the remaining length a byte at a time, then the
+    rest), each a system call on a plain socket. This takes whatever the socket holds in
+    one call, up to READ_SIZE, and serves paho's reads from it. ``pending()``, which paho's
+    loop asks of TLS sockets, counts the buffered bytes, so the loop reads them before it
+    waits in ``select()`` again. Everything else goes to the socket.
+    """
+
+    __slots__ = ("_sock", "_buffer", "_pos")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = b""
+        self._pos = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        if self._pos >= len(self._buffer):
+            # Raises what the socket raises (BlockingIOError when it has nothing); b"" is
+            # the end of the connection, returned as is.
+            data = self._sock.recv(max(bufsize, READ_SIZE))
+            if len(data) <= bufsize:
+                return data
+            self._buffer, self._pos = data, 0
+        start = self._pos
+        self._pos = min(start + bufsize, len(self._buffer))
+        return self._buffer[start : self._pos]
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return len(self._buffer) - self._pos + inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class _Client(mqtt.Client):
     def inflight_limit_set(self, limit: int) -> None:
         # paho refuses max_inflight_messages_set() once connected, but the broker only tells
         # its Receive Maximum in CONNACK; called from on_connect, before paho resends.
         with self._out_message_mutex:
             self._max_inflight_messages = limit
+
+    def _create_socket(self) -> Any:
+        # paho 2.x opens each connection's socket here (TCP, or TLS over TCP).
+        sock = super()._create_socket()
+        return BufferedSocket(sock) if self._transport == "tcp" else sock
 
     def _messages_reconnect_reset_out(self) -> None:
         # paho 2.2 marks every unacknowledged publish for resending on reconnect, ignoring
