@@ -7,9 +7,11 @@ in between gets the message again from the broker. Everything paho calls back ru
 its network thread and only hands data over; nothing here touches the database.
 """
 
+import contextlib
 import logging
+import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -56,6 +58,8 @@ class InboundMessage:
     received_at: datetime
 
 
+PUBACK_HEADER = 0x40  # MQTT PUBACK, no flags
+_PUBACK = struct.Struct("!BBH")  # header, remaining length 2, packet id
 # What one read takes from the socket at most (it returns what is there, not more).
 READ_SIZE = 64 * 1024
 
@@ -107,6 +111,29 @@ class _Client(mqtt.Client):
         # paho 2.x opens each connection's socket here (TCP, or TLS over TCP).
         sock = super()._create_socket()
         return BufferedSocket(sock) if self._transport == "tcp" else sock
+
+    def puback_many(self, mids: Sequence[int]) -> None:
+        """PUBACK each of ``mids``, as one write: paho's ack() queues a packet per message
+        and wakes its network thread for each, which then sends each on its own."""
+        if not mids:
+            return
+        packet = b"".join(_PUBACK.pack(PUBACK_HEADER, 2, mid) for mid in mids)
+        # What paho's _packet_queue() does for one packet; deque appends are thread-safe.
+        self._out_packet.append(
+            {
+                "command": PUBACK_HEADER,
+                "mid": mids[-1],
+                "qos": 1,
+                "pos": 0,
+                "to_process": len(packet),
+                "packet": packet,
+                "info": None,
+            }
+        )
+        if self._sockpairW is not None:
+            with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
+                self._sockpairW.send(b"0")
+        self._call_socket_register_write()
 
     def _messages_reconnect_reset_out(self) -> None:
         # paho 2.2 marks every unacknowledged publish for resending on reconnect, ignoring
@@ -238,15 +265,16 @@ class MqttConnection:
             return None
         return info.mid
 
-    def ack(self, message: InboundMessage) -> bool:
-        """PUBACK a QoS 1 message the worker has stored; False if its connection is gone."""
-        if message.qos == 0:
-            return True
+    def ack(self, messages: Sequence[InboundMessage]) -> int:
+        """PUBACK the QoS 1 messages the worker has stored, in one write; how many. Not
+        those whose connection is gone (the broker delivers them again)."""
         with self._ack_lock:
-            if message.generation != self._generation:
-                metrics.BRIDGE_ACKS_SKIPPED.inc()
-                return False
-            return self._client.ack(message.mid, message.qos) == MQTTErrorCode.MQTT_ERR_SUCCESS
+            mids = [m.mid for m in messages if m.qos == 1 and m.generation == self._generation]
+            stale = sum(1 for m in messages if m.qos == 1 and m.generation != self._generation)
+            self._client.puback_many(mids)
+        if stale:
+            metrics.BRIDGE_ACKS_SKIPPED.inc(stale)
+        return len(mids)
 
     # --- paho callbacks (network thread) ------------------------------------------------
 

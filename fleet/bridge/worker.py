@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, cast
 
 from django.db import (
@@ -77,7 +77,7 @@ class InboundWorker:
         self,
         *,
         dispatcher: Dispatcher,
-        ack: Callable[[InboundMessage], bool],
+        ack: Callable[[Sequence[InboundMessage]], object],
         queue_size: int,
         batch_size: int,
         seen_flush_seconds: float,
@@ -279,8 +279,7 @@ class InboundWorker:
                 self._abandon.wait(delay)
                 delay = min(delay * 2, 5.0)
         self._count(checked.handled)
-        for message in checked.batch:
-            self._ack(message)
+        self._ack(checked.batch)
         return True
 
     @staticmethod

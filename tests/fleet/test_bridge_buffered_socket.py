@@ -1,5 +1,6 @@
-"""The bridge reads the broker connection through a buffer: what paho asks for, byte for
-byte, in fewer system calls, and nothing left waiting in the buffer."""
+"""The bridge reads the broker connection through a buffer (what paho asks for, byte for
+byte, in fewer system calls, nothing left waiting in the buffer) and acknowledges a
+stored batch in one write."""
 
 import socket
 from collections.abc import Iterator
@@ -91,18 +92,19 @@ def test_a_burst_of_messages_reaches_the_bridge_through_the_buffer(mosquitto) ->
     with running_bridge(mosquitto.port) as bridge:
         client = bridge.connection._client
         assert isinstance(client.socket(), BufferedSocket)  # paho opened it through ours
-        # when each publishes 20 events as fast as it can, on one connection
+        # when each publishes 30 events as fast as it can, on one connection: more than the
+    # bridge's Receive Maximum (1 000), so the broker sends the rest only as PUBACKs come
         sender = device_client(mosquitto.port, "burst")
         infos = [
             sender.publish(
                 topic_for(device_id, Channel.EVENTS), event_payload(seq, progress=seq), qos=1
             )
             for device_id in ids
-            for seq in range(1, 21)
+            for seq in range(1, 31)
         ]
         for info in infos:
             info.wait_for_publish(10)
         # then every one of them is stored
-        assert wait_until(lambda: DeviceEvent.objects.count() == 1000, 30)
+        assert wait_until(lambda: DeviceEvent.objects.count() == 1500, 30)
         sender.loop_stop()
         sender.disconnect()

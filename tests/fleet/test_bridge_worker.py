@@ -29,7 +29,7 @@ def _message(qos: int) -> InboundMessage:
 def test_qos0_beyond_the_queue_bound_is_dropped_as_backpressure() -> None:
     worker = InboundWorker(  # never started: nothing drains the queue
         dispatcher=Dispatcher(telemetry=DiscardTelemetry(), device_cache_seconds=0),
-        ack=lambda message: True,
+        ack=lambda messages: len(messages),
         queue_size=2,
         batch_size=10,
         seen_flush_seconds=1,
@@ -84,7 +84,7 @@ def test_a_message_the_database_refuses_is_dropped_alone(monkeypatch) -> None:  
     acked: list[int] = []
     worker = InboundWorker(
         dispatcher=Dispatcher(telemetry=DiscardTelemetry(), device_cache_seconds=0),
-        ack=lambda message: acked.append(message.mid) or True,
+        ack=lambda messages: acked.extend(m.mid for m in messages),
         queue_size=10,
         batch_size=10,
         seen_flush_seconds=1,
