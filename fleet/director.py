@@ -100,14 +100,21 @@ class _AnyOf(Lookup):
 
     def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:  # type: ignore[override]
         lhs, params = self.process_lhs(compiler, connection)
-        # The array as one text literal: psycopg dumps a list element by element in Python.
-        literal = "{" + ",".join(str(int(value)) for value in self.rhs) + "}"
-        return f"{lhs} = ANY(%s::bigint[])", [*params, literal]
+        if all(isinstance(value, int) for value in self.rhs):
+            # The array as one text literal: psycopg dumps a list element by element.
+            literal = "{" + ",".join(str(int(value)) for value in self.rhs) + "}"
+            return f"{lhs} = ANY(%s::bigint[])", [*params, literal]
+        # Text (device ids): psycopg quotes the list as one array value.
+        return f"{lhs} = ANY(%s::text[])", [*params, [str(value) for value in self.rhs]]
 
 
-def filter_in[M: Model](queryset: QuerySet[M], field: str, values: list[int]) -> QuerySet[M]:
+def filter_in[M: Model](
+    queryset: QuerySet[M], field: str, values: Sequence[int] | Sequence[str]
+) -> QuerySet[M]:
     """``queryset.filter(<field>__in=values)``, as one array parameter on PostgreSQL (the
     outbox uses it too)."""
+    if not values:
+        return queryset.none()
     if connection.vendor == "postgresql":
         return queryset.filter(_AnyOf(F(field), values))
     return queryset.filter(**{f"{field}__in": values})

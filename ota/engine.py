@@ -296,16 +296,22 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
             DeviceEvent.objects.filter(mine), "device_id", [r.device_id for r in chunk]
         ).values("pk", "device_id", "seq", "phase", "code", "ts", "received_at"):
             events[event["device_id"]].append(dict(event))
+    # Each row's events of its current attempt, in the device's order.
+    attempts = {
+        row.pk: sorted(
+            (e for e in events[row.device_id] if e["seq"] >= row.desired_seq),
+            key=lambda e: (e["ts"], e["pk"]),
+        )
+        for row in rows
+    }
     # A report is read only where no terminal event of the attempt decides: most devices
-    # that finish report both, and decoding every finished device's state was 5 % of the
+    # that finish send both, and decoding every finished device's state was 5 % of the
     # worker's samples in the rollout benchmark.
     undecided = [
         r.device_id
         for r in rows
         if r.reported_seq >= r.desired_seq
-        and not any(
-            e["seq"] >= r.desired_seq and e["phase"] in TERMINAL_PHASES for e in events[r.device_id]
-        )
+        and not any(e["phase"] in TERMINAL_PHASES for e in attempts[r.pk])
     ]
     reported: dict[int, object] = {}
     for start in range(0, len(undecided), TRACK_CHUNK):
@@ -323,10 +329,7 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
         before = row.key()
         rolling_back = row.state == D.ROLLING_BACK
         target = targets.get((row.previous_artifact_id if rolling_back else row.artifact_id) or 0)
-        attempt = sorted(
-            (e for e in events[row.device_id] if e["seq"] >= row.desired_seq),
-            key=lambda e: (e["ts"], e["pk"]),
-        )
+        attempt = attempts[row.pk]
         terminal = [e for e in attempt if e["phase"] in TERMINAL_PHASES]
         if attempt:
             row.last_phase = attempt[-1]["phase"]

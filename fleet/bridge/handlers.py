@@ -29,6 +29,7 @@ from device_agent.protocol.messages import (
 )
 from device_agent.protocol.topics import Channel, parse_topic
 from fleet.bridge.client import InboundMessage
+from fleet.director import filter_in
 from fleet.models import Device
 from fleet.reports import (
     device_event_record,
@@ -189,7 +190,7 @@ class DeviceDirectory:
                 wanted.add(device_id)
         if not wanted:
             return
-        found = {d.device_id: d for d in _devices().filter(device_id__in=wanted)}
+        found = {d.device_id: d for d in filter_in(_devices(), "device_id", sorted(wanted))}
         if len(entries) + len(wanted) > self.MAX_ENTRIES:
             entries.clear()
         for device_id in wanted:
