@@ -93,7 +93,7 @@ def test_a_burst_of_messages_reaches_the_bridge_through_the_buffer(mosquitto) ->
         client = bridge.connection._client
         assert isinstance(client.socket(), BufferedSocket)  # paho opened it through ours
         # when each publishes 30 events as fast as it can, on one connection: more than the
-    # bridge's Receive Maximum (1 000), so the broker sends the rest only as PUBACKs come
+        # bridge's Receive Maximum (1 000), so the broker sends the rest only as PUBACKs come
         sender = device_client(mosquitto.port, "burst")
         infos = [
             sender.publish(
