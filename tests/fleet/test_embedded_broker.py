@@ -53,3 +53,68 @@ def test_broker_command_carries_qos1_messages(engine, tmp_path):  # type: ignore
         process.terminate()
         _, err = process.communicate(timeout=20)
     assert b"Production runs Mosquitto with TLS" in err
+
+
+def _start_mosquitto(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "broker", "--port", str(port), "--engine", "mosquitto"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin:/usr/sbin", "FLEET_DATA_DIR": str(data_dir)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port, 30)
+    return process
+
+
+def _retained(port: int, topic: str) -> bytes | None:
+    got: list[bytes] = []
+    done = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+
+    def on_message(c, userdata, message):  # type: ignore[no-untyped-def]
+        got.append(message.payload)
+        done.set()
+
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        done.wait(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got[0] if got else None
+
+
+def test_the_mosquitto_broker_keeps_retained_messages_and_its_log_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    # as whoever runs it: started as root, mosquitto would switch to its own user and
+    # could neither log nor save its database in this directory
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed: apt-get install mosquitto")
+    port = free_port()
+    process = _start_mosquitto(port, tmp_path)
+    try:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        client.publish("fleet/v1/devices/d1/desired", b"kept", qos=1, retain=True).wait_for_publish(
+            10
+        )
+        client.disconnect()
+        client.loop_stop()
+    finally:
+        process.terminate()  # mosquitto saves its database as it exits
+        process.wait(20)
+    log = tmp_path / "mqtt" / "mosquitto.log"
+    assert log.exists()
+    assert log.stat().st_size > 0
+    process = _start_mosquitto(port, tmp_path)
+    try:
+        assert _retained(port, "fleet/v1/devices/d1/desired") == b"kept"
+    finally:
+        process.terminate()
+        process.wait(20)

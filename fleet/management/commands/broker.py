@@ -7,6 +7,7 @@ and ACLs (deploy/mosquitto/); this command says so every time it starts.
 import asyncio
 import logging
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -54,8 +55,13 @@ class Command(BaseCommand):
         directory = Path(settings.FLEET_DATA_DIR) / "mqtt"
         directory.mkdir(parents=True, exist_ok=True)
         config = directory / "mosquitto.conf"
+        # Started as root (a container), mosquitto would switch to the "mosquitto" user,
+        # which may not write this directory: no log and no persistence at exit. It runs
+        # as whoever started it (the option only matters to root).
+        user = pwd.getpwuid(os.geteuid()).pw_name
         config.write_text(
             "# written by manage.py broker: embedded default, NOT for production\n"
+            f"user {user}\n"
             f"persistence true\npersistence_location {directory}/\n"
             f"log_dest file {directory}/mosquitto.log\n"
             "max_packet_size 131072\nmax_queued_messages 100000\n"
