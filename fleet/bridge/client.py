@@ -7,7 +7,6 @@ in between gets the message again from the broker. Everything paho calls back ru
 its network thread and only hands data over; nothing here touches the database.
 """
 
-import contextlib
 import logging
 import struct
 import threading
@@ -114,26 +113,11 @@ class _Client(mqtt.Client):
 
     def puback_many(self, mids: Sequence[int]) -> None:
         """PUBACK each of ``mids``, as one write: paho's ack() queues a packet per message
-        and wakes its network thread for each, which then sends each on its own."""
-        if not mids:
-            return
-        packet = b"".join(_PUBACK.pack(PUBACK_HEADER, 2, mid) for mid in mids)
-        # What paho's _packet_queue() does for one packet; deque appends are thread-safe.
-        self._out_packet.append(
-            {
-                "command": PUBACK_HEADER,
-                "mid": mids[-1],
-                "qos": 1,
-                "pos": 0,
-                "to_process": len(packet),
-                "packet": packet,
-                "info": None,
-            }
-        )
-        if self._sockpairW is not None:
-            with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
-                self._sockpairW.send(b"0")
-        self._call_socket_register_write()
+        and wakes its network thread for each, which then sends each on its own. Here the
+        PUBACKs go to paho's queue as one packet."""
+        if mids:
+            packet = b"".join(_PUBACK.pack(PUBACK_HEADER, 2, mid) for mid in mids)
+            self._packet_queue(PUBACK_HEADER, packet, mids[-1], 1)
 
     def _messages_reconnect_reset_out(self) -> None:
         # paho 2.2 marks every unacknowledged publish for resending on reconnect, ignoring
