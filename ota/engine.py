@@ -314,8 +314,7 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
         and not any(e["phase"] in TERMINAL_PHASES for e in attempts[r.pk])
     ]
     reported: dict[int, object] = {}
-    for start in range(0, len(undecided), TRACK_CHUNK):
-        pks = undecided[start : start + TRACK_CHUNK]
+    for pks in _chunks(undecided, TRACK_CHUNK):
         reported.update(filter_in(Device.objects.all(), "pk", pks).values_list("pk", "reported"))
     wanted = {r.artifact_id for r in rows} | {r.previous_artifact_id for r in rows}
     targets = {
