@@ -250,3 +250,27 @@ class BridgeProcess:
             f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
         ) as r:
             return r.read().decode()
+
+
+def retained_desired(port: int, expected: int) -> dict[str, bytes]:
+    """The retained `desired` messages a new subscriber gets, by topic."""
+    received: dict[str, bytes] = {}
+    done = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+
+    def on_message(c, userdata, message):  # type: ignore[no-untyped-def]
+        if message.retain:
+            received[message.topic] = message.payload
+        if len(received) >= expected:
+            done.set()
+
+    client.on_message = on_message
+    client.on_connect = lambda c, *a: c.subscribe("fleet/v1/devices/+/desired", qos=1)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        done.wait(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return received

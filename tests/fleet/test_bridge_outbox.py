@@ -7,7 +7,7 @@ from unittest.mock import patch
 
 import paho.mqtt.client as mqtt
 import pytest
-from bridge_harness import make_device, running_bridge, wait_until
+from bridge_harness import make_device, retained_desired, running_bridge, wait_until
 from django.db import connection
 from django.db.models import F, QuerySet
 
@@ -45,30 +45,6 @@ def _all_published(seq: int) -> bool:
     return DesiredState.objects.filter(seq=seq, published_seq=seq).count() == DEVICES
 
 
-def _retained(port: int, expected: int) -> dict[str, bytes]:
-    """The retained `desired` messages a new subscriber gets, by topic."""
-    received: dict[str, bytes] = {}
-    done = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-
-    def on_message(c, userdata, message):  # type: ignore[no-untyped-def]
-        if message.retain:
-            received[message.topic] = message.payload
-        if len(received) >= expected:
-            done.set()
-
-    client.on_message = on_message
-    client.on_connect = lambda c, *a: c.subscribe("fleet/v1/devices/+/desired", qos=1)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        done.wait(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return received
-
-
 def _expected(seq: int) -> dict[str, bytes]:
     return {
         f"fleet/v1/devices/dev-{i:04d}/desired": envelope(f"dev-{i:04d}", seq)
@@ -86,14 +62,14 @@ def test_every_row_is_published_retained_and_rewrites_go_out_again(mosquitto) ->
         assert wait_until(lambda: _all_published(2), 20)
         assert not DesiredState.objects.filter(published_seq__lt=F("seq")).exists()
         assert not DesiredState.objects.filter(published_at__isnull=True).exists()
-        assert _retained(mosquitto.port, DEVICES) == _expected(2)
+        assert retained_desired(mosquitto.port, DEVICES) == _expected(2)
 
         # when the director rewrites them again and the broker restarts mid-flight
         _rewrite_all(seq=3)
         mosquitto.restart()
         # then publishing resumes and completes
         assert wait_until(lambda: _all_published(3), 20), mosquitto.log_tail()
-        assert _retained(mosquitto.port, DEVICES) == _expected(3)
+        assert retained_desired(mosquitto.port, DEVICES) == _expected(3)
 
 
 class FakePublisher:

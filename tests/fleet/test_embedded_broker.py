@@ -7,6 +7,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from bridge_harness import retained_desired
 from mqtt_broker import free_port, wait_for_port
 
 from fleet.management.commands.broker import mosquitto_binary
@@ -14,21 +15,31 @@ from fleet.management.commands.broker import mosquitto_binary
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("engine", ["amqtt", "mosquitto"])
-def test_broker_command_carries_qos1_messages(engine, tmp_path):  # type: ignore[no-untyped-def]
-    if engine == "mosquitto" and mosquitto_binary() is None:
-        pytest.skip("mosquitto is not installed: apt-get install mosquitto")
-    port = free_port()
-    env = {"PATH": "/usr/bin:/bin:/usr/sbin", "FLEET_DATA_DIR": str(tmp_path)}
+def _start(engine: str, port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+    """``manage.py broker`` with ``engine`` on ``port``, listening (stdout, stderr piped)."""
     process = subprocess.Popen(
         [sys.executable, "manage.py", "broker", "--port", str(port), "--engine", engine],
         cwd=ROOT,
-        env=env,
+        env={"PATH": "/usr/bin:/bin:/usr/sbin", "FLEET_DATA_DIR": str(data_dir)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
         wait_for_port(port, 30)
+    except BaseException:
+        process.kill()
+        process.communicate()
+        raise
+    return process
+
+
+@pytest.mark.parametrize("engine", ["amqtt", "mosquitto"])
+def test_broker_command_carries_qos1_messages(engine, tmp_path):  # type: ignore[no-untyped-def]
+    if engine == "mosquitto" and mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed: apt-get install mosquitto")
+    port = free_port()
+    process = _start(engine, port, tmp_path)
+    try:
         received: list[bytes] = []
         got = threading.Event()
         subscribed = threading.Event()
@@ -55,39 +66,6 @@ def test_broker_command_carries_qos1_messages(engine, tmp_path):  # type: ignore
     assert b"Production runs Mosquitto with TLS" in err
 
 
-def _start_mosquitto(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "broker", "--port", str(port), "--engine", "mosquitto"],
-        cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin:/usr/sbin", "FLEET_DATA_DIR": str(data_dir)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port, 30)
-    return process
-
-
-def _retained(port: int, topic: str) -> bytes | None:
-    got: list[bytes] = []
-    done = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
-
-    def on_message(c, userdata, message):  # type: ignore[no-untyped-def]
-        got.append(message.payload)
-        done.set()
-
-    client.on_message = on_message
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        done.wait(5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return got[0] if got else None
-
-
 def test_the_mosquitto_broker_keeps_retained_messages_and_its_log_across_a_restart(
     tmp_path: Path,
 ) -> None:
@@ -96,7 +74,7 @@ def test_the_mosquitto_broker_keeps_retained_messages_and_its_log_across_a_resta
     if mosquitto_binary() is None:
         pytest.skip("mosquitto is not installed: apt-get install mosquitto")
     port = free_port()
-    process = _start_mosquitto(port, tmp_path)
+    process = _start("mosquitto", port, tmp_path)
     try:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         client.connect("127.0.0.1", port)
@@ -108,13 +86,13 @@ def test_the_mosquitto_broker_keeps_retained_messages_and_its_log_across_a_resta
         client.loop_stop()
     finally:
         process.terminate()  # mosquitto saves its database as it exits
-        process.wait(20)
+        process.communicate(timeout=20)
     log = tmp_path / "mqtt" / "mosquitto.log"
     assert log.exists()
     assert log.stat().st_size > 0
-    process = _start_mosquitto(port, tmp_path)
+    process = _start("mosquitto", port, tmp_path)
     try:
-        assert _retained(port, "fleet/v1/devices/d1/desired") == b"kept"
+        assert retained_desired(port, 1) == {"fleet/v1/devices/d1/desired": b"kept"}
     finally:
         process.terminate()
-        process.wait(20)
+        process.communicate(timeout=20)
