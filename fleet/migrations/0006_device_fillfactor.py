@@ -6,32 +6,17 @@ PostgreSQL updates the row in place (a heap-only tuple), without a new entry in 
 the table's indexes. At the default fill factor of 100 the pages of a freshly enrolled
 fleet are full, and every update moved the row to another page and touched every index
 (docs/benchmarks.md, "Rollouts"). Measured by
-tests/fleet/test_device_table_storage.py: 67 of 1 200 such updates in place at 100,
+tests/fleet/test_table_storage.py: 67 of 1 200 such updates in place at 100,
 794 at 70, 1 055 at 50. The table takes twice the pages; it is the smallest of the
 busy ones (one row per device, events and telemetry are many per device).
 """
 
 from django.db import migrations
 
-FILLFACTOR = 50
-
-
-def _set(apps, schema_editor, fillfactor):
-    if schema_editor.connection.vendor != "postgresql":
-        return
-    table = schema_editor.quote_name(apps.get_model("fleet", "Device")._meta.db_table)
-    schema_editor.execute(f"ALTER TABLE {table} SET (fillfactor = {int(fillfactor)})")
-
-
-def _forward(apps, schema_editor):
-    _set(apps, schema_editor, FILLFACTOR)
-
-
-def _backward(apps, schema_editor):
-    _set(apps, schema_editor, 100)
+from fleet.storage import fillfactor
 
 
 class Migration(migrations.Migration):
     dependencies = [("fleet", "0005_alter_desiredstate_published_seq")]
 
-    operations = [migrations.RunPython(_forward, _backward)]
+    operations = [fillfactor("fleet", "Device", 50)]

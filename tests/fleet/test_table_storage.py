@@ -1,0 +1,103 @@
+"""The busiest rewritten tables keep room on their pages (PostgreSQL fill factor 50):
+fleet_device, so a report updates a device's row in place, and fleet_desiredstate, so a
+new envelope and its publication stay on the row's page instead of growing the table."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bridge_harness import make_device, state_payload
+from director_factories import ArtifactFactory, own_director_key
+from django.db import connection
+from django.utils import timezone
+
+from device_agent.protocol.messages import ReportedState, loads_json
+from fleet.bridge.outbox import desired_states_mark_published
+from fleet.director import ModelAssignment, devices_desired_set
+from fleet.models import DesiredState
+from fleet.reports import devices_seen_record, devices_state_record
+from ota.models import Artifact
+
+pytestmark = pytest.mark.django_db
+
+
+def _postgresql() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("a PostgreSQL storage parameter; run with DATABASE_URL=postgres://...")
+
+
+@pytest.mark.parametrize("table", ["fleet_device", "fleet_desiredstate"])
+def test_the_table_leaves_room_for_new_row_versions(table: str) -> None:
+    _postgresql()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reloptions FROM pg_class WHERE relname = %s", [table])
+        (options,) = cursor.fetchone()
+    assert "fillfactor=50" in options
+
+
+def _updates() -> tuple[int, int]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")  # this session's counts, now
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+            "WHERE relname = 'fleet_device'"
+        )
+        updated, hot = cursor.fetchone()
+    return updated, hot
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reports_update_devices_without_new_index_entries() -> None:
+    _postgresql()
+    # given 200 freshly enrolled devices
+    devices = [make_device(f"dev-{i:03d}") for i in range(200)]
+    state = ReportedState.from_dict(loads_json(state_payload(last_seq=5)))
+    before = _updates()
+    # when each reports its state and is seen, three times, a transaction each (as the
+    # bridge writes its batches)
+    for _ in range(3):
+        devices_state_record(reports=[(d, state) for d in devices])
+        devices_seen_record(device_pks=[d.pk for d in devices], at=devices[0].enrolled_at)
+    # then PostgreSQL updated most rows in place: heap-only tuples, no index entry (at the
+    # default fill factor, 67 of these 1 200)
+    after = _updates()
+    updated, hot = after[0] - before[0], after[1] - before[1]
+    assert updated == 1200
+    assert hot >= 0.8 * updated, (updated, hot)
+
+
+def _pages(table: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_relation_size(%s) / current_setting('block_size')::int", [table])
+        (pages,) = cursor.fetchone()
+    return int(pages)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_new_desired_states_and_their_publication_do_not_grow_the_table(
+    settings: Any, tmp_path: Path
+) -> None:
+    _postgresql()
+    own_director_key(settings, tmp_path)
+    # given 200 devices with a desired state, published
+    devices = [make_device(f"dev-{i:03d}") for i in range(200)]
+    versions = [ArtifactFactory(version=f"1.{n}.0", release_counter=n + 1) for n in range(3)]
+
+    def issue_and_publish(artifact: Artifact) -> None:
+        result = devices_desired_set(
+            devices=devices, assignments_for=lambda _: [ModelAssignment(artifact=artifact)]
+        )
+        assert result.issued == 200
+        published = list(DesiredState.objects.values_list("pk", "seq"))
+        assert desired_states_mark_published(published=published, at=timezone.now()) == 200
+
+    issue_and_publish(versions[0])
+    before = _pages("fleet_desiredstate")
+    # when the director signs them a new version twice, and the outbox marks each published
+    for artifact in versions[1:]:
+        issue_and_publish(artifact)
+    # then the new row versions went on the rows' own pages: four writes of every row, and
+    # the table did not grow (at the default fill factor of 100: from 102 pages to 298)
+    after = _pages("fleet_desiredstate")
+    assert after <= before * 1.1, (before, after)
