@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import psycopg
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Field
 from django.utils import timezone
 
@@ -21,6 +21,7 @@ from device_agent.protocol.messages import ReportedState, UpdateEvent
 from fleet.director import filter_in
 from fleet.models import Device, DeviceEvent
 from ota.tasks import rollout_evaluate_on_commit
+from ota.tracking import tracking_news_record
 
 # Each DeviceEvent field stored from an event, and its value: model instances
 # (_event_row) and the PostgreSQL insert's column arrays (_insert_unnest) both use it.
@@ -58,9 +59,12 @@ def device_state_record(*, device: Device, state: ReportedState) -> Device:
     """Store the device's retained `state` report: what it runs and the last desired seq.
 
     The latest report wins: a device's messages reach the bridge in the order it sent them.
+    Rollouts it is in flight in get news of it in the same transaction (``ota.tracking``).
     """
     _apply_state(device, state)
-    device.save(update_fields=list(_STATE_FIELDS))
+    with transaction.atomic(savepoint=False):
+        device.save(update_fields=list(_STATE_FIELDS))
+        tracking_news_record(device_pks=[device.pk])
     return device
 
 
@@ -70,24 +74,35 @@ def _apply_state(device: Device, state: ReportedState) -> None:
     device.reported_seq = state.last_seq
 
 
-def devices_state_record(*, reports: Sequence[tuple[Device, ReportedState]]) -> None:
+def devices_state_record(
+    *, reports: Sequence[tuple[Device, ReportedState]], news: bool = True
+) -> None:
     """``device_state_record`` for many devices in one statement batch (the bridge's).
 
     A device listed more than once keeps its last report, as one by one. On PostgreSQL
-    one statement; elsewhere an executemany.
+    one statement; elsewhere an executemany. Then one more for the news
+    (``ota.tracking``), unless ``news`` is False: the caller records it, in the same
+    transaction (the bridge, once for a batch's states and events).
     """
     latest = {device.pk: (device, state) for device, state in reports}
     if not latest:
         return
     for device, state in latest.values():
         _apply_state(device, state)
+    with transaction.atomic(savepoint=False):
+        _update_many(list(latest.values()))
+        if news:
+            tracking_news_record(device_pks=latest.keys())
+
+
+def _update_many(reports: Sequence[tuple[Device, ReportedState]]) -> None:
     if connection.vendor == "postgresql":
-        _update_unnest(list(latest.values()))
+        _update_unnest(reports)
         return
     prep_reported = _field(Device, "reported").get_db_prep_save
     params = [
         (prep_reported(d.reported, connection), d.agent_version, d.reported_seq, d.pk)
-        for d, _ in latest.values()
+        for d, _ in reports
     ]
     qn = connection.ops.quote_name
     meta = Device._meta
@@ -133,16 +148,32 @@ def _event_row(device: Device, event: UpdateEvent, digest: str | None = None) ->
     )
 
 
-def devices_event_record(*, reports: Sequence[tuple[Device, UpdateEvent]]) -> list[bool]:
+def devices_event_record(
+    *, reports: Sequence[tuple[Device, UpdateEvent]], news: bool = True
+) -> list[bool]:
     """``device_event_record`` for many events at once: whether each was stored (False for a
     redelivery, or a repeat earlier in ``reports``).
 
     One ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` per ``EVENT_CHUNK`` events where one
     by one took a round trip each (docs/benchmarks.md, "Rollouts"). Without RETURNING
-    support, one by one.
+    support, one by one. Then one statement for the news of them (``ota.tracking``), in
+    the same transaction, unless ``news`` is False (as ``devices_state_record``).
     """
     if not reports:
         return []
+    with transaction.atomic(savepoint=False):
+        created = _insert_events(reports)
+        if news:
+            tracking_news_record(
+                device_pks=[d.pk for (d, _), new in zip(reports, created, strict=True) if new]
+            )
+    for (_, event), new in zip(reports, created, strict=True):
+        if new and event.rollout_id:
+            rollout_evaluate_on_commit(rollout_id=event.rollout_id, phase=event.phase.value)
+    return created
+
+
+def _insert_events(reports: Sequence[tuple[Device, UpdateEvent]]) -> list[bool]:
     if not connection.features.can_return_rows_from_bulk_insert:
         return [_insert_unless_stored(_event_row(device, event)) for device, event in reports]
     keys = [(device.pk, _digest(event)) for device, event in reports]
@@ -155,11 +186,7 @@ def devices_event_record(*, reports: Sequence[tuple[Device, UpdateEvent]]) -> li
     for start in range(0, len(unique), EVENT_CHUNK):
         chunk = unique[start : start + EVENT_CHUNK]
         stored |= insert([reports[i] for i in chunk], [keys[i][1] for i in chunk])
-    created = [first[key] == index and key in stored for index, key in enumerate(keys)]
-    for (_, event), new in zip(reports, created, strict=True):
-        if new and event.rollout_id:
-            rollout_evaluate_on_commit(rollout_id=event.rollout_id, phase=event.phase.value)
-    return created
+    return [first[key] == index and key in stored for index, key in enumerate(keys)]
 
 
 def _digest(event: UpdateEvent) -> str:
@@ -237,7 +264,10 @@ def device_event_record(*, device: Device, event: UpdateEvent) -> tuple[DeviceEv
     redelivers what the bridge had not acknowledged), so it is stored once.
     """
     stored = _event_row(device, event)
-    created = _insert_unless_stored(stored)
+    with transaction.atomic(savepoint=False):
+        created = _insert_unless_stored(stored)
+        if created:
+            tracking_news_record(device_pks=[device.pk])
     if not created:
         stored = DeviceEvent.objects.get(device=device, digest=stored.digest)
     if created and stored.rollout_id:

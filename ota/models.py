@@ -174,6 +174,9 @@ class Rollout(models.Model):
         default=0,
         help_text="envelopes the engine issued for it (notifications, retries, roll-backs)",
     )
+    tracked_at = models.DateTimeField(
+        null=True, blank=True, help_text="when tracking last read every device in flight"
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -259,6 +262,24 @@ class RolloutDevice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rollout_id}:{self.device_id} {self.state}"
+
+
+class TrackingNews(models.Model):
+    """A device in flight in a rollout stored an update event or a state report since the
+    rollout's last evaluation: the next one reads that device's row (and deletes this),
+    not every row in flight (``ota.engine._track``, ``ota.tracking``).
+
+    Written in the same transaction as the event or report (``fleet.reports``), so an
+    evaluation that sees the one sees the other. Plain keys, no foreign keys: a lookup of
+    the rollout and the device per row would cost more than the row; rows of a rollout no
+    longer evaluated are pruned by the beat.
+    """
+
+    rollout_id = models.BigIntegerField()
+    device_id = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"r-{self.rollout_id}:{self.device_id}"
 
 
 class RolloutAuditEvent(models.Model):

@@ -11,6 +11,7 @@ from django.db import DatabaseError, transaction
 
 from ota import engine, rollout_selectors
 from ota.repository import repository_refresh
+from ota.tracking import tracking_news_prune
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,9 @@ def rollout_evaluate_task(rollout_id: str) -> dict[str, object]:
 @shared_task
 def rollouts_tick_task() -> int:
     """The beat: queue an evaluation of every rollout that may have something to do
-    (start times, bake times, timeouts, pacing and windows move with the clock)."""
+    (start times, bake times, timeouts, pacing and windows move with the clock), and drop
+    the tracking news of rollouts that ended (``ota.tracking``)."""
+    tracking_news_prune()
     ids = [rollout.public_id for rollout in rollout_selectors.rollouts_to_evaluate()]
     for rollout_id in ids:
         try:

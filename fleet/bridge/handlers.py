@@ -39,6 +39,7 @@ from fleet.reports import (
     devices_seen_record,
     devices_state_record,
 )
+from ota.tracking import tracking_news_record
 
 logger = logging.getLogger(__name__)
 
@@ -224,12 +225,19 @@ class Dispatcher:
 
     def finish(self) -> set[int]:
         """Write the reports the batch deferred: one statement batch for the states, one
-        INSERT per few hundred events instead of a round trip per message. Returns the
-        indexes (in the batch) of the events that were already stored (duplicates)."""
+        INSERT per few hundred events instead of a round trip per message, and one for the
+        rollouts' news of both (in the batch's transaction). Returns the indexes (in the
+        batch) of the events that were already stored (duplicates)."""
         states, events = self._states, self._events
         self._states, self._events = [], []
-        devices_state_record(reports=states)
-        created = devices_event_record(reports=[(device, event) for _, device, event in events])
+        devices_state_record(reports=states, news=False)
+        created = devices_event_record(
+            reports=[(device, event) for _, device, event in events], news=False
+        )
+        tracking_news_record(
+            device_pks={device.pk for device, _ in states}
+            | {device.pk for (_, device, _), new in zip(events, created, strict=True) if new}
+        )
         return {index for (index, _, _), new in zip(events, created, strict=True) if not new}
 
     def prepare(self, messages: Iterable[InboundMessage]) -> None:
