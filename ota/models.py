@@ -209,6 +209,14 @@ class RolloutDeviceState(models.TextChoices):
     KEPT = "kept", "kept (cannot be rolled back)"
 
 
+# States of a device the engine waits to hear from: tracked for its events and reports.
+IN_FLIGHT = (
+    RolloutDeviceState.NOTIFIED,
+    RolloutDeviceState.IN_PROGRESS,
+    RolloutDeviceState.ROLLING_BACK,
+)
+
+
 class RolloutDevice(models.Model):
     """One device of a rollout: its sticky cohort, what it is sent, and how it went.
 
@@ -258,6 +266,13 @@ class RolloutDevice(models.Model):
         indexes = [
             models.Index(fields=["rollout", "state", "bucket"], name="rolloutdevice_state"),
             models.Index(fields=["rollout", "notified_at"], name="rolloutdevice_notified"),
+            # Tracking news (ota.tracking) looks up the rows in flight of each device that
+            # reports: through this, not every row the device ever had.
+            models.Index(
+                fields=["device"],
+                condition=models.Q(state__in=IN_FLIGHT),
+                name="rolloutdevice_in_flight",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -17,11 +17,11 @@ from collections.abc import Collection
 from django.db import connection
 
 from fleet.director import filter_in
-from ota.models import Rollout, RolloutDevice, RolloutDeviceState, RolloutStatus, TrackingNews
+from ota.models import IN_FLIGHT, Rollout, RolloutDevice, RolloutStatus, TrackingNews
 
-D = RolloutDeviceState
-# States of a device the engine waits to hear from (tracked for events and reports).
-TRACKED = (D.NOTIFIED, D.IN_PROGRESS, D.ROLLING_BACK)
+# States of a device the engine waits to hear from (tracked for events and reports); the
+# partial index rolloutdevice_in_flight holds the rows in them.
+TRACKED = IN_FLIGHT
 # Rollouts that are evaluated, and so take their news.
 EVALUATED = (RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.ABORTED)
 _DELETE_CHUNK = 500  # news rows per DELETE where there is no DELETE ... RETURNING

@@ -271,3 +271,29 @@ def test_the_bridge_records_one_batch_of_news_for_its_states_and_events(
         fleet[1].device_id: "succeeded",
         fleet[2].device_id: "notified",
     }
+
+
+def test_the_news_look_up_reads_only_rows_in_flight_through_their_index() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("a PostgreSQL plan; run with DATABASE_URL=postgres://...")
+    artifact("2.0.0")
+    fleet = devices(20)
+    rollout = phased(stages=[{"percent": 100}])
+    evaluate(rollout)
+    statements: list[str] = []
+
+    def explain(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        if sql.startswith("INSERT INTO") and "ota_trackingnews" in sql:
+            select = sql[sql.index("SELECT") :]
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL enable_seqscan = off")
+                cursor.execute(f"EXPLAIN {select}", params)
+                statements.extend(row[0] for row in cursor.fetchall())
+        return execute(sql, params, many, context)
+
+    # when devices report, the news look-up finds their rows in flight through the partial
+    # index of rows in flight (its condition is what the look-up asks for), not through
+    # every row each device ever had in any rollout
+    with connection.execute_wrapper(explain):
+        report(fleet[0], rollout, Phase.ACCEPTED)
+    assert any("rolloutdevice_in_flight" in line for line in statements), statements
