@@ -130,7 +130,11 @@ class EnrollmentToken(models.Model):
 class DeviceEvent(models.Model):
     """An update progress event a device reported (DESIGN.md §3 ``events``)."""
 
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="events")
+    # No index of its own: both of the table's indexes lead with the device, and every
+    # event stored would add an entry to a third.
+    device = models.ForeignKey(
+        Device, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
     seq = models.PositiveBigIntegerField()
     rollout_id = models.CharField(max_length=64, blank=True)
     model = models.CharField(max_length=64, blank=True)

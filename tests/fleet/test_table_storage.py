@@ -101,3 +101,23 @@ def test_new_desired_states_and_their_publication_do_not_grow_the_table(
     # the table did not grow (at the default fill factor of 100: from 102 pages to 298)
     after = _pages("fleet_desiredstate")
     assert after <= before * 1.1, (before, after)
+
+
+def test_a_devices_events_are_found_through_an_index_without_one_of_their_own() -> None:
+    _postgresql()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'fleet_deviceevent' "
+            "AND indexdef NOT LIKE '%(id)'"
+        )
+        indexes = [row[0] for row in cursor.fetchall()]
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("EXPLAIN SELECT id FROM fleet_deviceevent WHERE device_id = ANY('{1,2}')")
+        plan = " ".join(row[0] for row in cursor.fetchall())
+    # every index leads with the device; none is on the device alone (an entry more for
+    # every event stored, and nothing it would find faster)
+    assert len(indexes) == 2, indexes
+    assert all("(device_id," in index for index in indexes), indexes
+    # and a device's events (tracking's read, a device's deletion) still use one of them
+    assert "Index Scan" in plan or "Bitmap Index Scan" in plan, plan
+    assert "Seq Scan" not in plan, plan
