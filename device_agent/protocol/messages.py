@@ -283,11 +283,23 @@ def split_target_path(path: object) -> TargetPath:
 # --- decoding helpers --------------------------------------------------------------
 
 
+# A dataclass's field names, once per class: every message decoded and encoded asks, and
+# dataclasses.fields() builds its tuple anew each time.
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
 def _members(obj: object, cls: type, what: str, *, top_level: bool) -> dict[str, Any]:
     """The members of a JSON object that must have exactly the dataclass's fields."""
     if not isinstance(obj, dict):
         _fail(f"{what} must be a JSON object")
-    expected = {f.name for f in fields(cls)}
+    expected = set(_field_names(cls))
     if top_level:
         version = obj.get("v")
         if type(version) is not int or version != PROTOCOL_VERSION:
@@ -312,16 +324,6 @@ def _enum(kind: type[_E], value: object, what: str) -> _E:
         except ValueError:
             pass
     _fail(f"{what} {brief(value)} is not one of {[m.value for m in kind]}")
-
-
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def _field_names(cls: type) -> tuple[str, ...]:
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
-    return names
 
 
 # Values that are their own JSON (exact types: a StrEnum member goes through _jsonable).
