@@ -297,3 +297,21 @@ def test_the_news_look_up_reads_only_rows_in_flight_through_their_index() -> Non
     with connection.execute_wrapper(explain):
         report(fleet[0], rollout, Phase.ACCEPTED)
     assert any("rolloutdevice_in_flight" in line for line in statements), statements
+
+
+def test_a_device_in_flight_in_two_rollouts_is_news_for_both() -> None:
+    artifact("2.0.0")
+    artifact("1.0.0", name="detector")
+    (device,) = devices(1)
+    kws = phased(stages=[{"percent": 100}])
+    detector = phased(name="detector", version="1.0.0", stages=[{"percent": 100}])
+    evaluate(kws)
+    evaluate(detector)
+
+    # when the device reports its state (one report names every model it runs)
+    report_state(device, "1.0.0", 1)
+
+    # then each rollout has the news, and taking one's leaves the other's
+    assert _news() == sorted([(kws.pk, device.pk), (detector.pk, device.pk)])
+    assert tracking_news_take(rollout_pk=kws.pk) == {device.pk}
+    assert _news() == [(detector.pk, device.pk)]
