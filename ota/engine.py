@@ -69,6 +69,7 @@ from ota.gates import (
     telemetry_source,
 )
 from ota.models import (
+    IN_FLIGHT,
     Artifact,
     Model,
     Rollout,
@@ -88,7 +89,7 @@ from ota.pacing import (
 from ota.rollout_config import baseline_arm
 from ota.rollout_selectors import rollout_pk
 from ota.rollouts import RolloutConfig
-from ota.tracking import TRACKED, tracking_news_take
+from ota.tracking import EVALUATED, tracking_news_take
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def rollout_evaluate(
                 # scheduled (and says why) until an operator narrows or unschedules it.
                 log.warning("%s cannot start: %s", rollout.public_id, exc)
                 result.note = f"cannot start: {exc.detail}"
-        if rollout.status in (RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.ABORTED):
+        if rollout.status in EVALUATED:
             config = RolloutConfig.of(rollout)
             result.tracked = _track(rollout, config, now)
             tracked_at = rollout.tracked_at  # rollouts.* may hand back another instance
@@ -292,7 +293,7 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
     mine = Q(rollout_id=public_id, model=name) | Q(model="", phase=Phase.REJECTED)
     timeout = timedelta(minutes=config.policy.device_timeout_minutes)
     news = tracking_news_take(rollout_pk=rollout.pk)  # taken by a full pass too
-    in_flight = RolloutDevice.objects.filter(rollout=rollout, state__in=TRACKED)
+    in_flight = RolloutDevice.objects.filter(rollout=rollout, state__in=IN_FLIGHT)
     if _full_pass_due(rollout, now):
         rollout.tracked_at = now
         attempt_events = DeviceEvent.objects.filter(
@@ -398,8 +399,12 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
 
 # The Outcomes field each state counts in; finished states only from ``gates_since``.
 _FINISHED_FIELDS = {D.SUCCEEDED: "succeeded", D.FAILED: "failed", D.TIMED_OUT: "timed_out"}
-_OPEN_FIELDS = {D.NOTIFIED: "in_flight", D.IN_PROGRESS: "in_flight", D.PENDING: "pending"}
-_OPEN_FIELDS |= {D.SKIPPED: "skipped"}
+_OPEN_FIELDS = {
+    D.NOTIFIED: "in_flight",
+    D.IN_PROGRESS: "in_flight",
+    D.PENDING: "pending",
+    D.SKIPPED: "skipped",
+}
 
 
 def _outcomes(rollout: Rollout) -> dict[str, Outcomes]:

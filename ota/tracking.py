@@ -13,16 +13,14 @@ next one. Timeouts, which no message announces, are found by a full pass every
 """
 
 from collections.abc import Collection
+from itertools import batched
 
 from django.db import connection
 
 from fleet.director import filter_in
 from ota.models import IN_FLIGHT, Rollout, RolloutDevice, RolloutStatus, TrackingNews
 
-# States of a device the engine waits to hear from (tracked for events and reports); the
-# partial index rolloutdevice_in_flight holds the rows in them.
-TRACKED = IN_FLIGHT
-# Rollouts that are evaluated, and so take their news.
+# Rollouts the engine evaluates (tracks, runs or rolls back), and so take their news.
 EVALUATED = (RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.ABORTED)
 _DELETE_CHUNK = 500  # news rows per DELETE where there is no DELETE ... RETURNING
 
@@ -33,7 +31,8 @@ def tracking_news_record(*, device_pks: Collection[int]) -> None:
     pks = sorted(set(device_pks))
     if not pks:
         return
-    in_flight = filter_in(RolloutDevice.objects.filter(state__in=TRACKED), "device_id", pks)
+    # Through the partial index rolloutdevice_in_flight, whose condition this is.
+    in_flight = filter_in(RolloutDevice.objects.filter(state__in=IN_FLIGHT), "device_id", pks)
     keys = in_flight.order_by().values_list("rollout_id", "device_id")
     select, params = keys.query.sql_with_params()
     qn = connection.ops.quote_name
@@ -59,9 +58,8 @@ def tracking_news_take(*, rollout_pk: int) -> set[int]:
             return {int(pk) for (pk,) in cursor.fetchall()}
     # By the keys read: never news committed after them, which the next evaluation takes.
     news = list(TrackingNews.objects.filter(rollout_id=rollout_pk).values_list("pk", "device_id"))
-    keys = [pk for pk, _ in news]
-    for start in range(0, len(keys), _DELETE_CHUNK):
-        TrackingNews.objects.filter(pk__in=keys[start : start + _DELETE_CHUNK]).delete()
+    for keys in batched((pk for pk, _ in news), _DELETE_CHUNK):
+        TrackingNews.objects.filter(pk__in=keys).delete()
     return {device_pk for _, device_pk in news}
 
 
