@@ -61,6 +61,8 @@ PUBACK_HEADER = 0x40  # MQTT PUBACK, no flags
 _PUBACK = struct.Struct("!BBH")  # header, remaining length 2, packet id
 # What one read takes from the socket at most (it returns what is there, not more).
 READ_SIZE = 64 * 1024
+# What one write hands the socket at most: queued packets are joined up to this size.
+WRITE_SIZE = 64 * 1024
 
 
 class BufferedSocket:
@@ -99,6 +101,25 @@ class BufferedSocket:
         return getattr(self._sock, name)
 
 
+def _joined(run: list[bytes]) -> list[Any]:
+    """Packets written one after the other, as one entry of paho's output queue (none if
+    ``run`` is empty). Marked as a PUBACK: paho does nothing after writing one."""
+    if not run:
+        return []
+    data = run[0] if len(run) == 1 else b"".join(run)
+    return [
+        {
+            "command": PUBACK_HEADER,
+            "mid": 0,
+            "qos": 1,
+            "pos": 0,
+            "to_process": len(data),
+            "packet": data,
+            "info": None,
+        }
+    ]
+
+
 class _Client(mqtt.Client):
     def inflight_limit_set(self, limit: int) -> None:
         # paho refuses max_inflight_messages_set() once connected, but the broker only tells
@@ -110,6 +131,65 @@ class _Client(mqtt.Client):
         # paho 2.x opens each connection's socket here (TCP, or TLS over TCP).
         sock = super()._create_socket()
         return BufferedSocket(sock) if self._transport == "tcp" else sock
+
+    def _packet_queue(
+        self,
+        command: int,
+        packet: bytes | bytearray,
+        mid: int,
+        qos: int,
+        info: mqtt.MQTTMessageInfo | None = None,
+    ) -> MQTTErrorCode:
+        if threading.current_thread() is not self._thread:
+            return super()._packet_queue(command, packet, mid, qos, info)
+        # On the network thread (a PUBACK released the next publish, a PUBACK of ours):
+        # paho would write a byte to its wake-up socket pair, a system call to wake
+        # the thread that is queueing it. Its next select() sees that the socket wants
+        # writing anyway.
+        self._out_packet.append(
+            {
+                "command": command,
+                "mid": mid,
+                "qos": qos,
+                "pos": 0,
+                "to_process": len(packet),
+                "packet": packet,
+                "info": info,
+            }
+        )
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _packet_write(self) -> MQTTErrorCode:
+        self._coalesce()
+        return super()._packet_write()
+
+    def _coalesce(self) -> None:
+        """Join the packets queued so far into writes of up to WRITE_SIZE: paho sends each
+        packet with a system call of its own. A packet paho acts on once it is written (a
+        QoS 0 publish calls on_publish, a DISCONNECT closes) stays as it is, in its place."""
+        queue = self._out_packet
+        count = len(queue)  # other threads only append: these stay the first `count`
+        if count < 2:
+            return
+        packets: list[Any] = []
+        run: list[bytes] = []
+        size = 0
+        for _ in range(count):
+            packet = queue.popleft()
+            kind = packet["command"] & 0xF0
+            if kind == mqtt.DISCONNECT or (kind == mqtt.PUBLISH and packet["qos"] == 0):
+                packets.extend(_joined(run))
+                packets.append(packet)
+                run, size = [], 0
+                continue
+            data = bytes(packet["packet"][packet["pos"] :])  # from a partial write on
+            run.append(data)
+            size += len(data)
+            if size >= WRITE_SIZE:
+                packets.extend(_joined(run))
+                run, size = [], 0
+        packets.extend(_joined(run))
+        queue.extendleft(reversed(packets))
 
     def puback_many(self, mids: Sequence[int]) -> None:
         """PUBACK each of ``mids``, as one write: paho's ack() queues a packet per message
