@@ -1,9 +1,9 @@
 """The director (DESIGN.md §2): each device's signed desired state, written to its outbox row.
 
 Every change locks the device's ``DesiredState`` row, takes the next ``seq``, signs the
-payload with the director key (DSSE, ECDSA P-256) and saves row and envelope in one
-transaction. Nothing here talks to MQTT: the bridge publishes, retained at QoS 1, every
-row whose ``published_seq`` is behind its ``seq`` once the transaction has committed.
+payload with the director key (DSSE, ECDSA P-256) and saves row and envelope, and queues
+the row in ``DesiredOutbox``, in one transaction. Nothing here talks to MQTT: the bridge
+publishes, retained at QoS 1, every queued row once the transaction has committed.
 
 The payload is built through the protocol dataclasses, so anything a device would
 refuse to parse (a version that is not semver, an odd target path, too many models) is
@@ -33,7 +33,7 @@ from device_agent.protocol.messages import DesiredState as DesiredPayload
 from device_agent.protocol.messages import ModelTarget, parse_timestamp
 from fleet.errors import ServiceError
 from fleet.keys import director_private_key
-from fleet.models import DesiredState, Device
+from fleet.models import DesiredOutbox, DesiredState, Device
 from ota.models import Artifact
 
 log = logging.getLogger(__name__)
@@ -367,7 +367,7 @@ def _rows_save(rows: list[_Locked]) -> None:
     row, more than signing the envelope. On PostgreSQL (psycopg 3) one ``UPDATE ... FROM
     unnest()`` of binary-bound column arrays (``_rows_unnest``); elsewhere one UPDATE per
     row, one executemany. The payload goes in as the JSON text that was signed, not
-    encoded a second time.
+    encoded a second time. The rows are queued in the outbox too.
     """
     if not rows:
         return
@@ -402,6 +402,19 @@ def _rows_save(rows: list[_Locked]) -> None:
         assignments = ", ".join(f"{name} = %s" for name in names)
         sql = f"UPDATE {table} SET {assignments} WHERE {pk} = %s"  # noqa: S608
         cursor.executemany(sql, params)
+    _outbox_queue([(r.pk, r.seq) for r in rows])
+
+
+def _outbox_queue(rows: list[tuple[int, int]]) -> None:
+    """Queue ``(desired state pk, seq)`` pairs for the bridge, in the caller's transaction
+    (a row already queued takes the new seq)."""
+    if rows:
+        DesiredOutbox.objects.bulk_create(
+            [DesiredOutbox(desired_id=pk, seq=seq) for pk, seq in rows],
+            update_conflicts=True,
+            unique_fields=["desired"],
+            update_fields=["seq"],
+        )
 
 
 # The array types of (id, *ISSUE_FIELDS): the payload travels as the signed JSON text and
@@ -414,7 +427,8 @@ def _rows_unnest(
 ) -> None:
     """``_rows_save`` on PostgreSQL: one ``UPDATE ... FROM unnest(...)`` joined on the
     primary key, ``values`` (the primary key, then the ``columns``, each a name and its
-    type in ``table``) bound as one binary array per column, in the caller's transaction.
+    type in ``table``) bound as one binary array per column, in the caller's transaction;
+    the same statement queues the rows written in the outbox (``_outbox_queue``).
 
     One round trip a batch. A binary COPY into a temporary table (created, truncated and
     analyzed in every batch, four more round trips) did as well on batches of 1 000 and
@@ -425,13 +439,22 @@ def _rows_unnest(
     names = [pk, *(name for name, _ in columns)]
     arrays = ", ".join(f"%b::{t}[]" for t in _ARRAY_TYPES)
     assignments = ", ".join(f"{name} = s.{name}::{cast}" for name, cast in columns)
+    qn = connection.ops.quote_name
+    outbox = qn(DesiredOutbox._meta.db_table)
+    queued = qn(str(DesiredOutbox._meta.get_field("desired").column))
+    queued_seq = qn(str(DesiredOutbox._meta.get_field("seq").column))
+    seq = qn(str(DesiredState._meta.get_field("seq").column))
     connection.ensure_connection()
     with psycopg.Cursor(connection.connection) as cursor:
-        # One statement that also notifies the outbox (_outbox_notify) when it wrote rows.
+        # One statement that also queues the rows written and notifies the outbox
+        # (_outbox_notify) when it wrote rows.
         cursor.execute(
             f"WITH written AS (UPDATE {table} SET {assignments}"  # noqa: S608
             f" FROM unnest({arrays}) AS s({', '.join(names)})"
-            f" WHERE {table}.{pk} = s.{pk} RETURNING 1)"
+            f" WHERE {table}.{pk} = s.{pk} RETURNING {table}.{pk}, {table}.{seq}),"
+            f" queued AS (INSERT INTO {outbox} ({queued}, {queued_seq})"
+            f" SELECT * FROM written ON CONFLICT ({queued})"
+            f" DO UPDATE SET {queued_seq} = EXCLUDED.{queued_seq})"
             " SELECT pg_notify(%b, '') WHERE EXISTS (SELECT FROM written)",
             [*(list(column) for column in zip(*values, strict=True)), OUTBOX_CHANNEL],
         )
@@ -470,6 +493,7 @@ def device_desired_set(*, device: Device, assignments: list[ModelAssignment]) ->
         models = _merged(_current_models(row), targets)
         _issue(row, facts, models, now=_now(), key=director_private_key())
         row.save(update_fields=ISSUE_FIELDS)
+        _outbox_queue([(row.pk, row.seq)])
         _outbox_notify()
     return row
 
@@ -491,6 +515,7 @@ def device_desired_reissue(*, device: Device) -> DesiredState:
             )
         _issue(row, facts, tuple(_current_models(row)), now=_now(), key=director_private_key())
         row.save(update_fields=ISSUE_FIELDS)
+        _outbox_queue([(row.pk, row.seq)])
         _outbox_notify()
     return row
 
@@ -501,12 +526,12 @@ def device_desired_republish(*, device: Device) -> None:
     ``not_found`` when there is nothing to publish."""
     if Device.objects.filter(pk=device.pk, revoked_at__isnull=False).exists():
         raise ServiceError(ErrorCode.FORBIDDEN, f"device {device.device_id} is revoked")
-    # Conditional, without a lock: the bridge's own "published up to seq" update is
-    # what this undoes, and seq never moves here.
+    # Without a lock: seq never moves here, and a re-sign meanwhile queues its own seq.
     with transaction.atomic():
         rows = DesiredState.objects.filter(device_id=device.pk, seq__gt=0)
         updated = rows.update(published_seq=0)
         if updated:
+            _outbox_queue(list(rows.values_list("pk", "seq")))
             _outbox_notify()
     if not updated:
         raise ServiceError(ErrorCode.NOT_FOUND, f"device {device.device_id} has no desired state")

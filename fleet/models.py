@@ -154,9 +154,7 @@ class DeviceEvent(models.Model):
         ordering = ["-received_at"]
         indexes = [models.Index(fields=["device", "-received_at"])]
         constraints = [
-            models.UniqueConstraint(
-                fields=["device", "digest"], name="deviceevent_unique_report"
-            )
+            models.UniqueConstraint(fields=["device", "digest"], name="deviceevent_unique_report")
         ]
 
     def __str__(self) -> str:
@@ -167,8 +165,14 @@ class DesiredState(models.Model):
     """The director's signed desired state for one device, and how far it was published.
 
     The director writes ``seq``/``envelope`` in the same transaction as the change that
-    caused them; the bridge publishes rows whose ``published_seq`` is behind (an outbox,
-    so nothing is lost when the bridge or broker is down).
+    caused them, and queues the row in ``DesiredOutbox``; the bridge publishes the rows
+    queued there (an outbox, so nothing is lost when the bridge or broker is down) and
+    records ``published_seq`` once the broker acknowledged one.
+
+    Nothing either of them writes here is indexed (``expires_at`` included), so both
+    writes are heap-only updates: a new version of the row on the same page (the table
+    has fill factor 50) and no index entry. Rows that are behind are found through the
+    narrow ``DesiredOutbox`` instead of an index on this table.
     """
 
     device = models.OneToOneField(Device, on_delete=models.CASCADE, related_name="desired")
@@ -176,21 +180,27 @@ class DesiredState(models.Model):
     payload = models.JSONField(default=dict)
     envelope = models.BinaryField(default=b"")
     issued_at = models.DateTimeField(null=True)
-    expires_at = models.DateTimeField(null=True, db_index=True)
-    # Not indexed: nothing looks rows up by it, and the outbox finds the rows behind through
-    # the partial index below; one index less for every director and outbox write.
+    # Not indexed: the hourly re-signing walks the rows in device order (desired_reissue_expiring).
+    expires_at = models.DateTimeField(null=True)
     published_seq = models.PositiveBigIntegerField(default=0)
     published_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
-        indexes = [
-            # The bridge's outbox poll reads only rows that are behind.
-            models.Index(
-                fields=["id"],
-                condition=models.Q(published_seq__lt=models.F("seq")),
-                name="fleet_desired_behind",
-            )
-        ]
-
     def __str__(self) -> str:
         return f"{self.device_id} seq {self.seq}"
+
+
+class DesiredOutbox(models.Model):
+    """A desired state whose ``seq`` the broker has not acknowledged yet: the bridge's queue.
+
+    Written in the director's transaction with the envelope it queues (the seq moves on
+    when the row is signed again before it went out); deleted by the bridge once the
+    broker acknowledged that seq, not a later one.
+    """
+
+    desired = models.OneToOneField(
+        DesiredState, on_delete=models.CASCADE, primary_key=True, related_name="outbox"
+    )
+    seq = models.PositiveBigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.desired_id} seq {self.seq}"

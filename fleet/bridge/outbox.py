@@ -1,11 +1,12 @@
-"""The desired-state outbox: publish every DesiredState whose `published_seq < seq`.
+"""The desired-state outbox: publish every DesiredState queued in DesiredOutbox.
 
-The director only writes rows (seq and signed envelope in one transaction). This
-thread scans for rows behind, publishes each envelope retained at QoS 1 to
-`fleet/v1/devices/<id>/desired`, and once the broker PUBACKs it records
-`published_seq = seq` with a conditional update (`WHERE seq = <the seq we sent>`), so a
-row rewritten meanwhile stays behind and is published again. Nothing is lost when the
-bridge or the broker is down: the row simply stays behind until a publish is acked.
+The director only writes rows (seq and signed envelope, and the row queued with that
+seq, in one transaction). This thread scans the queue, publishes each queued row's
+envelope retained at QoS 1 to `fleet/v1/devices/<id>/desired`, and once the broker
+PUBACKs it records `published_seq = seq` and removes the row from the queue, both
+conditional on the seq sent (`WHERE seq = <the seq we sent>`), so a row rewritten
+meanwhile stays queued and is published again. Nothing is lost when the bridge or the
+broker is down: the row simply stays queued until a publish is acked.
 
 Latency: on PostgreSQL the director NOTIFYs a channel in every transaction that leaves
 rows behind, and `OutboxListener` wakes this thread when one commits; the poll (every
@@ -34,13 +35,12 @@ from datetime import datetime
 from typing import NamedTuple, Protocol
 
 from django.db import close_old_connections, connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from device_agent.protocol.topics import Channel, topic_for
 from fleet.bridge.handlers import RateLimitedLog
 from fleet.director import OUTBOX_CHANNEL, filter_in
-from fleet.models import DesiredState
+from fleet.models import DesiredOutbox, DesiredState
 from telemetry import metrics
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def desired_states_mark_published(*, published: Iterable[tuple[int, int]], at: d
     """Record that the broker acknowledged `(pk, seq)` publishes; rows updated.
 
     Conditional on the row still having that seq: a row the director rewrote meanwhile
-    stays behind and goes out again with its new envelope.
+    stays queued and goes out again with its new envelope.
     """
     by_seq: dict[int, list[int]] = defaultdict(list)
     for pk, seq in published:
@@ -87,6 +87,7 @@ def desired_states_mark_published(*, published: Iterable[tuple[int, int]], at: d
                 chunk = pks[start : start + _UPDATE_CHUNK]
                 rows = filter_in(DesiredState.objects.filter(seq=seq), "pk", chunk)
                 updated += rows.update(published_seq=seq, published_at=at)
+                filter_in(DesiredOutbox.objects.filter(seq=seq), "pk", chunk).delete()
     return updated
 
 
@@ -230,15 +231,15 @@ class Outbox:
         return recorded or published > 0
 
     def _refill(self) -> bool:
-        """Read the next rows that are behind into the buffer; False once the scan is done.
+        """Read the next queued rows into the buffer; False once the scan is done.
 
         Keys first, envelopes second: every commit of the director restarts the scan from
         the first row, and the rows still on their way to the broker (up to the window)
-        are behind until their PUBACKs are recorded. Reading their envelopes again each
+        stay queued until their PUBACKs are recorded. Reading their envelopes again each
         time was most of what the scan read.
         """
         keys = list(
-            DesiredState.objects.filter(published_seq__lt=F("seq"), pk__gt=self._cursor)
+            DesiredOutbox.objects.filter(pk__gt=self._cursor)
             .order_by("pk")
             .values_list("pk", "seq")[: self._batch_size]
         )
@@ -259,8 +260,7 @@ class Outbox:
         if wanted:
             # The row as it is now: rewritten since the first read, it goes out with its
             # new seq and envelope (and is recorded with that seq).
-            behind = DesiredState.objects.filter(published_seq__lt=F("seq"))
-            rows = filter_in(behind, "pk", wanted).values_list(
+            rows = filter_in(DesiredState.objects.all(), "pk", wanted).values_list(
                 "pk", "seq", "device__device_id", "envelope"
             )
             for pk, seq, device_id, envelope in sorted(rows):

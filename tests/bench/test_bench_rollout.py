@@ -65,7 +65,7 @@ from service_check import require_service
 from device_agent.protocol.messages import ModelState, Phase, ReportedState, Slot
 from fleet.director import ModelAssignment, devices_desired_set
 from fleet.keys import director_private_key, director_public_pem
-from fleet.models import DesiredState, Device, DeviceEvent, Group
+from fleet.models import DesiredOutbox, DesiredState, Device, DeviceEvent, Group
 from ota import rollouts
 from ota.models import Artifact, Rollout, RolloutDevice, RolloutStatus
 
@@ -402,6 +402,7 @@ def _fleet(prefix: str, n: int, artifact: Artifact) -> list[Device]:
     )
     devices_desired_set(devices=devices, assignments_for=lambda d: [ModelAssignment(artifact)])
     DesiredState.objects.filter(device__in=devices).update(published_seq=F("seq"))
+    DesiredOutbox.objects.filter(desired__device__in=devices).delete()
     _report(devices, artifact)
     return devices
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from django.db import connection
+from django.db.models import F
 from mqtt_broker import MosquittoBroker, free_port
 from prometheus_client import REGISTRY
 
@@ -29,7 +30,7 @@ from device_agent.protocol.messages import (
 from device_agent.protocol.topics import Channel, topic_for
 from fleet.bridge.config import BridgeConfig, BrokerAddress
 from fleet.bridge.runner import Bridge
-from fleet.models import Device
+from fleet.models import DesiredOutbox, DesiredState, Device
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +46,18 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, every: fl
 
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def queue_behind() -> None:
+    """Queue every desired state that is behind in the outbox, as the director does in the
+    transaction that writes one: for tests that write DesiredState rows themselves."""
+    rows = DesiredState.objects.filter(published_seq__lt=F("seq")).values_list("pk", "seq")
+    DesiredOutbox.objects.bulk_create(
+        [DesiredOutbox(desired_id=pk, seq=seq) for pk, seq in rows],
+        update_conflicts=True,
+        unique_fields=["desired"],
+        update_fields=["seq"],
+    )
 
 
 def make_device(device_id: str, **fields: object) -> Device:

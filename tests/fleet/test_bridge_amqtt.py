@@ -13,6 +13,7 @@ from bridge_harness import (
     ROOT,
     event_payload,
     make_device,
+    queue_behind,
     running_bridge,
     status_payload,
     wait_until,
@@ -48,6 +49,7 @@ def test_the_bridge_works_on_amqtt_without_shared_subscriptions(amqtt_port: int)
     # given a device with a desired state, and the bridge on amqtt
     device_row = make_device("dev-1")
     DesiredState.objects.create(device=device_row, seq=1, envelope=b'{"seq":1}')
+    queue_behind()
     desired: list[bytes] = []
     got_desired = threading.Event()
     device = mqtt.Client(

@@ -7,12 +7,12 @@ from unittest.mock import patch
 
 import paho.mqtt.client as mqtt
 import pytest
-from bridge_harness import make_device, retained_desired, running_bridge, wait_until
+from bridge_harness import make_device, queue_behind, retained_desired, running_bridge, wait_until
 from django.db import connection
 from django.db.models import F, QuerySet
 
 from fleet.bridge.outbox import Outbox
-from fleet.models import DesiredState, Device
+from fleet.models import DesiredOutbox, DesiredState, Device
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,6 +31,7 @@ def _write_rows(count: int, seq: int) -> None:
     DesiredState.objects.bulk_create(
         DesiredState(device=d, seq=seq, envelope=envelope(d.device_id, seq)) for d in devices
     )
+    queue_behind()
 
 
 def _rewrite_all(seq: int) -> None:
@@ -39,6 +40,7 @@ def _rewrite_all(seq: int) -> None:
         DesiredState.objects.filter(pk=row.pk).update(
             seq=seq, envelope=envelope(row.device.device_id, seq)
         )
+    queue_behind()
 
 
 def _all_published(seq: int) -> bool:
@@ -98,6 +100,7 @@ def test_a_row_rewritten_in_flight_is_published_again() -> None:
     # given a desired state at seq 1 handed to the broker
     device = make_device("dev-1")
     DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
+    queue_behind()
     publisher = FakePublisher()
     outbox = Outbox(publisher=publisher, poll_seconds=0, batch_size=10, window=10)
     outbox.step()
@@ -109,6 +112,7 @@ def test_a_row_rewritten_in_flight_is_published_again() -> None:
 
     # when the director writes seq 2 before the PUBACK of seq 1 comes back
     DesiredState.objects.filter(pk=_row().pk).update(seq=2, envelope=b"env-2")
+    queue_behind()
     outbox.on_published(1, True)
     outbox.step()
     # then seq 1 is not recorded as published
@@ -130,12 +134,14 @@ def test_a_scan_reads_no_envelope_of_a_row_still_in_flight() -> None:
     devices = [make_device(f"dev-{i}") for i in range(20)]
     for device in devices:
         DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
+        queue_behind()
     publisher = FakePublisher()
     outbox = Outbox(publisher=publisher, poll_seconds=0, batch_size=50, window=50)
     outbox.step()
     assert len(publisher.sent) == 20
     # when the director commits a new row and the outbox scans again
     DesiredState.objects.filter(device=devices[7]).update(seq=2, envelope=b"env-2")
+    queue_behind()
     outbox.rescan()
     envelope_rows: list[int] = []
 
@@ -160,6 +166,7 @@ def test_a_row_rewritten_between_the_scan_and_the_read_goes_out_as_it_is_now() -
     # given a row behind at seq 1, and the director rewriting it just after the scan
     device = make_device("dev-1")
     DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
+    queue_behind()
     publisher = FakePublisher()
     outbox = Outbox(publisher=publisher, poll_seconds=0, batch_size=10, window=10)
     real_values_list = QuerySet.values_list
@@ -168,6 +175,7 @@ def test_a_row_rewritten_between_the_scan_and_the_read_goes_out_as_it_is_now() -
         if fields == ("pk", "seq"):
             rows = list(real_values_list(self, *fields, **kwargs))
             DesiredState.objects.filter(device=device).update(seq=2, envelope=b"env-2")
+            DesiredOutbox.objects.filter(desired__device=device).update(seq=2)
             return rows
         return real_values_list(self, *fields, **kwargs)
 
@@ -183,6 +191,7 @@ def test_a_row_rewritten_between_the_scan_and_the_read_goes_out_as_it_is_now() -
 def test_a_refused_publish_is_not_recorded_and_an_early_puback_is() -> None:
     device = make_device("dev-1")
     DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
+    queue_behind()
     publisher = FakePublisher()
     outbox = Outbox(publisher=publisher, poll_seconds=0, batch_size=10, window=10)
     # a PUBACK with a failure reason (e.g. not authorized) leaves the row behind...
@@ -196,6 +205,7 @@ def test_a_refused_publish_is_not_recorded_and_an_early_puback_is() -> None:
     assert len(publisher.sent) == 1
     # a PUBACK arriving before publish() returns is still recorded
     DesiredState.objects.filter(pk=_row().pk).update(seq=2, envelope=b"env-2")
+    queue_behind()
     publisher.ack_immediately = outbox
     outbox.rescan()
     outbox.step()
@@ -206,6 +216,7 @@ def test_a_refused_publish_is_not_recorded_and_an_early_puback_is() -> None:
 def test_nothing_is_published_while_disconnected() -> None:
     device = make_device("dev-1")
     DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
+    queue_behind()
     publisher = FakePublisher()
     publisher.connected = False
     outbox = Outbox(publisher=publisher, poll_seconds=0, batch_size=10, window=10)
@@ -228,11 +239,13 @@ def test_a_director_commit_wakes_the_outbox_without_waiting_for_the_poll(mosquit
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's; run with DATABASE_URL=postgres://...")
     device = make_device("dev-1")
     DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
+    queue_behind()
     with running_bridge(mosquitto.port, outbox_poll_seconds=3600.0):
         # what was committed before the listener listened goes out at start
         assert wait_until(lambda: _published(device) == 1, timeout=10)
         # a change made without a notification waits for the (hour-long) poll...
         DesiredState.objects.filter(device=device).update(published_seq=0)
+        queue_behind()
         # ...until the director commits one of its own, which carries the notification
         device_desired_republish(device=device)
         assert wait_until(lambda: _published(device) == 1, timeout=10)

@@ -35,13 +35,13 @@ def test_the_table_leaves_room_for_new_row_versions(table: str) -> None:
     assert "fillfactor=50" in options
 
 
-def _updates() -> tuple[int, int]:
+def _updates(table: str = "fleet_device") -> tuple[int, int]:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_stat_force_next_flush()")  # this session's counts, now
         cursor.execute("SELECT pg_stat_clear_snapshot()")
         cursor.execute(
-            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
-            "WHERE relname = 'fleet_device'"
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = %s",
+            [table],
         )
         updated, hot = cursor.fetchone()
     return updated, hot
@@ -121,3 +121,34 @@ def test_a_devices_events_are_found_through_an_index_without_one_of_their_own() 
     # and a device's events (tracking's read, a device's deletion) still use one of them
     assert "Index Scan" in plan or "Bitmap Index Scan" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_director_and_the_outbox_rewrite_desired_states_without_new_index_entries(
+    settings: Any, tmp_path: Path
+) -> None:
+    _postgresql()
+    own_director_key(settings, tmp_path)
+    # given 200 devices with a desired state, published
+    devices = [make_device(f"dev-{i:03d}") for i in range(200)]
+    versions = [ArtifactFactory(version=f"1.{n}.0", release_counter=n + 1) for n in range(3)]
+
+    def issue_and_publish(artifact: Artifact) -> None:
+        devices_desired_set(
+            devices=devices, assignments_for=lambda _: [ModelAssignment(artifact=artifact)]
+        )
+        published = list(DesiredState.objects.values_list("pk", "seq"))
+        assert desired_states_mark_published(published=published, at=timezone.now()) == 200
+
+    issue_and_publish(versions[0])
+    before = _updates("fleet_desiredstate")
+    # when the director signs them a new version twice, and the outbox marks each published
+    for artifact in versions[1:]:
+        issue_and_publish(artifact)
+    # then nearly every one of the 800 row updates was heap-only: no column either writes
+    # is indexed (with the index on expires_at and the partial one on published_seq < seq
+    # that the outbox used to scan, none of the director's were)
+    after = _updates("fleet_desiredstate")
+    updated, hot = after[0] - before[0], after[1] - before[1]
+    assert updated == 800
+    assert hot >= 0.9 * updated, (updated, hot)
