@@ -263,9 +263,15 @@ class Outbox:
             rows = filter_in(DesiredState.objects.all(), "pk", wanted).values_list(
                 "pk", "seq", "device__device_id", "envelope"
             )
+            found = set()
             for pk, seq, device_id, envelope in sorted(rows):
+                found.add(pk)
                 if self._sent.get(pk) != seq:
                     self._buffer.append(_Row(pk, seq, device_id, bytes(envelope)))
+            if gone := [pk for pk in wanted if pk not in found]:
+                # Queued rows whose desired state was deleted outside the ORM (the queue
+                # has no foreign key constraint; see DesiredOutbox).
+                filter_in(DesiredOutbox.objects.all(), "pk", gone).delete()
         return bool(keys)
 
     def _publish(self, row: _Row) -> bool:

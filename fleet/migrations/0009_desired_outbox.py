@@ -21,6 +21,7 @@ class Migration(migrations.Migration):
                 (
                     "desired",
                     models.OneToOneField(
+                        db_constraint=False,
                         on_delete=django.db.models.deletion.CASCADE,
                         primary_key=True,
                         related_name="outbox",

@@ -213,6 +213,36 @@ def test_a_refused_publish_is_not_recorded_and_an_early_puback_is() -> None:
     assert _row().published_seq == 2
 
 
+def test_a_queued_row_whose_desired_state_is_gone_is_dropped_not_published() -> None:
+    # given two queued desired states, one then deleted outside the ORM (the queue has no
+    # foreign key constraint to stop that or to delete its row)
+    devices = [make_device(f"dev-{i}") for i in range(2)]
+    for device in devices:
+        DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
+    queue_behind()
+    gone = DesiredState.objects.get(device=devices[0]).pk
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM fleet_desiredstate WHERE id = %s", [gone])
+    assert DesiredOutbox.objects.filter(pk=gone).exists()
+    publisher = FakePublisher()
+    outbox = Outbox(publisher=publisher, poll_seconds=0, batch_size=10, window=10)
+    # when the outbox scans
+    outbox.step()
+    # then the other one goes out, and the orphan leaves the queue unpublished
+    assert list(publisher.sent.values()) == [("fleet/v1/devices/dev-1/desired", b"env-1")]
+    assert list(DesiredOutbox.objects.values_list("pk", flat=True)) == [
+        DesiredState.objects.get(device=devices[1]).pk
+    ]
+
+
+def test_deleting_a_device_takes_its_desired_state_off_the_queue() -> None:
+    device = make_device("dev-1")
+    DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
+    queue_behind()
+    device.delete()
+    assert not DesiredOutbox.objects.exists()
+
+
 def test_nothing_is_published_while_disconnected() -> None:
     device = make_device("dev-1")
     DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
