@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from django.utils import timezone
@@ -59,6 +59,9 @@ class InboundMessage:
 
 PUBACK_HEADER = 0x40  # MQTT PUBACK, no flags
 _PUBACK = struct.Struct("!BBH")  # header, remaining length 2, packet id
+_MID = struct.Struct("!H")
+_PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)  # "Success"
+_PUBACK_PROPERTIES = Properties(PacketTypes.PUBACK)  # none
 # What one read takes from the socket at most (it returns what is there, not more).
 READ_SIZE = 64 * 1024
 # What one write hands the socket at most: queued packets are joined up to this size.
@@ -157,6 +160,20 @@ class _Client(mqtt.Client):
                 "info": info,
             }
         )
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        if cmd != "PUBACK" or len(packet) != 2:
+            return super()._handle_pubackcomp(cmd)
+        # A PUBACK of two bytes, the packet id alone: success, no properties (what a broker
+        # sends for nearly every publish). paho decodes it into a new ReasonCode and
+        # Properties per PUBACK; the same two stand for all of them here (nothing
+        # changes them: on_publish only reads them).
+        (mid,) = _MID.unpack(packet)
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, _PUBACK_SUCCESS, _PUBACK_PROPERTIES)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _packet_write(self) -> MQTTErrorCode:

@@ -1,6 +1,8 @@
-"""The bridge writes what paho has queued in as few system calls as it can: the packets
-queued since the last write go out joined (up to WRITE_SIZE a write), in their order,
-and packets queued on paho's own network thread do not write its wake-up byte.
+"""The bridge's paho client does less per publish than paho does: the packets queued
+since the last write go out joined (up to WRITE_SIZE a write), in their order; packets
+queued on paho's own network thread do not write its wake-up byte; and a PUBACK of two
+bytes (success, no properties) is handled without decoding a new reason code and
+properties for it.
 
 paho-mqtt sends each packet with a send() of its own and wakes its network thread with a
 one-byte write for each packet queued: per published desired state, two system calls
@@ -201,3 +203,67 @@ def test_the_bridge_publishes_desired_states_through_joined_writes(mosquitto) ->
         # then the broker acknowledges all of them, in fewer writes than publishes
         assert wait_until(lambda: all(info.is_published() for info in infos), 20)
         assert sends[0] < 300, sends[0]
+
+
+# --- PUBACKs ---------------------------------------------------------------------------
+
+
+def _puback(client: _Client, body: bytes) -> None:
+    """paho's network thread, having read a PUBACK whose variable header is `body`."""
+    client._in_packet = {"command": PUBACK_HEADER, "packet": body}  # type: ignore[typeddict-item]
+    assert client._handle_pubackcomp("PUBACK") == mqtt.MQTT_ERR_SUCCESS
+
+
+@pytest.fixture
+def publishing(wired):  # type: ignore[no-untyped-def]
+    """The wired client, connected, two publishes in flight at most, three handed to it."""
+    client, counting, broker, wake = wired
+    client.inflight_limit_set(2)  # as on_connect sets the broker's Receive Maximum
+    client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+    acks: list[tuple[int, bool, str]] = []
+    codes: list[object] = []
+
+    def on_publish(c, u, mid, rc, props):  # type: ignore[no-untyped-def]
+        acks.append((mid, rc.is_failure, str(rc)))
+        codes.append(rc)
+
+    client.on_publish = on_publish
+    client.codes = codes  # type: ignore[attr-defined]
+    infos = [client.publish(f"t/{n}", b"x", qos=1) for n in range(3)]
+    assert [info.mid for info in infos] == [1, 2, 3]
+    assert client._inflight_messages == 2
+    return client, acks, infos
+
+
+def test_a_two_byte_puback_completes_its_publish_and_releases_the_next(publishing) -> None:  # type: ignore[no-untyped-def]
+    client, acks, infos = publishing
+    # when the broker acknowledges publish 1 with its packet id alone (success)
+    _puback(client, b"\x00\x01")
+    # then on_publish saw success, publish 1 is done, and the queued publish 3 went in flight
+    assert acks == [(1, False, "Success")]
+    assert infos[0].is_published()
+    assert 1 not in client._out_messages
+    assert client._inflight_messages == 2
+    assert client._out_messages[3].state == mqtt.mqtt_ms_wait_for_puback
+    # and a second one is told the same: one reason code stands for every such PUBACK
+    # (paho builds a ReasonCode and a Properties for each, a quarter of the bridge's CPU)
+    _puback(client, b"\x00\x02")
+    assert acks[1] == (2, False, "Success")
+    assert client.codes[0] is client.codes[1]
+
+
+def test_a_puback_with_a_reason_code_is_decoded_as_paho_does(publishing) -> None:  # type: ignore[no-untyped-def]
+    client, acks, infos = publishing
+    # when the broker refuses publish 1: "Not authorized" (0x87), no properties
+    _puback(client, b"\x00\x01\x87")
+    # then on_publish saw the failure, and the fast path's success was not used for it
+    assert acks == [(1, True, "Not authorized")]
+    _puback(client, b"\x00\x02")
+    assert acks[1] == (2, False, "Success")
+
+
+def test_a_puback_for_no_publish_of_ours_is_ignored(publishing) -> None:  # type: ignore[no-untyped-def]
+    client, acks, infos = publishing
+    _puback(client, b"\x00\x63")  # packet id 99
+    assert acks == []
+    assert client._inflight_messages == 2
