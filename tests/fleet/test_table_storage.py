@@ -74,29 +74,41 @@ def _pages(table: str) -> int:
     return int(pages)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_new_desired_states_and_their_publication_do_not_grow_the_table(
-    settings: Any, tmp_path: Path
-) -> None:
-    _postgresql()
-    own_director_key(settings, tmp_path)
-    # given 200 devices with a desired state, published
-    devices = [make_device(f"dev-{i:03d}") for i in range(200)]
-    versions = [ArtifactFactory(version=f"1.{n}.0", release_counter=n + 1) for n in range(3)]
+class _PublishedFleet:
+    """200 devices whose desired state the director signed and the outbox marked published,
+    and two more versions to sign them."""
 
-    def issue_and_publish(artifact: Artifact) -> None:
+    def __init__(self) -> None:
+        self.devices = [make_device(f"dev-{i:03d}") for i in range(200)]
+        versions = [ArtifactFactory(version=f"1.{n}.0", release_counter=n + 1) for n in range(3)]
+        self.issue_and_publish(versions[0])
+        self.versions = versions[1:]
+
+    def issue_and_publish(self, artifact: Artifact) -> None:
         result = devices_desired_set(
-            devices=devices, assignments_for=lambda _: [ModelAssignment(artifact=artifact)]
+            devices=self.devices, assignments_for=lambda _: [ModelAssignment(artifact=artifact)]
         )
         assert result.issued == 200
         published = list(DesiredState.objects.values_list("pk", "seq"))
         assert desired_states_mark_published(published=published, at=timezone.now()) == 200
 
-    issue_and_publish(versions[0])
+
+@pytest.fixture
+def published_fleet(settings: Any, tmp_path: Path) -> _PublishedFleet:
+    _postgresql()
+    own_director_key(settings, tmp_path)
+    return _PublishedFleet()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_new_desired_states_and_their_publication_do_not_grow_the_table(
+    published_fleet: _PublishedFleet,
+) -> None:
+    # given 200 devices with a desired state, published
     before = _pages("fleet_desiredstate")
     # when the director signs them a new version twice, and the outbox marks each published
-    for artifact in versions[1:]:
-        issue_and_publish(artifact)
+    for artifact in published_fleet.versions:
+        published_fleet.issue_and_publish(artifact)
     # then the new row versions went on the rows' own pages: four writes of every row, and
     # the table did not grow (at the default fill factor of 100: from 102 pages to 298)
     after = _pages("fleet_desiredstate")
@@ -125,26 +137,13 @@ def test_a_devices_events_are_found_through_an_index_without_one_of_their_own() 
 
 @pytest.mark.django_db(transaction=True)
 def test_the_director_and_the_outbox_rewrite_desired_states_without_new_index_entries(
-    settings: Any, tmp_path: Path
+    published_fleet: _PublishedFleet,
 ) -> None:
-    _postgresql()
-    own_director_key(settings, tmp_path)
     # given 200 devices with a desired state, published
-    devices = [make_device(f"dev-{i:03d}") for i in range(200)]
-    versions = [ArtifactFactory(version=f"1.{n}.0", release_counter=n + 1) for n in range(3)]
-
-    def issue_and_publish(artifact: Artifact) -> None:
-        devices_desired_set(
-            devices=devices, assignments_for=lambda _: [ModelAssignment(artifact=artifact)]
-        )
-        published = list(DesiredState.objects.values_list("pk", "seq"))
-        assert desired_states_mark_published(published=published, at=timezone.now()) == 200
-
-    issue_and_publish(versions[0])
     before = _updates("fleet_desiredstate")
     # when the director signs them a new version twice, and the outbox marks each published
-    for artifact in versions[1:]:
-        issue_and_publish(artifact)
+    for artifact in published_fleet.versions:
+        published_fleet.issue_and_publish(artifact)
     # then nearly every one of the 800 row updates was heap-only: no column either writes
     # is indexed (with the index on expires_at and the partial one on published_seq < seq
     # that the outbox used to scan, none of the director's were)
