@@ -30,7 +30,8 @@ from device_agent.protocol.messages import (
 from device_agent.protocol.topics import Channel, topic_for
 from fleet.bridge.config import BridgeConfig, BrokerAddress
 from fleet.bridge.runner import Bridge
-from fleet.models import DesiredOutbox, DesiredState, Device
+from fleet.director import _outbox_queue
+from fleet.models import DesiredState, Device
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,12 +52,8 @@ def metric(name: str, **labels: str) -> float:
 def queue_behind() -> None:
     """Queue every desired state that is behind in the outbox, as the director does in the
     transaction that writes one: for tests that write DesiredState rows themselves."""
-    rows = DesiredState.objects.filter(published_seq__lt=F("seq")).values_list("pk", "seq")
-    DesiredOutbox.objects.bulk_create(
-        [DesiredOutbox(desired_id=pk, seq=seq) for pk, seq in rows],
-        update_conflicts=True,
-        unique_fields=["desired"],
-        update_fields=["seq"],
+    _outbox_queue(
+        list(DesiredState.objects.filter(published_seq__lt=F("seq")).values_list("pk", "seq"))
     )
 
 
