@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import paho.mqtt.client as mqtt
 from django.utils import timezone
@@ -26,6 +26,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from device_agent.protocol.topics import Channel, subscription_filter
 from fleet.bridge.config import BridgeConfig
 from telemetry import metrics
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import _OutPacket
 
 logger = logging.getLogger(__name__)
 
@@ -104,23 +107,31 @@ class BufferedSocket:
         return getattr(self._sock, name)
 
 
-def _joined(run: list[bytes]) -> list[Any]:
+def _out_entry(
+    command: int,
+    packet: bytes | bytearray,
+    mid: int,
+    qos: int,
+    info: mqtt.MQTTMessageInfo | None = None,
+) -> "_OutPacket":
+    """An entry of paho's output queue, as its ``_packet_queue`` builds one."""
+    return {
+        "command": command,
+        "mid": mid,
+        "qos": qos,
+        "pos": 0,
+        "to_process": len(packet),
+        "packet": packet,
+        "info": info,
+    }
+
+
+def _joined(run: list[bytes]) -> list["_OutPacket"]:
     """Packets written one after the other, as one entry of paho's output queue (none if
     ``run`` is empty). Marked as a PUBACK: paho does nothing after writing one."""
     if not run:
         return []
-    data = run[0] if len(run) == 1 else b"".join(run)
-    return [
-        {
-            "command": PUBACK_HEADER,
-            "mid": 0,
-            "qos": 1,
-            "pos": 0,
-            "to_process": len(data),
-            "packet": data,
-            "info": None,
-        }
-    ]
+    return [_out_entry(PUBACK_HEADER, run[0] if len(run) == 1 else b"".join(run), 0, 1)]
 
 
 class _Client(mqtt.Client):
@@ -149,17 +160,7 @@ class _Client(mqtt.Client):
         # paho would write a byte to its wake-up socket pair, a system call to wake
         # the thread that is queueing it. Its next select() sees that the socket wants
         # writing anyway.
-        self._out_packet.append(
-            {
-                "command": command,
-                "mid": mid,
-                "qos": qos,
-                "pos": 0,
-                "to_process": len(packet),
-                "packet": packet,
-                "info": info,
-            }
-        )
+        self._out_packet.append(_out_entry(command, packet, mid, qos, info))
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
@@ -188,7 +189,7 @@ class _Client(mqtt.Client):
         count = len(queue)  # other threads only append: these stay the first `count`
         if count < 2:
             return
-        packets: list[Any] = []
+        packets: list[_OutPacket] = []
         run: list[bytes] = []
         size = 0
         for _ in range(count):
