@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from device_agent.config import CONFIG_FILE, AgentConfig
-from fleet.devserver import Child, Supervisor, first_free_port, port_free
+from fleet.devserver import Child, Exit, Supervisor, describe, first_free_port, port_free
 from fleet.enrollment import enrollment_token_create
 from fleet.management.commands.broker import mosquitto_binary
 from fleet.models import Device
@@ -242,9 +242,9 @@ Stop with Ctrl-C.
             daemon=True,
         ).start()
 
-        def died(child: Child, code: int) -> None:
+        def died(child: Child, exited: Exit) -> None:
             self.stderr.write(
-                self.style.ERROR(f"{child.name} exited with {code}: see {data / 'logs'}/")
+                self.style.ERROR(f"{describe(child, exited)}: see {data / 'logs'}/{child.name}.log")
             )
 
         supervisor.wait(died)
