@@ -323,16 +323,21 @@ class Outbox:
             self._buffer.clear()
             self.rescan()
         if check.timed_out():
-            self._log.warning(
-                "sentinel",
-                "no answer on %s: cannot tell whether the broker kept its retained desired "
-                "states (may the bridge read and write that topic?)",
-                SENTINEL_TOPIC,
-            )
+            if self._leading.is_set() and self._publisher.connected:
+                self._log.warning(
+                    "sentinel",
+                    "no answer on %s: cannot tell whether the broker kept its retained "
+                    "desired states (may the bridge read and write that topic?)",
+                    SENTINEL_TOPIC,
+                )
             return False
         result = check.result()
         if result is not None:
-            self._requeue_lost(result.recorded_at)
+            try:
+                self._requeue_lost(result.recorded_at)
+            except Exception:
+                check.put_back(result)  # the database failed: again at the next step
+                raise
             return False
         if not self._leading.is_set() or not self._publisher.connected:
             return True  # another bridge publishes (the check times out) or no connection

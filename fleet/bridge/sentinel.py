@@ -145,6 +145,14 @@ class SentinelCheck:
                 self._pending = False
             return found
 
+    def put_back(self, result: CheckResult) -> None:
+        """The outbox could not act on `result` (the database failed): keep it for the
+        next attempt."""
+        with self._lock:
+            self._pending = True
+            self._started = time.monotonic()
+            self._result = result
+
     def received(self, payload: bytes, *, retain: bool) -> None:
         """A message on SENTINEL_TOPIC (network thread)."""
         parsed = _parse(payload)

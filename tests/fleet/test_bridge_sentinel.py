@@ -202,3 +202,16 @@ def test_malformed_oversized_or_hostile_sentinels_are_ignored(payload: bytes):
     result = check.result()
     assert result is not None
     assert result.recorded_at == AT
+
+
+def test_a_result_put_back_is_taken_again():
+    # the outbox could not requeue (database down): the answer waits for its next try
+    check = SentinelCheck()
+    check.start()
+    check.received(_probe_nonce(check), retain=False)
+    result = check.result()
+    assert result is not None
+    check.put_back(result)
+    assert check.pending
+    assert check.result() == result
+    assert not check.pending
