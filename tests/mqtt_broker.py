@@ -112,6 +112,15 @@ class MosquittoBroker:
             self.process.stderr.close()
         self.process = None
 
+    def pause(self) -> None:
+        """SIGSTOP: the broker holds its connections but answers nothing until resume()."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def save(self) -> None:
         """SIGUSR1: Mosquitto writes its persistence file now."""
         assert self.process is not None
