@@ -34,14 +34,25 @@ from device_agent.protocol.envelope import (
     public_key_to_pem,
     sign_envelope,
 )
-from device_agent.protocol.messages import DesiredState, ModelTarget, format_timestamp
+from device_agent.protocol.exceptions import ProtocolError
+from device_agent.protocol.messages import (
+    DesiredState,
+    ModelTarget,
+    format_timestamp,
+    loads_json,
+)
 
 OUT = Path(__file__).with_name("desired.json")
+JSON_OUT = Path(__file__).with_name("json.json")
+# The C client's fuzz seed corpus, from the same vectors (device_agent/esp32/README.md).
+CORPUS = Path(__file__).parents[2] / "device_agent" / "esp32" / "host" / "fuzz" / "corpus"
 FORMAT = 1
 
 # The C client's documented limits (docs/protocol.md, "The C client's limits").
 C_MAX_ENVELOPE = 16384
 C_MAX_SKEW_S = 300
+C_MAX_DEPTH = 16
+C_MAX_TOKENS = 1024
 
 DEVICE = "esp32-0001"
 HARDWARE = "esp32s3-int8"
@@ -927,13 +938,180 @@ def document(keys: Keys) -> dict[str, Any]:
     }
 
 
+# --- strict JSON ---------------------------------------------------------------------
+
+# DBL_MAX + half an ulp, the smallest decimal that overflows to inf, as an integer.
+_OVERFLOW = (2**1024 - 2**970) // 1
+
+
+def json_inputs() -> list[tuple[str, bytes]]:
+    """Documents for the strict JSON decoders; each is judged by loads_json."""
+    deep = b'{"a":' * C_MAX_DEPTH + b"1" + b"}" * C_MAX_DEPTH
+    deeper = b'{"a":' + b"[" * C_MAX_DEPTH + b"]" * C_MAX_DEPTH + b"}"
+    wide = b'{"a":[' + b",".join(b"0" for _ in range(C_MAX_TOKENS - 3)) + b"]}"
+    wider = b'{"a":[' + b",".join(b"0" for _ in range(C_MAX_TOKENS - 2)) + b"]}"
+    return [
+        ("empty_object", b"{}"),
+        ("whitespace", b' \t\r\n{ "a" : [ 1 , 2 ] }\n '),
+        ("form_feed", b"\x0c{}"),
+        ("vertical_tab", b"{}\x0b"),
+        ("nbsp", b"\xc2\xa0{}"),
+        ("bom", b"\xef\xbb\xbf{}"),
+        ("array_top", b"[]"),
+        ("string_top", b'"x"'),
+        ("number_top", b"1"),
+        ("trailing_comma_object", b'{"a":1,}'),
+        ("trailing_comma_array", b'{"a":[1,]}'),
+        ("missing_comma", b'{"a":1 "b":2}'),
+        ("missing_value", b'{"a"}'),
+        ("missing_colon", b'{"a" 1}'),
+        ("unclosed", b'{"a":1'),
+        ("unclosed_string", b'{"a":"x}'),
+        ("single_quotes", b"{'a':1}"),
+        ("unquoted_key", b"{a:1}"),
+        ("trailing_garbage", b"{}x"),
+        ("two_documents", b"{}{}"),
+        ("literals", b'{"a":[true,false,null]}'),
+        ("literal_bad", b'{"a":tru}'),
+        ("literal_case", b'{"a":True}'),
+        ("nan", b'{"a":NaN}'),
+        ("infinity", b'{"a":Infinity}'),
+        ("minus_infinity", b'{"a":-Infinity}'),
+        ("zero", b'{"a":0}'),
+        ("minus_zero", b'{"a":-0}'),
+        ("minus_zero_float", b'{"a":-0.0}'),
+        ("leading_zero", b'{"a":01}'),
+        ("leading_zero_negative", b'{"a":-01}'),
+        ("bare_minus", b'{"a":-}'),
+        ("double_minus", b'{"a":--1}'),
+        ("plus", b'{"a":+1}'),
+        ("dot_first", b'{"a":.5}'),
+        ("dot_last", b'{"a":1.}'),
+        ("exponent_empty", b'{"a":1e}'),
+        ("exponent_sign_only", b'{"a":1e+}'),
+        ("exponent_upper", b'{"a":1E5}'),
+        ("exponent_negative", b'{"a":1e-5}'),
+        ("hex_number", b'{"a":0x10}'),
+        ("dbl_max", b'{"a":1.7976931348623157e308}'),
+        ("dbl_max_rounds_down", b'{"a":1.7976931348623158e308}'),
+        ("dbl_max_overflows", b'{"a":1.7976931348623159e308}'),
+        ("overflow_boundary_below", b'{"a":%d.9}' % (_OVERFLOW - 1)),
+        ("overflow_boundary", b'{"a":%d.0}' % _OVERFLOW),
+        ("e308", b'{"a":1e308}'),
+        ("e309", b'{"a":1e309}'),
+        ("fraction_e310", b'{"a":0.1e310}'),
+        ("fraction_e309", b'{"a":0.99e309}'),
+        ("huge_exponent", b'{"a":1e99999999999999999999}'),
+        ("zero_huge_exponent", b'{"a":0e99999999999999999999}'),
+        ("underflow", b'{"a":1e-400}'),
+        ("int_4300_digits", b'{"a":%b}' % (b"1" * 4300)),
+        ("int_4301_digits", b'{"a":%b}' % (b"1" * 4301)),
+        ("long_fraction", b'{"a":0.%b}' % (b"1" * 5000)),
+        ("escapes", b'{"a":"\\"\\\\\\/\\b\\f\\n\\r\\t"}'),
+        ("escape_unknown", b'{"a":"\\a"}'),
+        ("escape_upper_u", b'{"a":"\\U0041"}'),
+        ("escape_short_u", b'{"a":"\\u12"}'),
+        ("escape_nul", b'{"a":"\\u0000"}'),
+        ("escape_lone_surrogate", b'{"a":"\\ud800"}'),
+        ("escape_pair", b'{"a":"\\ud83d\\ude00"}'),
+        ("escape_reversed_pair", b'{"a":"\\ude00\\ud83d"}'),
+        ("raw_tab", b'{"a":"\t"}'),
+        ("raw_nul", b'{"a":"\x00"}'),
+        ("raw_del", b'{"a":"\x7f"}'),
+        ("utf8_2", b'{"a":"\xc3\xa9"}'),
+        ("utf8_4", b'{"a":"\xf0\x9f\x98\x80"}'),
+        ("utf8_max", b'{"a":"\xf4\x8f\xbf\xbf"}'),
+        ("utf8_above_max", b'{"a":"\xf4\x90\x80\x80"}'),
+        ("utf8_f5", b'{"a":"\xf5\x80\x80\x80"}'),
+        ("utf8_overlong_2", b'{"a":"\xc0\xaf"}'),
+        ("utf8_overlong_3", b'{"a":"\xe0\x80\xaf"}'),
+        ("utf8_overlong_4", b'{"a":"\xf0\x80\x80\xaf"}'),
+        ("utf8_surrogate", b'{"a":"\xed\xa0\x80"}'),
+        ("utf8_lone_continuation", b'{"a":"\x80"}'),
+        ("utf8_truncated", b'{"a":"\xe2\x82"}'),
+        ("utf8_outside_string", b'{"a":1}\xc3\xa9'),
+        ("duplicate", b'{"a":1,"a":2}'),
+        ("duplicate_escaped", b'{"a":1,"\\u0061":2}'),
+        ("duplicate_non_ascii", b'{"\xc3\xa9":1,"\\u00e9":2}'),
+        ("duplicate_surrogates", b'{"\\ud800":1,"\\ud800":2}'),
+        ("duplicate_pair_and_raw", b'{"\\ud83d\\ude00":1,"\xf0\x9f\x98\x80":2}'),
+        ("duplicate_nested", b'{"x":{"a":1,"a":2}}'),
+        ("duplicate_in_array", b'{"x":[{"a":1,"a":2}]}'),
+        ("same_key_other_objects", b'{"a":{"a":1},"b":{"a":1}}'),
+        ("prefix_keys", b'{"a":1,"ab":2,"":3}'),
+        ("depth_at_c_limit", deep),
+        ("depth_over_c_limit", deeper),
+        ("tokens_at_c_limit", wide),
+        ("tokens_over_c_limit", wider),
+    ]
+
+
+def json_verdict(data: bytes) -> str:
+    try:
+        loads_json(data)
+    except ProtocolError as exc:
+        return str(exc.code)
+    return "ok"
+
+
+def json_document() -> dict[str, Any]:
+    over_c = {"depth_over_c_limit", "tokens_over_c_limit"}
+    cases = []
+    for name, data in json_inputs():
+        case: dict[str, Any] = {"name": name, "input": b64(data), "expect": json_verdict(data)}
+        if name in over_c:
+            case["python"], case["expect"] = case["expect"], "malformed"
+        cases.append(case)
+    return {
+        "format": FORMAT,
+        "about": "Generated by tests/vectors/generate.py from loads_json; see docs/protocol.md.",
+        "limits": {"c_max_depth": C_MAX_DEPTH, "c_max_tokens": C_MAX_TOKENS},
+        "cases": cases,
+    }
+
+
+def json_text() -> str:
+    return json.dumps(json_document(), indent=1) + "\n"
+
+
 def new_keys() -> Keys:
     return Keys(director=generate_director_key(), other=generate_director_key())
 
 
+def write_corpus(doc: dict[str, Any], json_doc: dict[str, Any]) -> None:
+    """Seeds for the fuzz targets: envelopes, their payloads, the JSON cases, and the
+    pinned key the envelope target verifies against (a public key)."""
+    seeds: dict[str, dict[str, bytes]] = {"envelope": {}, "desired": {}, "json": {}}
+    for vector in doc["vectors"]:
+        envelope = base64.b64decode(vector["envelope"])
+        if len(envelope) <= C_MAX_ENVELOPE:
+            seeds["envelope"][vector["name"]] = envelope
+        try:
+            text = json.loads(envelope)["payload"]
+            altchars = b"-_" if "-" in text or "_" in text else None
+            seeds["desired"][vector["name"]] = base64.b64decode(text, altchars=altchars)
+        except (ValueError, KeyError, TypeError):
+            continue
+    for case in json_doc["cases"]:
+        data = base64.b64decode(case["input"])
+        if len(data) <= C_MAX_ENVELOPE:
+            seeds["json"][case["name"]] = data
+    for target, files in seeds.items():
+        folder = CORPUS / target
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.iterdir():
+            old.unlink()
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+    (CORPUS / "director.pem").write_text(doc["director_key"])
+
+
 def main() -> int:
-    OUT.write_text(json.dumps(document(new_keys()), indent=1, ensure_ascii=True) + "\n")
-    print(f"wrote {OUT}")
+    doc = document(new_keys())
+    OUT.write_text(json.dumps(doc, indent=1, ensure_ascii=True) + "\n")
+    JSON_OUT.write_text(json_text())
+    write_corpus(doc, json_document())
+    print(f"wrote {OUT}, {JSON_OUT} and {CORPUS}")
     return 0
 
 

@@ -169,3 +169,13 @@ def test_every_code_is_a_stable_error_code() -> None:
                 codes.add(decision["code"])
             codes.update(r["code"] for r in decision.get("rejected", ()))
     assert codes <= {str(code) for code in ErrorCode}
+
+
+def test_the_json_cases_are_what_loads_json_decides() -> None:
+    # The file is deterministic: it must be exactly what the generator writes now, and
+    # the generator writes loads_json's verdict for every input.
+    generator = _generator()
+    assert (HERE / "json.json").read_text() == generator.json_text()
+    for case in json.loads(generator.json_text())["cases"]:
+        data = base64.b64decode(case["input"])
+        assert generator.json_verdict(data) == case.get("python", case["expect"]), case["name"]

@@ -1,7 +1,8 @@
-/* The shared desired-state vectors (tests/vectors/desired.json, docs/protocol.md) through
- * fo_desired_evaluate: every vector must be decided exactly as its "expect" says (the
- * outcome, the code, the seq, the jobs and per-model rejections in entry order). The
- * file is read with the library's own JSON tokenizer, with a pool large enough for it. */
+/* The shared vectors (tests/vectors/, docs/protocol.md, generated from the Python side):
+ * - desired.json through fo_desired_evaluate: every vector decided exactly as its
+ *   "expect" says (outcome, code, seq, jobs and per-model rejections in entry order);
+ * - json.json through fo_json_parse with the client's limits: "ok" or "malformed".
+ * The files are read with the library's own JSON tokenizer, with a pool large enough. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,37 +119,81 @@ static void describe_expect(size_t e, char *out, size_t cap)
     snprintf(out + n, cap - n, "]");
 }
 
-int main(int argc, char **argv)
+static uint8_t *file_text;
+static fo_json_tok_t *file_tokens;
+
+static void load(const char *path)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s tests/vectors/desired.json\n", argv[0]);
-        return 2;
-    }
-    FILE *f = fopen(argv[1], "rb");
+    FILE *f = fopen(path, "rb");
     if (f == NULL) {
-        perror(argv[1]);
-        return 2;
+        perror(path);
+        exit(2);
     }
-    uint8_t *text = malloc(MAX_FILE);
-    fo_json_tok_t *tokens = malloc(sizeof(fo_json_tok_t) * MAX_FILE_TOKENS);
-    size_t len = fread(text, 1, MAX_FILE, f);
+    if (file_text == NULL) {
+        file_text = malloc(MAX_FILE);
+        file_tokens = malloc(sizeof(fo_json_tok_t) * MAX_FILE_TOKENS);
+    }
+    size_t len = fread(file_text, 1, MAX_FILE, f);
     fclose(f);
-    if (fo_json_parse(text, len, tokens, MAX_FILE_TOKENS, 8, &doc) != FO_OK) {
-        fprintf(stderr, "%s: not a vectors file\n", argv[1]);
-        return 2;
+    if (len == MAX_FILE ||
+        fo_json_parse(file_text, len, file_tokens, MAX_FILE_TOKENS, 8, &doc) != FO_OK) {
+        fprintf(stderr, "%s: not a vectors file\n", path);
+        exit(2);
     }
+}
+
+static unsigned json_cases(const char *path)
+{
+    load(path);
+    static fo_json_tok_t tokens[FLEET_OTA_MAX_TOKENS];
+    static char name[128];
+    long cases = member(0, "cases");
+    size_t c = (size_t)cases + 1;
+    unsigned failures = 0, total = doc.tok[cases].count;
+    for (unsigned k = 0; k < total; k++, c = doc.tok[c].next) {
+        char want[32];
+        str(member(c, "name"), name, sizeof(name));
+        str(member(c, "expect"), want, sizeof(want));
+        long in = member(c, "input");
+        uint8_t *buf = malloc((size_t)doc.tok[in].len + 1);
+        size_t len;
+        str(in, (char *)buf, (size_t)doc.tok[in].len + 1);
+        if (fo_b64_decode(buf, strlen((char *)buf), buf, &len) != FO_OK) {
+            fprintf(stderr, "%s: input is not base64\n", name);
+            exit(2);
+        }
+        fo_json_doc_t parsed;
+        fo_code_t code = fo_json_parse(buf, len, tokens, FLEET_OTA_MAX_TOKENS,
+                                       FLEET_OTA_MAX_DEPTH, &parsed);
+        if (code == FO_OK && parsed.tok[0].type != FO_JSON_OBJECT) {
+            code = FO_MALFORMED;
+        }
+        const char *got = code == FO_OK ? "ok" : fo_code_name(code);
+        if (strcmp(got, want) != 0) {
+            printf("FAIL json %s: got %s, want %s\n", name, got, want);
+            failures++;
+        }
+        free(buf);
+    }
+    printf("%u JSON cases, %u failed\n", total, failures);
+    return failures;
+}
+
+static unsigned desired_vectors(const char *path)
+{
+    load(path);
 
     static char pem[1024], keyid[80];
     fo_key_t key;
     str(member(0, "director_key"), pem, sizeof(pem));
     if (fo_key_from_pem(pem, strlen(pem), &key) != FO_OK) {
         fprintf(stderr, "director_key: not a P-256 public key PEM\n");
-        return 1;
+        exit(1);
     }
     str(member(0, "director_keyid"), keyid, sizeof(keyid));
     if (strcmp(keyid, key.keyid) != 0) {
         fprintf(stderr, "keyid %s, the file says %s\n", key.keyid, keyid);
-        return 1;
+        exit(1);
     }
 
     static fo_work_t work;
@@ -165,7 +210,7 @@ int main(int argc, char **argv)
         str(env, (char *)buf, (size_t)doc.tok[env].len + 1);
         if (fo_b64_decode(buf, strlen((char *)buf), buf, &buf_len) != FO_OK) {
             fprintf(stderr, "%s: envelope is not base64\n", name);
-            return 2;
+            exit(2);
         }
 
         size_t c = (size_t)member(v, "context");
@@ -208,8 +253,19 @@ int main(int argc, char **argv)
         }
         free(buf);
     }
-    printf("%u vectors, %u failed\n", total, failures);
-    free(tokens);
-    free(text);
+    printf("%u desired vectors, %u failed\n", total, failures);
+    return failures;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s tests/vectors/desired.json tests/vectors/json.json\n",
+                argv[0]);
+        return 2;
+    }
+    unsigned failures = desired_vectors(argv[1]) + json_cases(argv[2]);
+    free(file_tokens);
+    free(file_text);
     return failures == 0 ? 0 : 1;
 }
