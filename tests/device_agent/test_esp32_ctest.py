@@ -16,6 +16,14 @@ from pathlib import Path
 import pytest
 from service_check import require_service
 
+from device_agent.protocol.messages import (
+    Phase,
+    parse_event,
+    parse_state,
+    parse_status,
+    parse_telemetry,
+)
+
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "device_agent" / "esp32"
 APT = "apt-get install cmake gcc libmbedtls-dev"
@@ -66,9 +74,34 @@ def test_host_build_passes_its_ctest_suite(tmp_path: Path) -> None:
     _configure(build)
     # when built and run
     output = _ctest(build)
-    # then the vectors and the unit tests ran and passed
-    assert "vectors" in output
-    assert "core" in output
+    # then the vectors, the agent's update and power-cut runs and the unit tests passed
+    for name in ("vectors", "agent", "core"):
+        assert name in output
+    _check_published(build / "published.txt")
+
+
+def _check_published(path: Path) -> None:
+    """Every report the C agent published is a valid message to the Python side's
+    parsers, and the runs reported each outcome the tests drove."""
+    parsers = {
+        "events": parse_event,
+        "state": parse_state,
+        "status": parse_status,
+        "telemetry": parse_telemetry,
+    }
+    phases: set[Phase] = set()
+    codes: set[str] = set()
+    lines = path.read_text().splitlines()
+    assert lines
+    for line in lines:
+        channel, _, payload = line.partition(" ")
+        message = parsers[channel](payload.encode())
+        if channel == "events":
+            phases.add(message.phase)  # type: ignore[attr-defined]
+            if message.code is not None:  # type: ignore[attr-defined]
+                codes.add(str(message.code))  # type: ignore[attr-defined]
+    assert {Phase.COMMITTED, Phase.ROLLED_BACK, Phase.FAILED, Phase.DOWNLOADING} <= phases
+    assert {"health_check_failed", "hash_mismatch", "length_exceeded"} <= codes
 
 
 def _clang_runtime_present() -> bool:

@@ -1,5 +1,6 @@
 #include "fleet_ota/text.h"
 
+#include <stdio.h>
 #include <string.h>
 
 static int alnum(uint8_t c)
@@ -232,6 +233,33 @@ int fo_parse_timestamp(const uint8_t *s, size_t n, int64_t *us)
     int64_t days = days_from_civil(year, (unsigned)month, (unsigned)day);
     *us = ((days * 86400 + hour * 3600 + minute * 60 + second) * 1000000) + micro;
     return 1;
+}
+
+void fo_format_timestamp(int64_t us, char out[28])
+{
+    int64_t secs = us >= 0 ? us / 1000000 : -((-us + 999999) / 1000000);
+    int64_t micro = us - secs * 1000000;
+    int64_t days = secs >= 0 ? secs / 86400 : -((-secs + 86399) / 86400);
+    int64_t rem = secs - days * 86400;
+    /* civil_from_days (H. Hinnant) */
+    int64_t z = days + 719468;
+    const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    const unsigned doe = (unsigned)(z - era * 146097);
+    const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    const unsigned mp = (5 * doy + 2) / 153;
+    const unsigned d = doy - (153 * mp + 2) / 5 + 1;
+    const unsigned m = mp < 10 ? mp + 3 : mp - 9;
+    int64_t y = (int64_t)yoe + era * 400 + (m <= 2);
+    if (y < 1 || y > 9999) {
+        y = y < 1 ? 1 : 9999; /* out of the protocol's range: clamp, never overflow out */
+    }
+    int n = snprintf(out, 28, "%04d-%02u-%02uT%02d:%02d:%02d", (int)y, m, d, (int)(rem / 3600),
+                     (int)(rem / 60 % 60), (int)(rem % 60));
+    if (micro != 0) {
+        n += snprintf(out + n, (size_t)(28 - n), ".%06d", (int)micro);
+    }
+    snprintf(out + n, (size_t)(28 - n), "Z");
 }
 
 int fo_hex_decode(const uint8_t *hex, size_t bytes, uint8_t *out)

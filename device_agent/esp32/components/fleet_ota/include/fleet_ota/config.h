@@ -31,3 +31,20 @@
 #define FO_MAX_SAFE_INT 9007199254740991ULL /* 2**53 - 1 */
 
 #endif
+
+#ifndef FLEET_OTA_CONFIG_AGENT_H
+#define FLEET_OTA_CONFIG_AGENT_H
+/* Models one device keeps (each with two slots). */
+#ifndef FLEET_OTA_MAX_LOCAL_MODELS
+#define FLEET_OTA_MAX_LOCAL_MODELS 4
+#endif
+/* The fixed buffer for reading a slot back (re-hashing after a restart). */
+#ifndef FLEET_OTA_IO_BUFFER
+#define FLEET_OTA_IO_BUFFER 4096
+#endif
+/* Download progress is made durable every this many bytes (a multiple of the flash
+ * sector size): a restart resumes from the last checkpoint with an HTTP Range request. */
+#ifndef FLEET_OTA_CHECKPOINT
+#define FLEET_OTA_CHECKPOINT 65536
+#endif
+#endif

@@ -29,6 +29,9 @@ int fo_is_url(const uint8_t *s, size_t n);
  * microseconds since 1970-01-01T00:00:00Z. */
 int fo_parse_timestamp(const uint8_t *s, size_t n, int64_t *us);
 
+/* Format microseconds since the epoch as `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (out: 28 bytes). */
+void fo_format_timestamp(int64_t us, char out[28]);
+
 /* Hex digits to bytes (lower or upper case); 0 on a non-hex digit. */
 int fo_hex_decode(const uint8_t *hex, size_t bytes, uint8_t *out);
 void fo_hex_encode(const uint8_t *in, size_t bytes, char *out); /* writes 2*bytes + NUL */
