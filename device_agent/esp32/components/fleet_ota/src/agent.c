@@ -597,9 +597,8 @@ fo_code_t fo_agent_on_desired(fo_agent_t *a, const uint8_t *msg, size_t len)
     if (a->st.status != FO_ST_IDLE) {
         return FO_CONFLICT;
     }
-    fo_model_record_t records[FLEET_OTA_MAX_LOCAL_MODELS];
     fo_device_ctx_t ctx;
-    device_ctx(a, &ctx, records);
+    device_ctx(a, &ctx, a->records);
     size_t n = len <= sizeof(a->envelope) ? len : sizeof(a->envelope);
     memcpy(a->envelope, msg, n);
     /* Over the bound: judged on the copied prefix's length, refused for its size. */

@@ -38,7 +38,7 @@ static fo_code_t slot_open(void *ctx, const char *model, int slot, uint64_t offs
                            uint64_t length)
 {
     fo_posix_storage_t *st = ctx;
-    char path[640];
+    char path[300];
     if (length > st->slot_capacity) {
         return FO_DISK_FULL;
     }
@@ -91,7 +91,7 @@ static fo_code_t slot_read(void *ctx, const char *model, int slot, uint64_t offs
                            size_t len)
 {
     fo_posix_storage_t *st = ctx;
-    char path[640];
+    char path[300];
     if (!slot_path(st, model, slot, path, sizeof(path))) {
         return FO_HASH_MISMATCH;
     }
@@ -107,7 +107,7 @@ static fo_code_t slot_read(void *ctx, const char *model, int slot, uint64_t offs
 static fo_code_t record_load(void *ctx, const char *name, uint8_t *buf, size_t cap, size_t *len)
 {
     fo_posix_storage_t *st = ctx;
-    char path[640];
+    char path[300];
     snprintf(path, sizeof(path), "%s/%s.rec", st->dir, name);
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
@@ -126,7 +126,7 @@ static fo_code_t record_load(void *ctx, const char *name, uint8_t *buf, size_t c
 static fo_code_t record_save(void *ctx, const char *name, const uint8_t *buf, size_t len)
 {
     fo_posix_storage_t *st = ctx;
-    char path[640], tmp[660];
+    char path[300], tmp[310];
     snprintf(path, sizeof(path), "%s/%s.rec", st->dir, name);
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
@@ -148,7 +148,7 @@ static fo_code_t record_save(void *ctx, const char *name, const uint8_t *buf, si
 fo_code_t fo_posix_storage_init(fo_posix_storage_t *st, const char *dir, uint64_t slot_capacity,
                                 fo_storage_port_t *port)
 {
-    char slots[640];
+    char slots[300];
     memset(st, 0, sizeof(*st));
     snprintf(st->dir, sizeof(st->dir), "%s", dir);
     st->slot_capacity = slot_capacity;

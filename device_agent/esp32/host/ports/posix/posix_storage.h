@@ -10,7 +10,7 @@
 #include "fleet_ota/port.h"
 
 typedef struct {
-    char dir[512];
+    char dir[256];
     uint64_t slot_capacity;
     int fd; /* the slot open for writing, -1 for none */
     /* Skip fsync: only for tests whose power cuts are simulated above this port. */

@@ -84,6 +84,7 @@ typedef struct {
     uint8_t envelope[FLEET_OTA_MAX_ENVELOPE];
     fo_work_t work;
     fo_decision_t decision;
+    fo_model_record_t records[FLEET_OTA_MAX_LOCAL_MODELS];
     uint8_t io[FLEET_OTA_IO_BUFFER];
     char out[2048]; /* an outgoing report */
     mbedtls_sha256_context sha;
