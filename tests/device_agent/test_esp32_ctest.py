@@ -8,16 +8,35 @@ bounded time over the committed seed corpus. Missing tools or libraries skip on 
 developer machine and fail under CI=true (the packages are in .ci/run).
 """
 
+import hashlib
 import os
 import shutil
+import signal
 import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from mqtt_broker import MosquittoBroker
+from paho.mqtt.enums import CallbackAPIVersion
 from service_check import require_service
 
+from device_agent.protocol.envelope import (
+    generate_director_key,
+    sign_desired,
+    write_public_key,
+)
 from device_agent.protocol.messages import (
+    DesiredState,
+    ModelTarget,
     Phase,
+    UpdateEvent,
     parse_event,
     parse_state,
     parse_status,
@@ -68,11 +87,18 @@ def _ctest(build: Path, *args: str, timeout: float = 300) -> str:
     return output
 
 
-def test_host_build_passes_its_ctest_suite(tmp_path: Path) -> None:
-    # given the component and its tests configured for the host
-    build = tmp_path / "build"
+@pytest.fixture(scope="module")
+def host_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    build = tmp_path_factory.mktemp("esp32") / "build"
     _configure(build)
-    # when built and run
+    _run(["cmake", "--build", str(build), "-j", "2"], build, timeout=300)
+    return build
+
+
+def test_host_build_passes_its_ctest_suite(host_build: Path) -> None:
+    # given the component and its tests built for the host
+    build = host_build
+    # when CTest runs them
     output = _ctest(build)
     # then the vectors, the agent's update and power-cut runs and the unit tests passed
     for name in ("vectors", "agent", "core"):
@@ -132,3 +158,205 @@ def test_sanitized_suite_and_fuzzers_pass(tmp_path: Path) -> None:
     # then nothing crashed, leaked or hit undefined behaviour
     for name in ("vectors", "core", "fuzz_envelope", "fuzz_desired", "fuzz_json"):
         assert name in output
+
+
+# --- the client as a process, through a real broker ---------------------------------
+
+DEVICE = "esp32-e2e"
+HARDWARE = "esp32s3-int8"
+
+
+class Artifacts(ThreadingHTTPServer):
+    """Serves /<name> from `files`, with Range requests, as the artifact store would;
+    `lie` makes it serve other bytes for a name (a rogue server)."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ArtifactHandler)
+        self.files: dict[str, bytes] = {}
+        self.lie: dict[str, bytes] = {}
+        self.ranges: list[str] = []
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/{name}"
+
+
+class _ArtifactHandler(BaseHTTPRequestHandler):
+    server: Artifacts
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        name = self.path.lstrip("/")
+        data = self.server.lie.get(name, self.server.files.get(name))
+        if data is None:
+            self.send_error(404)
+            return
+        start = 0
+        wanted = self.headers.get("Range")
+        if wanted:
+            self.server.ranges.append(wanted)
+            start = int(wanted.removeprefix("bytes=").split("-")[0])
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+class Watcher:
+    """Every message on the device's topics, decoded."""
+
+    def __init__(self, port: int) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="esp32-e2e-watch")
+        self.client.on_connect = lambda c, *a: c.subscribe(f"fleet/v1/devices/{DEVICE}/#", qos=1)
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.subscribed.wait(10), "the watcher did not subscribe"
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        with self.lock:
+            self.messages.append((message.topic.rsplit("/", 1)[1], bytes(message.payload)))
+
+    def events(self) -> list[UpdateEvent]:
+        with self.lock:
+            return [parse_event(p) for channel, p in self.messages if channel == "events"]
+
+    def publish_desired(self, envelope: bytes) -> None:
+        info = self.client.publish(f"fleet/v1/devices/{DEVICE}/desired", envelope, 1, True)
+        info.wait_for_publish(10)
+
+    def wait_for(self, predicate: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = predicate()
+            if found:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; events: {self.events()}")
+
+    def event(self, seq: int, phase: Phase) -> UpdateEvent:
+        def found() -> UpdateEvent | None:
+            return next((e for e in self.events() if e.seq == seq and e.phase is phase), None)
+
+        return self.wait_for(found, f"seq {seq} {phase}")  # type: ignore[no-any-return]
+
+    def last_state(self) -> Any:
+        with self.lock:
+            states = [p for channel, p in self.messages if channel == "state"]
+        return parse_state(states[-1]) if states else None
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def rig(host_build: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    broker = MosquittoBroker(tmp_path / "broker")
+    server = Artifacts()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    watcher = Watcher(broker.port)
+    key = generate_director_key()
+    write_public_key(tmp_path / "director.pem", key.public_key())
+    fail_flag = tmp_path / "selftest-fails"
+    client = subprocess.Popen(
+        [
+            str(host_build / "fleet-ota-posix"),
+            "--dir", str(tmp_path / "device"),
+            "--device-id", DEVICE,
+            "--hardware", HARDWARE,
+            "--director", str(tmp_path / "director.pem"),
+            "--port", str(broker.port),
+            "--selftest", f'test -s "$FLEET_MODEL_PATH" && test ! -e {fail_flag}',
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        yield {"watcher": watcher, "server": server, "key": key, "client": client,
+               "fail_flag": fail_flag}  # fmt: skip
+    finally:
+        client.send_signal(signal.SIGTERM)
+        try:
+            client.wait(10)
+        finally:
+            client.kill()
+        watcher.close()
+        server.shutdown()
+        broker.stop()
+
+
+def _desired(rig: dict[str, Any], seq: int, version: str, counter: int, data: bytes) -> bytes:
+    name = f"kws-{version}.tflite"
+    rig["server"].files[name] = data
+    now = datetime.now(UTC).replace(microsecond=0)
+    target = ModelTarget(
+        name="kws",
+        path=f"models/kws/{version}/{HARDWARE}/model.tflite",
+        version=version,
+        release_counter=counter,
+        hardware=HARDWARE,
+        sha256=hashlib.sha256(data).hexdigest(),
+        length=len(data),
+        url=rig["server"].url(name),
+        rollout_id="r-1",
+        arm="a",
+    )
+    desired = DesiredState(
+        device_id=DEVICE,
+        seq=seq,
+        issued_at=now,
+        expires_at=now + timedelta(days=7),
+        models=(target,),
+    )
+    return sign_desired(desired, rig["key"])
+
+
+def test_the_client_updates_verifies_and_rolls_back_through_the_broker(
+    rig: dict[str, Any],
+) -> None:
+    watcher: Watcher = rig["watcher"]
+    v1, v2, v3 = (bytes([n]) * 200_000 for n in (1, 2, 3))
+    # given the client online
+    watcher.wait_for(lambda: watcher.last_state() is not None, "the first state report")
+
+    # when the director asks for 1.0.0: it is downloaded, verified, swapped and committed
+    install = _desired(rig, 1, "1.0.0", 10, v1)
+    watcher.publish_desired(install)
+    watcher.event(1, Phase.COMMITTED)
+    state = watcher.wait_for(
+        lambda: (s := watcher.last_state()) and s.models and s.last_seq == 1 and s, "state"
+    )
+    assert (state.models[0].version, str(state.models[0].slot)) == ("1.0.0", "a")
+
+    # when a rogue store serves other bytes for 1.1.0: failed, hash_mismatch, 1.0.0 kept
+    wrong = _desired(rig, 2, "1.1.0", 11, v2)
+    rig["server"].lie["kws-1.1.0.tflite"] = v3
+    watcher.publish_desired(wrong)
+    assert watcher.event(2, Phase.FAILED).code == "hash_mismatch"
+
+    # when 1.2.0's self-test fails: rolled back to 1.0.0, health_check_failed
+    rig["fail_flag"].touch()
+    watcher.publish_desired(_desired(rig, 3, "1.2.0", 12, v2))
+    assert watcher.event(3, Phase.ROLLED_BACK).code == "health_check_failed"
+    state = watcher.wait_for(lambda: (s := watcher.last_state()) and s.last_seq == 3 and s, "state")
+    assert (state.models[0].version, str(state.models[0].slot)) == ("1.0.0", "a")
+
+    # when an old envelope is replayed, or one is signed by another key: rejected
+    watcher.publish_desired(install)
+    assert watcher.event(1, Phase.REJECTED).code == "replayed_command"
+    other = dict(rig, key=generate_director_key())
+    watcher.publish_desired(_desired(other, 4, "1.3.0", 13, v2))
+    assert watcher.event(0, Phase.REJECTED).code == "signature_invalid"
+
+    # then a good update still goes through, and every event is one the bridge accepts
+    rig["fail_flag"].unlink()
+    watcher.publish_desired(_desired(rig, 5, "1.3.0", 13, v2))
+    watcher.event(5, Phase.COMMITTED)
+    state = watcher.wait_for(lambda: (s := watcher.last_state()) and s.last_seq == 5 and s, "state")
+    assert (state.models[0].version, str(state.models[0].slot)) == ("1.3.0", "b")
