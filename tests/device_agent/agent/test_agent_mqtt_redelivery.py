@@ -3,6 +3,7 @@ Mosquitto restart that lost the bridge's `$share` subscription) is kept and publ
 again until a subscriber has it; flush() waits for that. Under MQTT 3.1.1 the broker
 cannot say so, and the message is gone: that is why the agent can speak 5."""
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -90,7 +91,7 @@ def connected_link(port: int, protocol: str, connects: list[float] | None = None
 
 
 def test_an_event_nobody_received_is_published_again_once_the_bridge_is_back(
-    mosquitto: Any,
+    mosquitto: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     # given an agent and the bridge on a broker that then restarts: the bridge's
     # clean-start $share subscription is gone, and the bridge is not back yet
@@ -109,10 +110,12 @@ def test_an_event_nobody_received_is_published_again_once_the_bridge_is_back(
             time.sleep(0.05)
 
         # when the agent publishes an update's outcome meanwhile
+        caplog.set_level(logging.WARNING, logger="device_agent.mqtt")
         link.publish(Channel.EVENTS, event(2))
 
         # then the broker answered "no matching subscribers" and the event is still held
-        assert not link.flush(1.0)
+        assert wait_for(lambda: "(PUBACK 0x10)" in caplog.text), caplog.text
+        assert not link.flush(0)
 
         # when the bridge is back
         bridge = Bridge(mosquitto.port)
