@@ -1,40 +1,45 @@
 """The ESP32 client's host build (device_agent/esp32/, CMake + CTest) from pytest.
 
-The everyday run builds the C core with the system compiler and runs its CTest suite
-(the shared vectors of tests/vectors/ and the unit tests). The `fuzz` set, which
+The everyday run builds the C client with the system compiler, runs its CTest suite
+(the shared vectors of tests/vectors/, the update agent's runs with power cuts, the heap
+and stack measurement, the unit tests), parses every payload the C agent published with
+the Python protocol module, and runs `fleet-ota-posix` against a real Mosquitto and an
+HTTP artifact server (tests/fleet/test_esp32_mtls.py does so over the production
+broker config). The `fuzz` set, which
 .ci/run runs separately, builds everything with clang under AddressSanitizer and
 UndefinedBehaviorSanitizer and runs the whole suite plus the libFuzzer targets for a
 bounded time over the committed seed corpus. Missing tools or libraries skip on a
 developer machine and fail under CI=true (the packages are in .ci/run).
 """
 
-import hashlib
-import os
 import shutil
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from esp32_build import (
+    APT_CLANG,
+    Artifacts,
+    configure,
+    esp32_host_build,
+    run,
+    signed_desired,
+)
 from mqtt_broker import MosquittoBroker
 from paho.mqtt.enums import CallbackAPIVersion
 from service_check import require_service
 
 from device_agent.protocol.envelope import (
     generate_director_key,
-    sign_desired,
     write_public_key,
 )
 from device_agent.protocol.messages import (
-    DesiredState,
-    ModelTarget,
     Phase,
     UpdateEvent,
     parse_event,
@@ -43,56 +48,19 @@ from device_agent.protocol.messages import (
     parse_telemetry,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-SOURCE = ROOT / "device_agent" / "esp32"
-APT = "apt-get install cmake gcc libmbedtls-dev"
-APT_CLANG = "apt-get install clang libclang-rt-dev"
 FUZZ_SECONDS = 20
 
 
-def _run(args: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(
-        args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, check=False
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{output[-6000:]}"
-    return output
-
-
-def _configure(build: Path, *options: str, cc: str | None = None) -> None:
-    require_service(shutil.which("cmake") is not None, "cmake", APT)
-    env = dict(os.environ)
-    if cc is not None:
-        env["CC"] = cc
-    done = subprocess.run(
-        ["cmake", "-S", str(SOURCE), "-B", str(build), *options],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
-    output = done.stdout + done.stderr
-    if done.returncode != 0 and ("MBEDTLS" in output or "MBEDCRYPTO" in output):
-        require_service(False, "mbedTLS (libmbedtls-dev)", APT)
-    if done.returncode != 0 and "No CMAKE_C_COMPILER could be found" in output:
-        require_service(False, "a C compiler", APT)
-    assert done.returncode == 0, output[-6000:]
-
-
 def _ctest(build: Path, *args: str, timeout: float = 300) -> str:
-    _run(["cmake", "--build", str(build), "-j", "2"], build, timeout=timeout)
-    output = _run(["ctest", "--output-on-failure", "-j", "2", *args], build, timeout=timeout)
+    run(["cmake", "--build", str(build), "-j", "2"], build, timeout=timeout)
+    output = run(["ctest", "--output-on-failure", "-j", "2", *args], build, timeout=timeout)
     assert "100% tests passed" in output, output
     return output
 
 
 @pytest.fixture(scope="module")
 def host_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    build = tmp_path_factory.mktemp("esp32") / "build"
-    _configure(build)
-    _run(["cmake", "--build", str(build), "-j", "2"], build, timeout=300)
-    return build
+    return esp32_host_build(tmp_path_factory.mktemp("esp32") / "build")
 
 
 def test_host_build_passes_its_ctest_suite(host_build: Path) -> None:
@@ -147,7 +115,7 @@ def test_sanitized_suite_and_fuzzers_pass(tmp_path: Path) -> None:
     require_service(_clang_runtime_present(), "clang with its sanitizer runtime", APT_CLANG)
     # given everything built by clang with ASan + UBSan, and the libFuzzer targets
     build = tmp_path / "build"
-    _configure(
+    configure(
         build,
         "-DFLEET_OTA_FUZZ=ON",
         f"-DFLEET_OTA_FUZZ_SECONDS={FUZZ_SECONDS}",
@@ -164,43 +132,6 @@ def test_sanitized_suite_and_fuzzers_pass(tmp_path: Path) -> None:
 
 DEVICE = "esp32-e2e"
 HARDWARE = "esp32s3-int8"
-
-
-class Artifacts(ThreadingHTTPServer):
-    """Serves /<name> from `files`, with Range requests, as the artifact store would;
-    `lie` makes it serve other bytes for a name (a rogue server)."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _ArtifactHandler)
-        self.files: dict[str, bytes] = {}
-        self.lie: dict[str, bytes] = {}
-        self.ranges: list[str] = []
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/{name}"
-
-
-class _ArtifactHandler(BaseHTTPRequestHandler):
-    server: Artifacts
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        name = self.path.lstrip("/")
-        data = self.server.lie.get(name, self.server.files.get(name))
-        if data is None:
-            self.send_error(404)
-            return
-        start = 0
-        wanted = self.headers.get("Range")
-        if wanted:
-            self.server.ranges.append(wanted)
-            start = int(wanted.removeprefix("bytes=").split("-")[0])
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        self.wfile.write(data[start:])
-
-    def log_message(self, *args: Any) -> None:
-        return None
 
 
 class Watcher:
@@ -292,29 +223,7 @@ def rig(host_build: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _desired(rig: dict[str, Any], seq: int, version: str, counter: int, data: bytes) -> bytes:
-    name = f"kws-{version}.tflite"
-    rig["server"].files[name] = data
-    now = datetime.now(UTC).replace(microsecond=0)
-    target = ModelTarget(
-        name="kws",
-        path=f"models/kws/{version}/{HARDWARE}/model.tflite",
-        version=version,
-        release_counter=counter,
-        hardware=HARDWARE,
-        sha256=hashlib.sha256(data).hexdigest(),
-        length=len(data),
-        url=rig["server"].url(name),
-        rollout_id="r-1",
-        arm="a",
-    )
-    desired = DesiredState(
-        device_id=DEVICE,
-        seq=seq,
-        issued_at=now,
-        expires_at=now + timedelta(days=7),
-        models=(target,),
-    )
-    return sign_desired(desired, rig["key"])
+    return signed_desired(rig["key"], rig["server"], DEVICE, HARDWARE, seq, version, counter, data)
 
 
 def test_the_client_updates_verifies_and_rolls_back_through_the_broker(
