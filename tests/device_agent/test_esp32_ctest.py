@@ -249,23 +249,31 @@ def test_the_client_updates_verifies_and_rolls_back_through_the_broker(
     watcher.publish_desired(wrong)
     assert watcher.event(2, Phase.FAILED).code == "hash_mismatch"
 
+    # when the store serves 1.1.1 one byte short, or 1.1.2 one byte long: failed, kept
+    rig["server"].lie["kws-1.1.1.tflite"] = v2[:-1]
+    watcher.publish_desired(_desired(rig, 3, "1.1.1", 11, v2))
+    assert watcher.event(3, Phase.FAILED).code == "hash_mismatch"
+    rig["server"].lie["kws-1.1.2.tflite"] = v2 + b"\x00"
+    watcher.publish_desired(_desired(rig, 4, "1.1.2", 11, v2))
+    assert watcher.event(4, Phase.FAILED).code == "length_exceeded"
+
     # when 1.2.0's self-test fails: rolled back to 1.0.0, health_check_failed
     rig["fail_flag"].touch()
-    watcher.publish_desired(_desired(rig, 3, "1.2.0", 12, v2))
-    assert watcher.event(3, Phase.ROLLED_BACK).code == "health_check_failed"
-    state = watcher.wait_for(lambda: (s := watcher.last_state()) and s.last_seq == 3 and s, "state")
+    watcher.publish_desired(_desired(rig, 5, "1.2.0", 12, v2))
+    assert watcher.event(5, Phase.ROLLED_BACK).code == "health_check_failed"
+    state = watcher.wait_for(lambda: (s := watcher.last_state()) and s.last_seq == 5 and s, "state")
     assert (state.models[0].version, str(state.models[0].slot)) == ("1.0.0", "a")
 
     # when an old envelope is replayed, or one is signed by another key: rejected
     watcher.publish_desired(install)
     assert watcher.event(1, Phase.REJECTED).code == "replayed_command"
     other = dict(rig, key=generate_director_key())
-    watcher.publish_desired(_desired(other, 4, "1.3.0", 13, v2))
+    watcher.publish_desired(_desired(other, 6, "1.3.0", 13, v2))
     assert watcher.event(0, Phase.REJECTED).code == "signature_invalid"
 
     # then a good update still goes through, and every event is one the bridge accepts
     rig["fail_flag"].unlink()
-    watcher.publish_desired(_desired(rig, 5, "1.3.0", 13, v2))
-    watcher.event(5, Phase.COMMITTED)
-    state = watcher.wait_for(lambda: (s := watcher.last_state()) and s.last_seq == 5 and s, "state")
+    watcher.publish_desired(_desired(rig, 7, "1.3.0", 13, v2))
+    watcher.event(7, Phase.COMMITTED)
+    state = watcher.wait_for(lambda: (s := watcher.last_state()) and s.last_seq == 7 and s, "state")
     assert (state.models[0].version, str(state.models[0].slot)) == ("1.3.0", "b")
