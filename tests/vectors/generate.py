@@ -1113,6 +1113,7 @@ def update_document(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
         "wrong_bytes": (19, entry("1.6.0", 16, 3, 4, UPDATE_LENGTH)),
         "truncated": (20, entry("1.6.0", 16, 3, 3, UPDATE_LENGTH - 1000)),
         "overlong": (21, entry("1.6.0", 16, 3, 3, UPDATE_LENGTH + 1000)),
+        "update_again": (22, entry("1.5.0", 15, 2, 2, UPDATE_LENGTH)),
     }
     envelopes = {
         name: b64(sign_envelope(desired(seq=seq, models=(model,)).to_json(), key))

@@ -61,6 +61,7 @@ static long crash_at = -1; /* the call that loses power, counting from 0; -1: ne
 static long calls;
 static int powered_off;
 static int selftest_fails;
+static int selftest_cuts_power;
 static uint64_t last_offset;
 static int resumed;
 static FILE *published;
@@ -163,6 +164,9 @@ static fo_code_t selftest(void *ctx, const char *model, int slot)
     (void)ctx;
     (void)model;
     (void)slot;
+    if (selftest_cuts_power) {
+        powered_off = 1;
+    }
     if (power_cut()) {
         return FO_PORT_CRASH;
     }
@@ -307,6 +311,21 @@ static void test_install_update_rollback(const char *base)
     const double values[] = {12.5, 0.93};
     CHECK(fo_agent_telemetry(&agent, "kws", names, values, 2) == FO_OK);
     CHECK(fo_agent_telemetry(&agent, "vad", names, values, 2) == FO_UNKNOWN_MODEL);
+    const char *bad_names[] = {"latency ms"};
+    CHECK(fo_agent_telemetry(&agent, "kws", bad_names, values, 1) == FO_MALFORMED);
+
+    /* Power lost during the update's trial, and the stored desired state lost too: the
+     * restart cannot resume the job, and must not keep the untried slot active. */
+    selftest_cuts_power = 1;
+    CHECK(deliver("update_again") == FO_PORT_CRASH);
+    selftest_cuts_power = 0;
+    char desired_rec[700];
+    snprintf(desired_rec, sizeof(desired_rec), "%s/desired.rec", dir);
+    CHECK(unlink(desired_rec) == 0);
+    boot(dir);
+    CHECK(start() == FO_OK);
+    CHECK(agent.st.status == FO_ST_IDLE);
+    CHECK(active_is_sound(dir, &version) && version && strcmp(version, "1.4.0") == 0);
 }
 
 /* Install then update, losing power at call `k`; restart (the broker redelivers the

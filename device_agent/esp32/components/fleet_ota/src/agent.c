@@ -723,10 +723,14 @@ fo_code_t fo_agent_start(fo_agent_t *a, const fo_ports_t *ports, const char *dev
     if (a->st.status != FO_ST_IDLE) {
         code = reload_desired(a);
         if (code != FO_OK) {
-            /* The job's envelope is gone or no longer verifies: give the job up and keep
-             * whatever slot is active only if it was verified. */
+            /* The job's envelope is gone or no longer verifies (a corrupted record, a
+             * rotated director key): give the job up. A swap whose trial had not passed
+             * is undone as recover() would; otherwise the active slot never changed. */
             fo_model_state_t *m = &a->st.models[a->st.job_model];
-            if (m->active >= 0 && !m->slot[m->active].verified) {
+            fo_status_t status = (fo_status_t)a->st.status;
+            if (status == FO_ST_SWAPPED || status == FO_ST_TRIAL ||
+                status == FO_ST_ROLLING_BACK ||
+                (m->active >= 0 && !m->slot[m->active].verified)) {
                 m->active = a->st.previous_slot;
             }
             a->st.jobs_left = 0;
@@ -781,6 +785,17 @@ fo_code_t fo_agent_telemetry(fo_agent_t *a, const char *model, const char *const
     jw_str_or_null(&w, info->arm);
     jw_raw(&w, ",\"metrics\":{");
     for (size_t i = 0; i < n; i++) {
+        /* [A-Za-z_][A-Za-z0-9_]{0,63}, as the bridge requires of a metric name */
+        size_t len = strlen(names[i]);
+        int ok = len >= 1 && len <= 64 && !(names[i][0] >= '0' && names[i][0] <= '9');
+        for (size_t k = 0; ok && k < len; k++) {
+            char c = names[i][k];
+            ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '_';
+        }
+        if (!ok) {
+            return FO_MALFORMED;
+        }
         if (!(values[i] == values[i]) || values[i] > 1.7976931348623157e308 ||
             values[i] < -1.7976931348623157e308) {
             return FO_MALFORMED; /* NaN or infinite: not JSON */
