@@ -222,6 +222,37 @@ def _selection_exists(selection: Selection) -> None:
             raise ServiceError(ErrorCode.NOT_FOUND, f"no {what} {', '.join(missing)}")
 
 
+def _describe(selection: Selection) -> str:
+    if selection.all:
+        parts = ["all devices"]
+    else:
+        parts = [
+            f"{label} {', '.join(values)}"
+            for label, values in (
+                ("groups", selection.groups),
+                ("dynamic groups", selection.dynamic_groups),
+                ("devices", selection.devices),
+            )
+            if values
+        ]
+    parts += [
+        f"{label} {', '.join(values)}"
+        for label, values in (("tags", selection.tags), ("hardware", selection.hardware))
+        if values
+    ]
+    return "; ".join(parts)
+
+
+def _selection_matches(devices: QuerySet[Device], selection: Selection) -> None:
+    """Refuse (``empty_selection``) a selection that matches no enabled device: such a
+    rollout would notify nobody and end ``completed`` as if it had done its work."""
+    if not devices.exists():
+        raise ServiceError(
+            ErrorCode.EMPTY_SELECTION,
+            f"the selection ({_describe(selection)}) matches no enabled device",
+        )
+
+
 def rollout_create(
     *,
     model_name: str,
@@ -239,8 +270,9 @@ def rollout_create(
     """Create a rollout in ``draft`` (``scheduled`` with ``schedule``), validating all of it.
 
     Refuses ``unknown_model``, ``not_found`` (a version not published, a group that does
-    not exist), ``malformed`` (stages, arms, selection or policy) and, when scheduling,
-    ``conflict`` (another rollout of the model holds some of the devices).
+    not exist), ``malformed`` (stages, arms, selection or policy), ``empty_selection``
+    (the selection matches no enabled device) and, when scheduling, ``conflict``
+    (another rollout of the model holds some of the devices).
     """
     model = model_get(model_name)
     if strategy not in RolloutStrategy.values:
@@ -261,6 +293,7 @@ def rollout_create(
     parsed_policy = Policy.from_dict(policy)
     _published(model, {a.version for a in parsed_arms})
     _selection_exists(parsed_selection)
+    _selection_matches(selection_devices(parsed_selection), parsed_selection)
     with transaction.atomic():
         rollout = Rollout.objects.create(
             model=model,
@@ -331,6 +364,7 @@ def rollout_schedule(
     def guard(locked: Rollout) -> dict[str, Any]:
         config = RolloutConfig.of(locked)
         devices = selection_devices(config.selection)
+        _selection_matches(devices, config.selection)
         _overlap_check(locked, devices)
         return {"selected": devices.count()}
 
@@ -565,6 +599,7 @@ def _materialize(rollout: Rollout) -> dict[str, Any]:
     """Create the rollout's device rows (the guard of ``scheduled -> running``)."""
     config = RolloutConfig.of(rollout)
     devices = selection_devices(config.selection)
+    _selection_matches(devices, config.selection)
     _overlap_check(rollout, devices)
     model = rollout.model
     variants: dict[tuple[str, str], Artifact] = {}
