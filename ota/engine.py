@@ -521,10 +521,14 @@ def _run(
     return rollout
 
 
-def _percent(rollout: Rollout, config: RolloutConfig) -> float:
+def _bound(rollout: Rollout, config: RolloutConfig) -> float:
+    """The highest bucket the current stage takes (``bucket <= bound``, ota.cohorts)."""
     if rollout.promoted_arm:
-        return 100.0
-    return config.stages[rollout.current_stage].percent
+        return 1.0
+    bounds = rollout.stage_bounds
+    if isinstance(bounds, list) and len(bounds) == len(config.stages):
+        return float(bounds[rollout.current_stage])
+    return config.stages[rollout.current_stage].percent / 100  # started before stage_bounds
 
 
 def _advance(
@@ -536,9 +540,8 @@ def _advance(
     result: Evaluation,
 ) -> Rollout:
     """Open the next stage, complete, or promote, when the current stage allows it."""
-    percent = _percent(rollout, config)
     active = RolloutDevice.objects.filter(
-        rollout=rollout, state__in=ACTIVE, bucket__lt=percent / 100
+        rollout=rollout, state__in=ACTIVE, bucket__lte=_bound(rollout, config)
     ).exists()
     if active:
         if rollout.stage_settled_at is not None:  # a retry brought a device back
@@ -656,7 +659,7 @@ def _notify(
         result.note = result.note or "outside the maintenance window"
         return 0
     pending = RolloutDevice.objects.filter(
-        rollout=rollout, state=D.PENDING, bucket__lt=_percent(rollout, config) / 100
+        rollout=rollout, state=D.PENDING, bucket__lte=_bound(rollout, config)
     )
     # Most evaluations come while a stage's devices are all in flight: nobody to notify,
     # and no reason to count over every device of the rollout (an index probe instead).

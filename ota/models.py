@@ -150,6 +150,11 @@ class Rollout(models.Model):
         max_length=16, choices=RolloutStatus.choices, default=RolloutStatus.DRAFT, db_index=True
     )
     current_stage = models.PositiveSmallIntegerField(default=0)
+    stage_bounds = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="per stage, the highest device bucket it takes (set when it starts)",
+    )
     stage_started_at = models.DateTimeField(null=True, blank=True)
     stage_settled_at = models.DateTimeField(
         null=True, blank=True, help_text="when every device of the stage finished: bake starts"

@@ -611,6 +611,7 @@ def _materialize(rollout: Rollout) -> dict[str, Any]:
         name: [] for name in ("device", "arm", "bucket", "artifact", "state", "last_code")
     }
     skipped = 0
+    taking: list[float] = []
     public_id = rollout.public_id
     for pk, device_id, hardware, reported in (
         devices.order_by("pk")
@@ -628,6 +629,9 @@ def _materialize(rollout: Rollout) -> dict[str, Any]:
             if artifact.release_counter < floor:
                 state, code = RolloutDeviceState.SKIPPED, ErrorCode.DOWNGRADE_REFUSED
         skipped += state == RolloutDeviceState.SKIPPED
+        if state != RolloutDeviceState.SKIPPED:
+            # Stages count the devices that can take the version: a skipped one never is.
+            taking.append(bucket)
         for name, value in (
             ("device", pk),
             ("arm", arm.name),
@@ -638,6 +642,9 @@ def _materialize(rollout: Rollout) -> dict[str, Any]:
         ):
             columns[name].append(value)
     count = len(columns["device"])
+    bounds = cohorts.stage_bounds(taking, [s.percent for s in config.stages])
+    rollout.stage_bounds = bounds
+    Rollout.objects.filter(pk=rollout.pk).update(stage_bounds=bounds)
     # Straight from the values: a model instance per device and bulk_create's prepared
     # statement cost more than the rest of a 10 000-device start (docs/benchmarks.md).
     columns_insert(RolloutDevice, {"rollout": [rollout.pk] * count, **columns})
