@@ -407,14 +407,15 @@ _OPEN_FIELDS = {
 }
 
 
-def _outcomes(rollout: Rollout) -> dict[str, Outcomes]:
-    """Per-arm outcome counts; finished devices count from ``gates_since`` (a resume).
+def _outcomes(rollout: Rollout, *, whole: bool = False) -> dict[str, Outcomes]:
+    """Per-arm outcome counts; finished devices count from ``gates_since`` (a resume), or
+    over the ``whole`` rollout.
 
     One count per (arm, state), summed here: a third cheaper for the database than a
     FILTER clause per outcome over every row, at every evaluation.
     """
     rows = RolloutDevice.objects.filter(rollout=rollout).order_by()
-    since = rollout.gates_since
+    since = None if whole else rollout.gates_since
     recent = (
         Case(When(phase_at__gte=since, then=Value(True)), default=Value(False))
         if since is not None
@@ -435,7 +436,9 @@ def _outcomes(rollout: Rollout) -> dict[str, Outcomes]:
 # --- 3. running ----------------------------------------------------------------------------------
 
 
-def _context(rollout: Rollout, config: RolloutConfig, now: datetime) -> GateContext:
+def _context(
+    rollout: Rollout, config: RolloutConfig, now: datetime, *, stage_settled: bool
+) -> GateContext:
     baseline = baseline_arm(config.arms)
     return GateContext(
         rollout_id=rollout.public_id,
@@ -445,7 +448,15 @@ def _context(rollout: Rollout, config: RolloutConfig, now: datetime) -> GateCont
         outcomes=_outcomes(rollout),
         since=rollout.started_at,
         now=now,
+        stage_settled=stage_settled,
     )
+
+
+def _stage_active(rollout: Rollout, config: RolloutConfig) -> bool:
+    """Whether a device of the current stage has not finished yet (an index probe)."""
+    return RolloutDevice.objects.filter(
+        rollout=rollout, state__in=ACTIVE, bucket__lte=_bound(rollout, config)
+    ).exists()
 
 
 def _stored(result: dict[str, Any]) -> GateResult:
@@ -498,7 +509,8 @@ def _run(
     result: Evaluation,
 ) -> Rollout:
     _retry(rollout, config)
-    ctx = _context(rollout, config, now)
+    active = _stage_active(rollout, config)
+    ctx = _context(rollout, config, now, stage_settled=not active)
     gates = _gates(rollout, config, ctx)
     result.gates = [g.to_dict() for g in gates]
     rollout.gate_figures = {
@@ -515,7 +527,7 @@ def _run(
         if config.policy.on_breach == "abort":
             return rollouts.rollout_abort(rollout=rollout, by=None, reason=reason, figures=figures)
         return rollouts.rollout_pause(rollout=rollout, by=None, reason=reason, figures=figures)
-    rollout = _advance(rollout, config, ctx, gates, now, result)
+    rollout = _advance(rollout, config, ctx, gates, now, result, active=active)
     if rollout.status == RolloutStatus.RUNNING:
         result.notified = _notify(rollout, config, now, rng, result)
     return rollout
@@ -538,11 +550,11 @@ def _advance(
     gates: list[GateResult],
     now: datetime,
     result: Evaluation,
+    *,
+    active: bool,
 ) -> Rollout:
-    """Open the next stage, complete, or promote, when the current stage allows it."""
-    active = RolloutDevice.objects.filter(
-        rollout=rollout, state__in=ACTIVE, bucket__lte=_bound(rollout, config)
-    ).exists()
+    """Open the next stage, complete, or promote, when the current stage allows it
+    (``active``: a device of the stage has not finished)."""
     if active:
         if rollout.stage_settled_at is not None:  # a retry brought a device back
             rollout.stage_settled_at = None
@@ -567,7 +579,9 @@ def _advance(
     }
     last = stage == len(config.stages) - 1
     if rollout.promoted_arm or (last and rollout.strategy == RolloutStrategy.PHASED):
-        return rollouts.rollout_complete(rollout=rollout, figures=figures)
+        return rollouts.rollout_complete(
+            rollout=rollout, figures=figures, failures=_failures_over(rollout, config, ctx)
+        )
     if not last:
         return rollouts.rollout_stage_advance(rollout=rollout, stage=stage + 1, figures=figures)
     promotion = config.policy.promotion
@@ -596,6 +610,21 @@ def _advance(
                 ),
             )
     return rollout
+
+
+def _failures_over(rollout: Rollout, config: RolloutConfig, ctx: GateContext) -> str:
+    """The arms whose failures over the whole rollout exceed ``max_failure_rate``, said
+    for the audit ("" for none). The gates count from the last resume, which acknowledged
+    the failures before it; the rollout's outcome does not forget them."""
+    # Counted again only when a resume made the gates forget some (once, at the end).
+    outcomes = ctx.outcomes if rollout.gates_since is None else _outcomes(rollout, whole=True)
+    limit = config.policy.max_failure_rate
+    over = [
+        f"arm {arm}: {o.failures} of {o.finished} failed ({o.failure_rate:.1%} > {limit:.1%})"
+        for arm, o in sorted(outcomes.items())
+        if o.finished and o.failure_rate > limit
+    ]
+    return "; ".join(over)
 
 
 def _previous_artifacts(model: Model, device_pks: Sequence[int]) -> dict[int, int | None]:

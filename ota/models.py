@@ -116,6 +116,9 @@ class RolloutStatus(models.TextChoices):
     RUNNING = "running"
     PAUSED = "paused"
     COMPLETED = "completed"
+    # Every stage finished, but more devices failed than the install gate allows (the
+    # operator resumed past the failures): never called plain "completed".
+    COMPLETED_WITH_FAILURES = "completed_with_failures", "Completed with failures"
     ABORTED = "aborted"
     ROLLED_BACK = "rolled_back"
 
@@ -147,7 +150,7 @@ class Rollout(models.Model):
     arms = models.JSONField(default=list, help_text="[{name, version, weight, baseline}]")
     policy = models.JSONField(default=dict)
     status = models.CharField(
-        max_length=16, choices=RolloutStatus.choices, default=RolloutStatus.DRAFT, db_index=True
+        max_length=32, choices=RolloutStatus.choices, default=RolloutStatus.DRAFT, db_index=True
     )
     current_stage = models.PositiveSmallIntegerField(default=0)
     stage_bounds = models.JSONField(
@@ -311,8 +314,8 @@ class RolloutAuditEvent(models.Model):
     """
 
     rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="audit_events")
-    from_status = models.CharField(max_length=16, blank=True)
-    to_status = models.CharField(max_length=16)
+    from_status = models.CharField(max_length=32, blank=True)
+    to_status = models.CharField(max_length=32)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

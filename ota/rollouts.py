@@ -7,9 +7,10 @@ decision). Stage advances and promotions keep the status and are audited the sam
 
 ::
 
-    draft -> scheduled -> running <-> paused -> completed
-                              \\          \\
-                               +-> aborted -> rolled_back
+    draft -> scheduled -> running <-> paused
+                            |  \\          \\
+                            |   +----------+-> aborted -> rolled_back
+                            +-> completed, or completed_with_failures
 
 Changes made by a person schedule an evaluation once they commit; the engine's own
 changes (``by=None``, audited as ``engine``) continue inside the evaluation that made them.
@@ -61,10 +62,11 @@ S = RolloutStatus
 TRANSITIONS: Mapping[RolloutStatus, frozenset[RolloutStatus]] = {
     S.DRAFT: frozenset({S.SCHEDULED, S.ABORTED}),
     S.SCHEDULED: frozenset({S.RUNNING, S.DRAFT, S.ABORTED}),
-    S.RUNNING: frozenset({S.PAUSED, S.COMPLETED, S.ABORTED}),
+    S.RUNNING: frozenset({S.PAUSED, S.COMPLETED, S.COMPLETED_WITH_FAILURES, S.ABORTED}),
     S.PAUSED: frozenset({S.RUNNING, S.ABORTED}),
     S.ABORTED: frozenset({S.ROLLED_BACK}),
     S.COMPLETED: frozenset(),
+    S.COMPLETED_WITH_FAILURES: frozenset(),
     S.ROLLED_BACK: frozenset(),
 }
 # Statuses in which a rollout holds its devices: another rollout of the same model may not
@@ -180,7 +182,7 @@ def _transition(
         fields = {"status": to, **(changes or {})}
         if to == S.RUNNING and locked.started_at is None:
             fields["started_at"] = now
-        if to in (S.COMPLETED, S.ABORTED):
+        if to in (S.COMPLETED, S.COMPLETED_WITH_FAILURES, S.ABORTED):
             fields["finished_at"] = now
         for name, value in fields.items():
             setattr(locked, name, value)
@@ -543,8 +545,23 @@ def rollout_start_due(*, rollout: Rollout, now: datetime) -> Rollout:
     return rollout_start(rollout=rollout, by=None, reason=f"start time {now.isoformat()} reached")
 
 
-def rollout_complete(*, rollout: Rollout, figures: Mapping[str, Any]) -> Rollout:
-    """``running`` -> ``completed``: the last stage finished and baked with the gates ok."""
+def rollout_complete(
+    *, rollout: Rollout, figures: Mapping[str, Any], failures: str = ""
+) -> Rollout:
+    """``running`` -> ``completed``: the last stage finished and baked with the gates ok.
+
+    With ``failures`` (which arms failed more than the install gate allows, over the whole
+    rollout: failures an operator acknowledged by resuming) it ends
+    ``completed_with_failures`` instead, saying so in the audit.
+    """
+    if failures:
+        return _transition(
+            rollout,
+            S.COMPLETED_WITH_FAILURES,
+            by=None,
+            reason=f"every stage finished, with failures: {failures}",
+            figures=figures,
+        )
     return _transition(
         rollout, S.COMPLETED, by=None, reason="every stage finished", figures=figures
     )
