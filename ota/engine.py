@@ -70,6 +70,7 @@ from ota.gates import (
 )
 from ota.models import (
     IN_FLIGHT,
+    TRACKED,
     Artifact,
     Model,
     Rollout,
@@ -201,6 +202,8 @@ def rollout_evaluate(
             config = RolloutConfig.of(rollout)
             result.tracked = _track(rollout, config, now)
             tracked_at = rollout.tracked_at  # rollouts.* may hand back another instance
+            if rollout.status == RolloutStatus.PAUSED and result.tracked:
+                rollout = _resume_if_cleared(rollout, config, now, result)
             if rollout.status == RolloutStatus.RUNNING:
                 rollout = _run(rollout, config, now, rng or random.Random(), result)  # noqa: S311
             if rollout.status == RolloutStatus.ABORTED:
@@ -292,23 +295,29 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
     # A whole desired state refused (bad signature, expired) names no model or rollout.
     mine = Q(rollout_id=public_id, model=name) | Q(model="", phase=Phase.REJECTED)
     timeout = timedelta(minutes=config.policy.device_timeout_minutes)
-    news = tracking_news_take(rollout_pk=rollout.pk)  # taken by a full pass too
-    in_flight = RolloutDevice.objects.filter(rollout=rollout, state__in=IN_FLIGHT)
+    news = sorted(tracking_news_take(rollout_pk=rollout.pk))  # taken by a full pass too
+    mine_rows = RolloutDevice.objects.filter(rollout=rollout)
     if _full_pass_due(rollout, now):
         rollout.tracked_at = now
         attempt_events = DeviceEvent.objects.filter(
             mine, device_id=OuterRef("device_id"), seq__gte=OuterRef("desired_seq")
         )
-        candidates = in_flight.filter(
-            Exists(attempt_events)
-            | Q(device__reported_seq__gte=F("desired_seq"))
-            | Q(phase_at__lt=now - timeout)
-        )
+        # Timed-out devices only by their news: the full pass would read every one of them
+        # each time (their last phase is always older than the timeout).
+        queries = [
+            mine_rows.filter(state__in=IN_FLIGHT).filter(
+                Exists(attempt_events)
+                | Q(device__reported_seq__gte=F("desired_seq"))
+                | Q(phase_at__lt=now - timeout)
+            ),
+            filter_in(mine_rows.filter(state=D.TIMED_OUT), "device_id", news),
+        ]
     else:
-        candidates = filter_in(in_flight, "device_id", sorted(news))
-    rows = [
-        _Tracked(*values)
-        for values in candidates.order_by("pk").values_list(
+        queries = [filter_in(mine_rows.filter(state__in=TRACKED), "device_id", news)]
+    found = {
+        values[0]: _Tracked(*values)
+        for query in queries
+        for values in query.values_list(
             "pk",
             "device_id",
             "state",
@@ -320,7 +329,8 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
             "phase_at",
             "device__reported_seq",
         )
-    ]
+    }
+    rows = [found[pk] for pk in sorted(found)]
     if not rows:
         return 0
     events: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -360,6 +370,7 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
     for row in rows:
         before = row.key()
         rolling_back = row.state == D.ROLLING_BACK
+        timed_out = row.state == D.TIMED_OUT
         target = targets.get((row.previous_artifact_id if rolling_back else row.artifact_id) or 0)
         attempt = attempts[row.pk]
         terminal = [e for e in attempt if e["phase"] in TERMINAL_PHASES]
@@ -378,10 +389,15 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
         else:
             ok = None
         if ok is True:
+            # A device that timed out and came back and committed succeeded after all.
             row.state = D.ROLLED_BACK if rolling_back else D.SUCCEEDED
+            if timed_out and row.last_code == "timeout":
+                row.last_code = ""
         elif ok is False:
             # A failed roll-back goes back to "failed": the roll-back step retries or gives up.
             row.state = D.FAILED
+        elif timed_out:
+            pass  # still no outcome: it stays timed out (progress does not reopen its stage)
         elif row.phase_at is not None and now - row.phase_at > timeout:
             row.state = D.FAILED if rolling_back else D.TIMED_OUT
             row.last_code = row.last_code or "timeout"
@@ -501,6 +517,29 @@ def _retry(rollout: Rollout, config: RolloutConfig) -> None:
     ).update(state=D.PENDING, updated_at=timezone.now())
 
 
+def _resume_if_cleared(
+    rollout: Rollout, config: RolloutConfig, now: datetime, result: Evaluation
+) -> Rollout:
+    """A rollout the engine paused for a gate breach runs again once the breach has
+    cleared: a device that timed out came back and succeeded. Looked at only when tracking
+    changed a device; a pause by an operator stays until they resume."""
+    if not rollouts.rollout_paused_by_gate(rollout):
+        return rollout
+    active = _stage_active(rollout, config)
+    ctx = _context(rollout, config, now, stage_settled=not active)
+    gates = _gates(rollout, config, ctx)
+    result.gates = [g.to_dict() for g in gates]
+    rollout.gate_figures = {**rollout.gate_figures, "at": now.isoformat(), "gates": result.gates}
+    rollout.save(update_fields=["gate_figures"])
+    if any(g.status is GateStatus.BREACH for g in gates):
+        return rollout
+    return rollouts.rollout_resume_cleared(
+        rollout=rollout,
+        reason="gate breach cleared: " + "; ".join(f"{g.gate}: {g.detail}" for g in gates),
+        figures={"gates": result.gates},
+    )
+
+
 def _run(
     rollout: Rollout,
     config: RolloutConfig,
@@ -521,7 +560,7 @@ def _run(
     rollout.save(update_fields=["gate_figures"])
     breaches = [g for g in gates if g.status is GateStatus.BREACH]
     if breaches:
-        reason = "gate breach: " + "; ".join(f"{g.gate}: {g.detail}" for g in breaches)
+        reason = rollouts.GATE_BREACH + "; ".join(f"{g.gate}: {g.detail}" for g in breaches)
         figures = {"gates": [g.to_dict() for g in breaches]}
         result.note = reason
         if config.policy.on_breach == "abort":

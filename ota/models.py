@@ -223,6 +223,10 @@ IN_FLIGHT = (
     RolloutDeviceState.IN_PROGRESS,
     RolloutDeviceState.ROLLING_BACK,
 )
+# States whose device's events and reports are news to the rollout (ota.tracking): those in
+# flight, and a timed-out one, which may come back and finish (a success replaces the
+# timeout).
+TRACKED = (*IN_FLIGHT, RolloutDeviceState.TIMED_OUT)
 
 
 class RolloutDevice(models.Model):
@@ -274,12 +278,12 @@ class RolloutDevice(models.Model):
         indexes = [
             models.Index(fields=["rollout", "state", "bucket"], name="rolloutdevice_state"),
             models.Index(fields=["rollout", "notified_at"], name="rolloutdevice_notified"),
-            # Tracking news (ota.tracking) looks up the rows in flight of each device that
+            # Tracking news (ota.tracking) looks up the tracked rows of each device that
             # reports: through this, not every row the device ever had.
             models.Index(
                 fields=["device"],
-                condition=models.Q(state__in=IN_FLIGHT),
-                name="rolloutdevice_in_flight",
+                condition=models.Q(state__in=TRACKED),
+                name="rolloutdevice_tracked",
             ),
         ]
 

@@ -73,6 +73,8 @@ TRANSITIONS: Mapping[RolloutStatus, frozenset[RolloutStatus]] = {
 # target any of them (an aborted one holds them until they are rolled back).
 HOLDING = (S.SCHEDULED, S.RUNNING, S.PAUSED, S.ABORTED)
 ENGINE = "engine"
+# How the engine's pauses and aborts for a gate breach start their audited reason.
+GATE_BREACH = "gate breach: "
 ROLLOUT_CI_PERMISSIONS = ("ota.add_rollout", "ota.view_rollout")
 
 User = AbstractBaseUser | AnonymousUser
@@ -565,6 +567,33 @@ def rollout_complete(
     return _transition(
         rollout, S.COMPLETED, by=None, reason="every stage finished", figures=figures
     )
+
+
+def rollout_resume_cleared(*, rollout: Rollout, reason: str, figures: Mapping[str, Any]) -> Rollout:
+    """``paused`` -> ``running`` by the engine: the gate breach it paused for has cleared
+    (a device that had timed out came back and succeeded). Unlike an operator's resume it
+    acknowledges nothing: the gates go on counting every failure."""
+    return _transition(
+        rollout,
+        S.RUNNING,
+        by=None,
+        reason=reason,
+        figures=figures,
+        sources=frozenset({S.PAUSED}),
+        action="resumed",
+    )
+
+
+def rollout_paused_by_gate(rollout: Rollout) -> bool:
+    """Whether the rollout's latest pause was the engine's, for a gate breach."""
+    last = (
+        RolloutAuditEvent.objects.filter(rollout=rollout, to_status=S.PAUSED)
+        .exclude(from_status=S.PAUSED)
+        .order_by("-pk")
+        .values_list("actor_name", "reason")
+        .first()
+    )
+    return last is not None and last[0] == ENGINE and last[1].startswith(GATE_BREACH)
 
 
 def rollout_finish_rollback(
