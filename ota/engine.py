@@ -13,7 +13,9 @@ device rows and their envelopes or neither. In order:
    state (a device already running the version reports no events, only its state); only
    devices with news of an event or a report since the last evaluation are read
    (``ota.tracking``), and every device in flight every ``TRACK_FULL_EVERY``, when
-   devices without progress for ``device_timeout_minutes`` time out;
+   devices without progress for ``device_timeout_minutes`` time out, and a timed-out
+   device that comes back and finishes replaces its timeout (a rollout the engine paused
+   for an install-gate breach runs again once that clears);
 3. running: retry failed devices, check the gates (on a breach pause or abort as the
    policy says), advance the stage once every device of it finished and it baked,
    complete, or (A/B) promote; then notify pending devices of the stage, in bucket
@@ -520,10 +522,13 @@ def _retry(rollout: Rollout, config: RolloutConfig) -> None:
 def _resume_if_cleared(
     rollout: Rollout, config: RolloutConfig, now: datetime, result: Evaluation
 ) -> Rollout:
-    """A rollout the engine paused for a gate breach runs again once the breach has
-    cleared: a device that timed out came back and succeeded. Looked at only when tracking
-    changed a device; a pause by an operator stays until they resume."""
-    if not rollouts.rollout_paused_by_gate(rollout):
+    """A rollout the engine paused for an install-gate breach runs again once the breach
+    has cleared: a device that timed out came back and succeeded. Looked at only when
+    tracking changed a device. A pause by an operator, or for a telemetry gate (whose
+    figures can drift back without anything having been fixed), stays until an operator
+    resumes."""
+    breaches = rollouts.rollout_pause_breaches(rollout)
+    if not breaches or set(breaches) != {InstallFailureGate.name}:
         return rollout
     active = _stage_active(rollout, config)
     ctx = _context(rollout, config, now, stage_settled=not active)

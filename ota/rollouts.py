@@ -584,16 +584,20 @@ def rollout_resume_cleared(*, rollout: Rollout, reason: str, figures: Mapping[st
     )
 
 
-def rollout_paused_by_gate(rollout: Rollout) -> bool:
-    """Whether the rollout's latest pause was the engine's, for a gate breach."""
+def rollout_pause_breaches(rollout: Rollout) -> list[str]:
+    """The gates whose breach made the engine pause the rollout last; [] when the latest
+    pause was an operator's (or not for a breach)."""
     last = (
         RolloutAuditEvent.objects.filter(rollout=rollout, to_status=S.PAUSED)
         .exclude(from_status=S.PAUSED)
         .order_by("-pk")
-        .values_list("actor_name", "reason")
+        .values_list("actor_name", "reason", "figures")
         .first()
     )
-    return last is not None and last[0] == ENGINE and last[1].startswith(GATE_BREACH)
+    if last is None or last[0] != ENGINE or not last[1].startswith(GATE_BREACH):
+        return []
+    gates = last[2].get("gates") if isinstance(last[2], dict) else None
+    return [str(g.get("gate")) for g in gates if isinstance(g, dict)] if gates else []
 
 
 def rollout_finish_rollback(

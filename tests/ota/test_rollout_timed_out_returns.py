@@ -127,3 +127,25 @@ def test_an_operators_pause_is_not_lifted_by_the_engine():  # type: ignore[no-un
     evaluate(rollout, t0 + timedelta(minutes=2))
     assert set(states(rollout).values()) == {"succeeded"}
     assert fresh(rollout).status == RolloutStatus.PAUSED
+
+
+def test_an_engine_pause_for_a_telemetry_gate_is_not_lifted_by_the_engine():  # type: ignore[no-untyped-def]
+    # given a rollout the engine paused for a telemetry gate breach
+    artifact("2.0.0")
+    fleet = devices(3)
+    rollout = phased(policy={"device_timeout_minutes": 10})
+    t0 = timezone.now()
+    evaluate(rollout, t0)
+    rollouts.rollout_pause(
+        rollout=rollout,
+        by=None,
+        reason=rollouts.GATE_BREACH + "telemetry:latency_ms:p95: arm main slower",
+        figures={"gates": [{"gate": "telemetry:latency_ms:p95", "status": "breach"}]},
+    )
+
+    # when its devices succeed, the install gate is fine, but the pause stays
+    for device in fleet:
+        report(device, rollout, Phase.COMMITTED, at=t0 + timedelta(minutes=1))
+    evaluate(rollout, t0 + timedelta(minutes=2))
+    assert set(states(rollout).values()) == {"succeeded"}
+    assert fresh(rollout).status == RolloutStatus.PAUSED
