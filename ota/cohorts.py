@@ -34,6 +34,8 @@ def arm_point(rollout_id: str, device_id: str) -> float:
 
 
 def in_stage(device_bucket: float, percent: float) -> bool:
+    """Whether a bucket is below p / 100: roughly what a stage of p % takes of a large
+    fleet (the engine cuts at ``stage_bounds``, exact on any fleet)."""
     return device_bucket < percent / 100
 
 
