@@ -34,6 +34,7 @@ from device_agent.protocol.envelope import (
     public_key_to_pem,
     sign_envelope,
 )
+from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.exceptions import ProtocolError
 from device_agent.protocol.messages import (
     DesiredState,
@@ -45,6 +46,7 @@ from device_agent.protocol.messages import (
 OUT = Path(__file__).with_name("desired.json")
 JSON_OUT = Path(__file__).with_name("json.json")
 UPDATE_OUT = Path(__file__).with_name("update.json")
+CODES_OUT = Path(__file__).with_name("codes.json")
 # The C client's fuzz seed corpus, from the same vectors (device_agent/esp32/README.md).
 CORPUS = Path(__file__).parents[2] / "device_agent" / "esp32" / "host" / "fuzz" / "corpus"
 FORMAT = 1
@@ -1071,6 +1073,13 @@ def json_document() -> dict[str, Any]:
     }
 
 
+def codes_text() -> str:
+    """The stable error codes, in ErrorCode's order, for the C suite to check."""
+    return (
+        json.dumps({"format": FORMAT, "codes": [str(code) for code in ErrorCode]}, indent=1) + "\n"
+    )
+
+
 def json_text() -> str:
     return json.dumps(json_document(), indent=1) + "\n"
 
@@ -1162,6 +1171,7 @@ def main() -> int:
     doc = document(new_keys())
     OUT.write_text(json.dumps(doc, indent=1, ensure_ascii=True) + "\n")
     JSON_OUT.write_text(json_text())
+    CODES_OUT.write_text(codes_text())
     UPDATE_OUT.write_text(json.dumps(update_document(generate_director_key()), indent=1) + "\n")
     write_corpus(doc, json_document())
     print(f"wrote {OUT}, {JSON_OUT} and {CORPUS}")

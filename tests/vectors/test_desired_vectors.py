@@ -176,6 +176,7 @@ def test_the_json_cases_are_what_loads_json_decides() -> None:
     # the generator writes loads_json's verdict for every input.
     generator = _generator()
     assert (HERE / "json.json").read_text() == generator.json_text()
+    assert (HERE / "codes.json").read_text() == generator.codes_text()
     for case in json.loads(generator.json_text())["cases"]:
         data = base64.b64decode(case["input"])
         assert generator.json_verdict(data) == case.get("python", case["expect"]), case["name"]

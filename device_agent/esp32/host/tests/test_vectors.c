@@ -257,14 +257,38 @@ static unsigned desired_vectors(const char *path)
     return failures;
 }
 
+/* Every stable error code of the Python side is one this library names, and no other. */
+static unsigned codes(const char *path)
+{
+    load(path);
+    char name[64];
+    unsigned failures = 0;
+    long list = member(0, "codes");
+    size_t item = (size_t)list + 1;
+    for (unsigned k = 0; k < doc.tok[list].count; k++, item = doc.tok[item].next) {
+        str((long)item, name, sizeof(name));
+        if (fo_code_from_name(name, strlen(name)) == FO_CODE_COUNT) {
+            printf("FAIL code %s is not in codes.h\n", name);
+            failures++;
+        }
+    }
+    if (doc.tok[list].count != FO_CODE_COUNT - 1) {
+        printf("FAIL codes.h has %d codes, the protocol %u\n", FO_CODE_COUNT - 1,
+               (unsigned)doc.tok[list].count);
+        failures++;
+    }
+    printf("%u error codes, %u failed\n", (unsigned)doc.tok[list].count, failures);
+    return failures;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s tests/vectors/desired.json tests/vectors/json.json\n",
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s desired.json json.json codes.json (tests/vectors/)\n",
                 argv[0]);
         return 2;
     }
-    unsigned failures = desired_vectors(argv[1]) + json_cases(argv[2]);
+    unsigned failures = desired_vectors(argv[1]) + json_cases(argv[2]) + codes(argv[3]);
     free(file_tokens);
     free(file_text);
     return failures == 0 ? 0 : 1;

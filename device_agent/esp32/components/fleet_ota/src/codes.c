@@ -33,6 +33,7 @@ static const char *const NAMES[FO_CODE_COUNT] = {
     "forbidden",
     "conflict",
     "not_found",
+    "empty_selection",
 };
 
 const char *fo_code_name(fo_code_t code)

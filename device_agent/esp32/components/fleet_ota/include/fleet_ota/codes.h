@@ -39,6 +39,7 @@ typedef enum {
     FO_FORBIDDEN,
     FO_CONFLICT,
     FO_NOT_FOUND,
+    FO_EMPTY_SELECTION,
     FO_CODE_COUNT
 } fo_code_t;
 
