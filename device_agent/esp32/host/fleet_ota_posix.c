@@ -38,6 +38,14 @@ static int64_t now_us(void *ctx, int *synced)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+static void sleep_ms(void *ctx, unsigned ms)
+{
+    (void)ctx;
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    while (!stopping && nanosleep(&ts, &ts) != 0) {
+    }
+}
+
 static fo_code_t selftest(void *ctx, const char *model, int slot)
 {
     (void)ctx;
@@ -115,6 +123,7 @@ int main(int argc, char **argv)
 
     static fo_ports_t ports;
     ports.clock.now_us = now_us;
+    ports.clock.sleep_ms = sleep_ms;
     ports.selftest.run = selftest;
     if (fo_posix_storage_init(&storage, dir, 64u << 20, &ports.storage) != FO_OK ||
         fo_posix_http_init(&http, &ports.http) != FO_OK ||

@@ -64,6 +64,8 @@ static int selftest_fails;
 static int selftest_cuts_power;
 static uint64_t last_offset;
 static int resumed;
+static int transfer_failures; /* the next GETs that fail after 70 000 bytes */
+static unsigned sleeps;
 static FILE *published;
 static char last_event[2048];
 static unsigned n_events;
@@ -134,6 +136,10 @@ static fo_code_t http_get(void *ctx, const char *url, uint64_t offset, fo_sink_t
             return code;
         }
         i += n;
+        if (transfer_failures > 0 && i >= 70000 && i - n < 70000) {
+            transfer_failures--;
+            return FO_DOWNLOAD_FAILED; /* the connection drops */
+        }
     }
     return FO_OK;
 }
@@ -157,6 +163,13 @@ static int64_t clock_now(void *ctx, int *synced)
     (void)ctx;
     *synced = 1;
     return now_us;
+}
+
+static void sleep_ms(void *ctx, unsigned ms)
+{
+    (void)ctx;
+    (void)ms;
+    sleeps++;
 }
 
 static fo_code_t selftest(void *ctx, const char *model, int slot)
@@ -192,6 +205,7 @@ static void boot(const char *dir)
     ports.http.get = http_get;
     ports.mqtt.publish = publish;
     ports.clock.now_us = clock_now;
+    ports.clock.sleep_ms = sleep_ms;
     ports.selftest.run = selftest;
     powered_off = 0;
     calls = 0;
@@ -293,7 +307,7 @@ static void test_install_update_rollback(const char *base)
     CHECK(fo_agent_active_slot(&agent, "kws", NULL) == 0);
     CHECK(active_is_sound(dir, &version) && version && strcmp(version, "1.4.0") == 0);
 
-    /* Downloads that do not match: failed, 1.4.0 kept. */
+    /* Downloads that do not match: failed, the model kept. */
     selftest_fails = 0;
     const char *bad[] = {"wrong_bytes", "truncated", "overlong"};
     const char *codes[] = {"hash_mismatch", "hash_mismatch", "length_exceeded"};
@@ -326,6 +340,32 @@ static void test_install_update_rollback(const char *base)
     CHECK(start() == FO_OK);
     CHECK(agent.st.status == FO_ST_IDLE);
     CHECK(active_is_sound(dir, &version) && version && strcmp(version, "1.4.0") == 0);
+}
+
+static void test_retries(const char *base)
+{
+    char dir[600];
+    const char *version;
+    fresh_dir(dir, sizeof(dir), base, "retry");
+    crash_at = -1;
+    selftest_fails = 0;
+    boot(dir);
+    CHECK(start() == FO_OK);
+    /* The connection drops twice: retried from the 64 KiB checkpoint, then committed. */
+    transfer_failures = 2;
+    sleeps = 0;
+    resumed = 0;
+    CHECK(deliver("install") == FO_OK);
+    CHECK(event_has("\"phase\":\"committed\""));
+    CHECK(sleeps == 2 && resumed && last_offset == 65536);
+    CHECK(active_is_sound(dir, &version) && version && strcmp(version, "1.4.0") == 0);
+    /* It drops on every attempt: failed with download_failed, 1.4.0 kept. */
+    transfer_failures = FLEET_OTA_DOWNLOAD_ATTEMPTS;
+    CHECK(deliver("update") == FO_OK);
+    CHECK(event_has("\"phase\":\"failed\"") && event_has("download_failed"));
+    CHECK(transfer_failures == 0);
+    CHECK(active_is_sound(dir, &version) && version && strcmp(version, "1.4.0") == 0);
+    resumed = 0;
 }
 
 /* Install then update, losing power at call `k`; restart (the broker redelivers the
@@ -549,6 +589,7 @@ int main(int argc, char **argv)
 #endif
 
     test_install_update_rollback(argv[2]);
+    test_retries(argv[2]);
 
     unsigned cuts = 0;
     for (int fail_selftest = 0; fail_selftest <= 1; fail_selftest++) {

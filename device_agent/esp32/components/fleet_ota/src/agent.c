@@ -338,11 +338,13 @@ static fo_code_t rehash(fo_agent_t *a, uint64_t len)
     return FO_OK;
 }
 
-static fo_code_t download(fo_agent_t *a)
+/* One GET from the durable checkpoint (the bytes after it are hashed and written again). */
+static fo_code_t download_once(fo_agent_t *a)
 {
     const fo_storage_port_t *s = &a->ports->storage;
     const fo_model_t *m = job(a);
     a->digest_ready = 0;
+    a->pending = 0;
     fo_sha256_starts(&a->sha);
     fo_code_t code = rehash(a, a->st.written);
     if (code == FO_OK) {
@@ -351,7 +353,6 @@ static fo_code_t download(fo_agent_t *a)
     if (code != FO_OK) {
         return code;
     }
-    a->pending = 0;
     if (a->st.written < m->length) {
         code = a->ports->http.get(a->ports->http.ctx, m->url.p, a->st.written, sink, a);
     }
@@ -359,8 +360,24 @@ static fo_code_t download(fo_agent_t *a)
         return code;
     }
     fo_code_t closed = s->slot_close(s->ctx);
-    if (code == FO_OK) {
-        code = closed;
+    return code == FO_OK ? closed : code;
+}
+
+static fo_code_t download(fo_agent_t *a)
+{
+    const fo_model_t *m = job(a);
+    fo_code_t code;
+    /* A failed transfer is tried again from the checkpoint, after 1, 2, 4... s, as the
+     * Python agent retries within its deadline; what the bytes are is never retried. */
+    for (unsigned attempt = 1;; attempt++) {
+        code = download_once(a);
+        if ((code != FO_DOWNLOAD_FAILED && code != FO_DOWNLOAD_TIMEOUT) ||
+            attempt >= FLEET_OTA_DOWNLOAD_ATTEMPTS) {
+            break;
+        }
+        if (a->ports->clock.sleep_ms != NULL) {
+            a->ports->clock.sleep_ms(a->ports->clock.ctx, 1000u << (attempt - 1));
+        }
     }
     if (code != FO_OK) {
         return code;

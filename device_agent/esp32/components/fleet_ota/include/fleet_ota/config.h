@@ -44,6 +44,10 @@
 #endif
 /* Download progress is made durable every this many bytes (a multiple of the flash
  * sector size): a restart resumes from the last checkpoint with an HTTP Range request. */
+/* Attempts of one download that fails in transfer (download_failed, download_timeout). */
+#ifndef FLEET_OTA_DOWNLOAD_ATTEMPTS
+#define FLEET_OTA_DOWNLOAD_ATTEMPTS 4
+#endif
 #ifndef FLEET_OTA_CHECKPOINT
 #define FLEET_OTA_CHECKPOINT 65536
 #endif

@@ -56,6 +56,8 @@ typedef struct {
 typedef struct {
     /* Microseconds since the epoch; *synced says whether it is a real time. */
     int64_t (*now_us)(void *ctx, int *synced);
+    /* Wait between download attempts; NULL: retry at once. */
+    void (*sleep_ms)(void *ctx, unsigned ms);
     void *ctx;
 } fo_clock_port_t;
 
