@@ -77,12 +77,34 @@ FLEET_DATA_DIR = Path(_env("FLEET_DATA_DIR", str(BASE_DIR / "var"))).resolve()
 FLEET_KEYS_DIR = Path(_env("FLEET_KEYS_DIR", str(FLEET_DATA_DIR / "keys"))).resolve()
 
 
+def _private_dir(path: Path) -> None:
+    """Create the data directory owner-only: it holds the secret key, keys and the database.
+
+    An existing one of ours with a wider mode (an older quick start) is narrowed too.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        path.chmod(0o700)
+
+
+def _private_file(path: Path) -> None:
+    """Create an empty file owner-only before a library opens it with the umask's mode.
+
+    SQLite creates its journal and WAL files with the mode of the database file.
+    """
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        path.chmod(0o600)
+
+
 def _embedded_secret_key() -> str:
     # Generated once per data directory so sessions survive restarts; never in the repo.
     # Processes starting together (a fresh embedded start) may all create it: one wins.
     path = FLEET_DATA_DIR / "secret_key"
     if not path.exists():
-        FLEET_DATA_DIR.mkdir(parents=True, exist_ok=True)
+        _private_dir(FLEET_DATA_DIR)
         create_once(path, secrets.token_urlsafe(50).encode(), mode=0o600)
     return path.read_text().strip()
 
@@ -165,7 +187,8 @@ if _database_url:
     if PRODUCTION and _db["ENGINE"] != "django.db.backends.postgresql":
         raise ImproperlyConfigured("FLEET_MODE=production needs a postgres:// DATABASE_URL.")
 else:
-    FLEET_DATA_DIR.mkdir(parents=True, exist_ok=True)
+    _private_dir(FLEET_DATA_DIR)
+    _private_file(FLEET_DATA_DIR / "fleet.sqlite3")
     _db = {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": FLEET_DATA_DIR / "fleet.sqlite3",

@@ -114,6 +114,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # Everything the quick start and its children write under the data directory
+        # (keys, logs, queue, device state, the CI token) is for this user only.
+        os.umask(0o077)
         data = Path(settings.FLEET_DATA_DIR)
         call_command("migrate", interactive=False, verbosity=0)
         call_command("tuf_init", if_missing=True)
