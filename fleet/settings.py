@@ -467,6 +467,28 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
+
+# Reverse proxies in front of the web server whose X-Forwarded-For entries are believed
+# (0: none, the client is REMOTE_ADDR). Login lockouts and the enrollment throttle count
+# per client address, so a wrong number lets a client choose its own (fleet/client_ip.py).
+FLEET_TRUSTED_PROXIES = _env_int("FLEET_TRUSTED_PROXIES", 0)
+REST_FRAMEWORK["NUM_PROXIES"] = FLEET_TRUSTED_PROXIES  # DRF's own throttles agree
+
+# Counters shared by every web worker (the enrollment throttle): Redis when
+# FLEET_CACHE_URL is set, else files under the data directory (one machine only).
+_cache_url = _env("FLEET_CACHE_URL")
+if _cache_url and not _cache_url.startswith(("redis://", "rediss://", "unix://")):
+    raise ImproperlyConfigured(f"FLEET_CACHE_URL={_cache_url!r}: use redis://HOST:6379/N.")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
+        if _cache_url
+        else {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(FLEET_DATA_DIR / "cache"),
+        }
+    )
+}
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 if PRODUCTION:

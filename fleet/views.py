@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 
 from device_agent.protocol.errors import ErrorCode
 from fleet import director, enrollment, registry, selectors
+from fleet.client_ip import client_ip
 from fleet.errors import ServiceError
 from fleet.models import DesiredState, Device, DynamicGroup, Group
 from fleet.serializers import (
@@ -204,7 +205,12 @@ class EnrollmentTokenView(APIView):
 
 
 class EnrollThrottle(AnonRateThrottle):
+    """Per client address, counted in the shared cache (settings.CACHES) by every worker."""
+
     rate = "60/min"
+
+    def get_ident(self, request: Request) -> str:
+        return client_ip(request)
 
 
 class EnrollView(APIView):

@@ -18,6 +18,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError("CI=true: the suite must run on PostgreSQL (set DATABASE_URL)")
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(settings, tmp_path_factory: pytest.TempPathFactory) -> None:  # type: ignore[no-untyped-def]
+    """Each test counts throttles in a cache of its own (the default is under var/)."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(tmp_path_factory.mktemp("cache")),
+        }
+    }
+
+
 @pytest.fixture
 def storage_dirs(settings, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
     settings.FLEET_KEYS_DIR = tmp_path / "keys"
