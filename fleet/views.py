@@ -40,6 +40,14 @@ class ModelPermissions(permissions.DjangoModelPermissions):
     }
 
 
+class CanViewDevices(permissions.BasePermission):
+    """``fleet.view_device``, checked before the view looks anything up (ModelPermissions
+    calls ``get_queryset``, which answered ``not_found`` to callers without the right)."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return bool(request.user and request.user.has_perm("fleet.view_device"))
+
+
 class ByDeviceId(CursorPagination):
     ordering = "device_id"
     page_size = 100
@@ -69,7 +77,7 @@ def _bool(value: str | None) -> bool | None:
 )
 class DeviceListView(generics.ListAPIView[Device]):
     serializer_class = DeviceSerializer
-    permission_classes = [ModelPermissions]
+    permission_classes = [CanViewDevices]
     pagination_class = ByDeviceId
     queryset = Device.objects.none()  # for the permission class
 
@@ -158,7 +166,7 @@ class DynamicGroupViewSet(viewsets.ModelViewSet[DynamicGroup]):
 
 class DynamicGroupDevicesView(generics.ListAPIView[Device]):
     serializer_class = DeviceSerializer
-    permission_classes = [ModelPermissions]
+    permission_classes = [CanViewDevices]
     pagination_class = ByDeviceId
     queryset = Device.objects.none()
 

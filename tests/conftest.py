@@ -71,10 +71,12 @@ def kws(repo: Path, release_key: ReleaseKeyFiles):  # type: ignore[no-untyped-de
 
 @pytest.fixture
 def ci_token(db: None) -> str:
-    from fleet.services import api_token_create, ci_user_get_or_create
+    from fleet.auth import ALL_MODELS, SCOPE_PUBLISH, SCOPE_ROLLOUTS_CREATE
+    from fleet.services import api_token_create, service_account_get_or_create
 
-    user = ci_user_get_or_create(username="ci")
-    return api_token_create(user=user, name="ci")[1]
+    scopes = [SCOPE_PUBLISH, SCOPE_ROLLOUTS_CREATE]
+    user = service_account_get_or_create(username="ci", scopes=scopes)
+    return api_token_create(user=user, name="ci", scopes=scopes, model_names=[ALL_MODELS])[1]
 
 
 @pytest.fixture

@@ -83,7 +83,17 @@ def test_quickstart_runs_the_whole_system(quickstart, tmp_path):  # type: ignore
     base, data, env = quickstart
     # the operator's token (the quick start prints the CI one; the operator makes their own)
     token = subprocess.run(
-        [sys.executable, "manage.py", "api_token_create", "--user", "operator", "--name", "t"],
+        [
+            sys.executable,
+            "manage.py",
+            "api_token_create",
+            "--user",
+            "operator",
+            "--name",
+            "t",
+            "--scope",
+            "fleet:read",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -136,7 +136,7 @@ class FleetSystem:
     def start(self) -> None:
         self.manage("fleet_up", "--no-serve", "--devices", "0")
         self.operator_token = self.manage(
-            "api_token_create", "--user", "operator", "--name", "e2e"
+            "api_token_create", "--user", "operator", "--name", "e2e", "--scope", "user"
         ).strip()
         self.ci_env = {
             **self.env,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from rollout_helpers import artifact, devices, use_own_director_key, user
 
+from fleet.auth import ALL_MODELS, SCOPE_ROLLOUTS_CREATE, SCOPE_ROLLOUTS_OPERATE
 from fleet.models import Group
 from fleet.services import api_token_create
 from ota import cli
@@ -38,7 +39,12 @@ def operator_token(db):  # type: ignore[no-untyped-def]
         "ota.start_rollout",
         "ota.control_rollout",
     )
-    return api_token_create(user=account, name="ops")[1]
+    return api_token_create(
+        user=account,
+        name="ops",
+        scopes=[SCOPE_ROLLOUTS_CREATE, SCOPE_ROLLOUTS_OPERATE],
+        model_names=[ALL_MODELS],
+    )[1]
 
 
 def _run(monkeypatch, capsys, url, token, *argv):  # type: ignore[no-untyped-def]

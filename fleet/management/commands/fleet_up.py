@@ -15,6 +15,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from device_agent.config import CONFIG_FILE, AgentConfig
+from fleet.auth import SCOPE_PUBLISH
 from fleet.devserver import Child, Supervisor, first_free_port, port_free
 from fleet.enrollment import enrollment_token_create
 from fleet.management.commands.broker import mosquitto_binary
@@ -139,9 +140,12 @@ class Command(BaseCommand):
             )
         token = _secret_file(
             ci_dir / "token",
-            lambda: api_token_create(user=ci_user_get_or_create(username="ci"), name="quickstart")[
-                1
-            ],
+            lambda: api_token_create(
+                user=ci_user_get_or_create(username="ci"),
+                name="quickstart",
+                scopes=[SCOPE_PUBLISH],
+                model_names=["kws"],
+            )[1],
         )
 
         port = int(options["port"])
