@@ -6,12 +6,18 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.contrib.auth.hashers import MD5PasswordHasher
 from django.contrib.auth.models import User
 from django.test import Client
 
 PASSWORD = "right-horse-battery-staple"  # noqa: S105 - a test account's
 LIMIT = getattr(settings, "AXES_FAILURE_LIMIT", 5)
+
+
+@pytest.fixture(autouse=True)
+def _fast_hashing(settings: Any) -> None:
+    # The hashes themselves are not under test here, only whether one is computed.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
@@ -81,13 +87,13 @@ def test_a_locked_out_attempt_hashes_no_password(
         _login("operator", f"guess-{n}")
     # and a count of password hashing (checking a password hashes it)
     hashed: list[str] = []
-    encode = PBKDF2PasswordHasher.encode
+    encode = MD5PasswordHasher.encode
 
-    def counting(self: PBKDF2PasswordHasher, password: str, *args: Any, **kwargs: Any) -> str:
+    def counting(self: MD5PasswordHasher, password: str, *args: Any, **kwargs: Any) -> str:
         hashed.append(password)
         return encode(self, password, *args, **kwargs)
 
-    monkeypatch.setattr(PBKDF2PasswordHasher, "encode", counting)
+    monkeypatch.setattr(MD5PasswordHasher, "encode", counting)
     assert _login("someone-else", "x", address="203.0.113.9").status_code == 200
     assert hashed  # the count sees an attempt that is not locked out
     hashed.clear()
@@ -127,3 +133,18 @@ def test_the_admin_shows_the_lockout_and_deleting_it_lifts_it(operator: User) ->
     # then the operator can log in again
     assert not AccessAttempt.objects.exists()
     assert _logged_in(_login("operator", PASSWORD))
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_is_counted(
+    operator: User, settings: Any
+) -> None:
+    settings.FLEET_TRUSTED_PROXIES = 1
+    proxy = "10.0.0.1"
+    # given one client behind the proxy guessing accounts, spoofing the left entries
+    for n in range(LIMIT):
+        _login(f"user-{n}", "guess", address=proxy, X_Forwarded_For=f"10.1.1.{n}, 198.51.100.7")
+
+    # then that client is locked out, and the operator behind the same proxy is not
+    locked = _login("operator", PASSWORD, address=proxy, X_Forwarded_For="198.51.100.7")
+    assert locked.status_code == 429
+    assert _logged_in(_login("operator", PASSWORD, address=proxy, X_Forwarded_For="198.51.100.8"))
