@@ -57,6 +57,11 @@ SCOPE_PERMISSIONS: dict[str, frozenset[str]] = {
 SCOPES = (*SCOPE_PERMISSIONS, SCOPE_USER)
 # Scopes that act on a model: a token with one of them names its models (or ALL_MODELS).
 MODEL_SCOPES = frozenset({SCOPE_PUBLISH, SCOPE_ROLLOUTS_CREATE, SCOPE_ROLLOUTS_OPERATE})
+# api_token_create --role: the usual sets of scopes.
+ROLES: dict[str, tuple[str, ...]] = {
+    "ci": (SCOPE_PUBLISH, SCOPE_ROLLOUTS_CREATE),  # publish, open draft rollouts
+    "operator": (SCOPE_ROLLOUTS_CREATE, SCOPE_ROLLOUTS_OPERATE),  # fleetctl rollout ...
+}
 
 
 def token_hash(secret: str) -> str:

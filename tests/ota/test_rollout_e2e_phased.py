@@ -243,16 +243,25 @@ def test_pause_holds_notifications_resume_continues_and_an_engine_restart_loses_
     first = wait_until(lambda: len(n := notified()) == 10 and n, "the first ten notified", 60)
 
     # when: the operator pauses it
-    system.post(f"/api/v1/rollouts/{rollout_id}/pause", {"reason": "looking at a dashboard"})
+    paused = system.post(
+        f"/api/v1/rollouts/{rollout_id}/pause", {"reason": "looking at a dashboard"}
+    )
     paused_at = time.monotonic()
-    assert system.rollout_status(rollout_id) == "paused"
+    assert paused["status"] == "paused"
 
-    # then: past the minute, when the pace would allow ten more, and over several beat
-    # ticks (5 s), nobody else is notified
-    while time.monotonic() < paused_at + 60 + 3 * 5:
+    # then: past the minute, when the pace would allow ten more, and over three
+    # evaluations by the engine after the pause (so the engine ran and chose to notify
+    # nobody: a stopped worker would also leave the devices alone), nobody else is notified
+    evaluations = {paused["evaluated_at"]}
+
+    def quiet_and_evaluated() -> bool:
         assert notified() == first
-        time.sleep(1)
-    assert system.rollout_status(rollout_id) == "paused"
+        rollout = system.rollout(rollout_id)
+        assert rollout["status"] == "paused"
+        evaluations.add(rollout["evaluated_at"])
+        return time.monotonic() > paused_at + 60 and len(evaluations) > 3
+
+    wait_until(quiet_and_evaluated, "three evaluations of the paused rollout", 120)
 
     # when: it resumes, and the engine (worker with its beat) and the bridge crash
     # while the second batch installs, then come back

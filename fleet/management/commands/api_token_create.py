@@ -1,4 +1,5 @@
-"""Create an API token for CI (``fleetctl``) or a script, with explicit scopes."""
+"""Create an API token for CI (``fleetctl publish``), an operator (``fleetctl rollout``) or
+a script, with explicit scopes."""
 
 import re
 from datetime import UTC, datetime, timedelta
@@ -9,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
-from fleet.auth import SCOPES
+from fleet.auth import ALL_MODELS, ROLES, SCOPES
 from fleet.errors import ServiceError
 from fleet.services import (
     api_token_create,
@@ -39,8 +40,10 @@ def _expiry(raw: str | None) -> datetime | None:
 
 class Command(BaseCommand):
     help = (
-        "Create an API token with explicit scopes and print it (once). A missing --user is "
-        "created as a service account with the permissions the scopes need; an existing "
+        "Create an API token with explicit scopes (--role and/or --scope) and print it once. "
+        "--role ci: publish and open draft rollouts of the --model(s); --role operator: "
+        "create, start and steer rollouts (of every model unless --model). A missing --user "
+        "is created as a service account with the permissions the scopes need; an existing "
         "person's account is not changed."
     )
 
@@ -48,11 +51,15 @@ class Command(BaseCommand):
         parser.add_argument("--user", default="ci", help="the account it acts as (default: ci)")
         parser.add_argument("--name", default="", help="a label for the token (default: user)")
         parser.add_argument(
+            "--role", choices=sorted(ROLES), help="a usual set of scopes: ci or operator"
+        )
+        parser.add_argument(
             "--scope",
             action="append",
             choices=SCOPES,
-            required=True,
-            help="what the token may do; repeat for several (docs/security.md)",
+            default=[],
+            help="what the token may do (added to the role's); repeat for several "
+            "(docs/security.md)",
         )
         parser.add_argument(
             "--model",
@@ -63,7 +70,13 @@ class Command(BaseCommand):
         parser.add_argument("--expires", help="90d, 12h or a date (default: never)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        scopes = options["scope"]
+        scopes = [*ROLES.get(options["role"] or "", ()), *options["scope"]]
+        if not scopes:
+            raise CommandError(
+                f"say what the token may do: --role ({', '.join(sorted(ROLES))}) and/or "
+                f"--scope ({', '.join(SCOPES)})"
+            )
+        models = options["model"] or ([ALL_MODELS] if options["role"] == "operator" else [])
         expires_at = _expiry(options["expires"])
         existing = User.objects.filter(username=options["user"]).first()
         if existing is not None and not existing.is_active:
@@ -75,7 +88,7 @@ class Command(BaseCommand):
                     user=user,
                     name=options["name"] or user.username,
                     scopes=scopes,
-                    model_names=options["model"],
+                    model_names=models,
                     expires_at=expires_at,
                 )
         except ServiceError as exc:
