@@ -147,7 +147,7 @@ def test_quickstart_runs_the_whole_system(quickstart, tmp_path):  # type: ignore
     }
 
     (rollout,) = _wait(lambda: rollouts("1.1.0", "running"), "kws 1.1.0 rolling out", 120)
-    assert [s["percent"] for s in rollout["stages"]] == [34, 67, 100]
+    assert [s["percent"] for s in rollout["stages"]] == [33, 66, 100]
     with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:  # noqa: S310
         metrics = response.read().decode()
     info = [line for line in metrics.splitlines() if line.startswith("fleet_rollout_info{")]

@@ -296,7 +296,7 @@ def test_the_news_look_up_reads_only_rows_in_flight_through_their_index() -> Non
     # every row each device ever had in any rollout
     with connection.execute_wrapper(explain):
         report(fleet[0], rollout, Phase.ACCEPTED)
-    assert any("rolloutdevice_in_flight" in line for line in statements), statements
+    assert any("rolloutdevice_tracked" in line for line in statements), statements
 
 
 def test_a_device_in_flight_in_two_rollouts_is_news_for_both() -> None:
