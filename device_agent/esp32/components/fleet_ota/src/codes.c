@@ -34,6 +34,7 @@ static const char *const NAMES[FO_CODE_COUNT] = {
     "conflict",
     "not_found",
     "empty_selection",
+    "token_expired",
 };
 
 const char *fo_code_name(fo_code_t code)

@@ -40,6 +40,7 @@ typedef enum {
     FO_CONFLICT,
     FO_NOT_FOUND,
     FO_EMPTY_SELECTION,
+    FO_TOKEN_EXPIRED,
     FO_CODE_COUNT
 } fo_code_t;
 
