@@ -4,7 +4,7 @@ Checks, in order: the topic is `fleet/v1/devices/<id>/<channel>`; the payload is
 most 64 KiB of strict JSON with `"v": 1`; a `device_id` in it, if any, is the one in
 the topic; the protocol parser accepts it; the device is enrolled and not revoked.
 Whatever fails is dropped with a reason (an ErrorCode value or one of the REASON_*
-below); nothing here raises on input.
+below); nothing here raises on input. The payloads are docs/protocol.md's.
 """
 
 import logging
