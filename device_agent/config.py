@@ -6,6 +6,7 @@ tuf/                                  ngclient metadata cache
 models/<name>/slots/{a,b}/<file>      two slots per model
 models/<name>/current -> slots/a      what applications read
 journal.json  state.json              the update in progress, the persistent state
+events.json                           events the server has not confirmed (delivery.py)
 downloads/<sha256>.part               resumable partial downloads
 metrics.sock                          applications' telemetry (device_agent/metrics_client.py)
 metrics-stats.json                    what became of it (`fleet-agent status`)
@@ -197,6 +198,10 @@ class Layout:
     @property
     def store(self) -> Path:
         return self.root / "state.json"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events.json"
 
     @property
     def lock(self) -> Path:

@@ -8,9 +8,10 @@ an interrupted download resumes, a swap that never committed is rolled back and 
 half-staged slot is staged again. One thread does all of this; the MQTT network
 thread only queues incoming `desired` payloads.
 
-A job's final event (committed, failed, rolled_back) is flushed to the broker before
-the journal lets go of the job, so a crash never loses it: until the broker has it,
-recovery reports it again (at least once; the control plane is idempotent on them).
+Every event is on disk (`events.json`, device_agent/delivery.py) before the
+publisher's `event()` returns, and is sent until the server confirms it; so a job's
+final event (committed, failed, rolled_back) is kept before the journal lets go of the
+job, and a crash before that reports it again, which the outbox recognises as a repeat.
 
 `telemetry_tags` is what the metrics thread (metrics_server.py) tags applications'
 samples with; the runner replaces the whole mapping whenever the store changes what
@@ -27,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import urllib3
 
@@ -89,23 +90,16 @@ from device_agent.verify import Accepted, Ignored, VerifyContext, evaluate, tuf_
 
 log = logging.getLogger(__name__)
 
-# How long a job's final event may wait for the broker before the journal lets go.
-EVENT_FLUSH_S = 10.0
-
 
 class Publisher(Protocol):
-    """Where events and the reported state go (MQTT in production, a list in tests)."""
+    """Where events and the reported state go (MQTT in production, a list in tests).
+
+    `event()` returns once the event is kept for delivery (on disk, in production).
+    """
 
     def event(self, event: UpdateEvent) -> None: ...
 
     def state(self, state: ReportedState) -> None: ...
-
-
-@runtime_checkable
-class FlushablePublisher(Protocol):
-    """A publisher that can tell when what it was handed has reached the broker."""
-
-    def flush(self, timeout: float) -> bool: ...
 
 
 def utc_now() -> datetime:
@@ -222,14 +216,7 @@ class Runner:
         while event is not None:
             event = self._feed(event)
             if event is None and self.state.status in TERMINAL:
-                self._flush_events()
                 event = Continue()
-
-    def _flush_events(self) -> None:
-        # The journal keeps the finished job until its final event reached the broker.
-        publisher = self.publisher
-        if isinstance(publisher, FlushablePublisher) and not publisher.flush(EVENT_FLUSH_S):
-            log.warning("the broker did not confirm the final event within %ss", EVENT_FLUSH_S)
 
     def _feed(self, event: Event) -> Event | None:
         new_state, actions = next_step(self.state, event)

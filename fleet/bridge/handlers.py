@@ -48,6 +48,10 @@ REASON_REVOKED_DEVICE = "revoked_device"
 REASON_TOPIC_MISMATCH = "topic_mismatch"
 REASON_BACKPRESSURE = "backpressure"
 REASON_INTERNAL_ERROR = "internal_error"
+REASON_RETAINED = "retained"
+# Reports that are news once: a retained copy (a device may set the flag; the broker
+# replays it to every new subscription, after each restart) is not taken again.
+_NOT_RETAINED = frozenset({Channel.EVENTS, Channel.TELEMETRY})
 UNKNOWN_CHANNEL = "unknown"
 
 ACCEPTED = "accepted"
@@ -214,6 +218,9 @@ class Dispatcher:
         self._events: list[tuple[int, Device, UpdateEvent]] = []
         # The valid topics of the batch prepare() last saw, parsed: handle() needs them too.
         self._topics: dict[str, tuple[str, Channel]] = {}
+        # The batch's events that carry an id, by device id: once the batch commits, the
+        # bridge confirms them to their devices on `acks`.
+        self._confirmed: dict[str, list[str]] = {}
 
     def begin(self, *, deferred: bool) -> None:
         """Start a batch. Deferred, `state` and `events` reports are only checked by
@@ -222,6 +229,13 @@ class Dispatcher:
         self._index = 0
         self._deferred = deferred
         self._states, self._events = [], []
+        self._confirmed = {}
+
+    def take_confirmed(self) -> dict[str, list[str]]:
+        """The event ids of the batch, by device id, to confirm once the batch commits:
+        new and repeated events alike (a repeat means our last confirmation was lost)."""
+        confirmed, self._confirmed = self._confirmed, {}
+        return confirmed
 
     def finish(self) -> set[int]:
         """Write the reports the batch deferred: one statement batch for the states, one
@@ -262,8 +276,10 @@ class Dispatcher:
             except ProtocolError as exc:
                 return self._drop(UNKNOWN_CHANNEL, exc.code, message, exc.detail)
         device_id, channel = parsed
-        if channel not in _DECODERS:  # `desired` is ours to publish, never a report
+        if channel not in _DECODERS:  # `desired`, `acks` are ours to publish, never reports
             return self._drop(channel, ErrorCode.MALFORMED, message, "not a device channel")
+        if message.retain and channel in _NOT_RETAINED:
+            return self._drop(channel, REASON_RETAINED, message, "a retained copy, not news")
         try:
             # Telemetry's parsers refuse a non-finite metric themselves.
             obj = loads_json(message.payload, finite_floats=channel is not Channel.TELEMETRY)
@@ -297,11 +313,14 @@ class Dispatcher:
                 self._states.append((device, decoded))
             else:
                 device_state_record(device=device, state=decoded)
-        elif isinstance(decoded, UpdateEvent) and self._deferred:
-            self._events.append((index, device, decoded))
         elif isinstance(decoded, UpdateEvent):
-            _, created = device_event_record(device=device, event=decoded)
-            result = ACCEPTED if created else DUPLICATE
+            if self._deferred:
+                self._events.append((index, device, decoded))
+            else:
+                _, created = device_event_record(device=device, event=decoded)
+                result = ACCEPTED if created else DUPLICATE
+            if decoded.event_id is not None:
+                self._confirmed.setdefault(device.device_id, []).append(decoded.event_id)
         elif isinstance(decoded, DeviceStatus):
             online = decoded.status is Presence.ONLINE
             device_presence_set(device=device, online=online, at=message.received_at)
