@@ -52,6 +52,10 @@ class AgentConfig:
     download_attempts: int = 6
     download_backoff_s: float = 1.0
     download_backoff_max_s: float = 60.0
+    # How far a desired state's issued_at may be ahead of the device's clock (it becomes
+    # the device's trusted time); None: the device has no trustworthy clock, no bound
+    # (docs/security.md, "Time").
+    max_issued_ahead_s: float | None = 900.0
     # Kept free on the disk beyond the artifact itself.
     disk_reserve_bytes: int = 16 * 1024 * 1024
     # "3.1.1" (any broker, the embedded amqtt too) or "5" (Mosquitto, EMQX, HiveMQ): with
@@ -84,6 +88,9 @@ class AgentConfig:
             or not all(isinstance(a, str) for a in self.trial_hook)
         ):
             raise ConfigError("trial_hook must be a list of strings (argv) or null")
+        ahead = self.max_issued_ahead_s
+        if ahead is not None and (type(ahead) not in (int, float) or not 0 <= ahead <= 366 * 86400):
+            raise ConfigError("max_issued_ahead_s must be null or seconds in [0, 31622400]")
         if self.mqtt_protocol not in ("3.1.1", "5"):
             raise ConfigError('mqtt_protocol must be "3.1.1" or "5"')
         self._check_telemetry()

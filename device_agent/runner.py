@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -90,6 +90,9 @@ from device_agent.verify import Accepted, Ignored, VerifyContext, evaluate, tuf_
 
 log = logging.getLogger(__name__)
 
+# How often a desired state refused as issued_in_future is judged again.
+FUTURE_RETRY_S = 30.0
+
 
 class Publisher(Protocol):
     """Where events and the reported state go (MQTT in production, a list in tests).
@@ -148,6 +151,8 @@ class Runner:
         self.inbox: queue.Queue[bytes | _PublishStateRequest] = queue.Queue()
         self.http = urllib3.PoolManager(ca_certs=self.layout.server_ca_file())
         self._accepted: Accepted | None = None
+        # A desired state refused as issued in the future, and when to judge it again.
+        self._later: tuple[bytes, float] | None = None
         # Last sign of life of the update loop, read by the systemd watchdog thread.
         self.last_alive = time.monotonic()
 
@@ -170,6 +175,7 @@ class Runner:
         """Judge one `desired` payload and carry out what it asks (blocking)."""
         if self.state.status is not Status.IDLE:
             raise RuntimeError(f"desired state handled while {self.state.status}")
+        self._later = None  # a newer envelope, or this one again
         outcome = evaluate(envelope, self._context(), self.store)
         if isinstance(outcome, Ignored):
             log.debug("retained desired seq %d seen again; nothing to do", outcome.seq)
@@ -181,6 +187,10 @@ class Runner:
             log.warning(
                 "refused desired state: %s %s", outcome.rejection.code, outcome.rejection.detail
             )
+            if outcome.rejection.code is ErrorCode.ISSUED_IN_FUTURE:
+                # Not bad, maybe early (our clock may be behind): try it again later. The
+                # repeated refusal is the same event, which the delivery does not resend.
+                self._later = (envelope, time.monotonic() + FUTURE_RETRY_S)
             self._drive(outcome)
 
     def run(self) -> None:
@@ -190,11 +200,16 @@ class Runner:
             try:
                 item = self.inbox.get(timeout=0.5)
             except queue.Empty:
+                self._retry_later()
                 continue
             if isinstance(item, _PublishStateRequest):
                 self.publish_state()
             else:
                 self.handle_desired(item)
+
+    def _retry_later(self) -> None:
+        if self._later is not None and time.monotonic() >= self._later[1]:
+            self.handle_desired(self._later[0])
 
     def trusted_now(self) -> datetime:
         """The clock, but never before the newest issued_at this device has accepted."""
@@ -210,6 +225,9 @@ class Runner:
             models_dir=self.layout.models,
             now=self.clock(),
             tuf=self.tuf,
+            max_issued_ahead=None
+            if self.config.max_issued_ahead_s is None
+            else timedelta(seconds=self.config.max_issued_ahead_s),
         )
 
     def _drive(self, event: Event | None) -> None:
