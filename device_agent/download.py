@@ -141,13 +141,19 @@ class _Progress:
 
 @dataclass
 class _PartState:
-    """What is on disk so far; mutated as bytes arrive, so a failed attempt keeps them."""
+    """What is on disk so far; mutated as bytes arrive, so a failed attempt keeps them.
+
+    `resumed`: the bytes were not all written by one response from byte zero (a part
+    kept from before, or a Range response appended to it), so a hash mismatch may be a
+    bad join rather than a bad file.
+    """
 
     digest: "hashlib._Hash"
     have: int
+    resumed: bool = False
 
     def restart(self) -> None:
-        self.digest, self.have = hashlib.sha256(), 0
+        self.digest, self.have, self.resumed = hashlib.sha256(), 0, False
 
 
 def download(
@@ -171,12 +177,12 @@ def download(
     if part.exists() and (part.stat().st_nlink > 1 or part.stat().st_size > length):
         # Linked into a slot (not ours to append to) or longer than signed: start over.
         part.unlink()
-    state = _PartState(*hash_file(part)) if part.exists() else None
+    state = _PartState(*hash_file(part), resumed=True) if part.exists() else None
     state = state or _PartState(hashlib.sha256(), 0)
     _check_disk(part.parent, length - state.have, opts.reserve_bytes)
     report = _Progress(progress, length)
     http = pool or urllib3.PoolManager(ca_certs=opts.ca_certs)
-    resumed = state.have > 0
+    restarted = False
     failures = 0
     deadline = _Deadline(opts.deadline_s, url)
     while True:
@@ -185,11 +191,12 @@ def download(
                 report(state.have, force=True)
                 return part
             part.unlink()
-            if resumed:
-                # The kept part was stale or damaged (power loss): one clean restart.
+            if state.resumed and not restarted:
+                # A part kept from before was stale or damaged (power loss), or a Range
+                # response did not hold what its Content-Range said: one clean restart.
                 log.warning("resumed download of %s did not verify; restarting", url)
                 state.restart()
-                resumed = False
+                restarted = True
                 continue
             raise DownloadError(ErrorCode.HASH_MISMATCH, f"{url}: sha256 is not {sha256}")
         if opts.stop():
@@ -354,6 +361,7 @@ def _receive(
         start = _content_range_start(response.headers.get("Content-Range", ""))
         if start != state.have:
             raise _Retry(ErrorCode.DOWNLOAD_FAILED, f"{url}: range starts at {start}")
+        state.resumed = state.resumed or start > 0
     elif state.have:
         log.info("%s ignored the Range request; restarting the part", url)
         state.restart()

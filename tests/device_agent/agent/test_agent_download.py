@@ -95,6 +95,36 @@ def test_a_damaged_part_is_restarted_once_from_zero(tmp_path: Path) -> None:
     assert part.read_bytes() == DATA
 
 
+def test_a_resumed_transfer_that_does_not_verify_restarts_once_from_zero(
+    tmp_path: Path,
+) -> None:
+    # given a server that drops the first response, then answers the Range request
+    # with a 206 whose body is not what its Content-Range says
+    part = tmp_path / f"{SHA}.part"
+    behaviour = Behaviour(data=DATA, cut_after=100_000, cut_times=1, bad_range_times=1)
+    with file_server(behaviour) as url:
+        download(url, part, sha256=SHA, length=len(DATA), options=fast())
+    # then the agent started over from byte zero once, and has the file
+    assert [r.get("range") for r in behaviour.requests] == [None, "bytes=100000-", None]
+    assert part.read_bytes() == DATA
+
+
+def test_a_second_mismatch_after_the_restart_is_a_hash_mismatch(tmp_path: Path) -> None:
+    part = tmp_path / f"{SHA}.part"
+    # (every response is cut half way: the bad Range body then ends the file exactly)
+    behaviour = Behaviour(data=DATA, cut_after=150_000, bad_range_times=2)
+    with file_server(behaviour) as url, pytest.raises(DownloadError) as caught:
+        download(url, part, sha256=SHA, length=len(DATA), options=fast())
+    assert caught.value.code == "hash_mismatch"
+    assert [r.get("range") for r in behaviour.requests] == [
+        None,
+        "bytes=150000-",
+        None,
+        "bytes=150000-",
+    ]
+    assert not part.exists()
+
+
 def test_retries_server_errors_with_backoff(tmp_path: Path) -> None:
     sleeps: list[float] = []
     behaviour = Behaviour(data=DATA, fail_first=2)
