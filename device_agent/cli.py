@@ -279,7 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         def on_desired(payload: bytes) -> None:
             if runner is not None:
-                runner.inbox.put(payload)
+                runner.offer_desired(payload)
 
         delivery: EventDelivery | None = None
 

@@ -52,6 +52,12 @@ class AgentConfig:
     download_attempts: int = 6
     download_backoff_s: float = 1.0
     download_backoff_max_s: float = 60.0
+    # An attempt receiving less than download_min_bytes_per_s on average over a window
+    # of download_min_rate_window_s fails (0: no minimum); after download_attempts of
+    # them, download_timeout. Progress events: at most one per progress_event_interval_s.
+    download_min_bytes_per_s: float = 1024.0
+    download_min_rate_window_s: float = 60.0
+    progress_event_interval_s: float = 10.0
     # How far a desired state's issued_at may be ahead of the device's clock (it becomes
     # the device's trusted time); None: the device has no trustworthy clock, no bound
     # (docs/security.md, "Time").
@@ -88,6 +94,14 @@ class AgentConfig:
             or not all(isinstance(a, str) for a in self.trial_hook)
         ):
             raise ConfigError("trial_hook must be a list of strings (argv) or null")
+        for name, low, high in (
+            ("download_min_bytes_per_s", 0.0, 1e12),
+            ("download_min_rate_window_s", 0.1, 86400.0),
+            ("progress_event_interval_s", 0.0, 86400.0),
+        ):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a number in [{low:g}, {high:g}]")
         ahead = self.max_issued_ahead_s
         if ahead is not None and (type(ahead) not in (int, float) or not 0 <= ahead <= 366 * 86400):
             raise ConfigError("max_issued_ahead_s must be null or seconds in [0, 31622400]")

@@ -9,7 +9,10 @@ is written. Failures are retried with exponential backoff and jitter; a connecti
 that delivers no byte for `stall_s` seconds counts as a failed attempt, and running
 out of attempts that way is `download_timeout`. So is running past `deadline_s`, the
 bound on the whole download: a server that trickles a byte now and then never stalls,
-so without it a slow drip would hold the agent forever.
+so without it a slow drip would hold the agent forever. Before that, an attempt that
+receives less than `min_rate_bps` over `min_rate_window_s` ends as a failed attempt
+(even though it made progress), so a drip fails with `download_timeout` after
+`attempts` windows rather than at the deadline.
 """
 
 import errno
@@ -56,10 +59,11 @@ class Interrupted(Exception):
 
 
 class _Retry(Exception):
-    def __init__(self, code: ErrorCode, detail: str) -> None:
+    def __init__(self, code: ErrorCode, detail: str, *, slow: bool = False) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.slow = slow  # too slow: a failure even if some bytes arrived
 
 
 @dataclass(kw_only=True)
@@ -71,6 +75,9 @@ class DownloadOptions:
     reserve_bytes: int = 0
     # The whole download, across attempts and backoff; None: no bound.
     deadline_s: float | None = None
+    # An attempt must average at least this many bytes/s over each window (0: no rule).
+    min_rate_bps: float = 0.0
+    min_rate_window_s: float = 60.0
     chunk: int = CHUNK
     user_agent: str = "fleet-agent"
     ca_certs: str | None = None
@@ -206,7 +213,7 @@ def download(
         try:
             _attempt(http, url, part, state, length, opts, report, deadline)
         except _Retry as retry:
-            failures = 1 if state.have > before else failures + 1
+            failures = 1 if state.have > before and not retry.slow else failures + 1
             if failures >= opts.attempts:
                 raise DownloadError(
                     retry.code, f"{retry.detail} (after {failures} attempts)"
@@ -365,6 +372,7 @@ def _receive(
     elif state.have:
         log.info("%s ignored the Range request; restarting the part", url)
         state.restart()
+    rate = _RateFloor(url, opts, state.have)
     with part.open("ab" if state.have else "wb") as f:
         writeback = _Writeback(f.fileno())
         try:
@@ -383,6 +391,7 @@ def _receive(
                 if opts.stop():
                     raise Interrupted
                 deadline.check()
+                rate.check(state.have)
         except urllib3.exceptions.TimeoutError:
             raise _Retry(
                 ErrorCode.DOWNLOAD_TIMEOUT, f"{url}: no data for {opts.stall_s}s"
@@ -401,6 +410,34 @@ def _receive(
         raise _Retry(
             ErrorCode.DOWNLOAD_FAILED, f"{url}: connection closed at {state.have}/{length}"
         )
+
+
+class _RateFloor:
+    """DownloadOptions.min_rate_bps, judged over consecutive windows of one attempt."""
+
+    def __init__(self, url: str, opts: DownloadOptions, have: int) -> None:
+        self.url = url
+        self.min_bps = opts.min_rate_bps
+        self.window_s = opts.min_rate_window_s
+        self.since = time.monotonic()
+        self.had = have
+
+    def check(self, have: int) -> None:
+        if self.min_bps <= 0:
+            return
+        now = time.monotonic()
+        elapsed = now - self.since
+        if elapsed < self.window_s:
+            return
+        bps = (have - self.had) / elapsed
+        if bps < self.min_bps:
+            raise _Retry(
+                ErrorCode.DOWNLOAD_TIMEOUT,
+                f"{self.url}: {bps:.0f} B/s over {elapsed:.0f}s, below the minimum "
+                f"{self.min_bps:g} B/s",
+                slow=True,
+            )
+        self.since, self.had = now, have
 
 
 def _chunks(response: urllib3.BaseHTTPResponse, chunk: int) -> Iterator[bytes]:
