@@ -7,6 +7,7 @@ Whatever fails is dropped with a reason (an ErrorCode value or one of the REASON
 below); nothing here raises on input.
 """
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -85,14 +86,22 @@ def channel_label(topic: str) -> str:
 class TelemetrySink(Protocol):
     """Where validated telemetry goes (telemetry.ingest stores it).
 
-    The worker calls `add()` for each message of a batch, then `take()` (in its thread),
+    The worker calls `add()` for each message of a batch (with the sha256 of its payload
+    as `key`: the sink stores a message's samples once), then `take()` (in its thread),
     and hands what `take()` returned to the writer thread, which calls `write()` inside
     the transaction whose commit precedes the acks; `discard()` forgets what was added
     when the worker's transaction rolls back. `write()` raises OperationalError or
     InterfaceError for a retry (with the same argument). `flush()` is `write(take())`.
     """
 
-    def add(self, *, device: Device, batch: TelemetryBatch, received_at: datetime) -> None: ...
+    def add(
+        self,
+        *,
+        device: Device,
+        batch: TelemetryBatch,
+        received_at: datetime,
+        key: str | None = None,
+    ) -> None: ...
 
     def take(self) -> object: ...
 
@@ -106,7 +115,14 @@ class TelemetrySink(Protocol):
 class DiscardTelemetry:
     """A sink that stores nothing (tests of the bridge alone): validated, counted, forgotten."""
 
-    def add(self, *, device: Device, batch: TelemetryBatch, received_at: datetime) -> None:
+    def add(
+        self,
+        *,
+        device: Device,
+        batch: TelemetryBatch,
+        received_at: datetime,
+        key: str | None = None,
+    ) -> None:
         return None
 
     def take(self) -> object:
@@ -326,7 +342,13 @@ class Dispatcher:
             device_presence_set(device=device, online=online, at=message.received_at)
             seen = online  # an `offline` is usually the broker's last will, not the device
         elif isinstance(decoded, TelemetryBatch):
-            self.telemetry.add(device=device, batch=decoded, received_at=message.received_at)
+            # The payload's digest: a redelivered or replayed message is stored once.
+            self.telemetry.add(
+                device=device,
+                batch=decoded,
+                received_at=message.received_at,
+                key=hashlib.sha256(message.payload).hexdigest(),
+            )
         if seen:
             self._seen.add(device.pk)
         return Outcome(channel.value, result)
