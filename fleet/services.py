@@ -15,15 +15,32 @@ CI_PERMISSIONS = (
     "telemetry.view_rollup",
 )
 
+# What an operator's token needs for `fleetctl rollout`: read, create, start and steer.
+OPERATOR_PERMISSIONS = (
+    "ota.view_artifact",
+    "ota.view_model",
+    "ota.view_rollout",
+    "ota.add_rollout",
+    "ota.start_rollout",
+    "ota.control_rollout",
+    "telemetry.view_rollup",
+)
+
 
 @transaction.atomic
 def ci_user_get_or_create(*, username: str) -> User:
     """The service account CI publishes as: no password, only publish/read permissions."""
+    return account_get_or_create(username=username, permissions=CI_PERMISSIONS)
+
+
+@transaction.atomic
+def account_get_or_create(*, username: str, permissions: tuple[str, ...]) -> User:
+    """An account holding `permissions`; a new one has no password (tokens only)."""
     user, created = User.objects.get_or_create(username=username)
     if created:
         user.set_unusable_password()
         user.save(update_fields=["password"])
-    for perm in CI_PERMISSIONS:
+    for perm in permissions:
         app_label, codename = perm.split(".")
         user.user_permissions.add(
             Permission.objects.get(content_type__app_label=app_label, codename=codename)

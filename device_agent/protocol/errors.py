@@ -43,3 +43,5 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     # Added by the control plane: the requested object does not exist.
     NOT_FOUND = "not_found"
+    # Added by the control plane: a rollout's selection matches no device.
+    EMPTY_SELECTION = "empty_selection"

@@ -206,3 +206,24 @@ def test_api_docs_render(db: None) -> None:
     assert response.status_code == 200
     assert b"swagger" in response.content.lower()
     assert b"/api/schema/" in response.content
+
+
+def test_api_token_create_command_makes_an_operator_token(db: None) -> None:
+    # when an operator's token is made for an account, as docs/rollouts.md says
+    out = StringIO()
+    call_command("api_token_create", "--user", "alice", "--role", "operator", stdout=out)
+
+    # then the account may steer rollouts but not publish, and the token is its own
+    alice = User.objects.get(username="alice")
+    assert alice.has_perms(["ota.start_rollout", "ota.control_rollout", "ota.view_rollout"])
+    assert not alice.has_perm("ota.add_artifact")
+    assert not alice.has_usable_password()
+    assert ApiToken.objects.get(lookup=_parts(out.getvalue().strip())[0]).user == alice
+
+
+def test_a_ci_token_may_not_steer_rollouts(db: None) -> None:
+    call_command("api_token_create", "--user", "ci3", stdout=StringIO())
+    ci = User.objects.get(username="ci3")
+    assert ci.has_perm("ota.add_artifact")
+    assert not ci.has_perm("ota.start_rollout")
+    assert not ci.has_perm("ota.control_rollout")
