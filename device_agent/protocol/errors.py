@@ -45,3 +45,6 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     # Added by the control plane: a rollout's selection matches no device.
     EMPTY_SELECTION = "empty_selection"
+    # Added by the control plane: the API token's expiry has passed (HTTP 401); an
+    # operator makes a new one.
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a secret

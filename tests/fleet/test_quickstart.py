@@ -107,7 +107,17 @@ def test_quickstart_runs_the_whole_system(quickstart, tmp_path):  # type: ignore
     base, data, env = quickstart
     # the operator's token (the quick start prints the CI one; the operator makes their own)
     token = subprocess.run(
-        [sys.executable, "manage.py", "api_token_create", "--user", "operator", "--name", "t"],
+        [
+            sys.executable,
+            "manage.py",
+            "api_token_create",
+            "--user",
+            "operator",
+            "--name",
+            "t",
+            "--scope",
+            "fleet:read",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -172,3 +182,14 @@ def test_quickstart_runs_the_whole_system(quickstart, tmp_path):  # type: ignore
     # nothing in the logs warns about what is as it should be
     for log in (data / "logs").iterdir():
         assert "No hostname was supplied" not in log.read_text(), log.name
+
+    # what the running system wrote under var/ is the operator's alone; inside the
+    # owner-only var/, artifacts keep their group-readable mode and the simulated devices
+    # the modes an agent gives its applications (model slots, metrics socket)
+    assert (data.stat().st_mode & 0o777) == 0o700
+    wide = [
+        str(p.relative_to(data))
+        for p in data.rglob("*")
+        if p.stat().st_mode & 0o077 and p.relative_to(data).parts[0] not in {"artifacts", "devices"}
+    ]
+    assert wide == [], wide

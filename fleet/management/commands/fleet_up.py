@@ -15,6 +15,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from device_agent.config import CONFIG_FILE, AgentConfig
+from fleet.auth import ROLES
 from fleet.devserver import Child, Supervisor, first_free_port, port_free
 from fleet.enrollment import enrollment_token_create
 from fleet.management.commands.broker import mosquitto_binary
@@ -127,6 +128,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # Everything the quick start and its children write under the data directory
+        # (keys, logs, queue, device state, the CI token) is for this user only.
+        os.umask(0o077)
         data = Path(settings.FLEET_DATA_DIR)
         call_command("migrate", interactive=False, verbosity=0)
         call_command("tuf_init", if_missing=True)
@@ -149,9 +153,12 @@ class Command(BaseCommand):
             )
         token = _secret_file(
             ci_dir / "token",
-            lambda: api_token_create(user=ci_user_get_or_create(username="ci"), name="quickstart")[
-                1
-            ],
+            lambda: api_token_create(
+                user=ci_user_get_or_create(username="ci"),
+                name="quickstart",
+                scopes=ROLES["ci"],  # publish kws, open draft rollouts of it
+                model_names=["kws"],
+            )[1],
         )
 
         port = int(options["port"])
