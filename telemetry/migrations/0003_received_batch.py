@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("fleet", "0010_deviceevent_event_id"),
+        ("fleet", "0011_deviceevent_event_id"),
         ("telemetry", "0002_sample_ts_index"),
     ]
 

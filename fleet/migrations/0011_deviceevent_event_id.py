@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("fleet", "0009_desired_outbox"),
+        ("fleet", "0010_api_token_scopes"),
     ]
 
     operations = [
