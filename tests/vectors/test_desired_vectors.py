@@ -11,7 +11,7 @@ import base64
 import hashlib
 import importlib.util
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -94,6 +94,8 @@ def python_decision(vector: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
         director_key=load_public_key_pem(DOCUMENT["director_key"]),
         models_dir=tmp_path / "models",
         now=now,
+        # Both clients bound issued_at by the same skew in these vectors.
+        max_issued_ahead=timedelta(seconds=DOCUMENT["limits"]["c_max_skew_s"]),
         tuf=lambda: AgreeingTuf(_targets(envelope)),
     )
     outcome = evaluate(envelope, ctx, store)

@@ -17,6 +17,7 @@ static const char *const NAMES[FO_CODE_COUNT] = {
     "wrong_device",
     "replayed_command",
     "command_expired",
+    "issued_in_future",
     "director_image_mismatch",
     "invalid_target_path",
     "download_failed",

@@ -249,9 +249,12 @@ void fo_desired_evaluate(uint8_t *buf, size_t len, const fo_key_t *key,
         if (ctx->has_trusted_time && ctx->last_trusted_us > now) {
             now = ctx->last_trusted_us;
         }
-        if (d->expires_at_us <= now ||
-            d->issued_at_us > now + (int64_t)FLEET_OTA_MAX_SKEW_S * 1000000) {
+        if (d->expires_at_us <= now) {
             reject(out, FO_COMMAND_EXPIRED, d->seq);
+            return;
+        }
+        if (d->issued_at_us > now + (int64_t)FLEET_OTA_MAX_SKEW_S * 1000000) {
+            reject(out, FO_ISSUED_IN_FUTURE, d->seq);
             return;
         }
     }
