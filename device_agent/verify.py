@@ -5,7 +5,9 @@ Two independent signatures must agree before anything is installed:
 1. the director's: the DSSE envelope verifies with the pinned `trust/director.pem`
    (signature_invalid, malformed, payload_too_large), names this device
    (wrong_device), has a seq above the last accepted one (replayed_command) and has
-   not expired against max(clock, last trusted time) (command_expired);
+   not expired against max(clock, last trusted time) (command_expired), and was
+   not issued further ahead of the clock than the config allows (issued_in_future:
+   its issued_at becomes the trusted time, which must not leap ahead);
 2. the image repository's: for each model entry that would change the device, a
    TUF `ngclient.Updater` bootstrapped from the pinned `trust/root.json` refreshes
    and looks the target up. It must exist and agree with the director on sha256,
@@ -26,7 +28,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -77,6 +79,8 @@ class VerifyContext:
     director_key: ec.EllipticCurvePublicKey
     models_dir: Path
     now: datetime
+    # How far issued_at may be ahead of `now`; None: no bound (no trustworthy clock).
+    max_issued_ahead: timedelta | None = None
     # Called at most once per envelope, only when some model needs TUF.
     tuf: Callable[[], TargetLookup]
 
@@ -255,6 +259,14 @@ def check_envelope(
             f"now is {trusted_now:%Y-%m-%dT%H:%M:%SZ}",
             seq=desired.seq,
         )
+    # After expiry: a stale command is stale whatever this clock says.
+    if ctx.max_issued_ahead is not None and desired.issued_at > ctx.now + ctx.max_issued_ahead:
+        raise Refused(
+            ErrorCode.ISSUED_IN_FUTURE,
+            f"issued at {desired.issued_at:%Y-%m-%dT%H:%M:%SZ}, more than "
+            f"{ctx.max_issued_ahead.total_seconds():g}s ahead of this device's clock",
+            seq=desired.seq,
+        )
     return desired
 
 
@@ -311,13 +323,30 @@ def check_target(
     return fmt, target_floor, selftest_json
 
 
-def _needs_install(entry: ModelTarget, store: AgentStore, slots: ModelSlots) -> bool:
+def _live_bytes(entry: ModelTarget, store: AgentStore, slots: ModelSlots) -> bool:
+    """Whether the live slot already holds the entry's bytes (same sha256)."""
     record = store.models.get(entry.name)
     installed = record.installed if record else None
-    return not (
+    return (
         installed is not None
         and installed.sha256 == entry.sha256
         and slots.current() is installed.slot
+    )
+
+
+def _needs_install(entry: ModelTarget, store: AgentStore, slots: ModelSlots) -> bool:
+    return not _live_bytes(entry, store, slots)
+
+
+def _relabels(entry: ModelTarget, store: AgentStore, slots: ModelSlots) -> bool:
+    """The live bytes published again under another version or release counter (the
+    same file re-published): a job that only records the new version, no download."""
+    record = store.models.get(entry.name)
+    installed = record.installed if record else None
+    return (
+        installed is not None
+        and _live_bytes(entry, store, slots)
+        and (installed.version, installed.release_counter) != (entry.version, entry.release_counter)
     )
 
 
@@ -341,7 +370,8 @@ def evaluate(envelope: bytes, ctx: VerifyContext, store: AgentStore) -> Outcome:
     lookup_error: Refused | None = None
     for entry in desired.models:
         slots = ModelSlots(ctx.models_dir, entry.name)
-        if not _needs_install(entry, store, slots):
+        relabel = _relabels(entry, store, slots)
+        if not relabel and not _needs_install(entry, store, slots):
             continue
         try:
             if not entry.path.startswith(f"models/{entry.name}/"):
@@ -378,6 +408,7 @@ def evaluate(envelope: bytes, ctx: VerifyContext, store: AgentStore) -> Outcome:
                 )
             )
             continue
+        live = slots.current()
         jobs.append(
             Job(
                 seq=seq,
@@ -385,8 +416,9 @@ def evaluate(envelope: bytes, ctx: VerifyContext, store: AgentStore) -> Outcome:
                 format=fmt,
                 floor=floor,
                 selftest=selftest,
-                slot=slots.inactive(),
-                previous_slot=slots.current(),
+                slot=live if relabel and live is not None else slots.inactive(),
+                previous_slot=live,
+                relabel=relabel,
             )
         )
     return Accepted(

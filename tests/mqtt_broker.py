@@ -98,12 +98,8 @@ class MosquittoBroker:
             self.process.stderr.close()
         self.process = None
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def kill(self) -> None:
-        """SIGKILL: a crash. What the broker did not save yet is gone."""
+        """SIGKILL: what was not autosaved is lost, as in a crash."""
         if self.process is None:
             return
         self.process.kill()
@@ -111,6 +107,10 @@ class MosquittoBroker:
         if self.process.stderr:
             self.process.stderr.close()
         self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
     def pause(self) -> None:
         """SIGSTOP: the broker holds its connections but answers nothing until resume()."""

@@ -21,6 +21,9 @@ class ErrorCode(StrEnum):
     WRONG_DEVICE = "wrong_device"
     REPLAYED_COMMAND = "replayed_command"
     COMMAND_EXPIRED = "command_expired"
+    # A desired state issued further ahead of the device's clock than it allows
+    # (max_issued_ahead_s); the agent tries it again as its clock moves on.
+    ISSUED_IN_FUTURE = "issued_in_future"
     DIRECTOR_IMAGE_MISMATCH = "director_image_mismatch"
     INVALID_TARGET_PATH = "invalid_target_path"
     DOWNLOAD_FAILED = "download_failed"
@@ -40,3 +43,8 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     # Added by the control plane: the requested object does not exist.
     NOT_FOUND = "not_found"
+    # Added by the control plane: a rollout's selection matches no device.
+    EMPTY_SELECTION = "empty_selection"
+    # Added by the control plane: the API token's expiry has passed (HTTP 401); an
+    # operator makes a new one.
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a secret

@@ -48,6 +48,7 @@ class Bridge:
             queue_size=config.queue_size,
             batch_size=config.batch_size,
             seen_flush_seconds=config.seen_flush_seconds,
+            confirm=self.connection.confirm_events,
         )
         self.outbox = Outbox(
             publisher=self.connection,

@@ -34,6 +34,7 @@ from device_agent.state import (
     Staged,
     StageFailed,
     Status,
+    Superseded,
     Swap,
     SwapFailed,
     Swapped,
@@ -68,6 +69,7 @@ SAMPLE_EVENTS = {
     TrialFailed: TrialFailed(code=ErrorCode.HEALTH_CHECK_FAILED, detail="self-test"),
     TrialTimedOut: TrialTimedOut(detail="slow"),
     RolledBack: RolledBack(),
+    Superseded: Superseded(),
     Continue: Continue(),
     Recover: Recover(),
 }
@@ -103,6 +105,7 @@ VALID = {
     (Status.TRIAL, TrialFailed): (Status.ROLLING_BACK, [RollBack]),
     (Status.TRIAL, TrialTimedOut): (Status.ROLLING_BACK, [RollBack]),
     (Status.ROLLING_BACK, RolledBack): (Status.ROLLED_BACK, [Discard, Report, PublishState]),
+    (Status.DOWNLOADING, Superseded): (Status.IDLE, []),
     (Status.COMMITTED, Continue): (Status.IDLE, []),
     (Status.FAILED, Continue): (Status.IDLE, []),
     (Status.ROLLED_BACK, Continue): (Status.IDLE, []),
@@ -149,11 +152,14 @@ INVALID = [
 
 
 @pytest.mark.parametrize(("status", "event_type"), INVALID, ids=str)
-def test_invalid_event_is_refused_and_changes_nothing(status: Status, event_type: type) -> None:
-    state = in_state(status)
-    with pytest.raises(InvalidTransition):
-        next_step(state, SAMPLE_EVENTS[event_type])
-    assert state == in_state(status)  # frozen: nothing could have changed it
+def test_invalid_event_is_refused_naming_the_event_and_the_state(
+    status: Status, event_type: type
+) -> None:
+    # (the state is frozen; that the agent keeps it, journal included, is
+    # test_agent_runner.py's test_an_invalid_event_leaves_state_and_journal_alone)
+    with pytest.raises(InvalidTransition) as refused:
+        next_step(in_state(status), SAMPLE_EVENTS[event_type])
+    assert str(refused.value) == f"{event_type.__name__} is not valid in state {status}"
 
 
 def test_the_invalid_list_covers_everything_else() -> None:

@@ -23,6 +23,7 @@ from agent_harness import REPO, agent_cli, agent_env
 from agent_http import Behaviour, file_server
 from agent_models import chain_onnx
 from paho.mqtt.enums import CallbackAPIVersion
+from service_check import require_module
 
 from device_agent.config import AgentConfig
 from device_agent.metrics_client import report
@@ -42,7 +43,7 @@ class Template:
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     """An agent directory with an ONNX kws 1.0.0 committed (rollout r-1, no arm)."""
-    pytest.importorskip("onnxruntime")
+    require_module("onnxruntime", "pip install -e '.[dev]' (deploy/dev/venv.sh)")
     v1 = Release("1.0.0", 1, chain_onnx(4), fmt="onnx")
     device = Device(tmp_path_factory.mktemp("telemetry") / "template")
     device.tuf = FakeTuf([v1])
@@ -249,11 +250,12 @@ def test_the_server_bridge_and_ingest_store_what_the_agent_sends(agent: Running)
             assert outcome.result == "accepted", outcome
         ingest.flush()
 
-    # then every metric of every sample is a row, tagged as the agent sent it
+    # then every metric of every sample is a row, tagged as the agent sent it (a phased
+    # rollout's one arm is stored under its name, main)
     rows = Sample.objects.filter(device=device)
     assert rows.count() == 40 * 31
     assert set(rows.values_list("model", "version", "rollout_id", "arm").distinct()) == {
-        ("kws", "1.0.0", "r-1", "")
+        ("kws", "1.0.0", "r-1", "main")
     }
     assert sorted(rows.filter(metric="seq").values_list("value", flat=True)) == [
         float(i) for i in range(40)
