@@ -14,8 +14,16 @@ from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from device_agent.protocol.errors import ErrorCode
-from device_agent.protocol.messages import SEGMENT_RE, SEMVER_RE, TOKEN_RE
+from device_agent.protocol.identifiers import (
+    ARM_NAME,
+    DEVICE_ID,
+    GROUP_NAME,
+    HARDWARE,
+    TAG_NAME,
+    VERSION,
+)
 from fleet.errors import ServiceError
+from fleet.identifiers import identifier_check, identifiers_check
 
 PHASED_ARM = "main"
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -127,11 +135,8 @@ class Arm:
     def from_dict(cls, obj: object, what: str) -> Self:
         data = _mapping(obj, what)
         _only(data, what, {"name", "version", "weight", "baseline"})
-        name, version = data.get("name"), data.get("version")
-        if not isinstance(name, str) or TOKEN_RE.fullmatch(name) is None:
-            raise _bad(f"{what}.name must match {TOKEN_RE.pattern}")
-        if not isinstance(version, str) or SEMVER_RE.fullmatch(version) is None:
-            raise _bad(f"{what}.version must be a semver version")
+        name = identifier_check(ARM_NAME, data.get("name"), field=f"{what}.name")
+        version = identifier_check(VERSION, data.get("version"), field=f"{what}.version")
         baseline = data.get("baseline", False)
         if not isinstance(baseline, bool):
             raise _bad(f"{what}.baseline must be true or false")
@@ -184,9 +189,9 @@ class Selection:
         selection = cls(
             groups=_strings(data.get("groups"), "selection.groups"),
             dynamic_groups=_strings(data.get("dynamic_groups"), "selection.dynamic_groups"),
-            devices=_strings(data.get("devices"), "selection.devices", TOKEN_RE),
+            devices=_strings(data.get("devices"), "selection.devices", DEVICE_ID.regex),
             tags=_strings(data.get("tags"), "selection.tags"),
-            hardware=_strings(data.get("hardware"), "selection.hardware", SEGMENT_RE),
+            hardware=_strings(data.get("hardware"), "selection.hardware"),
             all=everything,
         )
         sources = selection.groups or selection.dynamic_groups or selection.devices
@@ -197,6 +202,18 @@ class Selection:
             # rollout: the whole fleet has to be asked for.
             raise _bad("the selection is empty: name groups, tags, hardware, devices or all")
         return selection
+
+    def identifiers_check(self) -> None:
+        """Refuse names outside their alphabets (invalid_identifier), for a new selection.
+
+        Not part of from_dict: a stored selection may name a group or hardware from
+        before these rules (manage.py identifiers_check lists them) and must still parse.
+        """
+        identifiers_check(GROUP_NAME, self.groups, field="selection.groups[]")
+        identifiers_check(GROUP_NAME, self.dynamic_groups, field="selection.dynamic_groups[]")
+        identifiers_check(DEVICE_ID, self.devices, field="selection.devices[]")
+        identifiers_check(TAG_NAME, self.tags, field="selection.tags[]")
+        identifiers_check(HARDWARE, self.hardware, field="selection.hardware[]")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -25,7 +25,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from device_agent.protocol.errors import ErrorCode
+from device_agent.protocol.identifiers import MODEL_NAME
 from fleet.errors import ServiceError
+from fleet.identifiers import identifier_check
 from ota import rollout_selectors, rollouts
 from ota.models import Rollout, RolloutAuditEvent, RolloutDevice
 from ota.rollout_serializers import (
@@ -84,7 +86,10 @@ class RolloutListView(generics.ListCreateAPIView[Rollout]):
 
     def get_queryset(self) -> QuerySet[Rollout]:
         p = self.request.query_params
-        return rollout_selectors.rollout_list(model=p.get("model"), status=p.get("status"))
+        model = p.get("model")
+        if model:
+            identifier_check(MODEL_NAME, model, field="model")
+        return rollout_selectors.rollout_list(model=model, status=p.get("status"))
 
     @extend_schema(request=RolloutCreateSerializer, responses={201: RolloutSerializer})
     def post(self, request: Request) -> Response:

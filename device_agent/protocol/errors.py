@@ -40,3 +40,6 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     # Added by the control plane: the requested object does not exist.
     NOT_FOUND = "not_found"
+    # An identifier (model name, hardware, device id, group or tag name, rollout id...)
+    # outside its alphabet (device_agent/protocol/identifiers.py, docs/api.md).
+    INVALID_IDENTIFIER = "invalid_identifier"
