@@ -17,11 +17,10 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.api.serialization.json import JSONSerializer
 
+from device_agent.protocol import identifiers
+from device_agent.protocol.identifiers import IdentifierKind
 from ota.signing import KeyFileError, keypair_generate, signer_load
 
 RESERVED = {"version", "hardware", "format", "release_counter", "floor"}
@@ -259,7 +260,6 @@ def cmd_resign(args: argparse.Namespace) -> int:
 # --- rollouts -----------------------------------------------------------------------
 
 
-TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")  # the registry's tag names
 ROLLOUT_ACTIONS = ("start", "pause", "resume", "abort", "schedule", "unschedule", "promote")
 
 
@@ -293,12 +293,28 @@ def parse_stages(text: str) -> list[dict[str, float]]:
     return stages
 
 
+def identifier(kind: IdentifierKind) -> Callable[[str], str]:
+    """An argparse type: the server's rule for ``kind`` (exit status 2 before any request)."""
+    return kind.argument()
+
+
+def parse_artifact_file(text: str) -> str:
+    """The artifact's file name becomes the last segment of its target path."""
+    identifier(identifiers.FILENAME)(Path(text).name)
+    return text
+
+
 def parse_arm(text: str) -> dict[str, Any]:
     """``A=1.3.0:50``: arm name, version, weight (default 1)."""
     name, sep, rest = text.partition("=")
     version, colon, weight = rest.partition(":")
     if not sep or not name or not version:
         raise argparse.ArgumentTypeError(f"arm {text!r}: NAME=VERSION[:WEIGHT], e.g. B=1.4.0:50")
+    for kind, value in ((identifiers.ARM_NAME, name), (identifiers.VERSION, version)):
+        if not kind.is_valid(value):
+            raise argparse.ArgumentTypeError(
+                f"arm {text!r}: {value!r} is not a {kind.name}: {kind.rule()}"
+            )
     arm: dict[str, Any] = {"name": name, "version": version}
     if colon:
         try:
@@ -310,14 +326,6 @@ def parse_arm(text: str) -> dict[str, Any]:
         if not arm["weight"] > 0:
             raise argparse.ArgumentTypeError(f"arm {text!r}: the weight must be above 0")
     return arm
-
-
-def parse_tag(text: str) -> str:
-    if TAG_RE.fullmatch(text) is None:
-        raise argparse.ArgumentTypeError(
-            f"tag {text!r}: a device tag such as cam or site:berlin ({TAG_RE.pattern})"
-        )
-    return text
 
 
 def parse_json_option(text: str) -> dict[str, Any]:
@@ -515,23 +523,32 @@ def _rollout_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     actions = rollout.add_subparsers(dest="rollout_command", required=True)
 
     create = actions.add_parser("create", parents=[output], help="create a rollout (a draft)")
-    create.add_argument("--model", required=True)
+    create.add_argument("--model", required=True, type=identifier(identifiers.MODEL_NAME))
     create.add_argument(
         "--strategy", choices=["phased", "ab"], help="default: phased, or ab with --arm"
     )
-    create.add_argument("--version", help="phased: the version to deploy")
+    create.add_argument(
+        "--version", type=identifier(identifiers.VERSION), help="phased: the version to deploy"
+    )
     create.add_argument(
         "--arm", action="append", default=[], type=parse_arm, metavar="NAME=VERSION[:WEIGHT]"
     )
-    create.add_argument("--baseline", help="A/B: the arm the others are compared with")
+    create.add_argument(
+        "--baseline",
+        type=identifier(identifiers.ARM_NAME),
+        help="A/B: the arm the others are compared with",
+    )
     create.add_argument(
         "--stages", type=parse_stages, metavar="PERCENT:BAKE,...", help="e.g. 1:10,10:30,100:0"
     )
-    create.add_argument("--group", action="append", default=[])
-    create.add_argument("--dynamic-group", action="append", default=[])
-    create.add_argument("--device", action="append", default=[])
-    create.add_argument("--tag", action="append", default=[], type=parse_tag)
-    create.add_argument("--hardware", action="append", default=[])
+    for option, kind in (
+        ("--group", identifiers.GROUP_NAME),
+        ("--dynamic-group", identifiers.GROUP_NAME),
+        ("--device", identifiers.DEVICE_ID),
+        ("--tag", identifiers.TAG_NAME),
+        ("--hardware", identifiers.HARDWARE),
+    ):
+        create.add_argument(option, action="append", default=[], type=identifier(kind))
     create.add_argument("--all", action="store_true", help="the whole fleet")
     create.add_argument("--policy", type=parse_json_option, metavar="JSON|@FILE")
     create.add_argument("--rate", type=float, help="policy.rate_per_minute")
@@ -546,22 +563,27 @@ def _rollout_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     create.set_defaults(func=cmd_rollout_create)
 
     listing = actions.add_parser("list", parents=[output], help="rollouts, newest first")
-    listing.add_argument("--model")
+    listing.add_argument("--model", type=identifier(identifiers.MODEL_NAME))
     listing.add_argument("--status")
     listing.add_argument("--limit", type=int, default=50)
     listing.set_defaults(func=cmd_rollout_list)
 
     show = actions.add_parser("show", parents=[output], help="one rollout")
-    show.add_argument("id")
+    show.add_argument("id", type=identifier(identifiers.ROLLOUT_ID))
     show.add_argument("--audit", action="store_true", help="with its audit trail")
     show.set_defaults(func=cmd_rollout_show)
 
     for action in ROLLOUT_ACTIONS:
         command = actions.add_parser(action, parents=[output], help=f"{action} a rollout")
-        command.add_argument("id")
+        command.add_argument("id", type=identifier(identifiers.ROLLOUT_ID))
         command.add_argument("--reason", default="", required=action == "abort")
         if action == "promote":
-            command.add_argument("--arm", required=True, help="the winning arm")
+            command.add_argument(
+                "--arm",
+                required=True,
+                type=identifier(identifiers.ARM_NAME),
+                help="the winning arm",
+            )
         if action == "schedule":
             command.add_argument("--starts-at", help="ISO 8601: the engine starts it then")
         command.set_defaults(func=cmd_rollout_action, action=action)
@@ -574,18 +596,18 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--out", required=True)
     keygen.set_defaults(func=cmd_keygen)
     publish = sub.add_parser("publish", help="sign and upload a model artifact")
-    publish.add_argument("file")
-    publish.add_argument("--name", required=True)
-    publish.add_argument("--version", required=True)
-    publish.add_argument("--hardware", required=True)
-    publish.add_argument("--format", required=True)
+    publish.add_argument("file", type=parse_artifact_file)
+    publish.add_argument("--name", required=True, type=identifier(identifiers.MODEL_NAME))
+    publish.add_argument("--version", required=True, type=identifier(identifiers.VERSION))
+    publish.add_argument("--hardware", required=True, type=identifier(identifiers.HARDWARE))
+    publish.add_argument("--format", required=True, type=identifier(identifiers.ARTIFACT_FORMAT))
     publish.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
     publish.add_argument("--release-counter", type=int, default=0)
     publish.add_argument("--floor", type=int, default=0)
     publish.add_argument("--expires-days", type=int, default=365)
     publish.set_defaults(func=cmd_publish)
     resign = sub.add_parser("resign", help="re-sign the model's metadata (key rotation)")
-    resign.add_argument("--name", required=True)
+    resign.add_argument("--name", required=True, type=identifier(identifiers.MODEL_NAME))
     resign.add_argument("--expires-days", type=int, default=365)
     resign.set_defaults(func=cmd_resign)
     _rollout_parser(sub)

@@ -9,7 +9,9 @@ Every pattern is ASCII-only and used with `fullmatch` (a `$` anchor would let a
 trailing newline through; `\\d` and `str.isdigit()` accept non-ASCII digits).
 """
 
+import argparse
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from device_agent.protocol.errors import ErrorCode
@@ -60,6 +62,17 @@ class IdentifierKind:
         if not self.is_valid(value):
             raise InvalidIdentifier(self, field, value)
         return value  # type: ignore[return-value]  # is_valid: a str
+
+    def argument(self) -> Callable[[str], str]:
+        """An argparse ``type=``: a bad value is a usage error (exit status 2)."""
+
+        def parse(text: str) -> str:
+            if not self.is_valid(text):
+                raise argparse.ArgumentTypeError(f"{text!r} is not a {self.name}: {self.rule()}")
+            return text
+
+        parse.__name__ = self.name
+        return parse
 
 
 class InvalidIdentifier(ProtocolError):
