@@ -77,7 +77,7 @@ class AgentConfig:
         for name, kind in (("device_id", DEVICE_ID), ("hardware", HARDWARE)):
             if not kind.is_valid(getattr(self, name)):
                 raise ConfigError(
-                    f"{name} {getattr(self, name)!r} is not a {kind.name} ({kind.rule()})"
+                    f"{name} {getattr(self, name)!r} is not a valid {kind.name} ({kind.rule()})"
                 )
         if not self.tuf_url.endswith("/"):
             object.__setattr__(self, "tuf_url", self.tuf_url + "/")

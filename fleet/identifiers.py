@@ -88,7 +88,7 @@ class IdentifierValidator:
         rule: IdentifierKind = getattr(identifiers, self.kind)
         if not rule.is_valid(value):
             raise DjangoValidationError(
-                f"not a {rule.name}: {rule.rule()}", code=ErrorCode.INVALID_IDENTIFIER.value
+                f"not a valid {rule.name}: {rule.rule()}", code=ErrorCode.INVALID_IDENTIFIER.value
             )
 
     def __eq__(self, other: object) -> bool:

@@ -313,7 +313,7 @@ def parse_arm(text: str) -> dict[str, Any]:
     for kind, value in ((identifiers.ARM_NAME, name), (identifiers.VERSION, version)):
         if not kind.is_valid(value):
             raise argparse.ArgumentTypeError(
-                f"arm {text!r}: {value!r} is not a {kind.name}: {kind.rule()}"
+                f"arm {text!r}: {value!r} is not a valid {kind.name}: {kind.rule()}"
             )
     arm: dict[str, Any] = {"name": name, "version": version}
     if colon:

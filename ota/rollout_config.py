@@ -21,6 +21,7 @@ from device_agent.protocol.identifiers import (
     HARDWARE,
     TAG_NAME,
     VERSION,
+    IdentifierKind,
 )
 from fleet.errors import ServiceError
 from fleet.identifiers import identifier_check, identifiers_check
@@ -72,11 +73,18 @@ def _choice(value: object, what: str, choices: Sequence[str]) -> str:
     return str(value)
 
 
-def _strings(value: object, what: str, pattern: re.Pattern[str] | None = None) -> tuple[str, ...]:
+def _strings(
+    value: object,
+    what: str,
+    pattern: re.Pattern[str] | None = None,
+    kind: IdentifierKind | None = None,
+) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list | tuple) or len(value) > MAX_SELECTION_ITEMS:
         raise _bad(f"{what} must be a list of at most {MAX_SELECTION_ITEMS} strings")
+    if kind is not None:
+        identifiers_check(kind, value, field=f"{what}[]")
     for item in value:
         if not isinstance(item, str) or not item or len(item) > 100:
             raise _bad(f"{what} must hold non-empty strings of at most 100 characters")
@@ -180,18 +188,31 @@ class Selection:
     all: bool = False
 
     @classmethod
-    def from_dict(cls, obj: object) -> Self:
+    def from_dict(cls, obj: object, *, new: bool = False) -> Self:
+        """Parse a selection; ``new`` (one being created) also applies the identifier
+        rules (invalid_identifier). A stored selection may name a group or hardware from
+        before those rules (manage.py identifiers_check lists them) and must still parse.
+        """
         data = _mapping(obj, "selection")
         _only(data, "selection", {"groups", "dynamic_groups", "devices", "tags", "hardware", "all"})
         everything = data.get("all", False)
         if not isinstance(everything, bool):
             raise _bad("selection.all must be true or false")
+
+        def names(key: str, kind: IdentifierKind) -> tuple[str, ...]:
+            return _strings(data.get(key), f"selection.{key}", kind=kind if new else None)
+
         selection = cls(
-            groups=_strings(data.get("groups"), "selection.groups"),
-            dynamic_groups=_strings(data.get("dynamic_groups"), "selection.dynamic_groups"),
-            devices=_strings(data.get("devices"), "selection.devices", DEVICE_ID.regex),
-            tags=_strings(data.get("tags"), "selection.tags"),
-            hardware=_strings(data.get("hardware"), "selection.hardware"),
+            groups=names("groups", GROUP_NAME),
+            dynamic_groups=names("dynamic_groups", GROUP_NAME),
+            devices=_strings(
+                data.get("devices"),
+                "selection.devices",
+                DEVICE_ID.regex,
+                DEVICE_ID if new else None,
+            ),
+            tags=names("tags", TAG_NAME),
+            hardware=names("hardware", HARDWARE),
             all=everything,
         )
         sources = selection.groups or selection.dynamic_groups or selection.devices
@@ -202,18 +223,6 @@ class Selection:
             # rollout: the whole fleet has to be asked for.
             raise _bad("the selection is empty: name groups, tags, hardware, devices or all")
         return selection
-
-    def identifiers_check(self) -> None:
-        """Refuse names outside their alphabets (invalid_identifier), for a new selection.
-
-        Not part of from_dict: a stored selection may name a group or hardware from
-        before these rules (manage.py identifiers_check lists them) and must still parse.
-        """
-        identifiers_check(GROUP_NAME, self.groups, field="selection.groups[]")
-        identifiers_check(GROUP_NAME, self.dynamic_groups, field="selection.dynamic_groups[]")
-        identifiers_check(DEVICE_ID, self.devices, field="selection.devices[]")
-        identifiers_check(TAG_NAME, self.tags, field="selection.tags[]")
-        identifiers_check(HARDWARE, self.hardware, field="selection.hardware[]")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

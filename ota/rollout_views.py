@@ -135,9 +135,9 @@ class _Action(APIView):
         raise NotImplementedError
 
     def post(self, request: Request, rollout_id: str) -> Response:
-        rollout = rollout_selectors.rollout_get(rollout_id)
         body = self.body_class(data=request.data)
         body.is_valid(raise_exception=True)
+        rollout = rollout_selectors.rollout_get(rollout_id)
         return _detail(self.act(request, rollout, body.validated_data))
 
 

@@ -68,7 +68,9 @@ class IdentifierKind:
 
         def parse(text: str) -> str:
             if not self.is_valid(text):
-                raise argparse.ArgumentTypeError(f"{text!r} is not a {self.name}: {self.rule()}")
+                raise argparse.ArgumentTypeError(
+                    f"{text!r} is not a valid {self.name}: {self.rule()}"
+                )
             return text
 
         parse.__name__ = self.name
@@ -79,7 +81,9 @@ class InvalidIdentifier(ProtocolError):
     """`field` holds something outside its kind's alphabet; `code` is the kind's code."""
 
     def __init__(self, kind: IdentifierKind, field: str, value: object) -> None:
-        super().__init__(kind.code, f"{field}: {brief(value)} is not a {kind.name} ({kind.rule()})")
+        super().__init__(
+            kind.code, f"{field}: {brief(value)} is not a valid {kind.name} ({kind.rule()})"
+        )
         self.kind = kind
         self.field = field
 

@@ -20,7 +20,7 @@ class Command(BaseCommand):
             found += 1
             self.stdout.write(
                 f"{violation.table} pk={violation.pk} {violation.field}={violation.value!r}: "
-                f"not a {violation.kind.name} ({violation.kind.rule()})"
+                f"not a valid {violation.kind.name} ({violation.kind.rule()})"
             )
         if found:
             raise CommandError(
