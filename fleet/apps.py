@@ -6,6 +6,6 @@ class FleetConfig(AppConfig):
     verbose_name = "Fleet"
 
     def ready(self) -> None:
-        from fleet.identifiers import path_converters_register
+        from fleet.path_converters import path_converters_register
 
         path_converters_register()

@@ -1,19 +1,17 @@
 """The identifier rules (``device_agent/protocol/identifiers.py``) in the control plane.
 
 One check raising ``ServiceError`` with the kind's stable code, a DRF field, Django
-model validators (the admin), URL path converters and JSON 400/404 handlers, so a bad
-identifier is refused the same way wherever it arrives: body, query string or URL.
+model validators (the admin) and JSON 400/404 handlers for the path converters
+(``fleet/path_converters.py``), so a bad identifier is refused the same way wherever it
+arrives: body, query string or URL.
 """
 
 from collections.abc import Iterable
 from typing import Any
 
-from django.core.exceptions import BadRequest
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import RegexValidator
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.urls import register_converter
-from django.urls.converters import get_converters
 from django.utils.deconstruct import deconstructible
 from django.views import defaults
 from rest_framework import serializers
@@ -22,6 +20,7 @@ from device_agent.protocol import identifiers
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.identifiers import IdentifierKind, InvalidIdentifier
 from fleet.errors import ServiceError
+from fleet.path_converters import InvalidPathIdentifier
 
 
 def identifier_check(kind: IdentifierKind, value: object, *, field: str) -> str:
@@ -110,60 +109,6 @@ class IdentifierListValidator(IdentifierValidator):
 
 
 # --- URLs -----------------------------------------------------------------------------
-
-
-class InvalidPathIdentifier(BadRequest):
-    """An identifier in the URL path outside its alphabet: a 400 from ``bad_request``."""
-
-    def __init__(self, exc: InvalidIdentifier) -> None:
-        super().__init__(exc.detail)
-        self.code = exc.code
-        self.detail = exc.detail
-
-
-class IdentifierConverter:
-    """A path converter taking any segment and refusing (400) one outside the alphabet.
-
-    The segment is matched loosely (no ``/``) so a bad id is answered with what is
-    wrong with it rather than a bare 404; a ValueError would only make Django try the
-    next pattern.
-    """
-
-    regex = "[^/]+"
-    kind: IdentifierKind
-
-    def to_python(self, value: str) -> str:
-        try:
-            return self.kind.check(value, field=self.kind.name)
-        except InvalidIdentifier as exc:
-            raise InvalidPathIdentifier(exc) from None
-
-    def to_url(self, value: str) -> str:
-        return value
-
-
-PATH_CONVERTERS: dict[str, IdentifierKind] = {
-    "model_name": identifiers.MODEL_NAME,
-    "version": identifiers.VERSION,
-    "device_id": identifiers.DEVICE_ID,
-    "group_name": identifiers.GROUP_NAME,
-    "rollout_id": identifiers.ROLLOUT_ID,
-    "reported_rollout_id": identifiers.REPORTED_ROLLOUT_ID,
-    "release_key_id": identifiers.RELEASE_KEY_ID,
-}
-
-
-def path_converters_register() -> None:
-    """Register ``<model_name:name>`` and the others (once; called by FleetConfig.ready)."""
-    registered = get_converters()
-    for name, kind in PATH_CONVERTERS.items():
-        if name not in registered:
-            converter = type(
-                f"{kind.name.title().replace(' ', '')}Converter",
-                (IdentifierConverter,),
-                {"kind": kind},
-            )
-            register_converter(converter, name)
 
 
 def _api_path(request: HttpRequest) -> bool:
