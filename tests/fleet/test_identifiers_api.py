@@ -20,7 +20,7 @@ from fleet.models import DesiredState, Device, DynamicGroup, EnrollmentToken, Gr
 from ota.models import Artifact, Model, Rollout, TufMetadata
 
 PROPERTY = settings(
-    max_examples=8,
+    max_examples=5,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -229,8 +229,9 @@ PATH_FIELDS: list[tuple[str, IdentifierKind, str, str]] = [
 
 
 @pytest.fixture
-def staff(db, kws):  # type: ignore[no-untyped-def]
-    """A superuser; model kws registered, device dev-1, group canary."""
+def staff(db, storage_dirs):  # type: ignore[no-untyped-def]
+    """A superuser; model kws (no TUF repository: not needed here), dev-1, group canary."""
+    Model.objects.create(name="kws")
     Device.objects.create(device_id="dev-1", hardware=HW)
     Group.objects.create(name="canary")
     client = Client()

@@ -11,7 +11,7 @@ from device_agent.protocol import identifiers
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.identifiers import KINDS, InvalidIdentifier, rollout_number
 
-PROPERTY = settings(max_examples=100, deadline=None, database=None)
+PROPERTY = settings(max_examples=50, deadline=None, database=None)
 ALLOWED_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:+-")
 
 
