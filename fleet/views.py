@@ -20,6 +20,7 @@ from device_agent.protocol.identifiers import (
     IdentifierKind,
 )
 from fleet import director, enrollment, registry, selectors
+from fleet.client_ip import client_ip
 from fleet.errors import ServiceError
 from fleet.identifiers import identifier_check
 from fleet.models import DesiredState, Device, DynamicGroup, Group
@@ -45,6 +46,14 @@ class ModelPermissions(permissions.DjangoModelPermissions):
         "GET": ["%(app_label)s.view_%(model_name)s"],
         "HEAD": ["%(app_label)s.view_%(model_name)s"],
     }
+
+
+class CanViewDevices(permissions.BasePermission):
+    """``fleet.view_device``, checked before the view looks anything up (ModelPermissions
+    calls ``get_queryset``, which answered ``not_found`` to callers without the right)."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return bool(request.user and request.user.has_perm("fleet.view_device"))
 
 
 class ByDeviceId(CursorPagination):
@@ -81,7 +90,7 @@ def _filter(kind: IdentifierKind, value: str | None, name: str) -> str | None:
 )
 class DeviceListView(generics.ListAPIView[Device]):
     serializer_class = DeviceSerializer
-    permission_classes = [ModelPermissions]
+    permission_classes = [CanViewDevices]
     pagination_class = ByDeviceId
     queryset = Device.objects.none()  # for the permission class
 
@@ -172,7 +181,7 @@ class DynamicGroupViewSet(viewsets.ModelViewSet[DynamicGroup]):
 
 class DynamicGroupDevicesView(generics.ListAPIView[Device]):
     serializer_class = DeviceSerializer
-    permission_classes = [ModelPermissions]
+    permission_classes = [CanViewDevices]
     pagination_class = ByDeviceId
     queryset = Device.objects.none()
 
@@ -219,7 +228,12 @@ class EnrollmentTokenView(APIView):
 
 
 class EnrollThrottle(AnonRateThrottle):
+    """Per client address, counted in the shared cache (settings.CACHES) by every worker."""
+
     rate = "60/min"
+
+    def get_ident(self, request: Request) -> str:
+        return client_ip(request)
 
 
 class EnrollView(APIView):

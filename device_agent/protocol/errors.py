@@ -40,6 +40,11 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     # Added by the control plane: the requested object does not exist.
     NOT_FOUND = "not_found"
+    # Added by the control plane: a rollout's selection matches no device.
+    EMPTY_SELECTION = "empty_selection"
+    # Added by the control plane: the API token's expiry has passed (HTTP 401); an
+    # operator makes a new one.
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a secret
     # An identifier (model name, hardware, device id, group or tag name, rollout id...)
     # outside its alphabet (device_agent/protocol/identifiers.py, docs/api.md).
     INVALID_IDENTIFIER = "invalid_identifier"

@@ -7,7 +7,7 @@ import fleet.identifiers
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("ota", "0007_rolloutdevice_in_flight"),
+        ("ota", "0010_rolloutdevice_tracked"),
     ]
 
     operations = [

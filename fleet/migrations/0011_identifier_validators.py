@@ -7,7 +7,7 @@ import fleet.identifiers
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("fleet", "0009_desired_outbox"),
+        ("fleet", "0010_api_token_scopes"),
     ]
 
     operations = [
