@@ -7,7 +7,7 @@ import fleet.identifiers
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("fleet", "0010_api_token_scopes"),
+        ("fleet", "0011_deviceevent_event_id"),
     ]
 
     operations = [
