@@ -87,3 +87,18 @@ def test_patterns_are_ascii_and_never_use_dollar_anchors():  # type: ignore[no-u
         for loose in ("$", "\\d", "\\w", "\\s"):
             assert loose not in kind.pattern
         assert kind.pattern.isascii()
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
+@settings(PROPERTY, max_examples=3000)
+@given(value=st.text(max_size=80) | st.binary(max_size=80).map(lambda b: b.decode("latin-1")))
+def test_fuzz_only_the_alphabet_passes(kind, value):  # type: ignore[no-untyped-def]
+    """The slow set (.ci/run, -m fuzz): arbitrary text against every rule."""
+    if kind.is_valid(value):
+        assert set(value) <= ALLOWED_CHARS
+        assert kind.regex.fullmatch(value)
+        assert "\n" not in value
+    else:
+        with pytest.raises(InvalidIdentifier):
+            kind.check(value, field="f")
