@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class FleetConfig(AppConfig):
     name = "fleet"
     verbose_name = "Fleet"
+
+    def ready(self) -> None:
+        from fleet.path_converters import path_converters_register
+
+        path_converters_register()

@@ -1,15 +1,15 @@
-import re
-
 from rest_framework import serializers
 
+from device_agent.protocol.identifiers import (
+    DEVICE_ID,
+    GROUP_NAME,
+    HARDWARE,
+    MODEL_NAME,
+    TAG_NAME,
+    VERSION,
+)
+from fleet.identifiers import IdentifierField
 from fleet.models import Device, DynamicGroup, Group, Tag
-
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-
-
-def _tag(value: str) -> None:
-    if not TAG_RE.match(value):
-        raise serializers.ValidationError(f"tag {value!r} must match {TAG_RE.pattern}")
 
 
 class DeviceSerializer(serializers.ModelSerializer[Device]):
@@ -43,26 +43,27 @@ class DeviceSerializer(serializers.ModelSerializer[Device]):
 
 
 class DeviceLabelsSerializer(serializers.Serializer[dict[str, object]]):
-    tags = serializers.ListField(
-        child=serializers.CharField(validators=[_tag]), required=False, max_length=64
-    )
-    groups = serializers.ListField(child=serializers.CharField(), required=False, max_length=64)
+    tags = serializers.ListField(child=IdentifierField(TAG_NAME), required=False, max_length=64)
+    groups = serializers.ListField(child=IdentifierField(GROUP_NAME), required=False, max_length=64)
 
 
 class GroupSerializer(serializers.ModelSerializer[Group]):
+    name = IdentifierField(GROUP_NAME)
+
     class Meta:
         model = Group
         fields = ["name", "description", "created_at"]
 
 
 class GroupMembersSerializer(serializers.Serializer[dict[str, object]]):
-    add = serializers.ListField(child=serializers.CharField(), default=list, max_length=10000)
-    remove = serializers.ListField(child=serializers.CharField(), default=list, max_length=10000)
+    add = serializers.ListField(child=IdentifierField(DEVICE_ID), default=list, max_length=10000)
+    remove = serializers.ListField(child=IdentifierField(DEVICE_ID), default=list, max_length=10000)
 
 
 class DynamicGroupSerializer(serializers.ModelSerializer[DynamicGroup]):
-    hardware = serializers.ListField(child=serializers.CharField(max_length=64), default=list)
-    tags = serializers.ListField(child=serializers.CharField(validators=[_tag]), default=list)
+    name = IdentifierField(GROUP_NAME)
+    hardware = serializers.ListField(child=IdentifierField(HARDWARE), default=list)
+    tags = serializers.ListField(child=IdentifierField(TAG_NAME), default=list)
 
     class Meta:
         model = DynamicGroup
@@ -75,21 +76,23 @@ class RevokeDeviceSerializer(serializers.Serializer[dict[str, object]]):
 
 class EnrollmentTokenRequestSerializer(serializers.Serializer[dict[str, object]]):
     hours = serializers.IntegerField(min_value=1, max_value=24 * 30, required=False)
-    hardware = serializers.CharField(max_length=64, required=False, default="")
-    group = serializers.CharField(max_length=100, required=False, allow_null=True, default=None)
+    hardware = IdentifierField(HARDWARE, required=False, default="", allow_blank=True)
+    group = IdentifierField(
+        GROUP_NAME, required=False, allow_null=True, allow_blank=True, default=None
+    )
 
 
 class EnrollRequestSerializer(serializers.Serializer[dict[str, object]]):
     token = serializers.CharField(max_length=200)
-    device_id = serializers.CharField(max_length=64)
-    hardware = serializers.RegexField(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    device_id = IdentifierField(DEVICE_ID)
+    hardware = IdentifierField(HARDWARE)
     csr = serializers.CharField(max_length=16 * 1024)
     agent_version = serializers.CharField(max_length=32, required=False, default="")
 
 
 class AssignmentSerializer(serializers.Serializer[dict[str, object]]):
-    model = serializers.CharField(max_length=64)
-    version = serializers.CharField(max_length=64)
+    model = IdentifierField(MODEL_NAME)
+    version = IdentifierField(VERSION)
 
 
 class DesiredRequestSerializer(serializers.Serializer[dict[str, object]]):

@@ -5,6 +5,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from fleet.health import healthz
 from ota import tuf_views
 
+# JSON errors under /api/ and /tuf/, including an identifier refused in the URL path.
+handler400 = "fleet.identifiers.bad_request"
+handler404 = "fleet.identifiers.page_not_found"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),

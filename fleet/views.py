@@ -12,9 +12,17 @@ from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
 from device_agent.protocol.errors import ErrorCode
+from device_agent.protocol.identifiers import (
+    DEVICE_ID,
+    GROUP_NAME,
+    HARDWARE,
+    TAG_NAME,
+    IdentifierKind,
+)
 from fleet import director, enrollment, registry, selectors
 from fleet.client_ip import client_ip
 from fleet.errors import ServiceError
+from fleet.identifiers import identifier_check
 from fleet.models import DesiredState, Device, DynamicGroup, Group
 from fleet.serializers import (
     DesiredRequestSerializer,
@@ -65,6 +73,11 @@ def _bool(value: str | None) -> bool | None:
     raise ServiceError(ErrorCode.MALFORMED, f"{value!r} is not a boolean")
 
 
+def _filter(kind: IdentifierKind, value: str | None, name: str) -> str | None:
+    """An optional identifier filter from the query string ("" or absent: no filter)."""
+    return identifier_check(kind, value, field=name) if value else None
+
+
 @extend_schema(
     parameters=[
         OpenApiParameter("hardware", str),
@@ -84,12 +97,12 @@ class DeviceListView(generics.ListAPIView[Device]):
     def get_queryset(self) -> QuerySet[Device]:
         p = self.request.query_params
         return selectors.device_list(
-            hardware=p.get("hardware"),
-            tags=p.getlist("tag"),
-            group=p.get("group"),
+            hardware=_filter(HARDWARE, p.get("hardware"), "hardware"),
+            tags=[identifier_check(TAG_NAME, t, field="tag") for t in p.getlist("tag")],
+            group=_filter(GROUP_NAME, p.get("group"), "group"),
             online=_bool(p.get("online")),
             revoked=_bool(p.get("revoked")),
-            prefix=p.get("q"),
+            prefix=_filter(DEVICE_ID, p.get("q"), "q"),  # a prefix of a device id is one
         ).prefetch_related("tags", "groups")
 
 
@@ -138,6 +151,7 @@ class GroupViewSet(viewsets.ModelViewSet[Group]):
     permission_classes = [ModelPermissions]
     queryset = Group.objects.order_by("name")
     lookup_field = "name"
+    lookup_value_converter = "group_name"
 
 
 class GroupMembersView(APIView):
@@ -162,6 +176,7 @@ class DynamicGroupViewSet(viewsets.ModelViewSet[DynamicGroup]):
     permission_classes = [ModelPermissions]
     queryset = DynamicGroup.objects.order_by("name")
     lookup_field = "name"
+    lookup_value_converter = "group_name"
 
 
 class DynamicGroupDevicesView(generics.ListAPIView[Device]):

@@ -5,14 +5,16 @@ from typing import Any
 
 from rest_framework import serializers
 
+from device_agent.protocol.identifiers import ARM_NAME, MODEL_NAME, VERSION
+from fleet.identifiers import IdentifierField
 from ota.models import Rollout, RolloutAuditEvent, RolloutDevice, RolloutStrategy
 from ota.rollout_selectors import rollout_progress
 
 
 class RolloutCreateSerializer(serializers.Serializer[dict[str, Any]]):
-    model = serializers.CharField(max_length=64)
+    model = IdentifierField(MODEL_NAME)
     strategy = serializers.ChoiceField(choices=RolloutStrategy.choices, default="phased")
-    version = serializers.CharField(max_length=64, required=False, default="")
+    version = IdentifierField(VERSION, required=False, default="", allow_blank=True)
     arms = serializers.JSONField(required=False, default=None)
     stages = serializers.JSONField(required=False, default=None)
     selection = serializers.JSONField()
@@ -39,7 +41,7 @@ class RolloutActionSerializer(serializers.Serializer[dict[str, Any]]):
 
 
 class RolloutPromoteSerializer(RolloutActionSerializer):
-    arm = serializers.CharField(max_length=64)
+    arm = IdentifierField(ARM_NAME)
 
 
 class RolloutSerializer(serializers.ModelSerializer[Rollout]):

@@ -26,8 +26,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from device_agent.protocol.errors import ErrorCode
+from device_agent.protocol.identifiers import MODEL_NAME
 from fleet.auth import token_model_check
 from fleet.errors import ServiceError
+from fleet.identifiers import identifier_check
 from ota import rollout_selectors, rollouts
 from ota.models import Rollout, RolloutAuditEvent, RolloutDevice
 from ota.rollout_serializers import (
@@ -86,7 +88,10 @@ class RolloutListView(generics.ListCreateAPIView[Rollout]):
 
     def get_queryset(self) -> QuerySet[Rollout]:
         p = self.request.query_params
-        return rollout_selectors.rollout_list(model=p.get("model"), status=p.get("status"))
+        model = p.get("model")
+        if model:
+            identifier_check(MODEL_NAME, model, field="model")
+        return rollout_selectors.rollout_list(model=model, status=p.get("status"))
 
     @extend_schema(request=RolloutCreateSerializer, responses={201: RolloutSerializer})
     def post(self, request: Request) -> Response:
@@ -133,10 +138,10 @@ class _Action(APIView):
         raise NotImplementedError
 
     def post(self, request: Request, rollout_id: str) -> Response:
-        rollout = rollout_selectors.rollout_get(rollout_id)
-        token_model_check(request.user, rollout.model.name)
         body = self.body_class(data=request.data)
         body.is_valid(raise_exception=True)
+        rollout = rollout_selectors.rollout_get(rollout_id)
+        token_model_check(request.user, rollout.model.name)
         return _detail(self.act(request, rollout, body.validated_data))
 
 

@@ -48,3 +48,6 @@ class ErrorCode(StrEnum):
     # Added by the control plane: the API token's expiry has passed (HTTP 401); an
     # operator makes a new one.
     TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a secret
+    # An identifier (model name, hardware, device id, group or tag name, rollout id...)
+    # outside its alphabet (device_agent/protocol/identifiers.py, docs/api.md).
+    INVALID_IDENTIFIER = "invalid_identifier"

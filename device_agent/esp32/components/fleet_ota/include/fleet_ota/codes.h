@@ -42,6 +42,7 @@ typedef enum {
     FO_NOT_FOUND,
     FO_EMPTY_SELECTION,
     FO_TOKEN_EXPIRED,
+    FO_INVALID_IDENTIFIER,
     FO_CODE_COUNT
 } fo_code_t;
 
