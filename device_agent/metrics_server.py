@@ -11,8 +11,8 @@ the bounded backlog). A PUBACK only says the broker has a message (after a broke
 restart the bridge may not have subscribed yet, and the broker drops it), so each
 payload carries a random `batch_id` and is held (`telemetry.Unconfirmed`, in memory)
 and sent again, the same bytes, until the server names it on `acks`; the server stores
-a payload once however often it comes. Counters are written to metrics-stats.json for `fleet-agent
-status`. Nothing an application sends can stop this thread: each datagram is judged on
+a payload once however often it comes. Counters are written to metrics-stats.json for
+`fleet-agent status`. Nothing an application sends can stop this thread: each datagram is judged on
 its own, and an unexpected error is logged and counted, never raised.
 """
 
@@ -55,6 +55,9 @@ STATS_INTERVAL_S = 5.0
 IDLE_S = 0.5
 # At most this many datagrams per socket before the thread looks at its batches again.
 READ_BURST = 256
+# Confirmed ids waiting for the thread at most (beyond, more are ignored: each costs only
+# one more send of its batch).
+MAX_WAITING_CONFIRMATIONS = 10_000
 
 
 class TelemetryOut(Protocol):
@@ -276,11 +279,13 @@ class MetricsService:
         try:
             ack = parse_acks(payload)
         except ProtocolError as exc:
-            log.warning("ignored a malformed acks message: %s", exc)
+            # DEBUG: the event delivery, which reads every acks message too, warns.
+            log.debug("ignored a malformed acks message: %s", exc)
             return
         if ack.batch_ids:
             with self._lock:
-                self._confirmations.extend(ack.batch_ids)
+                if len(self._confirmations) < MAX_WAITING_CONFIRMATIONS:
+                    self._confirmations.extend(ack.batch_ids)
 
     def on_connected(self) -> None:
         """After a (re)connection (paho's thread): what is unconfirmed goes again soon."""
