@@ -15,6 +15,7 @@ from device_agent.protocol.errors import ErrorCode
 from fleet import director, enrollment, registry, selectors
 from fleet.errors import ServiceError
 from fleet.models import DesiredState, Device, DynamicGroup, Group
+from fleet.pagination import ByName
 from fleet.serializers import (
     DesiredRequestSerializer,
     DeviceLabelsSerializer,
@@ -129,6 +130,7 @@ class GroupViewSet(viewsets.ModelViewSet[Group]):
     permission_classes = [ModelPermissions]
     queryset = Group.objects.order_by("name")
     lookup_field = "name"
+    pagination_class = ByName
 
 
 class GroupMembersView(APIView):
@@ -153,6 +155,7 @@ class DynamicGroupViewSet(viewsets.ModelViewSet[DynamicGroup]):
     permission_classes = [ModelPermissions]
     queryset = DynamicGroup.objects.order_by("name")
     lookup_field = "name"
+    pagination_class = ByName
 
 
 class DynamicGroupDevicesView(generics.ListAPIView[Device]):

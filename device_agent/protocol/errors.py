@@ -40,3 +40,9 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     # Added by the control plane: the requested object does not exist.
     NOT_FOUND = "not_found"
+    # Added by the control plane: the HTTP method is not allowed on this path.
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    # Added by the control plane: too many requests; retry after the Retry-After header.
+    THROTTLED = "throttled"
+    # Added by the control plane: a server fault (HTTP 5xx); the request may be retried.
+    INTERNAL = "internal"

@@ -1,0 +1,111 @@
+"""A small fleet with at least two rows behind every list of the REST API, for the API's
+list and schema tests (importable from any test module: tests/ is on sys.path)."""
+
+import hashlib
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from fleet.models import Device, DynamicGroup, Group
+from fleet.registry import device_labels_set
+from fleet.services import api_token_create, ci_user_get_or_create
+from ota import rollouts
+from ota.models import Artifact, Model, Rollout
+from telemetry.models import Granularity, Rollup, Sample
+
+HW = "linux-x86_64-fp32"
+
+
+@dataclass
+class Seeded:
+    operator_token: str
+    ci_token: str
+    rollouts: list[Rollout]
+
+
+def _artifact(model: Model, version: str, by: User) -> Artifact:
+    path = f"models/{model.name}/{version}/{HW}/model.onnx"
+    major, minor, patch = (int(p) for p in version.split("."))
+    return Artifact.objects.create(
+        model=model,
+        version=version,
+        hardware=HW,
+        format="onnx",
+        release_counter=major * 100 + minor * 10 + patch,
+        target_path=path,
+        sha256=hashlib.sha256(path.encode()).hexdigest(),
+        length=1000,
+        storage_key=path,
+        published_by=by,
+        metadata_version=1,
+    )
+
+
+def api_seed() -> Seeded:
+    """Two or more of everything; rollout ``rollouts[0]`` is started (it has devices)."""
+    operator = User.objects.create_superuser("operator", "op@example.com", "pw-long-123456")
+    ci = ci_user_get_or_create(username="ci")
+    for name in ("kws", "vad"):
+        model = Model.objects.create(name=name, description=f"{name} model")
+        for version in ("1.0.0", "1.1.0"):
+            _artifact(model, version, ci)
+    Device.objects.bulk_create(
+        [Device(device_id=f"dev-{i:03d}", hardware=HW, online=i % 2 == 0) for i in range(4)]
+    )
+    for name in ("canary", "lab"):
+        Group.objects.create(name=name, description=f"the {name} devices")
+        DynamicGroup.objects.create(name=f"{name}-x86", hardware=[HW], tags=[])
+    for device in Device.objects.all():
+        device_labels_set(device=device, tags=["cam"], groups=["canary", "lab"])
+    made = [
+        rollouts.rollout_create(
+            model_name=name,
+            strategy="phased",
+            version="1.1.0",
+            stages=[{"percent": 50, "bake_minutes": 1}, {"percent": 100}],
+            selection={"all": True},
+            by=operator,
+        )
+        for name in ("kws", "vad")
+    ]
+    started = rollouts.rollout_start(rollout=made[0], by=operator, reason="seed")
+    rollouts.rollout_pause(rollout=started, by=operator, reason="seed")
+    now = timezone.now().replace(microsecond=0)
+    device = Device.objects.get(device_id="dev-000")
+    for i in range(2):
+        Sample.objects.create(
+            device=device,
+            ts=now - timedelta(minutes=i + 1),
+            model="kws",
+            version="1.1.0",
+            rollout_id=started.public_id,
+            arm="main",
+            metric="latency_ms",
+            value=10.0 + i,
+        )
+        Rollup.objects.create(
+            bucket_seconds=Granularity.MINUTE,
+            bucket_start=now - timedelta(minutes=i + 1),
+            model="kws",
+            version="1.1.0",
+            rollout_id=started.public_id,
+            arm="main",
+            metric="latency_ms",
+            count=1,
+            sum=10.0,
+            sum_squares=100.0,
+            mean=10.0,
+            min=10.0,
+            max=10.0,
+            p50=10.0,
+            p95=10.0,
+            p99=10.0,
+            computed_at=now,
+        )
+    return Seeded(
+        operator_token=api_token_create(user=operator, name="operator")[1],
+        ci_token=api_token_create(user=ci, name="ci")[1],
+        rollouts=[started, made[1]],
+    )
