@@ -6,7 +6,8 @@ from collections.abc import Callable
 from django.http import HttpRequest
 from django.http.response import HttpResponse, HttpResponseBase
 
-from fleet.errors import code_for_status, error_body
+from device_agent.protocol.errors import ErrorCode
+from fleet.errors import code_for_status, error_body, error_json_response
 
 
 def wants_html(request: HttpRequest) -> bool:
@@ -54,3 +55,21 @@ class ErrorEnvelopeMiddleware:
         response.content = json.dumps(error_body(code, detail)).encode()
         response["Content-Type"] = "application/json"
         return response
+
+
+class RejectNulMiddleware:
+    """A NUL character in the path or query string is a 400: no identifier or filter has
+    one, and PostgreSQL refuses it in a query (a 500 from whichever view passed it on)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        if "\x00" in request.path or any(
+            "\x00" in key or any("\x00" in value for value in values)
+            for key, values in request.GET.lists()
+        ):
+            return error_json_response(
+                ErrorCode.MALFORMED, "NUL characters are not allowed in a URL", 400
+            )
+        return self.get_response(request)

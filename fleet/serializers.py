@@ -1,10 +1,33 @@
 import re
+from datetime import UTC, datetime
+from typing import Any
 
 from rest_framework import serializers
 
 from fleet.models import Device, DynamicGroup, Group, Tag
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+# Bounds of what the API takes (docs/api.md).
+MAX_DESCRIPTION_LENGTH = 2000
+MAX_LABELS = 64  # tags or groups of a device; hardware or tags of a dynamic group
+MAX_MEMBERS_CHANGE = 10_000
+# Times the API takes: a far-off year overflows date arithmetic (until - 1 h at year 1).
+MIN_DATETIME = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_DATETIME = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+class BoundedDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 time from 2000-01-01 to 2100-01-01 (UTC)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("help_text", "ISO 8601, from 2000-01-01 to 2100-01-01")
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, value: Any) -> datetime:
+        parsed = super().to_internal_value(value)
+        if not MIN_DATETIME <= parsed <= MAX_DATETIME:
+            raise serializers.ValidationError("must be from 2000-01-01 to 2100-01-01")
+        return parsed
 
 
 def _tag(value: str) -> None:
@@ -44,25 +67,46 @@ class DeviceSerializer(serializers.ModelSerializer[Device]):
 
 class DeviceLabelsSerializer(serializers.Serializer[dict[str, object]]):
     tags = serializers.ListField(
-        child=serializers.CharField(validators=[_tag]), required=False, max_length=64
+        child=serializers.CharField(max_length=64, validators=[_tag]),
+        required=False,
+        max_length=MAX_LABELS,
     )
-    groups = serializers.ListField(child=serializers.CharField(), required=False, max_length=64)
+    groups = serializers.ListField(
+        child=serializers.CharField(max_length=100), required=False, max_length=MAX_LABELS
+    )
 
 
 class GroupSerializer(serializers.ModelSerializer[Group]):
+    description = serializers.CharField(
+        max_length=MAX_DESCRIPTION_LENGTH, required=False, allow_blank=True
+    )
+
     class Meta:
         model = Group
         fields = ["name", "description", "created_at"]
 
 
 class GroupMembersSerializer(serializers.Serializer[dict[str, object]]):
-    add = serializers.ListField(child=serializers.CharField(), default=list, max_length=10000)
-    remove = serializers.ListField(child=serializers.CharField(), default=list, max_length=10000)
+    add = serializers.ListField(
+        child=serializers.CharField(max_length=64), default=list, max_length=MAX_MEMBERS_CHANGE
+    )
+    remove = serializers.ListField(
+        child=serializers.CharField(max_length=64), default=list, max_length=MAX_MEMBERS_CHANGE
+    )
 
 
 class DynamicGroupSerializer(serializers.ModelSerializer[DynamicGroup]):
-    hardware = serializers.ListField(child=serializers.CharField(max_length=64), default=list)
-    tags = serializers.ListField(child=serializers.CharField(validators=[_tag]), default=list)
+    description = serializers.CharField(
+        max_length=MAX_DESCRIPTION_LENGTH, required=False, allow_blank=True
+    )
+    hardware = serializers.ListField(
+        child=serializers.CharField(max_length=64), default=list, max_length=MAX_LABELS
+    )
+    tags = serializers.ListField(
+        child=serializers.CharField(max_length=64, validators=[_tag]),
+        default=list,
+        max_length=MAX_LABELS,
+    )
 
     class Meta:
         model = DynamicGroup

@@ -3,25 +3,167 @@ themselves is ``ota/rollout_config.py``'s, called by the service)."""
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from fleet.serializers import BoundedDateTimeField
+from ota import rollout_config as limits
 from ota.models import Rollout, RolloutAuditEvent, RolloutDevice, RolloutStrategy
+from ota.rollout_config import MAX_DESCRIPTION_LENGTH
 from ota.rollout_selectors import rollout_progress
+
+# --- the JSON documents' shapes, for the schema (ota/rollout_config.py validates them,
+# with the same bounds) ---------------------------------------------------------------
+
+_Doc = serializers.Serializer[dict[str, Any]]
+
+
+def _names(what: str, **kwargs: Any) -> serializers.ListField:
+    return serializers.ListField(
+        child=serializers.CharField(max_length=limits.MAX_SELECTION_ITEM_LENGTH, min_length=1),
+        max_length=limits.MAX_SELECTION_ITEMS,
+        required=False,
+        help_text=what,
+        **kwargs,
+    )
+
+
+class StageDoc(_Doc):
+    percent = serializers.FloatField(
+        min_value=0, max_value=100, help_text="devices with bucket < percent/100; above 0"
+    )
+    bake_minutes = serializers.FloatField(
+        min_value=0, max_value=limits.MAX_BAKE_MINUTES, required=False, default=0
+    )
+
+
+class ArmDoc(_Doc):
+    name = serializers.CharField(max_length=64)
+    version = serializers.CharField(max_length=64)
+    weight = serializers.FloatField(
+        min_value=0, max_value=limits.MAX_ARM_WEIGHT, required=False, help_text="above 0"
+    )
+    baseline = serializers.BooleanField(required=False)
+
+
+class SelectionDoc(_Doc):
+    groups = _names("static group names")
+    dynamic_groups = _names("dynamic group names")
+    devices = _names("device ids")
+    tags = _names("tags a device must all have")
+    hardware = _names("hardware targets, any of")
+    all = serializers.BooleanField(required=False, help_text="the whole fleet")
+
+
+class WindowDoc(_Doc):
+    days = serializers.ListField(
+        child=serializers.ChoiceField(choices=limits.DAYS), max_length=7, required=False
+    )
+    start = serializers.CharField(max_length=5, help_text="HH:MM")
+    end = serializers.CharField(max_length=5, help_text="HH:MM")
+    timezone = serializers.CharField(max_length=limits.MAX_TIMEZONE_LENGTH, required=False)
+
+
+class TelemetryGateDoc(_Doc):
+    metric = serializers.CharField(max_length=64)
+    statistic = serializers.ChoiceField(choices=limits.STATISTICS, required=False)
+    better = serializers.ChoiceField(choices=("lower", "higher"), required=False)
+    max_relative_change = serializers.FloatField(
+        min_value=0, max_value=limits.MAX_RELATIVE_CHANGE, required=False
+    )
+    alpha = serializers.FloatField(min_value=0, max_value=0.5, required=False)
+    min_devices = serializers.IntegerField(
+        min_value=3, max_value=limits.MAX_MIN_DEVICES, required=False
+    )
+    required = serializers.BooleanField(required=False)  # type: ignore[assignment]
+
+
+class PromotionDoc(_Doc):
+    mode = serializers.ChoiceField(choices=("operator", "auto"), required=False)
+    metric = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    statistic = serializers.ChoiceField(choices=limits.STATISTICS, required=False)
+    better = serializers.ChoiceField(choices=("lower", "higher"), required=False)
+    min_relative_change = serializers.FloatField(
+        min_value=0, max_value=limits.MAX_RELATIVE_CHANGE, required=False
+    )
+    alpha = serializers.FloatField(min_value=0, max_value=0.5, required=False)
+    min_devices = serializers.IntegerField(
+        min_value=3, max_value=limits.MAX_MIN_DEVICES, required=False
+    )
+    on_inconclusive = serializers.ChoiceField(choices=("wait", "baseline"), required=False)
+
+
+class PolicyDoc(_Doc):
+    on_breach = serializers.ChoiceField(choices=("pause", "abort"), required=False)
+    max_failure_rate = serializers.FloatField(min_value=0, max_value=1, required=False)
+    min_finished = serializers.IntegerField(min_value=1, max_value=limits.MAX_COUNT, required=False)
+    device_timeout_minutes = serializers.FloatField(
+        min_value=0, max_value=limits.MAX_DEVICE_TIMEOUT_MINUTES, required=False
+    )
+    retries = serializers.IntegerField(min_value=0, max_value=limits.MAX_RETRIES, required=False)
+    rate_per_minute = serializers.FloatField(
+        min_value=1, max_value=limits.MAX_RATE_PER_MINUTE, required=False
+    )
+    rate_growth_factor = serializers.FloatField(min_value=1, max_value=5, required=False)
+    rate_growth_every = serializers.IntegerField(
+        min_value=0, max_value=limits.MAX_COUNT, required=False
+    )
+    rate_growth_on = serializers.ChoiceField(choices=("succeeded", "notified"), required=False)
+    rate_max_per_minute = serializers.FloatField(
+        min_value=1, max_value=limits.MAX_RATE_PER_MINUTE, required=False
+    )
+    rate_burst = serializers.IntegerField(
+        min_value=1, max_value=limits.MAX_COUNT, required=False, allow_null=True
+    )
+    jitter = serializers.FloatField(min_value=0, max_value=0.9, required=False)
+    window = WindowDoc(required=False, allow_null=True)
+    telemetry_gates = serializers.ListField(
+        child=TelemetryGateDoc(), required=False, max_length=limits.MAX_TELEMETRY_GATES
+    )
+    promotion = PromotionDoc(required=False)
+
+
+@extend_schema_field(
+    serializers.ListField(child=StageDoc(), max_length=limits.MAX_STAGES, min_length=1)
+)
+class StagesField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(
+    serializers.ListField(child=ArmDoc(), max_length=limits.MAX_ARMS, min_length=2, allow_null=True)
+)
+class ArmsField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(SelectionDoc)
+class SelectionField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(PolicyDoc(allow_null=True))
+class PolicyField(serializers.JSONField):
+    pass
 
 
 class RolloutCreateSerializer(serializers.Serializer[dict[str, Any]]):
     model = serializers.CharField(max_length=64)
     strategy = serializers.ChoiceField(choices=RolloutStrategy.choices, default="phased")
     version = serializers.CharField(max_length=64, required=False, default="")
-    arms = serializers.JSONField(required=False, default=None)
-    stages = serializers.JSONField(required=False, default=None)
-    selection = serializers.JSONField()
-    policy = serializers.JSONField(required=False, default=None)
-    description = serializers.CharField(required=False, default="", allow_blank=True)
+    arms = ArmsField(required=False, default=None, help_text="A/B only: 2 or more arms")
+    stages = StagesField(
+        required=False, default=None, help_text="strictly increasing percents; default 100 %"
+    )
+    selection = SelectionField()
+    policy = PolicyField(required=False, default=None)
+    description = serializers.CharField(
+        required=False, default="", allow_blank=True, max_length=MAX_DESCRIPTION_LENGTH
+    )
     schedule = serializers.BooleanField(
         required=False, default=False, help_text="create it scheduled rather than draft"
     )
-    starts_at = serializers.DateTimeField(
+    starts_at = BoundedDateTimeField(
         required=False,
         default=None,
         allow_null=True,
@@ -30,7 +172,7 @@ class RolloutCreateSerializer(serializers.Serializer[dict[str, Any]]):
 
 
 class RolloutScheduleSerializer(serializers.Serializer[dict[str, Any]]):
-    starts_at = serializers.DateTimeField(required=False, default=None, allow_null=True)
+    starts_at = BoundedDateTimeField(required=False, default=None, allow_null=True)
     reason = serializers.CharField(required=False, default="", allow_blank=True, max_length=2000)
 
 

@@ -6,6 +6,7 @@ from typing import Any
 from rest_framework import serializers
 
 from device_agent.protocol.messages import METRIC_RE, TOKEN_RE
+from fleet.serializers import BoundedDateTimeField
 from telemetry.models import Granularity, Rollup, Sample
 
 # Django's RegexValidator searches: anchor the protocol's patterns.
@@ -19,7 +20,7 @@ def _finite(value: float) -> float | None:
 
 
 class DeviceSamplesQuery(serializers.Serializer[dict[str, Any]]):
-    since = serializers.DateTimeField(required=False)
+    since = BoundedDateTimeField(required=False)
     metric = serializers.RegexField(METRIC, required=False)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=5000, default=500)
 
@@ -30,15 +31,15 @@ class RollupsQuery(serializers.Serializer[dict[str, Any]]):
     granularity = serializers.ChoiceField(
         choices=Granularity.values, required=False, default=Granularity.MINUTE
     )
-    since = serializers.DateTimeField(required=False)
-    until = serializers.DateTimeField(required=False)
+    since = BoundedDateTimeField(required=False)
+    until = BoundedDateTimeField(required=False)
 
 
 class SummaryQuery(serializers.Serializer[dict[str, Any]]):
     metric = serializers.RegexField(METRIC)
     arm = serializers.ListField(child=serializers.RegexField(TOKEN), required=False, max_length=16)
-    since = serializers.DateTimeField(required=False)
-    until = serializers.DateTimeField(required=False)
+    since = BoundedDateTimeField(required=False)
+    until = BoundedDateTimeField(required=False)
     samples = serializers.IntegerField(required=False, min_value=0, max_value=10000, default=0)
 
 
