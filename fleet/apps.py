@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class FleetConfig(AppConfig):
     name = "fleet"
     verbose_name = "Fleet"
+
+    def ready(self) -> None:
+        from fleet import schema  # noqa: F401 - registers the Bearer token's OpenAPI scheme

@@ -54,6 +54,8 @@ class ErrorEnvelopeMiddleware:
         )
         response.content = json.dumps(error_body(code, detail)).encode()
         response["Content-Type"] = "application/json"
+        if response.has_header("Content-Length"):  # CommonMiddleware's, of the HTML page
+            response["Content-Length"] = str(len(response.content))
         return response
 
 

@@ -65,6 +65,20 @@ class DeviceSerializer(serializers.ModelSerializer[Device]):
         return obj.revoked_at is not None
 
 
+class DeviceListQuery(serializers.Serializer[dict[str, object]]):
+    hardware = serializers.CharField(max_length=64, required=False)
+    tag = serializers.ListField(
+        child=serializers.CharField(max_length=64),
+        required=False,
+        max_length=MAX_LABELS,
+        help_text="all of these tags",
+    )
+    group = serializers.CharField(max_length=100, required=False)
+    online = serializers.BooleanField(required=False, allow_null=True)
+    revoked = serializers.BooleanField(required=False, allow_null=True)
+    q = serializers.CharField(max_length=64, required=False, help_text="device id prefix")
+
+
 class DeviceLabelsSerializer(serializers.Serializer[dict[str, object]]):
     tags = serializers.ListField(
         child=serializers.CharField(max_length=64, validators=[_tag]),

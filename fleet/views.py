@@ -3,9 +3,8 @@
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import generics, permissions, status, viewsets
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle
@@ -15,10 +14,11 @@ from device_agent.protocol.errors import ErrorCode
 from fleet import director, enrollment, registry, selectors
 from fleet.errors import ServiceError
 from fleet.models import DesiredState, Device, DynamicGroup, Group
-from fleet.pagination import ByName
+from fleet.pagination import ByName, Cursor
 from fleet.serializers import (
     DesiredRequestSerializer,
     DeviceLabelsSerializer,
+    DeviceListQuery,
     DeviceSerializer,
     DynamicGroupSerializer,
     EnrollmentTokenRequestSerializer,
@@ -40,33 +40,11 @@ class ModelPermissions(permissions.DjangoModelPermissions):
     }
 
 
-class ByDeviceId(CursorPagination):
+class ByDeviceId(Cursor):
     ordering = "device_id"
-    page_size = 100
-    page_size_query_param = "page_size"
-    max_page_size = 1000
 
 
-def _bool(value: str | None) -> bool | None:
-    if value is None or value == "":
-        return None
-    if value.lower() in {"true", "1", "yes"}:
-        return True
-    if value.lower() in {"false", "0", "no"}:
-        return False
-    raise ServiceError(ErrorCode.MALFORMED, f"{value!r} is not a boolean")
-
-
-@extend_schema(
-    parameters=[
-        OpenApiParameter("hardware", str),
-        OpenApiParameter("tag", str, many=True),
-        OpenApiParameter("group", str),
-        OpenApiParameter("online", bool),
-        OpenApiParameter("revoked", bool),
-        OpenApiParameter("q", str, description="id prefix"),
-    ]
-)
+@extend_schema(parameters=[DeviceListQuery])
 class DeviceListView(generics.ListAPIView[Device]):
     serializer_class = DeviceSerializer
     permission_classes = [ModelPermissions]
@@ -74,13 +52,15 @@ class DeviceListView(generics.ListAPIView[Device]):
     queryset = Device.objects.none()  # for the permission class
 
     def get_queryset(self) -> QuerySet[Device]:
-        p = self.request.query_params
+        query = DeviceListQuery(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        p = query.validated_data
         return selectors.device_list(
             hardware=p.get("hardware"),
-            tags=p.getlist("tag"),
+            tags=p.get("tag", []),
             group=p.get("group"),
-            online=_bool(p.get("online")),
-            revoked=_bool(p.get("revoked")),
+            online=p.get("online"),
+            revoked=p.get("revoked"),
             prefix=p.get("q"),
         ).prefetch_related("tags", "groups")
 

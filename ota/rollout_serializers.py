@@ -3,12 +3,20 @@ themselves is ``ota/rollout_config.py``'s, called by the service)."""
 
 from typing import Any
 
+from django.core.validators import MaxLengthValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from fleet.serializers import BoundedDateTimeField
 from ota import rollout_config as limits
-from ota.models import Rollout, RolloutAuditEvent, RolloutDevice, RolloutStrategy
+from ota.models import (
+    Rollout,
+    RolloutAuditEvent,
+    RolloutDevice,
+    RolloutDeviceState,
+    RolloutStatus,
+    RolloutStrategy,
+)
 from ota.rollout_config import MAX_DESCRIPTION_LENGTH
 from ota.rollout_selectors import rollout_progress
 
@@ -123,16 +131,12 @@ class PolicyDoc(_Doc):
     promotion = PromotionDoc(required=False)
 
 
-@extend_schema_field(
-    serializers.ListField(child=StageDoc(), max_length=limits.MAX_STAGES, min_length=1)
-)
+@extend_schema_field(serializers.ListField(child=StageDoc(), allow_null=True))
 class StagesField(serializers.JSONField):
     pass
 
 
-@extend_schema_field(
-    serializers.ListField(child=ArmDoc(), max_length=limits.MAX_ARMS, min_length=2, allow_null=True)
-)
+@extend_schema_field(serializers.ListField(child=ArmDoc(), allow_null=True))
 class ArmsField(serializers.JSONField):
     pass
 
@@ -147,16 +151,35 @@ class PolicyField(serializers.JSONField):
     pass
 
 
+class _MaxItems(MaxLengthValidator):
+    """maxItems in the schema; ``rollout_config`` checks the document itself."""
+
+    message = "Ensure this list has at most %(limit_value)d items (it has %(show_value)d)."
+
+    def clean(self, x: Any) -> int:
+        return len(x) if isinstance(x, list) else 0
+
+
 class RolloutCreateSerializer(serializers.Serializer[dict[str, Any]]):
     model = serializers.CharField(max_length=64)
     strategy = serializers.ChoiceField(choices=RolloutStrategy.choices, default="phased")
     version = serializers.CharField(max_length=64, required=False, default="")
-    arms = ArmsField(required=False, default=None, help_text="A/B only: 2 or more arms")
+    arms = ArmsField(
+        required=False,
+        default=None,
+        allow_null=True,
+        help_text="A/B only: 2 or more arms",
+        validators=[_MaxItems(limits.MAX_ARMS)],
+    )
     stages = StagesField(
-        required=False, default=None, help_text="strictly increasing percents; default 100 %"
+        required=False,
+        default=None,
+        allow_null=True,
+        help_text="strictly increasing percents; default 100 %",
+        validators=[_MaxItems(limits.MAX_STAGES)],
     )
     selection = SelectionField()
-    policy = PolicyField(required=False, default=None)
+    policy = PolicyField(required=False, default=None, allow_null=True)
     description = serializers.CharField(
         required=False, default="", allow_blank=True, max_length=MAX_DESCRIPTION_LENGTH
     )
@@ -169,6 +192,16 @@ class RolloutCreateSerializer(serializers.Serializer[dict[str, Any]]):
         allow_null=True,
         help_text="with schedule: the engine starts it then (needs ota.start_rollout)",
     )
+
+
+class RolloutListQuery(serializers.Serializer[dict[str, Any]]):
+    model = serializers.CharField(max_length=64, required=False)
+    status = serializers.ChoiceField(choices=RolloutStatus.choices, required=False)
+
+
+class RolloutDevicesQuery(serializers.Serializer[dict[str, Any]]):
+    state = serializers.ChoiceField(choices=RolloutDeviceState.choices, required=False)
+    arm = serializers.CharField(max_length=64, required=False)
 
 
 class RolloutScheduleSerializer(serializers.Serializer[dict[str, Any]]):
@@ -234,9 +267,11 @@ class RolloutListSerializer(RolloutSerializer):
 class RolloutDeviceSerializer(serializers.ModelSerializer[RolloutDevice]):
     device = serializers.CharField(source="device.device_id", read_only=True)
     hardware = serializers.CharField(source="device.hardware", read_only=True)
-    version = serializers.CharField(source="artifact.version", read_only=True, default=None)
+    version = serializers.CharField(
+        source="artifact.version", read_only=True, default=None, allow_null=True
+    )
     previous_version = serializers.CharField(
-        source="previous_artifact.version", read_only=True, default=None
+        source="previous_artifact.version", read_only=True, default=None, allow_null=True
     )
 
     class Meta:

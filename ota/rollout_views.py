@@ -17,15 +17,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics, permissions, serializers, status
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from device_agent.protocol.errors import ErrorCode
 from fleet.errors import ServiceError
+from fleet.pagination import Cursor
 from ota import rollout_selectors, rollouts
 from ota.models import Rollout, RolloutAuditEvent, RolloutDevice
 from ota.rollout_serializers import (
@@ -33,6 +33,8 @@ from ota.rollout_serializers import (
     RolloutAuditEventSerializer,
     RolloutCreateSerializer,
     RolloutDeviceSerializer,
+    RolloutDevicesQuery,
+    RolloutListQuery,
     RolloutListSerializer,
     RolloutPromoteSerializer,
     RolloutScheduleSerializer,
@@ -46,14 +48,14 @@ START = "ota.start_rollout"
 CONTROL = "ota.control_rollout"
 
 
-class ByNewest(CursorPagination):
+class ByNewest(Cursor):
     ordering = "-id"
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
 
 
-class ById(CursorPagination):
+class ById(Cursor):
     ordering = "id"
     page_size = 100
     page_size_query_param = "page_size"
@@ -70,9 +72,7 @@ def _detail(rollout: Rollout, code: int = status.HTTP_200_OK) -> Response:
     return Response(RolloutSerializer(fresh).data, status=code)
 
 
-@extend_schema(
-    parameters=[OpenApiParameter("model", str), OpenApiParameter("status", str)],
-)
+@extend_schema_view(get=extend_schema(parameters=[RolloutListQuery]))
 class RolloutListView(generics.ListCreateAPIView[Rollout]):
     """List rollouts, or create one (draft, or scheduled with ``schedule``)."""
 
@@ -83,7 +83,9 @@ class RolloutListView(generics.ListCreateAPIView[Rollout]):
         return [has_perm(ADD if self.request.method == "POST" else VIEW)()]
 
     def get_queryset(self) -> QuerySet[Rollout]:
-        p = self.request.query_params
+        query = RolloutListQuery(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        p = query.validated_data
         return rollout_selectors.rollout_list(model=p.get("model"), status=p.get("status"))
 
     @extend_schema(request=RolloutCreateSerializer, responses={201: RolloutSerializer})
@@ -201,7 +203,7 @@ class RolloutPromoteView(_Action):
         )
 
 
-@extend_schema(parameters=[OpenApiParameter("state", str), OpenApiParameter("arm", str)])
+@extend_schema(parameters=[RolloutDevicesQuery])
 class RolloutDevicesView(generics.ListAPIView[RolloutDevice]):
     serializer_class = RolloutDeviceSerializer
     permission_classes = [has_perm(VIEW)]
@@ -209,7 +211,9 @@ class RolloutDevicesView(generics.ListAPIView[RolloutDevice]):
 
     def get_queryset(self) -> QuerySet[RolloutDevice]:
         rollout = rollout_selectors.rollout_get(self.kwargs["rollout_id"])
-        p = self.request.query_params
+        query = RolloutDevicesQuery(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        p = query.validated_data
         return rollout_selectors.rollout_devices(rollout, state=p.get("state"), arm=p.get("arm"))
 
 

@@ -175,7 +175,14 @@ def _versions(model: Model, version: str | None) -> list[dict[str, Any]]:
 class ArtifactDownloadView(APIView):
     permission_classes = [has_perm("ota.view_artifact")]
 
-    @extend_schema(responses={(200, "application/octet-stream"): bytes, 206: bytes, 302: None})
+    @extend_schema(
+        responses={
+            (200, "application/octet-stream"): bytes,
+            (206, "application/octet-stream"): bytes,
+            302: None,
+            416: None,
+        }
+    )
     def get(self, request: Request, pk: int) -> HttpResponseBase:
         return artifact_response(request, get_object_or_404(Artifact, pk=pk))
 

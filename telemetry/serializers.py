@@ -111,3 +111,26 @@ class MetricSummarySerializer(serializers.Serializer[Any]):
 
     def get_p99(self, obj: Any) -> float | None:
         return _finite(obj.p99)
+
+
+# --- response envelopes (as the views answer them) -----------------------------------
+
+
+class DeviceSamplesResponse(serializers.Serializer[Any]):
+    device_id = serializers.CharField()
+    samples = SampleSerializer(many=True)
+
+
+class RollupsResponse(serializers.Serializer[Any]):
+    rollout_id = serializers.CharField()
+    metric = serializers.CharField()
+    granularity = serializers.IntegerField()
+    buckets = RollupSerializer(many=True)
+
+
+class SummaryResponse(serializers.Serializer[Any]):
+    rollout_id = serializers.CharField()
+    metric = serializers.CharField()
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField(allow_null=True)
+    arms = serializers.DictField(child=MetricSummarySerializer(), help_text="by arm name")

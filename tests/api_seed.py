@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.contrib.auth.models import User
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
 from django.utils import timezone
 
 from fleet.models import Device, DynamicGroup, Group
@@ -25,8 +27,11 @@ class Seeded:
     rollouts: list[Rollout]
 
 
-def _artifact(model: Model, version: str, by: User) -> Artifact:
+def _artifact(model: Model, version: str, by: User, *, blob: bool) -> Artifact:
     path = f"models/{model.name}/{version}/{HW}/model.onnx"
+    data = path.encode().ljust(1000, b".")
+    if blob:
+        storages["artifacts"].save(path, ContentFile(data))
     major, minor, patch = (int(p) for p in version.split("."))
     return Artifact.objects.create(
         model=model,
@@ -35,7 +40,7 @@ def _artifact(model: Model, version: str, by: User) -> Artifact:
         format="onnx",
         release_counter=major * 100 + minor * 10 + patch,
         target_path=path,
-        sha256=hashlib.sha256(path.encode()).hexdigest(),
+        sha256=hashlib.sha256(data).hexdigest(),
         length=1000,
         storage_key=path,
         published_by=by,
@@ -43,14 +48,17 @@ def _artifact(model: Model, version: str, by: User) -> Artifact:
     )
 
 
-def api_seed() -> Seeded:
-    """Two or more of everything; rollout ``rollouts[0]`` is started (it has devices)."""
+def api_seed(*, artifact_storage: bool = False) -> Seeded:
+    """Two or more of everything; rollout ``rollouts[0]`` is started (it has devices).
+
+    With ``artifact_storage`` the artifacts' bytes are written to the artifact storage
+    (point it at the test's own directory first: the ``storage_dirs`` fixture)."""
     operator = User.objects.create_superuser("operator", "op@example.com", "pw-long-123456")
     ci = ci_user_get_or_create(username="ci")
     for name in ("kws", "vad"):
         model = Model.objects.create(name=name, description=f"{name} model")
         for version in ("1.0.0", "1.1.0"):
-            _artifact(model, version, ci)
+            _artifact(model, version, ci, blob=artifact_storage)
     Device.objects.bulk_create(
         [Device(device_id=f"dev-{i:03d}", hardware=HW, online=i % 2 == 0) for i in range(4)]
     )

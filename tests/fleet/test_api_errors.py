@@ -31,6 +31,8 @@ def staff(db) -> Client:  # type: ignore[no-untyped-def]
 def _error(response: Any, status: int, code: str) -> dict[str, str]:
     assert response.status_code == status, response.content[:300]
     assert response["Content-Type"] == "application/json"
+    if response.has_header("Content-Length"):  # a client reads this many bytes
+        assert int(response["Content-Length"]) == len(response.content)
     body = response.json()
     assert set(body) == {"error"}
     assert body["error"]["code"] == code
