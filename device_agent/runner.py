@@ -453,13 +453,15 @@ class Runner:
         if record.installed is not None and record.installed.slot is not job.slot:
             record.previous = record.installed
         target = job.target
+        live = record.installed
         record.installed = Installed(
             version=target.version,
             release_counter=target.release_counter,
             sha256=target.sha256,
             length=target.length,
             slot=job.slot,
-            filename=self._filename(job),
+            # A relabel keeps the file in place, under the name it was installed with.
+            filename=live.filename if job.relabel and live else self._filename(job),
             format=job.format,
             rollout_id=target.rollout_id,
             arm=target.arm,

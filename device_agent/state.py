@@ -18,6 +18,9 @@ crash re-issues them; every entry action is idempotent for that reason:
     rolled_back    Discard, report               (runner) Continue same again
     failed         Discard, report               (runner) Continue same again
 
+A job whose bytes are already live (`Job.relabel`: the same file published again under
+a new version) starts in `committed`: nothing to download, stage or try.
+
 Failures before the swap end in `failed` (nothing changed on the device); failures
 from the swap on end in `rolling_back -> rolled_back`. A swap whose trial never
 passed is never kept across a restart. `committed`, `failed` and `rolled_back` end
@@ -61,6 +64,10 @@ class Job:
     `format`, `floor` and `selftest` (JSON text or None) come from the TUF target's
     signed custom fields; `slot` is the inactive slot it is staged into and
     `previous_slot` the one `current` pointed at when the job was planned.
+
+    `relabel`: the live slot already holds these exact bytes (same sha256), published
+    under another version or release counter. Nothing is downloaded, staged or swapped:
+    the job commits the new version for the bytes in place (`slot` is the live one).
     """
 
     seq: int
@@ -70,6 +77,7 @@ class Job:
     selftest: str | None
     slot: Slot
     previous_slot: Slot | None
+    relabel: bool = False
 
     @property
     def model(self) -> str:
@@ -92,6 +100,7 @@ class Job:
             selftest=data["selftest"],
             slot=Slot(data["slot"]),
             previous_slot=None if previous is None else Slot(previous),
+            relabel=bool(data.get("relabel", False)),
         )
 
 
@@ -380,6 +389,10 @@ def _rejected(rejection: Rejection) -> Report:
 
 
 def _start(job: Job, pending: tuple[Job, ...]) -> Step:
+    if job.relabel:
+        # The live bytes are the target's: record its version, report it committed.
+        state = AgentState(status=Status.COMMITTED, job=job, pending=pending)
+        return state, _committed_actions(job)
     state = AgentState(status=Status.DOWNLOADING, job=job, pending=pending)
     return state, [_report(job, Phase.DOWNLOADING, progress=0), Download(job)]
 

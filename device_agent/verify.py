@@ -311,13 +311,30 @@ def check_target(
     return fmt, target_floor, selftest_json
 
 
-def _needs_install(entry: ModelTarget, store: AgentStore, slots: ModelSlots) -> bool:
+def _live_bytes(entry: ModelTarget, store: AgentStore, slots: ModelSlots) -> bool:
+    """Whether the live slot already holds the entry's bytes (same sha256)."""
     record = store.models.get(entry.name)
     installed = record.installed if record else None
-    return not (
+    return (
         installed is not None
         and installed.sha256 == entry.sha256
         and slots.current() is installed.slot
+    )
+
+
+def _needs_install(entry: ModelTarget, store: AgentStore, slots: ModelSlots) -> bool:
+    return not _live_bytes(entry, store, slots)
+
+
+def _relabels(entry: ModelTarget, store: AgentStore, slots: ModelSlots) -> bool:
+    """The live bytes published again under another version or release counter (the
+    same file re-published): a job that only records the new version, no download."""
+    record = store.models.get(entry.name)
+    installed = record.installed if record else None
+    return (
+        installed is not None
+        and _live_bytes(entry, store, slots)
+        and (installed.version, installed.release_counter) != (entry.version, entry.release_counter)
     )
 
 
@@ -341,7 +358,8 @@ def evaluate(envelope: bytes, ctx: VerifyContext, store: AgentStore) -> Outcome:
     lookup_error: Refused | None = None
     for entry in desired.models:
         slots = ModelSlots(ctx.models_dir, entry.name)
-        if not _needs_install(entry, store, slots):
+        relabel = _relabels(entry, store, slots)
+        if not relabel and not _needs_install(entry, store, slots):
             continue
         try:
             if not entry.path.startswith(f"models/{entry.name}/"):
@@ -378,6 +396,7 @@ def evaluate(envelope: bytes, ctx: VerifyContext, store: AgentStore) -> Outcome:
                 )
             )
             continue
+        live = slots.current()
         jobs.append(
             Job(
                 seq=seq,
@@ -385,8 +404,9 @@ def evaluate(envelope: bytes, ctx: VerifyContext, store: AgentStore) -> Outcome:
                 format=fmt,
                 floor=floor,
                 selftest=selftest,
-                slot=slots.inactive(),
-                previous_slot=slots.current(),
+                slot=live if relabel and live is not None else slots.inactive(),
+                previous_slot=live,
+                relabel=relabel,
             )
         )
     return Accepted(

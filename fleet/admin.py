@@ -19,8 +19,33 @@ from fleet.selectors import dynamic_group_devices
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
-    list_display = ["name", "user", "lookup", "created_at", "last_used_at", "revoked_at"]
-    readonly_fields = ["lookup", "secret_hash", "created_at", "last_used_at"]
+    """Scopes and models are fixed when a token is made (api_token_create); expiry and
+    revocation can be changed here."""
+
+    list_display = [
+        "name",
+        "user",
+        "lookup",
+        "scopes",
+        "model_names",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    list_filter = ["revoked_at", "expires_at"]
+    readonly_fields = [
+        "user",
+        "lookup",
+        "secret_hash",
+        "scopes",
+        "model_names",
+        "created_at",
+        "last_used_at",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # the clear token is shown once: create it with manage.py
 
 
 class CertificateInline(admin.TabularInline[DeviceCertificate, Device]):

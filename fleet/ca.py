@@ -50,7 +50,7 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def _creating(keys: Path) -> Iterator[None]:
     """Held while the CA is created: processes starting together (a fresh embedded start)
     create it one at a time, and the others then find it made."""
-    keys.mkdir(parents=True, exist_ok=True)
+    keys.mkdir(mode=0o700, parents=True, exist_ok=True)
     with (keys / ".fleet-ca.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

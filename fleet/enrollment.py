@@ -77,18 +77,23 @@ def _token_claim(raw: str) -> EnrollmentToken:
 def device_enroll(
     *, token: str, device_id: str, hardware: str, csr_pem: bytes, agent_version: str = ""
 ) -> Enrollment:
-    """Check the token and CSR, create the device and sign its certificate, all or nothing."""
-    if not is_valid_device_id(device_id):
-        raise ServiceError(ErrorCode.MALFORMED, "device_id must match [A-Za-z0-9_-]{1,64}")
-    try:
-        ca.csr_public_key(csr_pem)
-    except ca.CsrError as exc:
-        raise ServiceError(ErrorCode.MALFORMED, str(exc)) from None
-    root = ota_selectors.tuf_metadata_bytes("root", None)
-    if root is None:
-        raise ServiceError(ErrorCode.NOT_FOUND, "the TUF repository is not initialised")
+    """Check the token, then the CSR; create the device and sign its certificate, all or
+    nothing (a refusal leaves the token unused).
+
+    The token comes first so that a caller without one costs no X.509 parsing and learns
+    nothing about what else it sent.
+    """
     with transaction.atomic():
         claimed = _token_claim(token)
+        if not is_valid_device_id(device_id):
+            raise ServiceError(ErrorCode.MALFORMED, "device_id must match [A-Za-z0-9_-]{1,64}")
+        try:
+            ca.csr_public_key(csr_pem)
+        except ca.CsrError as exc:
+            raise ServiceError(ErrorCode.MALFORMED, str(exc)) from None
+        root = ota_selectors.tuf_metadata_bytes("root", None)
+        if root is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "the TUF repository is not initialised")
         if claimed.hardware and claimed.hardware != hardware:
             raise ServiceError(
                 ErrorCode.HW_MISMATCH,

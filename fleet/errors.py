@@ -114,7 +114,12 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if response is None:
         return None
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
-        code = ErrorCode.UNAUTHORIZED
+        # A refusal that names a code of ours keeps it (fleet.auth.TokenExpired).
+        code = (
+            ErrorCode(exc.default_code)
+            if exc.default_code in set(ErrorCode)
+            else ErrorCode.UNAUTHORIZED
+        )
         response.status_code = status.HTTP_401_UNAUTHORIZED
     elif isinstance(exc, exceptions.PermissionDenied):
         code = ErrorCode.FORBIDDEN

@@ -42,7 +42,7 @@ def create_key_once(path: Path) -> None:
     bridge, the Celery worker); a shared temporary name failed one writer's rename, a 500
     on the first enrollments.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     create_once(path, private_key_to_pem(generate_director_key()), mode=0o600)
 
 

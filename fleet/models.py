@@ -4,7 +4,11 @@ from django.db import models
 
 
 class ApiToken(models.Model):
-    """A bearer token for CI or a script, acting as its user; only a hash is stored."""
+    """A bearer token for CI or a script; only a hash is stored.
+
+    It acts as its user, limited to its scopes and, for the scopes that act on a model,
+    to ``model_names`` (``*``: every model); see fleet/auth.py and docs/security.md.
+    """
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
@@ -12,7 +16,14 @@ class ApiToken(models.Model):
     name = models.CharField(max_length=100)
     lookup = models.CharField(max_length=16, unique=True)
     secret_hash = models.CharField(max_length=64)
+    scopes = models.JSONField(
+        default=list, blank=True, help_text="publish, rollouts:create, rollouts:operate, fleet:read"
+    )
+    model_names = models.JSONField(
+        default=list, blank=True, help_text="models the token may act on; * for every model"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="empty: never")
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 

@@ -27,9 +27,11 @@ SAMPLES = Path(__file__).resolve().parents[1] / "deploy" / "dev" / "sample-model
 MODEL = "kws"
 HARDWARE = "linux-x86_64-fp32"
 FIRST, SECOND = "1.0.0", "1.1.0"
+# A stage of p % reaches ceil(p / 100 x N) devices: on the three simulated devices one,
+# two, then three (34 % would already be two of them).
 STAGES = [
-    {"percent": 34, "bake_minutes": 2},
-    {"percent": 67, "bake_minutes": 2},
+    {"percent": 33, "bake_minutes": 2},
+    {"percent": 66, "bake_minutes": 2},
     {"percent": 100},
 ]
 
@@ -107,7 +109,7 @@ def sample_seed(*, ci_env: dict[str, str], devices: list[str], timeout: float = 
         selection=selection,
         stages=STAGES,
         policy={"on_breach": "abort", "min_finished": 1},
-        description="quick start: a phased rollout, 34 % -> 67 % -> 100 %, 2 min bake",
+        description="quick start: a phased rollout, 33 % -> 66 % -> 100 %, 2 min bake",
         by=operator,
     )
     second = rollouts.rollout_start(rollout=second, by=operator, reason="quick-start sample")

@@ -77,12 +77,34 @@ FLEET_DATA_DIR = Path(_env("FLEET_DATA_DIR", str(BASE_DIR / "var"))).resolve()
 FLEET_KEYS_DIR = Path(_env("FLEET_KEYS_DIR", str(FLEET_DATA_DIR / "keys"))).resolve()
 
 
+def _private_dir(path: Path) -> None:
+    """Create the data directory owner-only: it holds the secret key, keys and the database.
+
+    An existing one of ours with a wider mode (an older quick start) is narrowed too.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        path.chmod(0o700)
+
+
+def _private_file(path: Path) -> None:
+    """Create an empty file owner-only before a library opens it with the umask's mode.
+
+    SQLite creates its journal and WAL files with the mode of the database file.
+    """
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        path.chmod(0o600)
+
+
 def _embedded_secret_key() -> str:
     # Generated once per data directory so sessions survive restarts; never in the repo.
     # Processes starting together (a fresh embedded start) may all create it: one wins.
     path = FLEET_DATA_DIR / "secret_key"
     if not path.exists():
-        FLEET_DATA_DIR.mkdir(parents=True, exist_ok=True)
+        _private_dir(FLEET_DATA_DIR)
         create_once(path, secrets.token_urlsafe(50).encode(), mode=0o600)
     return path.read_text().strip()
 
@@ -122,6 +144,7 @@ INSTALLED_APPS = [
     "fleet",
     "ota",
     "telemetry",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -134,6 +157,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a login refused during a lockout into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "fleet.urls"
@@ -167,7 +192,8 @@ if _database_url:
     if PRODUCTION and _db["ENGINE"] != "django.db.backends.postgresql":
         raise ImproperlyConfigured("FLEET_MODE=production needs a postgres:// DATABASE_URL.")
 else:
-    FLEET_DATA_DIR.mkdir(parents=True, exist_ok=True)
+    _private_dir(FLEET_DATA_DIR)
+    _private_file(FLEET_DATA_DIR / "fleet.sqlite3")
     _db = {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": FLEET_DATA_DIR / "fleet.sqlite3",
@@ -458,6 +484,44 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
+
+# Reverse proxies in front of the web server whose X-Forwarded-For entries are believed
+# (0: none, the client is REMOTE_ADDR). Login lockouts and the enrollment throttle count
+# per client address, so a wrong number lets a client choose its own (fleet/client_ip.py).
+FLEET_TRUSTED_PROXIES = _env_int("FLEET_TRUSTED_PROXIES", 0)
+REST_FRAMEWORK["NUM_PROXIES"] = FLEET_TRUSTED_PROXIES  # DRF's own throttles agree
+
+# Counters shared by every web worker (the enrollment throttle): Redis when
+# FLEET_CACHE_URL is set, else files under the data directory (one machine only).
+_cache_url = _env("FLEET_CACHE_URL")
+if _cache_url and not _cache_url.startswith(("redis://", "rediss://", "unix://")):
+    raise ImproperlyConfigured(f"FLEET_CACHE_URL={_cache_url!r}: use redis://HOST:6379/N.")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
+        if _cache_url
+        else {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(FLEET_DATA_DIR / "cache"),
+        }
+    )
+}
+
+# Password logins (the admin): django-axes counts failures per account and per client
+# address in the database, which every worker shares and the admin shows ("Access
+# attempts": delete a row to lift its lockout; `manage.py axes_reset`). Its backend comes
+# first, so a locked-out attempt is refused before any password is hashed.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = _env_int("FLEET_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=_env_int("FLEET_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_CLIENT_IP_CALLABLE = "fleet.client_ip.client_ip"
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 if PRODUCTION:

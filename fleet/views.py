@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 
 from device_agent.protocol.errors import ErrorCode
 from fleet import director, enrollment, registry, selectors
+from fleet.client_ip import client_ip
 from fleet.errors import ServiceError
 from fleet.models import DesiredState, Device, DynamicGroup, Group
 from fleet.pagination import ByName, Cursor
@@ -40,6 +41,14 @@ class ModelPermissions(permissions.DjangoModelPermissions):
     }
 
 
+class CanViewDevices(permissions.BasePermission):
+    """``fleet.view_device``, checked before the view looks anything up (ModelPermissions
+    calls ``get_queryset``, which answered ``not_found`` to callers without the right)."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return bool(request.user and request.user.has_perm("fleet.view_device"))
+
+
 class ByDeviceId(Cursor):
     ordering = "device_id"
 
@@ -47,7 +56,7 @@ class ByDeviceId(Cursor):
 @extend_schema(parameters=[DeviceListQuery])
 class DeviceListView(generics.ListAPIView[Device]):
     serializer_class = DeviceSerializer
-    permission_classes = [ModelPermissions]
+    permission_classes = [CanViewDevices]
     pagination_class = ByDeviceId
     queryset = Device.objects.none()  # for the permission class
 
@@ -140,7 +149,7 @@ class DynamicGroupViewSet(viewsets.ModelViewSet[DynamicGroup]):
 
 class DynamicGroupDevicesView(generics.ListAPIView[Device]):
     serializer_class = DeviceSerializer
-    permission_classes = [ModelPermissions]
+    permission_classes = [CanViewDevices]
     pagination_class = ByDeviceId
     queryset = Device.objects.none()
 
@@ -187,7 +196,12 @@ class EnrollmentTokenView(APIView):
 
 
 class EnrollThrottle(AnonRateThrottle):
+    """Per client address, counted in the shared cache (settings.CACHES) by every worker."""
+
     rate = "60/min"
+
+    def get_ident(self, request: Request) -> str:
+        return client_ip(request)
 
 
 class EnrollView(APIView):

@@ -9,8 +9,10 @@
 Configured by FLEET_URL, FLEET_TOKEN and FLEET_RELEASE_KEY (the release private key
 file). The release key never leaves CI: fleetctl fetches the model's current targets
 metadata, adds the new target, signs it and uploads metadata and bytes in one request.
-The rollout commands talk to the rollout API (docs/rollouts.md). Exit status: 0 done,
-1 refused by the server or unreachable (the API's error code is printed), 2 bad usage.
+The rollout commands talk to the rollout API (docs/rollouts.md). Every command takes
+--json to print JSON instead of text. Exit status: 0 done; 1 refused by the server (the
+API's error code is printed) or the server not reached (``unreachable``, ``timeout``,
+``connection_lost``); 2 bad usage.
 """
 
 import argparse
@@ -25,11 +27,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.api.serialization.json import JSONSerializer
+from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from ota.signing import KeyFileError, keypair_generate, signer_load
 
@@ -146,6 +150,60 @@ class Client:
         )
 
 
+def _server(exc: requests.RequestException) -> str:
+    """The server a failed request was for: scheme://host:port, else FLEET_URL."""
+    url = exc.request.url if exc.request is not None and exc.request.url else None
+    if url is None:
+        return os.environ.get("FLEET_URL", "").strip() or "FLEET_URL"
+    parts = urlsplit(str(url))
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a transport error, without urllib3's object reprs."""
+    reason: object = exc.args[0] if exc.args else exc
+    if isinstance(reason, MaxRetryError) and reason.reason is not None:
+        reason = reason.reason
+    text = str(reason)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if errno:
+        return errno.group(1).strip()
+    return re.sub(r"^<[^>]*>: ", "", text)[:200] or type(reason).__name__
+
+
+def transport_error(exc: requests.RequestException) -> CliError:
+    """A request that got no answer from the server, as a stable code.
+
+    ``unreachable``: no connection (refused, no such host, connect timeout, TLS handshake);
+    ``timeout``: connected, but no answer in time; ``connection_lost``: the connection
+    broke during the exchange; ``malformed``: FLEET_URL is not an http(s) URL.
+    """
+    server = _server(exc)
+    if isinstance(
+        exc,
+        requests.exceptions.InvalidURL
+        | requests.exceptions.MissingSchema
+        | requests.exceptions.InvalidSchema,
+    ):
+        return CliError("malformed", f"FLEET_URL must be http(s)://HOST[:PORT]: {exc}")
+    cause = exc.args[0] if exc.args else None
+    if isinstance(cause, MaxRetryError):
+        cause = cause.reason
+    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError) or isinstance(
+        cause, NewConnectionError
+    ):
+        return CliError(
+            "unreachable",
+            f"cannot reach the server at {server} ({_reason(exc)}): check FLEET_URL and "
+            "that the server is running",
+        )
+    if isinstance(exc, requests.Timeout):
+        return CliError("timeout", f"the server at {server} did not answer in time")
+    return CliError(
+        "connection_lost", f"the connection to the server at {server} broke: {_reason(exc)}"
+    )
+
+
 def file_digest(path: Path) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
@@ -202,8 +260,16 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     key = keypair_generate(out / "release.key", out / "release.pub")
-    print(f"wrote {out / 'release.key'} (keep it secret: CI only) and {out / 'release.pub'}")
-    print(f"keyid {key.keyid}")
+    written = {
+        "private_key": str(out / "release.key"),
+        "public_key": str(out / "release.pub"),
+        "keyid": key.keyid,
+    }
+    text = (
+        f"wrote {out / 'release.key'} (keep it secret: CI only) and {out / 'release.pub'}\n"
+        f"keyid {key.keyid}"
+    )
+    _print(args, written, text)
     return 0
 
 
@@ -239,9 +305,20 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 time.sleep(0.2 * attempt)
                 continue
             raise
-        print(json.dumps(artifact, indent=2))
+        _print(args, artifact, artifact_text(artifact))
         return 0
     return 1  # pragma: no cover - the loop returns or raises
+
+
+def artifact_text(artifact: dict[str, Any]) -> str:
+    """A published variant for people: what, where, and how to check it."""
+    return (
+        f"published {artifact.get('model')} {artifact.get('version')} for "
+        f"{artifact.get('hardware')} ({artifact.get('format')}), release counter "
+        f"{artifact.get('release_counter')}\n"
+        f"  target  {artifact.get('target_path')}\n"
+        f"  sha256  {artifact.get('sha256')}  {artifact.get('length')} bytes"
+    )
 
 
 def cmd_resign(args: argparse.Namespace) -> int:
@@ -252,7 +329,9 @@ def cmd_resign(args: argparse.Namespace) -> int:
         raise CliError("malformed", f"{args.name} has nothing published to re-sign")
     md = next_metadata(current, args.expires_days)
     sign(md, signer)
-    print(json.dumps(client.put_metadata(args.name, md)))
+    stored = client.put_metadata(args.name, md)
+    text = f"re-signed {args.name}: targets metadata version {stored.get('version')}"
+    _print(args, stored, text)
     return 0
 
 
@@ -508,58 +587,127 @@ def cmd_rollout_action(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rollout_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+ACTION_HELP = {
+    "start": "start a draft or scheduled rollout now (ota.start_rollout)",
+    "pause": "stop notifying new devices; those notified go on (ota.control_rollout)",
+    "resume": "resume a paused rollout, acknowledging its failures so far",
+    "abort": "abort and roll back every touched device (ota.control_rollout)",
+    "schedule": "move a draft to scheduled, optionally with a start time",
+    "unschedule": "move a scheduled rollout back to draft",
+    "promote": "A/B: re-target every device to the winning arm (ota.control_rollout)",
+}
+
+
+def _output() -> argparse.ArgumentParser:
+    """The option every command takes."""
     output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("--json", action="store_true", help="print the API's JSON")
-    rollout = sub.add_parser("rollout", help="create and steer rollouts")
+    output.add_argument(
+        "--json", action="store_true", help="print JSON (the API's answer) instead of text"
+    )
+    return output
+
+
+def _rollout_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    output = _output()
+    rollout = sub.add_parser(
+        "rollout", help="create and steer rollouts", description="Create and steer rollouts."
+    )
     actions = rollout.add_subparsers(dest="rollout_command", required=True)
 
     create = actions.add_parser("create", parents=[output], help="create a rollout (a draft)")
-    create.add_argument("--model", required=True)
+    create.add_argument("--model", required=True, help="the model to roll out, e.g. kws")
     create.add_argument(
         "--strategy", choices=["phased", "ab"], help="default: phased, or ab with --arm"
     )
     create.add_argument("--version", help="phased: the version to deploy")
     create.add_argument(
-        "--arm", action="append", default=[], type=parse_arm, metavar="NAME=VERSION[:WEIGHT]"
+        "--arm",
+        action="append",
+        default=[],
+        type=parse_arm,
+        metavar="NAME=VERSION[:WEIGHT]",
+        help="A/B: an arm, its version and weight (default 1); two to eight, repeatable",
     )
     create.add_argument("--baseline", help="A/B: the arm the others are compared with")
     create.add_argument(
-        "--stages", type=parse_stages, metavar="PERCENT:BAKE,...", help="e.g. 1:10,10:30,100:0"
+        "--stages",
+        type=parse_stages,
+        metavar="PERCENT:BAKE,...",
+        help="percent of the devices and minutes to bake, per stage, e.g. 1:10,10:30,100:0 "
+        "(default: one stage of 100 %%)",
     )
-    create.add_argument("--group", action="append", default=[])
-    create.add_argument("--dynamic-group", action="append", default=[])
-    create.add_argument("--device", action="append", default=[])
-    create.add_argument("--tag", action="append", default=[], type=parse_tag)
-    create.add_argument("--hardware", action="append", default=[])
-    create.add_argument("--all", action="store_true", help="the whole fleet")
-    create.add_argument("--policy", type=parse_json_option, metavar="JSON|@FILE")
-    create.add_argument("--rate", type=float, help="policy.rate_per_minute")
-    create.add_argument("--burst", type=int, help="policy.rate_burst")
-    create.add_argument("--on-breach", choices=["pause", "abort"])
-    create.add_argument("--max-failure-rate", type=float)
-    create.add_argument("--description", default="")
-    create.add_argument("--schedule", action="store_true", help="create it scheduled")
-    create.add_argument("--starts-at", help="ISO 8601: the engine starts it then")
-    create.add_argument("--start", action="store_true", help="start it now (operators)")
+    create.add_argument(
+        "--group", action="append", default=[], help="select a static group (repeatable)"
+    )
+    create.add_argument(
+        "--dynamic-group", action="append", default=[], help="select a dynamic group (repeatable)"
+    )
+    create.add_argument(
+        "--device", action="append", default=[], help="select a device by id (repeatable)"
+    )
+    create.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        type=parse_tag,
+        help="narrow to devices with this tag; several: all of them",
+    )
+    create.add_argument(
+        "--hardware",
+        action="append",
+        default=[],
+        help="narrow to devices of this hardware; several: any of them",
+    )
+    create.add_argument("--all", action="store_true", help="select the whole fleet")
+    create.add_argument(
+        "--policy",
+        type=parse_json_option,
+        metavar="JSON|@FILE",
+        help="policy fields as a JSON object, or @FILE holding one (docs/rollouts.md)",
+    )
+    create.add_argument("--rate", type=float, help="policy.rate_per_minute: devices a minute")
+    create.add_argument("--burst", type=int, help="policy.rate_burst: devices at once")
+    create.add_argument(
+        "--on-breach", choices=["pause", "abort"], help="policy.on_breach (default pause)"
+    )
+    create.add_argument(
+        "--max-failure-rate", type=float, help="policy.max_failure_rate (default 0.05)"
+    )
+    create.add_argument("--description", default="", help="free text shown with the rollout")
+    create.add_argument(
+        "--schedule", action="store_true", help="create it scheduled instead of a draft"
+    )
+    create.add_argument(
+        "--starts-at", help="ISO 8601 time at which the engine starts it (ota.start_rollout)"
+    )
+    create.add_argument(
+        "--start", action="store_true", help="start it now (needs ota.start_rollout)"
+    )
     create.add_argument("--reason", default="", help="with --start: the audit's reason")
     create.set_defaults(func=cmd_rollout_create)
 
     listing = actions.add_parser("list", parents=[output], help="rollouts, newest first")
-    listing.add_argument("--model")
-    listing.add_argument("--status")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--model", help="only this model's rollouts")
+    listing.add_argument("--status", help="only rollouts in this status, e.g. running")
+    listing.add_argument(
+        "--limit", type=int, default=50, help="at most this many (default 50, at most 500)"
+    )
     listing.set_defaults(func=cmd_rollout_list)
 
     show = actions.add_parser("show", parents=[output], help="one rollout")
-    show.add_argument("id")
+    show.add_argument("id", help="the rollout's id, e.g. r-12")
     show.add_argument("--audit", action="store_true", help="with its audit trail")
     show.set_defaults(func=cmd_rollout_show)
 
     for action in ROLLOUT_ACTIONS:
-        command = actions.add_parser(action, parents=[output], help=f"{action} a rollout")
-        command.add_argument("id")
-        command.add_argument("--reason", default="", required=action == "abort")
+        command = actions.add_parser(action, parents=[output], help=ACTION_HELP[action])
+        command.add_argument("id", help="the rollout's id, e.g. r-12")
+        command.add_argument(
+            "--reason",
+            default="",
+            required=action == "abort",
+            help="why, for the audit trail" + (" (required)" if action == "abort" else ""),
+        )
         if action == "promote":
             command.add_argument("--arm", required=True, help="the winning arm")
         if action == "schedule":
@@ -570,23 +718,57 @@ def _rollout_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetctl", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    keygen = sub.add_parser("keygen", help="make a release key pair")
-    keygen.add_argument("--out", required=True)
+    output = _output()
+    keygen = sub.add_parser("keygen", parents=[output], help="make a release key pair")
+    keygen.add_argument(
+        "--out", required=True, help="directory for release.key (secret) and release.pub"
+    )
     keygen.set_defaults(func=cmd_keygen)
-    publish = sub.add_parser("publish", help="sign and upload a model artifact")
-    publish.add_argument("file")
-    publish.add_argument("--name", required=True)
-    publish.add_argument("--version", required=True)
-    publish.add_argument("--hardware", required=True)
-    publish.add_argument("--format", required=True)
-    publish.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
-    publish.add_argument("--release-counter", type=int, default=0)
-    publish.add_argument("--floor", type=int, default=0)
-    publish.add_argument("--expires-days", type=int, default=365)
+    publish = sub.add_parser("publish", parents=[output], help="sign and upload a model artifact")
+    publish.add_argument("file", help="the model file to publish")
+    publish.add_argument("--name", required=True, help="the registered model, e.g. kws")
+    publish.add_argument("--version", required=True, help="the model's version, e.g. 1.4.0")
+    publish.add_argument(
+        "--hardware", required=True, help="the hardware it is built for, e.g. esp32s3-int8"
+    )
+    publish.add_argument("--format", required=True, help="the file's format, e.g. tflite or onnx")
+    publish.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a signed fact about the artifact; VALUE may be JSON (repeatable)",
+    )
+    publish.add_argument(
+        "--release-counter",
+        type=int,
+        default=0,
+        help="the version's release counter (default: its other variants', else one above "
+        "every earlier version)",
+    )
+    publish.add_argument(
+        "--floor",
+        type=int,
+        default=0,
+        help="devices that install this never go below this release counter again",
+    )
+    publish.add_argument(
+        "--expires-days",
+        type=int,
+        default=365,
+        help="days until the signed targets metadata expires (default 365)",
+    )
     publish.set_defaults(func=cmd_publish)
-    resign = sub.add_parser("resign", help="re-sign the model's metadata (key rotation)")
-    resign.add_argument("--name", required=True)
-    resign.add_argument("--expires-days", type=int, default=365)
+    resign = sub.add_parser(
+        "resign", parents=[output], help="re-sign the model's metadata (key rotation)"
+    )
+    resign.add_argument("--name", required=True, help="the registered model, e.g. kws")
+    resign.add_argument(
+        "--expires-days",
+        type=int,
+        default=365,
+        help="days until the signed targets metadata expires (default 365)",
+    )
     resign.set_defaults(func=cmd_resign)
     _rollout_parser(sub)
     return parser
@@ -606,7 +788,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fleetctl: malformed: {exc}", file=sys.stderr)
         return 1
     except requests.RequestException as exc:
-        print(f"fleetctl: download_failed: cannot reach the server: {exc}", file=sys.stderr)
+        error = transport_error(exc)
+        print(f"fleetctl: {error.code}: {error.detail}", file=sys.stderr)
         return 1
 
 

@@ -13,7 +13,9 @@ device rows and their envelopes or neither. In order:
    state (a device already running the version reports no events, only its state); only
    devices with news of an event or a report since the last evaluation are read
    (``ota.tracking``), and every device in flight every ``TRACK_FULL_EVERY``, when
-   devices without progress for ``device_timeout_minutes`` time out;
+   devices without progress for ``device_timeout_minutes`` time out, and a timed-out
+   device that comes back and finishes replaces its timeout (a rollout the engine paused
+   for an install-gate breach runs again once that clears);
 3. running: retry failed devices, check the gates (on a breach pause or abort as the
    policy says), advance the stage once every device of it finished and it baked,
    complete, or (A/B) promote; then notify pending devices of the stage, in bucket
@@ -70,6 +72,7 @@ from ota.gates import (
 )
 from ota.models import (
     IN_FLIGHT,
+    TRACKED,
     Artifact,
     Model,
     Rollout,
@@ -201,6 +204,8 @@ def rollout_evaluate(
             config = RolloutConfig.of(rollout)
             result.tracked = _track(rollout, config, now)
             tracked_at = rollout.tracked_at  # rollouts.* may hand back another instance
+            if rollout.status == RolloutStatus.PAUSED and result.tracked:
+                rollout = _resume_if_cleared(rollout, config, now, result)
             if rollout.status == RolloutStatus.RUNNING:
                 rollout = _run(rollout, config, now, rng or random.Random(), result)  # noqa: S311
             if rollout.status == RolloutStatus.ABORTED:
@@ -292,23 +297,29 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
     # A whole desired state refused (bad signature, expired) names no model or rollout.
     mine = Q(rollout_id=public_id, model=name) | Q(model="", phase=Phase.REJECTED)
     timeout = timedelta(minutes=config.policy.device_timeout_minutes)
-    news = tracking_news_take(rollout_pk=rollout.pk)  # taken by a full pass too
-    in_flight = RolloutDevice.objects.filter(rollout=rollout, state__in=IN_FLIGHT)
+    news = sorted(tracking_news_take(rollout_pk=rollout.pk))  # taken by a full pass too
+    mine_rows = RolloutDevice.objects.filter(rollout=rollout)
     if _full_pass_due(rollout, now):
         rollout.tracked_at = now
         attempt_events = DeviceEvent.objects.filter(
             mine, device_id=OuterRef("device_id"), seq__gte=OuterRef("desired_seq")
         )
-        candidates = in_flight.filter(
-            Exists(attempt_events)
-            | Q(device__reported_seq__gte=F("desired_seq"))
-            | Q(phase_at__lt=now - timeout)
-        )
+        # Timed-out devices only by their news: the full pass would read every one of them
+        # each time (their last phase is always older than the timeout).
+        queries = [
+            mine_rows.filter(state__in=IN_FLIGHT).filter(
+                Exists(attempt_events)
+                | Q(device__reported_seq__gte=F("desired_seq"))
+                | Q(phase_at__lt=now - timeout)
+            ),
+            filter_in(mine_rows.filter(state=D.TIMED_OUT), "device_id", news),
+        ]
     else:
-        candidates = filter_in(in_flight, "device_id", sorted(news))
-    rows = [
-        _Tracked(*values)
-        for values in candidates.order_by("pk").values_list(
+        queries = [filter_in(mine_rows.filter(state__in=TRACKED), "device_id", news)]
+    found = {
+        values[0]: _Tracked(*values)
+        for query in queries
+        for values in query.values_list(
             "pk",
             "device_id",
             "state",
@@ -320,7 +331,8 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
             "phase_at",
             "device__reported_seq",
         )
-    ]
+    }
+    rows = [found[pk] for pk in sorted(found)]
     if not rows:
         return 0
     events: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -360,6 +372,7 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
     for row in rows:
         before = row.key()
         rolling_back = row.state == D.ROLLING_BACK
+        timed_out = row.state == D.TIMED_OUT
         target = targets.get((row.previous_artifact_id if rolling_back else row.artifact_id) or 0)
         attempt = attempts[row.pk]
         terminal = [e for e in attempt if e["phase"] in TERMINAL_PHASES]
@@ -378,10 +391,15 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
         else:
             ok = None
         if ok is True:
+            # A device that timed out and came back and committed succeeded after all.
             row.state = D.ROLLED_BACK if rolling_back else D.SUCCEEDED
+            if timed_out and row.last_code == "timeout":
+                row.last_code = ""
         elif ok is False:
             # A failed roll-back goes back to "failed": the roll-back step retries or gives up.
             row.state = D.FAILED
+        elif timed_out:
+            pass  # still no outcome: it stays timed out (progress does not reopen its stage)
         elif row.phase_at is not None and now - row.phase_at > timeout:
             row.state = D.FAILED if rolling_back else D.TIMED_OUT
             row.last_code = row.last_code or "timeout"
@@ -407,14 +425,15 @@ _OPEN_FIELDS = {
 }
 
 
-def _outcomes(rollout: Rollout) -> dict[str, Outcomes]:
-    """Per-arm outcome counts; finished devices count from ``gates_since`` (a resume).
+def _outcomes(rollout: Rollout, *, whole: bool = False) -> dict[str, Outcomes]:
+    """Per-arm outcome counts; finished devices count from ``gates_since`` (a resume), or
+    over the ``whole`` rollout.
 
     One count per (arm, state), summed here: a third cheaper for the database than a
     FILTER clause per outcome over every row, at every evaluation.
     """
     rows = RolloutDevice.objects.filter(rollout=rollout).order_by()
-    since = rollout.gates_since
+    since = None if whole else rollout.gates_since
     recent = (
         Case(When(phase_at__gte=since, then=Value(True)), default=Value(False))
         if since is not None
@@ -435,7 +454,9 @@ def _outcomes(rollout: Rollout) -> dict[str, Outcomes]:
 # --- 3. running ----------------------------------------------------------------------------------
 
 
-def _context(rollout: Rollout, config: RolloutConfig, now: datetime) -> GateContext:
+def _context(
+    rollout: Rollout, config: RolloutConfig, now: datetime, *, stage_settled: bool
+) -> GateContext:
     baseline = baseline_arm(config.arms)
     return GateContext(
         rollout_id=rollout.public_id,
@@ -445,7 +466,15 @@ def _context(rollout: Rollout, config: RolloutConfig, now: datetime) -> GateCont
         outcomes=_outcomes(rollout),
         since=rollout.started_at,
         now=now,
+        stage_settled=stage_settled,
     )
+
+
+def _stage_active(rollout: Rollout, config: RolloutConfig) -> bool:
+    """Whether a device of the current stage has not finished yet (an index probe)."""
+    return RolloutDevice.objects.filter(
+        rollout=rollout, state__in=ACTIVE, bucket__lte=_bound(rollout, config)
+    ).exists()
 
 
 def _stored(result: dict[str, Any]) -> GateResult:
@@ -490,6 +519,32 @@ def _retry(rollout: Rollout, config: RolloutConfig) -> None:
     ).update(state=D.PENDING, updated_at=timezone.now())
 
 
+def _resume_if_cleared(
+    rollout: Rollout, config: RolloutConfig, now: datetime, result: Evaluation
+) -> Rollout:
+    """A rollout the engine paused for an install-gate breach runs again once the breach
+    has cleared: a device that timed out came back and succeeded. Looked at only when
+    tracking changed a device. A pause by an operator, or for a telemetry gate (whose
+    figures can drift back without anything having been fixed), stays until an operator
+    resumes."""
+    breaches = rollouts.rollout_pause_breaches(rollout)
+    if not breaches or set(breaches) != {InstallFailureGate.name}:
+        return rollout
+    active = _stage_active(rollout, config)
+    ctx = _context(rollout, config, now, stage_settled=not active)
+    gates = _gates(rollout, config, ctx)
+    result.gates = [g.to_dict() for g in gates]
+    rollout.gate_figures = {**rollout.gate_figures, "at": now.isoformat(), "gates": result.gates}
+    rollout.save(update_fields=["gate_figures"])
+    if any(g.status is GateStatus.BREACH for g in gates):
+        return rollout
+    return rollouts.rollout_resume_cleared(
+        rollout=rollout,
+        reason="gate breach cleared: " + "; ".join(f"{g.gate}: {g.detail}" for g in gates),
+        figures={"gates": result.gates},
+    )
+
+
 def _run(
     rollout: Rollout,
     config: RolloutConfig,
@@ -498,7 +553,8 @@ def _run(
     result: Evaluation,
 ) -> Rollout:
     _retry(rollout, config)
-    ctx = _context(rollout, config, now)
+    active = _stage_active(rollout, config)
+    ctx = _context(rollout, config, now, stage_settled=not active)
     gates = _gates(rollout, config, ctx)
     result.gates = [g.to_dict() for g in gates]
     rollout.gate_figures = {
@@ -509,22 +565,26 @@ def _run(
     rollout.save(update_fields=["gate_figures"])
     breaches = [g for g in gates if g.status is GateStatus.BREACH]
     if breaches:
-        reason = "gate breach: " + "; ".join(f"{g.gate}: {g.detail}" for g in breaches)
+        reason = rollouts.GATE_BREACH + "; ".join(f"{g.gate}: {g.detail}" for g in breaches)
         figures = {"gates": [g.to_dict() for g in breaches]}
         result.note = reason
         if config.policy.on_breach == "abort":
             return rollouts.rollout_abort(rollout=rollout, by=None, reason=reason, figures=figures)
         return rollouts.rollout_pause(rollout=rollout, by=None, reason=reason, figures=figures)
-    rollout = _advance(rollout, config, ctx, gates, now, result)
+    rollout = _advance(rollout, config, ctx, gates, now, result, active=active)
     if rollout.status == RolloutStatus.RUNNING:
         result.notified = _notify(rollout, config, now, rng, result)
     return rollout
 
 
-def _percent(rollout: Rollout, config: RolloutConfig) -> float:
+def _bound(rollout: Rollout, config: RolloutConfig) -> float:
+    """The highest bucket the current stage takes (``bucket <= bound``, ota.cohorts)."""
     if rollout.promoted_arm:
-        return 100.0
-    return config.stages[rollout.current_stage].percent
+        return 1.0
+    bounds = rollout.stage_bounds
+    if isinstance(bounds, list) and len(bounds) == len(config.stages):
+        return float(bounds[rollout.current_stage])
+    return config.stages[rollout.current_stage].percent / 100  # started before stage_bounds
 
 
 def _advance(
@@ -534,12 +594,11 @@ def _advance(
     gates: list[GateResult],
     now: datetime,
     result: Evaluation,
+    *,
+    active: bool,
 ) -> Rollout:
-    """Open the next stage, complete, or promote, when the current stage allows it."""
-    percent = _percent(rollout, config)
-    active = RolloutDevice.objects.filter(
-        rollout=rollout, state__in=ACTIVE, bucket__lt=percent / 100
-    ).exists()
+    """Open the next stage, complete, or promote, when the current stage allows it
+    (``active``: a device of the stage has not finished)."""
     if active:
         if rollout.stage_settled_at is not None:  # a retry brought a device back
             rollout.stage_settled_at = None
@@ -564,7 +623,9 @@ def _advance(
     }
     last = stage == len(config.stages) - 1
     if rollout.promoted_arm or (last and rollout.strategy == RolloutStrategy.PHASED):
-        return rollouts.rollout_complete(rollout=rollout, figures=figures)
+        return rollouts.rollout_complete(
+            rollout=rollout, figures=figures, failures=_failures_over(rollout, config, ctx)
+        )
     if not last:
         return rollouts.rollout_stage_advance(rollout=rollout, stage=stage + 1, figures=figures)
     promotion = config.policy.promotion
@@ -593,6 +654,21 @@ def _advance(
                 ),
             )
     return rollout
+
+
+def _failures_over(rollout: Rollout, config: RolloutConfig, ctx: GateContext) -> str:
+    """The arms whose failures over the whole rollout exceed ``max_failure_rate``, said
+    for the audit ("" for none). The gates count from the last resume, which acknowledged
+    the failures before it; the rollout's outcome does not forget them."""
+    # Counted again only when a resume made the gates forget some (once, at the end).
+    outcomes = ctx.outcomes if rollout.gates_since is None else _outcomes(rollout, whole=True)
+    limit = config.policy.max_failure_rate
+    over = [
+        f"arm {arm}: {o.failures} of {o.finished} failed ({o.failure_rate:.1%} > {limit:.1%})"
+        for arm, o in sorted(outcomes.items())
+        if o.finished and o.failure_rate > limit
+    ]
+    return "; ".join(over)
 
 
 def _previous_artifacts(model: Model, device_pks: Sequence[int]) -> dict[int, int | None]:
@@ -656,7 +732,7 @@ def _notify(
         result.note = result.note or "outside the maintenance window"
         return 0
     pending = RolloutDevice.objects.filter(
-        rollout=rollout, state=D.PENDING, bucket__lt=_percent(rollout, config) / 100
+        rollout=rollout, state=D.PENDING, bucket__lte=_bound(rollout, config)
     )
     # Most evaluations come while a stage's devices are all in flight: nobody to notify,
     # and no reason to count over every device of the rollout (an index probe instead).

@@ -5,9 +5,10 @@ and answers ``ok``, ``breach`` or ``insufficient_data`` with the figures behind 
 answer; the engine stores the figures and, on a breach, pauses or aborts as the policy
 says. Two kinds:
 
-- ``InstallFailureGate``: failed + timed out over finished devices, per arm, judged only
-  once ``min_finished`` devices of the arm have finished (AWS IoT Jobs' abort criteria
-  with their minimum number of executed things).
+- ``InstallFailureGate``: failed + timed out over finished devices, per arm, judged once
+  ``min_finished`` devices of the arm have finished (AWS IoT Jobs' abort criteria with
+  their minimum number of executed things), or once every device of the stage has
+  finished, on what it has: a small selection never reaches the minimum.
 - ``TelemetryGate``: an arm against the baseline on one metric, from per-device values
   that ``telemetry_source()`` (THE HOOK, see below) supplies.
 
@@ -123,6 +124,8 @@ class GateContext:
     outcomes: Mapping[str, Outcomes]
     since: datetime | None
     now: datetime
+    # Every device of the current stage has finished: nothing more will come to judge it on.
+    stage_settled: bool = False
 
 
 class Gate(Protocol):
@@ -138,7 +141,9 @@ class Gate(Protocol):
 
 class InstallFailureGate:
     """Breach when an arm's (failed + timed out) / finished exceeds ``max_failure_rate``,
-    judged only once at least ``min_finished`` devices of that arm have finished."""
+    judged once at least ``min_finished`` devices of that arm have finished, or once the
+    stage has settled (``GateContext.stage_settled``) on whatever finished: 3 of 3 failed
+    is a breach even below the minimum."""
 
     name = "install_failure_rate"
 
@@ -155,14 +160,16 @@ class InstallFailureGate:
         breached, judged = [], 0
         for arm in ctx.arms:
             o = ctx.outcomes.get(arm.name, Outcomes())
+            judge = o.finished >= self.min_finished or (ctx.stage_settled and o.finished > 0)
             figures["arms"][arm.name] = {
                 "finished": o.finished,
                 "succeeded": o.succeeded,
                 "failed": o.failed,
                 "timed_out": o.timed_out,
                 "failure_rate": round(o.failure_rate, 4),
+                "judged": judge,
             }
-            if o.finished < self.min_finished:
+            if not judge:
                 continue
             judged += 1
             if o.failure_rate > self.max_failure_rate:
@@ -176,7 +183,8 @@ class InstallFailureGate:
             return GateResult(
                 self.name,
                 GateStatus.INSUFFICIENT_DATA,
-                f"fewer than {self.min_finished} devices finished in every arm",
+                f"fewer than {self.min_finished} devices finished in every arm, "
+                "and the stage is not over",
                 figures,
             )
         return GateResult(self.name, GateStatus.OK, "failure rate within bounds", figures)

@@ -116,6 +116,9 @@ class RolloutStatus(models.TextChoices):
     RUNNING = "running"
     PAUSED = "paused"
     COMPLETED = "completed"
+    # Every stage finished, but more devices failed than the install gate allows (the
+    # operator resumed past the failures): never called plain "completed".
+    COMPLETED_WITH_FAILURES = "completed_with_failures", "Completed with failures"
     ABORTED = "aborted"
     ROLLED_BACK = "rolled_back"
 
@@ -147,9 +150,14 @@ class Rollout(models.Model):
     arms = models.JSONField(default=list, help_text="[{name, version, weight, baseline}]")
     policy = models.JSONField(default=dict)
     status = models.CharField(
-        max_length=16, choices=RolloutStatus.choices, default=RolloutStatus.DRAFT, db_index=True
+        max_length=32, choices=RolloutStatus.choices, default=RolloutStatus.DRAFT, db_index=True
     )
     current_stage = models.PositiveSmallIntegerField(default=0)
+    stage_bounds = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="per stage, the highest device bucket it takes (set when it starts)",
+    )
     stage_started_at = models.DateTimeField(null=True, blank=True)
     stage_settled_at = models.DateTimeField(
         null=True, blank=True, help_text="when every device of the stage finished: bake starts"
@@ -215,6 +223,10 @@ IN_FLIGHT = (
     RolloutDeviceState.IN_PROGRESS,
     RolloutDeviceState.ROLLING_BACK,
 )
+# States whose device's events and reports are news to the rollout (ota.tracking): those in
+# flight, and a timed-out one, which may come back and finish (a success replaces the
+# timeout).
+TRACKED = (*IN_FLIGHT, RolloutDeviceState.TIMED_OUT)
 
 
 class RolloutDevice(models.Model):
@@ -266,12 +278,12 @@ class RolloutDevice(models.Model):
         indexes = [
             models.Index(fields=["rollout", "state", "bucket"], name="rolloutdevice_state"),
             models.Index(fields=["rollout", "notified_at"], name="rolloutdevice_notified"),
-            # Tracking news (ota.tracking) looks up the rows in flight of each device that
+            # Tracking news (ota.tracking) looks up the tracked rows of each device that
             # reports: through this, not every row the device ever had.
             models.Index(
                 fields=["device"],
-                condition=models.Q(state__in=IN_FLIGHT),
-                name="rolloutdevice_in_flight",
+                condition=models.Q(state__in=TRACKED),
+                name="rolloutdevice_tracked",
             ),
         ]
 
@@ -306,8 +318,8 @@ class RolloutAuditEvent(models.Model):
     """
 
     rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="audit_events")
-    from_status = models.CharField(max_length=16, blank=True)
-    to_status = models.CharField(max_length=16)
+    from_status = models.CharField(max_length=32, blank=True)
+    to_status = models.CharField(max_length=32)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -17,6 +17,8 @@ from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.messages import SEGMENT_RE, SEMVER_RE, TOKEN_RE
 from fleet.errors import ServiceError
 
+# The single arm of a phased rollout: its name in the admin, the API, /metrics and the
+# telemetry store (whose samples of a rollout that name no arm are stored under it).
 PHASED_ARM = "main"
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM_RE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")

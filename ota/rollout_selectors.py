@@ -18,7 +18,6 @@ from ota.models import (
     RolloutDevice,
     RolloutDeviceState,
     RolloutStatus,
-    RolloutStrategy,
 )
 from ota.rollout_config import Selection
 from telemetry.metrics import GateFigure, RolloutArmProgress
@@ -138,9 +137,9 @@ METRICS_FINISHED_FOR = timedelta(days=1)
 def rollout_arm_progress() -> list[RolloutArmProgress]:
     """Rollout progress for Prometheus (``telemetry.metrics.RolloutProgressSource``).
 
-    Unfinished rollouts and those finished within a day; per arm (empty for a phased
-    rollout, whose desired entries carry no arm): devices by state, failures by code,
-    and the gates as last evaluated.
+    Unfinished rollouts and those finished within a day; per arm (a phased rollout's one
+    arm is ``main``, as in the admin and the telemetry store): devices by state, failures
+    by code, and the gates as last evaluated.
     """
     since = timezone.now() - METRICS_FINISHED_FOR
     rollouts = list(
@@ -188,7 +187,7 @@ def rollout_arm_progress() -> list[RolloutArmProgress]:
                     state=rollout.status,
                     stage=rollout.current_stage,
                     stage_percent=100.0 if rollout.promoted_arm else stage.get("percent", 0.0),
-                    arm="" if rollout.strategy == RolloutStrategy.PHASED else arm,
+                    arm=arm,
                     devices=devices[(rollout.pk, arm)],
                     failures=failures.get((rollout.pk, arm), {}),
                     gates=_gate_figures(rollout.gate_figures, arm),
@@ -210,8 +209,10 @@ def _gate_figures(figures: object, arm: str) -> dict[str, GateFigure]:
                 out[name] = GateFigure(
                     value=mine["failure_rate"],
                     threshold=threshold,
+                    # Not passing once judged over the threshold: on a small
+                    # selection that is when its stage is over, below min_finished.
                     passing=mine["failure_rate"] <= threshold
-                    or mine["finished"] < data["min_finished"],
+                    or not mine.get("judged", mine["finished"] >= data["min_finished"]),
                 )
         elif name.startswith("telemetry:"):
             label = f"{data.get('metric')}_{data.get('statistic')}"

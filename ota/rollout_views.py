@@ -2,7 +2,8 @@
 
 Permissions (Django model permissions of ``ota.Rollout``):
 
-- ``ota.view_rollout``: read rollouts, their devices and audit trail;
+- ``ota.view_rollout``: read rollouts and their audit trail (their devices: with
+  ``fleet.view_device`` too);
 - ``ota.add_rollout`` (CI's token): create a rollout as ``draft``, or ``scheduled`` to wait
   for an operator; schedule a draft; move a scheduled one back to draft;
 - ``ota.start_rollout`` (operators): start now, or give a ``starts_at`` at which the engine
@@ -24,6 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from device_agent.protocol.errors import ErrorCode
+from fleet.auth import token_model_check
 from fleet.errors import ServiceError
 from fleet.pagination import Cursor
 from ota import rollout_selectors, rollouts
@@ -93,6 +95,7 @@ class RolloutListView(generics.ListCreateAPIView[Rollout]):
         body = RolloutCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        token_model_check(request.user, data["model"])
         if data["starts_at"] is not None:
             _needs(request, START, "a start time")
         rollout = rollouts.rollout_create(
@@ -133,6 +136,7 @@ class _Action(APIView):
 
     def post(self, request: Request, rollout_id: str) -> Response:
         rollout = rollout_selectors.rollout_get(rollout_id)
+        token_model_check(request.user, rollout.model.name)
         body = self.body_class(data=request.data)
         body.is_valid(raise_exception=True)
         return _detail(self.act(request, rollout, body.validated_data))
@@ -206,7 +210,8 @@ class RolloutPromoteView(_Action):
 @extend_schema(parameters=[RolloutDevicesQuery])
 class RolloutDevicesView(generics.ListAPIView[RolloutDevice]):
     serializer_class = RolloutDeviceSerializer
-    permission_classes = [has_perm(VIEW)]
+    # It lists devices: whoever may not list /devices/ may not list them here either.
+    permission_classes = [has_perm(VIEW), has_perm("fleet.view_device")]
     pagination_class = ById
 
     def get_queryset(self) -> QuerySet[RolloutDevice]:

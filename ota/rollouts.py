@@ -7,9 +7,10 @@ decision). Stage advances and promotions keep the status and are audited the sam
 
 ::
 
-    draft -> scheduled -> running <-> paused -> completed
-                              \\          \\
-                               +-> aborted -> rolled_back
+    draft -> scheduled -> running <-> paused
+                            |  \\          \\
+                            |   +----------+-> aborted -> rolled_back
+                            +-> completed, or completed_with_failures
 
 Changes made by a person schedule an evaluation once they commit; the engine's own
 changes (``by=None``, audited as ``engine``) continue inside the evaluation that made them.
@@ -62,16 +63,19 @@ S = RolloutStatus
 TRANSITIONS: Mapping[RolloutStatus, frozenset[RolloutStatus]] = {
     S.DRAFT: frozenset({S.SCHEDULED, S.ABORTED}),
     S.SCHEDULED: frozenset({S.RUNNING, S.DRAFT, S.ABORTED}),
-    S.RUNNING: frozenset({S.PAUSED, S.COMPLETED, S.ABORTED}),
+    S.RUNNING: frozenset({S.PAUSED, S.COMPLETED, S.COMPLETED_WITH_FAILURES, S.ABORTED}),
     S.PAUSED: frozenset({S.RUNNING, S.ABORTED}),
     S.ABORTED: frozenset({S.ROLLED_BACK}),
     S.COMPLETED: frozenset(),
+    S.COMPLETED_WITH_FAILURES: frozenset(),
     S.ROLLED_BACK: frozenset(),
 }
 # Statuses in which a rollout holds its devices: another rollout of the same model may not
 # target any of them (an aborted one holds them until they are rolled back).
 HOLDING = (S.SCHEDULED, S.RUNNING, S.PAUSED, S.ABORTED)
 ENGINE = "engine"
+# How the engine's pauses and aborts for a gate breach start their audited reason.
+GATE_BREACH = "gate breach: "
 ROLLOUT_CI_PERMISSIONS = ("ota.add_rollout", "ota.view_rollout")
 
 User = AbstractBaseUser | AnonymousUser
@@ -181,7 +185,7 @@ def _transition(
         fields = {"status": to, **(changes or {})}
         if to == S.RUNNING and locked.started_at is None:
             fields["started_at"] = now
-        if to in (S.COMPLETED, S.ABORTED):
+        if to in (S.COMPLETED, S.COMPLETED_WITH_FAILURES, S.ABORTED):
             fields["finished_at"] = now
         for name, value in fields.items():
             setattr(locked, name, value)
@@ -223,6 +227,37 @@ def _selection_exists(selection: Selection) -> None:
             raise ServiceError(ErrorCode.NOT_FOUND, f"no {what} {', '.join(missing)}")
 
 
+def _describe(selection: Selection) -> str:
+    if selection.all:
+        parts = ["all devices"]
+    else:
+        parts = [
+            f"{label} {', '.join(values)}"
+            for label, values in (
+                ("groups", selection.groups),
+                ("dynamic groups", selection.dynamic_groups),
+                ("devices", selection.devices),
+            )
+            if values
+        ]
+    parts += [
+        f"{label} {', '.join(values)}"
+        for label, values in (("tags", selection.tags), ("hardware", selection.hardware))
+        if values
+    ]
+    return "; ".join(parts)
+
+
+def _selection_matches(devices: QuerySet[Device], selection: Selection) -> None:
+    """Refuse (``empty_selection``) a selection that matches no enabled device: such a
+    rollout would notify nobody and end ``completed`` as if it had done its work."""
+    if not devices.exists():
+        raise ServiceError(
+            ErrorCode.EMPTY_SELECTION,
+            f"the selection ({_describe(selection)}) matches no enabled device",
+        )
+
+
 def rollout_create(
     *,
     model_name: str,
@@ -240,8 +275,9 @@ def rollout_create(
     """Create a rollout in ``draft`` (``scheduled`` with ``schedule``), validating all of it.
 
     Refuses ``unknown_model``, ``not_found`` (a version not published, a group that does
-    not exist), ``malformed`` (stages, arms, selection or policy) and, when scheduling,
-    ``conflict`` (another rollout of the model holds some of the devices).
+    not exist), ``malformed`` (stages, arms, selection or policy), ``empty_selection``
+    (the selection matches no enabled device) and, when scheduling, ``conflict``
+    (another rollout of the model holds some of the devices).
     """
     model = model_get(model_name)
     if strategy not in RolloutStrategy.values:
@@ -262,6 +298,7 @@ def rollout_create(
     parsed_policy = Policy.from_dict(policy)
     _published(model, {a.version for a in parsed_arms})
     _selection_exists(parsed_selection)
+    _selection_matches(selection_devices(parsed_selection), parsed_selection)
     with transaction.atomic():
         rollout = Rollout.objects.create(
             model=model,
@@ -332,6 +369,7 @@ def rollout_schedule(
     def guard(locked: Rollout) -> dict[str, Any]:
         config = RolloutConfig.of(locked)
         devices = selection_devices(config.selection)
+        _selection_matches(devices, config.selection)
         _overlap_check(locked, devices)
         return {"selected": devices.count()}
 
@@ -510,11 +548,57 @@ def rollout_start_due(*, rollout: Rollout, now: datetime) -> Rollout:
     return rollout_start(rollout=rollout, by=None, reason=f"start time {now.isoformat()} reached")
 
 
-def rollout_complete(*, rollout: Rollout, figures: Mapping[str, Any]) -> Rollout:
-    """``running`` -> ``completed``: the last stage finished and baked with the gates ok."""
+def rollout_complete(
+    *, rollout: Rollout, figures: Mapping[str, Any], failures: str = ""
+) -> Rollout:
+    """``running`` -> ``completed``: the last stage finished and baked with the gates ok.
+
+    With ``failures`` (which arms failed more than the install gate allows, over the whole
+    rollout: failures an operator acknowledged by resuming) it ends
+    ``completed_with_failures`` instead, saying so in the audit.
+    """
+    if failures:
+        return _transition(
+            rollout,
+            S.COMPLETED_WITH_FAILURES,
+            by=None,
+            reason=f"every stage finished, with failures: {failures}",
+            figures=figures,
+        )
     return _transition(
         rollout, S.COMPLETED, by=None, reason="every stage finished", figures=figures
     )
+
+
+def rollout_resume_cleared(*, rollout: Rollout, reason: str, figures: Mapping[str, Any]) -> Rollout:
+    """``paused`` -> ``running`` by the engine: the gate breach it paused for has cleared
+    (a device that had timed out came back and succeeded). Unlike an operator's resume it
+    acknowledges nothing: the gates go on counting every failure."""
+    return _transition(
+        rollout,
+        S.RUNNING,
+        by=None,
+        reason=reason,
+        figures=figures,
+        sources=frozenset({S.PAUSED}),
+        action="resumed",
+    )
+
+
+def rollout_pause_breaches(rollout: Rollout) -> list[str]:
+    """The gates whose breach made the engine pause the rollout last; [] when the latest
+    pause was an operator's (or not for a breach)."""
+    last = (
+        RolloutAuditEvent.objects.filter(rollout=rollout, to_status=S.PAUSED)
+        .exclude(from_status=S.PAUSED)
+        .order_by("-pk")
+        .values_list("actor_name", "reason", "figures")
+        .first()
+    )
+    if last is None or last[0] != ENGINE or not last[1].startswith(GATE_BREACH):
+        return []
+    gates = last[2].get("gates") if isinstance(last[2], dict) else None
+    return [str(g.get("gate")) for g in gates if isinstance(g, dict)] if gates else []
 
 
 def rollout_finish_rollback(
@@ -566,6 +650,7 @@ def _materialize(rollout: Rollout) -> dict[str, Any]:
     """Create the rollout's device rows (the guard of ``scheduled -> running``)."""
     config = RolloutConfig.of(rollout)
     devices = selection_devices(config.selection)
+    _selection_matches(devices, config.selection)
     _overlap_check(rollout, devices)
     model = rollout.model
     variants: dict[tuple[str, str], Artifact] = {}
@@ -577,6 +662,7 @@ def _materialize(rollout: Rollout) -> dict[str, Any]:
         name: [] for name in ("device", "arm", "bucket", "artifact", "state", "last_code")
     }
     skipped = 0
+    taking: list[float] = []
     public_id = rollout.public_id
     for pk, device_id, hardware, reported in (
         devices.order_by("pk")
@@ -594,6 +680,9 @@ def _materialize(rollout: Rollout) -> dict[str, Any]:
             if artifact.release_counter < floor:
                 state, code = RolloutDeviceState.SKIPPED, ErrorCode.DOWNGRADE_REFUSED
         skipped += state == RolloutDeviceState.SKIPPED
+        if state != RolloutDeviceState.SKIPPED:
+            # Stages count the devices that can take the version: a skipped one never is.
+            taking.append(bucket)
         for name, value in (
             ("device", pk),
             ("arm", arm.name),
@@ -604,6 +693,9 @@ def _materialize(rollout: Rollout) -> dict[str, Any]:
         ):
             columns[name].append(value)
     count = len(columns["device"])
+    bounds = cohorts.stage_bounds(taking, [s.percent for s in config.stages])
+    rollout.stage_bounds = bounds
+    Rollout.objects.filter(pk=rollout.pk).update(stage_bounds=bounds)
     # Straight from the values: a model instance per device and bulk_create's prepared
     # statement cost more than the rest of a 10 000-device start (docs/benchmarks.md).
     columns_insert(RolloutDevice, {"rollout": [rollout.pk] * count, **columns})

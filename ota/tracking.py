@@ -6,7 +6,8 @@ query over all of them at every evaluation, several a second: the first of the r
 benchmark's PostgreSQL statements, 23 ms an evaluation with 4 000 in flight
 (docs/benchmarks.md, "Rollouts"). Instead, whatever stores an event or a report
 (``fleet.reports``) also records, in its own transaction, one row of news per rollout in
-which the device is in flight, and the evaluation takes the news of its rollout: so it
+which the device is in flight (or timed out), and the evaluation takes the news of its
+rollout: so it
 sees an event exactly when it sees the news of it, and news it did not see stays for the
 next one. Timeouts, which no message announces, are found by a full pass every
 ``ota.engine.TRACK_FULL_EVERY``.
@@ -18,7 +19,7 @@ from itertools import batched
 from django.db import connection
 
 from fleet.director import filter_in
-from ota.models import IN_FLIGHT, Rollout, RolloutDevice, RolloutStatus, TrackingNews
+from ota.models import TRACKED, Rollout, RolloutDevice, RolloutStatus, TrackingNews
 
 # Rollouts the engine evaluates (tracks, runs or rolls back), and so take their news.
 EVALUATED = (RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.ABORTED)
@@ -26,14 +27,15 @@ _DELETE_CHUNK = 500  # news rows per DELETE where there is no DELETE ... RETURNI
 
 
 def tracking_news_record(*, device_pks: Collection[int]) -> None:
-    """News for every rollout in which one of these devices is in flight (one statement,
-    in the caller's transaction): they stored an event or a report."""
+    """News for every rollout in which one of these devices is in flight or timed out (one
+    statement, in the caller's transaction): they stored an event or a report. A device
+    that timed out and comes back is news too: its success replaces the timeout."""
     pks = sorted(set(device_pks))
     if not pks:
         return
-    # Through the partial index rolloutdevice_in_flight, whose condition this is.
-    in_flight = filter_in(RolloutDevice.objects.filter(state__in=IN_FLIGHT), "device_id", pks)
-    keys = in_flight.order_by().values_list("rollout_id", "device_id")
+    # Through the partial index rolloutdevice_tracked, whose condition this is.
+    tracked = filter_in(RolloutDevice.objects.filter(state__in=TRACKED), "device_id", pks)
+    keys = tracked.order_by().values_list("rollout_id", "device_id")
     select, params = keys.query.sql_with_params()
     qn = connection.ops.quote_name
     table = qn(TrackingNews._meta.db_table)

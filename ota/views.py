@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from device_agent.protocol.errors import ErrorCode
+from fleet.auth import token_model_check
 from fleet.errors import ServiceError
 from fleet.parsers import JSONParser
 from ota import publishing, repository, selectors
@@ -75,6 +76,7 @@ class ModelMetadataView(APIView):
     def put(self, request: Request, name: str) -> Response:
         if not request.user.has_perm("ota.add_artifact"):
             raise ServiceError(ErrorCode.FORBIDDEN, "needs the ota.add_artifact permission")
+        token_model_check(request.user, name)
         body = MetadataUpdateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         raw = json.dumps(body.validated_data["metadata"]).encode()
@@ -93,6 +95,7 @@ class PublishView(APIView):
         responses={201: ArtifactSerializer},
     )
     def post(self, request: Request, name: str) -> Response:
+        token_model_check(request.user, name)
         limit = settings.FLEET_MAX_ARTIFACT_BYTES + settings.FLEET_MAX_METADATA_BYTES + 65536
         try:
             declared = int(request.META.get("CONTENT_LENGTH") or 0)

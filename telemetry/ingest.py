@@ -34,6 +34,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from device_agent.protocol.messages import TelemetryBatch
 from fleet.models import Device
 from ota.models import Model
+from ota.rollout_config import PHASED_ARM
 from telemetry import metrics
 
 logger = logging.getLogger(__name__)
@@ -195,7 +196,9 @@ class TelemetryIngest:
             if known is not None and model not in known:
                 unknown += 1
                 continue
-            version, rollout_id, arm = sample.version, sample.rollout_id or "", sample.arm or ""
+            version, rollout_id = sample.version, sample.rollout_id or ""
+            # A phased rollout's entries name no arm; its samples belong to its one arm.
+            arm = sample.arm or (PHASED_ARM if rollout_id else "")
             for name, value in sample.metrics.items():
                 append((pk, ts, model, version, rollout_id, arm, name, value))
             stored += 1

@@ -158,8 +158,9 @@ TELEMETRY_LAST_COMMIT = Gauge(
     multiprocess_mode="max",
 )
 # Observed from the `latency_ms` and `confidence` metrics of stored samples. `arm` is
-# `none` outside a rollout. Label sets beyond LABEL_SETS_MAX per histogram are folded into
-# version="other", arm="other": versions and arms come from devices.
+# `none` outside a rollout, `main` in a phased one. Label sets beyond LABEL_SETS_MAX per
+# histogram are folded into version="other", arm="other": versions and arms come from
+# devices.
 MODEL_LATENCY_SECONDS = BatchHistogram(
     "fleet_model_latency_seconds",
     "Model inference latency reported by devices (their latency_ms metric), in seconds.",
@@ -237,7 +238,7 @@ class GateFigure:
 class RolloutArmProgress:
     """What the rollout engine reports about one arm of one rollout at scrape time.
 
-    A phased rollout has a single arm (an empty `arm` is exported as `none`). Report
+    A phased rollout has a single arm, `main` (an empty `arm` is exported as `none`). Report
     rollouts that are not finished, plus finished ones for a while (a day, say), so the
     `rollout` label stays a small set.
     """

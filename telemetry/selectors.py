@@ -16,6 +16,7 @@ from typing import Protocol
 from django.db import connection
 from django.db.models import QuerySet
 
+from ota.rollout_config import PHASED_ARM
 from telemetry.models import Granularity, Rollup, Sample
 from telemetry.rollups import PERCENTILES, percentile_cont
 
@@ -174,9 +175,7 @@ def rollout_arms(*, rollout_id: str, since: datetime) -> list[str]:
 
 # --- the rollout gates' telemetry source (ota.gates.TelemetrySource) ----------------------
 
-# As ota.gates/ota.rollout_config name them: a phased rollout's single arm (its samples
-# carry no arm) and the comparison group of devices outside the rollout.
-PHASED_ARM = "main"
+# As ota.gates names it: the comparison group of devices outside a phased rollout.
 PHASED_BASELINE = "baseline"
 _STATISTIC_SQL = {
     "mean": "avg(value)",
@@ -206,9 +205,10 @@ class _TelemetryQueryLike(Protocol):
 def rollout_arm_device_values(query: _TelemetryQueryLike) -> dict[str, list[float]]:
     """Per arm, one value per device: the device's statistic (mean, p50, p95, p99) of the
     metric over its raw samples of the model tagged with the rollout and that arm since
-    `query.since`; ordered by device. A phased rollout's arm `main` reads the samples with
-    no arm; its baseline `baseline` reads the model's samples outside this rollout. The
-    device, not the sample, is the unit (ota.gates explains why).
+    `query.since`; ordered by device. A phased rollout's arm `main` also reads its samples
+    stored with no arm (before ingestion named them `main`); its baseline `baseline` reads
+    the model's samples outside this rollout. The device, not the sample, is the unit
+    (ota.gates explains why).
 
     Set FLEET_ROLLOUT_TELEMETRY_SOURCE to "telemetry.selectors.rollout_arm_device_values".
     """
@@ -217,19 +217,19 @@ def rollout_arm_device_values(query: _TelemetryQueryLike) -> dict[str, list[floa
     phased = query.baseline == PHASED_BASELINE
     values: dict[str, list[float]] = {}
     for arm in query.arms:
-        arm_value = "" if phased and arm.name == PHASED_ARM else arm.name
-        values[arm.name] = _per_device(query, arm=arm_value)
+        names = [arm.name, ""] if phased and arm.name == PHASED_ARM else [arm.name]
+        values[arm.name] = _per_device(query, arms=names)
     if phased:
-        values[PHASED_BASELINE] = _per_device(query, arm=None)
+        values[PHASED_BASELINE] = _per_device(query, arms=None)
     return values
 
 
-def _per_device(query: _TelemetryQueryLike, *, arm: str | None) -> list[float]:
-    """Per-device statistic of the rollout's `arm`, or (arm None) of samples outside it."""
+def _per_device(query: _TelemetryQueryLike, *, arms: list[str] | None) -> list[float]:
+    """Per-device statistic of the rollout's `arms`, or (None) of samples outside it."""
     since = query.since or datetime(1970, 1, 1, tzinfo=UTC)
     if connection.vendor == "postgresql":
-        where = "rollout_id <> %s" if arm is None else "rollout_id = %s AND arm = %s"
-        params = [query.rollout_id] if arm is None else [query.rollout_id, arm]
+        where = "rollout_id <> %s" if arms is None else "rollout_id = %s AND arm = ANY(%s)"
+        params = [query.rollout_id] if arms is None else [query.rollout_id, arms]
         sql = (
             f"SELECT device_id, {_STATISTIC_SQL[query.statistic]} FROM telemetry_sample "  # noqa: S608 (fixed fragments)
             f"WHERE model = %s AND metric = %s AND ts >= %s AND {where} "
@@ -239,10 +239,10 @@ def _per_device(query: _TelemetryQueryLike, *, arm: str | None) -> list[float]:
             cursor.execute(sql, [query.model, query.metric, since, *params])
             return [float(value) for _, value in cursor.fetchall()]
     rows = Sample.objects.filter(model=query.model, metric=query.metric, ts__gte=since)
-    if arm is None:
+    if arms is None:
         rows = rows.exclude(rollout_id=query.rollout_id)
     else:
-        rows = rows.filter(rollout_id=query.rollout_id, arm=arm)
+        rows = rows.filter(rollout_id=query.rollout_id, arm__in=arms)
     by_device: dict[int, list[float]] = {}
     for device_pk, value in rows.values_list("device_id", "value").iterator():
         by_device.setdefault(device_pk, []).append(value)

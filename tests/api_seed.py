@@ -10,9 +10,10 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.utils import timezone
 
+from fleet.auth import ALL_MODELS, ROLES, SCOPE_USER
 from fleet.models import Device, DynamicGroup, Group
 from fleet.registry import device_labels_set
-from fleet.services import api_token_create, ci_user_get_or_create
+from fleet.services import api_token_create, service_account_get_or_create
 from ota import rollouts
 from ota.models import Artifact, Model, Rollout
 from telemetry.models import Granularity, Rollup, Sample
@@ -54,7 +55,7 @@ def api_seed(*, artifact_storage: bool = False) -> Seeded:
     With ``artifact_storage`` the artifacts' bytes are written to the artifact storage
     (point it at the test's own directory first: the ``storage_dirs`` fixture)."""
     operator = User.objects.create_superuser("operator", "op@example.com", "pw-long-123456")
-    ci = ci_user_get_or_create(username="ci")
+    ci = service_account_get_or_create(username="ci", scopes=ROLES["ci"])
     for name in ("kws", "vad"):
         model = Model.objects.create(name=name, description=f"{name} model")
         for version in ("1.0.0", "1.1.0"):
@@ -113,7 +114,10 @@ def api_seed(*, artifact_storage: bool = False) -> Seeded:
             computed_at=now,
         )
     return Seeded(
-        operator_token=api_token_create(user=operator, name="operator")[1],
-        ci_token=api_token_create(user=ci, name="ci")[1],
+        # the operator's own token carries all of their rights; CI's, its role's
+        operator_token=api_token_create(user=operator, name="operator", scopes=[SCOPE_USER])[1],
+        ci_token=api_token_create(user=ci, name="ci", scopes=ROLES["ci"], model_names=[ALL_MODELS])[
+            1
+        ],
         rollouts=[started, made[1]],
     )

@@ -18,6 +18,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError("CI=true: the suite must run on PostgreSQL (set DATABASE_URL)")
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(settings, tmp_path_factory: pytest.TempPathFactory) -> None:  # type: ignore[no-untyped-def]
+    """Each test counts throttles in a cache of its own (the default is under var/)."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(tmp_path_factory.mktemp("cache")),
+        }
+    }
+
+
 @pytest.fixture
 def storage_dirs(settings, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
     settings.FLEET_KEYS_DIR = tmp_path / "keys"
@@ -60,10 +71,12 @@ def kws(repo: Path, release_key: ReleaseKeyFiles):  # type: ignore[no-untyped-de
 
 @pytest.fixture
 def ci_token(db: None) -> str:
-    from fleet.services import api_token_create, ci_user_get_or_create
+    from fleet.auth import ALL_MODELS, SCOPE_PUBLISH, SCOPE_ROLLOUTS_CREATE
+    from fleet.services import api_token_create, service_account_get_or_create
 
-    user = ci_user_get_or_create(username="ci")
-    return api_token_create(user=user, name="ci")[1]
+    scopes = [SCOPE_PUBLISH, SCOPE_ROLLOUTS_CREATE]
+    user = service_account_get_or_create(username="ci", scopes=scopes)
+    return api_token_create(user=user, name="ci", scopes=scopes, model_names=[ALL_MODELS])[1]
 
 
 @pytest.fixture

@@ -1,7 +1,12 @@
 """Integration tests need real services: skip without one on a developer machine,
-fail under CI (CI=true). Importable from any test module (tests/ is on sys.path)."""
+fail under CI (CI=true). Importable from any test module (tests/ is on sys.path).
 
+Never skip with a bare ``pytest.skip`` or ``pytest.importorskip`` for something missing:
+go through these, so that CI fails instead (tests/test_service_checks.py looks)."""
+
+import importlib
 import os
+from types import ModuleType
 
 import pytest
 
@@ -15,3 +20,21 @@ def require_service(available: bool, what: str, install: str) -> None:
     if IN_CI:
         pytest.fail(f"{what} is required under CI: {install}")
     pytest.skip(f"{what} is not available: {install}")
+
+
+def require_module(name: str, install: str) -> ModuleType:
+    """The module ``name``, as ``pytest.importorskip`` but failing under CI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        require_service(False, f"the Python package {name}", install)
+        raise  # pragma: no cover - require_service skipped or failed
+
+
+def require_postgresql(vendor: str) -> None:
+    """For tests of PostgreSQL's own behaviour (plans, locks, LISTEN/NOTIFY)."""
+    require_service(
+        vendor == "postgresql",
+        "PostgreSQL",
+        "run with DATABASE_URL=postgres://postgres@127.0.0.1:5432/fleet_<name>",
+    )

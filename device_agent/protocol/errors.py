@@ -40,6 +40,11 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     # Added by the control plane: the requested object does not exist.
     NOT_FOUND = "not_found"
+    # Added by the control plane: a rollout's selection matches no device.
+    EMPTY_SELECTION = "empty_selection"
+    # Added by the control plane: the API token's expiry has passed (HTTP 401); an
+    # operator makes a new one.
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a secret
     # Added by the control plane: the HTTP method is not allowed on this path.
     METHOD_NOT_ALLOWED = "method_not_allowed"
     # Added by the control plane: too many requests; retry after the Retry-After header.

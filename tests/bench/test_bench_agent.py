@@ -36,6 +36,7 @@ import urllib3
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "device_agent" / "agent"))
 
 from agent_rig import V1, Release, Rig, open_rig, tflite  # noqa: E402
+from service_check import require_service
 
 from device_agent.download import DownloadOptions, download, verify_file  # noqa: E402
 
@@ -135,8 +136,8 @@ def _big_file(rig: Rig) -> Path:
 def test_verification_against_openssl(rig: Rig) -> None:
     path = _big_file(rig)
     openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
+    require_service(openssl is not None, "openssl", "apt-get install openssl")
+    assert openssl is not None
 
     def reference() -> None:
         out = subprocess.run(
@@ -157,8 +158,8 @@ def test_verification_against_openssl(rig: Rig) -> None:
 
 def test_download_against_curl(rig: Rig, http_root: str, tmp_path: Path) -> None:
     curl = shutil.which("curl")
-    if curl is None:
-        pytest.skip("curl is not installed")
+    require_service(curl is not None, "curl", "apt-get install curl")
+    assert curl is not None
     directory, _, filename = big().path.rpartition("/")
     url = f"{http_root}/{directory}/{big().sha256}.{filename}"
     part = tmp_path / f"{big().sha256}.part"

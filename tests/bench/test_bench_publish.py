@@ -114,7 +114,9 @@ def server(tmp_path: Path) -> Iterator[Server]:
     key_dir = tmp_path / "ci-key"
     _run([str(Path(sys.executable).parent / "fleetctl"), "keygen", "--out", str(key_dir)], env)
     _run([*manage, "model_register", "bench", "--release-key", str(key_dir / "release.pub")], env)
-    token = _run([*manage, "api_token_create", "--user", "ci"], env).strip()
+    token = _run(
+        [*manage, "api_token_create", "--user", "ci", "--scope", "publish", "--model", "*"], env
+    ).strip()
 
     # gunicorn serves a socket we bound: no race for a free port.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

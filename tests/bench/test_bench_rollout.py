@@ -544,10 +544,9 @@ def _timeline(
         for at, reason in rollout.audit_events.order_by("pk").values_list("at", "reason")
         if reason.startswith("stage ")
     ]
-    lines, low = [], 0.0
-    for k, stage in enumerate(stages):
-        high = stage["percent"] / 100
-        rows = RolloutDevice.objects.filter(rollout=rollout, bucket__gte=low, bucket__lt=high)
+    lines, low = [], -1.0
+    for k, high in enumerate(rollout.stage_bounds):
+        rows = RolloutDevice.objects.filter(rollout=rollout, bucket__gt=low, bucket__lte=high)
         first, last = min(r.notified_at for r in rows), max(r.notified_at for r in rows)
         acked = (
             DeviceEvent.objects.filter(
@@ -598,10 +597,10 @@ def _stage_order(
     buckets = dict(
         RolloutDevice.objects.filter(rollout=rollout).values_list("device__device_id", "bucket")
     )
-    edges = [s["percent"] / 100 for s in stages]
+    edges = rollout.stage_bounds
     by_stage: list[list[str]] = [[] for _ in stages]
     for device_id, bucket in buckets.items():
-        by_stage[next(i for i, edge in enumerate(edges) if bucket < edge)].append(device_id)
+        by_stage[next(i for i, edge in enumerate(edges) if bucket <= edge)].append(device_id)
     gaps = []
     for before, after in zip(by_stage, by_stage[1:], strict=False):
         if not before or not after:

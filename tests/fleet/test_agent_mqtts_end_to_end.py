@@ -36,6 +36,7 @@ from django.db import connection
 from mqtt_broker import free_port, wait_for_port
 from processes import Child
 
+from fleet.auth import SCOPE_USER
 from fleet.keys import director_private_key
 from fleet.models import Device
 from fleet.services import api_token_create
@@ -167,7 +168,7 @@ def system(kws, release_key, ci_token, settings, tmp_path: Path) -> Iterator[Sys
     # The web's workers would race to create it on first use.
     director_private_key()
     operator = get_user_model().objects.create_superuser("operator", password=None)
-    _, operator_token = api_token_create(user=operator, name="e2e")
+    _, operator_token = api_token_create(user=operator, name="e2e", scopes=[SCOPE_USER])
 
     port = free_port()
     base = f"https://127.0.0.1:{port}"

@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
-from fleet.auth import TOKEN_PREFIX
+from fleet.auth import ALL_MODELS, SCOPE_FLEET_READ, SCOPE_PUBLISH, TOKEN_PREFIX
 from fleet.models import ApiToken
 from fleet.services import api_token_create
 from ota.models import Artifact
@@ -124,8 +124,8 @@ def test_database_keeps_only_a_hash_of_the_secret(ci_token: str) -> None:
 def test_tokens_are_unique(db: None) -> None:
     user = User.objects.create_user("twice")
 
-    first = api_token_create(user=user, name="a")[1]
-    second = api_token_create(user=user, name="b")[1]
+    first = api_token_create(user=user, name="a", scopes=[SCOPE_FLEET_READ])[1]
+    second = api_token_create(user=user, name="b", scopes=[SCOPE_FLEET_READ])[1]
 
     assert first != second
     assert _parts(first)[0] != _parts(second)[0]
@@ -134,7 +134,9 @@ def test_tokens_are_unique(db: None) -> None:
 def test_api_token_create_command_prints_a_working_token(db: None) -> None:
     # when an operator creates a token for a new CI account
     out = StringIO()
-    call_command("api_token_create", "--user", "ci2", stdout=out)
+    call_command(
+        "api_token_create", "--user", "ci2", "--scope", "publish", "--model", "*", stdout=out
+    )
 
     # then the printed token authenticates as that account
     token = out.getvalue().strip()
@@ -149,7 +151,9 @@ def test_user_without_publish_permission_gets_403(
 ) -> None:
     # given a plain account with a token, and an otherwise valid publish request
     plain = User.objects.create_user("plain")
-    token = api_token_create(user=plain, name="plain")[1]
+    token = api_token_create(
+        user=plain, name="plain", scopes=[SCOPE_PUBLISH], model_names=[ALL_MODELS]
+    )[1]
     data = os.urandom(500)
     md = signed_metadata(None, release_key.signer, data)
 
@@ -164,7 +168,7 @@ def test_user_without_publish_permission_gets_403(
 
 def test_user_without_view_permission_gets_403_on_reads(db: None) -> None:
     plain = User.objects.create_user("reader")
-    token = api_token_create(user=plain, name="reader")[1]
+    token = api_token_create(user=plain, name="reader", scopes=[SCOPE_FLEET_READ])[1]
 
     response = _get(token)
 
@@ -206,3 +210,26 @@ def test_api_docs_render(db: None) -> None:
     assert response.status_code == 200
     assert b"swagger" in response.content.lower()
     assert b"/api/schema/" in response.content
+
+
+def test_api_token_create_command_makes_an_operator_token(db: None) -> None:
+    # when an operator's token is made for an account, as docs/rollouts.md says
+    out = StringIO()
+    call_command("api_token_create", "--user", "alice", "--role", "operator", stdout=out)
+
+    # then the account may steer rollouts but not publish, and the token is its own
+    alice = User.objects.get(username="alice")
+    assert alice.has_perms(["ota.start_rollout", "ota.control_rollout", "ota.view_rollout"])
+    assert not alice.has_perm("ota.add_artifact")
+    assert not alice.has_usable_password()
+    assert ApiToken.objects.get(lookup=_parts(out.getvalue().strip())[0]).user == alice
+
+
+def test_a_ci_token_may_not_steer_rollouts(db: None) -> None:
+    call_command(
+        "api_token_create", "--user", "ci3", "--role", "ci", "--model", "kws", stdout=StringIO()
+    )
+    ci = User.objects.get(username="ci3")
+    assert ci.has_perm("ota.add_artifact")
+    assert not ci.has_perm("ota.start_rollout")
+    assert not ci.has_perm("ota.control_rollout")

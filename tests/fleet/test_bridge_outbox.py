@@ -10,6 +10,7 @@ import pytest
 from bridge_harness import make_device, queue_behind, retained_desired, running_bridge, wait_until
 from django.db import connection
 from django.db.models import F, QuerySet
+from service_check import require_postgresql
 
 from fleet.bridge.outbox import Outbox
 from fleet.models import DesiredOutbox, DesiredState, Device
@@ -265,8 +266,7 @@ def test_a_director_commit_wakes_the_outbox_without_waiting_for_the_poll(mosquit
 
     from fleet.director import device_desired_republish
 
-    if connection.vendor != "postgresql":
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; run with DATABASE_URL=postgres://...")
+    require_postgresql(connection.vendor)  # LISTEN/NOTIFY
     device = make_device("dev-1")
     DesiredState.objects.create(device=device, seq=1, envelope=b"env-1")
     queue_behind()
@@ -292,8 +292,7 @@ def test_of_several_bridges_one_publishes_and_another_takes_over(mosquitto) -> N
     from fleet.bridge.outbox import LEADER_RETRY_SECONDS
     from fleet.bridge.runner import Bridge
 
-    if connection.vendor != "postgresql":
-        pytest.skip("the outbox lock is a PostgreSQL advisory lock; run with DATABASE_URL")
+    require_postgresql(connection.vendor)  # the outbox lock is an advisory lock
     # given a subscriber counting live (not retained) desired messages, and 50 rows behind
     live: Counter[str] = Counter()
     watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)

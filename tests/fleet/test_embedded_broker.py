@@ -9,6 +9,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from bridge_harness import retained_desired
 from mqtt_broker import free_port, wait_for_port
+from service_check import require_service
 
 from fleet.management.commands.broker import mosquitto_binary
 
@@ -35,8 +36,8 @@ def _start(engine: str, port: int, data_dir: Path) -> subprocess.Popen[bytes]:
 
 @pytest.mark.parametrize("engine", ["amqtt", "mosquitto"])
 def test_broker_command_carries_qos1_messages(engine, tmp_path):  # type: ignore[no-untyped-def]
-    if engine == "mosquitto" and mosquitto_binary() is None:
-        pytest.skip("mosquitto is not installed: apt-get install mosquitto")
+    if engine == "mosquitto":
+        require_service(mosquitto_binary() is not None, "mosquitto", "apt-get install mosquitto")
     port = free_port()
     process = _start(engine, port, tmp_path)
     try:
@@ -71,8 +72,7 @@ def test_the_mosquitto_broker_keeps_retained_messages_and_its_log_across_a_resta
 ) -> None:
     # as whoever runs it: started as root, mosquitto would switch to its own user and
     # could neither log nor save its database in this directory
-    if mosquitto_binary() is None:
-        pytest.skip("mosquitto is not installed: apt-get install mosquitto")
+    require_service(mosquitto_binary() is not None, "mosquitto", "apt-get install mosquitto")
     port = free_port()
     process = _start("mosquitto", port, tmp_path)
     try:

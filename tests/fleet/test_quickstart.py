@@ -57,14 +57,16 @@ def quickstart(tmp_path):  # type: ignore[no-untyped-def]
         FLEET_MQTT_PORT=str(free_port()),
         FLEET_DEVICES="2",
     )
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "fleet_up"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    output = tmp_path / "fleet_up.out"
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "fleet_up"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait(lambda: _get(f"{base}/healthz")["status"] == "ok", "healthz")
@@ -72,18 +74,50 @@ def quickstart(tmp_path):  # type: ignore[no-untyped-def]
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            output, _ = process.communicate(timeout=30)
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-            output, _ = process.communicate()
-        (tmp_path / "fleet_up.out").write_bytes(output or b"")
+            process.wait()
+
+
+def _printed(output: Path, heading: str) -> str:
+    """The shell lines printed under ``heading`` (up to a blank line), as a script."""
+    text = output.read_text()
+    assert heading in text, text
+    block = text.split(heading, 1)[1].split("\n\n", 1)[0]
+    return "\n".join(line.strip() for line in block.splitlines()[1:])
+
+
+def _sh(script: str, env: dict[str, str]) -> str:
+    """Run printed commands as a user would: a shell in the checkout, with the user's env."""
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"{script}\n{done.stdout}{done.stderr}"
+    return done.stdout
 
 
 def test_quickstart_runs_the_whole_system(quickstart, tmp_path):  # type: ignore[no-untyped-def]
     base, data, env = quickstart
     # the operator's token (the quick start prints the CI one; the operator makes their own)
     token = subprocess.run(
-        [sys.executable, "manage.py", "api_token_create", "--user", "operator", "--name", "t"],
+        [
+            sys.executable,
+            "manage.py",
+            "api_token_create",
+            "--user",
+            "operator",
+            "--name",
+            "t",
+            "--scope",
+            "fleet:read",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -101,8 +135,6 @@ def test_quickstart_runs_the_whole_system(quickstart, tmp_path):  # type: ignore
 
     # the sample: kws 1.0.0 everywhere, through a first rollout, then a phased rollout of
     # 1.1.0 running, in the API and in /metrics
-    samples = ROOT / "deploy" / "dev" / "sample-models"
-
     def rollouts(version: str, status: str) -> list[dict]:  # type: ignore[type-arg]
         found = _get(f"{base}/api/v1/rollouts/", token)["results"]
         return [r for r in found if r["version"] == version and r["status"] == status]
@@ -115,7 +147,7 @@ def test_quickstart_runs_the_whole_system(quickstart, tmp_path):  # type: ignore
     }
 
     (rollout,) = _wait(lambda: rollouts("1.1.0", "running"), "kws 1.1.0 rolling out", 120)
-    assert [s["percent"] for s in rollout["stages"]] == [34, 67, 100]
+    assert [s["percent"] for s in rollout["stages"]] == [33, 66, 100]
     with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:  # noqa: S310
         metrics = response.read().decode()
     info = [line for line in metrics.splitlines() if line.startswith("fleet_rollout_info{")]
@@ -127,32 +159,37 @@ def test_quickstart_runs_the_whole_system(quickstart, tmp_path):  # type: ignore
     samples_url = f"{base}/api/v1/telemetry/devices/sim-001/samples?metric=latency_ms"
     _wait(lambda: _get(samples_url, token)["samples"], "latency telemetry from sim-001", 120)
 
-    # CI publishes another version with the printed command
-    ci_env = {
-        **env,
-        "FLEET_URL": base,
-        "FLEET_TOKEN": (data / "ci" / "token").read_text(),
-        "FLEET_RELEASE_KEY": str(data / "ci" / "release.key"),
-    }
-    subprocess.run(
-        [
-            str(BIN / "fleetctl"),
-            "publish",
-            str(samples / "kws-1.1.0.onnx"),
-            "--name",
-            "kws",
-            "--version",
-            "1.2.0",
-            "--hardware",
-            "linux-x86_64-fp32",
-            "--format",
-            "onnx",
-        ],
-        env=ci_env,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    # the printed commands work as printed, from the checkout: the ports, an operator's
+    # token and the rollout under way, then CI publishing another version
+    output = tmp_path / "fleet_up.out"
+    banner = output.read_text()
+    assert f"web {base.rsplit(':', 1)[1]} (FLEET_PORT" in banner
+    assert f"MQTT {env['FLEET_MQTT_PORT']} (FLEET_MQTT_PORT)" in banner
+    user_env = {**env, "PATH": "/usr/bin:/bin"}  # .venv/bin need not be on the user's PATH
+    operator = _printed(output, "Steer rollouts as an operator")
+    assert ".venv/bin/fleetctl rollout list" in operator or str(BIN) in operator
+    assert rollout["id"] in _sh(operator, user_env)
+    _wait(lambda: "fleetctl rollout show" in output.read_text(), "the sample's printed line")
+    (line,) = [x for x in output.read_text().splitlines() if "fleetctl rollout show" in x]
+    audit = _sh(operator + "\n" + line.strip(), user_env)
+    assert f"{rollout['id']}  kws  phased 1.1.0" in audit
+    assert "audit:" in audit
+    _sh(_printed(output, "Publish a model as CI would"), user_env)
     versions = _get(f"{base}/api/v1/models/kws/versions/", token)
     listed = versions["results"] if isinstance(versions, dict) else versions
     assert {"1.0.0", "1.1.0", "1.2.0"} <= {v["version"] for v in listed}
+
+    # nothing in the logs warns about what is as it should be
+    for log in (data / "logs").iterdir():
+        assert "No hostname was supplied" not in log.read_text(), log.name
+
+    # what the running system wrote under var/ is the operator's alone; inside the
+    # owner-only var/, artifacts keep their group-readable mode and the simulated devices
+    # the modes an agent gives its applications (model slots, metrics socket)
+    assert (data.stat().st_mode & 0o777) == 0o700
+    wide = [
+        str(p.relative_to(data))
+        for p in data.rglob("*")
+        if p.stat().st_mode & 0o077 and p.relative_to(data).parts[0] not in {"artifacts", "devices"}
+    ]
+    assert wide == [], wide

@@ -10,6 +10,7 @@ from bridge_harness import make_device, state_payload
 from director_factories import ArtifactFactory, own_director_key
 from django.db import connection
 from django.utils import timezone
+from service_check import require_postgresql
 
 from device_agent.protocol.messages import ReportedState, loads_json
 from fleet.bridge.outbox import desired_states_mark_published
@@ -22,8 +23,7 @@ pytestmark = pytest.mark.django_db
 
 
 def _postgresql() -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("a PostgreSQL storage parameter; run with DATABASE_URL=postgres://...")
+    require_postgresql(connection.vendor)  # a PostgreSQL storage parameter
 
 
 @pytest.mark.parametrize("table", ["fleet_device", "fleet_desiredstate"])

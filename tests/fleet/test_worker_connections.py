@@ -5,6 +5,7 @@ import pytest
 from celery import signals
 from celery.fixups.django import DjangoWorkerFixup
 from django.db import connection
+from service_check import require_postgresql
 
 from fleet.celery import app
 from ota.tasks import rollout_evaluate_task
@@ -43,8 +44,7 @@ def test_a_connection_outlives_tasks_until_it_ages(settings) -> None:  # type: i
 
 
 def test_a_broken_connection_is_dropped_between_tasks() -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("Django takes an SQLite connection as always usable; set DATABASE_URL")
+    require_postgresql(connection.vendor)  # Django takes SQLite connections as usable
     fixup = DjangoWorkerFixup(app)
     connection.settings_dict["CONN_MAX_AGE"] = 60
     try:

@@ -5,14 +5,14 @@ distinct."""
 
 import json
 
-import pytest
+from service_check import require_module
 
 SIZE = 64
 
 
 def chain_onnx(*, layers: int, bias: float, size: int = SIZE) -> tuple[bytes, dict[str, object]]:
     """y = x @ W^layers + bias with W the identity: returns (model bytes, selftest)."""
-    onnx = pytest.importorskip("onnx")
+    onnx = require_module("onnx", "pip install -e '.[dev]' (deploy/dev/venv.sh)")
     from onnx import TensorProto, helper
 
     eye = [1.0 if i == j else 0.0 for i in range(size) for j in range(size)]

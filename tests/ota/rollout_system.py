@@ -136,12 +136,15 @@ class FleetSystem:
     def start(self) -> None:
         self.manage("fleet_up", "--no-serve", "--devices", "0")
         self.operator_token = self.manage(
-            "api_token_create", "--user", "operator", "--name", "e2e"
+            "api_token_create", "--user", "operator", "--name", "e2e", "--scope", "user"
         ).strip()
         self.ci_env = {
             **self.env,
             "FLEET_URL": self.base,
-            "FLEET_TOKEN": (self.data / "ci" / "token").read_text().strip(),
+            # the quick start's CI token publishes kws only; these tests publish others
+            "FLEET_TOKEN": self.manage(
+                "api_token_create", "--user", "ci", "--role", "ci", "--model", "*"
+            ).strip(),
             "FLEET_RELEASE_KEY": str(self.data / "ci" / "release.key"),
         }
         self._start_web()

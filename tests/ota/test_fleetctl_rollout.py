@@ -1,6 +1,7 @@
 """``fleetctl rollout``: CI opens a canary right after publishing, operators steer it, and
 refusals come back with the API's error codes; then the argument checks without a server."""
 
+import io
 import json
 import os
 import subprocess
@@ -8,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from rollout_helpers import artifact, devices, use_own_director_key, user
+from django.core.management import call_command
+from rollout_helpers import artifact, devices, use_own_director_key
 
 from fleet.models import Group
-from fleet.services import api_token_create
 from ota import cli
 
 HW = "linux-x86_64-fp32"
@@ -31,14 +32,10 @@ def fleet(settings, tmp_path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def operator_token(db):  # type: ignore[no-untyped-def]
-    account = user(
-        "ops",
-        "ota.view_rollout",
-        "ota.add_rollout",
-        "ota.start_rollout",
-        "ota.control_rollout",
-    )
-    return api_token_create(user=account, name="ops")[1]
+    """An operator's token as the docs make one: ``api_token_create --role operator``."""
+    out = io.StringIO()
+    call_command("api_token_create", "--user", "ops", "--role", "operator", stdout=out)
+    return out.getvalue().strip()
 
 
 def _run(monkeypatch, capsys, url, token, *argv):  # type: ignore[no-untyped-def]

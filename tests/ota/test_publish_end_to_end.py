@@ -1,6 +1,7 @@
 """CI publishes with fleetctl against a running server; a TUF client fetches the model."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -63,6 +64,11 @@ def test_fleetctl_publish_then_ngclient_downloads(
         )
         == 0
     )
+    # for people by default
+    assert capsys.readouterr().out.startswith(
+        "published kws 1.0.0 for linux-x86_64-fp32 (onnx), release counter 1\n"
+        "  target  models/kws/1.0.0/linux-x86_64-fp32/model.onnx\n"
+    )
     second = tmp_path / "v2" / "model.onnx"
     second.parent.mkdir()
     second.write_bytes(os.urandom(1000))
@@ -79,10 +85,13 @@ def test_fleetctl_publish_then_ngclient_downloads(
                 "linux-x86_64-fp32",
                 "--format",
                 "onnx",
+                "--json",
             ]
         )
         == 0
     )
+    published = json.loads(capsys.readouterr().out)  # for scripts with --json
+    assert (published["version"], published["release_counter"]) == ("1.1.0", 2)
 
     # then a TUF client bootstrapped with the served root finds and downloads it
     updater = _updater(live_server, tmp_path)

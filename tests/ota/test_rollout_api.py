@@ -9,6 +9,12 @@ from django.test import Client
 from publishing_helpers import post_publish, signed_metadata
 from rollout_helpers import devices, operator, use_own_director_key, user
 
+from fleet.auth import (
+    ALL_MODELS,
+    SCOPE_FLEET_READ,
+    SCOPE_ROLLOUTS_CREATE,
+    SCOPE_ROLLOUTS_OPERATE,
+)
 from fleet.models import Group
 from fleet.services import api_token_create
 from ota.models import Rollout
@@ -73,7 +79,16 @@ def ci(published):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def ops(db):  # type: ignore[no-untyped-def]
-    return Api(api_token_create(user=operator(), name="ops")[1])
+    operator()
+    account = user("operator", "fleet.view_device")  # to list a rollout's devices
+    return Api(
+        api_token_create(
+            user=account,
+            name="ops",
+            scopes=[SCOPE_ROLLOUTS_CREATE, SCOPE_ROLLOUTS_OPERATE, SCOPE_FLEET_READ],
+            model_names=[ALL_MODELS],
+        )[1]
+    )
 
 
 def test_ci_opens_a_canary_right_after_publishing_and_an_operator_runs_it(ci, ops):  # type: ignore[no-untyped-def]

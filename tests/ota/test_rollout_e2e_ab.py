@@ -10,15 +10,17 @@ from typing import Any
 import pytest
 from rollout_onnx import chain_onnx, selftest_meta
 from rollout_system import FleetSystem, wait_until
+from service_check import require_module
 
 DEVICES = 20
 
 pytestmark = pytest.mark.timeout(900)
-pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetSystem]:
+    # the devices' simulated application runs the model through onnxruntime
+    require_module("onnxruntime", "pip install -e '.[dev]' (deploy/dev/venv.sh)")
     fleet = FleetSystem(
         tmp_path_factory.mktemp("e2e-ab"),
         devices=DEVICES,

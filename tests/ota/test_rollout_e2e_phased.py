@@ -243,16 +243,25 @@ def test_pause_holds_notifications_resume_continues_and_an_engine_restart_loses_
     first = wait_until(lambda: len(n := notified()) == 10 and n, "the first ten notified", 60)
 
     # when: the operator pauses it
-    system.post(f"/api/v1/rollouts/{rollout_id}/pause", {"reason": "looking at a dashboard"})
+    paused = system.post(
+        f"/api/v1/rollouts/{rollout_id}/pause", {"reason": "looking at a dashboard"}
+    )
     paused_at = time.monotonic()
-    assert system.rollout_status(rollout_id) == "paused"
+    assert paused["status"] == "paused"
 
-    # then: past the minute, when the pace would allow ten more, and over several beat
-    # ticks (5 s), nobody else is notified
-    while time.monotonic() < paused_at + 60 + 3 * 5:
+    # then: past the minute, when the pace would allow ten more, and over three
+    # evaluations by the engine after the pause (so the engine ran and chose to notify
+    # nobody: a stopped worker would also leave the devices alone), nobody else is notified
+    evaluations = {paused["evaluated_at"]}
+
+    def quiet_and_evaluated() -> bool:
         assert notified() == first
-        time.sleep(1)
-    assert system.rollout_status(rollout_id) == "paused"
+        rollout = system.rollout(rollout_id)
+        assert rollout["status"] == "paused"
+        evaluations.add(rollout["evaluated_at"])
+        return time.monotonic() > paused_at + 60 and len(evaluations) > 3
+
+    wait_until(quiet_and_evaluated, "three evaluations of the paused rollout", 120)
 
     # when: it resumes, and the engine (worker with its beat) and the bridge crash
     # while the second batch installs, then come back
@@ -288,3 +297,48 @@ def test_pause_holds_notifications_resume_continues_and_an_engine_restart_loses_
     audit = [(a["from_status"], a["to_status"], a["actor_name"]) for a in system.audit(rollout_id)]
     assert ("running", "paused", "operator") in audit
     assert ("paused", "running", "operator") in audit
+
+
+def test_the_same_bytes_published_again_under_a_new_version_complete_without_a_download(
+    system: FleetSystem, tmp_path: Path
+):
+    # given: every device runs sonar 1.0.0, installed by a first rollout
+    system.model_register("sonar")
+    path, selftest = _model(tmp_path, "sonar", bias=4.0)
+    sha = system.publish(path, name="sonar", version="1.0.0", meta=[selftest_meta(selftest)])
+    first = _start(system, model="sonar", strategy="phased", version="1.0.0", policy={})
+    assert _wait_status(system, first, "completed", "paused", "aborted") == "completed"
+
+    # when: CI publishes the same file as 1.0.1 (what the quick start's printed hint does)
+    # and an operator rolls it out
+    assert (
+        system.publish(path, name="sonar", version="1.0.1", meta=[selftest_meta(selftest)]) == sha
+    )
+    rollout_id = _start(
+        system,
+        model="sonar",
+        strategy="phased",
+        version="1.0.1",
+        stages=[{"percent": 50}, {"percent": 100}],
+        policy={"rate_per_minute": 600},
+    )
+
+    # then: it completes (not stuck at notified until the device timeout)
+    assert _wait_status(system, rollout_id, "completed", "paused", "aborted", timeout=120) == (
+        "completed"
+    )
+    devices = system.device_ids()
+    states = {d["device"]: d["state"] for d in system.rollout_devices(rollout_id)}
+    assert states == dict.fromkeys(devices, "succeeded")
+    # every device reports 1.0.1, runs the same bytes, and downloaded nothing for it
+    wait_until(
+        lambda: all(system.reported_version(d, "sonar") == "1.0.1" for d in devices),
+        "every device reporting 1.0.1",
+    )
+    assert {d: system.installed(d, "sonar") for d in devices} == dict.fromkeys(devices, sha)
+    phases = set(
+        system.scalars(
+            "SELECT DISTINCT phase FROM fleet_deviceevent WHERE rollout_id = %s", rollout_id
+        )
+    )
+    assert phases == {"accepted", "committed"}

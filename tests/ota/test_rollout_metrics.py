@@ -24,7 +24,7 @@ def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
     use_own_director_key(settings, tmp_path)
 
 
-def test_phased_progress_has_one_unnamed_arm_with_states_failures_and_gates():  # type: ignore[no-untyped-def]
+def test_phased_progress_has_one_arm_main_with_states_failures_and_gates():  # type: ignore[no-untyped-def]
     artifact("2.0.0")
     fleet = devices(4)
     rollout = phased(policy={"min_finished": 2, "max_failure_rate": 0.6})
@@ -41,7 +41,7 @@ def test_phased_progress_has_one_unnamed_arm_with_states_failures_and_gates():  
         "phased",
         "running",
     )
-    assert (progress.arm, progress.stage, progress.stage_percent) == ("", 0, 100)
+    assert (progress.arm, progress.stage, progress.stage_percent) == ("main", 0, 100)
     assert progress.devices == {"failed": 1, "succeeded": 1, "notified": 2}
     assert progress.failures == {"disk_full": 1}
     gate = progress.gates["install_failure_rate"]

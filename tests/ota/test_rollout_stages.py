@@ -46,11 +46,13 @@ def test_stages_open_after_their_devices_finished_and_baked():  # type: ignore[n
     # when the first evaluation runs
     first = evaluate(rollout, t0)
 
-    # then exactly the devices with a bucket below 0.10 are notified, with the target entry
+    # then exactly the 10 % of devices with the lowest buckets are notified, with the
+    # target entry
     notified = rows(rollout, state="notified")
-    assert first.notified == len(notified) > 0
-    assert all(r.bucket < 0.10 for r in notified)
-    assert not [r for r in rows(rollout, state="pending") if r.bucket < 0.10]
+    bounds = fresh(rollout).stage_bounds
+    assert first.notified == len(notified) == 20
+    assert all(r.bucket <= bounds[0] for r in notified)
+    assert not [r for r in rows(rollout, state="pending") if r.bucket <= bounds[0]]
     entry = desired_entry(notified[0].device)
     assert entry is not None
     assert (entry["version"], entry["rollout_id"], entry["arm"]) == (
@@ -67,11 +69,11 @@ def test_stages_open_after_their_devices_finished_and_baked():  # type: ignore[n
     assert evaluate(rollout, later(30, base=t0)).notified == 0
     assert fresh(rollout).current_stage == 0
 
-    # then after the bake the next stage opens and takes buckets below 0.50
+    # then after the bake the next stage opens and takes the next 40 % in bucket order
     advanced = evaluate(rollout, later(32, base=t0))
     assert fresh(rollout).current_stage == 1
-    assert advanced.notified > 0
-    assert all(r.bucket < 0.5 for r in rows(rollout, state="notified"))
+    assert advanced.notified == 80
+    assert all(r.bucket <= bounds[1] for r in rows(rollout, state="notified"))
 
     # and the earlier devices are never notified again (sticky, seq unchanged)
     first_ids = {r.device_id for r in notified}

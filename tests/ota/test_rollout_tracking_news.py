@@ -21,6 +21,7 @@ from rollout_helpers import (
     states,
     use_own_director_key,
 )
+from service_check import require_postgresql
 
 from device_agent.protocol.messages import ModelState, Phase, ReportedState, Slot, UpdateEvent
 from device_agent.protocol.topics import Channel, topic_for
@@ -274,8 +275,7 @@ def test_the_bridge_records_one_batch_of_news_for_its_states_and_events(
 
 
 def test_the_news_look_up_reads_only_rows_in_flight_through_their_index() -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("a PostgreSQL plan; run with DATABASE_URL=postgres://...")
+    require_postgresql(connection.vendor)  # a PostgreSQL plan
     artifact("2.0.0")
     fleet = devices(20)
     rollout = phased(stages=[{"percent": 100}])
@@ -296,7 +296,7 @@ def test_the_news_look_up_reads_only_rows_in_flight_through_their_index() -> Non
     # every row each device ever had in any rollout
     with connection.execute_wrapper(explain):
         report(fleet[0], rollout, Phase.ACCEPTED)
-    assert any("rolloutdevice_in_flight" in line for line in statements), statements
+    assert any("rolloutdevice_tracked" in line for line in statements), statements
 
 
 def test_a_device_in_flight_in_two_rollouts_is_news_for_both() -> None:

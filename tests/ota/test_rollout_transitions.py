@@ -23,6 +23,7 @@ ALLOWED = {
     (S.SCHEDULED, S.ABORTED),
     (S.RUNNING, S.PAUSED),
     (S.RUNNING, S.COMPLETED),
+    (S.RUNNING, S.COMPLETED_WITH_FAILURES),
     (S.RUNNING, S.ABORTED),
     (S.PAUSED, S.RUNNING),
     (S.PAUSED, S.ABORTED),
@@ -38,6 +39,7 @@ def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
 
 def _rollout_in(status: RolloutStatus) -> Rollout:
     artifact("2.0.0")
+    devices(1)  # a selection that matches no device is refused (empty_selection)
     rollout = phased(start=False)
     Rollout.objects.filter(pk=rollout.pk).update(status=status)  # test setup only
     rollout.refresh_from_db()
@@ -117,6 +119,7 @@ def test_services_walk_the_lifecycle_with_an_audit_trail():  # type: ignore[no-u
 
 def test_starting_a_draft_schedules_it_first():  # type: ignore[no-untyped-def]
     artifact("2.0.0")
+    devices(1)
     rollout = phased(start=False)
 
     started = rollouts.rollout_start(rollout=rollout, by=operator())

@@ -9,6 +9,7 @@ from django.db import transaction
 from django.test import Client
 from telemetry_support import make_device, now_utc
 
+from fleet.auth import SCOPE_FLEET_READ
 from fleet.services import api_token_create
 from telemetry.ingest import rows_write
 from telemetry.models import Granularity
@@ -42,7 +43,7 @@ def _client_with(*perms: str) -> Client:
         user.user_permissions.add(
             Permission.objects.get(content_type__app_label=app_label, codename=codename)
         )
-    _, token = api_token_create(user=user, name="dashboard")
+    _, token = api_token_create(user=user, name="dashboard", scopes=[SCOPE_FLEET_READ])
     return Client(HTTP_AUTHORIZATION=f"Bearer {token}")
 
 

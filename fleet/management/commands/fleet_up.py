@@ -15,6 +15,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from device_agent.config import CONFIG_FILE, AgentConfig
+from fleet.auth import ROLES
 from fleet.devserver import Child, Supervisor, first_free_port, port_free
 from fleet.enrollment import enrollment_token_create
 from fleet.management.commands.broker import mosquitto_binary
@@ -39,6 +40,19 @@ def _secret_file(path: Path, make: Any) -> str:
 
 
 SIM_HARDWARE = "linux-x86_64-fp32"
+
+
+def _venv_bin(root: Path) -> str:
+    """How the printed commands name this environment's scripts, run from the checkout."""
+    scripts = Path(sys.executable).parent
+    return ".venv/bin" if scripts == root / ".venv" / "bin" else str(scripts)
+
+
+def _queue_text(broker_url: str, data: Path) -> str:
+    """Where the worker's queue is, for people: the embedded one is a directory."""
+    if broker_url.startswith("filesystem://"):
+        return f"embedded queue in {data / 'celery'}/"
+    return "queue at " + broker_url.split("@")[-1]  # no credentials on the screen
 
 
 def _mqtt_port(data: Path, preferred: int) -> int:
@@ -114,6 +128,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # Everything the quick start and its children write under the data directory
+        # (keys, logs, queue, device state, the CI token) is for this user only.
+        os.umask(0o077)
         data = Path(settings.FLEET_DATA_DIR)
         call_command("migrate", interactive=False, verbosity=0)
         call_command("tuf_init", if_missing=True)
@@ -136,9 +153,12 @@ class Command(BaseCommand):
             )
         token = _secret_file(
             ci_dir / "token",
-            lambda: api_token_create(user=ci_user_get_or_create(username="ci"), name="quickstart")[
-                1
-            ],
+            lambda: api_token_create(
+                user=ci_user_get_or_create(username="ci"),
+                name="quickstart",
+                scopes=ROLES["ci"],  # publish kws, open draft rollouts of it
+                model_names=["kws"],
+            )[1],
         )
 
         port = int(options["port"])
@@ -153,28 +173,45 @@ class Command(BaseCommand):
             "FLEET_MQTT_URL": f"mqtt://127.0.0.1:{mqtt_port}",
             "FLEET_MQTT_BRIDGE_URL": f"mqtt://127.0.0.1:{mqtt_port}",
             # A real Celery worker and beat on the embedded queue (a directory under
-            # FLEET_DATA_DIR, fleet/settings.py) unless a broker is given.
-            "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL") or "filesystem://",
+            # FLEET_DATA_DIR, fleet/settings.py) unless a broker is given. The transport
+            # ignores the host, but without one kombu warns in every process that queues.
+            "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL") or "filesystem://localhost/",
             "PYTHONUNBUFFERED": "1",
         }
+        root = settings.BASE_DIR
+        venv = _venv_bin(root)
+        # The printed manage.py command must find this run's database.
+        data_env = f"FLEET_DATA_DIR={data} " if os.environ.get("FLEET_DATA_DIR") else ""
+        state = "prepared (--no-serve: nothing runs)" if options["no_serve"] else "up"
         banner = (
-            self.style.SUCCESS("\nFleet OTA is up (embedded defaults: SQLite, local files).\n")
+            self.style.SUCCESS(
+                f"\nFleet OTA is {state} (embedded defaults: SQLite, local files).\n"
+            )
             + f"""
   Dashboard     {base}/admin/        user: operator   password: {password}
-  API docs      {base}/api/docs/
+  API docs      {base}/api/docs/     (log in to the dashboard first)
   TUF metadata  {base}/tuf/timestamp.json
   Health        {base}/healthz
   MQTT broker   mqtt://127.0.0.1:{mqtt_port}  ({engine}, plain, loopback only)
                 production uses TLS + client certificates: deploy/mosquitto/
   Metrics       {base}/metrics  (loopback only)
-  Worker        Celery worker + beat on {env["CELERY_BROKER_URL"]}
+  Worker        Celery worker + beat, {_queue_text(env["CELERY_BROKER_URL"], data)}
   Devices       {options["devices"]} simulated fleet-agent processes, in {data / "devices"}/
   Logs          {data / "logs"}/
+  Ports         web {port} (FLEET_PORT or --port), MQTT {mqtt_port} (FLEET_MQTT_PORT)
 
-Publish a model as CI would:
+In another shell, from {root}:
+
+Publish a model as CI would (CI's token: publish and draft rollouts):
   export FLEET_URL={base} FLEET_TOKEN={token} FLEET_RELEASE_KEY={ci_dir / "release.key"}
-  .venv/bin/fleetctl publish deploy/dev/sample-models/kws-1.1.0.onnx --name kws \\
+  {venv}/fleetctl publish deploy/dev/sample-models/kws-1.1.0.onnx --name kws \\
       --version 1.2.0 --hardware linux-x86_64-fp32 --format onnx
+
+Steer rollouts as an operator (a token of your own; {venv}/fleetctl --help for more):
+  export FLEET_URL={base}
+  export FLEET_TOKEN=$({data_env}{venv}/python manage.py api_token_create \\
+      --user operator --role operator --name cli)
+  {venv}/fleetctl rollout list
 
 Stop with Ctrl-C.
 """
@@ -238,6 +275,7 @@ Stop with Ctrl-C.
                 },
                 "devices": devices,
                 "base": base,
+                "venv": venv,
             },
             daemon=True,
         ).start()
@@ -249,7 +287,7 @@ Stop with Ctrl-C.
 
         supervisor.wait(died)
 
-    def _sample(self, *, ci_env: dict[str, str], devices: list[str], base: str) -> None:
+    def _sample(self, *, ci_env: dict[str, str], devices: list[str], base: str, venv: str) -> None:
         done = subprocess.run(  # noqa: S603 - our own command
             [sys.executable, str(settings.BASE_DIR / "manage.py"), "sample_seed", *devices],
             env=ci_env,
@@ -267,5 +305,6 @@ Stop with Ctrl-C.
             self.stdout.write(
                 f"Sample: kws {FIRST} runs on every simulated device; a phased rollout of "
                 f"kws {SECOND} ({rollout_id}) is running:\n  {base}/admin/ota/rollout/\n"
+                f"  {venv}/fleetctl rollout show {rollout_id} --audit   # the operator's token\n"
             )
             self.stdout.flush()

@@ -1,6 +1,6 @@
-"""Tiny ONNX models built with the onnx package (tests skip without it)."""
+"""Tiny ONNX models built with the onnx package (tests skip without it, fail under CI)."""
 
-import pytest
+from service_check import require_module
 
 WEIGHTS = [[1.0, 0.5], [-1.0, 2.0], [0.25, 0.0], [3.0, -0.5]]
 X = [1.0, 2.0, 3.0, 4.0]
@@ -8,7 +8,7 @@ X = [1.0, 2.0, 3.0, 4.0]
 
 def matmul_onnx(weights: list[list[float]]) -> bytes:
     """A tiny ONNX model: y[1,2] = x[1,4] @ W[4,2]."""
-    onnx = pytest.importorskip("onnx")
+    onnx = require_module("onnx", "pip install -e '.[dev]' (deploy/dev/venv.sh)")
     from onnx import TensorProto, helper
 
     w = helper.make_tensor("W", TensorProto.FLOAT, [4, 2], [v for row in weights for v in row])
@@ -28,7 +28,7 @@ def matmul_onnx(weights: list[list[float]]) -> bytes:
 def chain_onnx(layers: int, size: int = 64) -> bytes:
     """y = x @ W^layers (x: [batch, size]), W a fixed scrambled matrix: `layers` MatMuls, so a
     deeper chain really takes longer to run."""
-    onnx = pytest.importorskip("onnx")
+    onnx = require_module("onnx", "pip install -e '.[dev]' (deploy/dev/venv.sh)")
     from onnx import TensorProto, helper
 
     scale = 1.0 / size

@@ -6,6 +6,7 @@ import os
 import pytest
 from agent_harness import current_sha256, desired_envelope, publish, tflite_bytes
 from agent_models import WEIGHTS, X, matmul_onnx
+from service_check import require_module
 
 from device_agent.protocol.messages import Phase
 
@@ -24,7 +25,7 @@ def selftest_meta() -> str:
 
 
 def test_onnx_selftest_commits_good_and_rolls_back_broken(fleet) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("onnxruntime")
+    require_module("onnxruntime", "pip install -e '.[dev]' (deploy/dev/venv.sh)")
     # given a good model and a broken one (other weights), both with the same self-test
     good = publish(
         fleet.tmp_path,

@@ -11,7 +11,18 @@ from agent_http import Behaviour, file_server
 
 from device_agent.journal import Journal
 from device_agent.protocol.messages import Slot
-from device_agent.state import AgentState, Failure, Job, Report, Status
+from device_agent.state import (
+    AgentState,
+    DownloadDone,
+    Event,
+    Failure,
+    InvalidTransition,
+    Job,
+    Report,
+    Status,
+    Swapped,
+    TrialPassed,
+)
 from device_agent.store import AgentStore
 
 V1 = Release("1.0.0", 1, tflite(b"v1"))
@@ -176,6 +187,37 @@ def job_for(release: Release, url: str, *, slot: Slot, previous: Slot | None) ->
         slot=slot,
         previous_slot=previous,
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "event"),
+    [
+        (Status.TRIAL, DownloadDone()),
+        (Status.DOWNLOADING, TrialPassed()),
+        (Status.COMMITTED, Swapped()),
+    ],
+    ids=str,
+)
+def test_an_invalid_event_leaves_state_and_journal_alone(
+    device: Device, status: Status, event: Event
+) -> None:
+    # given an update journaled mid-way
+    state = AgentState(
+        status=status, job=job_for(V2, "http://127.0.0.1:9/x", slot=Slot.B, previous=Slot.A)
+    )
+    Journal(device.layout.journal).save(state)
+    journaled = device.layout.journal.read_bytes()
+    runner = device.runner()
+    runner.state = state
+
+    # when an event that state does not accept reaches the runner
+    with pytest.raises(InvalidTransition, match=f"not valid in state {status}"):
+        runner._feed(event)
+
+    # then nothing moved: not the state, not the journal, and nothing was reported
+    assert runner.state == state
+    assert device.layout.journal.read_bytes() == journaled
+    assert device.publisher.events == []
 
 
 def test_recovery_resumes_a_partial_download_with_range(device: Device) -> None:

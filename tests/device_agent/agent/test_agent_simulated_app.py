@@ -8,12 +8,10 @@ import socket
 import statistics
 from pathlib import Path
 
-import pytest
 from agent_models import chain_onnx
+from service_check import require_module
 
 from device_agent.simapp import SimulatedApp
-
-pytest.importorskip("onnxruntime")
 
 
 def install(models: Path, slot: str, filename: str, data: bytes) -> None:
@@ -39,6 +37,7 @@ def reports(app: SimulatedApp, inbox: socket.socket, n: int) -> list[dict[str, f
 
 
 def test_a_heavier_onnx_model_reports_a_clearly_higher_latency(tmp_path: Path) -> None:
+    require_module("onnxruntime", "pip install -e '.[dev]' (deploy/dev/venv.sh)")
     models = tmp_path / "models"
     path = tmp_path / "metrics.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as inbox:

@@ -149,11 +149,14 @@ INVALID = [
 
 
 @pytest.mark.parametrize(("status", "event_type"), INVALID, ids=str)
-def test_invalid_event_is_refused_and_changes_nothing(status: Status, event_type: type) -> None:
-    state = in_state(status)
-    with pytest.raises(InvalidTransition):
-        next_step(state, SAMPLE_EVENTS[event_type])
-    assert state == in_state(status)  # frozen: nothing could have changed it
+def test_invalid_event_is_refused_naming_the_event_and_the_state(
+    status: Status, event_type: type
+) -> None:
+    # (the state is frozen; that the agent keeps it, journal included, is
+    # test_agent_runner.py's test_an_invalid_event_leaves_state_and_journal_alone)
+    with pytest.raises(InvalidTransition) as refused:
+        next_step(in_state(status), SAMPLE_EVENTS[event_type])
+    assert str(refused.value) == f"{event_type.__name__} is not valid in state {status}"
 
 
 def test_the_invalid_list_covers_everything_else() -> None:

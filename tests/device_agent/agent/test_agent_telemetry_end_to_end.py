@@ -23,6 +23,7 @@ from agent_harness import REPO, agent_cli, agent_env
 from agent_http import Behaviour, file_server
 from agent_models import chain_onnx
 from paho.mqtt.enums import CallbackAPIVersion
+from service_check import require_module
 
 from device_agent.config import AgentConfig
 from device_agent.metrics_client import report
@@ -42,7 +43,7 @@ class Template:
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     """An agent directory with an ONNX kws 1.0.0 committed (rollout r-1, no arm)."""
-    pytest.importorskip("onnxruntime")
+    require_module("onnxruntime", "pip install -e '.[dev]' (deploy/dev/venv.sh)")
     v1 = Release("1.0.0", 1, chain_onnx(4), fmt="onnx")
     device = Device(tmp_path_factory.mktemp("telemetry") / "template")
     device.tuf = FakeTuf([v1])

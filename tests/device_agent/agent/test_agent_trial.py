@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from agent_device import tflite
+from service_check import require_module
 
 from device_agent.trial import CheckFailed, check_model, parse_selftest, run_trial
 
@@ -123,8 +124,8 @@ def test_malformed_selftests_fail(broken: object, tmp_path: Path) -> None:
 
 
 def test_selftest_through_onnxruntime(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
-    onnx = pytest.importorskip("onnx")
+    require_module("onnxruntime", "pip install -e '.[dev]' (deploy/dev/venv.sh)")
+    onnx = require_module("onnx", "pip install -e '.[dev]' (deploy/dev/venv.sh)")
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
