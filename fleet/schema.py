@@ -29,9 +29,8 @@ _ALWAYS = {
     "405": "method_not_allowed",
     "429": "throttled: retry after the Retry-After header",
     "500": "internal: a fault of the server, logged",
-}
-_AUTHENTICATED = {
-    "401": "unauthorized: no or a bad token or session",
+    # a public operation's credential is in its body (enrollment's one-time token)
+    "401": "unauthorized (or token_expired): no or a bad credential",
     "403": "forbidden: the token's user lacks the permission",
 }
 _WITH_BODY = {"413": "payload_too_large"}
@@ -60,8 +59,6 @@ def error_responses(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
             codes = dict(_ALWAYS)
-            if operation.get("security") != [{}] and operation.get("security") != []:
-                codes |= _AUTHENTICATED
             if "requestBody" in operation:
                 codes |= _WITH_BODY
             if method in {"post", "put", "patch", "delete"}:
