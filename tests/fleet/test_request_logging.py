@@ -43,7 +43,7 @@ class Console:
 
 
 @pytest.fixture
-def capfd() -> Iterator[Console]:
+def console() -> Iterator[Console]:
     """What the console handler (the one with the request filter) writes."""
     handler = next(
         h
@@ -58,16 +58,16 @@ def capfd() -> Iterator[Console]:
     handler.setStream(old)  # type: ignore[arg-type]
 
 
-def _lines(capfd: Any, needle: str) -> list[str]:
-    err = capfd.readouterr().err
+def _lines(console: Any, needle: str) -> list[str]:
+    err = console.readouterr().err
     assert "Traceback" not in err, err
     return [line for line in err.splitlines() if needle in line]
 
 
-def test_tuf_probe_is_one_info_line(debug: bool, staff: Client, capfd) -> None:  # type: ignore[no-untyped-def]
-    capfd.readouterr()
+def test_tuf_probe_is_one_info_line(debug: bool, staff: Client, console) -> None:  # type: ignore[no-untyped-def]
+    console.readouterr()
     assert staff.get("/tuf/2.root.json").status_code == 404
-    lines = _lines(capfd, "/tuf/2.root.json")
+    lines = _lines(console, "/tuf/2.root.json")
     assert len(lines) == 1, lines
     assert " INFO " in lines[0], lines
 
@@ -84,40 +84,40 @@ def test_tuf_probe_is_one_info_line(debug: bool, staff: Client, capfd) -> None: 
     ],
 )
 def test_client_error_is_one_line_without_traceback(  # type: ignore[no-untyped-def]
-    debug: bool, staff: Client, capfd, settings, method: str, path: str, body: Any, status: int
+    debug: bool, staff: Client, console, settings, method: str, path: str, body: Any, status: int
 ) -> None:
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
-    capfd.readouterr()
+    console.readouterr()
     kwargs = {"data": body, "content_type": "application/json"} if body else {}
     assert getattr(staff, method)(path, **kwargs).status_code == status
-    assert len(_lines(capfd, path)) == 1
+    assert len(_lines(console, path)) == 1
 
 
-def test_anonymous_is_one_line(capfd, db) -> None:  # type: ignore[no-untyped-def]
-    capfd.readouterr()
+def test_anonymous_is_one_line(console, db) -> None:  # type: ignore[no-untyped-def]
+    console.readouterr()
     assert Client().get("/api/v1/devices/").status_code == 401
-    lines = _lines(capfd, "/api/v1/devices/")
+    lines = _lines(console, "/api/v1/devices/")
     assert len(lines) == 1, lines
     assert " WARNING " in lines[0], lines
 
 
-def test_server_fault_keeps_its_traceback(debug: bool, staff: Client, capfd, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_server_fault_keeps_its_traceback(debug: bool, staff: Client, console, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(views.GroupViewSet, "list", broken)
-    capfd.readouterr()
+    console.readouterr()
     assert staff.get("/api/v1/groups/").status_code == 500
-    err = capfd.readouterr().err
+    err = console.readouterr().err
     assert err.count(" ERROR django.request ") == 1, err
     assert "Traceback" in err
     assert "RuntimeError: boom" in err
 
 
-def test_development_server_does_not_repeat_a_failed_request(capfd) -> None:  # type: ignore[no-untyped-def]
+def test_development_server_does_not_repeat_a_failed_request(console) -> None:  # type: ignore[no-untyped-def]
     # what runserver logs after django.request already did (a 4xx or 5xx), and for a 200
     log = logging.getLogger("django.server")
-    capfd.readouterr()
+    console.readouterr()
     for status in ("404", "400", "500", "200"):
         log.warning(
             '"%s" %s %s',
@@ -126,7 +126,7 @@ def test_development_server_does_not_repeat_a_failed_request(capfd) -> None:  # 
             "10",
             extra={"status_code": int(status)},
         )
-    err = capfd.readouterr().err
+    err = console.readouterr().err
     assert "/x200" in err
     assert "/x404" not in err
     assert "/x400" not in err
