@@ -36,6 +36,7 @@ from cryptography.x509.oid import NameOID
 
 from device_agent import AGENT_VERSION
 from device_agent.config import DEFAULT_DIR, AgentConfig, ConfigError, Layout
+from device_agent.delivery import RESEND_FIRST_S, RESEND_MAX_S, EventDelivery, EventOutbox
 from device_agent.fsutil import write_atomic
 from device_agent.journal import Journal
 from device_agent.metrics_client import encode_sample, send_datagram
@@ -203,21 +204,35 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 class MqttPublisher:
-    """Events and state over MQTT (QoS 1); `flush` waits for the broker's PUBACKs."""
+    """Events and state over MQTT (QoS 1). Events go through `delivery`, which keeps each
+    on disk and sends it again until the server confirms it (device_agent/delivery.py)."""
 
-    def __init__(self, link: MqttLink) -> None:
+    def __init__(self, link: MqttLink, delivery: EventDelivery) -> None:
         self.link = link
+        self.delivery = delivery
 
     def event(self, event: UpdateEvent) -> None:
-        self.link.publish(Channel.EVENTS, event.to_json())
+        self.delivery.event(event)
 
     def state(self, state: ReportedState) -> None:
         self.link.publish(Channel.STATE, state.to_json())
 
-    def flush(self, timeout: float) -> bool:
-        """True once the broker has everything published so far (paho resends QoS 1
-        messages after a reconnect, so this also waits out a short outage)."""
-        return self.link.flush(timeout)
+
+def event_delivery(
+    layout: Layout,
+    link: MqttLink,
+    *,
+    first_s: float = RESEND_FIRST_S,
+    max_s: float = RESEND_MAX_S,
+) -> EventDelivery:
+    """The agent's events, from `events.json`, sent on `link`'s `events` topic."""
+    return EventDelivery(
+        EventOutbox(layout.events),
+        send=lambda payload: link.publish(Channel.EVENTS, payload),
+        connected=link.connected.is_set,
+        first_s=first_s,
+        max_s=max_s,
+    )
 
 
 class MqttTelemetryOut:
@@ -264,11 +279,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         def on_desired(payload: bytes) -> None:
             if runner is not None:
-                runner.inbox.put(payload)
+                runner.offer_desired(payload)
+
+        delivery: EventDelivery | None = None
 
         def on_connected() -> None:
+            if delivery is not None:
+                delivery.on_connected()
             if runner is not None:
                 runner.inbox.put(PUBLISH_STATE)
+
+        def on_acks(payload: bytes) -> None:
+            if delivery is not None:
+                delivery.on_acks(payload)
 
         link = MqttLink(
             broker_url=config.broker_url,
@@ -276,10 +299,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             tls=TlsFiles(ca=layout.ca, cert=layout.cert, key=layout.key),
             on_desired=on_desired,
             on_connected=on_connected,
+            on_acks=on_acks,
             protocol=config.mqtt_protocol,
         )
+        layout.make_dirs()
+        delivery = event_delivery(layout, link)
         clock = agent_clock()
-        runner = Runner(layout.root, config, publisher=MqttPublisher(link), clock=clock, stop=stop)
+        runner = Runner(
+            layout.root, config, publisher=MqttPublisher(link, delivery), clock=clock, stop=stop
+        )
         metrics = MetricsService(
             layout=layout,
             config=config,
@@ -289,6 +317,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         log.info("fleet-agent %s for %s starting", AGENT_VERSION, config.device_id)
         link.start()
+        delivery.start()
         metrics.start()
         if args.simulate_app:
             SimulatedApp(
@@ -311,6 +340,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             stop.set()
             metrics.close(timeout=2.0)
+            delivery.stop()
             link.stop()
     return 0
 

@@ -6,6 +6,7 @@ tuf/                                  ngclient metadata cache
 models/<name>/slots/{a,b}/<file>      two slots per model
 models/<name>/current -> slots/a      what applications read
 journal.json  state.json              the update in progress, the persistent state
+events.json                           events the server has not confirmed (delivery.py)
 downloads/<sha256>.part               resumable partial downloads
 metrics.sock                          applications' telemetry (device_agent/metrics_client.py)
 metrics-stats.json                    what became of it (`fleet-agent status`)
@@ -51,6 +52,16 @@ class AgentConfig:
     download_attempts: int = 6
     download_backoff_s: float = 1.0
     download_backoff_max_s: float = 60.0
+    # An attempt receiving less than download_min_bytes_per_s on average over a window
+    # of download_min_rate_window_s fails (0: no minimum); after download_attempts of
+    # them, download_timeout. Progress events: at most one per progress_event_interval_s.
+    download_min_bytes_per_s: float = 1024.0
+    download_min_rate_window_s: float = 60.0
+    progress_event_interval_s: float = 10.0
+    # How far a desired state's issued_at may be ahead of the device's clock (it becomes
+    # the device's trusted time); None: the device has no trustworthy clock, no bound
+    # (docs/security.md, "Time").
+    max_issued_ahead_s: float | None = 900.0
     # Kept free on the disk beyond the artifact itself.
     disk_reserve_bytes: int = 16 * 1024 * 1024
     # "3.1.1" (any broker, the embedded amqtt too) or "5" (Mosquitto, EMQX, HiveMQ): with
@@ -83,6 +94,17 @@ class AgentConfig:
             or not all(isinstance(a, str) for a in self.trial_hook)
         ):
             raise ConfigError("trial_hook must be a list of strings (argv) or null")
+        for name, low, high in (
+            ("download_min_bytes_per_s", 0.0, 1e12),
+            ("download_min_rate_window_s", 0.1, 86400.0),
+            ("progress_event_interval_s", 0.0, 86400.0),
+        ):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a number in [{low:g}, {high:g}]")
+        ahead = self.max_issued_ahead_s
+        if ahead is not None and (type(ahead) not in (int, float) or not 0 <= ahead <= 366 * 86400):
+            raise ConfigError("max_issued_ahead_s must be null or seconds in [0, 31622400]")
         if self.mqtt_protocol not in ("3.1.1", "5"):
             raise ConfigError('mqtt_protocol must be "3.1.1" or "5"')
         self._check_telemetry()
@@ -197,6 +219,10 @@ class Layout:
     @property
     def store(self) -> Path:
         return self.root / "state.json"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events.json"
 
     @property
     def lock(self) -> Path:

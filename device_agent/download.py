@@ -9,7 +9,10 @@ is written. Failures are retried with exponential backoff and jitter; a connecti
 that delivers no byte for `stall_s` seconds counts as a failed attempt, and running
 out of attempts that way is `download_timeout`. So is running past `deadline_s`, the
 bound on the whole download: a server that trickles a byte now and then never stalls,
-so without it a slow drip would hold the agent forever.
+so without it a slow drip would hold the agent forever. Before that, an attempt that
+receives less than `min_rate_bps` over `min_rate_window_s` ends as a failed attempt
+(even though it made progress), so a drip fails with `download_timeout` after
+`attempts` windows rather than at the deadline.
 """
 
 import errno
@@ -56,10 +59,11 @@ class Interrupted(Exception):
 
 
 class _Retry(Exception):
-    def __init__(self, code: ErrorCode, detail: str) -> None:
+    def __init__(self, code: ErrorCode, detail: str, *, slow: bool = False) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.slow = slow  # too slow: a failure even if some bytes arrived
 
 
 @dataclass(kw_only=True)
@@ -71,6 +75,9 @@ class DownloadOptions:
     reserve_bytes: int = 0
     # The whole download, across attempts and backoff; None: no bound.
     deadline_s: float | None = None
+    # An attempt must average at least this many bytes/s over each window (0: no rule).
+    min_rate_bps: float = 0.0
+    min_rate_window_s: float = 60.0
     chunk: int = CHUNK
     user_agent: str = "fleet-agent"
     ca_certs: str | None = None
@@ -141,13 +148,19 @@ class _Progress:
 
 @dataclass
 class _PartState:
-    """What is on disk so far; mutated as bytes arrive, so a failed attempt keeps them."""
+    """What is on disk so far; mutated as bytes arrive, so a failed attempt keeps them.
+
+    `resumed`: the bytes were not all written by one response from byte zero (a part
+    kept from before, or a Range response appended to it), so a hash mismatch may be a
+    bad join rather than a bad file.
+    """
 
     digest: "hashlib._Hash"
     have: int
+    resumed: bool = False
 
     def restart(self) -> None:
-        self.digest, self.have = hashlib.sha256(), 0
+        self.digest, self.have, self.resumed = hashlib.sha256(), 0, False
 
 
 def download(
@@ -171,12 +184,12 @@ def download(
     if part.exists() and (part.stat().st_nlink > 1 or part.stat().st_size > length):
         # Linked into a slot (not ours to append to) or longer than signed: start over.
         part.unlink()
-    state = _PartState(*hash_file(part)) if part.exists() else None
+    state = _PartState(*hash_file(part), resumed=True) if part.exists() else None
     state = state or _PartState(hashlib.sha256(), 0)
     _check_disk(part.parent, length - state.have, opts.reserve_bytes)
     report = _Progress(progress, length)
     http = pool or urllib3.PoolManager(ca_certs=opts.ca_certs)
-    resumed = state.have > 0
+    restarted = False
     failures = 0
     deadline = _Deadline(opts.deadline_s, url)
     while True:
@@ -185,11 +198,12 @@ def download(
                 report(state.have, force=True)
                 return part
             part.unlink()
-            if resumed:
-                # The kept part was stale or damaged (power loss): one clean restart.
+            if state.resumed and not restarted:
+                # A part kept from before was stale or damaged (power loss), or a Range
+                # response did not hold what its Content-Range said: one clean restart.
                 log.warning("resumed download of %s did not verify; restarting", url)
                 state.restart()
-                resumed = False
+                restarted = True
                 continue
             raise DownloadError(ErrorCode.HASH_MISMATCH, f"{url}: sha256 is not {sha256}")
         if opts.stop():
@@ -199,7 +213,7 @@ def download(
         try:
             _attempt(http, url, part, state, length, opts, report, deadline)
         except _Retry as retry:
-            failures = 1 if state.have > before else failures + 1
+            failures = 1 if state.have > before and not retry.slow else failures + 1
             if failures >= opts.attempts:
                 raise DownloadError(
                     retry.code, f"{retry.detail} (after {failures} attempts)"
@@ -354,9 +368,11 @@ def _receive(
         start = _content_range_start(response.headers.get("Content-Range", ""))
         if start != state.have:
             raise _Retry(ErrorCode.DOWNLOAD_FAILED, f"{url}: range starts at {start}")
+        state.resumed = state.resumed or start > 0
     elif state.have:
         log.info("%s ignored the Range request; restarting the part", url)
         state.restart()
+    rate = _RateFloor(url, opts, state.have)
     with part.open("ab" if state.have else "wb") as f:
         writeback = _Writeback(f.fileno())
         try:
@@ -375,6 +391,7 @@ def _receive(
                 if opts.stop():
                     raise Interrupted
                 deadline.check()
+                rate.check(state.have)
         except urllib3.exceptions.TimeoutError:
             raise _Retry(
                 ErrorCode.DOWNLOAD_TIMEOUT, f"{url}: no data for {opts.stall_s}s"
@@ -393,6 +410,34 @@ def _receive(
         raise _Retry(
             ErrorCode.DOWNLOAD_FAILED, f"{url}: connection closed at {state.have}/{length}"
         )
+
+
+class _RateFloor:
+    """DownloadOptions.min_rate_bps, judged over consecutive windows of one attempt."""
+
+    def __init__(self, url: str, opts: DownloadOptions, have: int) -> None:
+        self.url = url
+        self.min_bps = opts.min_rate_bps
+        self.window_s = opts.min_rate_window_s
+        self.since = time.monotonic()
+        self.had = have
+
+    def check(self, have: int) -> None:
+        if self.min_bps <= 0:
+            return
+        now = time.monotonic()
+        elapsed = now - self.since
+        if elapsed < self.window_s:
+            return
+        bps = (have - self.had) / elapsed
+        if bps < self.min_bps:
+            raise _Retry(
+                ErrorCode.DOWNLOAD_TIMEOUT,
+                f"{self.url}: {bps:.0f} B/s over {elapsed:.0f}s, below the minimum "
+                f"{self.min_bps:g} B/s",
+                slow=True,
+            )
+        self.since, self.had = now, have
 
 
 def _chunks(response: urllib3.BaseHTTPResponse, chunk: int) -> Iterator[bytes]:

@@ -2,16 +2,18 @@
 
 One paho 2.x client (callback API VERSION2) per device: client id = device id, LWT
 `status` = offline (retained), `status` = online (retained) on every connect, the
-device's own `desired` topic subscribed in on_connect (so it is re-subscribed after
-every reconnect and the retained desired state arrives again). `mqtts://` URLs use
+device's own `desired` topic (and `acks`, when the caller takes them) subscribed in
+on_connect (so it is re-subscribed after every reconnect and the retained desired state
+arrives again). `mqtts://` URLs use
 TLS with the enrollment certificate as client certificate; `mqtt://` is plain.
 
 MQTT 3.1.1 by default (the embedded amqtt broker speaks nothing else); with protocol
 "5" the broker also says when a QoS 1 message reached no subscriber (PUBACK reason
 0x10), as when Mosquitto restarted and the bridge has not subscribed again yet. An
 `events` message answered so is kept and published again, with backoff, until one is
-subscribed (flush() waits for that too): the control plane never misses an update's
-outcome because of the gap.
+subscribed (flush() waits for that too). That only shortens the gap: what makes an
+event reach the control plane under either protocol is the server's confirmation on
+`acks` (device_agent/delivery.py).
 """
 
 import contextlib
@@ -79,6 +81,7 @@ class MqttLink:
         tls: TlsFiles | None,
         on_desired: Callable[[bytes], None],
         on_connected: Callable[[], None] = lambda: None,
+        on_acks: Callable[[bytes], None] | None = None,
         protocol: str = "3.1.1",
         redeliver_first_s: float = REDELIVER_FIRST_S,
     ) -> None:
@@ -92,6 +95,8 @@ class MqttLink:
         self.on_connected = on_connected
         self.connected = threading.Event()
         self.desired_topic = topic_for(device_id, Channel.DESIRED)
+        self.on_acks = on_acks
+        self.acks_topic = topic_for(device_id, Channel.ACKS)
         # QoS 1 message ids sent but not yet acknowledged (PUBACK), and the latest
         # acknowledgements of ids not (yet) in it: one can beat publish() back to its
         # caller, QoS 0 sends report their id too. See flush().
@@ -283,7 +288,10 @@ class MqttLink:
             log.warning("broker refused the connection: %s", reason_code)
             return
         log.info("connected to %s:%d", self.host, self.port)
-        client.subscribe(self.desired_topic, qos=CHANNEL_QOS[Channel.DESIRED])
+        topics = [(self.desired_topic, CHANNEL_QOS[Channel.DESIRED])]
+        if self.on_acks is not None:
+            topics.append((self.acks_topic, CHANNEL_QOS[Channel.ACKS]))
+        client.subscribe(topics)
         self.publish(Channel.STATUS, DeviceStatus(status=Presence.ONLINE).to_json())
         self.connected.set()
         try:
@@ -323,9 +331,13 @@ class MqttLink:
             log.exception("acknowledgement callback failed")
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        if message.topic != self.desired_topic:
+        if message.topic == self.desired_topic:
+            callback = self.on_desired
+        elif message.topic == self.acks_topic and self.on_acks is not None:
+            callback = self.on_acks
+        else:
             return
         try:
-            self.on_desired(bytes(message.payload))
+            callback(bytes(message.payload))
         except Exception:
-            log.exception("desired callback failed")
+            log.exception("%s callback failed", message.topic.rpartition("/")[2])

@@ -6,11 +6,15 @@ order; the one action that does work (download, verify, stage, swap, trial, roll
 back) yields the next event. On start it loads the journal and sends `Recover`, so
 an interrupted download resumes, a swap that never committed is rolled back and a
 half-staged slot is staged again. One thread does all of this; the MQTT network
-thread only queues incoming `desired` payloads.
+thread only queues incoming `desired` payloads (offer_desired). A newer desired state
+(signed, for this device, seq above the one being carried out) pre-empts a download in
+progress: the plan is dropped without an event, the part kept for a plan that wants
+the same bytes.
 
-A job's final event (committed, failed, rolled_back) is flushed to the broker before
-the journal lets go of the job, so a crash never loses it: until the broker has it,
-recovery reports it again (at least once; the control plane is idempotent on them).
+Every event is on disk (`events.json`, device_agent/delivery.py) before the
+publisher's `event()` returns, and is sent until the server confirms it; so a job's
+final event (committed, failed, rolled_back) is kept before the journal lets go of the
+job, and a crash before that reports it again, which the outbox recognises as a repeat.
 
 `telemetry_tags` is what the metrics thread (metrics_server.py) tags applications'
 samples with; the runner replaces the whole mapping whenever the store changes what
@@ -25,15 +29,21 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import urllib3
 
 from device_agent import AGENT_VERSION
 from device_agent.config import AgentConfig, Layout
-from device_agent.download import DownloadError, DownloadOptions, download, verify_file
+from device_agent.download import (
+    DownloadError,
+    DownloadOptions,
+    Interrupted,
+    download,
+    verify_file,
+)
 from device_agent.fsutil import remove_durably
 from device_agent.journal import Journal, JournalError
 from device_agent.protocol.envelope import read_public_key
@@ -70,6 +80,7 @@ from device_agent.state import (
     Staged,
     StageFailed,
     Status,
+    Superseded,
     Swap,
     SwapFailed,
     Swapped,
@@ -85,27 +96,32 @@ from device_agent.store import AgentStore, Installed
 from device_agent.telemetry import ModelTags, tags_from_store
 from device_agent.testhooks import crashpoint
 from device_agent.trial import run_trial
-from device_agent.verify import Accepted, Ignored, VerifyContext, evaluate, tuf_updater
+from device_agent.verify import (
+    Accepted,
+    Ignored,
+    Refused,
+    VerifyContext,
+    check_envelope,
+    envelope_digest,
+    evaluate,
+    tuf_updater,
+)
 
 log = logging.getLogger(__name__)
 
-# How long a job's final event may wait for the broker before the journal lets go.
-EVENT_FLUSH_S = 10.0
+# How often a desired state refused as issued_in_future is judged again.
+FUTURE_RETRY_S = 30.0
 
 
 class Publisher(Protocol):
-    """Where events and the reported state go (MQTT in production, a list in tests)."""
+    """Where events and the reported state go (MQTT in production, a list in tests).
+
+    `event()` returns once the event is kept for delivery (on disk, in production).
+    """
 
     def event(self, event: UpdateEvent) -> None: ...
 
     def state(self, state: ReportedState) -> None: ...
-
-
-@runtime_checkable
-class FlushablePublisher(Protocol):
-    """A publisher that can tell when what it was handed has reached the broker."""
-
-    def flush(self, timeout: float) -> bool: ...
 
 
 def utc_now() -> datetime:
@@ -152,8 +168,15 @@ class Runner:
             ca_certs=self.layout.server_ca_file(),
         )
         self.inbox: queue.Queue[bytes | _PublishStateRequest] = queue.Queue()
+        # The newest desired payload offered and not yet taken from the inbox, and what
+        # judging it for pre-emption said (by digest): see _superseded().
+        self._offered_lock = threading.Lock()
+        self._offered: bytes | None = None
+        self._judged: tuple[str, bool] = ("", False)
         self.http = urllib3.PoolManager(ca_certs=self.layout.server_ca_file())
         self._accepted: Accepted | None = None
+        # A desired state refused as issued in the future, and when to judge it again.
+        self._later: tuple[bytes, float] | None = None
         # Last sign of life of the update loop, read by the systemd watchdog thread.
         self.last_alive = time.monotonic()
 
@@ -176,6 +199,7 @@ class Runner:
         """Judge one `desired` payload and carry out what it asks (blocking)."""
         if self.state.status is not Status.IDLE:
             raise RuntimeError(f"desired state handled while {self.state.status}")
+        self._later = None  # a newer envelope, or this one again
         outcome = evaluate(envelope, self._context(), self.store)
         if isinstance(outcome, Ignored):
             log.debug("retained desired seq %d seen again; nothing to do", outcome.seq)
@@ -187,7 +211,17 @@ class Runner:
             log.warning(
                 "refused desired state: %s %s", outcome.rejection.code, outcome.rejection.detail
             )
+            if outcome.rejection.code is ErrorCode.ISSUED_IN_FUTURE:
+                # Not bad, maybe early (our clock may be behind): try it again later. The
+                # repeated refusal is the same event, which the delivery does not resend.
+                self._later = (envelope, time.monotonic() + FUTURE_RETRY_S)
             self._drive(outcome)
+
+    def offer_desired(self, envelope: bytes) -> None:
+        """Queue a `desired` payload (the MQTT thread); it may pre-empt a download."""
+        with self._offered_lock:
+            self._offered = envelope
+        self.inbox.put(envelope)
 
     def run(self) -> None:
         """Process queued messages until `stop` is set (call recover() first)."""
@@ -196,11 +230,53 @@ class Runner:
             try:
                 item = self.inbox.get(timeout=0.5)
             except queue.Empty:
+                self._retry_later()
                 continue
             if isinstance(item, _PublishStateRequest):
                 self.publish_state()
             else:
+                with self._offered_lock:
+                    if self._offered is item:
+                        self._offered = None
                 self.handle_desired(item)
+
+    def _superseded(self) -> bool:
+        """Whether a desired state newer than the one being carried out is waiting.
+
+        Judged by the director's half of verification (signature, device, seq, expiry),
+        once per payload: the retained copy of the current one, or anything forged,
+        does not stop a download.
+        """
+        with self._offered_lock:
+            envelope = self._offered
+        if envelope is None:
+            return False
+        digest = envelope_digest(envelope)
+        if digest != self._judged[0]:
+            try:
+                newer = not isinstance(
+                    check_envelope(envelope, self._context(), self.store), Ignored
+                )
+            except Refused:
+                newer = False
+            self._judged = (digest, newer)
+        return self._judged[1]
+
+    def _interrupted(self) -> bool:
+        return self.stop.is_set() or self._superseded()
+
+    def _sleep(self, seconds: float) -> None:
+        # Backoff between download attempts, cut short by a stop or a newer desired state.
+        deadline = time.monotonic() + seconds
+        while not self._interrupted():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.stop.wait(min(remaining, 0.2))
+
+    def _retry_later(self) -> None:
+        if self._later is not None and time.monotonic() >= self._later[1]:
+            self.handle_desired(self._later[0])
 
     def trusted_now(self) -> datetime:
         """The clock, but never before the newest issued_at this device has accepted."""
@@ -216,20 +292,16 @@ class Runner:
             models_dir=self.layout.models,
             now=self.clock(),
             tuf=self.tuf,
+            max_issued_ahead=None
+            if self.config.max_issued_ahead_s is None
+            else timedelta(seconds=self.config.max_issued_ahead_s),
         )
 
     def _drive(self, event: Event | None) -> None:
         while event is not None:
             event = self._feed(event)
             if event is None and self.state.status in TERMINAL:
-                self._flush_events()
                 event = Continue()
-
-    def _flush_events(self) -> None:
-        # The journal keeps the finished job until its final event reached the broker.
-        publisher = self.publisher
-        if isinstance(publisher, FlushablePublisher) and not publisher.flush(EVENT_FLUSH_S):
-            log.warning("the broker did not confirm the final event within %ss", EVENT_FLUSH_S)
 
     def _feed(self, event: Event) -> Event | None:
         new_state, actions = next_step(self.state, event)
@@ -371,13 +443,23 @@ class Runner:
             backoff_max_s=self.config.download_backoff_max_s,
             reserve_bytes=self.config.disk_reserve_bytes,
             user_agent=f"fleet-agent/{AGENT_VERSION}",
-            stop=self.stop.is_set,
+            min_rate_bps=self.config.download_min_bytes_per_s,
+            min_rate_window_s=self.config.download_min_rate_window_s,
+            sleep=self._sleep,
+            stop=self._interrupted,
         )
+        # _start reported progress 0; then one event per interval at most, when it moved.
+        reported = [0, time.monotonic()]
 
         def progress(done: int, total: int) -> None:
-            self.last_alive = time.monotonic()
+            now = self.last_alive = time.monotonic()
+            percent = 100 * done // total if total else 100
+            if percent == reported[0] or now - reported[1] < self.config.progress_event_interval_s:
+                return
+            reported[:] = [percent, now]
             self._feed(DownloadProgress(done=done, total=total))
 
+        self._drop_other_parts(job)
         try:
             download(
                 job.target.url,
@@ -390,8 +472,20 @@ class Runner:
             )
         except DownloadError as exc:
             return DownloadFailed(code=exc.code, detail=exc.detail)
+        except Interrupted:
+            if self.stop.is_set():
+                raise  # the agent stops: the journal resumes this download next time
+            log.info("a newer desired state arrived; leaving the download of %s", job.model)
+            return Superseded()
         crashpoint("download:complete")
         return DownloadDone()
+
+    def _drop_other_parts(self, job: Job) -> None:
+        # One download at a time: any other part was left by a pre-empted plan.
+        keep = self.layout.part(job.target.sha256)
+        for part in self.layout.downloads.glob("*.part"):
+            if part != keep:
+                part.unlink(missing_ok=True)
 
     def _verify(self, job: Job) -> Event:
         try:

@@ -210,6 +210,11 @@ class RolledBack:
 
 
 @dataclass(frozen=True, slots=True)
+class Superseded:
+    """A newer desired state arrived during the download: drop this plan, keep the part."""
+
+
+@dataclass(frozen=True, slots=True)
 class Continue:
     """Sent by the runner once a terminal state's actions are done."""
 
@@ -260,6 +265,7 @@ Event: TypeAlias = (
     | DownloadProgress
     | DownloadDone
     | DownloadFailed
+    | Superseded
     | Verified
     | VerifyFailed
     | Staged
@@ -498,6 +504,10 @@ def next_step(state: AgentState, event: Event) -> Step:
             ]
         if isinstance(event, DownloadFailed):
             return _fail(state, job, event.code, event.detail)
+        if isinstance(event, Superseded):
+            # No event: the job did not fail, the director changed its mind; the newer
+            # desired state plans again (and resumes the part if it wants the same bytes).
+            return IDLE, []
     elif status is Status.VERIFYING:
         if isinstance(event, Verified):
             return replace(state, status=Status.STAGED), [_report(job, Phase.VERIFIED), Stage(job)]
@@ -540,7 +550,7 @@ def next_step(state: AgentState, event: Event) -> Step:
 # than DesiredRejected (any status) and Recover (any status).
 TRANSITIONS: dict[Status, frozenset[type]] = {
     Status.IDLE: frozenset({DesiredAccepted}),
-    Status.DOWNLOADING: frozenset({DownloadProgress, DownloadDone, DownloadFailed}),
+    Status.DOWNLOADING: frozenset({DownloadProgress, DownloadDone, DownloadFailed, Superseded}),
     Status.VERIFYING: frozenset({Verified, VerifyFailed}),
     Status.STAGED: frozenset({Staged, StageFailed}),
     Status.SWAPPED: frozenset({Swapped, SwapFailed}),

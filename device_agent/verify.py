@@ -5,7 +5,9 @@ Two independent signatures must agree before anything is installed:
 1. the director's: the DSSE envelope verifies with the pinned `trust/director.pem`
    (signature_invalid, malformed, payload_too_large), names this device
    (wrong_device), has a seq above the last accepted one (replayed_command) and has
-   not expired against max(clock, last trusted time) (command_expired);
+   not expired against max(clock, last trusted time) (command_expired), and was
+   not issued further ahead of the clock than the config allows (issued_in_future:
+   its issued_at becomes the trusted time, which must not leap ahead);
 2. the image repository's: for each model entry that would change the device, a
    TUF `ngclient.Updater` bootstrapped from the pinned `trust/root.json` refreshes
    and looks the target up. It must exist and agree with the director on sha256,
@@ -26,7 +28,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -77,6 +79,8 @@ class VerifyContext:
     director_key: ec.EllipticCurvePublicKey
     models_dir: Path
     now: datetime
+    # How far issued_at may be ahead of `now`; None: no bound (no trustworthy clock).
+    max_issued_ahead: timedelta | None = None
     # Called at most once per envelope, only when some model needs TUF.
     tuf: Callable[[], TargetLookup]
 
@@ -253,6 +257,14 @@ def check_envelope(
             ErrorCode.COMMAND_EXPIRED,
             f"expired at {desired.expires_at:%Y-%m-%dT%H:%M:%SZ}, "
             f"now is {trusted_now:%Y-%m-%dT%H:%M:%SZ}",
+            seq=desired.seq,
+        )
+    # After expiry: a stale command is stale whatever this clock says.
+    if ctx.max_issued_ahead is not None and desired.issued_at > ctx.now + ctx.max_issued_ahead:
+        raise Refused(
+            ErrorCode.ISSUED_IN_FUTURE,
+            f"issued at {desired.issued_at:%Y-%m-%dT%H:%M:%SZ}, more than "
+            f"{ctx.max_issued_ahead.total_seconds():g}s ahead of this device's clock",
             seq=desired.seq,
         )
     return desired

@@ -160,12 +160,24 @@ class DeviceEvent(models.Model):
         default="",
         help_text="sha256 of the event as sent: a redelivery is stored once",
     )
+    event_id = models.CharField(
+        max_length=32,
+        blank=True,
+        default="",
+        help_text="the agent's id of the event (it sends it until acked): stored once",
+    )
 
     class Meta:
         ordering = ["-received_at"]
         indexes = [models.Index(fields=["device", "-received_at"])]
         constraints = [
-            models.UniqueConstraint(fields=["device", "digest"], name="deviceevent_unique_report")
+            models.UniqueConstraint(fields=["device", "digest"], name="deviceevent_unique_report"),
+            # Partial: events of agents that send no id take no entry.
+            models.UniqueConstraint(
+                fields=["device", "event_id"],
+                condition=~models.Q(event_id=""),
+                name="deviceevent_unique_event_id",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -34,10 +34,11 @@ _EVENT_VALUES: tuple[tuple[str, Callable[[UpdateEvent], object]], ...] = (
     ("code", lambda e: e.code.value if e.code else ""),
     ("detail", lambda e: _clip(DeviceEvent, "detail", e.detail)),
     ("ts", lambda e: e.ts),
+    ("event_id", lambda e: e.event_id or ""),
 )
 _EVENT_FIELDS = tuple(name for name, _ in _EVENT_VALUES)
 _STATE_FIELDS = ("reported", "agent_version", "reported_seq")
-EVENT_CHUNK = 500  # events per INSERT (11 parameters each; SQLite allows 32 766)
+EVENT_CHUNK = 500  # events per INSERT (12 parameters each; SQLite allows 32 766)
 
 
 def _field(model: type[Device] | type[DeviceEvent], name: str) -> Field[Any, Any]:
@@ -211,11 +212,12 @@ def _insert_many(
     placeholders = f"({', '.join(['%s'] * len(fields))})"
     device, digest = _column(DeviceEvent, "device"), _column(DeviceEvent, "digest")
     # Only quoted identifiers from the model's metadata are formatted into the SQL.
+    # No conflict target: a repeat collides on (device, digest) or (device, event_id).
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {qn(meta.db_table)} ({columns}) "  # noqa: S608
             f"VALUES {', '.join([placeholders] * len(rows))} "
-            f"ON CONFLICT ({device}, {digest}) DO NOTHING RETURNING {device}, {digest}",
+            f"ON CONFLICT DO NOTHING RETURNING {device}, {digest}",
             params,
         )
         return {(int(pk), str(text)) for pk, text in cursor.fetchall()}
@@ -251,7 +253,7 @@ def _insert_unnest(
     with psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(
             f"INSERT INTO {qn(meta.db_table)} ({columns}) SELECT * FROM unnest({arrays}) "  # noqa: S608
-            f"ON CONFLICT ({device}, {digest}) DO NOTHING RETURNING {device}, {digest}",
+            f"ON CONFLICT DO NOTHING RETURNING {device}, {digest}",
             params,
         )
         return {(int(pk), str(text)) for pk, text in cursor.fetchall()}
@@ -261,7 +263,8 @@ def device_event_record(*, device: Device, event: UpdateEvent) -> tuple[DeviceEv
     """Store one update-progress event; `(event, created)`, created False for a redelivery.
 
     An event repeated field for field is the same report delivered twice (the broker
-    redelivers what the bridge had not acknowledged), so it is stored once.
+    redelivers what the bridge had not acknowledged), so it is stored once; so is an
+    event whose `event_id` this device already sent (the agent sends it until acked).
     """
     stored = _event_row(device, event)
     with transaction.atomic(savepoint=False):
@@ -269,7 +272,11 @@ def device_event_record(*, device: Device, event: UpdateEvent) -> tuple[DeviceEv
         if created:
             tracking_news_record(device_pks=[device.pk])
     if not created:
-        stored = DeviceEvent.objects.get(device=device, digest=stored.digest)
+        # The digest covers the event_id: an event with one collides on it, if on anything.
+        if stored.event_id:
+            stored = DeviceEvent.objects.get(device=device, event_id=stored.event_id)
+        else:
+            stored = DeviceEvent.objects.get(device=device, digest=stored.digest)
     if created and stored.rollout_id:
         # The rollout engine tracks outcomes from these rows: let it look once they commit.
         rollout_evaluate_on_commit(rollout_id=stored.rollout_id, phase=stored.phase)
@@ -297,13 +304,13 @@ def _insert_unless_stored(event: DeviceEvent) -> bool:
     values = [f.get_db_prep_save(f.pre_save(event, add=True), connection) for f in fields]
     qn = connection.ops.quote_name
     columns = ", ".join(qn(str(f.column)) for f in fields)
-    conflict = ", ".join(qn(name) for name in ("device_id", "digest"))
     # Only quoted identifiers from the model's metadata are formatted into the SQL.
+    # No conflict target: a repeat collides on (device, digest) or (device, event_id).
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {qn(meta.db_table)} ({columns}) "  # noqa: S608
             f"VALUES ({', '.join(['%s'] * len(fields))}) "
-            f"ON CONFLICT ({conflict}) DO NOTHING RETURNING {qn(str(meta.pk.column))}",
+            f"ON CONFLICT DO NOTHING RETURNING {qn(str(meta.pk.column))}",
             values,
         )
         row = cursor.fetchone()

@@ -20,6 +20,13 @@ as `backpressure` too.
 On PostgreSQL the rows go in with a binary COPY (psycopg 3); elsewhere (the embedded
 SQLite default) with one executemany INSERT. Counters and histograms move only after the
 commit.
+
+Storing is idempotent per message: the bridge passes the sha256 of each payload, and
+`write()` first records (device, digest) in `telemetry_receivedbatch` (one INSERT ...
+ON CONFLICT DO NOTHING RETURNING per write) and copies only the rows of the messages it
+had not stored before, in the same transaction. A redelivered or replayed message is
+counted as `duplicate`. COPY itself cannot skip a conflict, so the samples table keeps no
+unique key.
 """
 
 import logging
@@ -27,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
@@ -36,6 +44,7 @@ from fleet.models import Device
 from ota.models import Model
 from ota.rollout_config import PHASED_ARM
 from telemetry import metrics
+from telemetry.models import ReceivedBatch
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +53,8 @@ REASON_FUTURE = "future_timestamp"
 REASON_UNKNOWN_MODEL = "unknown_model"
 REASON_BACKPRESSURE = "backpressure"
 REASON_DATABASE_REFUSED = "database_refused"
+REASON_DUPLICATE = "duplicate"
+BATCH_KEYS_CHUNK = 500  # (device, digest, received_at) per INSERT
 
 LATENCY_METRIC = "latency_ms"
 CONFIDENCE_METRIC = "confidence"
@@ -116,6 +127,10 @@ class _Pending:
     samples: int = 0
     received: list[float] = field(default_factory=list)  # unix times, one per message
     dropped: dict[str, int] = field(default_factory=dict)
+    # Per keyed message: (device pk, payload digest, received_at, first row, end row,
+    # samples); and the keys already buffered (a repeat within the batch).
+    batches: list[tuple[int, str, datetime, int, int, int]] = field(default_factory=list)
+    keys: set[tuple[int, str]] = field(default_factory=set)
     # (model, version, arm) -> (latency seconds, confidences); None when not observed
     model_values: dict[tuple[str, str, str], tuple[list[float], list[float]]] | None = None
 
@@ -170,9 +185,25 @@ class TelemetryIngest:
 
     # --- TelemetrySink ----------------------------------------------------------------
 
-    def add(self, *, device: Device, batch: TelemetryBatch, received_at: datetime) -> None:
-        """Check the batch's samples and buffer the rows of those that pass."""
+    def add(
+        self,
+        *,
+        device: Device,
+        batch: TelemetryBatch,
+        received_at: datetime,
+        key: str | None = None,
+    ) -> None:
+        """Check the batch's samples and buffer the rows of those that pass.
+
+        `key` (the sha256 of the payload) stores a message's samples once however often
+        it comes; without it they are stored each time.
+        """
         pending = self._pending
+        if key is not None:
+            if (device.pk, key) in pending.keys:
+                pending.drop(REASON_DUPLICATE, len(batch.samples))
+                return
+            pending.keys.add((device.pk, key))
         if len(pending.rows) + sum(len(s.metrics) for s in batch.samples) > self._max_buffer_rows:
             # Only reachable if flush() is not called: the worker flushes every batch.
             pending.drop(REASON_BACKPRESSURE, len(batch.samples))
@@ -217,6 +248,9 @@ class TelemetryIngest:
         pending.drop(REASON_STALE, stale)
         pending.drop(REASON_FUTURE, future)
         pending.drop(REASON_UNKNOWN_MODEL, unknown)
+        if key is not None:
+            start = len(pending.rows)
+            pending.batches.append((pk, key, received_at, start, start + len(rows), stored))
         pending.rows.extend(rows)
         pending.samples += stored
         pending.received.append(received_at.timestamp())
@@ -237,13 +271,19 @@ class TelemetryIngest:
         started = time.perf_counter()
         try:
             with transaction.atomic():
-                self._write(taken.rows)
+                rows, repeated = _first_time(taken)
+                self._write(rows)
         except (OperationalError, InterfaceError):
             raise
         except DatabaseError:
             logger.exception("the database refused %d telemetry rows", len(taken.rows))
             taken.drop(REASON_DATABASE_REFUSED, taken.samples)
             taken.rows, taken.samples, taken.model_values = [], 0, None
+        else:
+            if repeated:
+                # Counted once it committed: a retry starts from `taken` as it was.
+                taken.rows, taken.samples = rows, taken.samples - repeated
+                taken.drop(REASON_DUPLICATE, repeated)
         seconds = time.perf_counter() - started
         transaction.on_commit(lambda: _committed(taken, seconds))
 
@@ -263,6 +303,39 @@ class TelemetryIngest:
     def discard(self) -> None:
         """Forget the buffered batch: its transaction rolled back and it will come again."""
         self._pending = self._new_pending()
+
+
+def _first_time(taken: _Pending) -> tuple[list[Row], int]:
+    """Record the keyed messages of `taken`; the rows to write (those of messages not
+    stored before, and unkeyed ones) and how many samples were repeats."""
+    if not taken.batches:
+        return taken.rows, 0
+    new: set[tuple[int, str]] = set()
+    table = connection.ops.quote_name(ReceivedBatch._meta.db_table)
+    adapt = connection.ops.adapt_datetimefield_value
+    for start in range(0, len(taken.batches), BATCH_KEYS_CHUNK):
+        chunk = taken.batches[start : start + BATCH_KEYS_CHUNK]
+        params: list[Any] = []
+        for pk, digest, received_at, *_ in chunk:
+            params += [pk, digest, adapt(received_at)]
+        values = ", ".join(["(%s, %s, %s)"] * len(chunk))
+        with connection.cursor() as cursor:
+            # Only the model's own quoted table name is formatted into the SQL.
+            cursor.execute(
+                f"INSERT INTO {table} (device_id, digest, received_at) VALUES {values} "  # noqa: S608
+                "ON CONFLICT DO NOTHING RETURNING device_id, digest",
+                params,
+            )
+            new.update((int(pk), str(digest)) for pk, digest in cursor.fetchall())
+    if len(new) == len(taken.batches):
+        return taken.rows, 0
+    keep = bytearray(b"\x01") * len(taken.rows)
+    repeated = 0
+    for pk, digest, _, first, end, samples in taken.batches:
+        if (pk, digest) not in new:
+            keep[first:end] = bytes(end - first)
+            repeated += samples
+    return [row for row, kept in zip(taken.rows, keep, strict=True) if kept], repeated
 
 
 def _committed(pending: _Pending, seconds: float) -> None:

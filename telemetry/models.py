@@ -56,6 +56,31 @@ class Sample(models.Model):
         return f"{self.device_id} {self.model} {self.version} {self.metric}={self.value}"
 
 
+class ReceivedBatch(models.Model):
+    """A telemetry message whose samples are stored: the sha256 of its payload, per device.
+
+    A broker delivers a QoS 1 message again when the bridge had not acknowledged it, and
+    replays a retained one to every new subscription: the bridge stores a payload's
+    samples once. Rows older than FLEET_TELEMETRY_MAX_AGE go with retention (a message
+    that old is refused as stale anyway).
+    """
+
+    device = models.ForeignKey(
+        Device, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    digest = models.CharField(max_length=64)
+    received_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["device", "digest"], name="telemetry_batch_once")
+        ]
+        indexes = [models.Index(fields=["received_at"], name="telemetry_batch_received")]
+
+    def __str__(self) -> str:
+        return f"{self.device_id} {self.digest[:12]}"
+
+
 class Granularity(models.IntegerChoices):
     MINUTE = 60, "1 minute"
     HOUR = 3600, "1 hour"

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from telemetry.models import Granularity, Rollup, Sample
+from telemetry.models import Granularity, ReceivedBatch, Rollup, Sample
 from telemetry.rollups import bucket_floor, rollups_compute
 
 # How far before the raw cutoff hourly rollups are recomputed: the span one daily run
@@ -54,6 +54,10 @@ def telemetry_retention_apply(*, now: datetime | None = None) -> RetentionResult
     hours, _ = Rollup.objects.filter(
         bucket_seconds=Granularity.HOUR,
         bucket_start__lt=now - settings.FLEET_TELEMETRY_HOUR_ROLLUP_RETENTION,
+    ).delete()
+    # A message received before the sample window is refused as stale if it comes again.
+    ReceivedBatch.objects.filter(
+        received_at__lt=now - settings.FLEET_TELEMETRY_MAX_AGE - timedelta(hours=1)
     ).delete()
     return RetentionResult(
         raw_cutoff=raw_cutoff,

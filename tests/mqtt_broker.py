@@ -91,6 +91,16 @@ class MosquittoBroker:
             self.process.stderr.close()
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL: what was not autosaved is lost, as in a crash."""
+        if self.process is None:
+            return
+        self.process.kill()
+        self.process.wait()
+        if self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
+
     def restart(self) -> None:
         self.stop()
         self.start()

@@ -21,6 +21,9 @@ class ErrorCode(StrEnum):
     WRONG_DEVICE = "wrong_device"
     REPLAYED_COMMAND = "replayed_command"
     COMMAND_EXPIRED = "command_expired"
+    # A desired state issued further ahead of the device's clock than it allows
+    # (max_issued_ahead_s); the agent tries it again as its clock moves on.
+    ISSUED_IN_FUTURE = "issued_in_future"
     DIRECTOR_IMAGE_MISMATCH = "director_image_mismatch"
     INVALID_TARGET_PATH = "invalid_target_path"
     DOWNLOAD_FAILED = "download_failed"

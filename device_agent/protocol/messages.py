@@ -39,6 +39,8 @@ FILENAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # rollout id, arm
 METRIC_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+EVENT_ID_RE = re.compile(r"[0-9a-f]{32}")
+MAX_ACK_IDS = 500  # 500 ids of 35 bytes: well under 64 KiB
 _NUM = r"(?:0|[1-9][0-9]*)"
 _PRE = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
 SEMVER_RE = re.compile(
@@ -537,7 +539,13 @@ class ReportedState(_Payload):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class UpdateEvent(_Payload):
-    """Progress of the update started by desired `seq`; `code` says why it failed."""
+    """Progress of the update started by desired `seq`; `code` says why it failed.
+
+    `event_id` (32 lowercase hex digits, random) names the event for the server's `acks`:
+    the agent sends the same event again, id and all, until the server confirms it. It
+    is the one optional key of the protocol, absent (None) in events of agents that do
+    not wait for confirmations; such an event is encoded without it.
+    """
 
     seq: int
     rollout_id: str | None
@@ -547,9 +555,11 @@ class UpdateEvent(_Payload):
     code: ErrorCode | None
     detail: str
     ts: datetime
+    event_id: str | None = None
 
     def __post_init__(self) -> None:
         _int(self.seq, "seq")
+        _optional_match(self.event_id, "event_id", EVENT_ID_RE)
         _optional_match(self.rollout_id, "rollout_id", TOKEN_RE)
         _optional_match(self.model, "model", SEGMENT_RE)
         if not isinstance(self.phase, Phase):
@@ -563,15 +573,48 @@ class UpdateEvent(_Payload):
         _text(self.detail, "detail", max_chars=MAX_DETAIL_CHARS, allow_empty=True)
         _utc(self.ts, "ts")
 
+    def to_dict(self) -> dict[str, object]:
+        data = _Payload.to_dict(self)  # slots=True: no zero-argument super()
+        if self.event_id is None:
+            del data["event_id"]  # the form agents without confirmations send
+        return data
+
     @classmethod
     def from_dict(cls, obj: object) -> Self:
         """Build from a decoded JSON object; raises ProtocolError."""
+        if isinstance(obj, dict) and "event_id" not in obj:
+            obj = {**obj, "event_id": None}
         members = _members(obj, cls, "event", top_level=True)
         members["phase"] = _enum(Phase, members["phase"], "phase")
         if members["code"] is not None:
             members["code"] = _enum(ErrorCode, members["code"], "code")
         members["ts"] = parse_timestamp(members["ts"])
         return cls(**members)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EventsAck(_Payload):
+    """On `acks` (server -> device): these events of the device are stored.
+
+    The bridge sends it after the events' transaction commits, for new events and
+    repeats alike, so an agent that missed one gets it again when it sends again.
+    """
+
+    event_ids: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _tuple_of(self.event_ids, "event_ids", str, MAX_ACK_IDS)
+        if not self.event_ids:
+            _fail("event_ids must not be empty")
+        for event_id in self.event_ids:
+            _match(event_id, "event_ids[]", EVENT_ID_RE)
+
+    @classmethod
+    def from_dict(cls, obj: object) -> Self:
+        """Build from a decoded JSON object; raises ProtocolError."""
+        members = _members(obj, cls, "acks", top_level=True)
+        ids = _array(members["event_ids"], "event_ids", MAX_ACK_IDS)
+        return cls(event_ids=tuple(cast(list[str], ids)))
 
 
 # --- telemetry ---------------------------------------------------------------------
@@ -783,6 +826,11 @@ def parse_state(data: bytes) -> ReportedState:
 def parse_event(data: bytes) -> UpdateEvent:
     """Parse an `events` payload."""
     return UpdateEvent.from_dict(loads_json(data))
+
+
+def parse_acks(data: bytes) -> EventsAck:
+    """Parse an `acks` payload."""
+    return EventsAck.from_dict(loads_json(data))
 
 
 def parse_telemetry(data: bytes) -> TelemetryBatch:

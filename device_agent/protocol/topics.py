@@ -22,6 +22,7 @@ class Channel(StrEnum):
     EVENTS = "events"
     TELEMETRY = "telemetry"
     STATUS = "status"
+    ACKS = "acks"  # server -> device: which events are stored (messages.EventsAck)
 
 
 # Delivery settings from the DESIGN.md §3 table. Telemetry may go at QoS 1 when a
@@ -32,6 +33,7 @@ CHANNEL_QOS: dict[Channel, int] = {
     Channel.EVENTS: 1,
     Channel.TELEMETRY: 0,
     Channel.STATUS: 1,
+    Channel.ACKS: 0,  # a lost ack costs one more send of the event, which is acked again
 }
 RETAINED_CHANNELS: frozenset[Channel] = frozenset({Channel.DESIRED, Channel.STATE, Channel.STATUS})
 

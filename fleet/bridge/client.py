@@ -10,7 +10,7 @@ its network thread and only hands data over; nothing here touches the database.
 import logging
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,7 +23,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from device_agent.protocol.topics import Channel, subscription_filter
+from device_agent.protocol.messages import MAX_ACK_IDS, EventsAck
+from device_agent.protocol.topics import Channel, subscription_filter, topic_for
 from fleet.bridge.config import BridgeConfig
 from telemetry import metrics
 
@@ -257,6 +258,10 @@ class MqttConnection:
         # next connection, where the id may name another message.
         self._generation = 0
         self._ack_lock = threading.Lock()
+        # QoS 0 messages of ours (event confirmations) written by paho but not yet
+        # reported written: on_publish reports them too, and they are not the outbox's.
+        self._untracked_lock = threading.Lock()
+        self._untracked: set[int] = set()
         self._stopping = False
         self._client: _Client = self._build()
 
@@ -347,6 +352,23 @@ class MqttConnection:
             return None
         return info.mid
 
+    def confirm_events(self, confirmed: Mapping[str, Sequence[str]]) -> int:
+        """Publish, per device, the ids of its events that are stored (`acks`, QoS 0); how
+        many messages. A lost one costs the device one more send of those events."""
+        sent = 0
+        for device_id, event_ids in confirmed.items():
+            for start in range(0, len(event_ids), MAX_ACK_IDS):
+                payload = EventsAck(event_ids=tuple(event_ids[start : start + MAX_ACK_IDS]))
+                # Held across publish(): paho may report the write before it returns.
+                with self._untracked_lock:
+                    info = self._client.publish(
+                        topic_for(device_id, Channel.ACKS), payload.to_json(), qos=0
+                    )
+                    if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        self._untracked.add(info.mid)
+                        sent += 1
+        return sent
+
     def ack(self, messages: Sequence[InboundMessage]) -> int:
         """PUBACK the QoS 1 messages the worker has stored, in one write; how many. Not
         those whose connection is gone (the broker delivers them again)."""
@@ -420,6 +442,8 @@ class MqttConnection:
         properties: Properties | None,
     ) -> None:
         self._next_generation()
+        with self._untracked_lock:
+            self._untracked.clear()  # paho drops unsent QoS 0 messages with the connection
         was_connected = self._connected
         self._set_connected(False)
         self.subscribed.clear()
@@ -466,6 +490,10 @@ class MqttConnection:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        with self._untracked_lock:
+            if mid in self._untracked:
+                self._untracked.discard(mid)
+                return
         if reason_code.is_failure:
             logger.warning("broker refused publish %d: %s", mid, reason_code)
         self._on_published_cb(mid, not reason_code.is_failure)

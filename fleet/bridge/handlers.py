@@ -4,9 +4,10 @@ Checks, in order: the topic is `fleet/v1/devices/<id>/<channel>`; the payload is
 most 64 KiB of strict JSON with `"v": 1`; a `device_id` in it, if any, is the one in
 the topic; the protocol parser accepts it; the device is enrolled and not revoked.
 Whatever fails is dropped with a reason (an ErrorCode value or one of the REASON_*
-below); nothing here raises on input.
+below); nothing here raises on input. The payloads are docs/protocol.md's.
 """
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -48,6 +49,10 @@ REASON_REVOKED_DEVICE = "revoked_device"
 REASON_TOPIC_MISMATCH = "topic_mismatch"
 REASON_BACKPRESSURE = "backpressure"
 REASON_INTERNAL_ERROR = "internal_error"
+REASON_RETAINED = "retained"
+# Reports that are news once: a retained copy (a device may set the flag; the broker
+# replays it to every new subscription, after each restart) is not taken again.
+_NOT_RETAINED = frozenset({Channel.EVENTS, Channel.TELEMETRY})
 UNKNOWN_CHANNEL = "unknown"
 
 ACCEPTED = "accepted"
@@ -81,14 +86,22 @@ def channel_label(topic: str) -> str:
 class TelemetrySink(Protocol):
     """Where validated telemetry goes (telemetry.ingest stores it).
 
-    The worker calls `add()` for each message of a batch, then `take()` (in its thread),
+    The worker calls `add()` for each message of a batch (with the sha256 of its payload
+    as `key`: the sink stores a message's samples once), then `take()` (in its thread),
     and hands what `take()` returned to the writer thread, which calls `write()` inside
     the transaction whose commit precedes the acks; `discard()` forgets what was added
     when the worker's transaction rolls back. `write()` raises OperationalError or
     InterfaceError for a retry (with the same argument). `flush()` is `write(take())`.
     """
 
-    def add(self, *, device: Device, batch: TelemetryBatch, received_at: datetime) -> None: ...
+    def add(
+        self,
+        *,
+        device: Device,
+        batch: TelemetryBatch,
+        received_at: datetime,
+        key: str | None = None,
+    ) -> None: ...
 
     def take(self) -> object: ...
 
@@ -102,7 +115,14 @@ class TelemetrySink(Protocol):
 class DiscardTelemetry:
     """A sink that stores nothing (tests of the bridge alone): validated, counted, forgotten."""
 
-    def add(self, *, device: Device, batch: TelemetryBatch, received_at: datetime) -> None:
+    def add(
+        self,
+        *,
+        device: Device,
+        batch: TelemetryBatch,
+        received_at: datetime,
+        key: str | None = None,
+    ) -> None:
         return None
 
     def take(self) -> object:
@@ -214,6 +234,9 @@ class Dispatcher:
         self._events: list[tuple[int, Device, UpdateEvent]] = []
         # The valid topics of the batch prepare() last saw, parsed: handle() needs them too.
         self._topics: dict[str, tuple[str, Channel]] = {}
+        # The batch's events that carry an id, by device id: once the batch commits, the
+        # bridge confirms them to their devices on `acks`.
+        self._confirmed: dict[str, list[str]] = {}
 
     def begin(self, *, deferred: bool) -> None:
         """Start a batch. Deferred, `state` and `events` reports are only checked by
@@ -222,6 +245,13 @@ class Dispatcher:
         self._index = 0
         self._deferred = deferred
         self._states, self._events = [], []
+        self._confirmed = {}
+
+    def take_confirmed(self) -> dict[str, list[str]]:
+        """The event ids of the batch, by device id, to confirm once the batch commits:
+        new and repeated events alike (a repeat means our last confirmation was lost)."""
+        confirmed, self._confirmed = self._confirmed, {}
+        return confirmed
 
     def finish(self) -> set[int]:
         """Write the reports the batch deferred: one statement batch for the states, one
@@ -262,8 +292,10 @@ class Dispatcher:
             except ProtocolError as exc:
                 return self._drop(UNKNOWN_CHANNEL, exc.code, message, exc.detail)
         device_id, channel = parsed
-        if channel not in _DECODERS:  # `desired` is ours to publish, never a report
+        if channel not in _DECODERS:  # `desired`, `acks` are ours to publish, never reports
             return self._drop(channel, ErrorCode.MALFORMED, message, "not a device channel")
+        if message.retain and channel in _NOT_RETAINED:
+            return self._drop(channel, REASON_RETAINED, message, "a retained copy, not news")
         try:
             # Telemetry's parsers refuse a non-finite metric themselves.
             obj = loads_json(message.payload, finite_floats=channel is not Channel.TELEMETRY)
@@ -297,17 +329,26 @@ class Dispatcher:
                 self._states.append((device, decoded))
             else:
                 device_state_record(device=device, state=decoded)
-        elif isinstance(decoded, UpdateEvent) and self._deferred:
-            self._events.append((index, device, decoded))
         elif isinstance(decoded, UpdateEvent):
-            _, created = device_event_record(device=device, event=decoded)
-            result = ACCEPTED if created else DUPLICATE
+            if self._deferred:
+                self._events.append((index, device, decoded))
+            else:
+                _, created = device_event_record(device=device, event=decoded)
+                result = ACCEPTED if created else DUPLICATE
+            if decoded.event_id is not None:
+                self._confirmed.setdefault(device.device_id, []).append(decoded.event_id)
         elif isinstance(decoded, DeviceStatus):
             online = decoded.status is Presence.ONLINE
             device_presence_set(device=device, online=online, at=message.received_at)
             seen = online  # an `offline` is usually the broker's last will, not the device
         elif isinstance(decoded, TelemetryBatch):
-            self.telemetry.add(device=device, batch=decoded, received_at=message.received_at)
+            # The payload's digest: a redelivered or replayed message is stored once.
+            self.telemetry.add(
+                device=device,
+                batch=decoded,
+                received_at=message.received_at,
+                key=hashlib.sha256(message.payload).hexdigest(),
+            )
         if seen:
             self._seen.add(device.pk)
         return Outcome(channel.value, result)

@@ -42,6 +42,7 @@ class Bridge:
             queue_size=config.queue_size,
             batch_size=config.batch_size,
             seen_flush_seconds=config.seen_flush_seconds,
+            confirm=self.connection.confirm_events,
         )
         self.outbox = Outbox(
             publisher=self.connection,
@@ -56,9 +57,7 @@ class Bridge:
             target=self.outbox.run, args=(self._outbox_stop,), name="bridge-outbox", daemon=True
         )
         self._listener_thread = threading.Thread(
-            target=OutboxListener(
-                on_commit=self.outbox.committed, on_leader=self.outbox.lead
-            ).run,
+            target=OutboxListener(on_commit=self.outbox.committed, on_leader=self.outbox.lead).run,
             args=(self._outbox_stop,),
             name="bridge-outbox-listener",
             daemon=True,

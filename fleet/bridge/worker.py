@@ -5,7 +5,8 @@ batches, reads the batch's devices (those not cached) with one query and handles
 message inside one transaction (in a savepoint of its own, except telemetry, which only
 reads: the sink buffers its rows). After that commit it hands the batch to the writer
 thread, which writes the batch's telemetry rows in a transaction of its own (on its own
-database connection) and, once that commits, PUBACKs the batch in arrival order. So the
+database connection) and, once that commits, PUBACKs the batch in arrival order and
+confirms the batch's events to their devices (`acks`, device_agent/delivery.py). So the
 worker checks the next batch while the database takes in the rows of the previous one
 (the database's share of ingesting telemetry is about as large as the bridge's own), and
 acknowledgements still follow arrival order, batch after batch. A crash before the
@@ -24,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, cast
 
 from django.db import (
@@ -63,11 +64,13 @@ class _Redo(Exception):
 
 
 class _Checked(NamedTuple):
-    """A handled batch on its way to the writer: its messages, outcomes and telemetry."""
+    """A handled batch on its way to the writer: its messages, outcomes and telemetry,
+    and the ids of its events to confirm to their devices."""
 
     batch: list[InboundMessage]
     handled: list[tuple[Outcome, float]]
     rows: object  # what the telemetry sink's take() returned
+    confirmed: dict[str, list[str]]
 
 
 class InboundWorker:
@@ -81,9 +84,11 @@ class InboundWorker:
         queue_size: int,
         batch_size: int,
         seen_flush_seconds: float,
+        confirm: Callable[[Mapping[str, Sequence[str]]], object] = lambda confirmed: None,
     ) -> None:
         self._dispatcher = dispatcher
         self._ack = ack
+        self._confirm = confirm
         self._queue: queue.Queue[object] = queue.Queue()
         self._queue_size = queue_size
         self._batch_size = batch_size
@@ -194,7 +199,8 @@ class InboundWorker:
                     if not careful:
                         self._finish(handled)
                     rows = telemetry.take()
-                return _Checked(batch, handled, rows)
+                    confirmed = self._dispatcher.take_confirmed()
+                return _Checked(batch, handled, rows, confirmed)
             except _Redo:
                 telemetry.discard()
                 careful = True
@@ -280,6 +286,12 @@ class InboundWorker:
                 delay = min(delay * 2, 5.0)
         self._count(checked.handled)
         self._ack(checked.batch)
+        if checked.confirmed:
+            try:
+                self._confirm(checked.confirmed)
+            except Exception:
+                # Unconfirmed events come again and are confirmed then.
+                self._log.warning("confirm", "could not confirm events", exc_info=True)
         return True
 
     @staticmethod

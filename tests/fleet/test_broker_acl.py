@@ -411,3 +411,25 @@ def test_a_connected_revoked_device_is_cut_off_at_the_reload(  # type: ignore[no
     assert not b.publish(topic_for(B, Channel.EVENTS), b"control").is_failure
     got = bridge.wait_for_message(topic_for(B, Channel.EVENTS), b"control")
     assert (topic_for(A, Channel.EVENTS), b"after") not in got
+
+
+def test_only_the_bridge_confirms_events_and_each_device_reads_only_its_own(  # type: ignore[no-untyped-def]
+    broker, devices, connect
+):
+    # given A listening on every acks topic it can name, B on its own
+    bridge = connect(broker.bridge_credential())
+    a = connect(devices[A])
+    a.subscribe(topic_for(A, Channel.ACKS), "fleet/v1/devices/+/acks", "#")
+    b = connect(devices[B])
+    b.subscribe(topic_for(B, Channel.ACKS))
+
+    # when B forges a confirmation for A and for itself, and the bridge confirms B's events
+    for topic in (topic_for(A, Channel.ACKS), topic_for(B, Channel.ACKS)):
+        assert _reason(b.publish(topic, b"forged")) == NOT_AUTHORIZED
+    assert not bridge.publish(topic_for(B, Channel.ACKS), b"for-b").is_failure
+    assert not bridge.publish(topic_for(A, Channel.ACKS), b"control-for-a").is_failure
+
+    # then B gets the bridge's, and A only its own (B's would have come first)
+    b.wait_for_message(topic_for(B, Channel.ACKS), b"for-b")
+    got = a.wait_for_message(topic_for(A, Channel.ACKS), b"control-for-a")
+    assert got == [(topic_for(A, Channel.ACKS), b"control-for-a")]

@@ -21,6 +21,7 @@ from rollout_helpers import (
 )
 
 from device_agent.protocol.messages import Phase, TelemetryBatch, TelemetrySample
+from fleet.auth import SCOPE_USER
 from fleet.services import api_token_create
 from ota.gates import PHASED_BASELINE, TelemetryQuery
 from ota.rollout_config import PHASED_ARM, phased_arms
@@ -56,8 +57,8 @@ def test_a_phased_rollouts_arm_is_main_everywhere() -> None:
     evaluate(rollout)
 
     # then its device rows (what the admin and the API list) say main
-    reader = user("reader", "ota.view_rollout", "telemetry.view_rollup")
-    token = api_token_create(user=reader, name="dashboard")[1]
+    reader = user("reader", "ota.view_rollout", "fleet.view_device", "telemetry.view_rollup")
+    token = api_token_create(user=reader, name="dashboard", scopes=[SCOPE_USER])[1]
     client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
     listed = client.get(f"/api/v1/rollouts/{rollout.public_id}/devices").json()
     rows = listed["results"] if isinstance(listed, dict) else listed

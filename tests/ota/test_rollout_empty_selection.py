@@ -10,6 +10,7 @@ from django.test import Client
 from django.utils import timezone
 from rollout_helpers import HW, HW2, artifact, devices, operator, phased, use_own_director_key
 
+from fleet.auth import ALL_MODELS, SCOPE_ROLLOUTS_CREATE, SCOPE_ROLLOUTS_OPERATE
 from fleet.models import Device
 from fleet.services import api_token_create
 from ota import rollouts
@@ -26,7 +27,12 @@ def _fleet(settings, tmp_path):  # type: ignore[no-untyped-def]
 
 
 def _post(path: str, body: dict[str, Any]) -> Any:
-    token = api_token_create(user=operator(), name="ops")[1]
+    token = api_token_create(
+        user=operator(),
+        name="ops",
+        scopes=[SCOPE_ROLLOUTS_CREATE, SCOPE_ROLLOUTS_OPERATE],
+        model_names=[ALL_MODELS],
+    )[1]
     return Client().post(
         f"/api/v1/{path}",
         data=json.dumps(body),

@@ -16,6 +16,8 @@ class Behaviour:
     fail_first: int = 0  # answer 500 to this many requests first
     status: int | None = None  # answer this status always
     cut_after: int | None = None  # close the connection after this many body bytes
+    cut_times: int = 1_000_000  # cut only this many responses
+    bad_range_times: int = 0  # answer this many Range requests with the file's first bytes
     stall_after: int | None = None  # stop sending (but keep the socket) after N bytes
     stall_s: float = 5.0
     stall_times: int = 1_000_000  # stall only this many responses
@@ -54,10 +56,15 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = b.data[start:] + b.extra
+        if start and b.bad_range_times > 0:
+            # A 206 whose Content-Range is right and whose body is not (a broken cache)
+            b.bad_range_times -= 1
+            body = b.data[: len(b.data) - start] + b.extra
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         limit = len(body)
-        if b.cut_after is not None:
+        if b.cut_after is not None and b.cut_times > 0:
+            b.cut_times -= 1
             limit = min(limit, b.cut_after)
         if b.stall_after is not None and b.stall_times > 0:
             b.stall_times -= 1

@@ -638,7 +638,13 @@ class Rig:
         device_id = "".join(c if c.isalnum() or c in "_-" else "-" for c in raw)
         directory = self.root / "cases" / device_id
         if template:
-            shutil.copytree(self.template, directory, symlinks=True)
+            # Not the template device's unconfirmed events: this is another device.
+            shutil.copytree(
+                self.template,
+                directory,
+                symlinks=True,
+                ignore=shutil.ignore_patterns("events.json"),
+            )
         with serving(Mirror(self.states[state], self.targets)) as mirror:
             settings = agent_settings(device_id, mirror.url, self.broker.port, **config)
             _write_agent_dir(directory, settings, self, fresh=not template)

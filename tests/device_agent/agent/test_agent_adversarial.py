@@ -261,6 +261,9 @@ ATTACKS = [
         "metadata_expired",
         state="expired-timestamp",
         env={"FLEET_AGENT_CLOCK_SKEW_S": THIRTY_DAYS_S},
+        # a clock that can be set back is not trustworthy: no issued_at bound
+        # (docs/security.md); with one, the fresh desired state is issued_in_future
+        config={"max_issued_ahead_s": None},
     ),
     # a model that does not load: swapped, tried, rolled back
     Attack(

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import time
 import tracemalloc
 from collections import namedtuple
 from pathlib import Path
@@ -92,6 +93,65 @@ def test_a_damaged_part_is_restarted_once_from_zero(tmp_path: Path) -> None:
     with file_server(behaviour) as url:
         download(url, part, sha256=SHA, length=len(DATA), options=fast())
     assert [r.get("range") for r in behaviour.requests] == ["bytes=100000-", None]
+    assert part.read_bytes() == DATA
+
+
+def test_a_resumed_transfer_that_does_not_verify_restarts_once_from_zero(
+    tmp_path: Path,
+) -> None:
+    # given a server that drops the first response, then answers the Range request
+    # with a 206 whose body is not what its Content-Range says
+    part = tmp_path / f"{SHA}.part"
+    behaviour = Behaviour(data=DATA, cut_after=100_000, cut_times=1, bad_range_times=1)
+    with file_server(behaviour) as url:
+        download(url, part, sha256=SHA, length=len(DATA), options=fast())
+    # then the agent started over from byte zero once, and has the file
+    assert [r.get("range") for r in behaviour.requests] == [None, "bytes=100000-", None]
+    assert part.read_bytes() == DATA
+
+
+def test_a_second_mismatch_after_the_restart_is_a_hash_mismatch(tmp_path: Path) -> None:
+    part = tmp_path / f"{SHA}.part"
+    # (every response is cut half way: the bad Range body then ends the file exactly)
+    behaviour = Behaviour(data=DATA, cut_after=150_000, bad_range_times=2)
+    with file_server(behaviour) as url, pytest.raises(DownloadError) as caught:
+        download(url, part, sha256=SHA, length=len(DATA), options=fast())
+    assert caught.value.code == "hash_mismatch"
+    assert [r.get("range") for r in behaviour.requests] == [
+        None,
+        "bytes=150000-",
+        None,
+        "bytes=150000-",
+    ]
+    assert not part.exists()
+
+
+def test_a_drip_below_the_minimum_rate_fails_early_as_download_timeout(
+    tmp_path: Path,
+) -> None:
+    # given a server that drips (never silent for stall_s, so no stall)
+    part = tmp_path / f"{SHA}.part"
+    behaviour = Behaviour(data=DATA, throttle=(20, 0.05))  # 400 B/s
+    options = fast(min_rate_bps=2000, min_rate_window_s=0.5, attempts=2, deadline_s=3600)
+    started = time.monotonic()
+    with file_server(behaviour) as url, pytest.raises(DownloadError) as caught:
+        download(url, part, sha256=SHA, length=len(DATA), options=options)
+    # then each attempt ends after one window, and two of them are a download_timeout
+    # even though each made progress
+    assert caught.value.code == "download_timeout"
+    assert "below the minimum" in caught.value.detail
+    assert len(behaviour.requests) == 2
+    assert time.monotonic() - started < 10
+    assert 0 < part.stat().st_size < len(DATA)  # kept for a later resume
+
+
+def test_a_transfer_above_the_minimum_rate_is_not_affected(tmp_path: Path) -> None:
+    part = tmp_path / f"{SHA}.part"
+    behaviour = Behaviour(data=DATA, throttle=(50_000, 0.1))  # 500 kB/s, 0.6 s
+    options = fast(min_rate_bps=100_000, min_rate_window_s=0.2)
+    with file_server(behaviour) as url:
+        download(url, part, sha256=SHA, length=len(DATA), options=options)
+    assert len(behaviour.requests) == 1
     assert part.read_bytes() == DATA
 
 

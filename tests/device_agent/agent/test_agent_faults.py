@@ -16,6 +16,7 @@ empty, the store must describe what `current` serves, and the job's last event m
 the one the design gives for that point (committed, or rolled_back/failed with a code).
 """
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -168,12 +169,15 @@ def test_a_second_kill_right_after_recovery_loses_no_final_event(rig: Rig) -> No
             link.close()
         assert agent.journal_status() is None
 
-        # then the broker had the committed event before the journal let go of the job
+        # then the committed event was on disk before the journal let go of the job ...
+        pending = json.loads((agent.layout.root / "events.json").read_text())["pending"]
+        assert pending[-1]["phase"] == "committed"  # nobody confirms events in this rig
+        # ... and the next run sends it (until the server confirms it)
+        agent.start()
         agent.wait_for(
             lambda: any(e.phase == "committed" for e in agent.events()[events_before:]),
             "the recovery's committed event",
-            timeout=5,
+            timeout=30,
         )
-        agent.start()
         agent.wait_settled(2)
         agent.assert_runs(V2, "b")

@@ -2,6 +2,7 @@
 
 import json
 import os
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -430,6 +431,7 @@ def test_stopping_mid_download_leaves_a_journal_that_resumes(device: Device) -> 
     with file_server(behaviour) as url:
         runner = device.runner()
         runner.publisher = device.publisher
+        runner.config = replace(runner.config, progress_event_interval_s=0.0)
         original = runner._feed
 
         def feed(event):  # type: ignore[no-untyped-def]

@@ -34,6 +34,7 @@ from device_agent.state import (
     Staged,
     StageFailed,
     Status,
+    Superseded,
     Swap,
     SwapFailed,
     Swapped,
@@ -68,6 +69,7 @@ SAMPLE_EVENTS = {
     TrialFailed: TrialFailed(code=ErrorCode.HEALTH_CHECK_FAILED, detail="self-test"),
     TrialTimedOut: TrialTimedOut(detail="slow"),
     RolledBack: RolledBack(),
+    Superseded: Superseded(),
     Continue: Continue(),
     Recover: Recover(),
 }
@@ -103,6 +105,7 @@ VALID = {
     (Status.TRIAL, TrialFailed): (Status.ROLLING_BACK, [RollBack]),
     (Status.TRIAL, TrialTimedOut): (Status.ROLLING_BACK, [RollBack]),
     (Status.ROLLING_BACK, RolledBack): (Status.ROLLED_BACK, [Discard, Report, PublishState]),
+    (Status.DOWNLOADING, Superseded): (Status.IDLE, []),
     (Status.COMMITTED, Continue): (Status.IDLE, []),
     (Status.FAILED, Continue): (Status.IDLE, []),
     (Status.ROLLED_BACK, Continue): (Status.IDLE, []),

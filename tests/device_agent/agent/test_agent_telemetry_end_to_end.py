@@ -250,11 +250,12 @@ def test_the_server_bridge_and_ingest_store_what_the_agent_sends(agent: Running)
             assert outcome.result == "accepted", outcome
         ingest.flush()
 
-    # then every metric of every sample is a row, tagged as the agent sent it
+    # then every metric of every sample is a row, tagged as the agent sent it (a phased
+    # rollout's one arm is stored under its name, main)
     rows = Sample.objects.filter(device=device)
     assert rows.count() == 40 * 31
     assert set(rows.values_list("model", "version", "rollout_id", "arm").distinct()) == {
-        ("kws", "1.0.0", "r-1", "")
+        ("kws", "1.0.0", "r-1", "main")
     }
     assert sorted(rows.filter(metric="seq").values_list("value", flat=True)) == [
         float(i) for i in range(40)
