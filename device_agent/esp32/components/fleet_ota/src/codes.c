@@ -36,6 +36,9 @@ static const char *const NAMES[FO_CODE_COUNT] = {
     "not_found",
     "empty_selection",
     "token_expired",
+    "method_not_allowed",
+    "throttled",
+    "internal",
 };
 
 const char *fo_code_name(fo_code_t code)

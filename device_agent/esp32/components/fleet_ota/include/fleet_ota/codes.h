@@ -42,6 +42,9 @@ typedef enum {
     FO_NOT_FOUND,
     FO_EMPTY_SELECTION,
     FO_TOKEN_EXPIRED,
+    FO_METHOD_NOT_ALLOWED,
+    FO_THROTTLED,
+    FO_INTERNAL,
     FO_CODE_COUNT
 } fo_code_t;
 
