@@ -43,6 +43,7 @@ from device_agent.metrics_client import encode_sample, send_datagram
 from device_agent.mqtt import MqttLink, TlsFiles
 from device_agent.protocol.envelope import load_public_key_pem
 from device_agent.protocol.exceptions import ProtocolError
+from device_agent.protocol.identifiers import DEVICE_ID, HARDWARE, MODEL_NAME
 from device_agent.protocol.messages import Phase, ReportedState, UpdateEvent
 from device_agent.protocol.topics import Channel
 from device_agent.slots import ModelSlots
@@ -509,8 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     enroll = with_dir(sub.add_parser("enroll", help="enroll this device with the control plane"))
     enroll.add_argument("--server", required=True, help="the control plane's base URL")
     enroll.add_argument("--token", required=True, help="a one-time enrollment token")
-    enroll.add_argument("--device-id", required=True)
-    enroll.add_argument("--hardware", required=True)
+    enroll.add_argument("--device-id", required=True, type=DEVICE_ID.argument())
+    enroll.add_argument("--hardware", required=True, type=HARDWARE.argument())
     enroll.add_argument("--broker-url", help="override the broker URL the server hands out")
     enroll.add_argument("--force", action="store_true", help="enroll again over an old identity")
     enroll.add_argument(
@@ -524,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--simulate-app",
         metavar="MODEL",
+        type=MODEL_NAME.argument(),
         help="simulation aid: also act as the device's application, running the installed "
         "MODEL and reporting its measured latency and confidence (device_agent/simapp.py)",
     )
@@ -539,10 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_status
     )
     rollback = with_dir(sub.add_parser("rollback", help="go back to a model's previous version"))
-    rollback.add_argument("model")
+    rollback.add_argument("model", type=MODEL_NAME.argument())
     rollback.set_defaults(func=cmd_rollback)
     report = with_dir(sub.add_parser("report", help="hand one metrics sample to the running agent"))
-    report.add_argument("model")
+    report.add_argument("model", type=MODEL_NAME.argument())
     report.add_argument("metrics", nargs="+", type=_metric, metavar="NAME=VALUE")
     report.add_argument("--socket", help="the agent's metrics socket (default: from --dir)")
     report.add_argument("--udp-port", type=int, help="send to 127.0.0.1:PORT over UDP instead")

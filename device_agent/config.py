@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.fsutil import make_dir, write_json_atomic
-from device_agent.protocol.topics import is_valid_device_id
+from device_agent.protocol.identifiers import DEVICE_ID, HARDWARE
 
 DEFAULT_DIR = Path(os.environ.get("FLEET_AGENT_DIR", "/var/lib/fleet-agent"))
 CONFIG_FILE = "config.json"
@@ -85,8 +85,11 @@ class AgentConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not is_valid_device_id(self.device_id):
-            raise ConfigError(f"device_id {self.device_id!r} must match [A-Za-z0-9_-]{{1,64}}")
+        for name, kind in (("device_id", DEVICE_ID), ("hardware", HARDWARE)):
+            if not kind.is_valid(getattr(self, name)):
+                raise ConfigError(
+                    f"{name} {getattr(self, name)!r} is not a valid {kind.name} ({kind.rule()})"
+                )
         if not self.tuf_url.endswith("/"):
             object.__setattr__(self, "tuf_url", self.tuf_url + "/")
         if self.trial_hook is not None and (

@@ -30,7 +30,7 @@ from device_agent.protocol.messages import (
     MAX_SAFE_INT,
     MAX_SAMPLES,
     METRIC_RE,
-    SEGMENT_RE,
+    MODEL_NAME_RE,
     TelemetryBatch,
     TelemetrySample,
     loads_json,
@@ -126,7 +126,7 @@ def sample_from_datagram(
     model, metrics = obj.get("model"), obj.get("metrics")
     if not isinstance(model, str) or not isinstance(metrics, dict) or not metrics:
         return Refusal.MALFORMED
-    if SEGMENT_RE.fullmatch(model) is None or model not in tags:
+    if MODEL_NAME_RE.fullmatch(model) is None or model not in tags:
         return Refusal.UNKNOWN_MODEL
     if len(metrics) > MAX_METRICS:
         return Refusal.TOO_MANY_METRICS

@@ -3,25 +3,34 @@ from rest_framework.routers import SimpleRouter
 
 from fleet import views
 
-router = SimpleRouter(trailing_slash=True)
+# Path converters: the group name lookups use the group-name rule (fleet/identifiers.py).
+router = SimpleRouter(trailing_slash=True, use_regex_path=False)
 router.register("groups", views.GroupViewSet, basename="group")
 router.register("dynamic-groups", views.DynamicGroupViewSet, basename="dynamic-group")
 
 urlpatterns = [
     path("devices/", views.DeviceListView.as_view(), name="device-list"),
-    path("devices/<str:device_id>/", views.DeviceDetailView.as_view(), name="device-detail"),
-    path("devices/<str:device_id>/revoke", views.DeviceRevokeView.as_view(), name="device-revoke"),
+    path("devices/<device_id:device_id>/", views.DeviceDetailView.as_view(), name="device-detail"),
     path(
-        "devices/<str:device_id>/desired", views.DeviceDesiredView.as_view(), name="device-desired"
+        "devices/<device_id:device_id>/revoke",
+        views.DeviceRevokeView.as_view(),
+        name="device-revoke",
     ),
     path(
-        "devices/<str:device_id>/desired/republish",
+        "devices/<device_id:device_id>/desired",
+        views.DeviceDesiredView.as_view(),
+        name="device-desired",
+    ),
+    path(
+        "devices/<device_id:device_id>/desired/republish",
         views.DeviceRepublishView.as_view(),
         name="device-republish",
     ),
-    path("groups/<str:name>/members", views.GroupMembersView.as_view(), name="group-members"),
     path(
-        "dynamic-groups/<str:name>/devices",
+        "groups/<group_name:name>/members", views.GroupMembersView.as_view(), name="group-members"
+    ),
+    path(
+        "dynamic-groups/<group_name:name>/devices",
         views.DynamicGroupDevicesView.as_view(),
         name="dynamic-group-devices",
     ),

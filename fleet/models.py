@@ -1,6 +1,7 @@
 from django.conf import settings
-from django.core.validators import RegexValidator
 from django.db import models
+
+from fleet.identifiers import IdentifierListValidator, IdentifierValidator
 
 
 class ApiToken(models.Model):
@@ -31,15 +32,16 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.user})"
 
 
-DEVICE_ID_VALIDATOR = RegexValidator(
-    r"^[A-Za-z0-9_-]{1,64}$", "device ids are 1-64 of A-Z a-z 0-9 _ -"
-)
+# The admin's forms check identifiers with the API's rules (device_agent/protocol/identifiers.py).
+DEVICE_ID_VALIDATOR = IdentifierValidator("DEVICE_ID")
 
 
 class Tag(models.Model):
     """A free-form label on devices (``site-berlin``, ``camera``), used in selections."""
 
-    name = models.CharField(max_length=64, unique=True)
+    name = models.CharField(
+        max_length=64, unique=True, validators=[IdentifierValidator("TAG_NAME")]
+    )
 
     def __str__(self) -> str:
         return self.name
@@ -48,7 +50,9 @@ class Tag(models.Model):
 class Group(models.Model):
     """A static group: an operator-chosen set of devices."""
 
-    name = models.CharField(max_length=100, unique=True)
+    name = models.CharField(
+        max_length=100, unique=True, validators=[IdentifierValidator("GROUP_NAME")]
+    )
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -59,10 +63,22 @@ class Group(models.Model):
 class DynamicGroup(models.Model):
     """A saved selection (hardware and tags), evaluated whenever it is used."""
 
-    name = models.CharField(max_length=100, unique=True)
+    name = models.CharField(
+        max_length=100, unique=True, validators=[IdentifierValidator("GROUP_NAME")]
+    )
     description = models.TextField(blank=True)
-    hardware = models.JSONField(default=list, blank=True, help_text="any of these; empty: any")
-    tags = models.JSONField(default=list, blank=True, help_text="all of these tags")
+    hardware = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="any of these; empty: any",
+        validators=[IdentifierListValidator("HARDWARE")],
+    )
+    tags = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="all of these tags",
+        validators=[IdentifierListValidator("TAG_NAME")],
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -81,7 +97,9 @@ class Device(models.Model):
     """An enrolled edge device, identified on MQTT by its client certificate's CN."""
 
     device_id = models.CharField(max_length=64, unique=True, validators=[DEVICE_ID_VALIDATOR])
-    hardware = models.CharField(max_length=64, db_index=True)
+    hardware = models.CharField(
+        max_length=64, db_index=True, validators=[IdentifierValidator("HARDWARE")]
+    )
     tags = models.ManyToManyField(Tag, blank=True, related_name="devices")
     groups = models.ManyToManyField(Group, blank=True, related_name="devices")
     agent_version = models.CharField(max_length=64, blank=True)
@@ -123,7 +141,12 @@ class EnrollmentToken(models.Model):
     lookup = models.CharField(max_length=16, unique=True)
     secret_hash = models.CharField(max_length=64)
     expires_at = models.DateTimeField()
-    hardware = models.CharField(max_length=64, blank=True, help_text="empty: any")
+    hardware = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="empty: any",
+        validators=[IdentifierValidator("HARDWARE")],
+    )
     group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.SET_NULL)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"

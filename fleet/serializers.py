@@ -1,12 +1,19 @@
-import re
 from datetime import UTC, datetime
 from typing import Any
 
 from rest_framework import serializers
 
+from device_agent.protocol.identifiers import (
+    DEVICE_ID,
+    GROUP_NAME,
+    HARDWARE,
+    MODEL_NAME,
+    TAG_NAME,
+    VERSION,
+)
+from fleet.identifiers import IdentifierField
 from fleet.models import Device, DynamicGroup, Group, Tag
 
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 # Bounds of what the API takes (docs/api.md).
 MAX_DESCRIPTION_LENGTH = 2000
 MAX_LABELS = 64  # tags or groups of a device; hardware or tags of a dynamic group
@@ -28,11 +35,6 @@ class BoundedDateTimeField(serializers.DateTimeField):
         if not MIN_DATETIME <= parsed <= MAX_DATETIME:
             raise serializers.ValidationError("must be from 2000-01-01 to 2100-01-01")
         return parsed
-
-
-def _tag(value: str) -> None:
-    if not TAG_RE.match(value):
-        raise serializers.ValidationError(f"tag {value!r} must match {TAG_RE.pattern}")
 
 
 class DeviceSerializer(serializers.ModelSerializer[Device]):
@@ -66,31 +68,32 @@ class DeviceSerializer(serializers.ModelSerializer[Device]):
 
 
 class DeviceListQuery(serializers.Serializer[dict[str, object]]):
-    hardware = serializers.CharField(max_length=64, required=False)
+    """The device list's filters, for the schema (the view checks each identifier)."""
+
+    hardware = IdentifierField(HARDWARE, required=False)
     tag = serializers.ListField(
-        child=serializers.CharField(max_length=64),
+        child=IdentifierField(TAG_NAME),
         required=False,
         max_length=MAX_LABELS,
         help_text="all of these tags",
     )
-    group = serializers.CharField(max_length=100, required=False)
+    group = IdentifierField(GROUP_NAME, required=False)
     online = serializers.BooleanField(required=False, allow_null=True)
     revoked = serializers.BooleanField(required=False, allow_null=True)
-    q = serializers.CharField(max_length=64, required=False, help_text="device id prefix")
+    q = IdentifierField(DEVICE_ID, required=False, help_text="device id prefix")
 
 
 class DeviceLabelsSerializer(serializers.Serializer[dict[str, object]]):
     tags = serializers.ListField(
-        child=serializers.CharField(max_length=64, validators=[_tag]),
-        required=False,
-        max_length=MAX_LABELS,
+        child=IdentifierField(TAG_NAME), required=False, max_length=MAX_LABELS
     )
     groups = serializers.ListField(
-        child=serializers.CharField(max_length=100), required=False, max_length=MAX_LABELS
+        child=IdentifierField(GROUP_NAME), required=False, max_length=MAX_LABELS
     )
 
 
 class GroupSerializer(serializers.ModelSerializer[Group]):
+    name = IdentifierField(GROUP_NAME)
     description = serializers.CharField(
         max_length=MAX_DESCRIPTION_LENGTH, required=False, allow_blank=True
     )
@@ -102,24 +105,23 @@ class GroupSerializer(serializers.ModelSerializer[Group]):
 
 class GroupMembersSerializer(serializers.Serializer[dict[str, object]]):
     add = serializers.ListField(
-        child=serializers.CharField(max_length=64), default=list, max_length=MAX_MEMBERS_CHANGE
+        child=IdentifierField(DEVICE_ID), default=list, max_length=MAX_MEMBERS_CHANGE
     )
     remove = serializers.ListField(
-        child=serializers.CharField(max_length=64), default=list, max_length=MAX_MEMBERS_CHANGE
+        child=IdentifierField(DEVICE_ID), default=list, max_length=MAX_MEMBERS_CHANGE
     )
 
 
 class DynamicGroupSerializer(serializers.ModelSerializer[DynamicGroup]):
+    name = IdentifierField(GROUP_NAME)
     description = serializers.CharField(
         max_length=MAX_DESCRIPTION_LENGTH, required=False, allow_blank=True
     )
     hardware = serializers.ListField(
-        child=serializers.CharField(max_length=64), default=list, max_length=MAX_LABELS
+        child=IdentifierField(HARDWARE), default=list, max_length=MAX_LABELS
     )
     tags = serializers.ListField(
-        child=serializers.CharField(max_length=64, validators=[_tag]),
-        default=list,
-        max_length=MAX_LABELS,
+        child=IdentifierField(TAG_NAME), default=list, max_length=MAX_LABELS
     )
 
     class Meta:
@@ -133,21 +135,23 @@ class RevokeDeviceSerializer(serializers.Serializer[dict[str, object]]):
 
 class EnrollmentTokenRequestSerializer(serializers.Serializer[dict[str, object]]):
     hours = serializers.IntegerField(min_value=1, max_value=24 * 30, required=False)
-    hardware = serializers.CharField(max_length=64, required=False, default="")
-    group = serializers.CharField(max_length=100, required=False, allow_null=True, default=None)
+    hardware = IdentifierField(HARDWARE, required=False, default="", allow_blank=True)
+    group = IdentifierField(
+        GROUP_NAME, required=False, allow_null=True, allow_blank=True, default=None
+    )
 
 
 class EnrollRequestSerializer(serializers.Serializer[dict[str, object]]):
     token = serializers.CharField(max_length=200)
-    device_id = serializers.CharField(max_length=64)
-    hardware = serializers.RegexField(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    device_id = IdentifierField(DEVICE_ID)
+    hardware = IdentifierField(HARDWARE)
     csr = serializers.CharField(max_length=16 * 1024)
     agent_version = serializers.CharField(max_length=32, required=False, default="")
 
 
 class AssignmentSerializer(serializers.Serializer[dict[str, object]]):
-    model = serializers.CharField(max_length=64)
-    version = serializers.CharField(max_length=64)
+    model = IdentifierField(MODEL_NAME)
+    version = IdentifierField(VERSION)
 
 
 class DesiredRequestSerializer(serializers.Serializer[dict[str, object]]):

@@ -1,6 +1,5 @@
 """Writes to the fleet registry."""
 
-import re
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -9,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from device_agent.protocol.errors import ErrorCode
+from device_agent.protocol.identifiers import MODEL_NAME
 from fleet.auth import (
     ALL_MODELS,
     MODEL_SCOPES,
@@ -18,10 +18,8 @@ from fleet.auth import (
     token_generate,
 )
 from fleet.errors import ServiceError
+from fleet.identifiers import identifiers_check
 from fleet.models import ApiToken
-
-# ota.repository.MODEL_NAME_RE, as a full match (fleet does not import ota's services).
-_MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 def _is_service_account(user: User) -> bool:
@@ -83,9 +81,7 @@ def api_token_create(
             if unknown
             else f"a token needs at least one scope: {', '.join(SCOPES)}",
         )
-    bad = [m for m in models if m != ALL_MODELS and not _MODEL_NAME.fullmatch(m)]
-    if bad:
-        raise ServiceError(ErrorCode.MALFORMED, f"not a model name: {', '.join(bad)}")
+    identifiers_check(MODEL_NAME, [m for m in models if m != ALL_MODELS], field="models")
     acts_on_models = MODEL_SCOPES.intersection(scopes)
     if acts_on_models and not models:
         raise ServiceError(

@@ -21,6 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 from rest_framework import serializers
 
 from device_agent.fsutil import create_once
+from fleet.path_converters import openapi_path_overrides
 
 # Lets the admin and serializer classes be written with their type parameters.
 django_stubs_ext.monkeypatch(
@@ -326,6 +327,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Path parameters with their identifier alphabets (docs/api.md, Identifiers).
+    "PATH_CONVERTER_OVERRIDES": openapi_path_overrides(),
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "fleet.schema.error_responses",

@@ -6,6 +6,9 @@ from fleet.api_docs import RedocView, SwaggerView
 from fleet.health import healthz
 from ota import tuf_views
 
+# JSON errors under /api/ and /tuf/, including an identifier refused in the URL path.
+handler400 = "fleet.identifiers.bad_request"
+handler404 = "fleet.identifiers.page_not_found"
 # The admin is the whole web UI: its "View site" link led to an unrouted "/".
 admin.site.site_url = None
 

@@ -11,9 +11,17 @@ from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
 from device_agent.protocol.errors import ErrorCode
+from device_agent.protocol.identifiers import (
+    DEVICE_ID,
+    GROUP_NAME,
+    HARDWARE,
+    TAG_NAME,
+    IdentifierKind,
+)
 from fleet import director, enrollment, registry, selectors
 from fleet.client_ip import client_ip
 from fleet.errors import ServiceError
+from fleet.identifiers import identifier_check
 from fleet.models import DesiredState, Device, DynamicGroup, Group
 from fleet.pagination import ByName, Cursor
 from fleet.serializers import (
@@ -53,6 +61,21 @@ class ByDeviceId(Cursor):
     ordering = "device_id"
 
 
+def _bool(value: str | None) -> bool | None:
+    if value is None or value == "":
+        return None
+    if value.lower() in {"true", "1", "yes"}:
+        return True
+    if value.lower() in {"false", "0", "no"}:
+        return False
+    raise ServiceError(ErrorCode.MALFORMED, f"{value!r} is not a boolean")
+
+
+def _filter(kind: IdentifierKind, value: str | None, name: str) -> str | None:
+    """An optional identifier filter from the query string ("" or absent: no filter)."""
+    return identifier_check(kind, value, field=name) if value else None
+
+
 @extend_schema(parameters=[DeviceListQuery])
 class DeviceListView(generics.ListAPIView[Device]):
     serializer_class = DeviceSerializer
@@ -61,16 +84,14 @@ class DeviceListView(generics.ListAPIView[Device]):
     queryset = Device.objects.none()  # for the permission class
 
     def get_queryset(self) -> QuerySet[Device]:
-        query = DeviceListQuery(data=self.request.query_params)
-        query.is_valid(raise_exception=True)
-        p = query.validated_data
+        p = self.request.query_params  # DeviceListQuery documents them
         return selectors.device_list(
-            hardware=p.get("hardware"),
-            tags=p.get("tag", []),
-            group=p.get("group"),
-            online=p.get("online"),
-            revoked=p.get("revoked"),
-            prefix=p.get("q"),
+            hardware=_filter(HARDWARE, p.get("hardware"), "hardware"),
+            tags=[identifier_check(TAG_NAME, t, field="tag") for t in p.getlist("tag")],
+            group=_filter(GROUP_NAME, p.get("group"), "group"),
+            online=_bool(p.get("online")),
+            revoked=_bool(p.get("revoked")),
+            prefix=_filter(DEVICE_ID, p.get("q"), "q"),  # a prefix of a device id is one
         ).prefetch_related("tags", "groups")
 
 
@@ -120,6 +141,7 @@ class GroupViewSet(viewsets.ModelViewSet[Group]):
     queryset = Group.objects.order_by("name")
     lookup_field = "name"
     pagination_class = ByName
+    lookup_value_converter = "group_name"
 
 
 class GroupMembersView(APIView):
@@ -145,6 +167,7 @@ class DynamicGroupViewSet(viewsets.ModelViewSet[DynamicGroup]):
     queryset = DynamicGroup.objects.order_by("name")
     lookup_field = "name"
     pagination_class = ByName
+    lookup_value_converter = "group_name"
 
 
 class DynamicGroupDevicesView(generics.ListAPIView[Device]):

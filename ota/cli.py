@@ -23,7 +23,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.api.serialization.json import JSONSerializer
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
+from device_agent.protocol import identifiers
+from device_agent.protocol.identifiers import IdentifierKind
 from ota.signing import KeyFileError, keypair_generate, signer_load
 
 RESERVED = {"version", "hardware", "format", "release_counter", "floor"}
@@ -338,7 +340,6 @@ def cmd_resign(args: argparse.Namespace) -> int:
 # --- rollouts -----------------------------------------------------------------------
 
 
-TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")  # the registry's tag names
 ROLLOUT_ACTIONS = ("start", "pause", "resume", "abort", "schedule", "unschedule", "promote")
 
 
@@ -372,12 +373,28 @@ def parse_stages(text: str) -> list[dict[str, float]]:
     return stages
 
 
+def identifier(kind: IdentifierKind) -> Callable[[str], str]:
+    """An argparse type: the server's rule for ``kind`` (exit status 2 before any request)."""
+    return kind.argument()
+
+
+def parse_artifact_file(text: str) -> str:
+    """The artifact's file name becomes the last segment of its target path."""
+    identifier(identifiers.FILENAME)(Path(text).name)
+    return text
+
+
 def parse_arm(text: str) -> dict[str, Any]:
     """``A=1.3.0:50``: arm name, version, weight (default 1)."""
     name, sep, rest = text.partition("=")
     version, colon, weight = rest.partition(":")
     if not sep or not name or not version:
         raise argparse.ArgumentTypeError(f"arm {text!r}: NAME=VERSION[:WEIGHT], e.g. B=1.4.0:50")
+    for kind, value in ((identifiers.ARM_NAME, name), (identifiers.VERSION, version)):
+        if not kind.is_valid(value):
+            raise argparse.ArgumentTypeError(
+                f"arm {text!r}: {value!r} is not a valid {kind.name}: {kind.rule()}"
+            )
     arm: dict[str, Any] = {"name": name, "version": version}
     if colon:
         try:
@@ -389,14 +406,6 @@ def parse_arm(text: str) -> dict[str, Any]:
         if not arm["weight"] > 0:
             raise argparse.ArgumentTypeError(f"arm {text!r}: the weight must be above 0")
     return arm
-
-
-def parse_tag(text: str) -> str:
-    if TAG_RE.fullmatch(text) is None:
-        raise argparse.ArgumentTypeError(
-            f"tag {text!r}: a device tag such as cam or site:berlin ({TAG_RE.pattern})"
-        )
-    return text
 
 
 def parse_json_option(text: str) -> dict[str, Any]:
@@ -615,11 +624,18 @@ def _rollout_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     actions = rollout.add_subparsers(dest="rollout_command", required=True)
 
     create = actions.add_parser("create", parents=[output], help="create a rollout (a draft)")
-    create.add_argument("--model", required=True, help="the model to roll out, e.g. kws")
+    create.add_argument(
+        "--model",
+        required=True,
+        type=identifier(identifiers.MODEL_NAME),
+        help="the model to roll out, e.g. kws",
+    )
     create.add_argument(
         "--strategy", choices=["phased", "ab"], help="default: phased, or ab with --arm"
     )
-    create.add_argument("--version", help="phased: the version to deploy")
+    create.add_argument(
+        "--version", type=identifier(identifiers.VERSION), help="phased: the version to deploy"
+    )
     create.add_argument(
         "--arm",
         action="append",
@@ -628,7 +644,11 @@ def _rollout_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         metavar="NAME=VERSION[:WEIGHT]",
         help="A/B: an arm, its version and weight (default 1); two to eight, repeatable",
     )
-    create.add_argument("--baseline", help="A/B: the arm the others are compared with")
+    create.add_argument(
+        "--baseline",
+        type=identifier(identifiers.ARM_NAME),
+        help="A/B: the arm the others are compared with",
+    )
     create.add_argument(
         "--stages",
         type=parse_stages,
@@ -637,25 +657,38 @@ def _rollout_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "(default: one stage of 100 %%)",
     )
     create.add_argument(
-        "--group", action="append", default=[], help="select a static group (repeatable)"
+        "--group",
+        action="append",
+        default=[],
+        type=identifier(identifiers.GROUP_NAME),
+        help="select a static group (repeatable)",
     )
     create.add_argument(
-        "--dynamic-group", action="append", default=[], help="select a dynamic group (repeatable)"
+        "--dynamic-group",
+        action="append",
+        default=[],
+        type=identifier(identifiers.GROUP_NAME),
+        help="select a dynamic group (repeatable)",
     )
     create.add_argument(
-        "--device", action="append", default=[], help="select a device by id (repeatable)"
+        "--device",
+        action="append",
+        default=[],
+        type=identifier(identifiers.DEVICE_ID),
+        help="select a device by id (repeatable)",
     )
     create.add_argument(
         "--tag",
         action="append",
         default=[],
-        type=parse_tag,
+        type=identifier(identifiers.TAG_NAME),
         help="narrow to devices with this tag; several: all of them",
     )
     create.add_argument(
         "--hardware",
         action="append",
         default=[],
+        type=identifier(identifiers.HARDWARE),
         help="narrow to devices of this hardware; several: any of them",
     )
     create.add_argument("--all", action="store_true", help="select the whole fleet")
@@ -687,7 +720,9 @@ def _rollout_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     create.set_defaults(func=cmd_rollout_create)
 
     listing = actions.add_parser("list", parents=[output], help="rollouts, newest first")
-    listing.add_argument("--model", help="only this model's rollouts")
+    listing.add_argument(
+        "--model", type=identifier(identifiers.MODEL_NAME), help="only this model's rollouts"
+    )
     listing.add_argument("--status", help="only rollouts in this status, e.g. running")
     listing.add_argument(
         "--limit", type=int, default=50, help="at most this many (default 50, at most 500)"
@@ -695,13 +730,17 @@ def _rollout_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     listing.set_defaults(func=cmd_rollout_list)
 
     show = actions.add_parser("show", parents=[output], help="one rollout")
-    show.add_argument("id", help="the rollout's id, e.g. r-12")
+    show.add_argument(
+        "id", type=identifier(identifiers.ROLLOUT_ID), help="the rollout's id, e.g. r-12"
+    )
     show.add_argument("--audit", action="store_true", help="with its audit trail")
     show.set_defaults(func=cmd_rollout_show)
 
     for action in ROLLOUT_ACTIONS:
         command = actions.add_parser(action, parents=[output], help=ACTION_HELP[action])
-        command.add_argument("id", help="the rollout's id, e.g. r-12")
+        command.add_argument(
+            "id", type=identifier(identifiers.ROLLOUT_ID), help="the rollout's id, e.g. r-12"
+        )
         command.add_argument(
             "--reason",
             default="",
@@ -709,7 +748,12 @@ def _rollout_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
             help="why, for the audit trail" + (" (required)" if action == "abort" else ""),
         )
         if action == "promote":
-            command.add_argument("--arm", required=True, help="the winning arm")
+            command.add_argument(
+                "--arm",
+                required=True,
+                type=identifier(identifiers.ARM_NAME),
+                help="the winning arm",
+            )
         if action == "schedule":
             command.add_argument("--starts-at", help="ISO 8601: the engine starts it then")
         command.set_defaults(func=cmd_rollout_action, action=action)
@@ -725,13 +769,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keygen.set_defaults(func=cmd_keygen)
     publish = sub.add_parser("publish", parents=[output], help="sign and upload a model artifact")
-    publish.add_argument("file", help="the model file to publish")
-    publish.add_argument("--name", required=True, help="the registered model, e.g. kws")
-    publish.add_argument("--version", required=True, help="the model's version, e.g. 1.4.0")
+    publish.add_argument("file", type=parse_artifact_file, help="the model file to publish")
     publish.add_argument(
-        "--hardware", required=True, help="the hardware it is built for, e.g. esp32s3-int8"
+        "--name",
+        required=True,
+        type=identifier(identifiers.MODEL_NAME),
+        help="the registered model, e.g. kws",
     )
-    publish.add_argument("--format", required=True, help="the file's format, e.g. tflite or onnx")
+    publish.add_argument(
+        "--version",
+        required=True,
+        type=identifier(identifiers.VERSION),
+        help="the model's version, e.g. 1.4.0",
+    )
+    publish.add_argument(
+        "--hardware",
+        required=True,
+        type=identifier(identifiers.HARDWARE),
+        help="the hardware it is built for, e.g. esp32s3-int8",
+    )
+    publish.add_argument(
+        "--format",
+        required=True,
+        type=identifier(identifiers.ARTIFACT_FORMAT),
+        help="the file's format, e.g. tflite or onnx",
+    )
     publish.add_argument(
         "--meta",
         action="append",
@@ -762,7 +824,12 @@ def build_parser() -> argparse.ArgumentParser:
     resign = sub.add_parser(
         "resign", parents=[output], help="re-sign the model's metadata (key rotation)"
     )
-    resign.add_argument("--name", required=True, help="the registered model, e.g. kws")
+    resign.add_argument(
+        "--name",
+        required=True,
+        type=identifier(identifiers.MODEL_NAME),
+        help="the registered model, e.g. kws",
+    )
     resign.add_argument(
         "--expires-days",
         type=int,

@@ -1,6 +1,8 @@
 from django.conf import settings
 from django.db import models
 
+from fleet.identifiers import IdentifierValidator
+
 
 class Model(models.Model):
     """A model name registered for publishing, e.g. ``kws``.
@@ -9,7 +11,9 @@ class Model(models.Model):
     ``models/<name>/*/*/*`` to, signed by the model's release keys.
     """
 
-    name = models.CharField(max_length=64, unique=True)
+    name = models.CharField(
+        max_length=64, unique=True, validators=[IdentifierValidator("MODEL_NAME")]
+    )
     description = models.TextField(blank=True)
     threshold = models.PositiveSmallIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -42,9 +46,9 @@ class Artifact(models.Model):
     """One published, signed variant of a model version for one hardware target."""
 
     model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="artifacts")
-    version = models.CharField(max_length=64)
-    hardware = models.CharField(max_length=64)
-    format = models.CharField(max_length=32)
+    version = models.CharField(max_length=64, validators=[IdentifierValidator("VERSION")])
+    hardware = models.CharField(max_length=64, validators=[IdentifierValidator("HARDWARE")])
+    format = models.CharField(max_length=32, validators=[IdentifierValidator("ARTIFACT_FORMAT")])
     release_counter = models.PositiveBigIntegerField()
     floor = models.PositiveBigIntegerField(default=0)
     target_path = models.CharField(max_length=400, unique=True)

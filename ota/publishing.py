@@ -21,23 +21,16 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.api.serialization import DeserializationError
 
 from device_agent.protocol.errors import ErrorCode
+from device_agent.protocol.identifiers import ARTIFACT_FORMAT, FILENAME, HARDWARE, VERSION
 from fleet.errors import ServiceError
+from fleet.identifiers import identifier_check
 from ota import repository
 from ota.models import Artifact, Model
 from ota.selectors import model_get
 
 log = logging.getLogger(__name__)
 
-# semver.org 2.0.0, the official regular expression.
-SEMVER_RE = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
-)
-HARDWARE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-FORMAT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-FILENAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 RESERVED_FIELDS = ("version", "hardware", "format", "release_counter", "floor")
 
 
@@ -118,22 +111,16 @@ def _target_fields(model: Model, path: str, info: TargetFile) -> NewTarget:
         or parts[1] != model.name
         or any(p in {"", ".", ".."} for p in parts)
         or "\\" in path
-        or not FILENAME_RE.match(parts[4])
+        or not FILENAME.is_valid(parts[4])
     ):
         raise _fail(
             ErrorCode.INVALID_TARGET_PATH,
             f"target path {path!r} must be models/{model.name}/<version>/<hardware>/<file>",
         )
     custom = info.custom
-    version = custom.get("version")
-    if not isinstance(version, str) or not SEMVER_RE.match(version) or len(version) > 64:
-        raise _fail(ErrorCode.INVALID_VERSION, f"version {version!r} is not semver (X.Y.Z)")
-    hardware = custom.get("hardware")
-    if not isinstance(hardware, str) or not HARDWARE_RE.match(hardware):
-        raise _fail(ErrorCode.MALFORMED, f"hardware {hardware!r} must match {HARDWARE_RE.pattern}")
-    fmt = custom.get("format")
-    if not isinstance(fmt, str) or not FORMAT_RE.match(fmt):
-        raise _fail(ErrorCode.MALFORMED, f"format {fmt!r} must match {FORMAT_RE.pattern}")
+    version = identifier_check(VERSION, custom.get("version"), field="custom.version")
+    hardware = identifier_check(HARDWARE, custom.get("hardware"), field="custom.hardware")
+    fmt = identifier_check(ARTIFACT_FORMAT, custom.get("format"), field="custom.format")
     if parts[2] != version or parts[3] != hardware:
         raise _fail(
             ErrorCode.INVALID_TARGET_PATH,
@@ -146,7 +133,7 @@ def _target_fields(model: Model, path: str, info: TargetFile) -> NewTarget:
     if type(floor) is not int or not 0 <= floor <= counter:
         raise _fail(ErrorCode.MALFORMED, "floor must be an integer from 0 to release_counter")
     sha = info.hashes.get("sha256")
-    if not isinstance(sha, str) or not SHA256_RE.match(sha):
+    if not isinstance(sha, str) or not SHA256_RE.fullmatch(sha):
         raise _fail(ErrorCode.MALFORMED, "the target must carry a sha256 hash")
     facts = {k: v for k, v in custom.items() if k not in RESERVED_FIELDS}
     return NewTarget(path, info, version, hardware, fmt, counter, floor, facts)
@@ -219,9 +206,7 @@ def _check(model: Model, md: Metadata[Targets], upload: Upload | None) -> NewTar
     return target
 
 
-def artifact_publish(
-    *, model_name: str, metadata: bytes, upload: Upload, by: User
-) -> Artifact:
+def artifact_publish(*, model_name: str, metadata: bytes, upload: Upload, by: User) -> Artifact:
     """Publish one artifact with the model's next CI-signed targets metadata."""
     model = model_get(model_name)
     md = metadata_parse(metadata, model=model)

@@ -8,7 +8,6 @@ one transaction: a failed write changes nothing that is served.
 """
 
 import logging
-import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,7 +31,9 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from device_agent.protocol.errors import ErrorCode
+from device_agent.protocol.identifiers import MODEL_NAME
 from fleet.errors import ServiceError
+from fleet.identifiers import identifier_check
 from ota.models import Model, ReleaseKey, RepositoryLock, TufMetadata
 from ota.signing import KeyFileError, keypair_generate, signer_load
 
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 TOP_LEVEL_ROLES = (Root.type, Targets.type, Snapshot.type, Timestamp.type)
 ONLINE_ROLES = (Snapshot.type, Timestamp.type)
-MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 SERIALIZER = JSONSerializer(compact=True)
 
 
@@ -229,11 +229,7 @@ def model_register(
     *, name: str, keys: list[Key], threshold: int, targets_signer: Signer, description: str = ""
 ) -> Model:
     """Register a model name and its release keys: a new delegation in top-level targets."""
-    if not MODEL_NAME_RE.match(name) or name in TOP_LEVEL_ROLES:
-        raise ServiceError(
-            ErrorCode.MALFORMED,
-            f"model name {name!r} must match {MODEL_NAME_RE.pattern} and not be a TUF role name",
-        )
+    identifier_check(MODEL_NAME, name, field="name")  # also refuses the TUF role names
     if not keys:
         raise ServiceError(ErrorCode.MALFORMED, "a model needs at least one release key")
     if not 1 <= threshold <= len(keys):

@@ -14,8 +14,17 @@ from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from device_agent.protocol.errors import ErrorCode
-from device_agent.protocol.messages import SEGMENT_RE, SEMVER_RE, TOKEN_RE
+from device_agent.protocol.identifiers import (
+    ARM_NAME,
+    DEVICE_ID,
+    GROUP_NAME,
+    HARDWARE,
+    TAG_NAME,
+    VERSION,
+    IdentifierKind,
+)
 from fleet.errors import ServiceError
+from fleet.identifiers import identifier_check, identifiers_check
 
 # The single arm of a phased rollout: its name in the admin, the API, /metrics and the
 # telemetry store (whose samples of a rollout that name no arm are stored under it).
@@ -81,11 +90,18 @@ def _choice(value: object, what: str, choices: Sequence[str]) -> str:
     return str(value)
 
 
-def _strings(value: object, what: str, pattern: re.Pattern[str] | None = None) -> tuple[str, ...]:
+def _strings(
+    value: object,
+    what: str,
+    pattern: re.Pattern[str] | None = None,
+    kind: IdentifierKind | None = None,
+) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list | tuple) or len(value) > MAX_SELECTION_ITEMS:
         raise _bad(f"{what} must be a list of at most {MAX_SELECTION_ITEMS} strings")
+    if kind is not None:
+        identifiers_check(kind, value, field=f"{what}[]")
     for item in value:
         if not isinstance(item, str) or not item or len(item) > MAX_SELECTION_ITEM_LENGTH:
             raise _bad(
@@ -155,11 +171,8 @@ class Arm:
     def from_dict(cls, obj: object, what: str) -> Self:
         data = _mapping(obj, what)
         _only(data, what, {"name", "version", "weight", "baseline"})
-        name, version = data.get("name"), data.get("version")
-        if not isinstance(name, str) or TOKEN_RE.fullmatch(name) is None:
-            raise _bad(f"{what}.name must match {TOKEN_RE.pattern}")
-        if not isinstance(version, str) or SEMVER_RE.fullmatch(version) is None:
-            raise _bad(f"{what}.version must be a semver version")
+        name = identifier_check(ARM_NAME, data.get("name"), field=f"{what}.name")
+        version = identifier_check(VERSION, data.get("version"), field=f"{what}.version")
         baseline = data.get("baseline", False)
         if not isinstance(baseline, bool):
             raise _bad(f"{what}.baseline must be true or false")
@@ -205,18 +218,31 @@ class Selection:
     all: bool = False
 
     @classmethod
-    def from_dict(cls, obj: object) -> Self:
+    def from_dict(cls, obj: object, *, new: bool = False) -> Self:
+        """Parse a selection; ``new`` (one being created) also applies the identifier
+        rules (invalid_identifier). A stored selection may name a group or hardware from
+        before those rules (manage.py identifiers_check lists them) and must still parse.
+        """
         data = _mapping(obj, "selection")
         _only(data, "selection", {"groups", "dynamic_groups", "devices", "tags", "hardware", "all"})
         everything = data.get("all", False)
         if not isinstance(everything, bool):
             raise _bad("selection.all must be true or false")
+
+        def names(key: str, kind: IdentifierKind) -> tuple[str, ...]:
+            return _strings(data.get(key), f"selection.{key}", kind=kind if new else None)
+
         selection = cls(
-            groups=_strings(data.get("groups"), "selection.groups"),
-            dynamic_groups=_strings(data.get("dynamic_groups"), "selection.dynamic_groups"),
-            devices=_strings(data.get("devices"), "selection.devices", TOKEN_RE),
-            tags=_strings(data.get("tags"), "selection.tags"),
-            hardware=_strings(data.get("hardware"), "selection.hardware", SEGMENT_RE),
+            groups=names("groups", GROUP_NAME),
+            dynamic_groups=names("dynamic_groups", GROUP_NAME),
+            devices=_strings(
+                data.get("devices"),
+                "selection.devices",
+                DEVICE_ID.regex,
+                DEVICE_ID if new else None,
+            ),
+            tags=names("tags", TAG_NAME),
+            hardware=names("hardware", HARDWARE),
             all=everything,
         )
         sources = selection.groups or selection.dynamic_groups or selection.devices

@@ -9,6 +9,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from device_agent.protocol.errors import ErrorCode
+from device_agent.protocol.identifiers import rollout_number
 from fleet.errors import ServiceError
 from fleet.models import Device, DynamicGroup
 from fleet.selectors import dynamic_group_devices
@@ -41,7 +42,8 @@ def rollout_issued_count(public_id: str) -> int | None:
 
 def rollout_get(public_id: str) -> Rollout:
     """The rollout ``r-<n>`` (or ``<n>``), or a ``not_found`` refusal."""
-    pk = rollout_pk(public_id) or (int(public_id) if public_id.isdigit() else None)
+    # ASCII digits only (identifiers.ROLLOUT_ID): str.isdigit() is true for "²", int() is not.
+    pk = rollout_number(public_id)
     rollout = (
         Rollout.objects.select_related("model", "created_by").filter(pk=pk).first() if pk else None
     )

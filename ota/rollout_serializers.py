@@ -7,6 +7,8 @@ from django.core.validators import MaxLengthValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from device_agent.protocol.identifiers import ARM_NAME, MODEL_NAME, VERSION
+from fleet.identifiers import IdentifierField
 from fleet.serializers import BoundedDateTimeField
 from ota import rollout_config as limits
 from ota.models import (
@@ -161,9 +163,9 @@ class _MaxItems(MaxLengthValidator):
 
 
 class RolloutCreateSerializer(serializers.Serializer[dict[str, Any]]):
-    model = serializers.CharField(max_length=64)
+    model = IdentifierField(MODEL_NAME)
     strategy = serializers.ChoiceField(choices=RolloutStrategy.choices, default="phased")
-    version = serializers.CharField(max_length=64, required=False, default="")
+    version = IdentifierField(VERSION, required=False, default="", allow_blank=True)
     arms = ArmsField(
         required=False,
         default=None,
@@ -195,13 +197,13 @@ class RolloutCreateSerializer(serializers.Serializer[dict[str, Any]]):
 
 
 class RolloutListQuery(serializers.Serializer[dict[str, Any]]):
-    model = serializers.CharField(max_length=64, required=False)
+    model = IdentifierField(MODEL_NAME, required=False, allow_blank=True)
     status = serializers.ChoiceField(choices=RolloutStatus.choices, required=False)
 
 
 class RolloutDevicesQuery(serializers.Serializer[dict[str, Any]]):
     state = serializers.ChoiceField(choices=RolloutDeviceState.choices, required=False)
-    arm = serializers.CharField(max_length=64, required=False)
+    arm = IdentifierField(ARM_NAME, required=False, allow_blank=True)
 
 
 class RolloutScheduleSerializer(serializers.Serializer[dict[str, Any]]):
@@ -214,7 +216,7 @@ class RolloutActionSerializer(serializers.Serializer[dict[str, Any]]):
 
 
 class RolloutPromoteSerializer(RolloutActionSerializer):
-    arm = serializers.CharField(max_length=64)
+    arm = IdentifierField(ARM_NAME)
 
 
 class RolloutSerializer(serializers.ModelSerializer[Rollout]):

@@ -135,10 +135,10 @@ class _Action(APIView):
         raise NotImplementedError
 
     def post(self, request: Request, rollout_id: str) -> Response:
-        rollout = rollout_selectors.rollout_get(rollout_id)
-        token_model_check(request.user, rollout.model.name)
         body = self.body_class(data=request.data)
         body.is_valid(raise_exception=True)
+        rollout = rollout_selectors.rollout_get(rollout_id)
+        token_model_check(request.user, rollout.model.name)
         return _detail(self.act(request, rollout, body.validated_data))
 
 

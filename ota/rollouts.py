@@ -31,8 +31,9 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from device_agent.protocol.errors import ErrorCode
-from device_agent.protocol.messages import SEMVER_RE
+from device_agent.protocol.identifiers import MODEL_NAME, VERSION
 from fleet.errors import ServiceError
+from fleet.identifiers import identifier_check
 from fleet.models import Device, DynamicGroup, Group
 from ota import cohorts
 from ota.bulk_update import columns_insert
@@ -274,27 +275,27 @@ def rollout_create(
 ) -> Rollout:
     """Create a rollout in ``draft`` (``scheduled`` with ``schedule``), validating all of it.
 
-    Refuses ``unknown_model``, ``not_found`` (a version not published, a group that does
-    not exist), ``malformed`` (stages, arms, selection or policy), ``empty_selection``
-    (the selection matches no enabled device) and, when scheduling, ``conflict``
-    (another rollout of the model holds some of the devices).
+    Refuses ``invalid_identifier``/``invalid_version`` (a name outside its alphabet),
+    ``unknown_model``, ``not_found`` (a version not published, a group that does not
+    exist), ``malformed`` (stages, arms, selection or policy), ``empty_selection`` (the
+    selection matches no enabled device) and, when scheduling, ``conflict`` (another
+    rollout of the model holds some of the devices).
     """
-    model = model_get(model_name)
+    model = model_get(identifier_check(MODEL_NAME, model_name, field="model"))
     if strategy not in RolloutStrategy.values:
         raise ServiceError(ErrorCode.MALFORMED, "strategy must be phased or ab")
     phased = strategy == RolloutStrategy.PHASED
     if phased:
         if arms:
             raise ServiceError(ErrorCode.MALFORMED, "a phased rollout has a version, not arms")
-        if not isinstance(version, str) or SEMVER_RE.fullmatch(version) is None:
-            raise ServiceError(ErrorCode.MALFORMED, "version must be a semver version")
+        identifier_check(VERSION, version, field="version")
         parsed_arms = phased_arms(version)
     else:
         if version:
             raise ServiceError(ErrorCode.MALFORMED, "an A/B rollout has arms, not a version")
         parsed_arms = arms_parse(arms)
     parsed_stages = stages_parse(stages, require_full=phased)
-    parsed_selection = Selection.from_dict(selection)
+    parsed_selection = Selection.from_dict(selection, new=True)
     parsed_policy = Policy.from_dict(policy)
     _published(model, {a.version for a in parsed_arms})
     _selection_exists(parsed_selection)

@@ -10,18 +10,21 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.http import require_GET
 
+from device_agent.protocol.identifiers import FILENAME, MODEL_NAME
 from ota import selectors
 from ota.downloads import artifact_response
 
+# Used with fullmatch and ASCII digits: "$" would serve "root.json\n" as root.json, and
+# "\d" took "1٣" for version 13. Roles are the top-level ones and model names (same alphabet).
 METADATA_RE = re.compile(
-    r"^(?:(?P<version>[1-9]\d{0,9})\.)?(?P<role>[a-z0-9][a-z0-9_-]{0,63})\.json$"
+    rf"(?:(?P<version>[1-9][0-9]{{0,9}})\.)?(?P<role>{MODEL_NAME.pattern})\.json"
 )
-HASH_PREFIXED_RE = re.compile(r"^(?P<sha256>[0-9a-f]{64})\.(?P<name>.+)$")
+HASH_PREFIXED_RE = re.compile(rf"(?P<sha256>[0-9a-f]{{64}})\.(?P<name>{FILENAME.pattern})")
 
 
 @require_GET
 def metadata(request: HttpRequest, filename: str) -> HttpResponseBase:
-    match = METADATA_RE.match(filename)
+    match = METADATA_RE.fullmatch(filename)
     if match is None:
         raise Http404
     version = int(match["version"]) if match["version"] else None
@@ -37,7 +40,7 @@ def metadata(request: HttpRequest, filename: str) -> HttpResponseBase:
 @require_GET
 def target(request: HttpRequest, path: str) -> HttpResponseBase:
     directory, _, name = path.rpartition("/")
-    match = HASH_PREFIXED_RE.match(name)
+    match = HASH_PREFIXED_RE.fullmatch(name)
     sha256 = match["sha256"] if match else None
     real_name = match["name"] if match else name
     artifact = selectors.artifact_for_target(f"{directory}/{real_name}", sha256)

@@ -4,12 +4,18 @@ from ota import rollout_views, views
 
 urlpatterns = [
     path("models/", views.ModelListView.as_view(), name="model-list"),
-    path("models/<str:name>/", views.ModelDetailView.as_view(), name="model-detail"),
-    path("models/<str:name>/metadata", views.ModelMetadataView.as_view(), name="model-metadata"),
-    path("models/<str:name>/publish", views.PublishView.as_view(), name="model-publish"),
-    path("models/<str:name>/versions/", views.VersionListView.as_view(), name="version-list"),
+    path("models/<model_name:name>/", views.ModelDetailView.as_view(), name="model-detail"),
     path(
-        "models/<str:name>/versions/<str:version>/",
+        "models/<model_name:name>/metadata",
+        views.ModelMetadataView.as_view(),
+        name="model-metadata",
+    ),
+    path("models/<model_name:name>/publish", views.PublishView.as_view(), name="model-publish"),
+    path(
+        "models/<model_name:name>/versions/", views.VersionListView.as_view(), name="version-list"
+    ),
+    path(
+        "models/<model_name:name>/versions/<version:version>/",
         views.VersionDetailView.as_view(),
         name="version-detail",
     ),
@@ -19,19 +25,19 @@ urlpatterns = [
         name="artifact-download",
     ),
     path(
-        "release-keys/<str:keyid>/revoke",
+        "release-keys/<release_key_id:keyid>/revoke",
         views.ReleaseKeyRevokeView.as_view(),
         name="release-key-revoke",
     ),
     # rollouts (DESIGN.md §5)
     path("rollouts/", rollout_views.RolloutListView.as_view(), name="rollout-list"),
     path(
-        "rollouts/<str:rollout_id>/",
+        "rollouts/<rollout_id:rollout_id>/",
         rollout_views.RolloutDetailView.as_view(),
         name="rollout-detail",
     ),
     *[
-        path(f"rollouts/<str:rollout_id>/{action}", view.as_view(), name=f"rollout-{action}")
+        path(f"rollouts/<rollout_id:rollout_id>/{action}", view.as_view(), name=f"rollout-{action}")
         for action, view in (
             ("schedule", rollout_views.RolloutScheduleView),
             ("unschedule", rollout_views.RolloutUnscheduleView),
@@ -43,12 +49,12 @@ urlpatterns = [
         )
     ],
     path(
-        "rollouts/<str:rollout_id>/devices",
+        "rollouts/<rollout_id:rollout_id>/devices",
         rollout_views.RolloutDevicesView.as_view(),
         name="rollout-devices",
     ),
     path(
-        "rollouts/<str:rollout_id>/audit",
+        "rollouts/<rollout_id:rollout_id>/audit",
         rollout_views.RolloutAuditView.as_view(),
         name="rollout-audit",
     ),

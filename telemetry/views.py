@@ -17,8 +17,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from device_agent.protocol.errors import ErrorCode
-from device_agent.protocol.messages import TOKEN_RE
+from device_agent.protocol.identifiers import REPORTED_ROLLOUT_ID
 from fleet.errors import ServiceError
+from fleet.identifiers import identifier_check
 from fleet.models import Device
 from fleet.views import ModelPermissions
 from telemetry import metrics, selectors
@@ -46,9 +47,7 @@ def _query(serializer_class: type[serializers.Serializer[Any]], request: Request
 
 
 def _rollout_id(value: str) -> str:
-    if TOKEN_RE.fullmatch(value) is None:
-        raise ServiceError(ErrorCode.MALFORMED, f"rollout id must match {TOKEN_RE.pattern}")
-    return value
+    return identifier_check(REPORTED_ROLLOUT_ID, value, field="rollout_id")
 
 
 def _window(query: dict[str, Any]) -> tuple[datetime, datetime | None]:

@@ -48,6 +48,9 @@ class ErrorCode(StrEnum):
     # Added by the control plane: the API token's expiry has passed (HTTP 401); an
     # operator makes a new one.
     TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a secret
+    # An identifier (model name, hardware, device id, group or tag name, rollout id...)
+    # outside its alphabet (device_agent/protocol/identifiers.py, docs/api.md).
+    INVALID_IDENTIFIER = "invalid_identifier"
     # Added by the control plane: the HTTP method is not allowed on this path.
     METHOD_NOT_ALLOWED = "method_not_allowed"
     # Added by the control plane: too many requests; retry after the Retry-After header.

@@ -19,6 +19,13 @@ from typing import Any, NamedTuple, NoReturn, Self, TypeVar, cast
 
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.exceptions import ProtocolError, brief
+from device_agent.protocol.identifiers import (
+    FILENAME,
+    HARDWARE,
+    MODEL_NAME,
+    REPORTED_ROLLOUT_ID,
+    VERSION,
+)
 from device_agent.protocol.topics import is_valid_device_id
 
 PROTOCOL_VERSION = 1
@@ -34,18 +41,16 @@ MAX_VERSION_CHARS = 64  # fixed-size buffers in the C stub
 MAX_URL_CHARS = 4096  # presigned S3 URLs with session tokens exceed 2 KiB
 
 # Explicit ASCII classes throughout: `\d` and str.isdigit() accept non-ASCII digits.
-SEGMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # model name, hardware
-FILENAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # rollout id, arm
+# Identifiers have one rule each, shared with the control plane (identifiers.py).
+MODEL_NAME_RE = MODEL_NAME.regex
+HARDWARE_RE = HARDWARE.regex
+FILENAME_RE = FILENAME.regex
+TOKEN_RE = REPORTED_ROLLOUT_ID.regex  # rollout id, arm
 METRIC_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 EVENT_ID_RE = re.compile(r"[0-9a-f]{32}")
 MAX_ACK_IDS = 500  # 500 ids of 35 bytes: well under 64 KiB
-_NUM = r"(?:0|[1-9][0-9]*)"
-_PRE = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
-SEMVER_RE = re.compile(
-    rf"{_NUM}\.{_NUM}\.{_NUM}(?:-{_PRE}(?:\.{_PRE})*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?"
-)
+SEMVER_RE = VERSION.regex
 _TIMESTAMP_RE = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?Z"
 )
@@ -272,9 +277,9 @@ def split_target_path(path: object) -> TargetPath:
         _fail(f"path {brief(path)} is not models/<name>/<version>/<hardware>/<file>", code)
     target = TargetPath(*parts[1:])
     checks = [
-        (target.name, SEGMENT_RE),
+        (target.name, MODEL_NAME_RE),
         (target.version, SEMVER_RE),
-        (target.hardware, SEGMENT_RE),
+        (target.hardware, HARDWARE_RE),
         (target.filename, FILENAME_RE),
     ]
     if any(pattern.fullmatch(part) is None for part, pattern in checks):
@@ -387,10 +392,10 @@ class ModelTarget:
     arm: str | None
 
     def __post_init__(self) -> None:
-        _match(self.name, "models[].name", SEGMENT_RE)
+        _match(self.name, "models[].name", MODEL_NAME_RE)
         _version(self.version, "models[].version")
         _int(self.release_counter, "models[].release_counter")
-        _match(self.hardware, "models[].hardware", SEGMENT_RE)
+        _match(self.hardware, "models[].hardware", HARDWARE_RE)
         _match(self.sha256, "models[].sha256", SHA256_RE)
         _int(self.length, "models[].length")
         _url(self.url, "models[].url")
@@ -494,7 +499,7 @@ class ModelState:
     status: Phase
 
     def __post_init__(self) -> None:
-        _match(self.name, "models[].name", SEGMENT_RE)
+        _match(self.name, "models[].name", MODEL_NAME_RE)
         _version(self.version, "models[].version")
         _int(self.release_counter, "models[].release_counter")
         if not isinstance(self.slot, Slot) or not isinstance(self.status, Phase):
@@ -520,7 +525,7 @@ class ReportedState(_Payload):
 
     def __post_init__(self) -> None:
         _text(self.agent_version, "agent_version", max_chars=64)
-        _match(self.hardware, "hardware", SEGMENT_RE)
+        _match(self.hardware, "hardware", HARDWARE_RE)
         _tuple_of(self.models, "models", ModelState, MAX_MODELS)
         _unique_names(self.models, "models")
         _int(self.last_seq, "last_seq")
@@ -561,7 +566,7 @@ class UpdateEvent(_Payload):
         _int(self.seq, "seq")
         _optional_match(self.event_id, "event_id", EVENT_ID_RE)
         _optional_match(self.rollout_id, "rollout_id", TOKEN_RE)
-        _optional_match(self.model, "model", SEGMENT_RE)
+        _optional_match(self.model, "model", MODEL_NAME_RE)
         if not isinstance(self.phase, Phase):
             _fail("phase must be a Phase")
         if self.progress is not None:
@@ -632,7 +637,7 @@ class TelemetrySample:
     ts: datetime
 
     def __post_init__(self) -> None:
-        _match(self.model, "samples[].model", SEGMENT_RE)
+        _match(self.model, "samples[].model", MODEL_NAME_RE)
         _version(self.version, "samples[].version")
         _optional_match(self.rollout_id, "samples[].rollout_id", TOKEN_RE)
         _optional_match(self.arm, "samples[].arm", TOKEN_RE)
@@ -695,7 +700,7 @@ _timestamps: dict[str, datetime] = {}
 
 def _tags_valid(model: str, version: str, rollout_id: str | None, arm: str | None) -> bool:
     return (
-        SEGMENT_RE.fullmatch(model) is not None
+        MODEL_NAME_RE.fullmatch(model) is not None
         and len(version) <= MAX_VERSION_CHARS
         and SEMVER_RE.fullmatch(version) is not None
         and (rollout_id is None or TOKEN_RE.fullmatch(rollout_id) is not None)

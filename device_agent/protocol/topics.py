@@ -5,11 +5,12 @@ from enum import StrEnum
 
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.exceptions import ProtocolError, brief
+from device_agent.protocol.identifiers import DEVICE_ID
 
 TOPIC_PREFIX = "fleet/v1/devices"
-DEVICE_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+DEVICE_ID_PATTERN = DEVICE_ID.pattern
 # fullmatch, not match + "$": "$" also matches before a trailing newline.
-DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+DEVICE_ID_RE = DEVICE_ID.regex
 # MQTT 5 forbids "/", "+" and "#" in a share name; we keep to the device-id alphabet.
 SHARE_GROUP_RE = re.compile(DEVICE_ID_PATTERN)
 
@@ -40,7 +41,7 @@ RETAINED_CHANNELS: frozenset[Channel] = frozenset({Channel.DESIRED, Channel.STAT
 
 def is_valid_device_id(device_id: str) -> bool:
     """Whether `device_id` matches `[A-Za-z0-9_-]{1,64}`."""
-    return DEVICE_ID_RE.fullmatch(device_id) is not None
+    return DEVICE_ID.is_valid(device_id)
 
 
 def _channel(channel: Channel | str) -> Channel:

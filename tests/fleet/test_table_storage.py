@@ -127,8 +127,10 @@ def test_a_devices_events_are_found_through_an_index_without_one_of_their_own() 
         cursor.execute("EXPLAIN SELECT id FROM fleet_deviceevent WHERE device_id = ANY('{1,2}')")
         plan = " ".join(row[0] for row in cursor.fetchall())
     # every index leads with the device; none is on the device alone (an entry more for
-    # every event stored, and nothing it would find faster)
-    assert len(indexes) == 2, indexes
+    # every event stored, and nothing it would find faster); the third is the partial
+    # unique index that stores an agent's event once
+    assert len(indexes) == 3, indexes
+    assert sum("UNIQUE" in index and "WHERE" in index for index in indexes) == 1, indexes
     assert all("(device_id," in index for index in indexes), indexes
     # and a device's events (tracking's read, a device's deletion) still use one of them
     assert "Index Scan" in plan or "Bitmap Index Scan" in plan, plan

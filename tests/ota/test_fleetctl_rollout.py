@@ -230,7 +230,7 @@ def test_stages_are_percent_and_bake_minutes():  # type: ignore[no-untyped-def]
         (["--stages", "150"], "must be in (0, 100]"),
         (["--stages", "10:-1"], "bake >= 0"),
         (["--stages", "50,10"], "percents must increase"),
-        (["--tag", "site=lab"], "tag 'site=lab': a device tag such as cam or site:berlin"),
+        (["--tag", "site=lab"], "argument --tag: 'site=lab' is not a valid tag name"),
         (["--policy", "{not json"], "not JSON"),
         (["--policy", "[1]"], "must be a JSON object"),
         (["--arm", "A=1.3.0"], "needs two or more --arm and no --version"),

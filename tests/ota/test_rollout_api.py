@@ -204,6 +204,7 @@ def test_refused_transitions_are_409(ops, ci):  # type: ignore[no-untyped-def]
 
 def test_unknown_rollout_and_no_credentials(ops, published):  # type: ignore[no-untyped-def]
     assert _code(ops.get("rollouts/r-424242/")) == "not_found"
-    assert _code(ops.get("rollouts/banana/")) == "not_found"
+    # not a rollout id at all: refused by its alphabet (docs/api.md, Identifiers)
+    assert _code(ops.get("rollouts/banana/")) == "invalid_identifier"
     anonymous = Client().get("/api/v1/rollouts/")
     assert (anonymous.status_code, _code(anonymous)) == (401, "unauthorized")

@@ -104,7 +104,7 @@ def test_one_field_replaced_or_deleted(
     _parse_or_refuse(PARSERS[name], json.dumps(payload).encode())
 
 
-segments = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
+segments = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,20}", fullmatch=True)  # model name, hardware
 versions = st.builds("{}.{}.{}".format, *(st.integers(0, 999) for _ in range(3)))
 # hypothesis wants naive bounds; the drawn values get UTC
 times = st.datetimes(

@@ -88,6 +88,9 @@ static void test_formats(void)
     CHECK(!fo_is_device_id(B("dev\n")));
     CHECK(fo_is_segment(B("esp32s3-int8")));
     CHECK(!fo_is_segment(B("-x")));
+    CHECK(!fo_is_segment(B("Kws")));     /* the registry's alphabet: lower case */
+    CHECK(!fo_is_segment(B("kws.v2")));  /* and no dot */
+    CHECK(!fo_is_segment(B("kws\n")));
     CHECK(fo_is_url(B("https://a")));
     CHECK(!fo_is_url(B("https://")));
     CHECK(!fo_is_url(B("HTTPS://a")));

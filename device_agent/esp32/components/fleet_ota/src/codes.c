@@ -36,6 +36,7 @@ static const char *const NAMES[FO_CODE_COUNT] = {
     "not_found",
     "empty_selection",
     "token_expired",
+    "invalid_identifier",
     "method_not_allowed",
     "throttled",
     "internal",

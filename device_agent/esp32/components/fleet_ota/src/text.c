@@ -39,9 +39,23 @@ static int name_like(const uint8_t *s, size_t n, size_t max)
     return 1;
 }
 
+static int lower_alnum(uint8_t c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z');
+}
+
+/* Model names and hardware (device_agent/protocol/identifiers.py): lower case, no dot. */
 int fo_is_segment(const uint8_t *s, size_t n)
 {
-    return name_like(s, n, 64);
+    if (n < 1 || n > 64 || !lower_alnum(s[0])) {
+        return 0;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if (!lower_alnum(s[i]) && s[i] != '_' && s[i] != '-') {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 int fo_is_filename(const uint8_t *s, size_t n)

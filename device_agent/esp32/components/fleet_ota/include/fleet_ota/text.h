@@ -11,7 +11,7 @@ extern "C" {
 #endif
 
 int fo_is_device_id(const uint8_t *s, size_t n);  /* [A-Za-z0-9_-]{1,64}, also rollout id, arm */
-int fo_is_segment(const uint8_t *s, size_t n);    /* [A-Za-z0-9][A-Za-z0-9._-]{0,63} */
+int fo_is_segment(const uint8_t *s, size_t n);    /* [a-z0-9][a-z0-9_-]{0,63}: model, hardware */
 int fo_is_filename(const uint8_t *s, size_t n);   /* [A-Za-z0-9][A-Za-z0-9._-]{0,127} */
 int fo_is_sha256_hex(const uint8_t *s, size_t n); /* [0-9a-f]{64} */
 int fo_is_semver(const uint8_t *s, size_t n);     /* SEMVER_RE */
