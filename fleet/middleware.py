@@ -60,18 +60,19 @@ class ErrorEnvelopeMiddleware:
 
 
 class RejectNulMiddleware:
-    """A NUL character in the path or query string is a 400: no identifier or filter has
-    one, and PostgreSQL refuses it in a query (a 500 from whichever view passed it on)."""
+    """A NUL character in the query string is a 400: no filter has one, and PostgreSQL
+    refuses it in a query (a 500 from whichever view passed it on). In the path, the
+    identifier converters refuse it (``invalid_identifier``)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        if "\x00" in request.path or any(
+        if any(
             "\x00" in key or any("\x00" in value for value in values)
             for key, values in request.GET.lists()
         ):
             return error_json_response(
-                ErrorCode.MALFORMED, "NUL characters are not allowed in a URL", 400
+                ErrorCode.MALFORMED, "NUL characters are not allowed in a query string", 400
             )
         return self.get_response(request)
