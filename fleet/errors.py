@@ -8,6 +8,7 @@ for what Django answers outside one (unknown paths, server faults, debug pages).
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.db import IntegrityError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -110,6 +111,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return error_response(ErrorCode.PAYLOAD_TOO_LARGE, str(exc))
     if isinstance(exc, SuspiciousOperation):
         return error_response(ErrorCode.MALFORMED, str(exc))
+    if isinstance(exc, IntegrityError):
+        # A concurrent writer took the name (or row) this request checked was free.
+        return error_response(ErrorCode.CONFLICT, "the request conflicts with a concurrent change")
     response = exception_handler(exc, context)
     if response is None:
         return None

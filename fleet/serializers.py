@@ -2,6 +2,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rest_framework import serializers
+from rest_framework.validators import UniqueValidator
 
 from device_agent.protocol.identifiers import (
     DEVICE_ID,
@@ -93,7 +94,8 @@ class DeviceLabelsSerializer(serializers.Serializer[dict[str, object]]):
 
 
 class GroupSerializer(serializers.ModelSerializer[Group]):
-    name = IdentifierField(GROUP_NAME)
+    # Declaring the field drops the model's unique check: a second "canary" was a 500.
+    name = IdentifierField(GROUP_NAME, validators=[UniqueValidator(Group.objects.all())])
     description = serializers.CharField(
         max_length=MAX_DESCRIPTION_LENGTH, required=False, allow_blank=True
     )
@@ -113,7 +115,7 @@ class GroupMembersSerializer(serializers.Serializer[dict[str, object]]):
 
 
 class DynamicGroupSerializer(serializers.ModelSerializer[DynamicGroup]):
-    name = IdentifierField(GROUP_NAME)
+    name = IdentifierField(GROUP_NAME, validators=[UniqueValidator(DynamicGroup.objects.all())])
     description = serializers.CharField(
         max_length=MAX_DESCRIPTION_LENGTH, required=False, allow_blank=True
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import IntegrityError
 from django.test import Client
 from rest_framework.throttling import BaseThrottle
 
@@ -145,3 +146,22 @@ def test_unauthenticated_is_json(debug: bool) -> None:
         401,
         "unauthorized",
     )
+
+
+@pytest.mark.parametrize("path", ["/api/v1/groups/", "/api/v1/dynamic-groups/"])
+def test_a_taken_group_name_is_refused_not_a_server_fault(staff: Client, path: str) -> None:
+    # found by the schema run: declaring the name field dropped the model's unique check
+    assert staff.post(path, {"name": "0"}, content_type="application/json").status_code == 201
+    _error(staff.post(path, {"name": "0"}, content_type="application/json"), 400, "malformed")
+
+
+def test_a_unique_violation_from_a_concurrent_writer_is_a_conflict(
+    debug: bool, staff: Client, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    def raced(*args: Any, **kwargs: Any) -> None:
+        raise IntegrityError("UNIQUE constraint failed: fleet_group.name")
+
+    monkeypatch.setattr(views.GroupViewSet, "perform_create", raced)
+    response = staff.post("/api/v1/groups/", {"name": "g"}, content_type="application/json")
+    detail = _error(response, 409, "conflict")
+    assert "UNIQUE" not in detail["detail"]
