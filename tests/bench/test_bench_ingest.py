@@ -35,6 +35,7 @@ from django.utils import timezone
 from mqtt_broker import MosquittoBroker
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from prometheus_client.metrics import MetricWrapperBase
 
 from device_agent.protocol.messages import TelemetryBatch, TelemetrySample, parse_telemetry
 from device_agent.protocol.topics import Channel, subscription_filter, topic_for
@@ -187,8 +188,6 @@ class CountingIngest(TelemetryIngest):
 class _Null:
     """Stands in for every metric object when metrics are off."""
 
-    _upper_bounds = (float("inf"),)
-
     def labels(self, *args: object) -> "_Null":
         return self
 
@@ -197,7 +196,10 @@ class _Null:
 
 
 _METRIC_NAMES = [
-    name for name in dir(metrics) if name.isupper() and hasattr(getattr(metrics, name), "labels")
+    name
+    for name in dir(metrics)
+    if name.isupper()
+    and isinstance(getattr(metrics, name), MetricWrapperBase | metrics.BatchHistogram)
 ]
 
 
