@@ -82,7 +82,12 @@ def _payloads() -> list[tuple[str, bytes]]:
                 version="1.3.0" if arm == "A" else "1.4.0",
                 rollout_id="r-bench",
                 arm=arm,
-                metrics={"latency_ms": 10.0 + (i * 7 + j) % 40, "confidence": 0.5 + j / 40},
+                # i // DEVICES in the confidence makes each of a device's payloads unique:
+                # ingest stores a payload it has seen before only once.
+                metrics={
+                    "latency_ms": 10.0 + (i * 7 + j) % 40,
+                    "confidence": 0.5 + j / 40 + (i // DEVICES) * 1e-6,
+                },
                 ts=now - timedelta(seconds=j),
             )
             for j in range(SAMPLES)
