@@ -165,7 +165,8 @@ WSGI_APPLICATION = "fleet.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Before the apps' own: the project's overrides of the admin's templates.
+        "DIRS": [BASE_DIR / "fleet" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

@@ -50,6 +50,9 @@ class ModelAdmin(admin.ModelAdmin[Model]):
         # Registration signs top-level targets: `manage.py model_register`.
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # read-only page: no Save buttons
+
 
 @admin.register(Artifact)
 class ArtifactAdmin(admin.ModelAdmin[Artifact]):
@@ -70,6 +73,9 @@ class ArtifactAdmin(admin.ModelAdmin[Artifact]):
     def has_add_permission(self, request: object) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
     def has_delete_permission(self, request: object, obj: object = None) -> bool:
         return False
 
@@ -82,6 +88,9 @@ class TufMetadataAdmin(admin.ModelAdmin[TufMetadata]):
     exclude = ["data"]
 
     def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
 
@@ -315,6 +324,9 @@ class RolloutDeviceAdmin(admin.ModelAdmin[RolloutDevice]):
     readonly_fields = [f.name for f in RolloutDevice._meta.fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
