@@ -133,7 +133,7 @@ CSRF_TRUSTED_ORIGINS = [
 ]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "ota.admin_apps.FleetAdminConfig",  # django.contrib.admin with the fleet overview
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

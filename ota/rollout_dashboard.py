@@ -10,12 +10,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 
+from device_agent.protocol.messages import FAILURE_PHASES as _REFUSED
 from device_agent.protocol.messages import Phase
 from fleet.errors import ServiceError
+from fleet.models import Device, DeviceEvent
+from fleet.selectors import installed_models
 from ota.cohorts import stage_size
-from ota.models import Rollout, RolloutDevice, RolloutDeviceState, RolloutStrategy
+from ota.models import (
+    Rollout,
+    RolloutDevice,
+    RolloutDeviceState,
+    RolloutStatus,
+    RolloutStrategy,
+)
 from ota.rollout_config import PHASED_ARM, Policy, Selection, arms_parse, stages_parse
 
 D = RolloutDeviceState
@@ -39,6 +48,8 @@ DISPLAY_STATES: tuple[tuple[str, str], ...] = (
     ("skipped", "skipped"),
 )
 _DOWNLOAD_PHASES = {"", Phase.ACCEPTED, Phase.DOWNLOADING}
+# Update events that say an update did not work (a device-side roll-back included).
+FAILURE_PHASES = (*sorted(_REFUSED), Phase.ROLLED_BACK)
 FAILURE_STATES = (D.FAILED, D.TIMED_OUT, D.ROLLBACK_FAILED)
 
 
@@ -358,3 +369,73 @@ def devices_page_queryset(
     elif code:
         qs = qs.filter(last_code=code)
     return qs.order_by("bucket")
+
+
+# --- the fleet overview (the admin's landing page) ---------------------------------------
+
+STALE_AFTER = timedelta(hours=24)
+FAILURE_WINDOW = timedelta(hours=24)
+OVERVIEW_ROLLOUTS = 20
+
+
+@dataclass
+class Overview:
+    total: int
+    online: int
+    offline: int
+    stale: int
+    revoked: int
+    by_hardware: list[tuple[str, int]]
+    by_version: list[tuple[str, int]]
+    failures: list[tuple[str, int]]
+    rollouts: list[tuple[Rollout, list[ArmProgress]]]
+
+
+def fleet_overview(now: datetime) -> Overview:
+    """Devices by liveness, hardware and installed version, the last day's update failures
+    by error code, and the rollouts running, paused or scheduled (at most 20)."""
+    enabled = Device.objects.enabled()
+    counts = enabled.aggregate(
+        n_total=Count("pk"),
+        n_online=Count("pk", filter=Q(online=True)),
+        n_stale=Count(
+            "pk",
+            filter=Q(online=False)
+            & (Q(last_seen_at__isnull=True) | Q(last_seen_at__lt=now - STALE_AFTER)),
+        ),
+    )
+    revoked = Device.objects.filter(revoked_at__isnull=False).count()
+    by_hardware = list(
+        enabled.values_list("hardware").annotate(n=Count("pk")).order_by("-n", "hardware")
+    )
+    versions: dict[str, int] = defaultdict(int)
+    for reported in enabled.values_list("reported", flat=True).iterator(chunk_size=2000):
+        installed = installed_models(reported)
+        for name, version in installed:
+            versions[f"{name} {version}"] += 1
+        if not installed:
+            versions["nothing reported"] += 1
+    failures = list(
+        DeviceEvent.objects.filter(
+            received_at__gte=now - FAILURE_WINDOW, phase__in=list(FAILURE_PHASES)
+        )
+        .values_list("code")
+        .annotate(n=Count("pk"))
+        .order_by("-n", "code")
+    )
+    live = list(
+        Rollout.objects.select_related("model")
+        .filter(status__in=[RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.SCHEDULED])
+        .order_by("-pk")[:OVERVIEW_ROLLOUTS]
+    )
+    return Overview(
+        total=counts["n_total"],
+        online=counts["n_online"],
+        offline=counts["n_total"] - counts["n_online"] - counts["n_stale"],
+        stale=counts["n_stale"],
+        revoked=revoked,
+        by_hardware=by_hardware,
+        by_version=sorted(versions.items(), key=lambda kv: (-kv[1], kv[0])),
+        failures=[(code or "unknown", n) for code, n in failures],
+        rollouts=[(rollout, arm_progress(rollout)) for rollout in live],
+    )

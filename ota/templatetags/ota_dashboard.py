@@ -35,3 +35,58 @@ def when(value: object) -> SafeString | str:
         moment.isoformat(),
         moment.strftime("%Y-%m-%d %H:%M UTC"),
     )
+
+
+BAR_HEIGHT = 18
+LABEL_WIDTH = 190
+CHART_WIDTH = 520
+
+
+@register.simple_tag
+def svg_bars(rows: list[tuple[str, int]], title: str, link: str = "") -> SafeString:
+    """A horizontal bar chart as inline SVG: one labelled bar per (label, count).
+
+    ``link`` with ``{}`` makes each label a link (the value URL-quoted into it).
+    """
+    from urllib.parse import quote
+
+    top = max((n for _, n in rows), default=0) or 1
+    span = CHART_WIDTH - LABEL_WIDTH - 50
+    parts = []
+    for i, (label, n) in enumerate(rows):
+        y = i * (BAR_HEIGHT + 6)
+        width = max(1.0, span * n / top) if n else 0.0
+        text = format_html(
+            '<text x="{}" y="{}" text-anchor="end">{}</text>', LABEL_WIDTH - 6, y + 13, label
+        )
+        if link:
+            text = format_html('<a href="{}">{}</a>', link.format(quote(str(label))), text)
+        parts.append(
+            format_html(
+                '<g class="dash-chart-row">{}<rect x="{}" y="{}" width="{}" height="{}" '
+                'fill="#2b7bb9"><title>{}: {}</title></rect>'
+                '<text x="{}" y="{}">{}</text></g>',
+                text,
+                LABEL_WIDTH,
+                y,
+                f"{width:.1f}",
+                BAR_HEIGHT,
+                label,
+                n,
+                f"{LABEL_WIDTH + width + 4:.1f}",
+                y + 13,
+                n,
+            )
+        )
+    height = max(1, len(rows)) * (BAR_HEIGHT + 6)
+    return format_html(
+        '<svg class="dash-chart" role="img" aria-label="{}" width="{}" height="{}" '
+        'viewBox="0 0 {} {}" xmlns="http://www.w3.org/2000/svg"><title>{}</title>{}</svg>',
+        title,
+        CHART_WIDTH,
+        height,
+        CHART_WIDTH,
+        height,
+        title,
+        SafeString("".join(parts)),
+    )
