@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.db import connections
 from rollout_helpers import artifact, devices, evaluate, phased, report, rows, use_own_director_key
 from service_check import require_module, require_service
 
@@ -27,7 +28,8 @@ def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def browser(live_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Chromium, closed before the live server stops (its pages poll the server)."""
     sync_api = require_module("playwright.sync_api", INSTALL)
     require_service(os.access(CHROMIUM, os.X_OK), f"chromium at {CHROMIUM}", INSTALL)
     # Playwright's sync API runs an event loop in this thread; the test's own ORM calls
@@ -39,6 +41,9 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
             yield instance
         finally:
             instance.close()
+            # The test's queries ran while Playwright's loop was current, on a connection
+            # of their own that the test database's teardown would find still open.
+            connections.close_all()
 
 
 def _operator() -> User:
