@@ -200,13 +200,23 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
             raise PermissionDenied
         return rollout
 
-    def _live(self, rollout: Rollout) -> dict[str, Any]:
+    def _live(self, request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
+        """What changes while the page is open: status, actions, progress, gates, stages."""
+        arms = dash.arm_progress(rollout)
         return {
             "rollout": rollout,
-            "arms": dash.arm_progress(rollout),
+            "arms": arms,
             "gates": dash.gate_rows(rollout),
             "failures": dash.failure_codes(rollout),
-            "legend": dash.DISPLAY_STATES,
+            "actions": [
+                (name, ROLLOUT_ACTIONS[name][1])
+                for name in available_actions(rollout)
+                if request.user.has_perm(ROLLOUT_ACTIONS[name][0])
+            ],
+            "arm_names": [a["name"] for a in dash.arms_table(rollout)],
+            "stages": dash.stage_timeline(rollout, sum(a.devices for a in arms)),
+            "devices_total": sum(a.devices for a in arms),
+            "max_reason": MAX_REASON,
         }
 
     def change_view(
@@ -219,7 +229,7 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
         if not object_id.isascii() or not object_id.isdigit():
             raise Http404("no such rollout")
         rollout = self._rollout(request, int(object_id))
-        live = self._live(rollout)
+        live = self._live(request, rollout)
         filters = {
             "state": request.GET.get("state", "")[:32],
             "arm": request.GET.get("arm", "")[:64],
@@ -228,12 +238,6 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
         devices = Paginator(
             dash.devices_page_queryset(rollout, **filters), DEVICES_PER_PAGE
         ).get_page(request.GET.get("page"))
-        total = sum(a.devices for a in live["arms"])
-        actions = [
-            (name, ROLLOUT_ACTIONS[name][1])
-            for name in available_actions(rollout)
-            if request.user.has_perm(ROLLOUT_ACTIONS[name][0])
-        ]
         context = {
             **self.admin_site.each_context(request),
             **live,
@@ -241,11 +245,7 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
             "title": f"Rollout {rollout.public_id}: {rollout.model.name}",
             "subtitle": None,
             "has_view_permission": True,
-            "actions": actions,
-            "arm_names": [a["name"] for a in dash.arms_table(rollout)],
             "arms_table": dash.arms_table(rollout),
-            "stages": dash.stage_timeline(rollout, total),
-            "devices_total": total,
             "selection": dash.selection_sentences(rollout),
             "policy": dash.policy_sentences(rollout),
             "audit": rollout_audit(rollout),
@@ -253,14 +253,15 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
             "filters": filters,
             "filter_query": urlencode({k: v for k, v in filters.items() if v}),
             "state_choices": dash.DISPLAY_STATES,
-            "max_reason": MAX_REASON,
         }
         return TemplateResponse(request, "admin/ota/rollout/detail.html", context)
 
     def progress_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         """The live part of the rollout page, fetched by ota/dashboard.js every few seconds."""
         rollout = self._rollout(request, pk)
-        return TemplateResponse(request, "admin/ota/rollout/_live.html", self._live(rollout))
+        return TemplateResponse(
+            request, "admin/ota/rollout/_live.html", self._live(request, rollout)
+        )
 
     def act_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         if request.method != "POST":

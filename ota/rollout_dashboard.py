@@ -51,6 +51,15 @@ _DOWNLOAD_PHASES = {"", Phase.ACCEPTED, Phase.DOWNLOADING}
 # Update events that say an update did not work (a device-side roll-back included).
 FAILURE_PHASES = (*sorted(_REFUSED), Phase.ROLLED_BACK)
 FAILURE_STATES = (D.FAILED, D.TIMED_OUT, D.ROLLBACK_FAILED)
+FINISHED_STATES = {
+    "succeeded",
+    "failed",
+    "timed_out",
+    "rolled_back",
+    "rollback_failed",
+    "kept",
+    "skipped",
+}
 
 
 def display_state(state: str, last_phase: str) -> str:
@@ -75,8 +84,8 @@ class ArmProgress:
     segments: list[Segment] = field(default_factory=list)
 
     @property
-    def done_percent(self) -> float:
-        done = sum(s.count for s in self.segments if s.state not in {"pending", "notified"})
+    def finished_percent(self) -> float:
+        done = sum(s.count for s in self.segments if s.state in FINISHED_STATES)
         return 100.0 * done / self.devices if self.devices else 0.0
 
 

@@ -4,6 +4,7 @@ and aborting asks for a confirmation and a reason. Marker ``browser``: run by .c
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from rollout_helpers import artifact, devices, evaluate, phased, report, rows, u
 from service_check import require_module, require_service
 
 from device_agent.protocol.messages import Phase
+from fleet.models import Device
 from ota.models import Rollout, RolloutAuditEvent, RolloutStatus
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -53,8 +55,15 @@ def _operator() -> User:
     return account
 
 
-def _logged_in(browser: Any, live_server: Any) -> Any:
-    page = browser.new_page()
+def _shot(page: Any, name: str, tmp_path: Path) -> None:
+    """Every page is photographed: into $FLEET_SCREENSHOTS (docs/img for the operator
+    guide) when set, else next to the test."""
+    folder = Path(os.environ.get("FLEET_SCREENSHOTS") or tmp_path)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+def _logged_in(browser: Any, live_server: Any, timezone_id: str = "UTC") -> Any:
+    page = browser.new_page(timezone_id=timezone_id, viewport={"width": 1280, "height": 900})
     page.set_default_timeout(DEADLINE_MS)
     page.goto(f"{live_server.url}/admin/login/")
     page.fill("#id_username", "op")
@@ -75,6 +84,7 @@ def test_progress_bar_moves_without_reload(browser, live_server, tmp_path):  # t
     bar = page.locator("#dash-live .dash-bar")
     assert bar.locator('[data-state="notified"]').get_attribute("data-count") == "2"
     assert bar.locator('[data-state="succeeded"]').count() == 0
+    assert page.get_by_role("button", name="Pause").count() == 1
     page.evaluate("window.dashMarker = 'same page'")
 
     for row in rows(rollout):
@@ -85,8 +95,11 @@ def test_progress_bar_moves_without_reload(browser, live_server, tmp_path):  # t
     succeeded.wait_for(state="attached", timeout=DEADLINE_MS)
     width = succeeded.evaluate("el => el.getBoundingClientRect().width")
     assert width > 0
+    # The rollout completed: its badge and the actions it allows follow, still no reload.
+    page.locator("#dash-live .dash-badge-completed").wait_for(timeout=DEADLINE_MS)
+    assert page.get_by_role("button", name="Pause").count() == 0
     assert page.evaluate("window.dashMarker") == "same page"  # no reload happened
-    page.screenshot(path=str(tmp_path / "rollout.png"), full_page=True)
+    _shot(page, "dashboard-rollout", tmp_path)
 
 
 def test_abort_asks_for_confirmation_and_a_reason(browser, live_server, tmp_path):  # type: ignore[no-untyped-def]
@@ -101,6 +114,7 @@ def test_abort_asks_for_confirmation_and_a_reason(browser, live_server, tmp_path
 
     page.get_by_role("button", name="Abort and roll back").click()
     assert dialog.is_visible()
+    _shot(page, "dashboard-abort-dialog", tmp_path)
     confirm = dialog.get_by_role("button", name="Confirm: abort and roll back")
     confirm.click()  # no reason: the browser refuses to submit
     assert dialog.is_visible()
@@ -119,4 +133,30 @@ def test_abort_asks_for_confirmation_and_a_reason(browser, live_server, tmp_path
     audit = RolloutAuditEvent.objects.get(rollout=rollout, to_status="aborted")
     assert (audit.actor_name, audit.reason) == ("op", "the new model mishears wake words")
     assert "the new model mishears wake words" in page.locator("#dash-audit").inner_text()
-    page.screenshot(path=str(tmp_path / "rollout-aborted.png"), full_page=True)
+    _shot(page, "dashboard-rollout-aborted", tmp_path)
+
+
+def test_overview_matches_the_database_in_the_operators_time_zone(browser, live_server, tmp_path):  # type: ignore[no-untyped-def]
+    artifact("2.0.0")
+    devices(3)
+    Device.objects.filter(device_id="dev-00000").update(
+        online=True, reported={"models": [{"name": "kws", "version": "1.0.0"}]}
+    )
+    _operator()
+    rollout = phased()
+    evaluate(rollout)
+    page = _logged_in(browser, live_server, timezone_id="Asia/Tokyo")
+
+    assert page.locator("#dash-total strong").inner_text() == str(Device.objects.count())
+    assert page.locator("#dash-online strong").inner_text() == "1"
+    assert page.locator("svg.dash-chart").count() == 2  # hardware, versions (no failures)
+    assert page.locator(f'a[href="/admin/ota/rollout/{rollout.pk}/change/"]').count() == 1
+    _shot(page, "dashboard-overview", tmp_path)
+
+    page.goto(f"{live_server.url}/admin/ota/rollout/{rollout.pk}/change/")
+    shown = page.locator("#dash-audit time").first
+    utc = shown.get_attribute("title")
+    assert utc is not None
+    assert utc.endswith("UTC")
+    assert shown.inner_text() != utc
+    assert "GMT+9" in shown.inner_text() or "JST" in shown.inner_text()

@@ -260,3 +260,20 @@ def test_list_page_renders():  # type: ignore[no-untyped-def]
     assert listing.status_code == 200
     assert rollout.public_id in listing.content.decode()
     assert client.get("/admin/ota/rolloutdevice/").status_code == 200
+
+
+def test_progress_fragment_carries_the_actions_the_status_allows_now():  # type: ignore[no-untyped-def]
+    artifact("2.0.0")
+    devices(1)
+    rollout = phased()
+    client = _admin(*OPERATOR_PERMS)
+    url = f"/admin/ota/rollout/{rollout.pk}/progress/"
+    assert "Pause</button>" in client.get(url).content.decode()
+
+    _act(client, rollout, "pause", "a look first")
+
+    html = client.get(url).content.decode()
+    assert "Pause</button>" not in html
+    assert "Resume</button>" in html
+    assert 'name="csrfmiddlewaretoken"' in html  # the dialog's form can be posted
+    assert "dash-action" not in _admin(*VIEWER_PERMS, name="v").get(url).content.decode()

@@ -18,11 +18,16 @@
     });
   }
 
+  // Delegated: the buttons are replaced with the live part of the page.
   function dialogs() {
-    document.querySelectorAll("button.dash-action").forEach(function (button) {
-      var dialog = document.getElementById(button.dataset.dialog);
-      button.addEventListener("click", function () { dialog.showModal(); });
-      dialog.querySelector(".dash-cancel").addEventListener("click", function () { dialog.close(); });
+    document.addEventListener("click", function (event) {
+      var button = event.target.closest("button.dash-action, button.dash-cancel");
+      if (!button) { return; }
+      if (button.classList.contains("dash-action")) {
+        document.getElementById(button.dataset.dialog).showModal();
+      } else {
+        button.closest("dialog").close();
+      }
     });
   }
 
@@ -30,10 +35,17 @@
     var box = document.getElementById("dash-live");
     if (!box) { return; }
     function refresh() {
+      if (box.querySelector("dialog[open]")) {  // never wipe a reason being typed
+        window.setTimeout(refresh, REFRESH_MS);
+        return;
+      }
       fetch(box.dataset.url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
         .then(function (response) { return response.ok ? response.text() : null; })
         .then(function (html) {
-          if (html !== null) { box.innerHTML = html; localTimes(box); }
+          if (html !== null && !box.querySelector("dialog[open]")) {
+            box.innerHTML = html;
+            localTimes(box);
+          }
         })
         .catch(function () { /* the next tick tries again */ })
         .finally(function () { window.setTimeout(refresh, REFRESH_MS); });
