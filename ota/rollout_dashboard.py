@@ -100,27 +100,37 @@ def _arm_versions(rollout: Rollout) -> dict[str, str]:
 
 def arm_progress(rollout: Rollout) -> list[ArmProgress]:
     """Per arm, devices by display state (one grouped query)."""
-    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    return arms_progress([rollout])[rollout.pk]
+
+
+def arms_progress(rollouts: list[Rollout]) -> dict[int, list[ArmProgress]]:
+    """``arm_progress`` of several rollouts in one grouped query."""
+    counts: dict[int, dict[str, dict[str, int]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(int))
+    )
     rows = (
-        RolloutDevice.objects.filter(rollout=rollout)
-        .values_list("arm", "state", "last_phase")
+        RolloutDevice.objects.filter(rollout__in=[r.pk for r in rollouts])
+        .values_list("rollout_id", "arm", "state", "last_phase")
         .annotate(n=Count("pk"))
         .order_by()
     )
-    for arm, state, phase, n in rows:
-        counts[arm][display_state(state, phase)] += n
-    versions = _arm_versions(rollout)
-    names = list(versions) + sorted(set(counts) - set(versions))
-    out = []
-    for name in names:
-        by_state = counts.get(name, {})
-        total = sum(by_state.values())
-        progress = ArmProgress(name=name, version=versions.get(name, "?"), devices=total)
-        for state, label in DISPLAY_STATES:
-            n = by_state.get(state, 0)
-            if n:
-                progress.segments.append(Segment(state, label, n, 100.0 * n / total))
-        out.append(progress)
+    for rollout_id, arm, state, phase, n in rows:
+        counts[rollout_id][arm][display_state(state, phase)] += n
+    out: dict[int, list[ArmProgress]] = {}
+    for rollout in rollouts:
+        mine = counts.get(rollout.pk, {})
+        versions = _arm_versions(rollout)
+        arms = []
+        for name in list(versions) + sorted(set(mine) - set(versions)):
+            by_state = mine.get(name, {})
+            total = sum(by_state.values())
+            progress = ArmProgress(name=name, version=versions.get(name, "?"), devices=total)
+            for state, label in DISPLAY_STATES:
+                n = by_state.get(state, 0)
+                if n:
+                    progress.segments.append(Segment(state, label, n, 100.0 * n / total))
+            arms.append(progress)
+        out[rollout.pk] = arms
     return out
 
 
@@ -437,6 +447,7 @@ def fleet_overview(now: datetime) -> Overview:
         .filter(status__in=[RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.SCHEDULED])
         .order_by("-pk")[:OVERVIEW_ROLLOUTS]
     )
+    progress = arms_progress(live)
     return Overview(
         total=counts["n_total"],
         online=counts["n_online"],
@@ -446,5 +457,5 @@ def fleet_overview(now: datetime) -> Overview:
         by_hardware=by_hardware,
         by_version=sorted(versions.items(), key=lambda kv: (-kv[1], kv[0])),
         failures=[(code or "unknown", n) for code, n in failures],
-        rollouts=[(rollout, arm_progress(rollout)) for rollout in live],
+        rollouts=[(rollout, progress[rollout.pk]) for rollout in live],
     )
