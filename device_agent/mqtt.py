@@ -32,6 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from device_agent.protocol.messages import DeviceStatus, Presence
 from device_agent.protocol.topics import CHANNEL_QOS, RETAINED_CHANNELS, Channel, topic_for
+from device_agent.testhooks import sent
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,8 @@ class MqttLink:
         caller's business: `on_ack` is called (on paho's thread) once the broker has one.
         """
         qos = CHANNEL_QOS[channel] if qos is None else qos
+        if channel in (Channel.EVENTS, Channel.TELEMETRY):
+            sent(self.device_id, channel, payload)
         return self._publish(channel, payload, qos=qos, on_ack=on_ack, attempt=0)
 
     def _publish(

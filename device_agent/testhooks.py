@@ -8,6 +8,10 @@ agent as a real process with one of them set:
     FLEET_AGENT_CRASH_AT=<point>@<n>    ... once the point's progress is at least <n>
     FLEET_AGENT_CLOCK_SKEW_S=<seconds>  the agent's clock runs this far ahead (negative:
                                         behind), as on a device whose clock was reset
+    FLEET_AGENT_SENT_LOG_DIR=<dir>      every `events` and `telemetry` payload the agent
+                                        hands to MQTT is appended to <dir>/<device id>.jsonl,
+                                        for the fault suite (tests/ota/fault_rig.py) to
+                                        count what was sent against what was stored
 
 Crash points (`crashpoint(name)` calls) sit after every journal write
 (`journal:<status>`, `journal:idle` once the journal is removed) and inside each
@@ -19,6 +23,7 @@ action: `accepted:recorded`, `download:bytes` (progress = bytes in the part),
 to the agent's own process: no handler, no `finally`, no flush of its buffers.
 """
 
+import json
 import logging
 import os
 import signal
@@ -27,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 
 CRASH_ENV = "FLEET_AGENT_CRASH_AT"
 CLOCK_SKEW_ENV = "FLEET_AGENT_CLOCK_SKEW_S"
+SENT_LOG_ENV = "FLEET_AGENT_SENT_LOG_DIR"
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +65,19 @@ def agent_clock() -> Callable[[], datetime]:
     skew = timedelta(seconds=float(raw))
     log.warning("the agent's clock is skewed by %s (%s)", skew, CLOCK_SKEW_ENV)
     return lambda: datetime.now(UTC) + skew
+
+
+def sent(device_id: str, channel: str, payload: bytes) -> None:
+    """Record a payload handed to MQTT if FLEET_AGENT_SENT_LOG_DIR is set; a no-op otherwise."""
+    directory = os.environ.get(SENT_LOG_ENV)
+    if not directory:
+        return
+    line = json.dumps({"channel": channel, "payload": payload.decode("utf-8", "replace")})
+    # One O_APPEND write per line: a SIGKILL keeps whole lines (the page cache has them).
+    fd = os.open(
+        os.path.join(directory, f"{device_id}.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
+    )
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)

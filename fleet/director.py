@@ -537,6 +537,37 @@ def device_desired_republish(*, device: Device) -> None:
         raise ServiceError(ErrorCode.NOT_FOUND, f"device {device.device_id} has no desired state")
 
 
+def desired_states_requeue_since(*, recorded_since: datetime | None) -> int:
+    """Queue again, for the bridge to publish, every desired state recorded as published
+    after ``recorded_since`` (every published one when None): the broker came back without
+    them (fleet/bridge/sentinel.py). Same seq and envelope; revoked devices are left out.
+    How many rows were queued."""
+    rows = DesiredState.objects.filter(
+        seq__gt=0, published_at__isnull=False, device__revoked_at__isnull=True
+    )
+    if recorded_since is not None:
+        rows = rows.filter(published_at__gt=recorded_since)
+    queued = 0
+    with transaction.atomic():
+        last = 0
+        while True:
+            # In batches of keys: a fleet's worth of rows is never held at once.
+            batch = list(
+                rows.filter(pk__gt=last).order_by("pk").values_list("pk", "seq")[:BATCH_SIZE]
+            )
+            if not batch:
+                break
+            last = batch[-1][0]
+            filter_in(DesiredState.objects.all(), "pk", [pk for pk, _ in batch]).update(
+                published_seq=0
+            )
+            _outbox_queue(batch)
+            queued += len(batch)
+        if queued:
+            _outbox_notify()
+    return queued
+
+
 # --- many devices ----------------------------------------------------------------------
 
 

@@ -849,7 +849,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        return _reader_gone()
     except UsageError as exc:
         parser.error(str(exc))  # exits with status 2
     except CliError as exc:
@@ -862,6 +866,16 @@ def main(argv: list[str] | None = None) -> int:
         error = transport_error(exc)
         print(f"fleetctl: {error.code}: {error.detail}", file=sys.stderr)
         return 1
+
+
+def _reader_gone() -> int:
+    """Whoever read our output stopped (``fleetctl rollout list | head -1``): end quietly
+    with the status of a command killed by SIGPIPE, as other Unix tools do."""
+    # Python flushes stdout again at exit: point it at /dev/null so that flush cannot fail.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13  # SIGPIPE
 
 
 if __name__ == "__main__":

@@ -90,6 +90,11 @@ BRIDGE_DESIRED_INFLIGHT = Gauge(
     "fleet_bridge_desired_inflight",
     "Desired-state publishes handed to the MQTT client and not yet acknowledged.",
 )
+BRIDGE_DESIRED_REQUEUED = Counter(
+    "fleet_bridge_desired_requeued_total",
+    "Desired states queued again because the broker came back without them (its retained "
+    "sentinel was older than the last one the bridge published, or missing).",
+)
 BRIDGE_OUTBOX_LEADER = Gauge(
     "fleet_bridge_outbox_leader",
     "1 while this bridge publishes desired states (one bridge of several does), else 0.",
@@ -484,6 +489,7 @@ _BRIDGE_ONLY = frozenset(
         BRIDGE_DESIRED_REFUSED,
         BRIDGE_DESIRED_INFLIGHT,
         BRIDGE_OUTBOX_LEADER,
+        BRIDGE_DESIRED_REQUEUED,
         TELEMETRY_SAMPLES_STORED,
         TELEMETRY_ROWS_STORED,
         TELEMETRY_SAMPLES_DROPPED,

@@ -2,7 +2,8 @@
 
 ``MosquittoBroker(tmp_path, extra_config)`` writes a config, starts ``mosquitto -c``,
 waits until the port accepts connections, and can be restarted on the same port (with
-its persistence file, so persistent sessions and retained messages survive).
+its persistence file, so persistent sessions and retained messages survive), or killed
+(``kill()``: SIGKILL, a crash that keeps only what the last save wrote).
 """
 
 import os
@@ -41,7 +42,12 @@ class MosquittoBroker:
     """One mosquitto process. ``config`` is appended after the listener line."""
 
     def __init__(
-        self, directory: Path, config: str = "allow_anonymous true\n", *, persistence: bool = True
+        self,
+        directory: Path,
+        config: str = "allow_anonymous true\n",
+        *,
+        persistence: bool = True,
+        autosave_interval: int = 1,
     ) -> None:
         require_service(MOSQUITTO is not None, "mosquitto", "apt-get install mosquitto")
         self.directory = directory
@@ -50,7 +56,8 @@ class MosquittoBroker:
         self.config_path = directory / "mosquitto.conf"
         self.log_path = directory / "mosquitto.log"
         persist = (
-            f"persistence true\npersistence_location {directory}/\nautosave_interval 1\n"
+            f"persistence true\npersistence_location {directory}/\n"
+            f"autosave_interval {autosave_interval}\n"
             if persistence
             else "persistence false\n"
         )
@@ -104,6 +111,24 @@ class MosquittoBroker:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: the broker holds its connections but answers nothing until resume()."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def save(self) -> None:
+        """SIGUSR1: Mosquitto writes its persistence file now."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGUSR1)
+
+    @property
+    def persistence_file(self) -> Path:
+        return self.directory / "mosquitto.db"
 
     def reload(self) -> None:
         """SIGHUP: Mosquitto re-reads its CRL and ACL files."""

@@ -74,6 +74,11 @@ class Child:
         self.stop()
         self.process = self._spawn()
 
+    def start(self) -> None:
+        """Start it again after a kill() or stop()."""
+        assert not self.alive(), f"{self.name} is running"
+        self.process = self._spawn()
+
     def log_tail(self, n: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])

@@ -26,6 +26,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from device_agent.protocol.messages import MAX_ACK_IDS, EventsAck
 from device_agent.protocol.topics import Channel, subscription_filter, topic_for
 from fleet.bridge.config import BridgeConfig
+from fleet.bridge.sentinel import SENTINEL_TOPIC
 from telemetry import metrics
 
 if TYPE_CHECKING:
@@ -237,7 +238,9 @@ class MqttConnection:
     """The paho client, its callbacks and a thread-safe `publish` / `ack` for the others.
 
     `on_message(InboundMessage)` and `on_published(mid, ok)` run on paho's network
-    thread: they must only enqueue.
+    thread: they must only enqueue. So do `on_connected()`, called on every connect once
+    the subscriptions are queued, and `on_sentinel(payload, retain)`, which gets the
+    messages on SENTINEL_TOPIC (fleet/bridge/sentinel.py) instead of `on_message`.
     """
 
     def __init__(
@@ -246,10 +249,14 @@ class MqttConnection:
         *,
         on_message: Callable[[InboundMessage], None],
         on_published: Callable[[int, bool], None],
+        on_connected: Callable[[], None] | None = None,
+        on_sentinel: Callable[[bytes, bool], None] | None = None,
     ) -> None:
         self._config = config
         self._on_message_cb = on_message
         self._on_published_cb = on_published
+        self._on_connected_cb = on_connected
+        self._on_sentinel_cb = on_sentinel
         self.subscribed = threading.Event()
         self._connected = False
         self._server_receive_maximum = DEFAULT_RECEIVE_MAXIMUM
@@ -426,9 +433,16 @@ class MqttConnection:
             topics = [
                 (subscription_filter(c, share_group=share), options) for c in INBOUND_CHANNELS
             ]
+            if self._on_sentinel_cb is not None:
+                # QoS 0 (nothing to acknowledge) and its retained message on every subscribe.
+                topics.append((SENTINEL_TOPIC, SubscribeOptions(qos=0)))
         else:
             topics = [(subscription_filter(c, share_group=share), 1) for c in INBOUND_CHANNELS]
+            if self._on_sentinel_cb is not None:
+                topics.append((SENTINEL_TOPIC, 0))
         client.subscribe(topics)
+        if self._on_connected_cb is not None:
+            self._on_connected_cb()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         logger.warning("bridge cannot reach broker %s; retrying", self._config.broker)
@@ -470,6 +484,9 @@ class MqttConnection:
             topic = message.topic
         except UnicodeDecodeError:
             topic = ""  # parse_topic refuses it, and the message is counted as malformed
+        if topic == SENTINEL_TOPIC and self._on_sentinel_cb is not None:
+            self._on_sentinel_cb(bytes(message.payload), bool(message.retain))
+            return
         self._on_message_cb(
             InboundMessage(
                 topic=topic,

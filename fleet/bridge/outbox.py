@@ -19,6 +19,12 @@ goes with the session and another bridge takes it within LEADER_RETRY_SECONDS. (
 publishing at once for a moment is harmless: a desired state is retained, and a device
 ignores a seq it already has.) Other databases: a single bridge, always publishing.
 
+A broker that comes back with older retained desired states than it acknowledged (killed
+before its last save, restored from an old file): on every connect, before it records or
+publishes anything, the outbox checks the broker's retained sentinel and queues again
+what the broker lost (fleet/bridge/sentinel.py); after each batch it records it
+publishes the sentinel.
+
 Throughput: up to `window` publishes are handed to paho at once, and paho keeps the
 broker's Receive Maximum of them in flight, refilling from its own queue on each
 PUBACK on its network thread, as a bare paho publisher does. This thread only tops
@@ -39,7 +45,8 @@ from django.utils import timezone
 
 from device_agent.protocol.topics import Channel, topic_for
 from fleet.bridge.handlers import RateLimitedLog
-from fleet.director import OUTBOX_CHANNEL, filter_in
+from fleet.bridge.sentinel import SENTINEL_TOPIC, SentinelCheck, sentinel_payload
+from fleet.director import OUTBOX_CHANNEL, desired_states_requeue_since, filter_in
 from fleet.models import DesiredOutbox, DesiredState
 from telemetry import metrics
 
@@ -71,6 +78,18 @@ class _Row(NamedTuple):
     envelope: bytes
 
 
+def database_now() -> datetime:
+    """The database's clock: every bridge records `published_at` on the same clock, which
+    the retained sentinel compares (fleet/bridge/sentinel.py)."""
+    if connection.vendor != "postgresql":
+        return timezone.now()  # SQLite: one process, one clock
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        row = cursor.fetchone()
+    at: datetime = row[0]
+    return at
+
+
 def desired_states_mark_published(*, published: Iterable[tuple[int, int]], at: datetime) -> int:
     """Record that the broker acknowledged `(pk, seq)` publishes; rows updated.
 
@@ -98,9 +117,16 @@ class Outbox:
     """
 
     def __init__(
-        self, *, publisher: Publisher, poll_seconds: float, batch_size: int, window: int
+        self,
+        *,
+        publisher: Publisher,
+        poll_seconds: float,
+        batch_size: int,
+        window: int,
+        sentinel: SentinelCheck | None = None,
     ) -> None:
         self._publisher = publisher
+        self._sentinel = sentinel
         self._poll_seconds = poll_seconds
         self._batch_size = batch_size
         self._window = window
@@ -118,6 +144,7 @@ class Outbox:
         self._acked: list[tuple[int, int, bool]] = []  # (pk, seq, ok) not yet recorded
         self._acked_since = 0.0
         # This thread only:
+        self._sentinel_due: datetime | None = None  # recorded, sentinel not yet published
         self._sent: dict[int, int] = {}  # pk -> seq handed to paho and not yet recorded
         self._refused: dict[int, tuple[int, float]] = {}  # pk -> (seq, retry after)
         self._buffer: deque[_Row] = deque()
@@ -209,6 +236,8 @@ class Outbox:
 
     def step(self) -> bool:
         """One round: record acknowledged publishes, publish more. False when idle."""
+        if self._checking():
+            return False
         recorded = self._record(force=False)
         if not self._publisher.connected:
             return recorded  # paho resends what it holds after reconnecting
@@ -216,6 +245,9 @@ class Outbox:
             self._buffer.clear()  # another bridge publishes; what is in flight is recorded
             self._scan_more = False
             return recorded
+        due = self._sentinel_due
+        if due is not None and self._publish_other(sentinel_payload(due), qos=1, retain=True):
+            self._sentinel_due = None
         published = 0
         free = self._window - self.outstanding
         while free > 0:
@@ -274,6 +306,70 @@ class Outbox:
                 filter_in(DesiredOutbox.objects.all(), "pk", gone).delete()
         return bool(keys)
 
+    def _checking(self) -> bool:
+        """Whether the broker's retained sentinel is being checked (nothing is recorded or
+        published meanwhile); runs the check's steps."""
+        check = self._sentinel
+        if check is None or not check.pending:
+            return False
+        if check.begin():
+            # Acknowledged on the connection that ended and not recorded yet: the broker
+            # may have lost them with it. They stay queued and go out again.
+            with self._lock:
+                dropped, self._acked = self._acked, []
+            for pk, seq, _ok in dropped:
+                if self._sent.get(pk) == seq:
+                    del self._sent[pk]
+            self._buffer.clear()
+            self.rescan()
+        if check.timed_out():
+            if self._leading.is_set() and self._publisher.connected:
+                self._log.warning(
+                    "sentinel",
+                    "no answer on %s: cannot tell whether the broker kept its retained "
+                    "desired states (may the bridge read and write that topic?)",
+                    SENTINEL_TOPIC,
+                )
+            return False
+        result = check.result()
+        if result is not None:
+            try:
+                self._requeue_lost(result.recorded_at)
+            except Exception:
+                check.put_back(result)  # the database failed: again at the next step
+                raise
+            return False
+        if not self._leading.is_set() or not self._publisher.connected:
+            return True  # another bridge publishes (the check times out) or no connection
+        probe = check.probe_due()
+        if probe is not None:
+            self._publish_other(probe, qos=0, retain=False)
+        return True
+
+    def _requeue_lost(self, held: datetime | None) -> None:
+        """The broker holds the sentinel of `held` (None: no sentinel): queue again what
+        was recorded after it."""
+        queued = desired_states_requeue_since(recorded_since=held)
+        if queued:
+            metrics.BRIDGE_DESIRED_REQUEUED.inc(queued)
+            logger.warning(
+                "the broker holds %s: publishing %d desired states recorded after it again",
+                f"the retained sentinel of {held.isoformat()}" if held else "no retained sentinel",
+                queued,
+            )
+            self.committed()
+
+    def _publish_other(self, payload: bytes, *, qos: int, retain: bool) -> bool:
+        """Publish on SENTINEL_TOPIC; its PUBACK (or QoS 0 write) is not a desired state's."""
+        mid = self._publisher.publish(SENTINEL_TOPIC, payload, qos=qos, retain=retain)
+        if mid is None:
+            return False
+        with self._lock:
+            # Its PUBACK, if already here, and any other that matched no publish of ours
+            # (see _publish): nothing waits for them.
+            self._early.clear()
+        return True
+
     def _publish(self, row: _Row) -> bool:
         if not row.envelope:
             # An empty retained payload would delete the device's desired state.
@@ -287,6 +383,10 @@ class Outbox:
         self._sent[row.pk] = row.seq
         with self._lock:
             ok = self._early.pop(mid, None)
+            # This thread is the only one that publishes: any other PUBACK that came before
+            # its publish was known is one nothing waits for (a sentinel's), and must not
+            # be taken for a later publish that gets the same packet id.
+            self._early.clear()
             if ok is None:
                 self._pending[mid] = (row.pk, row.seq)
             else:
@@ -308,14 +408,16 @@ class Outbox:
             if not due:
                 return False
             acked, self._acked = self._acked, []
+        published = [(pk, seq) for pk, seq, ok in acked if ok]
         try:
-            desired_states_mark_published(
-                published=[(pk, seq) for pk, seq, ok in acked if ok], at=timezone.now()
-            )
+            at = database_now()
+            desired_states_mark_published(published=published, at=at)
         except Exception:
             with self._lock:  # keep them for the next attempt
                 self._acked = acked + self._acked
             raise
+        if published and self._sentinel is not None:
+            self._sentinel_due = at
         retry_at = time.monotonic() + REFUSED_RETRY_SECONDS
         refused = 0
         for pk, seq, ok in acked:

@@ -9,6 +9,7 @@ from fleet.bridge.client import InboundMessage, MqttConnection
 from fleet.bridge.config import BridgeConfig
 from fleet.bridge.handlers import Dispatcher, TelemetrySink
 from fleet.bridge.outbox import Outbox, OutboxListener
+from fleet.bridge.sentinel import SentinelCheck
 from fleet.bridge.worker import InboundWorker
 from telemetry import metrics
 from telemetry.ingest import telemetry_sink_from_settings
@@ -30,8 +31,13 @@ class Bridge:
         self.config = config
         self._stopping = threading.Event()
         self._outbox_stop = threading.Event()
+        self.sentinel = SentinelCheck()
         self.connection = MqttConnection(
-            config, on_message=self._on_message, on_published=self._on_published
+            config,
+            on_message=self._on_message,
+            on_published=self._on_published,
+            on_connected=self.sentinel.start,
+            on_sentinel=self._on_sentinel,
         )
         self.worker = InboundWorker(
             dispatcher=Dispatcher(
@@ -49,6 +55,7 @@ class Bridge:
             poll_seconds=config.outbox_poll_seconds,
             batch_size=config.outbox_batch_size,
             window=config.outbox_window,
+            sentinel=self.sentinel,
         )
         if connection.vendor == "postgresql":
             # One bridge of several publishes: the one whose listener holds the lock.
@@ -67,6 +74,9 @@ class Bridge:
         if self._stopping.is_set():
             return  # not acked: redelivered to the next run of this session
         self.worker.offer(message)
+
+    def _on_sentinel(self, payload: bytes, retain: bool) -> None:
+        self.sentinel.received(payload, retain=retain)
 
     def _on_published(self, mid: int, ok: bool) -> None:
         self.outbox.on_published(mid, ok)

@@ -1,6 +1,12 @@
 """No QoS 1 event is lost or stored twice when the bridge is killed, or the broker
 restarted, while a device streams events: the bridge acknowledges a message only after
-storing it, its session persists, and storing an event again is a no-op."""
+storing it, its session persists, and storing an event again is a no-op.
+
+"Nothing more arrives" is asserted after a positive control: the device publishes a
+marker event after everything else, and once the marker is stored, every message the
+broker or the device had to deliver before it (a redelivery, a duplicate) has been
+handled: one publisher's QoS 1 messages on one topic arrive in order.
+"""
 
 import threading
 import time
@@ -30,6 +36,7 @@ from fleet.models import Device, DeviceEvent
 pytestmark = pytest.mark.django_db(transaction=True)
 
 N = 300
+MARKER = 10_000
 TOPIC = topic_for("dev-1", Channel.EVENTS)
 
 
@@ -37,12 +44,20 @@ def _stored() -> list[int]:
     return list(DeviceEvent.objects.order_by("seq").values_list("seq", flat=True))
 
 
-def _publish_events(device: mqtt.Client, numbers: range, pause: float = 0.0) -> None:
+def _publish_events(
+    device: mqtt.Client, numbers: range, pause: float = 0.0, sent: list[int] | None = None
+) -> None:
     # seq carries the number; every payload is distinct, so the store's dedupe cannot hide a loss.
     for number in numbers:
         device.publish(TOPIC, event_payload(number), qos=1)
+        if sent is not None:
+            sent.append(number)
         if pause:
             time.sleep(pause)
+
+
+def _marker_stored() -> bool:
+    return DeviceEvent.objects.filter(seq=MARKER).exists()
 
 
 def test_no_event_is_lost_or_doubled_when_the_bridge_is_killed(
@@ -61,19 +76,25 @@ def test_no_event_is_lost_or_doubled_when_the_bridge_is_killed(
         )
 
         # when the device streams events and the bridge is SIGKILLed while storing them
-        streamer = threading.Thread(target=_publish_events, args=(device, range(N), 0.004))
+        sent: list[int] = []
+        streamer = threading.Thread(
+            target=_publish_events, args=(device, range(N), 0.004), kwargs={"sent": sent}
+        )
         streamer.start()
         assert wait_until(lambda: DeviceEvent.objects.count() >= 60, 20), bridge.log_tail()
         bridge.kill()
         killed_at = DeviceEvent.objects.count()
-        time.sleep(0.3)  # the stream goes on while no bridge runs
+        # the stream goes on while no bridge runs
+        in_flight = len(sent)
+        assert wait_until(lambda: len(sent) >= min(N, in_flight + 30), 20)
         bridge.start()
         streamer.join(30)
 
         # then every number arrives exactly once
         assert wait_until(lambda: DeviceEvent.objects.count() >= N, 30), bridge.log_tail()
-        time.sleep(0.3)  # a late duplicate would show up now
-        assert _stored() == list(range(N))
+        publish(device, "dev-1", Channel.EVENTS, event_payload(MARKER))
+        assert wait_until(_marker_stored, 30), bridge.log_tail()
+        assert _stored() == [*range(N), MARKER]
         assert killed_at < N, "the bridge was killed only after it had stored everything"
         assert "fleet_bridge_connected 1.0" in bridge.scrape()
         # and SIGTERM stops it cleanly
@@ -158,8 +179,9 @@ def test_no_event_is_lost_or_doubled_when_the_broker_restarts(mosquitto, shared:
 
             # then every number arrives exactly once
             assert wait_until(lambda: DeviceEvent.objects.count() >= N, 30), mosquitto.log_tail()
-            time.sleep(0.3)  # a late duplicate would show up now
-            assert _stored() == list(range(N))
+            device.publish(event_payload(MARKER))
+            assert wait_until(_marker_stored, 30), mosquitto.log_tail()
+            assert _stored() == [*range(N), MARKER]
             if not shared:
                 # a plain persistent subscription survives the restart: nothing to retry
                 assert device.retried == 0
@@ -199,7 +221,8 @@ def test_a_message_is_acknowledged_only_once_it_is_stored(mosquitto, monkeypatch
         with running_bridge(mosquitto.port, client_id="bridge-ack-test"):
             # then the broker delivers every unacknowledged event again
             assert wait_until(lambda: DeviceEvent.objects.count() >= 20, 20)
-            time.sleep(0.2)
-            assert _stored() == list(range(20))
+            publish(device, "dev-1", Channel.EVENTS, event_payload(MARKER))
+            assert wait_until(_marker_stored, 20)
+            assert _stored() == [*range(20), MARKER]
     finally:
         close(device)

@@ -13,6 +13,7 @@ import datetime as dt
 import io
 import socket
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device_agent.protocol.topics import Channel, subscription_filter, topic_for
 from fleet import ca
+from fleet.bridge.sentinel import SENTINEL_TOPIC
 from fleet.enrollment import device_revoke
 from fleet.management.commands import mqtt_certs
 
@@ -411,6 +413,48 @@ def test_a_connected_revoked_device_is_cut_off_at_the_reload(  # type: ignore[no
     assert not b.publish(topic_for(B, Channel.EVENTS), b"control").is_failure
     got = bridge.wait_for_message(topic_for(B, Channel.EVENTS), b"control")
     assert (topic_for(A, Channel.EVENTS), b"after") not in got
+
+
+def test_only_the_bridge_reads_and_writes_its_retained_sentinel(broker, devices, connect):  # type: ignore[no-untyped-def]
+    # given the bridge and a device, both subscribed to the sentinel topic
+    bridge = connect(broker.bridge_credential())
+    peer = connect(devices[A])
+    bridge.subscribe(SENTINEL_TOPIC)
+    peer.subscribe(SENTINEL_TOPIC, topic_for(A, Channel.DESIRED))
+
+    # when a device tries to write it, then the bridge does
+    assert _reason(peer.publish(SENTINEL_TOPIC, b"forged", retain=True)) == NOT_AUTHORIZED
+    assert not bridge.publish(SENTINEL_TOPIC, b"sentinel", retain=True).is_failure
+    got = bridge.wait_for_message(SENTINEL_TOPIC, b"sentinel")
+    assert (SENTINEL_TOPIC, b"forged") not in got
+
+    # then the device never reads it (control: its desired state, sent after)
+    assert not bridge.publish(topic_for(A, Channel.DESIRED), b"control").is_failure
+    got = peer.wait_for_message(topic_for(A, Channel.DESIRED), b"control")
+    assert [topic for topic, _ in got] == [topic_for(A, Channel.DESIRED)]
+
+
+def test_retained_desired_states_survive_a_kill_after_the_autosave_interval(  # type: ignore[no-untyped-def]
+    broker, devices, connect
+):
+    # given the bridge published a device's desired state, retained
+    bridge = connect(broker.bridge_credential())
+    assert not bridge.publish(topic_for(A, Channel.DESIRED), b"seq-7", retain=True).is_failure
+    bridge.close()
+    # when the broker saves on its own (deploy/mosquitto.conf's autosave_interval) ...
+    database = broker.directory / "data" / "mosquitto.db"
+    deadline = time.monotonic() + 15
+    while not (database.exists() and b"seq-7" in database.read_bytes()):
+        assert time.monotonic() < deadline, "the broker did not save within 15 s"
+        time.sleep(0.1)
+    # ... and is then killed and started again
+    broker.kill()
+    broker.start()
+
+    # then the device still gets it
+    peer = connect(devices[A])
+    peer.subscribe(topic_for(A, Channel.DESIRED))
+    peer.wait_for_message(topic_for(A, Channel.DESIRED), b"seq-7")
 
 
 def test_only_the_bridge_confirms_events_and_each_device_reads_only_its_own(  # type: ignore[no-untyped-def]

@@ -1,8 +1,11 @@
 """``manage.py broker``: the quick start's broker really carries MQTT, with either engine."""
 
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -16,14 +19,18 @@ from fleet.management.commands.broker import mosquitto_binary
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _start(engine: str, port: int, data_dir: Path) -> subprocess.Popen[bytes]:
-    """``manage.py broker`` with ``engine`` on ``port``, listening (stdout, stderr piped)."""
+def _start(
+    engine: str, port: int, data_dir: Path, *, own_group: bool = False
+) -> subprocess.Popen[bytes]:
+    """``manage.py broker`` with ``engine`` on ``port``, listening (stdout, stderr piped);
+    ``own_group``: in a process group of its own, for a kill of the command and its broker."""
     process = subprocess.Popen(
         [sys.executable, "manage.py", "broker", "--port", str(port), "--engine", engine],
         cwd=ROOT,
         env={"PATH": "/usr/bin:/bin:/usr/sbin", "FLEET_DATA_DIR": str(data_dir)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        start_new_session=own_group,
     )
     try:
         wait_for_port(port, 30)
@@ -93,6 +100,38 @@ def test_the_mosquitto_broker_keeps_retained_messages_and_its_log_across_a_resta
     process = _start("mosquitto", port, tmp_path)
     try:
         assert retained_desired(port, 1) == {"fleet/v1/devices/d1/desired": b"kept"}
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)
+
+
+def test_the_mosquitto_broker_saves_retained_messages_within_seconds(tmp_path: Path) -> None:
+    # A crash (kill -9) keeps what the broker saved: the quick start saves every second,
+    # so a desired state acknowledged a moment before is still there (issue 16).
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed: apt-get install mosquitto")
+    port = free_port()
+    process = _start("mosquitto", port, tmp_path, own_group=True)
+    try:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        client.publish(
+            "fleet/v1/devices/d1/desired", b"saved", qos=1, retain=True
+        ).wait_for_publish(10)
+        client.disconnect()
+        client.loop_stop()
+        database = tmp_path / "mqtt" / "mosquitto.db"
+        deadline = time.monotonic() + 5
+        while not (database.exists() and b"saved" in database.read_bytes()):
+            assert time.monotonic() < deadline, "the quick start's broker did not save within 5 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the command and its mosquitto: a crash
+        process.communicate(timeout=20)
+    process = _start("mosquitto", port, tmp_path)
+    try:
+        assert retained_desired(port, 1) == {"fleet/v1/devices/d1/desired": b"saved"}
     finally:
         process.terminate()
         process.communicate(timeout=20)

@@ -77,6 +77,7 @@ class FleetSystem:
         devices: int,
         agent_args: Iterable[str] = (),
         env: dict[str, str] | None = None,
+        agent_config: dict[str, Any] | None = None,
     ) -> None:
         pg_host, pg_port = "127.0.0.1", 5432
         require_service(
@@ -95,6 +96,7 @@ class FleetSystem:
         self.data = root / "var"
         self.n_devices = devices
         self.agent_args = list(agent_args)
+        self.agent_config = dict(agent_config or {})  # set in each agent's config.json
         self.children: dict[str, Child] = {}
         self.agents: dict[str, Child] = {}
         self.db_name = f"fleet_e2e_{uuid.uuid4().hex[:10]}"
@@ -256,6 +258,11 @@ class FleetSystem:
             )
             if done.returncode != 0:
                 raise AssertionError(f"enrolling {device_id} failed: {done.stderr[-2000:]}")
+            if self.agent_config:
+                config = self.device_dir(device_id) / "config.json"
+                config.write_text(
+                    json.dumps({**json.loads(config.read_text()), **self.agent_config})
+                )
 
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(enroll, self.device_ids()))

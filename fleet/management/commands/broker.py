@@ -22,6 +22,8 @@ WARNING = (
     "Mosquitto with TLS, client certificates and ACLs: see deploy/mosquitto/."
 )
 
+AUTOSAVE_SECONDS = 1
+
 
 def mosquitto_binary() -> str | None:
     found = shutil.which("mosquitto")
@@ -63,6 +65,9 @@ class Command(BaseCommand):
             "# written by manage.py broker: embedded default, NOT for production\n"
             f"user {user}\n"
             f"persistence true\npersistence_location {directory}/\n"
+            # Saved every second, not every 30 minutes (the default): a broker killed
+            # mid-rollout comes back with the desired states it had acknowledged.
+            f"autosave_interval {AUTOSAVE_SECONDS}\n"
             f"log_dest file {directory}/mosquitto.log\n"
             "max_packet_size 131072\nmax_queued_messages 100000\n"
             f"listener {port} 127.0.0.1\nallow_anonymous true\n"

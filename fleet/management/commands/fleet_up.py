@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from device_agent.config import CONFIG_FILE, AgentConfig
 from fleet.auth import ROLES
-from fleet.devserver import Child, Supervisor, first_free_port, port_free
+from fleet.devserver import Child, Exit, Supervisor, describe, first_free_port, port_free
 from fleet.enrollment import enrollment_token_create
 from fleet.management.commands.broker import mosquitto_binary
 from fleet.models import Device
@@ -280,9 +280,9 @@ Stop with Ctrl-C.
             daemon=True,
         ).start()
 
-        def died(child: Child, code: int) -> None:
+        def died(child: Child, exited: Exit) -> None:
             self.stderr.write(
-                self.style.ERROR(f"{child.name} exited with {code}: see {data / 'logs'}/")
+                self.style.ERROR(f"{describe(child, exited)}: see {data / 'logs'}/{child.name}.log")
             )
 
         supervisor.wait(died)
