@@ -145,7 +145,7 @@ class DeviceEventAdmin(admin.ModelAdmin[DeviceEvent]):
     """Devices write their events (through the bridge); operators only read them."""
 
     list_display = ["device", "phase", "model", "rollout_id", "code", "ts", "received_at"]
-    list_filter = ["phase", "code"]
+    list_filter = ["phase", "code", "received_at"]
     list_select_related = ["device"]
     search_fields = ["device__device_id", "rollout_id"]
     show_full_result_count = False

@@ -408,6 +408,7 @@ class Overview:
     by_version: list[tuple[str, int]]
     failures: list[tuple[str, int]]
     rollouts: list[tuple[Rollout, list[ArmProgress]]]
+    failures_since: datetime
 
 
 def fleet_overview(now: datetime) -> Overview:
@@ -458,4 +459,5 @@ def fleet_overview(now: datetime) -> Overview:
         by_version=sorted(versions.items(), key=lambda kv: (-kv[1], kv[0])),
         failures=[(code or "unknown", n) for code, n in failures],
         rollouts=[(rollout, progress[rollout.pk]) for rollout in live],
+        failures_since=now - FAILURE_WINDOW,
     )

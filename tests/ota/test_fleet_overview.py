@@ -40,7 +40,12 @@ def test_overview_figures_match_the_database():  # type: ignore[no-untyped-def]
         reported={"models": [{"name": "kws", "version": "1.0.0"}]}
     )
     for i, (code, age) in enumerate(
-        [("hash_mismatch", 1), ("hash_mismatch", 2), ("health_check_failed", 3), ("old", 30)]
+        [
+            ("hash_mismatch", 1),
+            ("hash_mismatch", 2),
+            ("health_check_failed", 3),
+            ("hash_mismatch", 30),
+        ]
     ):
         DeviceEvent.objects.create(
             device=fleet[i], seq=i + 1, phase="failed", code=code, ts=now, model="kws"
@@ -51,7 +56,9 @@ def test_overview_figures_match_the_database():  # type: ignore[no-untyped-def]
     DeviceEvent.objects.create(device=fleet[4], seq=9, phase="committed", ts=now, model="kws")
     rollout = phased(selection={"hardware": ["linux-x86_64-fp32"]})
     client = Client()
-    client.force_login(user("watch", "fleet.view_device", "ota.view_rollout", staff=True))
+    client.force_login(
+        user("watch", "fleet.view_device", "fleet.view_deviceevent", "ota.view_rollout", staff=True)
+    )
 
     page = client.get("/admin/")
 
@@ -67,8 +74,17 @@ def test_overview_figures_match_the_database():  # type: ignore[no-untyped-def]
     assert "<title>nothing reported: 3</title>" in html
     assert "<title>hash_mismatch: 2</title>" in html
     assert "<title>health_check_failed: 1</title>" in html
-    assert "old: 1" not in html  # older than a day
-    assert "/admin/fleet/deviceevent/?code=hash_mismatch" in html
+    assert "<title>hash_mismatch: 3</title>" not in html  # one is older than a day
+    link = re.search(r'href="(/admin/fleet/deviceevent/\?[^"]*code=hash_mismatch)"', html)
+    assert link
+    assert "received_at__gte=" in link[1]
+    events = client.get(link[1].replace("&amp;", "&"))
+    assert events.status_code == 200  # the link filters (no "?e=1" refusal)
+    # the last day's only: the 30-hour-old one is not listed
+    assert events.content.decode().count('class="field-code">hash_mismatch') == 2
+    hw = client.get("/admin/fleet/device/?hardware__exact=linux-x86_64-fp32")
+    assert hw.status_code == 200
+    assert "/admin/fleet/device/?hardware__exact=linux-x86_64-fp32" in html
     assert f"/admin/ota/rollout/{rollout.pk}/change/" in html
     assert 'data-state="pending" data-count="5"' in html
     assert "cdn" not in html.lower()
