@@ -76,3 +76,18 @@ def test_overview_costs_the_same_whatever_the_size():  # type: ignore[no-untyped
     after = _queries(client, "/admin/")
     assert after == before
     assert after <= 20
+
+
+def test_rollouts_list_costs_the_same_whatever_the_number_of_rollouts():  # type: ignore[no-untyped-def]
+    artifact("2.0.0")
+    _grow("a", 6)
+    phased(selection={"devices": ["a-00000"]})
+    client = _client()
+    before = _queries(client, "/admin/ota/rollout/")
+
+    for i in range(1, 6):
+        phased(selection={"devices": [f"a-{i:05d}"]})
+
+    page = client.get("/admin/ota/rollout/").content.decode()
+    assert page.count("pending 1") == 6
+    assert _queries(client, "/admin/ota/rollout/") == before
