@@ -9,3 +9,5 @@ class FleetConfig(AppConfig):
         from fleet.path_converters import path_converters_register
 
         path_converters_register()
+
+        from fleet import schema  # noqa: F401 - registers the Bearer token's OpenAPI scheme

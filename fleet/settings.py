@@ -133,7 +133,7 @@ CSRF_TRUSTED_ORIGINS = [
 ]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "ota.admin_apps.FleetAdminConfig",  # django.contrib.admin with the fleet overview
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -149,6 +149,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "fleet.middleware.ErrorEnvelopeMiddleware",
+    "fleet.middleware.RejectNulMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -165,7 +167,8 @@ WSGI_APPLICATION = "fleet.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Before the apps' own: the project's overrides of the admin's templates.
+        "DIRS": [BASE_DIR / "fleet" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -303,7 +306,15 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.CursorPagination",
+    "DEFAULT_PAGINATION_CLASS": "fleet.pagination.ById",
+    "DEFAULT_PARSER_CLASSES": [
+        "fleet.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    # JSON only: the browsable API would answer a browser's errors with HTML pages.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "fleet.negotiation.FirstFormatNegotiation",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "fleet.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -319,6 +330,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # Path parameters with their identifier alphabets (docs/api.md, Identifiers).
     "PATH_CONVERTER_OVERRIDES": openapi_path_overrides(),
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "fleet.schema.error_responses",
+    ],
 }
 
 # --- rollouts -------------------------------------------------------------------------------
@@ -525,6 +540,19 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"requests": {"()": "fleet.logs.RequestLogFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["requests"],
+        }
+    },
     "root": {"handlers": ["console"], "level": _env("FLEET_LOG_LEVEL", "INFO")},
+    # Django's defaults give "django" a handler of its own (a second copy of every
+    # request line with DEBUG) and "django.server" another: all go through "console".
+    "loggers": {
+        "django": {"handlers": [], "propagate": True},
+        "django.server": {"handlers": ["console"], "propagate": False},
+    },
 }

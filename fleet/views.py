@@ -3,9 +3,8 @@
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import generics, permissions, status, viewsets
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle
@@ -24,9 +23,11 @@ from fleet.client_ip import client_ip
 from fleet.errors import ServiceError
 from fleet.identifiers import identifier_check
 from fleet.models import DesiredState, Device, DynamicGroup, Group
+from fleet.pagination import ByName, Cursor
 from fleet.serializers import (
     DesiredRequestSerializer,
     DeviceLabelsSerializer,
+    DeviceListQuery,
     DeviceSerializer,
     DynamicGroupSerializer,
     EnrollmentTokenRequestSerializer,
@@ -56,11 +57,8 @@ class CanViewDevices(permissions.BasePermission):
         return bool(request.user and request.user.has_perm("fleet.view_device"))
 
 
-class ByDeviceId(CursorPagination):
+class ByDeviceId(Cursor):
     ordering = "device_id"
-    page_size = 100
-    page_size_query_param = "page_size"
-    max_page_size = 1000
 
 
 def _bool(value: str | None) -> bool | None:
@@ -78,16 +76,7 @@ def _filter(kind: IdentifierKind, value: str | None, name: str) -> str | None:
     return identifier_check(kind, value, field=name) if value else None
 
 
-@extend_schema(
-    parameters=[
-        OpenApiParameter("hardware", str),
-        OpenApiParameter("tag", str, many=True),
-        OpenApiParameter("group", str),
-        OpenApiParameter("online", bool),
-        OpenApiParameter("revoked", bool),
-        OpenApiParameter("q", str, description="id prefix"),
-    ]
-)
+@extend_schema(parameters=[DeviceListQuery])
 class DeviceListView(generics.ListAPIView[Device]):
     serializer_class = DeviceSerializer
     permission_classes = [CanViewDevices]
@@ -95,7 +84,7 @@ class DeviceListView(generics.ListAPIView[Device]):
     queryset = Device.objects.none()  # for the permission class
 
     def get_queryset(self) -> QuerySet[Device]:
-        p = self.request.query_params
+        p = self.request.query_params  # DeviceListQuery documents them
         return selectors.device_list(
             hardware=_filter(HARDWARE, p.get("hardware"), "hardware"),
             tags=[identifier_check(TAG_NAME, t, field="tag") for t in p.getlist("tag")],
@@ -151,6 +140,7 @@ class GroupViewSet(viewsets.ModelViewSet[Group]):
     permission_classes = [ModelPermissions]
     queryset = Group.objects.order_by("name")
     lookup_field = "name"
+    pagination_class = ByName
     lookup_value_converter = "group_name"
 
 
@@ -176,6 +166,7 @@ class DynamicGroupViewSet(viewsets.ModelViewSet[DynamicGroup]):
     permission_classes = [ModelPermissions]
     queryset = DynamicGroup.objects.order_by("name")
     lookup_field = "name"
+    pagination_class = ByName
     lookup_value_converter = "group_name"
 
 

@@ -34,6 +34,21 @@ _HHMM_RE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 MAX_STAGES = 20
 MAX_ARMS = 8
 MAX_SELECTION_ITEMS = 1000
+# Upper bounds of every number a rollout takes (docs/api.md): beyond them a value is a
+# typo, and some (1e18 minutes) overflow the engine's date arithmetic.
+MAX_BAKE_MINUTES = 60 * 24 * 90  # 90 days
+MAX_DEVICE_TIMEOUT_MINUTES = 60 * 24 * 30  # 30 days
+MAX_RATE_PER_MINUTE = 1_000_000.0
+MAX_ARM_WEIGHT = 1000.0
+MAX_RELATIVE_CHANGE = 100.0  # 10 000 %
+MAX_COUNT = 10**9  # min_finished, rate_growth_every, rate_burst
+MAX_MIN_DEVICES = 10**6
+MAX_RETRIES = 10
+MAX_TELEMETRY_GATES = 16
+MAX_SELECTION_ITEM_LENGTH = 100
+MAX_DESCRIPTION_LENGTH = 2000
+MAX_TIMEZONE_LENGTH = 64
+METRIC_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def _bad(detail: str) -> ServiceError:
@@ -58,8 +73,8 @@ def _number(
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise _bad(f"{what} must be a number")
     if value < low or (low_open and value == low) or value > high:
-        bound = f"({low}" if low_open else f"[{low}"
-        raise _bad(f"{what} must be in {bound}, {high}]")
+        bound = f"({low:g}" if low_open else f"[{low:g}"
+        raise _bad(f"{what} must be in {bound}, {high:g}]")
     return float(value)
 
 
@@ -88,11 +103,20 @@ def _strings(
     if kind is not None:
         identifiers_check(kind, value, field=f"{what}[]")
     for item in value:
-        if not isinstance(item, str) or not item or len(item) > 100:
-            raise _bad(f"{what} must hold non-empty strings of at most 100 characters")
+        if not isinstance(item, str) or not item or len(item) > MAX_SELECTION_ITEM_LENGTH:
+            raise _bad(
+                f"{what} must hold non-empty strings of at most "
+                f"{MAX_SELECTION_ITEM_LENGTH} characters"
+            )
         if pattern is not None and pattern.fullmatch(item) is None:
             raise _bad(f"{what}: {item!r} must match {pattern.pattern}")
     return tuple(dict.fromkeys(value))  # unique, order kept
+
+
+def description_parse(value: object) -> str:
+    if not isinstance(value, str) or len(value) > MAX_DESCRIPTION_LENGTH:
+        raise _bad(f"description must be text of at most {MAX_DESCRIPTION_LENGTH} characters")
+    return value
 
 
 # --- stages and arms ------------------------------------------------------------------
@@ -113,7 +137,9 @@ class Stage:
             raise _bad(f"{what}.percent is required")
         return cls(
             percent=_number(data["percent"], f"{what}.percent", low=0, high=100, low_open=True),
-            bake_minutes=_number(data.get("bake_minutes", 0), f"{what}.bake_minutes", low=0),
+            bake_minutes=_number(
+                data.get("bake_minutes", 0), f"{what}.bake_minutes", low=0, high=MAX_BAKE_MINUTES
+            ),
         )
 
 
@@ -150,7 +176,9 @@ class Arm:
         baseline = data.get("baseline", False)
         if not isinstance(baseline, bool):
             raise _bad(f"{what}.baseline must be true or false")
-        weight = _number(data.get("weight", 1), f"{what}.weight", low=0, low_open=True)
+        weight = _number(
+            data.get("weight", 1), f"{what}.weight", low=0, high=MAX_ARM_WEIGHT, low_open=True
+        )
         return cls(name=name, version=version, weight=weight, baseline=baseline)
 
 
@@ -254,6 +282,8 @@ class Window:
         if not days or any(d not in DAYS for d in days):
             raise _bad(f"policy.window.days must be a non-empty list of {', '.join(DAYS)}")
         tz = data.get("timezone", "UTC")
+        if not isinstance(tz, str) or not 0 < len(tz) <= MAX_TIMEZONE_LENGTH:
+            raise _bad("policy.window.timezone must be an IANA time zone name")
         try:
             ZoneInfo(str(tz))
         except (ZoneInfoNotFoundError, ValueError):
@@ -303,10 +333,7 @@ class TelemetryGateConfig:
         data = _mapping(obj, what)
         _only(data, what, {f for f in cls.__dataclass_fields__})
         metric = data.get("metric")
-        if (
-            not isinstance(metric, str)
-            or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", metric) is None
-        ):
+        if not isinstance(metric, str) or METRIC_NAME_RE.fullmatch(metric) is None:
             raise _bad(f"{what}.metric must be a metric name")
         required = data.get("required", False)
         if not isinstance(required, bool):
@@ -316,10 +343,15 @@ class TelemetryGateConfig:
             statistic=_choice(data.get("statistic", "mean"), f"{what}.statistic", STATISTICS),  # type: ignore[arg-type]
             better=_choice(data.get("better", "lower"), f"{what}.better", ("lower", "higher")),  # type: ignore[arg-type]
             max_relative_change=_number(
-                data.get("max_relative_change", 0.1), f"{what}.max_relative_change", low=0
+                data.get("max_relative_change", 0.1),
+                f"{what}.max_relative_change",
+                low=0,
+                high=MAX_RELATIVE_CHANGE,
             ),
             alpha=_number(data.get("alpha", 0.01), f"{what}.alpha", low=0, high=0.5, low_open=True),
-            min_devices=_int(data.get("min_devices", 20), f"{what}.min_devices", low=3, high=10**6),
+            min_devices=_int(
+                data.get("min_devices", 20), f"{what}.min_devices", low=3, high=MAX_MIN_DEVICES
+            ),
             required=required,
         )
 
@@ -349,16 +381,23 @@ class PromotionConfig:
         metric = data.get("metric", "")
         if not isinstance(metric, str) or (mode == "auto" and not metric):
             raise _bad(f"{what}.metric is required for automatic promotion")
+        if metric and METRIC_NAME_RE.fullmatch(metric) is None:
+            raise _bad(f"{what}.metric must be a metric name")
         return cls(
             mode=mode,  # type: ignore[arg-type]
             metric=metric,
             statistic=_choice(data.get("statistic", "mean"), f"{what}.statistic", STATISTICS),  # type: ignore[arg-type]
             better=_choice(data.get("better", "higher"), f"{what}.better", ("lower", "higher")),  # type: ignore[arg-type]
             min_relative_change=_number(
-                data.get("min_relative_change", 0.0), f"{what}.min_relative_change", low=0
+                data.get("min_relative_change", 0.0),
+                f"{what}.min_relative_change",
+                low=0,
+                high=MAX_RELATIVE_CHANGE,
             ),
             alpha=_number(data.get("alpha", 0.05), f"{what}.alpha", low=0, high=0.5, low_open=True),
-            min_devices=_int(data.get("min_devices", 20), f"{what}.min_devices", low=3, high=10**6),
+            min_devices=_int(
+                data.get("min_devices", 20), f"{what}.min_devices", low=3, high=MAX_MIN_DEVICES
+            ),
             on_inconclusive=_choice(  # type: ignore[arg-type]
                 data.get("on_inconclusive", "wait"),
                 f"{what}.on_inconclusive",
@@ -408,8 +447,10 @@ class Policy:
         _only(data, "policy", {f for f in cls.__dataclass_fields__})
         d = cls()
         gates = data.get("telemetry_gates", [])
-        if not isinstance(gates, list | tuple) or len(gates) > 16:
-            raise _bad("policy.telemetry_gates must be a list of at most 16 gates")
+        if not isinstance(gates, list | tuple) or len(gates) > MAX_TELEMETRY_GATES:
+            raise _bad(
+                f"policy.telemetry_gates must be a list of at most {MAX_TELEMETRY_GATES} gates"
+            )
         growth = _number(
             data.get("rate_growth_factor", d.rate_growth_factor),
             "policy.rate_growth_factor",
@@ -420,12 +461,15 @@ class Policy:
             data.get("rate_growth_every", d.rate_growth_every),
             "policy.rate_growth_every",
             low=0,
-            high=10**9,
+            high=MAX_COUNT,
         )
         if growth > 1 and every == 0:
             raise _bad("policy.rate_growth_factor needs policy.rate_growth_every > 0")
         rate = _number(
-            data.get("rate_per_minute", d.rate_per_minute), "policy.rate_per_minute", low=1
+            data.get("rate_per_minute", d.rate_per_minute),
+            "policy.rate_per_minute",
+            low=1,
+            high=MAX_RATE_PER_MINUTE,
         )
         window = data.get("window")
         return cls(
@@ -439,15 +483,19 @@ class Policy:
                 high=1,
             ),
             min_finished=_int(
-                data.get("min_finished", d.min_finished), "policy.min_finished", low=1, high=10**9
+                data.get("min_finished", d.min_finished),
+                "policy.min_finished",
+                low=1,
+                high=MAX_COUNT,
             ),
             device_timeout_minutes=_number(
                 data.get("device_timeout_minutes", d.device_timeout_minutes),
                 "policy.device_timeout_minutes",
                 low=0,
+                high=MAX_DEVICE_TIMEOUT_MINUTES,
                 low_open=True,
             ),
-            retries=_int(data.get("retries", d.retries), "policy.retries", low=0, high=10),
+            retries=_int(data.get("retries", d.retries), "policy.retries", low=0, high=MAX_RETRIES),
             rate_per_minute=rate,
             rate_growth_factor=growth,
             rate_growth_every=every,
@@ -460,10 +508,11 @@ class Policy:
                 data.get("rate_max_per_minute", max(d.rate_max_per_minute, rate)),
                 "policy.rate_max_per_minute",
                 low=rate,
+                high=MAX_RATE_PER_MINUTE,
             ),
             rate_burst=None
             if data.get("rate_burst") is None
-            else _int(data["rate_burst"], "policy.rate_burst", low=1, high=10**9),
+            else _int(data["rate_burst"], "policy.rate_burst", low=1, high=MAX_COUNT),
             jitter=_number(data.get("jitter", d.jitter), "policy.jitter", low=0, high=0.9),
             window=None if window is None else Window.from_dict(window),
             telemetry_gates=tuple(

@@ -18,18 +18,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics, permissions, serializers, status
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from device_agent.protocol.errors import ErrorCode
-from device_agent.protocol.identifiers import MODEL_NAME
 from fleet.auth import token_model_check
 from fleet.errors import ServiceError
-from fleet.identifiers import identifier_check
+from fleet.pagination import Cursor
 from ota import rollout_selectors, rollouts
 from ota.models import Rollout, RolloutAuditEvent, RolloutDevice
 from ota.rollout_serializers import (
@@ -37,6 +35,8 @@ from ota.rollout_serializers import (
     RolloutAuditEventSerializer,
     RolloutCreateSerializer,
     RolloutDeviceSerializer,
+    RolloutDevicesQuery,
+    RolloutListQuery,
     RolloutListSerializer,
     RolloutPromoteSerializer,
     RolloutScheduleSerializer,
@@ -50,14 +50,14 @@ START = "ota.start_rollout"
 CONTROL = "ota.control_rollout"
 
 
-class ByNewest(CursorPagination):
+class ByNewest(Cursor):
     ordering = "-id"
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
 
 
-class ById(CursorPagination):
+class ById(Cursor):
     ordering = "id"
     page_size = 100
     page_size_query_param = "page_size"
@@ -74,9 +74,7 @@ def _detail(rollout: Rollout, code: int = status.HTTP_200_OK) -> Response:
     return Response(RolloutSerializer(fresh).data, status=code)
 
 
-@extend_schema(
-    parameters=[OpenApiParameter("model", str), OpenApiParameter("status", str)],
-)
+@extend_schema_view(get=extend_schema(parameters=[RolloutListQuery]))
 class RolloutListView(generics.ListCreateAPIView[Rollout]):
     """List rollouts, or create one (draft, or scheduled with ``schedule``)."""
 
@@ -87,11 +85,10 @@ class RolloutListView(generics.ListCreateAPIView[Rollout]):
         return [has_perm(ADD if self.request.method == "POST" else VIEW)()]
 
     def get_queryset(self) -> QuerySet[Rollout]:
-        p = self.request.query_params
-        model = p.get("model")
-        if model:
-            identifier_check(MODEL_NAME, model, field="model")
-        return rollout_selectors.rollout_list(model=model, status=p.get("status"))
+        query = RolloutListQuery(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        p = query.validated_data
+        return rollout_selectors.rollout_list(model=p.get("model"), status=p.get("status"))
 
     @extend_schema(request=RolloutCreateSerializer, responses={201: RolloutSerializer})
     def post(self, request: Request) -> Response:
@@ -210,7 +207,7 @@ class RolloutPromoteView(_Action):
         )
 
 
-@extend_schema(parameters=[OpenApiParameter("state", str), OpenApiParameter("arm", str)])
+@extend_schema(parameters=[RolloutDevicesQuery])
 class RolloutDevicesView(generics.ListAPIView[RolloutDevice]):
     serializer_class = RolloutDeviceSerializer
     # It lists devices: whoever may not list /devices/ may not list them here either.
@@ -219,7 +216,9 @@ class RolloutDevicesView(generics.ListAPIView[RolloutDevice]):
 
     def get_queryset(self) -> QuerySet[RolloutDevice]:
         rollout = rollout_selectors.rollout_get(self.kwargs["rollout_id"])
-        p = self.request.query_params
+        query = RolloutDevicesQuery(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        p = query.validated_data
         return rollout_selectors.rollout_devices(rollout, state=p.get("state"), arm=p.get("arm"))
 
 

@@ -53,6 +53,7 @@ from ota.rollout_config import (
     Selection,
     Stage,
     arms_parse,
+    description_parse,
     phased_arms,
     stages_parse,
 )
@@ -304,7 +305,7 @@ def rollout_create(
             model=model,
             strategy=strategy,
             version=version if phased else "",
-            description=description,
+            description=description_parse(description),
             selection=parsed_selection.to_dict(),
             stages=[{"percent": s.percent, "bake_minutes": s.bake_minutes} for s in parsed_stages],
             arms=[] if phased else [asdict(a) for a in parsed_arms],

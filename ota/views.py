@@ -10,7 +10,7 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import permissions, status
 from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 from device_agent.protocol.errors import ErrorCode
 from fleet.auth import token_model_check
 from fleet.errors import ServiceError
+from fleet.parsers import JSONParser
 from ota import publishing, repository, selectors
 from ota.downloads import artifact_response
 from ota.models import Artifact, Model
@@ -177,7 +178,14 @@ def _versions(model: Model, version: str | None) -> list[dict[str, Any]]:
 class ArtifactDownloadView(APIView):
     permission_classes = [has_perm("ota.view_artifact")]
 
-    @extend_schema(responses={(200, "application/octet-stream"): bytes, 206: bytes, 302: None})
+    @extend_schema(
+        responses={
+            (200, "application/octet-stream"): bytes,
+            (206, "application/octet-stream"): bytes,
+            302: None,
+            416: None,
+        }
+    )
     def get(self, request: Request, pk: int) -> HttpResponseBase:
         return artifact_response(request, get_object_or_404(Artifact, pk=pk))
 

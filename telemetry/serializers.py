@@ -6,6 +6,7 @@ from typing import Any
 from rest_framework import serializers
 
 from device_agent.protocol.messages import METRIC_RE, TOKEN_RE
+from fleet.serializers import BoundedDateTimeField
 from telemetry.models import Granularity, Rollup, Sample
 
 # Django's RegexValidator searches: anchor the protocol's patterns.
@@ -19,7 +20,7 @@ def _finite(value: float) -> float | None:
 
 
 class DeviceSamplesQuery(serializers.Serializer[dict[str, Any]]):
-    since = serializers.DateTimeField(required=False)
+    since = BoundedDateTimeField(required=False)
     metric = serializers.RegexField(METRIC, required=False)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=5000, default=500)
 
@@ -30,15 +31,15 @@ class RollupsQuery(serializers.Serializer[dict[str, Any]]):
     granularity = serializers.ChoiceField(
         choices=Granularity.values, required=False, default=Granularity.MINUTE
     )
-    since = serializers.DateTimeField(required=False)
-    until = serializers.DateTimeField(required=False)
+    since = BoundedDateTimeField(required=False)
+    until = BoundedDateTimeField(required=False)
 
 
 class SummaryQuery(serializers.Serializer[dict[str, Any]]):
     metric = serializers.RegexField(METRIC)
     arm = serializers.ListField(child=serializers.RegexField(TOKEN), required=False, max_length=16)
-    since = serializers.DateTimeField(required=False)
-    until = serializers.DateTimeField(required=False)
+    since = BoundedDateTimeField(required=False)
+    until = BoundedDateTimeField(required=False)
     samples = serializers.IntegerField(required=False, min_value=0, max_value=10000, default=0)
 
 
@@ -110,3 +111,26 @@ class MetricSummarySerializer(serializers.Serializer[Any]):
 
     def get_p99(self, obj: Any) -> float | None:
         return _finite(obj.p99)
+
+
+# --- response envelopes (as the views answer them) -----------------------------------
+
+
+class DeviceSamplesResponse(serializers.Serializer[Any]):
+    device_id = serializers.CharField()
+    samples = SampleSerializer(many=True)
+
+
+class RollupsResponse(serializers.Serializer[Any]):
+    rollout_id = serializers.CharField()
+    metric = serializers.CharField()
+    granularity = serializers.IntegerField()
+    buckets = RollupSerializer(many=True)
+
+
+class SummaryResponse(serializers.Serializer[Any]):
+    rollout_id = serializers.CharField()
+    metric = serializers.CharField()
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField(allow_null=True)
+    arms = serializers.DictField(child=MetricSummarySerializer(), help_text="by arm name")

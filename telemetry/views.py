@@ -9,7 +9,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -26,11 +26,14 @@ from telemetry import metrics, selectors
 from telemetry.models import Granularity, Rollup, Sample
 from telemetry.serializers import (
     DeviceSamplesQuery,
+    DeviceSamplesResponse,
     MetricSummarySerializer,
     RollupSerializer,
     RollupsQuery,
+    RollupsResponse,
     SampleSerializer,
     SummaryQuery,
+    SummaryResponse,
 )
 
 DEFAULT_WINDOW = timedelta(hours=1)
@@ -62,12 +65,8 @@ class DeviceSamplesView(APIView):
     queryset = Sample.objects.none()
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("since", datetime),
-            OpenApiParameter("metric", str),
-            OpenApiParameter("limit", int, description="1-5000, default 500"),
-        ],
-        responses=SampleSerializer(many=True),
+        parameters=[DeviceSamplesQuery],
+        responses=DeviceSamplesResponse,
     )
     def get(self, request: Request, device_id: str) -> Response:
         query = _query(DeviceSamplesQuery, request)
@@ -90,14 +89,8 @@ class RolloutRollupsView(APIView):
     queryset = Rollup.objects.none()
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("metric", str, required=True),
-            OpenApiParameter("arm", str),
-            OpenApiParameter("granularity", int, enum=[60, 3600]),
-            OpenApiParameter("since", datetime, description="default: an hour ago"),
-            OpenApiParameter("until", datetime),
-        ],
-        responses=RollupSerializer(many=True),
+        parameters=[RollupsQuery],
+        responses=RollupsResponse,
     )
     def get(self, request: Request, rollout_id: str) -> Response:
         rollout_id = _rollout_id(rollout_id)
@@ -128,14 +121,8 @@ class RolloutSummaryView(APIView):
     queryset = Rollup.objects.none()
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("metric", str, required=True),
-            OpenApiParameter("arm", str, many=True, description="default: arms with rollups"),
-            OpenApiParameter("since", datetime, description="default: an hour ago"),
-            OpenApiParameter("until", datetime),
-            OpenApiParameter("samples", int, description="raw values per arm, newest first"),
-        ],
-        responses={200: None},
+        parameters=[SummaryQuery],
+        responses=SummaryResponse,
     )
     def get(self, request: Request, rollout_id: str) -> Response:
         rollout_id = _rollout_id(rollout_id)

@@ -51,3 +51,9 @@ class ErrorCode(StrEnum):
     # An identifier (model name, hardware, device id, group or tag name, rollout id...)
     # outside its alphabet (device_agent/protocol/identifiers.py, docs/api.md).
     INVALID_IDENTIFIER = "invalid_identifier"
+    # Added by the control plane: the HTTP method is not allowed on this path.
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    # Added by the control plane: too many requests; retry after the Retry-After header.
+    THROTTLED = "throttled"
+    # Added by the control plane: a server fault (HTTP 5xx); the request may be retried.
+    INTERNAL = "internal"

@@ -108,8 +108,7 @@ def test_the_mosquitto_broker_keeps_retained_messages_and_its_log_across_a_resta
 def test_the_mosquitto_broker_saves_retained_messages_within_seconds(tmp_path: Path) -> None:
     # A crash (kill -9) keeps what the broker saved: the quick start saves every second,
     # so a desired state acknowledged a moment before is still there (issue 16).
-    if mosquitto_binary() is None:
-        pytest.skip("mosquitto is not installed: apt-get install mosquitto")
+    require_service(mosquitto_binary() is not None, "mosquitto", "apt-get install mosquitto")
     port = free_port()
     process = _start("mosquitto", port, tmp_path, own_group=True)
     try:

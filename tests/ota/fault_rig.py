@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import pytest
 from rollout_onnx import chain_onnx, selftest_meta
 from rollout_system import FleetSystem, wait_until
+from service_check import require_module
 
 from device_agent.metrics_client import send_datagram
 from device_agent.protocol.messages import parse_event, parse_telemetry
@@ -400,10 +400,10 @@ def _retained_seqs(port: int, expected: int, timeout: float = 10.0) -> dict[str,
 def _padded(model: bytes, megabytes: int) -> bytes:
     """The model with an unused initializer of `megabytes` MB: a big artifact that still
     loads and passes its self-test."""
-    onnx = pytest.importorskip("onnx")
+    onnx = require_module("onnx", "pip install -e '.[dev]'")
     from onnx import numpy_helper
 
-    numpy = pytest.importorskip("numpy")
+    numpy = require_module("numpy", "pip install -e '.[dev]'")
     proto = onnx.load_from_string(model)
     rng = numpy.random.default_rng(megabytes)
     pad = rng.integers(0, 255, size=megabytes * 1024 * 1024, dtype=numpy.uint8)

@@ -14,7 +14,7 @@ from service_check import require_module
 
 DEVICES = 20
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from rollout_system import FleetSystem, wait_until
 
 DEVICES = 20
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ WARNING = (
 )
 
 AUTOSAVE_SECONDS = 1
+# How long amqtt may take to close its connections on SIGTERM before the command exits.
+SHUTDOWN_S = 5
 
 
 def mosquitto_binary() -> str | None:
@@ -105,6 +107,13 @@ class Command(BaseCommand):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
-            await broker.shutdown()
+            try:
+                # amqtt keeps a connection whose session never started (a port probe) open,
+                # and shutdown() waits for every connection to close: bound it.
+                await asyncio.wait_for(broker.shutdown(), SHUTDOWN_S)
+            except TimeoutError:
+                self.stderr.write(f"amqtt did not shut down within {SHUTDOWN_S}s; exiting")
+                self.stderr.flush()
+                os._exit(0)
 
         asyncio.run(run())

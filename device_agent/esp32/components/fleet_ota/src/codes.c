@@ -37,6 +37,9 @@ static const char *const NAMES[FO_CODE_COUNT] = {
     "empty_selection",
     "token_expired",
     "invalid_identifier",
+    "method_not_allowed",
+    "throttled",
+    "internal",
 };
 
 const char *fo_code_name(fo_code_t code)
