@@ -20,7 +20,7 @@ from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework import serializers
 
-from device_agent.fsutil import create_once
+from device_agent.protocol.fsutil import create_once
 from fleet.path_converters import openapi_path_overrides
 
 # Lets the admin and serializer classes be written with their type parameters.
