@@ -37,12 +37,12 @@ from cryptography.x509.oid import NameOID
 from device_agent import AGENT_VERSION
 from device_agent.config import DEFAULT_DIR, AgentConfig, ConfigError, Layout
 from device_agent.delivery import RESEND_FIRST_S, RESEND_MAX_S, EventDelivery, EventOutbox
-from device_agent.fsutil import write_atomic
 from device_agent.journal import Journal
 from device_agent.metrics_client import encode_sample, send_datagram
 from device_agent.mqtt import MqttLink, TlsFiles
 from device_agent.protocol.envelope import load_public_key_pem
 from device_agent.protocol.exceptions import ProtocolError
+from device_agent.protocol.fsutil import write_atomic
 from device_agent.protocol.identifiers import DEVICE_ID, HARDWARE, MODEL_NAME
 from device_agent.protocol.messages import Phase, ReportedState, UpdateEvent
 from device_agent.protocol.topics import Channel

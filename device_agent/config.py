@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_agent.fsutil import make_dir, write_json_atomic
+from device_agent.protocol.fsutil import make_dir, write_json_atomic
 from device_agent.protocol.identifiers import DEVICE_ID, HARDWARE
 
 DEFAULT_DIR = Path(os.environ.get("FLEET_AGENT_DIR", "/var/lib/fleet-agent"))

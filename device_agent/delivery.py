@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from device_agent.fsutil import write_json_atomic
 from device_agent.protocol.exceptions import ProtocolError
+from device_agent.protocol.fsutil import write_json_atomic
 from device_agent.protocol.messages import UpdateEvent, dumps_json, parse_acks
 
 log = logging.getLogger(__name__)

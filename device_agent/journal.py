@@ -9,7 +9,7 @@ recovery does in each state. Idle is the absence of the file.
 import json
 from pathlib import Path
 
-from device_agent.fsutil import remove_durably, write_json_atomic
+from device_agent.protocol.fsutil import remove_durably, write_json_atomic
 from device_agent.state import IDLE, AgentState, Status
 
 JOURNAL_VERSION = 1

@@ -44,10 +44,10 @@ from device_agent.download import (
     download,
     verify_file,
 )
-from device_agent.fsutil import remove_durably
 from device_agent.journal import Journal, JournalError
 from device_agent.protocol.envelope import read_public_key
 from device_agent.protocol.errors import ErrorCode
+from device_agent.protocol.fsutil import remove_durably
 from device_agent.protocol.messages import (
     MAX_DETAIL_CHARS,
     ModelState,

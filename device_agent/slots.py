@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from device_agent.fsutil import fsync_dir, make_dir
+from device_agent.protocol.fsutil import fsync_dir, make_dir
 from device_agent.protocol.messages import Slot
 from device_agent.testhooks import crashpoint
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from device_agent.fsutil import write_json_atomic
+from device_agent.protocol.fsutil import write_json_atomic
 from device_agent.protocol.messages import (
     Phase,
     Slot,

@@ -24,22 +24,16 @@ entry's refusal is a `rejected` event for that model while the other models go o
 import hashlib
 import json
 import logging
-import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-import tuf
-import urllib3
 from cryptography.hazmat.primitives.asymmetric import ec
 from tuf.api import exceptions as tuf_exceptions
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater
-from tuf.ngclient._internal.proxy import ProxyEnvironment
-from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from device_agent.protocol.envelope import verify_desired
 from device_agent.protocol.errors import ErrorCode
@@ -48,12 +42,13 @@ from device_agent.protocol.messages import DesiredState, ModelTarget
 from device_agent.slots import ModelSlots
 from device_agent.state import DesiredAccepted, DesiredRejected, Job, Rejection
 from device_agent.store import AgentStore
+from device_agent.tuf_fetch import DeadlineFetcher
+from device_agent.tuf_reference_time import reference_time_set
 
 log = logging.getLogger(__name__)
 
 TUF_SOCKET_TIMEOUT_S = 30.0
 TUF_DEADLINE_S = 120.0
-TUF_CHUNK = 64 * 1024
 
 
 class Refused(Exception):
@@ -109,59 +104,6 @@ def envelope_digest(envelope: bytes) -> str:
     return hashlib.sha256(envelope).hexdigest()
 
 
-class DeadlineFetcher(Urllib3Fetcher):
-    """ngclient's urllib3 fetcher with a bound on each whole file, not only on gaps.
-
-    Urllib3Fetcher times out only when no byte arrives for `socket_timeout`, and reads
-    400 kB at a time; a server dripping a byte every few seconds would keep a refresh
-    going for days. This reads whatever each socket read returns and gives up with
-    SlowRetrievalError (download_timeout) once a file takes longer than `deadline_s`.
-    (The size bound is ngclient's: metadata_too_large past the role's max length.)
-    """
-
-    def __init__(
-        self,
-        *,
-        socket_timeout_s: float,
-        deadline_s: float,
-        app_user_agent: str,
-        ca_certs: str | None = None,
-    ) -> None:
-        super().__init__(socket_timeout=math.ceil(socket_timeout_s), app_user_agent=app_user_agent)
-        self.deadline_s = deadline_s
-        if ca_certs is not None:
-            # The control plane's private CA (enroll --server-ca). Urllib3Fetcher has no
-            # argument for it; it makes its PoolManagers through this object (tuf 6-7),
-            # which passes its keyword arguments on to each.
-            user_agent = f"{app_user_agent} python-tuf/{tuf.__version__}"
-            self._proxy_env = ProxyEnvironment(
-                headers={"User-Agent": user_agent}, ca_certs=ca_certs
-            )
-
-    def _chunks(self, response: urllib3.response.BaseHTTPResponse) -> Iterator[bytes]:
-        deadline = time.monotonic() + self.deadline_s
-        read1 = getattr(response, "read1", None)
-        chunks: Iterator[bytes] = (
-            iter(lambda: read1(TUF_CHUNK), b"") if read1 else response.stream(TUF_CHUNK)
-        )
-        whole = False
-        try:
-            for data in chunks:
-                yield data
-                if time.monotonic() > deadline:
-                    raise tuf_exceptions.SlowRetrievalError(
-                        f"not fetched within the {self.deadline_s:g}s deadline"
-                    )
-            whole = True
-        except urllib3.exceptions.TimeoutError as exc:
-            raise tuf_exceptions.SlowRetrievalError(f"no data for {self.socket_timeout}s") from exc
-        finally:
-            if not whole:
-                # Unread bytes (too slow, too long): drop the connection, never reuse it.
-                response.close()
-            response.release_conn()
-
-
 def tuf_updater(
     *,
     trust_root: Path,
@@ -196,12 +138,7 @@ def tuf_updater(
             bootstrap=trust_root.read_bytes(),
         )
         if reference_time is not None:
-            # python-tuf has no public knob for this; the attribute is read by every
-            # expiry check of the refresh below (tuf 6-7, TrustedMetadataSet).
-            trusted_set = getattr(updater, "_trusted_set", None)
-            if trusted_set is None or not hasattr(trusted_set, "reference_time"):
-                raise RuntimeError("this python-tuf has no TrustedMetadataSet.reference_time")
-            trusted_set.reference_time = reference_time()
+            reference_time_set(updater, reference_time())
         updater.refresh()
         return updater
 

@@ -14,7 +14,7 @@ from fleet.models import (
     Group,
     Tag,
 )
-from fleet.selectors import dynamic_group_devices
+from fleet.selectors import dynamic_group_devices, installed_models
 
 
 @admin.register(ApiToken)
@@ -61,6 +61,7 @@ class DeviceAdmin(admin.ModelAdmin[Device]):
     list_display = [
         "device_id",
         "hardware",
+        "installed",
         "online",
         "agent_version",
         "last_seen_at",
@@ -71,11 +72,12 @@ class DeviceAdmin(admin.ModelAdmin[Device]):
     show_full_result_count = False  # COUNT(*) over 100 000 rows on every page is wasted work
     list_per_page = 100
     filter_horizontal = ["tags", "groups"]
+    exclude = ["reported"]
     readonly_fields = [
         "device_id",
         "hardware",
+        "installed",
         "agent_version",
-        "reported",
         "reported_seq",
         "online",
         "last_seen_at",
@@ -87,6 +89,14 @@ class DeviceAdmin(admin.ModelAdmin[Device]):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # devices enroll themselves with a token
+
+    @admin.display(description="installed models")
+    def installed(self, obj: Device) -> str:
+        """Each model's version from the device's last report (``kws 2.0.0``)."""
+        return (
+            ", ".join(f"{name} {version}" for name, version in installed_models(obj.reported))
+            or "-"
+        )
 
     @admin.action(description="Revoke the selected devices (certificates go into the CRL)")
     def revoke(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
@@ -132,8 +142,20 @@ class EnrollmentTokenAdmin(admin.ModelAdmin[EnrollmentToken]):
 
 @admin.register(DeviceEvent)
 class DeviceEventAdmin(admin.ModelAdmin[DeviceEvent]):
+    """Devices write their events (through the bridge); operators only read them."""
+
     list_display = ["device", "phase", "model", "rollout_id", "code", "ts", "received_at"]
-    list_filter = ["phase", "code"]
+    list_filter = ["phase", "code", "received_at"]
+    list_select_related = ["device"]
     search_fields = ["device__device_id", "rollout_id"]
     show_full_result_count = False
     readonly_fields = [f.name for f in DeviceEvent._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.conf import settings
 
-from device_agent import fsutil
+from device_agent.protocol import fsutil
 
 CA_KEY_FILE = "fleet-ca.key"
 CA_CERT_FILE = "fleet-ca.pem"

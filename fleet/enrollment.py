@@ -51,8 +51,7 @@ def enrollment_token_create(
     token = EnrollmentToken.objects.create(
         lookup=lookup,
         secret_hash=secret_hash,
-        expires_at=timezone.now()
-        + timedelta(hours=hours or settings.FLEET_ENROLLMENT_TOKEN_HOURS),
+        expires_at=timezone.now() + timedelta(hours=hours or settings.FLEET_ENROLLMENT_TOKEN_HOURS),
         hardware=hardware,
         group=group,
         created_by=by,

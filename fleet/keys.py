@@ -7,13 +7,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 
-from device_agent.fsutil import create_once
 from device_agent.protocol.envelope import (
     generate_director_key,
     private_key_to_pem,
     public_key_to_pem,
     read_private_key,
 )
+from device_agent.protocol.fsutil import create_once
 
 DIRECTOR_KEY_FILE = "director.pem"
 

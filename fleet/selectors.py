@@ -41,3 +41,16 @@ def dynamic_group_devices(group: DynamicGroup) -> QuerySet[Device]:
     for tag in group.tags:
         qs = qs.filter(tags__name=tag)
     return qs
+
+
+def installed_models(reported: object) -> list[tuple[str, str]]:
+    """(model, version) pairs from a device's last reported state, in its order; odd
+    entries of an old or hostile report are left out, never raised on."""
+    models = reported.get("models") if isinstance(reported, dict) else None
+    out = []
+    for entry in models if isinstance(models, list) else ():
+        if isinstance(entry, dict):
+            name, version = entry.get("name"), entry.get("version")
+            if isinstance(name, str) and isinstance(version, str):
+                out.append((name, version))
+    return out

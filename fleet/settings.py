@@ -20,7 +20,7 @@ from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework import serializers
 
-from device_agent.fsutil import create_once
+from device_agent.protocol.fsutil import create_once
 from fleet.path_converters import openapi_path_overrides
 
 # Lets the admin and serializer classes be written with their type parameters.
@@ -133,7 +133,7 @@ CSRF_TRUSTED_ORIGINS = [
 ]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "ota.admin_apps.FleetAdminConfig",  # django.contrib.admin with the fleet overview
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -167,7 +167,8 @@ WSGI_APPLICATION = "fleet.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Before the apps' own: the project's overrides of the admin's templates.
+        "DIRS": [BASE_DIR / "fleet" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

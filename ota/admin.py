@@ -1,21 +1,35 @@
-from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 
 from fleet.errors import ServiceError
+from ota import rollout_dashboard as dash
 from ota import rollouts
 from ota.models import (
     Artifact,
     Model,
     ReleaseKey,
     Rollout,
-    RolloutAuditEvent,
     RolloutDevice,
+    RolloutStatus,
+    RolloutStrategy,
     TufMetadata,
 )
-from ota.rollout_selectors import rollout_progress
+from ota.rollout_selectors import rollout_audit
 
 
 class ReleaseKeyInline(admin.TabularInline[ReleaseKey, Model]):
@@ -37,6 +51,9 @@ class ModelAdmin(admin.ModelAdmin[Model]):
         # Registration signs top-level targets: `manage.py model_register`.
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # read-only page: no Save buttons
+
 
 @admin.register(Artifact)
 class ArtifactAdmin(admin.ModelAdmin[Artifact]):
@@ -57,6 +74,9 @@ class ArtifactAdmin(admin.ModelAdmin[Artifact]):
     def has_add_permission(self, request: object) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
     def has_delete_permission(self, request: object, obj: object = None) -> bool:
         return False
 
@@ -71,23 +91,63 @@ class TufMetadataAdmin(admin.ModelAdmin[TufMetadata]):
     def has_add_permission(self, request: object) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
 
 # --- rollouts -----------------------------------------------------------------------------------
-# Rollouts are created through the API (or `fleetctl`), which validates the whole document;
-# here operators watch them and pause, resume, abort or start them. Every action goes through
+# Rollouts are created through the API (or `fleetctl`), which validates the whole document.
+# Here operators watch them on a read-only page (the change view is replaced) and pause,
+# resume, abort, promote or start them, each with a reason; every action goes through
 # ota/rollouts.py, so it is audited like an API call.
 
+# action -> (permission, what the button says)
+ROLLOUT_ACTIONS: dict[str, tuple[str, str]] = {
+    "start": ("ota.start_rollout", "Start now"),
+    "pause": ("ota.control_rollout", "Pause"),
+    "resume": ("ota.control_rollout", "Resume"),
+    "promote": ("ota.control_rollout", "Promote arm"),
+    "abort": ("ota.control_rollout", "Abort and roll back"),
+}
+MAX_REASON = 500
+DEVICES_PER_PAGE = 50
 
-class RolloutAuditInline(admin.TabularInline[RolloutAuditEvent, Rollout]):
-    model = RolloutAuditEvent
-    extra = 0
-    can_delete = False
-    fields = ["at", "from_status", "to_status", "actor_name", "reason", "figures"]
-    readonly_fields = ["at", "from_status", "to_status", "actor_name", "reason", "figures"]
-    ordering = ["at", "pk"]
 
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
+def available_actions(rollout: Rollout) -> list[str]:
+    """What the rollout's status allows now (the services refuse the rest anyway)."""
+    status = rollout.status
+    allowed = []
+    if status in (RolloutStatus.DRAFT, RolloutStatus.SCHEDULED):
+        allowed.append("start")
+    if status == RolloutStatus.RUNNING:
+        allowed.append("pause")
+    if status == RolloutStatus.PAUSED:
+        allowed.append("resume")
+    if (
+        rollout.strategy == RolloutStrategy.AB
+        and status in (RolloutStatus.RUNNING, RolloutStatus.PAUSED)
+        and not rollout.promoted_arm
+    ):
+        allowed.append("promote")
+    if status in (
+        RolloutStatus.DRAFT,
+        RolloutStatus.SCHEDULED,
+        RolloutStatus.RUNNING,
+        RolloutStatus.PAUSED,
+    ):
+        allowed.append("abort")
+    return allowed
+
+
+class RolloutChangeList(ChangeList):
+    """Reads the progress of a page of rollouts in one query, not one per row."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        rows = list(self.result_list)  # fills the queryset's cache: the rows shown
+        progress = dash.arms_progress(rows)
+        for rollout in rows:
+            rollout.dash_arms = progress[rollout.pk]
 
 
 @admin.register(Rollout)
@@ -104,13 +164,15 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
         "created_at",
     ]
     list_filter = ["status", "strategy", "model"]
+    list_select_related = ["model", "created_by"]
     search_fields = ["model__name", "version", "description"]
-    readonly_fields = [*(str(f.name) for f in Rollout._meta.fields), "progress"]
-    inlines = [RolloutAuditInline]
-    actions = ["start", "pause", "resume", "abort"]
+    actions = None
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # read-only page; actions have their own permissions
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
@@ -129,74 +191,138 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
         percent = stages[obj.current_stage]["percent"]
         return f"{obj.current_stage + 1}/{len(stages)} ({percent:g} %)"
 
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return RolloutChangeList
+
     @admin.display(description="devices by state")
     def progress(self, obj: Rollout) -> str:
-        total = rollout_progress(obj)["total"]
-        return ", ".join(f"{state} {n}" for state, n in sorted(total.items())) or "-"
+        arms = getattr(obj, "dash_arms", None)
+        if arms is None:
+            arms = dash.arm_progress(obj)
+        total: dict[str, int] = {}
+        for arm in arms:
+            for segment in arm.segments:
+                total[segment.label] = total.get(segment.label, 0) + segment.count
+        return ", ".join(f"{label} {n}" for label, n in total.items()) or "-"
 
-    def _act(
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path("<int:pk>/act/", view(self.act_view), name="ota_rollout_act"),
+            path("<int:pk>/progress/", view(self.progress_view), name="ota_rollout_progress"),
+            *super().get_urls(),
+        ]
+
+    def _rollout(self, request: HttpRequest, pk: int) -> Rollout:
+        rollout = Rollout.objects.select_related("model", "created_by").filter(pk=pk).first()
+        if rollout is None:
+            raise Http404(f"no rollout r-{pk}")
+        if not self.has_view_permission(request, rollout):
+            raise PermissionDenied
+        return rollout
+
+    def _live(self, request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
+        """What changes while the page is open: status, actions, progress, gates, stages."""
+        arms = dash.arm_progress(rollout)
+        return {
+            "rollout": rollout,
+            "arms": arms,
+            "gates": dash.gate_rows(rollout),
+            "failures": dash.failure_codes(rollout),
+            "actions": [
+                (name, ROLLOUT_ACTIONS[name][1])
+                for name in available_actions(rollout)
+                if request.user.has_perm(ROLLOUT_ACTIONS[name][0])
+            ],
+            "arm_names": [a["name"] for a in dash.arms_table(rollout)],
+            "stages": dash.stage_timeline(rollout, sum(a.devices for a in arms)),
+            "devices_total": sum(a.devices for a in arms),
+            "max_reason": MAX_REASON,
+        }
+
+    def change_view(
         self,
         request: HttpRequest,
-        queryset: QuerySet[Rollout],
-        perm: str,
-        verb: str,
-        change: Callable[[Rollout], Rollout],
-    ) -> None:
-        if not request.user.has_perm(perm):
-            self.message_user(request, f"{verb} needs the {perm} permission", messages.ERROR)
-            return
-        done = 0
-        for rollout in queryset:
-            try:
-                change(rollout)
-                done += 1
-            except ServiceError as exc:
-                self.message_user(request, f"{rollout.public_id}: {exc.detail}", messages.WARNING)
-        self.message_user(request, f"{verb}: {done} rollout(s).")
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if not object_id.isascii() or not object_id.isdigit():
+            raise Http404("no such rollout")
+        rollout = self._rollout(request, int(object_id))
+        live = self._live(request, rollout)
+        filters = {
+            "state": request.GET.get("state", "")[:32],
+            "arm": request.GET.get("arm", "")[:64],
+            "code": request.GET.get("code", "")[:32],
+        }
+        devices = Paginator(
+            dash.devices_page_queryset(rollout, **filters), DEVICES_PER_PAGE
+        ).get_page(request.GET.get("page"))
+        context = {
+            **self.admin_site.each_context(request),
+            **live,
+            "opts": self.opts,
+            "title": f"Rollout {rollout.public_id}: {rollout.model.name}",
+            "subtitle": None,
+            "has_view_permission": True,
+            "arms_table": dash.arms_table(rollout),
+            "selection": dash.selection_sentences(rollout),
+            "policy": dash.policy_sentences(rollout),
+            "audit": rollout_audit(rollout),
+            "devices": devices,
+            "filters": filters,
+            "filter_query": urlencode({k: v for k, v in filters.items() if v}),
+            "state_choices": dash.DISPLAY_STATES,
+        }
+        return TemplateResponse(request, "admin/ota/rollout/detail.html", context)
 
-    @admin.action(description="Start the selected rollouts now")
-    def start(self, request: HttpRequest, queryset: QuerySet[Rollout]) -> None:
-        reason = f"started from the admin by {request.user}"
-        self._act(
-            request,
-            queryset,
-            "ota.start_rollout",
-            "Started",
-            lambda r: rollouts.rollout_start(rollout=r, by=request.user, reason=reason),
+    def progress_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """The live part of the rollout page, fetched by ota/dashboard.js every few seconds."""
+        rollout = self._rollout(request, pk)
+        return TemplateResponse(
+            request, "admin/ota/rollout/_live.html", self._live(request, rollout)
         )
 
-    @admin.action(description="Pause the selected rollouts")
-    def pause(self, request: HttpRequest, queryset: QuerySet[Rollout]) -> None:
-        reason = f"paused from the admin by {request.user}"
-        self._act(
-            request,
-            queryset,
-            "ota.control_rollout",
-            "Paused",
-            lambda r: rollouts.rollout_pause(rollout=r, by=request.user, reason=reason),
-        )
-
-    @admin.action(description="Resume the selected rollouts")
-    def resume(self, request: HttpRequest, queryset: QuerySet[Rollout]) -> None:
-        reason = f"resumed from the admin by {request.user}"
-        self._act(
-            request,
-            queryset,
-            "ota.control_rollout",
-            "Resumed",
-            lambda r: rollouts.rollout_resume(rollout=r, by=request.user, reason=reason),
-        )
-
-    @admin.action(description="Abort the selected rollouts and roll their devices back")
-    def abort(self, request: HttpRequest, queryset: QuerySet[Rollout]) -> None:
-        reason = f"aborted from the admin by {request.user}"
-        self._act(
-            request,
-            queryset,
-            "ota.control_rollout",
-            "Aborted",
-            lambda r: rollouts.rollout_abort(rollout=r, by=request.user, reason=reason),
-        )
+    def act_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        rollout = self._rollout(request, pk)
+        action = request.POST.get("action", "")
+        if action not in ROLLOUT_ACTIONS:
+            return HttpResponseBadRequest("unknown action")
+        if not request.user.has_perm(ROLLOUT_ACTIONS[action][0]):
+            raise PermissionDenied
+        page = reverse("admin:ota_rollout_change", args=[rollout.pk])
+        reason = " ".join(request.POST.get("reason", "").split())
+        if not reason:
+            self.message_user(
+                request, "Give a reason: it goes into the audit trail.", messages.ERROR
+            )
+            return HttpResponseRedirect(page)
+        if len(reason) > MAX_REASON:
+            self.message_user(
+                request, f"The reason is longer than {MAX_REASON} characters.", messages.ERROR
+            )
+            return HttpResponseRedirect(page)
+        user = request.user
+        try:
+            if action == "start":
+                rollouts.rollout_start(rollout=rollout, by=user, reason=reason)
+            elif action == "pause":
+                rollouts.rollout_pause(rollout=rollout, by=user, reason=reason)
+            elif action == "resume":
+                rollouts.rollout_resume(rollout=rollout, by=user, reason=reason)
+            elif action == "abort":
+                rollouts.rollout_abort(rollout=rollout, by=user, reason=reason)
+            else:
+                arm = request.POST.get("arm", "")[:64]
+                rollouts.rollout_promote(rollout=rollout, arm=arm, by=user, reason=reason)
+        except ServiceError as exc:
+            self.message_user(request, f"Rollout {rollout.public_id}: {exc.detail}", messages.ERROR)
+        else:
+            self.message_user(request, f"Rollout {rollout.public_id}: {action} done.")
+        return HttpResponseRedirect(page)
 
 
 @admin.register(RolloutDevice)
@@ -220,6 +346,9 @@ class RolloutDeviceAdmin(admin.ModelAdmin[RolloutDevice]):
     readonly_fields = [f.name for f in RolloutDevice._meta.fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:

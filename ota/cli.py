@@ -68,14 +68,18 @@ class MultipartBody:
         self.content_type = f"multipart/form-data; boundary={boundary}"
         self.path = path
         self.head = (
-            f"--{boundary}\r\n"
-            'Content-Disposition: form-data; name="metadata"; filename="metadata.json"\r\n'
-            "Content-Type: application/json\r\n\r\n"
-        ).encode() + metadata + (
-            f"\r\n--{boundary}\r\n"
-            'Content-Disposition: form-data; name="file"; filename="artifact"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
+            (
+                f"--{boundary}\r\n"
+                'Content-Disposition: form-data; name="metadata"; filename="metadata.json"\r\n'
+                "Content-Type: application/json\r\n\r\n"
+            ).encode()
+            + metadata
+            + (
+                f"\r\n--{boundary}\r\n"
+                'Content-Disposition: form-data; name="file"; filename="artifact"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+        )
         self.tail = f"\r\n--{boundary}--\r\n".encode()
         self.size = len(self.head) + path.stat().st_size + len(self.tail)
 

@@ -350,11 +350,11 @@ def _committed(pending: _Pending, seconds: float) -> None:
         metrics.TELEMETRY_LAST_COMMIT.set(now)
     if pending.received:
         lags = [now - received for received in pending.received]
-        metrics.observe_values(metrics.TELEMETRY_LAG_SECONDS, (), lags)
+        metrics.TELEMETRY_LAG_SECONDS.observe_values((), lags)
     if pending.model_values is not None:
         for labels, (latencies, confidences) in pending.model_values.items():
-            metrics.observe_values(metrics.MODEL_LATENCY_SECONDS, labels, latencies)
-            metrics.observe_values(metrics.MODEL_CONFIDENCE, labels, confidences)
+            metrics.MODEL_LATENCY_SECONDS.observe_values(labels, latencies)
+            metrics.MODEL_CONFIDENCE.observe_values(labels, confidences)
 
 
 def telemetry_sink_from_settings() -> TelemetryIngest:

@@ -18,8 +18,7 @@ import logging
 import os
 import threading
 import time
-from bisect import bisect_right
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -39,6 +38,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from device_agent.protocol.errors import ErrorCode
+from telemetry.batch_histogram import OTHER, BatchHistogram
 
 if TYPE_CHECKING:
     from telemetry.fleet_stats import FleetStats
@@ -109,26 +109,6 @@ BRIDGE_OUTBOX_LEADER = Gauge(
 # by `fleet_bridge_dropped_total{channel="telemetry"}`.
 
 
-class BatchHistogram(Histogram):
-    """A Histogram that also takes pre-bucketed observations (`observe_values()`).
-
-    The ingest path sees tens of thousands of values a second; collecting them in a plain
-    list and adding bucket counts once per batch costs a fraction of one `observe()` (a
-    lock and, under multiprocess mode, an mmap write) per value.
-    """
-
-    def observe_counts(self, counts: Sequence[int], total: float) -> None:
-        """Add `counts[i]` observations to bucket i (non-cumulative, +Inf last) and `total`
-        to the sum."""
-        self._raise_if_not_observable()
-        if len(counts) != len(self._buckets):
-            raise ValueError(f"{len(counts)} counts for {len(self._buckets)} buckets")
-        for bucket, n in zip(self._buckets, counts, strict=True):
-            if n:
-                bucket.inc(n)
-        self._sum.inc(total)
-
-
 TELEMETRY_SAMPLES_STORED = Counter(
     "fleet_telemetry_samples_stored_total",
     "Telemetry samples committed to the database.",
@@ -166,58 +146,22 @@ TELEMETRY_LAST_COMMIT = Gauge(
 # `none` outside a rollout, `main` in a phased one. Label sets beyond LABEL_SETS_MAX per
 # histogram are folded into version="other", arm="other": versions and arms come from
 # devices.
+LABEL_SETS_MAX = 1000
 MODEL_LATENCY_SECONDS = BatchHistogram(
     "fleet_model_latency_seconds",
     "Model inference latency reported by devices (their latency_ms metric), in seconds.",
     ["model", "version", "arm"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    max_label_sets=LABEL_SETS_MAX,
 )
 MODEL_CONFIDENCE = BatchHistogram(
     "fleet_model_confidence_ratio",
     "Model confidence reported by devices (their confidence metric), 0 to 1.",
     ["model", "version", "arm"],
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+    max_label_sets=LABEL_SETS_MAX,
 )
-LABEL_SETS_MAX = 1000
-OTHER = "other"
 NO_ARM = "none"
-
-
-def observe_values(histogram: BatchHistogram, labels: tuple[str, ...], values: list[float]) -> None:
-    """Observe many values at once (sorts `values`): one bucket search per bound instead
-    of one `observe()` per value."""
-    if not values:
-        return
-    values.sort()
-    counts = []
-    below = 0
-    for bound in histogram._upper_bounds[:-1]:
-        upto = bisect_right(values, bound)
-        counts.append(upto - below)
-        below = upto
-    counts.append(len(values) - below)
-    _histogram_child(histogram, labels).observe_counts(counts, sum(values))
-
-
-_children: dict[tuple[int, tuple[str, ...]], BatchHistogram] = {}
-_children_lock = threading.Lock()
-
-
-def _histogram_child(histogram: BatchHistogram, labels: tuple[str, ...]) -> BatchHistogram:
-    if not labels:
-        return histogram
-    key = (id(histogram), labels)
-    child = _children.get(key)
-    if child is not None:
-        return child
-    with _children_lock:
-        if sum(1 for k in _children if k[0] == id(histogram)) >= LABEL_SETS_MAX:
-            labels = (labels[0], *([OTHER] * (len(labels) - 1)))
-            key = (id(histogram), labels)
-            if key in _children:
-                return _children[key]
-        child = _children[key] = histogram.labels(*labels)
-    return child
 
 
 # --- the web process: fleet gauges computed at scrape time --------------------------------
@@ -476,7 +420,7 @@ FLEET_COLLECTOR = FleetCollector()
 # Moved by the bridge only: the web process leaves them out of its exposition, where they
 # would be zeros (and, for gauges under gunicorn, one series per worker pid).
 _BRIDGE_ONLY = frozenset(
-    metric._name
+    family.name
     for metric in (
         BRIDGE_MESSAGES,
         BRIDGE_DROPPED,
@@ -500,6 +444,7 @@ _BRIDGE_ONLY = frozenset(
         MODEL_LATENCY_SECONDS,
         MODEL_CONFIDENCE,
     )
+    for family in metric.describe()
 )
 
 

@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from device_agent.fsutil import write_atomic
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.exceptions import ProtocolError, brief
+from device_agent.protocol.fsutil import write_atomic
 from device_agent.protocol.messages import (
     MAX_PAYLOAD_BYTES,
     DesiredState,

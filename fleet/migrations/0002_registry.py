@@ -7,129 +7,246 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0001_initial'),
+        ("fleet", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Device',
+            name="Device",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('device_id', models.CharField(max_length=64, unique=True, validators=[django.core.validators.RegexValidator('^[A-Za-z0-9_-]{1,64}$', 'device ids are 1-64 of A-Z a-z 0-9 _ -')])),
-                ('hardware', models.CharField(db_index=True, max_length=64)),
-                ('agent_version', models.CharField(blank=True, max_length=32)),
-                ('reported', models.JSONField(blank=True, default=dict, help_text='the last reported state (models, slots, statuses)')),
-                ('reported_seq', models.PositiveBigIntegerField(default=0, help_text='last_seq it reported')),
-                ('online', models.BooleanField(db_index=True, default=False)),
-                ('last_seen_at', models.DateTimeField(blank=True, null=True)),
-                ('enrolled_at', models.DateTimeField(auto_now_add=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "device_id",
+                    models.CharField(
+                        max_length=64,
+                        unique=True,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[A-Za-z0-9_-]{1,64}$", "device ids are 1-64 of A-Z a-z 0-9 _ -"
+                            )
+                        ],
+                    ),
+                ),
+                ("hardware", models.CharField(db_index=True, max_length=64)),
+                ("agent_version", models.CharField(blank=True, max_length=32)),
+                (
+                    "reported",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text="the last reported state (models, slots, statuses)",
+                    ),
+                ),
+                (
+                    "reported_seq",
+                    models.PositiveBigIntegerField(default=0, help_text="last_seq it reported"),
+                ),
+                ("online", models.BooleanField(db_index=True, default=False)),
+                ("last_seen_at", models.DateTimeField(blank=True, null=True)),
+                ("enrolled_at", models.DateTimeField(auto_now_add=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'ordering': ['device_id'],
+                "ordering": ["device_id"],
             },
         ),
         migrations.CreateModel(
-            name='DynamicGroup',
+            name="DynamicGroup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('description', models.TextField(blank=True)),
-                ('hardware', models.JSONField(blank=True, default=list, help_text='any of these; empty: any')),
-                ('tags', models.JSONField(blank=True, default=list, help_text='all of these tags')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, unique=True)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "hardware",
+                    models.JSONField(
+                        blank=True, default=list, help_text="any of these; empty: any"
+                    ),
+                ),
+                ("tags", models.JSONField(blank=True, default=list, help_text="all of these tags")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Group',
+            name="Group",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('description', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, unique=True)),
+                ("description", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Tag',
+            name="Tag",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=64, unique=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=64, unique=True)),
             ],
         ),
         migrations.CreateModel(
-            name='DesiredState',
+            name="DesiredState",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('seq', models.PositiveBigIntegerField(default=0)),
-                ('payload', models.JSONField(default=dict)),
-                ('envelope', models.BinaryField(default=b'')),
-                ('issued_at', models.DateTimeField(null=True)),
-                ('published_seq', models.PositiveBigIntegerField(db_index=True, default=0)),
-                ('published_at', models.DateTimeField(blank=True, null=True)),
-                ('device', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='desired', to='fleet.device')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("seq", models.PositiveBigIntegerField(default=0)),
+                ("payload", models.JSONField(default=dict)),
+                ("envelope", models.BinaryField(default=b"")),
+                ("issued_at", models.DateTimeField(null=True)),
+                ("published_seq", models.PositiveBigIntegerField(db_index=True, default=0)),
+                ("published_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "device",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="desired",
+                        to="fleet.device",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='DeviceCertificate',
+            name="DeviceCertificate",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('serial', models.CharField(help_text='hex', max_length=40, unique=True)),
-                ('not_after', models.DateTimeField()),
-                ('issued_at', models.DateTimeField(auto_now_add=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('device', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='certificates', to='fleet.device')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("serial", models.CharField(help_text="hex", max_length=40, unique=True)),
+                ("not_after", models.DateTimeField()),
+                ("issued_at", models.DateTimeField(auto_now_add=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "device",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="certificates",
+                        to="fleet.device",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='EnrollmentToken',
+            name="EnrollmentToken",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('lookup', models.CharField(max_length=16, unique=True)),
-                ('secret_hash', models.CharField(max_length=64)),
-                ('expires_at', models.DateTimeField()),
-                ('hardware', models.CharField(blank=True, help_text='empty: any', max_length=64)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('used_at', models.DateTimeField(blank=True, null=True)),
-                ('created_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('device', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='enrollment', to='fleet.device')),
-                ('group', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to='fleet.group')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("lookup", models.CharField(max_length=16, unique=True)),
+                ("secret_hash", models.CharField(max_length=64)),
+                ("expires_at", models.DateTimeField()),
+                ("hardware", models.CharField(blank=True, help_text="empty: any", max_length=64)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("used_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "device",
+                    models.OneToOneField(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="enrollment",
+                        to="fleet.device",
+                    ),
+                ),
+                (
+                    "group",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to="fleet.group",
+                    ),
+                ),
             ],
         ),
         migrations.AddField(
-            model_name='device',
-            name='groups',
-            field=models.ManyToManyField(blank=True, related_name='devices', to='fleet.group'),
+            model_name="device",
+            name="groups",
+            field=models.ManyToManyField(blank=True, related_name="devices", to="fleet.group"),
         ),
         migrations.AddField(
-            model_name='device',
-            name='tags',
-            field=models.ManyToManyField(blank=True, related_name='devices', to='fleet.tag'),
+            model_name="device",
+            name="tags",
+            field=models.ManyToManyField(blank=True, related_name="devices", to="fleet.tag"),
         ),
         migrations.CreateModel(
-            name='DeviceEvent',
+            name="DeviceEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('seq', models.PositiveBigIntegerField()),
-                ('rollout_id', models.CharField(blank=True, max_length=64)),
-                ('model', models.CharField(blank=True, max_length=64)),
-                ('phase', models.CharField(max_length=16)),
-                ('progress', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('code', models.CharField(blank=True, max_length=32)),
-                ('detail', models.CharField(blank=True, max_length=500)),
-                ('ts', models.DateTimeField(help_text='when the device says it happened')),
-                ('received_at', models.DateTimeField(auto_now_add=True)),
-                ('device', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='fleet.device')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("seq", models.PositiveBigIntegerField()),
+                ("rollout_id", models.CharField(blank=True, max_length=64)),
+                ("model", models.CharField(blank=True, max_length=64)),
+                ("phase", models.CharField(max_length=16)),
+                ("progress", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("code", models.CharField(blank=True, max_length=32)),
+                ("detail", models.CharField(blank=True, max_length=500)),
+                ("ts", models.DateTimeField(help_text="when the device says it happened")),
+                ("received_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "device",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="fleet.device",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-received_at'],
-                'indexes': [models.Index(fields=['device', '-received_at'], name='fleet_devic_device__83f20d_idx')],
+                "ordering": ["-received_at"],
+                "indexes": [
+                    models.Index(
+                        fields=["device", "-received_at"], name="fleet_devic_device__83f20d_idx"
+                    )
+                ],
             },
         ),
         migrations.AddIndex(
-            model_name='device',
-            index=models.Index(fields=['hardware', 'device_id'], name='fleet_devic_hardwar_c4c7ac_idx'),
+            model_name="device",
+            index=models.Index(
+                fields=["hardware", "device_id"], name="fleet_devic_hardwar_c4c7ac_idx"
+            ),
         ),
     ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0002_registry'),
+        ("fleet", "0002_registry"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='desiredstate',
-            name='expires_at',
+            model_name="desiredstate",
+            name="expires_at",
             field=models.DateTimeField(db_index=True, null=True),
         ),
     ]

@@ -13,34 +13,43 @@ def _fill_digests(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0003_desired_expires_at'),
+        ("fleet", "0003_desired_expires_at"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='deviceevent',
-            name='digest',
-            field=models.CharField(default='', help_text='sha256 of the event as sent: a redelivery is stored once', max_length=64),
+            model_name="deviceevent",
+            name="digest",
+            field=models.CharField(
+                default="",
+                help_text="sha256 of the event as sent: a redelivery is stored once",
+                max_length=64,
+            ),
         ),
         migrations.AlterField(
-            model_name='device',
-            name='agent_version',
+            model_name="device",
+            name="agent_version",
             field=models.CharField(blank=True, max_length=64),
         ),
         migrations.AlterField(
-            model_name='deviceevent',
-            name='detail',
+            model_name="deviceevent",
+            name="detail",
             field=models.CharField(blank=True, max_length=1024),
         ),
         migrations.AddIndex(
-            model_name='desiredstate',
-            index=models.Index(condition=models.Q(('published_seq__lt', models.F('seq'))), fields=['id'], name='fleet_desired_behind'),
+            model_name="desiredstate",
+            index=models.Index(
+                condition=models.Q(("published_seq__lt", models.F("seq"))),
+                fields=["id"],
+                name="fleet_desired_behind",
+            ),
         ),
         migrations.RunPython(_fill_digests, migrations.RunPython.noop),
         migrations.AddConstraint(
-            model_name='deviceevent',
-            constraint=models.UniqueConstraint(fields=('device', 'digest'), name='deviceevent_unique_report'),
+            model_name="deviceevent",
+            constraint=models.UniqueConstraint(
+                fields=("device", "digest"), name="deviceevent_unique_report"
+            ),
         ),
     ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0004_event_digest_outbox_index'),
+        ("fleet", "0004_event_digest_outbox_index"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='desiredstate',
-            name='published_seq',
+            model_name="desiredstate",
+            name="published_seq",
             field=models.PositiveBigIntegerField(default=0),
         ),
     ]

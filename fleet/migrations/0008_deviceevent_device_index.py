@@ -5,15 +5,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0007_desiredstate_fillfactor'),
+        ("fleet", "0007_desiredstate_fillfactor"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='deviceevent',
-            name='device',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='events', to='fleet.device'),
+            model_name="deviceevent",
+            name="device",
+            field=models.ForeignKey(
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="events",
+                to="fleet.device",
+            ),
         ),
     ]

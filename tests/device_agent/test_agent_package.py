@@ -10,6 +10,7 @@ import base64
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -135,7 +136,7 @@ def test_the_wheel_holds_the_agent_and_nothing_else(wheel: Path) -> None:
     assert metadata["Name"] == "fleet-agent"
     assert metadata["Requires-Python"] == ">=3.11"
     requires = metadata.get_all("Requires-Dist") or []
-    names_required = {r.split(";")[0].split("[")[0].split("<")[0].split(">")[0] for r in requires}
+    names_required = {re.split(r"[;\[<>=!~ ]", r, maxsplit=1)[0] for r in requires}
     assert names_required == {
         "paho-mqtt",
         "cryptography",

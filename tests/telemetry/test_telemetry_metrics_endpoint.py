@@ -229,49 +229,6 @@ def test_a_database_failure_is_reported_not_raised(monkeypatch) -> None:  # type
     assert "fleet_devices" not in families
 
 
-def test_batched_histogram_observations_equal_single_ones() -> None:
-    from prometheus_client import CollectorRegistry
-
-    registry = CollectorRegistry()
-    bounds = (0.1, 0.5, 1.0)
-    single = metrics.BatchHistogram("t_single", "", ["arm"], buckets=bounds, registry=registry)
-    batched = metrics.BatchHistogram("t_batched", "", ["arm"], buckets=bounds, registry=registry)
-    values = [2.0, 0.05, 0.1, 0.3, 0.5, 0.7, 1.0, 9.0]
-    for value in values:
-        single.labels("B").observe(value)
-    metrics.observe_values(batched, ("B",), values)
-    for le in ("0.1", "0.5", "1.0", "+Inf"):
-        assert registry.get_sample_value(
-            "t_single_bucket", {"arm": "B", "le": le}
-        ) == registry.get_sample_value("t_batched_bucket", {"arm": "B", "le": le})
-    assert registry.get_sample_value("t_batched_sum", {"arm": "B"}) == pytest.approx(13.65)
-
-
-def test_label_sets_beyond_the_cap_fold_into_other(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from prometheus_client import CollectorRegistry
-
-    registry = CollectorRegistry()
-    histogram = metrics.BatchHistogram(
-        "t_capped", "", ["model", "version", "arm"], buckets=(1.0,), registry=registry
-    )
-    monkeypatch.setattr(metrics, "LABEL_SETS_MAX", 2)
-    for version in ("1.0.0", "1.0.1", "1.0.2", "1.0.3"):
-        metrics.observe_values(histogram, ("kws", version, "A"), [0.5])
-    versions = {
-        s.labels["version"]
-        for s in registry.collect()
-        for s in s.samples
-        if s.name == "t_capped_count"
-    }
-    assert versions == {"1.0.0", "1.0.1", "other"}
-    assert (
-        registry.get_sample_value(
-            "t_capped_count", {"model": "kws", "version": "other", "arm": "other"}
-        )
-        == 2
-    )
-
-
 @pytest.mark.django_db(transaction=True)
 def test_metrics_serve_answers_on_its_own_port() -> None:
     import threading

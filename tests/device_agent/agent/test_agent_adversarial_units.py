@@ -18,7 +18,7 @@ from tuf.api import exceptions as tuf_exceptions
 from device_agent import download as download_module
 from device_agent.download import DownloadError, DownloadOptions, download
 from device_agent.testhooks import agent_clock, crashpoint
-from device_agent.verify import DeadlineFetcher
+from device_agent.tuf_fetch import DeadlineFetcher
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()

@@ -9,8 +9,8 @@ import pytest
 from agent_jobs import make_job
 
 from device_agent.config import AgentConfig, ConfigError, Layout
-from device_agent.fsutil import write_atomic
 from device_agent.journal import Journal, JournalError
+from device_agent.protocol.fsutil import write_atomic
 from device_agent.protocol.messages import Phase, Slot
 from device_agent.slots import ModelSlots
 from device_agent.state import IDLE, AgentState, Status

@@ -1,0 +1,463 @@
+"""Read-only figures for the operator dashboard (the admin's rollout page and overview).
+
+Everything here reads; status changes stay with ``ota/rollouts.py``. Each function costs
+a bounded number of queries whatever the fleet size (grouped counts, never a row per
+device).
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet
+
+from device_agent.protocol.messages import FAILURE_PHASES as _REFUSED
+from device_agent.protocol.messages import Phase
+from fleet.errors import ServiceError
+from fleet.models import Device, DeviceEvent
+from fleet.selectors import installed_models
+from ota.cohorts import stage_size
+from ota.models import (
+    Rollout,
+    RolloutDevice,
+    RolloutDeviceState,
+    RolloutStatus,
+    RolloutStrategy,
+)
+from ota.rollout_config import PHASED_ARM, Policy, Selection, arms_parse, stages_parse
+
+D = RolloutDeviceState
+# A stored document the display must survive: shown as unreadable, never a server error.
+_UNREADABLE = (ServiceError, TypeError, ValueError, KeyError)
+
+# The states an operator reads a rollout by, in the order a device goes through them.
+# ``in_progress`` is split by the last phase the device reported.
+DISPLAY_STATES: tuple[tuple[str, str], ...] = (
+    ("pending", "pending"),
+    ("notified", "notified"),
+    ("downloading", "downloading"),
+    ("installing", "installing"),
+    ("succeeded", "succeeded"),
+    ("failed", "failed"),
+    ("timed_out", "timed out"),
+    ("rolling_back", "rolling back"),
+    ("rolled_back", "rolled back"),
+    ("rollback_failed", "rollback failed"),
+    ("kept", "kept"),
+    ("skipped", "skipped"),
+)
+_DOWNLOAD_PHASES = {"", Phase.ACCEPTED, Phase.DOWNLOADING}
+# Update events that say an update did not work (a device-side roll-back included).
+FAILURE_PHASES = (*sorted(_REFUSED), Phase.ROLLED_BACK)
+FAILURE_STATES = (D.FAILED, D.TIMED_OUT, D.ROLLBACK_FAILED)
+FINISHED_STATES = {
+    "succeeded",
+    "failed",
+    "timed_out",
+    "rolled_back",
+    "rollback_failed",
+    "kept",
+    "skipped",
+}
+
+
+def display_state(state: str, last_phase: str) -> str:
+    if state == D.IN_PROGRESS:
+        return "downloading" if last_phase in _DOWNLOAD_PHASES else "installing"
+    return state
+
+
+@dataclass
+class Segment:
+    state: str
+    label: str
+    count: int
+    percent: float
+
+
+@dataclass
+class ArmProgress:
+    name: str
+    version: str
+    devices: int
+    segments: list[Segment] = field(default_factory=list)
+
+    @property
+    def finished_percent(self) -> float:
+        done = sum(s.count for s in self.segments if s.state in FINISHED_STATES)
+        return 100.0 * done / self.devices if self.devices else 0.0
+
+
+def _arm_versions(rollout: Rollout) -> dict[str, str]:
+    if rollout.strategy == RolloutStrategy.PHASED:
+        return {PHASED_ARM: rollout.version}
+    try:
+        return {a.name: a.version for a in arms_parse(rollout.arms)}
+    except _UNREADABLE:
+        return {}
+
+
+def arm_progress(rollout: Rollout) -> list[ArmProgress]:
+    """Per arm, devices by display state (one grouped query)."""
+    return arms_progress([rollout])[rollout.pk]
+
+
+def arms_progress(rollouts: list[Rollout]) -> dict[int, list[ArmProgress]]:
+    """``arm_progress`` of several rollouts in one grouped query."""
+    counts: dict[int, dict[str, dict[str, int]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(int))
+    )
+    rows = (
+        RolloutDevice.objects.filter(rollout__in=[r.pk for r in rollouts])
+        .values_list("rollout_id", "arm", "state", "last_phase")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    for rollout_id, arm, state, phase, n in rows:
+        counts[rollout_id][arm][display_state(state, phase)] += n
+    out: dict[int, list[ArmProgress]] = {}
+    for rollout in rollouts:
+        mine = counts.get(rollout.pk, {})
+        versions = _arm_versions(rollout)
+        arms = []
+        for name in list(versions) + sorted(set(mine) - set(versions)):
+            by_state = mine.get(name, {})
+            total = sum(by_state.values())
+            progress = ArmProgress(name=name, version=versions.get(name, "?"), devices=total)
+            for state, label in DISPLAY_STATES:
+                n = by_state.get(state, 0)
+                if n:
+                    progress.segments.append(Segment(state, label, n, 100.0 * n / total))
+            arms.append(progress)
+        out[rollout.pk] = arms
+    return out
+
+
+def failure_codes(rollout: Rollout) -> list[tuple[str, str, int]]:
+    """(code, arm, devices) of the failed, timed-out and unrolled-back devices, most first."""
+    rows = (
+        RolloutDevice.objects.filter(rollout=rollout, state__in=FAILURE_STATES)
+        .values_list("last_code", "arm")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    return sorted(((code or "unknown", arm, n) for code, arm, n in rows), key=lambda r: -r[2])
+
+
+@dataclass
+class StageRow:
+    number: int
+    percent: float
+    devices: int
+    bake_minutes: float
+    state: str  # done, current, next
+    bake_ends: datetime | None = None
+    note: str = ""
+
+
+def stage_timeline(rollout: Rollout, devices: int) -> list[StageRow]:
+    """Each stage's share, the devices it reaches in all, and when its bake ends."""
+    try:
+        stages = stages_parse(rollout.stages, require_full=False)
+    except _UNREADABLE:
+        return []
+    out = []
+    finished = rollout.status not in ("draft", "scheduled", "running", "paused")
+    for i, stage in enumerate(stages):
+        row = StageRow(
+            i + 1, stage.percent, stage_size(stage.percent, devices), stage.bake_minutes, "next"
+        )
+        if (
+            rollout.promoted_arm
+            or i < rollout.current_stage
+            or (finished and i == rollout.current_stage)
+        ):
+            row.state = "done"
+        elif i == rollout.current_stage and rollout.status in ("running", "paused"):
+            row.state = "current"
+            if rollout.stage_settled_at is not None:
+                row.bake_ends = rollout.stage_settled_at + timedelta(minutes=stage.bake_minutes)
+            else:
+                row.note = (
+                    f"bakes {stage.bake_minutes:g} min once every device of it has finished"
+                    if stage.bake_minutes
+                    else "opens the next stage once every device of it has finished"
+                )
+        else:
+            row.note = f"opens after stage {i} has finished and baked" if i else "opens at start"
+        out.append(row)
+    return out
+
+
+@dataclass
+class GateRow:
+    gate: str
+    arm: str
+    value: str
+    threshold: str
+    verdict: str  # ok, breach, insufficient_data
+    detail: str
+
+
+def _pct(value: object) -> str:
+    return f"{float(value) * 100:.1f} %" if isinstance(value, int | float) else "-"
+
+
+def gate_rows(rollout: Rollout) -> list[GateRow]:
+    """The gates as last evaluated: per arm, value against threshold and the verdict."""
+    figures = rollout.gate_figures if isinstance(rollout.gate_figures, dict) else {}
+    gates = figures.get("gates")
+    out: list[GateRow] = []
+    for gate in gates if isinstance(gates, list) else ():
+        if not isinstance(gate, dict):
+            continue
+        name, status = str(gate.get("gate", "")), str(gate.get("status", ""))
+        raw = gate.get("figures")
+        data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        detail = str(gate.get("detail", ""))
+        if name == "install_failure_rate":
+            limit = data.get("max_failure_rate")
+            for arm, mine in (data.get("arms") or {}).items():
+                judged = mine.get("judged", True)
+                verdict = (
+                    "insufficient_data"
+                    if not judged
+                    else "breach"
+                    if isinstance(limit, int | float) and mine.get("failure_rate", 0) > limit
+                    else "ok"
+                )
+                value = (
+                    f"{_pct(mine.get('failure_rate'))} "
+                    f"({mine.get('failed', 0) + mine.get('timed_out', 0)} of "
+                    f"{mine.get('finished', 0)} finished failed)"
+                )
+                threshold = (
+                    f"at most {_pct(limit)}, judged from {data.get('min_finished')} finished"
+                )
+                out.append(GateRow("install failure rate", arm, value, threshold, verdict, detail))
+        elif name.startswith("telemetry:"):
+            label = f"{data.get('statistic')} {data.get('metric')} ({data.get('better')} is better)"
+            limit = data.get("max_relative_change")
+            for cmp in data.get("comparisons") or ():
+                change = cmp.get("relative_change")
+                if not cmp.get("enough"):
+                    value, verdict = (
+                        f"{cmp.get('n_arm')} vs {cmp.get('n_baseline')} devices reporting",
+                        "insufficient_data",
+                    )
+                else:
+                    value = (
+                        f"median {cmp.get('arm_median'):.4g} vs {cmp.get('baseline_median'):.4g} "
+                        f"({change * 100:+.1f} %, p = {cmp.get('p_worse'):.2g})"
+                        if isinstance(change, int | float)
+                        else "-"
+                    )
+                    verdict = "breach" if cmp.get("worse") else "ok"
+                threshold = f"no worse than {_pct(limit)} vs {cmp.get('baseline')}"
+                out.append(GateRow(label, str(cmp.get("arm")), value, threshold, verdict, detail))
+        else:
+            out.append(GateRow(name, "", "", "", status, detail))
+    return out
+
+
+def _names(values: tuple[str, ...]) -> str:
+    return ", ".join(values)
+
+
+def selection_sentences(rollout: Rollout) -> list[str]:
+    try:
+        s = Selection.from_dict(rollout.selection)
+    except _UNREADABLE:
+        return ["The stored selection cannot be read."]
+    sources = []
+    if s.all:
+        sources.append("every enabled device of the fleet")
+    if s.groups:
+        sources.append(f"devices in the groups {_names(s.groups)}")
+    if s.dynamic_groups:
+        sources.append(f"devices in the dynamic groups {_names(s.dynamic_groups)}")
+    if s.devices:
+        shown = _names(s.devices[:10]) + (
+            f" and {len(s.devices) - 10} more" if len(s.devices) > 10 else ""
+        )
+        sources.append(f"the devices {shown}")
+    out = [
+        ("Targets " + "; or ".join(sources) + ".") if sources else "Targets every enabled device."
+    ]
+    if s.tags:
+        out.append(f"Only devices tagged with all of: {_names(s.tags)}.")
+    if s.hardware:
+        out.append(f"Only devices whose hardware is one of: {_names(s.hardware)}.")
+    return out
+
+
+def policy_sentences(rollout: Rollout) -> list[str]:
+    try:
+        p = Policy.from_dict(rollout.policy)
+    except _UNREADABLE:
+        return ["The stored policy cannot be read."]
+    out = [
+        "On a gate breach the rollout is "
+        + ("paused." if p.on_breach == "pause" else "aborted and rolled back."),
+        f"The install gate breaches when more than {p.max_failure_rate * 100:g} % of an arm's "
+        f"finished devices failed, judged once {p.min_finished} have finished "
+        "(or the stage is over).",
+        f"A device with no news for {p.device_timeout_minutes:g} minutes times out; "
+        + (
+            f"a failed device is tried again up to {p.retries} times."
+            if p.retries
+            else "failed devices are not retried."
+        ),
+    ]
+    pace = f"Notifies up to {p.rate_per_minute:g} devices a minute"
+    if p.rate_growth_factor > 1 and p.rate_growth_every:
+        pace += (
+            f", growing ×{p.rate_growth_factor:g} every {p.rate_growth_every} devices "
+            f"{p.rate_growth_on}, up to {p.rate_max_per_minute:g} a minute"
+        )
+    if p.rate_burst is not None:
+        pace += f"; at most {p.rate_burst} at once when a stage opens"
+    out.append(pace + ".")
+    if p.window:
+        w = p.window
+        out.append(
+            f"New devices are notified only {', '.join(w.days)} between "
+            f"{w.start:%H:%M} and {w.end:%H:%M} ({w.timezone})."
+        )
+    for g in p.telemetry_gates:
+        out.append(
+            f"Telemetry gate: an arm breaches when its {g.statistic} {g.metric} is worse than "
+            f"the baseline's by more than {g.max_relative_change * 100:g} % ({g.better} is "
+            f"better, p < {g.alpha:g}, from {g.min_devices} devices per arm"
+            + (", required to advance" if g.required else "")
+            + ")."
+        )
+    if rollout.strategy == RolloutStrategy.AB:
+        pr = p.promotion
+        if pr.mode == "auto":
+            out.append(
+                f"Promotes automatically the arm whose {pr.statistic} {pr.metric} is "
+                f"better ({pr.better}) by at least {pr.min_relative_change * 100:g} % "
+                f"(p < {pr.alpha:g}, {pr.min_devices} devices per arm); when inconclusive it "
+                + (
+                    "waits for an operator."
+                    if pr.on_inconclusive == "wait"
+                    else "promotes the baseline."
+                )
+            )
+        else:
+            out.append("An operator promotes the winning arm.")
+    return out
+
+
+def arms_table(rollout: Rollout) -> list[dict[str, Any]]:
+    if rollout.strategy == RolloutStrategy.PHASED:
+        return []
+    try:
+        arms = arms_parse(rollout.arms)
+    except _UNREADABLE:
+        return []
+    total = sum(a.weight for a in arms)
+    return [
+        {
+            "name": a.name,
+            "version": a.version,
+            "share": 100.0 * a.weight / total,
+            "baseline": a.baseline,
+            "promoted": a.name == rollout.promoted_arm,
+        }
+        for a in arms
+    ]
+
+
+def devices_page_queryset(
+    rollout: Rollout, *, state: str = "", arm: str = "", code: str = ""
+) -> QuerySet[RolloutDevice]:
+    qs = RolloutDevice.objects.filter(rollout=rollout).select_related("device")
+    if state == "downloading":
+        qs = qs.filter(state=D.IN_PROGRESS, last_phase__in=list(_DOWNLOAD_PHASES))
+    elif state == "installing":
+        qs = qs.filter(state=D.IN_PROGRESS).exclude(last_phase__in=list(_DOWNLOAD_PHASES))
+    elif state:
+        qs = qs.filter(state=state)
+    if arm:
+        qs = qs.filter(arm=arm)
+    if code == "unknown":
+        qs = qs.filter(last_code="", state__in=FAILURE_STATES)
+    elif code:
+        qs = qs.filter(last_code=code)
+    return qs.order_by("bucket")
+
+
+# --- the fleet overview (the admin's landing page) ---------------------------------------
+
+STALE_AFTER = timedelta(hours=24)
+FAILURE_WINDOW = timedelta(hours=24)
+OVERVIEW_ROLLOUTS = 20
+
+
+@dataclass
+class Overview:
+    total: int
+    online: int
+    offline: int
+    stale: int
+    revoked: int
+    by_hardware: list[tuple[str, int]]
+    by_version: list[tuple[str, int]]
+    failures: list[tuple[str, int]]
+    rollouts: list[tuple[Rollout, list[ArmProgress]]]
+    failures_since: datetime
+
+
+def fleet_overview(now: datetime) -> Overview:
+    """Devices by liveness, hardware and installed version, the last day's update failures
+    by error code, and the rollouts running, paused or scheduled (at most 20)."""
+    enabled = Device.objects.enabled()
+    counts = enabled.aggregate(
+        n_total=Count("pk"),
+        n_online=Count("pk", filter=Q(online=True)),
+        n_stale=Count(
+            "pk",
+            filter=Q(online=False)
+            & (Q(last_seen_at__isnull=True) | Q(last_seen_at__lt=now - STALE_AFTER)),
+        ),
+    )
+    revoked = Device.objects.filter(revoked_at__isnull=False).count()
+    by_hardware = list(
+        enabled.values_list("hardware").annotate(n=Count("pk")).order_by("-n", "hardware")
+    )
+    versions: dict[str, int] = defaultdict(int)
+    for reported in enabled.values_list("reported", flat=True).iterator(chunk_size=2000):
+        installed = installed_models(reported)
+        for name, version in installed:
+            versions[f"{name} {version}"] += 1
+        if not installed:
+            versions["nothing reported"] += 1
+    failures = list(
+        DeviceEvent.objects.filter(
+            received_at__gte=now - FAILURE_WINDOW, phase__in=list(FAILURE_PHASES)
+        )
+        .values_list("code")
+        .annotate(n=Count("pk"))
+        .order_by("-n", "code")
+    )
+    live = list(
+        Rollout.objects.select_related("model")
+        .filter(status__in=[RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.SCHEDULED])
+        .order_by("-pk")[:OVERVIEW_ROLLOUTS]
+    )
+    progress = arms_progress(live)
+    return Overview(
+        total=counts["n_total"],
+        online=counts["n_online"],
+        offline=counts["n_total"] - counts["n_online"] - counts["n_stale"],
+        stale=counts["n_stale"],
+        revoked=revoked,
+        by_hardware=by_hardware,
+        by_version=sorted(versions.items(), key=lambda kv: (-kv[1], kv[0])),
+        failures=[(code or "unknown", n) for code, n in failures],
+        rollouts=[(rollout, progress[rollout.pk]) for rollout in live],
+        failures_since=now - FAILURE_WINDOW,
+    )

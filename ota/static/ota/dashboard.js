@@ -1,0 +1,61 @@
+// The operator dashboard's few behaviours: times in the operator's own time zone, a
+// confirmation dialog (with a required reason) before each rollout action, and the live
+// part of a page refreshed every few seconds without reloading it.
+(function () {
+  "use strict";
+  var REFRESH_MS = 3000;
+
+  function localTimes(root) {
+    root.querySelectorAll("time.dash-time").forEach(function (el) {
+      var moment = new Date(el.getAttribute("datetime"));
+      if (!isNaN(moment)) {
+        el.title = el.textContent;
+        el.textContent = moment.toLocaleString(undefined, {
+          year: "numeric", month: "2-digit", day: "2-digit",
+          hour: "2-digit", minute: "2-digit", timeZoneName: "short"
+        });
+      }
+    });
+  }
+
+  // Delegated: the buttons are replaced with the live part of the page.
+  function dialogs() {
+    document.addEventListener("click", function (event) {
+      var button = event.target.closest("button.dash-action, button.dash-cancel");
+      if (!button) { return; }
+      if (button.classList.contains("dash-action")) {
+        document.getElementById(button.dataset.dialog).showModal();
+      } else {
+        button.closest("dialog").close();
+      }
+    });
+  }
+
+  function live() {
+    var box = document.getElementById("dash-live");
+    if (!box) { return; }
+    function refresh() {
+      if (box.querySelector("dialog[open]")) {  // never wipe a reason being typed
+        window.setTimeout(refresh, REFRESH_MS);
+        return;
+      }
+      fetch(box.dataset.url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+        .then(function (response) { return response.ok ? response.text() : null; })
+        .then(function (html) {
+          if (html !== null && !box.querySelector("dialog[open]")) {
+            box.innerHTML = html;
+            localTimes(box);
+          }
+        })
+        .catch(function () { /* the next tick tries again */ })
+        .finally(function () { window.setTimeout(refresh, REFRESH_MS); });
+    }
+    window.setTimeout(refresh, REFRESH_MS);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    localTimes(document);
+    dialogs();
+    live();
+  });
+})();

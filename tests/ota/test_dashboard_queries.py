@@ -1,0 +1,93 @@
+"""The dashboard's pages answer in a number of queries that does not grow with the fleet:
+more devices, events and rollouts cost the same number of queries."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from rollout_helpers import artifact, devices, evaluate, phased, rows, use_own_director_key, user
+
+from fleet.models import Device, DeviceEvent
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+    use_own_director_key(settings, tmp_path)
+
+
+def _queries(client: Client, url: str) -> int:
+    with CaptureQueriesContext(connection) as captured:
+        assert client.get(url).status_code == 200
+    return len(captured.captured_queries)
+
+
+def _client() -> Client:
+    client = Client()
+    client.force_login(
+        user("q", "ota.view_rollout", "fleet.view_device", "ota.control_rollout", staff=True)
+    )
+    return client
+
+
+def _grow(prefix: str, n: int) -> None:
+    fleet = devices(n, prefix=prefix)
+    Device.objects.filter(pk__in=[d.pk for d in fleet]).update(
+        reported={"models": [{"name": "kws", "version": "1.0.0"}]}
+    )
+    DeviceEvent.objects.bulk_create(
+        DeviceEvent(device=d, seq=1, phase="failed", code=f"code_{i % 3}", ts=timezone.now())
+        for i, d in enumerate(fleet)
+    )
+
+
+def test_rollout_page_and_fragment_cost_the_same_whatever_the_size():  # type: ignore[no-untyped-def]
+    artifact("2.0.0")
+    _grow("a", 5)
+    small = phased(selection={"devices": [f"a-{i:05d}" for i in range(5)]})
+    evaluate(small)
+    _grow("b", 80)
+    big = phased(selection={"devices": [f"b-{i:05d}" for i in range(80)]})
+    evaluate(big, at=timezone.now() + timedelta(minutes=5))
+    assert len(rows(big)) == 80
+    client = _client()
+
+    for suffix in ("change/", "progress/", "change/?page=2", "change/?state=notified&code=x"):
+        counts = [_queries(client, f"/admin/ota/rollout/{r.pk}/{suffix}") for r in (small, big)]
+        assert counts[0] == counts[1], suffix
+        assert counts[1] <= 20, suffix
+
+
+def test_overview_costs_the_same_whatever_the_size():  # type: ignore[no-untyped-def]
+    artifact("2.0.0")
+    _grow("a", 3)
+    phased(selection={"devices": ["a-00000"]})
+    client = _client()
+    before = _queries(client, "/admin/")
+
+    _grow("b", 60)
+    for i in range(1, 3):
+        phased(selection={"devices": [f"a-{i:05d}"]})
+
+    after = _queries(client, "/admin/")
+    assert after == before
+    assert after <= 20
+
+
+def test_rollouts_list_costs_the_same_whatever_the_number_of_rollouts():  # type: ignore[no-untyped-def]
+    artifact("2.0.0")
+    _grow("a", 6)
+    phased(selection={"devices": ["a-00000"]})
+    client = _client()
+    before = _queries(client, "/admin/ota/rollout/")
+
+    for i in range(1, 6):
+        phased(selection={"devices": [f"a-{i:05d}"]})
+
+    page = client.get("/admin/ota/rollout/").content.decode()
+    assert page.count("pending 1") == 6
+    assert _queries(client, "/admin/ota/rollout/") == before
