@@ -283,16 +283,21 @@ def cmd_run(args: argparse.Namespace) -> int:
                 runner.offer_desired(payload)
 
         delivery: EventDelivery | None = None
+        metrics: MetricsService | None = None
 
         def on_connected() -> None:
             if delivery is not None:
                 delivery.on_connected()
+            if metrics is not None:
+                metrics.on_connected()
             if runner is not None:
                 runner.inbox.put(PUBLISH_STATE)
 
         def on_acks(payload: bytes) -> None:
             if delivery is not None:
                 delivery.on_acks(payload)
+            if metrics is not None:
+                metrics.on_acks(payload)
 
         link = MqttLink(
             broker_url=config.broker_url,

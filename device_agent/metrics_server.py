@@ -7,8 +7,12 @@ loopback UDP port when configured), has each judged and tagged by
 a `Batcher`, moves due batches into a bounded `Backlog` and hands the backlog to MQTT
 while the link is up, at most `telemetry_max_inflight` unacknowledged QoS 1 messages at
 a time (so a broker outage leaves at most that many in paho's memory; the rest waits in
-the bounded backlog). Counters are written to metrics-stats.json for `fleet-agent
-status`. Nothing an application sends can stop this thread: each datagram is judged on
+the bounded backlog). A PUBACK only says the broker has a message (after a broker
+restart the bridge may not have subscribed yet, and the broker drops it), so each
+payload carries a random `batch_id` and is held (`telemetry.Unconfirmed`, in memory)
+and sent again, the same bytes, until the server names it on `acks`; the server stores
+a payload once however often it comes. Counters are written to metrics-stats.json for
+`fleet-agent status`. Nothing an application sends can stop this thread: each datagram is judged on
 its own, and an unexpected error is logged and counted, never raised.
 """
 
@@ -16,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import selectors
 import socket
 import stat
@@ -28,6 +33,8 @@ from typing import Protocol
 
 from device_agent.config import AgentConfig, Layout
 from device_agent.metrics_client import unix_address
+from device_agent.protocol.exceptions import ProtocolError
+from device_agent.protocol.messages import parse_acks
 from device_agent.telemetry import (
     MAX_DATAGRAM_BYTES,
     Backlog,
@@ -37,6 +44,7 @@ from device_agent.telemetry import (
     Payload,
     Refusal,
     TelemetryCounters,
+    Unconfirmed,
     sample_from_datagram,
 )
 
@@ -47,6 +55,9 @@ STATS_INTERVAL_S = 5.0
 IDLE_S = 0.5
 # At most this many datagrams per socket before the thread looks at its batches again.
 READ_BURST = 256
+# Confirmed ids waiting for the thread at most (beyond, more are ignored: each costs only
+# one more send of its batch).
+MAX_WAITING_CONFIRMATIONS = 10_000
 
 
 class TelemetryOut(Protocol):
@@ -103,21 +114,35 @@ class MetricsService:
         out: TelemetryOut,
         clock: Callable[[], datetime],
         stop: threading.Event | None = None,
+        confirm: bool = True,
+        unconfirmed: Unconfirmed | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`confirm`: give each payload a batch_id and send it again until the server
+        confirms it (the bridge must know batch_id: docs/protocol.md). `monotonic` is
+        the clock of batching and sending again."""
         self.layout = layout
         self.config = config
         self.tags = tags
         self.out = out
         self.clock = clock
         self.stop = stop or threading.Event()
+        self._now = monotonic
         self.batcher = Batcher(
             BatchPolicy(
                 max_samples=config.telemetry_batch_samples,
                 max_age_s=float(config.telemetry_batch_seconds),
                 max_queued=config.telemetry_max_queued,
-            )
+            ),
+            new_id=(lambda: secrets.token_hex(16)) if confirm else None,
         )
         self.backlog = Backlog(config.telemetry_backlog_bytes)
+        if unconfirmed is None:  # (an empty one is falsy)
+            unconfirmed = Unconfirmed(max_bytes=config.telemetry_backlog_bytes)
+        self.unconfirmed = unconfirmed
+        # Written by paho's thread under _lock, taken by this one.
+        self._confirmations: list[str] = []
+        self._reconnected = False
         self.counters = TelemetryCounters()
         self.errors = 0
         self.socket_path = config.metrics_socket_path(layout)
@@ -197,7 +222,7 @@ class MetricsService:
                 self.stop.wait(timeout)
             for key, _ in ready:
                 self._read(key.fileobj)  # type: ignore[arg-type]
-            self.backlog.extend(self.batcher.take_due(time.monotonic()))
+            self.backlog.extend(self.batcher.take_due(self._now()))
             self.pump()
             self._write_stats()
         except Exception:
@@ -207,11 +232,11 @@ class MetricsService:
             self.stop.wait(1.0)
 
     def _timeout(self) -> float:
-        now = time.monotonic()
+        now = self._now()
         timeout = IDLE_S
-        due = self.batcher.next_due()
-        if due is not None:
-            timeout = min(timeout, due - now)
+        for due in (self.batcher.next_due(), self.unconfirmed.next_due()):
+            if due is not None:
+                timeout = min(timeout, due - now)
         return max(timeout, 0.0)
 
     def _read(self, sock: socket.socket) -> None:
@@ -231,7 +256,7 @@ class MetricsService:
             counters.refuse(outcome)
             log.debug("refused a metrics datagram: %s", outcome)
             return False
-        if not self.batcher.add(outcome, time.monotonic()):
+        if not self.batcher.add(outcome, self._now()):
             return False
         counters.accepted += 1
         return True
@@ -249,20 +274,66 @@ class MetricsService:
         self.counters.acked_payloads += acked
         return self._inflight
 
+    def on_acks(self, payload: bytes) -> None:
+        """An `acks` message arrived (paho's thread): the batch ids it names are confirmed."""
+        try:
+            ack = parse_acks(payload)
+        except ProtocolError as exc:
+            # DEBUG: the event delivery, which reads every acks message too, warns.
+            log.debug("ignored a malformed acks message: %s", exc)
+            return
+        if ack.batch_ids:
+            with self._lock:
+                if len(self._confirmations) < MAX_WAITING_CONFIRMATIONS:
+                    self._confirmations.extend(ack.batch_ids)
+
+    def on_connected(self) -> None:
+        """After a (re)connection (paho's thread): what is unconfirmed goes again soon."""
+        with self._lock:
+            self._reconnected = True
+
+    def _take_confirmations(self, now: float) -> None:
+        with self._lock:
+            confirmed, self._confirmations = self._confirmations, []
+            reconnected, self._reconnected = self._reconnected, False
+        if reconnected:
+            self.unconfirmed.reconnected(now)
+        if confirmed:
+            self.unconfirmed.confirm(confirmed)
+
     def pump(self) -> None:
-        """Hand backlog payloads to the link while it is up and the window has room."""
+        """Hand payloads to the link while it is up and the window has room: first those
+        unconfirmed whose time to go again has come, then the backlog's."""
+        now = self._now()
+        self._take_confirmations(now)
+        if not self.out.ready():
+            return
+        again = self.unconfirmed.due(now)
         qos1 = self.config.telemetry_qos > 0
-        while len(self.backlog) and self.out.ready():
+        while self.out.ready():
             if qos1 and self._in_flight() >= self.config.telemetry_max_inflight:
                 return
-            payload = self.backlog.pop()
+            resend = bool(again)
+            payload = again.pop(0) if again else self.backlog.pop()
             if payload is None:
                 return
-            if not self._send(payload):
-                self.backlog.push_back(payload)
+            if not self._send(payload, resend=resend):
+                if not resend:
+                    self.backlog.push_back(payload)
                 return
+            if resend:
+                log.info("sending unconfirmed telemetry %s again", payload.batch_id)
+            for dropped in self.unconfirmed.sent(payload, now):
+                log.warning(
+                    "more than %d telemetry messages or %d bytes unconfirmed; dropped the "
+                    "oldest (%d samples; %d messages dropped so far)",
+                    self.unconfirmed.max_payloads,
+                    self.unconfirmed.max_bytes,
+                    dropped.samples,
+                    self.unconfirmed.dropped_payloads,
+                )
 
-    def _send(self, payload: Payload) -> bool:
+    def _send(self, payload: Payload, *, resend: bool = False) -> bool:
         try:
             taken = self.out.send(payload.data, self._on_ack)
         except Exception:
@@ -270,18 +341,20 @@ class MetricsService:
             taken = False
         if taken:
             self._inflight += 1
-            self.counters.sent_payloads += 1
-            self.counters.sent_samples += payload.samples
+            if not resend:
+                self.counters.sent_payloads += 1
+                self.counters.sent_samples += payload.samples
         return taken
 
     def drain(self, timeout: float) -> bool:
         """Batch everything queued and send it while the link is up, until the broker
-        acknowledged it all or `timeout` passed. True when nothing is left."""
-        self.backlog.extend(self.batcher.take_due(time.monotonic(), everything=True))
+        acknowledged it all and the server confirmed it, or `timeout` passed. True when
+        nothing is left."""
+        self.backlog.extend(self.batcher.take_due(self._now(), everything=True))
         deadline = time.monotonic() + timeout
         while True:
             self.pump()
-            if not len(self.backlog) and self._in_flight() == 0:
+            if not len(self.backlog) and self._in_flight() == 0 and not len(self.unconfirmed):
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -303,6 +376,7 @@ class MetricsService:
                 "queue_full": self.batcher.dropped,
                 "backlog_full": self.backlog.dropped_samples,
                 "too_large": self.batcher.unsendable,
+                "unconfirmed_full": self.unconfirmed.dropped_samples,
             },
             "queued_samples": self.batcher.queued,
             "backlog_payloads": len(self.backlog),
@@ -311,6 +385,10 @@ class MetricsService:
             "sent_payloads": counters.sent_payloads,
             "sent_samples": counters.sent_samples,
             "acked_payloads": counters.acked_payloads,
+            "unconfirmed_payloads": len(self.unconfirmed),
+            "unconfirmed_bytes": self.unconfirmed.bytes,
+            "resent_payloads": self.unconfirmed.resent_payloads,
+            "confirmed_payloads": self.unconfirmed.confirmed_payloads,
             "errors": self.errors,
         }
 

@@ -12,8 +12,8 @@ MQTT 3.1.1 by default (the embedded amqtt broker speaks nothing else); with prot
 0x10), as when Mosquitto restarted and the bridge has not subscribed again yet. An
 `events` message answered so is kept and published again, with backoff, until one is
 subscribed (flush() waits for that too). That only shortens the gap: what makes an
-event reach the control plane under either protocol is the server's confirmation on
-`acks` (device_agent/delivery.py).
+event or a telemetry message reach the control plane under either protocol is the
+server's confirmation on `acks` (device_agent/delivery.py, metrics_server.py).
 """
 
 import contextlib

@@ -9,15 +9,18 @@ it). This module judges such a datagram (`sample_from_datagram`), tags the sampl
 what the agent knows of that model (`tags_from_store`: the committed version and the
 rollout and arm it runs under), batches samples per model (`Batcher`: a batch is due
 at `max_samples` samples or `max_age_s` after its first sample) into `telemetry`
-payloads of at most 64 KiB, and holds the encoded payloads that wait for the broker
-(`Backlog`, bounded in bytes, oldest dropped first). No clock, no socket, no MQTT here:
-device_agent/metrics_server.py does the IO and passes the time in. Every refusal and
-drop is counted.
+payloads of at most 64 KiB, each with a random `batch_id` when the server is to confirm
+it, holds the encoded payloads that wait for the broker (`Backlog`, bounded in bytes,
+oldest dropped first) and those sent but not yet confirmed on `acks` (`Unconfirmed`,
+bounded in number and bytes, oldest dropped first; each sent again, the same bytes, 5 s
+after the last try doubling to 60 s). No clock, no socket, no MQTT here:
+device_agent/metrics_server.py does the IO and passes the time and the ids in. Every
+refusal and drop is counted.
 """
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -157,26 +160,32 @@ def sample_from_datagram(
 
 @dataclass(frozen=True, slots=True)
 class Payload:
-    """One encoded `telemetry` message and how many samples it carries."""
+    """One encoded `telemetry` message, how many samples it carries and its batch_id."""
 
     data: bytes
     samples: int
+    batch_id: str | None = None
 
 
 def encode_batches(
-    samples: Sequence[TelemetrySample], *, max_bytes: int = MAX_PAYLOAD_BYTES
+    samples: Sequence[TelemetrySample],
+    *,
+    max_bytes: int = MAX_PAYLOAD_BYTES,
+    new_id: Callable[[], str] | None = None,
 ) -> tuple[list[Payload], int]:
     """Encode samples as `telemetry` payloads of at most `max_bytes` and MAX_SAMPLES
     samples each, splitting in halves where needed; also returns how many samples could
-    not be sent at all (one sample larger than `max_bytes`: only with a tiny limit)."""
+    not be sent at all (one sample larger than `max_bytes`: only with a tiny limit).
+    With `new_id`, each payload carries a `batch_id` from it."""
     payloads: list[Payload] = []
     unsendable = 0
     pending = [samples[i : i + MAX_SAMPLES] for i in range(0, len(samples), MAX_SAMPLES)]
     pending.reverse()
     while pending:
         chunk = pending.pop()
+        batch_id = None if new_id is None else new_id()
         try:
-            data = TelemetryBatch(samples=tuple(chunk)).to_json()
+            data = TelemetryBatch(samples=tuple(chunk), batch_id=batch_id).to_json()
             if len(data) > max_bytes:
                 raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"{len(data)} > {max_bytes}")
         except ProtocolError as exc:
@@ -188,7 +197,7 @@ def encode_batches(
             half = len(chunk) // 2
             pending += [chunk[half:], chunk[:half]]  # the first half is popped first
             continue
-        payloads.append(Payload(data, len(chunk)))
+        payloads.append(Payload(data, len(chunk), batch_id))
     return payloads, unsendable
 
 
@@ -212,8 +221,9 @@ class Batcher:
     At most `max_queued` samples wait in all; a sample beyond that is dropped (the newest:
     the queued ones are already counted towards a batch that is about to be due)."""
 
-    def __init__(self, policy: BatchPolicy) -> None:
+    def __init__(self, policy: BatchPolicy, *, new_id: Callable[[], str] | None = None) -> None:
         self.policy = policy
+        self._new_id = new_id
         self._pending: dict[str, _Pending] = {}
         self.queued = 0
         self.dropped = 0
@@ -255,6 +265,7 @@ class Batcher:
                 encoded, unsendable = encode_batches(
                     samples[start : start + policy.max_samples],
                     max_bytes=policy.max_payload_bytes,
+                    new_id=self._new_id,
                 )
                 payloads += encoded
                 self.unsendable += unsendable
@@ -301,6 +312,96 @@ class Backlog:
             self.bytes -= len(dropped.data)
             self.dropped_payloads += 1
             self.dropped_samples += dropped.samples
+
+
+RESEND_FIRST_S = 5.0
+RESEND_MAX_S = 60.0
+MAX_UNCONFIRMED = 256  # payloads sent and not yet confirmed, at most
+
+
+@dataclass(slots=True)
+class _Held:
+    payload: Payload
+    attempts: int
+    due: float
+
+
+class Unconfirmed:
+    """Payloads sent with a `batch_id` that the server has not confirmed yet, oldest
+    first, at most `max_payloads` of them and `max_bytes` in all (beyond, the oldest are
+    dropped and counted). Each is due again `first_s` after it was sent, doubling to
+    `max_s`. In memory: a restarted agent has lost what was held here."""
+
+    def __init__(
+        self,
+        *,
+        max_payloads: int = MAX_UNCONFIRMED,
+        max_bytes: int,
+        first_s: float = RESEND_FIRST_S,
+        max_s: float = RESEND_MAX_S,
+    ) -> None:
+        self.max_payloads = max_payloads
+        self.max_bytes = max_bytes
+        self.first_s = first_s
+        self.max_s = max_s
+        self._held: dict[str, _Held] = {}
+        self.bytes = 0
+        self.confirmed_payloads = 0
+        self.resent_payloads = 0
+        self.dropped_payloads = 0
+        self.dropped_samples = 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def sent(self, payload: Payload, now: float) -> list[Payload]:
+        """`payload` was handed to the link at `now` (first or again); the payloads
+        dropped to make room (oldest first), if any."""
+        batch_id = payload.batch_id
+        if batch_id is None:
+            return []
+        held = self._held.get(batch_id)
+        if held is not None:
+            held.due = now + min(self.first_s * 2**held.attempts, self.max_s)
+            held.attempts += 1
+            self.resent_payloads += 1
+            return []
+        self._held[batch_id] = _Held(payload, 1, now + self.first_s)
+        self.bytes += len(payload.data)
+        dropped: list[Payload] = []
+        while len(self._held) > self.max_payloads or self.bytes > self.max_bytes:
+            oldest = self._held.pop(next(iter(self._held))).payload
+            self.bytes -= len(oldest.data)
+            self.dropped_payloads += 1
+            self.dropped_samples += oldest.samples
+            dropped.append(oldest)
+        return dropped
+
+    def confirm(self, batch_ids: Iterable[str]) -> int:
+        """Forget the payloads the server confirmed; how many were held."""
+        removed = 0
+        for batch_id in batch_ids:
+            held = self._held.pop(batch_id, None)
+            if held is not None:
+                self.bytes -= len(held.payload.data)
+                removed += 1
+        self.confirmed_payloads += removed
+        return removed
+
+    def due(self, now: float) -> list[Payload]:
+        """The payloads due again at `now`, oldest first (sent() marks each as sent)."""
+        return [held.payload for held in self._held.values() if held.due <= now]
+
+    def next_due(self) -> float | None:
+        """When the next payload is due again (monotonic), or None when none is held."""
+        return min((held.due for held in self._held.values()), default=None)
+
+    def reconnected(self, now: float) -> None:
+        """After a (re)connection: every payload goes again soon, from the first delay
+        (the link sends what it had queued itself; the server gets `first_s` to answer)."""
+        due = now + self.first_s
+        for held in self._held.values():
+            held.attempts, held.due = 1, min(held.due, due)
 
 
 @dataclass(kw_only=True, slots=True)

@@ -599,27 +599,51 @@ class UpdateEvent(_Payload):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class EventsAck(_Payload):
-    """On `acks` (server -> device): these events of the device are stored.
+    """On `acks` (server -> device): these events and telemetry messages of the device
+    are stored.
 
-    The bridge sends it after the events' transaction commits, for new events and
-    repeats alike, so an agent that missed one gets it again when it sends again.
+    The bridge sends it after the batch's transaction commits, for new messages and
+    repeats alike, so an agent that missed one gets it again when it sends again. Either
+    list may be absent (empty here) but not both; a present one is not empty. The bridge
+    writes `batch_ids` only to agents that sent a `batch_id`, so an agent that knows only
+    `event_ids` never gets it.
     """
 
-    event_ids: tuple[str, ...]
+    event_ids: tuple[str, ...] = ()
+    batch_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _tuple_of(self.event_ids, "event_ids", str, MAX_ACK_IDS)
-        if not self.event_ids:
-            _fail("event_ids must not be empty")
+        _tuple_of(self.batch_ids, "batch_ids", str, MAX_ACK_IDS)
+        if not self.event_ids and not self.batch_ids:
+            _fail("an ack must name at least one event_id or batch_id")
         for event_id in self.event_ids:
             _match(event_id, "event_ids[]", EVENT_ID_RE)
+        for batch_id in self.batch_ids:
+            _match(batch_id, "batch_ids[]", EVENT_ID_RE)
+
+    def to_dict(self) -> dict[str, object]:
+        data = _Payload.to_dict(self)  # slots=True: no zero-argument super()
+        for key in ("event_ids", "batch_ids"):
+            if not data[key]:
+                del data[key]  # absent, never empty: what agents without it parse
+        return data
 
     @classmethod
     def from_dict(cls, obj: object) -> Self:
         """Build from a decoded JSON object; raises ProtocolError."""
+        if isinstance(obj, dict):
+            for key in ("event_ids", "batch_ids"):
+                if key in obj and obj[key] == []:
+                    _fail(f"{key} must not be empty when present")
+            obj = {"event_ids": [], "batch_ids": [], **obj}
         members = _members(obj, cls, "acks", top_level=True)
-        ids = _array(members["event_ids"], "event_ids", MAX_ACK_IDS)
-        return cls(event_ids=tuple(cast(list[str], ids)))
+        event_ids = _array(members["event_ids"], "event_ids", MAX_ACK_IDS)
+        batch_ids = _array(members["batch_ids"], "batch_ids", MAX_ACK_IDS)
+        return cls(
+            event_ids=tuple(cast(list[str], event_ids)),
+            batch_ids=tuple(cast(list[str], batch_ids)),
+        )
 
 
 # --- telemetry ---------------------------------------------------------------------
@@ -664,14 +688,27 @@ class TelemetrySample:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TelemetryBatch(_Payload):
-    """A batch of samples on `telemetry`."""
+    """A batch of samples on `telemetry`.
+
+    `batch_id` (32 lowercase hex digits, random, optional like an event's `event_id`)
+    asks the server to confirm the message on `acks`: the agent sends the same payload
+    again until it does. Absent (None) in batches of agents that do not wait for it.
+    """
 
     samples: tuple[TelemetrySample, ...]
+    batch_id: str | None = None
 
     def __post_init__(self) -> None:
+        _optional_match(self.batch_id, "batch_id", EVENT_ID_RE)
         _tuple_of(self.samples, "samples", TelemetrySample, MAX_SAMPLES)
         if not self.samples:
             _fail("samples must not be empty")
+
+    def to_dict(self) -> dict[str, object]:
+        data = _Payload.to_dict(self)  # slots=True: no zero-argument super()
+        if self.batch_id is None:
+            del data["batch_id"]
+        return data
 
     @classmethod
     def from_dict(cls, obj: object) -> Self:
@@ -680,9 +717,14 @@ class TelemetryBatch(_Payload):
             fast = _telemetry_fast(obj)
             if fast is not None:
                 return cast(Self, fast)
+        if isinstance(obj, dict) and "batch_id" not in obj:
+            obj = {**obj, "batch_id": None}
         members = _members(obj, cls, "telemetry", top_level=True)
         samples = _array(members["samples"], "samples", MAX_SAMPLES)
-        return cls(samples=tuple(TelemetrySample.from_dict(s) for s in samples))
+        return cls(
+            samples=tuple(TelemetrySample.from_dict(s) for s in samples),
+            batch_id=members["batch_id"],
+        )
 
 
 # The bridge parses every telemetry message a fleet sends: _telemetry_fast checks the
@@ -692,6 +734,7 @@ class TelemetryBatch(_Payload):
 # only empties these.
 _FAST_CACHE_MAX = 4096
 _BATCH_KEYS = frozenset({"v", "samples"})
+_BATCH_KEYS_WITH_ID = frozenset({"v", "samples", "batch_id"})
 _SAMPLE_KEYS = frozenset(f.name for f in fields(TelemetrySample))
 _valid_tags: set[tuple[str, str, str | None, str | None]] = set()
 _valid_metric_names: set[str] = set()
@@ -716,7 +759,15 @@ def _telemetry_fast(obj: object) -> TelemetryBatch | None:
     subclass of str or dict, say) returns None, and the generic path then accepts it or
     raises its error; so errors, codes and details are the generic path's.
     """
-    if type(obj) is not dict or obj.keys() != _BATCH_KEYS:
+    if type(obj) is not dict:
+        return None
+    keys = obj.keys()
+    batch_id = None
+    if keys == _BATCH_KEYS_WITH_ID:
+        batch_id = obj["batch_id"]
+        if type(batch_id) is not str or EVENT_ID_RE.fullmatch(batch_id) is None:
+            return None
+    elif keys != _BATCH_KEYS:
         return None
     v, items = obj["v"], obj["samples"]
     if type(v) is not int or v != PROTOCOL_VERSION or type(items) is not list:
@@ -786,6 +837,7 @@ def _telemetry_fast(obj: object) -> TelemetryBatch | None:
         samples.append(sample)
     batch = new(TelemetryBatch)
     put(batch, "samples", tuple(samples))
+    put(batch, "batch_id", batch_id)
     return batch
 
 

@@ -23,7 +23,7 @@ class Channel(StrEnum):
     EVENTS = "events"
     TELEMETRY = "telemetry"
     STATUS = "status"
-    ACKS = "acks"  # server -> device: which events are stored (messages.EventsAck)
+    ACKS = "acks"  # server -> device: which events and telemetry are stored (EventsAck)
 
 
 # Delivery settings from the DESIGN.md §3 table. Telemetry may go at QoS 1 when a

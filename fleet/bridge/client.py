@@ -32,6 +32,8 @@ from telemetry import metrics
 if TYPE_CHECKING:
     from paho.mqtt.client import _OutPacket
 
+    from fleet.bridge.handlers import Confirmed
+
 logger = logging.getLogger(__name__)
 
 
@@ -265,7 +267,7 @@ class MqttConnection:
         # next connection, where the id may name another message.
         self._generation = 0
         self._ack_lock = threading.Lock()
-        # QoS 0 messages of ours (event confirmations) written by paho but not yet
+        # QoS 0 messages of ours (confirmations on `acks`) written by paho but not yet
         # reported written: on_publish reports them too, and they are not the outbox's.
         self._untracked_lock = threading.Lock()
         self._untracked: set[int] = set()
@@ -359,13 +361,18 @@ class MqttConnection:
             return None
         return info.mid
 
-    def confirm_events(self, confirmed: Mapping[str, Sequence[str]]) -> int:
-        """Publish, per device, the ids of its events that are stored (`acks`, QoS 0); how
-        many messages. A lost one costs the device one more send of those events."""
+    def confirm(self, confirmed: Mapping[str, "Confirmed"]) -> int:
+        """Publish, per device, the ids of its events and telemetry messages that are
+        stored (`acks`, QoS 0); how many messages. A lost one costs the device one more
+        send of those messages. `batch_ids` go only to a device that sent one."""
         sent = 0
-        for device_id, event_ids in confirmed.items():
-            for start in range(0, len(event_ids), MAX_ACK_IDS):
-                payload = EventsAck(event_ids=tuple(event_ids[start : start + MAX_ACK_IDS]))
+        for device_id, ids in confirmed.items():
+            events, batches = ids.event_ids, ids.batch_ids
+            for start in range(0, max(len(events), len(batches)), MAX_ACK_IDS):
+                payload = EventsAck(
+                    event_ids=tuple(events[start : start + MAX_ACK_IDS]),
+                    batch_ids=tuple(batches[start : start + MAX_ACK_IDS]),
+                )
                 # Held across publish(): paho may report the write before it returns.
                 with self._untracked_lock:
                     info = self._client.publish(

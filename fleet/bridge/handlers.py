@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -75,6 +75,14 @@ class Outcome:
     channel: str
     result: str
     reason: str = ""
+
+
+@dataclass(slots=True)
+class Confirmed:
+    """What to confirm to one device on `acks` once its batch commits."""
+
+    event_ids: list[str] = field(default_factory=list)
+    batch_ids: list[str] = field(default_factory=list)
 
 
 def channel_label(topic: str) -> str:
@@ -234,9 +242,9 @@ class Dispatcher:
         self._events: list[tuple[int, Device, UpdateEvent]] = []
         # The valid topics of the batch prepare() last saw, parsed: handle() needs them too.
         self._topics: dict[str, tuple[str, Channel]] = {}
-        # The batch's events that carry an id, by device id: once the batch commits, the
-        # bridge confirms them to their devices on `acks`.
-        self._confirmed: dict[str, list[str]] = {}
+        # The batch's events and telemetry messages that carry an id, by device id: once
+        # the batch commits, the bridge confirms them to their devices on `acks`.
+        self._confirmed: dict[str, Confirmed] = {}
 
     def begin(self, *, deferred: bool) -> None:
         """Start a batch. Deferred, `state` and `events` reports are only checked by
@@ -247,9 +255,10 @@ class Dispatcher:
         self._states, self._events = [], []
         self._confirmed = {}
 
-    def take_confirmed(self) -> dict[str, list[str]]:
-        """The event ids of the batch, by device id, to confirm once the batch commits:
-        new and repeated events alike (a repeat means our last confirmation was lost)."""
+    def take_confirmed(self) -> dict[str, Confirmed]:
+        """The event and batch ids of the batch, by device id, to confirm once the batch
+        commits: new and repeated messages alike (a repeat means our last confirmation
+        was lost)."""
         confirmed, self._confirmed = self._confirmed, {}
         return confirmed
 
@@ -336,7 +345,7 @@ class Dispatcher:
                 _, created = device_event_record(device=device, event=decoded)
                 result = ACCEPTED if created else DUPLICATE
             if decoded.event_id is not None:
-                self._confirmed.setdefault(device.device_id, []).append(decoded.event_id)
+                self._confirmation(device).event_ids.append(decoded.event_id)
         elif isinstance(decoded, DeviceStatus):
             online = decoded.status is Presence.ONLINE
             device_presence_set(device=device, online=online, at=message.received_at)
@@ -349,9 +358,17 @@ class Dispatcher:
                 received_at=message.received_at,
                 key=hashlib.sha256(message.payload).hexdigest(),
             )
+            if decoded.batch_id is not None:
+                self._confirmation(device).batch_ids.append(decoded.batch_id)
         if seen:
             self._seen.add(device.pk)
         return Outcome(channel.value, result)
+
+    def _confirmation(self, device: Device) -> Confirmed:
+        confirmed = self._confirmed.get(device.device_id)
+        if confirmed is None:
+            confirmed = self._confirmed[device.device_id] = Confirmed()
+        return confirmed
 
     def _drop(self, channel: str, reason: str, message: InboundMessage, detail: str) -> Outcome:
         self._log.warning(

@@ -48,7 +48,7 @@ class Bridge:
             queue_size=config.queue_size,
             batch_size=config.batch_size,
             seen_flush_seconds=config.seen_flush_seconds,
-            confirm=self.connection.confirm_events,
+            confirm=self.connection.confirm,
         )
         self.outbox = Outbox(
             publisher=self.connection,

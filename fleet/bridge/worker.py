@@ -6,7 +6,8 @@ message inside one transaction (in a savepoint of its own, except telemetry, whi
 reads: the sink buffers its rows). After that commit it hands the batch to the writer
 thread, which writes the batch's telemetry rows in a transaction of its own (on its own
 database connection) and, once that commits, PUBACKs the batch in arrival order and
-confirms the batch's events to their devices (`acks`, device_agent/delivery.py). So the
+confirms the batch's events and telemetry messages to their devices (`acks`,
+device_agent/delivery.py and metrics_server.py). So the
 worker checks the next batch while the database takes in the rows of the previous one
 (the database's share of ingesting telemetry is about as large as the bridge's own), and
 acknowledgements still follow arrival order, batch after batch. A crash before the
@@ -44,6 +45,7 @@ from fleet.bridge.handlers import (
     ERROR,
     REASON_BACKPRESSURE,
     REASON_INTERNAL_ERROR,
+    Confirmed,
     Dispatcher,
     Outcome,
     RateLimitedLog,
@@ -65,12 +67,12 @@ class _Redo(Exception):
 
 class _Checked(NamedTuple):
     """A handled batch on its way to the writer: its messages, outcomes and telemetry,
-    and the ids of its events to confirm to their devices."""
+    and the ids of its events and telemetry messages to confirm to their devices."""
 
     batch: list[InboundMessage]
     handled: list[tuple[Outcome, float]]
     rows: object  # what the telemetry sink's take() returned
-    confirmed: dict[str, list[str]]
+    confirmed: dict[str, Confirmed]
 
 
 class InboundWorker:
@@ -84,7 +86,7 @@ class InboundWorker:
         queue_size: int,
         batch_size: int,
         seen_flush_seconds: float,
-        confirm: Callable[[Mapping[str, Sequence[str]]], object] = lambda confirmed: None,
+        confirm: Callable[[Mapping[str, Confirmed]], object] = lambda confirmed: None,
     ) -> None:
         self._dispatcher = dispatcher
         self._ack = ack
@@ -290,8 +292,8 @@ class InboundWorker:
             try:
                 self._confirm(checked.confirmed)
             except Exception:
-                # Unconfirmed events come again and are confirmed then.
-                self._log.warning("confirm", "could not confirm events", exc_info=True)
+                # Unconfirmed messages come again and are confirmed then.
+                self._log.warning("confirm", "could not confirm messages", exc_info=True)
         return True
 
     @staticmethod

@@ -10,7 +10,7 @@ from bridge_harness import event_payload, make_device
 
 from device_agent.protocol.messages import parse_event
 from fleet.bridge.client import InboundMessage
-from fleet.bridge.handlers import DiscardTelemetry, Dispatcher
+from fleet.bridge.handlers import Confirmed, DiscardTelemetry, Dispatcher
 from fleet.models import DeviceEvent
 from fleet.reports import device_event_record, devices_event_record
 
@@ -69,7 +69,7 @@ def test_an_event_id_is_stored_once_and_confirmed_each_time(deferred: bool) -> N
     # then the first and the third are stored, and all three are confirmed
     assert outcomes == ["accepted", "duplicate", "accepted"]
     assert sorted(DeviceEvent.objects.values_list("event_id", "seq")) == [(ID, 1), (other, 2)]
-    assert dispatcher.take_confirmed() == {"dev-1": [ID, ID, other]}
+    assert dispatcher.take_confirmed() == {"dev-1": Confirmed(event_ids=[ID, ID, other])}
     assert dispatcher.take_confirmed() == {}
 
 
@@ -109,7 +109,8 @@ def test_a_retained_copy_of_a_report_is_not_news(channel: str, payload: bytes | 
     assert live.result == "accepted"
     assert DeviceEvent.objects.count() + telemetry.added == 1
     if channel == "events":
-        assert dispatcher.take_confirmed() == {"dev-1": [ID]}  # the replay is not confirmed
+        # the replay is not confirmed
+        assert dispatcher.take_confirmed() == {"dev-1": Confirmed(event_ids=[ID])}
 
 
 def test_retained_state_and_status_are_still_taken() -> None:

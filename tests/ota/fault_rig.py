@@ -206,7 +206,9 @@ class FaultSystem(FleetSystem):
         return _parse_sent(lines)
 
     def samples_sent(self, device_id: str) -> int:
-        return sum(self._sent(device_id)[1].values())
+        """How many different samples the agent has sent (a batch it sends again until
+        the server confirms it counts once)."""
+        return len(self._sent(device_id)[1])
 
     # --- what was sent against what was stored ------------------------------------------
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from device_agent.config import AgentConfig, Layout
 from device_agent.metrics_server import MetricsService
-from device_agent.protocol.messages import TelemetrySample, parse_telemetry
+from device_agent.protocol.messages import EventsAck, TelemetrySample, parse_telemetry
 from device_agent.telemetry import ModelTags
 
 KWS_TAGS = {"kws": ModelTags(version="1.4.0", rollout_id="r-9", arm="B")}
@@ -18,12 +18,15 @@ KWS_TAGS = {"kws": ModelTags(version="1.4.0", rollout_id="r-9", arm="B")}
 
 class ListOut:
     """A TelemetryOut that takes every payload and acknowledges it at once (or, when not
-    `up`, takes nothing)."""
+    `up`, takes nothing); while `confirms`, it also confirms each payload's batch_id on
+    `on_acks`, as the server does once it stored the payload."""
 
     def __init__(self) -> None:
         self.payloads: list[bytes] = []
         self.up = True
         self.ack = True
+        self.confirms = True
+        self.on_acks: Callable[[bytes], None] | None = None
 
     def ready(self) -> bool:
         return self.up
@@ -32,6 +35,9 @@ class ListOut:
         self.payloads.append(payload)
         if self.ack:
             on_ack()
+        batch_id = parse_telemetry(payload).batch_id
+        if self.confirms and self.on_acks is not None and batch_id is not None:
+            self.on_acks(EventsAck(batch_ids=(batch_id,)).to_json())
         return True
 
     def samples(self) -> list[TelemetrySample]:
@@ -61,13 +67,15 @@ def metrics_service(
     """A started MetricsService for `directory` (socket <directory>/metrics.sock)."""
     layout = Layout(directory)
     layout.make_dirs()
+    out = out or ListOut()
     service = MetricsService(
         layout=layout,
         config=agent_config(**config),
         tags=lambda: KWS_TAGS if tags is None else tags,
-        out=out or ListOut(),
+        out=out,
         clock=lambda: datetime.now(UTC),
     )
+    out.on_acks = service.on_acks
     service.start()
     try:
         yield service

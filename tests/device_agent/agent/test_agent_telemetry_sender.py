@@ -54,7 +54,12 @@ def test_a_long_outage_keeps_the_newest_batches_and_counts_the_dropped(tmp_path:
         assert dropped > 0
         assert dropped + len(service.backlog) == 60
         stats = service.stats()
-        assert stats["dropped"] == {"queue_full": 0, "backlog_full": dropped, "too_large": 0}
+        assert stats["dropped"] == {
+            "queue_full": 0,
+            "backlog_full": dropped,
+            "too_large": 0,
+            "unconfirmed_full": 0,
+        }
 
         out.up = True
         wait_until(lambda: len(out.payloads) == 60 - dropped, "what was kept sent")

@@ -39,8 +39,13 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "agent_version": "0.1.0",
         "hardware": "esp32s3-int8",
         "models": [
-            {"name": "kws", "version": "1.4.0", "release_counter": 14, "slot": "b",
-             "status": "committed"},
+            {
+                "name": "kws",
+                "version": "1.4.0",
+                "release_counter": 14,
+                "slot": "b",
+                "status": "committed",
+            },
         ],
         "last_seq": 17,
     },
@@ -58,10 +63,22 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "telemetry": {
         "v": 1,
         "samples": [
-            {"model": "kws", "version": "1.4.0", "rollout_id": "r-9", "arm": "B",
-             "metrics": {"latency_ms": 12.5, "confidence": 0.93}, "ts": "2026-11-22T10:01:00Z"},
-            {"model": "kws", "version": "1.4.0", "rollout_id": None, "arm": None,
-             "metrics": {"latency_ms": 11}, "ts": "2026-11-22T10:01:01Z"},
+            {
+                "model": "kws",
+                "version": "1.4.0",
+                "rollout_id": "r-9",
+                "arm": "B",
+                "metrics": {"latency_ms": 12.5, "confidence": 0.93},
+                "ts": "2026-11-22T10:01:00Z",
+            },
+            {
+                "model": "kws",
+                "version": "1.4.0",
+                "rollout_id": None,
+                "arm": None,
+                "metrics": {"latency_ms": 11},
+                "ts": "2026-11-22T10:01:01Z",
+            },
         ],
     },
     "status": {"v": 1, "status": "online"},

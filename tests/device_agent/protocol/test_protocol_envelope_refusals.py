@@ -72,9 +72,12 @@ CASES: list[Any] = [
     pytest.param(lambda e: e["signatures"][0].pop("sig"), M, id="absent-sig"),
     pytest.param(lambda e: e["signatures"][0].update(sig=None), M, id="null-sig"),
     pytest.param(
-        lambda e: e.update(alg="none", signatures=[{"keyid": e["signatures"][0]["keyid"],
-                                                    "sig": "", "alg": "none"}]),
-        S, id="alg-none",
+        lambda e: e.update(
+            alg="none",
+            signatures=[{"keyid": e["signatures"][0]["keyid"], "sig": "", "alg": "none"}],
+        ),
+        S,
+        id="alg-none",
     ),
     pytest.param(lambda e: e["signatures"][0].pop("keyid"), S, id="absent-keyid"),
     pytest.param(lambda e: e["signatures"][0].update(keyid="0" * 64), S, id="keyid-mismatch"),
@@ -184,4 +187,3 @@ def test_signing_refuses_what_verify_would_refuse(
 def test_signing_refuses_non_p256_key() -> None:
     with pytest.raises(ProtocolError):
         sign_envelope(b"{}", ec.generate_private_key(ec.SECP384R1()))
-

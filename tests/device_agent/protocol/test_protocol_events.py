@@ -13,8 +13,17 @@ from device_agent.protocol.messages import Phase, UpdateEvent, parse_event
 
 Payload = dict[str, Any]
 DESIGN_PHASES = [
-    "accepted", "downloading", "downloaded", "verified", "staged", "swapped", "trial",
-    "committed", "failed", "rolled_back", "rejected",
+    "accepted",
+    "downloading",
+    "downloaded",
+    "verified",
+    "staged",
+    "swapped",
+    "trial",
+    "committed",
+    "failed",
+    "rolled_back",
+    "rejected",
 ]
 
 
@@ -35,14 +44,25 @@ def test_every_phase_round_trips(example: Callable[[str], Payload], phase: str) 
 
 def test_event_built_in_code_encodes_to_the_wire_form() -> None:
     event = UpdateEvent(
-        seq=3, rollout_id=None, model=None, phase=Phase.REJECTED,
-        progress=None, code=ErrorCode.SIGNATURE_INVALID, detail="bad sig",
+        seq=3,
+        rollout_id=None,
+        model=None,
+        phase=Phase.REJECTED,
+        progress=None,
+        code=ErrorCode.SIGNATURE_INVALID,
+        detail="bad sig",
         ts=datetime(2026, 11, 22, 10, 0, 5, 250000, tzinfo=UTC),
     )
 
     assert json.loads(event.to_json()) == {
-        "v": 1, "seq": 3, "rollout_id": None, "model": None, "phase": "rejected",
-        "progress": None, "code": "signature_invalid", "detail": "bad sig",
+        "v": 1,
+        "seq": 3,
+        "rollout_id": None,
+        "model": None,
+        "phase": "rejected",
+        "progress": None,
+        "code": "signature_invalid",
+        "detail": "bad sig",
         "ts": "2026-11-22T10:00:05.250000Z",
     }
 

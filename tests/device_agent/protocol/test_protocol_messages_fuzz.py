@@ -145,8 +145,11 @@ def test_any_valid_desired_round_trips(
     device_id: str, seq: int, issued_at: datetime, ttl_us: int, models: list[ModelTarget]
 ) -> None:
     desired = DesiredState(
-        device_id=device_id, seq=seq, issued_at=issued_at,
-        expires_at=issued_at + timedelta(microseconds=ttl_us), models=tuple(models),
+        device_id=device_id,
+        seq=seq,
+        issued_at=issued_at,
+        expires_at=issued_at + timedelta(microseconds=ttl_us),
+        models=tuple(models),
     )
 
     assert parse_desired(desired.to_json()) == desired

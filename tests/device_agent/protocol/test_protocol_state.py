@@ -27,7 +27,10 @@ def test_round_trip(example: Callable[[str], Payload]) -> None:
         hardware="esp32s3-int8",
         models=(
             ModelState(
-                name="kws", version="1.4.0", release_counter=14, slot=Slot.B,
+                name="kws",
+                version="1.4.0",
+                release_counter=14,
+                slot=Slot.B,
                 status=Phase.COMMITTED,
             ),
         ),

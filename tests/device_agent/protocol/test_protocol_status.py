@@ -17,8 +17,14 @@ def test_round_trip(presence: Presence) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"online", b'{"v":1,"status":"away"}', b'{"v":1}', b'{"status":"online"}',
-     b'{"v":1,"status":"online","ts":1}', b'{"v":1,"status":true}'],
+    [
+        b"online",
+        b'{"v":1,"status":"away"}',
+        b'{"v":1}',
+        b'{"status":"online"}',
+        b'{"v":1,"status":"online","ts":1}',
+        b'{"v":1,"status":true}',
+    ],
 )
 def test_refused(data: bytes) -> None:
     with pytest.raises(ProtocolError) as caught:

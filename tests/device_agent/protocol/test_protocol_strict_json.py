@@ -21,7 +21,11 @@ from device_agent.protocol.messages import (
 )
 
 PARSERS: list[Callable[[bytes], object]] = [
-    parse_desired, parse_state, parse_event, parse_telemetry, parse_status,
+    parse_desired,
+    parse_state,
+    parse_event,
+    parse_telemetry,
+    parse_status,
 ]
 EVENT = (
     b'{"v":1,"seq":%b,"rollout_id":null,"model":"kws","phase":"trial","progress":null,'
@@ -109,7 +113,10 @@ def test_pretty_printed_json_is_accepted() -> None:
 def test_encoder_refuses_oversize() -> None:
     # given a batch that is valid field by field but far beyond 64 KiB once encoded
     sample = TelemetrySample(
-        model="kws", version="1.0.0", rollout_id=None, arm=None,
+        model="kws",
+        version="1.0.0",
+        rollout_id=None,
+        arm=None,
         metrics={f"metric_{'x' * 50}_{i}": 1.0 for i in range(32)},
         ts=parse_timestamp("2026-11-22T10:00:00Z"),
     )

@@ -16,8 +16,14 @@ from device_agent.protocol.messages import (
 )
 
 Payload = dict[str, Any]
-MINIMAL = {"model": "k", "version": "1.0.0", "rollout_id": None, "arm": None,
-           "metrics": {"x": 1}, "ts": "2026-11-22T10:01:00Z"}
+MINIMAL = {
+    "model": "k",
+    "version": "1.0.0",
+    "rollout_id": None,
+    "arm": None,
+    "metrics": {"x": 1},
+    "ts": "2026-11-22T10:01:00Z",
+}
 
 
 def test_round_trip_makes_metrics_floats(example: Callable[[str], Payload]) -> None:
@@ -38,8 +44,9 @@ def _metrics(**metrics: Any) -> Callable[[Payload], None]:
     "tamper",
     [
         pytest.param(lambda d: d.update(samples=[]), id="no-samples"),
-        pytest.param(lambda d: d.update(samples=[MINIMAL] * (MAX_SAMPLES + 1)),
-                     id="too-many-samples"),
+        pytest.param(
+            lambda d: d.update(samples=[MINIMAL] * (MAX_SAMPLES + 1)), id="too-many-samples"
+        ),
         pytest.param(_metrics(), id="no-metrics"),
         pytest.param(_metrics(latency_ms=True), id="bool-metric"),
         pytest.param(_metrics(latency_ms="12"), id="string-metric"),
@@ -48,11 +55,13 @@ def _metrics(**metrics: Any) -> Callable[[Payload], None]:
         pytest.param(_metrics(latency_ms={"p95": 1}), id="nested-metric"),
         pytest.param(_metrics(latency_ms=MAX_SAFE_INT + 1), id="huge-int-metric"),
         pytest.param(_metrics(**{"latency ms": 1}), id="bad-metric-name"),
-        pytest.param(_metrics(**{f"m{i}": 1 for i in range(MAX_METRICS + 1)}),
-                     id="too-many-metrics"),
+        pytest.param(
+            _metrics(**{f"m{i}": 1 for i in range(MAX_METRICS + 1)}), id="too-many-metrics"
+        ),
         pytest.param(lambda d: d["samples"][0].update(version="v1"), id="bad-version"),
-        pytest.param(lambda d: d["samples"][0].update(ts="2026-11-22T10:01:00+01:00"),
-                     id="non-utc-ts"),
+        pytest.param(
+            lambda d: d["samples"][0].update(ts="2026-11-22T10:01:00+01:00"), id="non-utc-ts"
+        ),
         pytest.param(lambda d: d["samples"][0].pop("arm"), id="missing-arm"),
         pytest.param(lambda d: d.update(samples={"0": 1}), id="samples-object"),
     ],
