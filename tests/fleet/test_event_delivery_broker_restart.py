@@ -8,18 +8,16 @@ each event on disk and sends it again until the bridge confirms it on `acks`
 (device_agent/delivery.py); the database stores an event once per (device, event_id).
 """
 
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from agent_link import CountingLink
 from bridge_harness import bridge_config, make_device, wait_until
 from mqtt_broker import MosquittoBroker
 
 from device_agent.cli import event_delivery
 from device_agent.config import Layout
-from device_agent.delivery import EventDelivery
-from device_agent.mqtt import MqttLink
 from device_agent.protocol.messages import Phase, UpdateEvent
 from fleet.bridge.runner import Bridge
 from fleet.models import DeviceEvent
@@ -52,48 +50,26 @@ class Agent:
     """The agent's MQTT link and event delivery, wired as `fleet-agent run` wires them."""
 
     def __init__(self, directory: Path, port: int, protocol: str) -> None:
-        self.connects = 0
-        self.connected = threading.Condition()
-        self.delivery: EventDelivery | None = None
-
-        def on_connected() -> None:
-            if self.delivery is not None:
-                self.delivery.on_connected()
-            with self.connected:
-                self.connects += 1
-                self.connected.notify_all()
-
-        def on_acks(payload: bytes) -> None:
-            if self.delivery is not None:
-                self.delivery.on_acks(payload)
-
-        self.link = MqttLink(
-            broker_url=f"mqtt://127.0.0.1:{port}",
-            device_id=DEVICE,
-            tls=None,
-            on_desired=lambda payload: None,
-            on_connected=on_connected,
-            on_acks=on_acks,
-            protocol=protocol,
-        )
+        self.mqtt = CountingLink(DEVICE, port, protocol)
+        self.link = self.mqtt.link
         layout = Layout(directory)
         layout.make_dirs()
         self.delivery = event_delivery(layout, self.link, first_s=0.5, max_s=2.0)
+        self.mqtt.receiver = self.delivery
 
     def start(self) -> None:
         self.link.start()
-        self.delivery.start()  # type: ignore[union-attr]
+        self.delivery.start()
 
     def wait_connects(self, n: int, timeout: float) -> bool:
-        with self.connected:
-            return self.connected.wait_for(lambda: self.connects >= n, timeout)
+        return self.mqtt.wait_connects(n, timeout)
 
     def send(self, seqs: range) -> None:
         for seq in seqs:
-            self.delivery.event(_event(seq))  # type: ignore[union-attr]
+            self.delivery.event(_event(seq))
 
     def stop(self) -> None:
-        self.delivery.stop()  # type: ignore[union-attr]
+        self.delivery.stop()
         self.link.stop()
 
 
@@ -112,7 +88,7 @@ def test_events_are_stored_once_across_a_broker_crash_the_agent_returns_from_fir
         agent.start()
         assert agent.wait_connects(1, 10), "the agent did not connect"
         agent.send(range(1, 6))
-        assert agent.delivery.wait_confirmed(20), "events were not confirmed"  # type: ignore[union-attr]
+        assert agent.delivery.wait_confirmed(20), "events were not confirmed"
         assert _stored() == [1, 2, 3, 4, 5]
 
         # when the broker is killed, the agent reports meanwhile, the broker comes back
@@ -128,13 +104,13 @@ def test_events_are_stored_once_across_a_broker_crash_the_agent_returns_from_fir
 
         # then once the bridge is back every event is confirmed and stored exactly once
         assert bridge.wait_subscribed(20), "the bridge did not subscribe again"
-        assert agent.delivery.wait_confirmed(60), (  # type: ignore[union-attr]
-            f"unconfirmed: {agent.delivery.unconfirmed()}, stored: {_stored()}"  # type: ignore[union-attr]
+        assert agent.delivery.wait_confirmed(60), (
+            f"unconfirmed: {agent.delivery.unconfirmed()}, stored: {_stored()}"
         )
         # (a control event, confirmed after all the others were, closes the window for
         # a late copy of them)
         agent.send(range(16, 17))
-        assert agent.delivery.wait_confirmed(30)  # type: ignore[union-attr]
+        assert agent.delivery.wait_confirmed(30)
         assert _stored() == list(range(1, 17))
     finally:
         agent.stop()

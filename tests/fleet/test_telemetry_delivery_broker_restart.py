@@ -9,11 +9,11 @@ and sends it again until the bridge confirms its `batch_id` on `acks`
 (device_agent/metrics_server.py); the bridge stores a payload once.
 """
 
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from agent_link import CountingLink
 from bridge_harness import bridge_config, make_device, wait_until
 from mqtt_broker import MosquittoBroker
 
@@ -21,7 +21,6 @@ from device_agent.cli import MqttTelemetryOut
 from device_agent.config import AgentConfig, Layout
 from device_agent.metrics_client import report
 from device_agent.metrics_server import MetricsService
-from device_agent.mqtt import MqttLink
 from device_agent.telemetry import ModelTags, Unconfirmed
 from fleet.bridge.runner import Bridge
 from telemetry.ingest import TelemetryIngest
@@ -45,30 +44,8 @@ class Agent:
     """The agent's MQTT link and metrics service, wired as `fleet-agent run` wires them."""
 
     def __init__(self, directory: Path, port: int, protocol: str) -> None:
-        self.connects = 0
-        self.connected = threading.Condition()
-        self.metrics: MetricsService | None = None
-
-        def on_connected() -> None:
-            if self.metrics is not None:
-                self.metrics.on_connected()
-            with self.connected:
-                self.connects += 1
-                self.connected.notify_all()
-
-        def on_acks(payload: bytes) -> None:
-            if self.metrics is not None:
-                self.metrics.on_acks(payload)
-
-        self.link = MqttLink(
-            broker_url=f"mqtt://127.0.0.1:{port}",
-            device_id=DEVICE,
-            tls=None,
-            on_desired=lambda payload: None,
-            on_connected=on_connected,
-            on_acks=on_acks,
-            protocol=protocol,
-        )
+        self.mqtt = CountingLink(DEVICE, port, protocol)
+        self.link = self.mqtt.link
         layout = Layout(directory)
         layout.make_dirs()
         config = AgentConfig(
@@ -89,14 +66,14 @@ class Agent:
             clock=lambda: datetime.now(UTC),
             unconfirmed=Unconfirmed(max_bytes=1 << 20, first_s=0.5, max_s=2.0),
         )
+        self.mqtt.receiver = self.metrics
 
     def start(self) -> None:
         self.link.start()
-        self.metrics.start()  # type: ignore[union-attr]
+        self.metrics.start()
 
     def wait_connects(self, n: int, timeout: float) -> bool:
-        with self.connected:
-            return self.connected.wait_for(lambda: self.connects >= n, timeout)
+        return self.mqtt.wait_connects(n, timeout)
 
     def send(self, seqs: range) -> None:
         """Hand samples to the agent as its application does, and wait until they are
@@ -122,7 +99,7 @@ class Agent:
         )
 
     def stop(self) -> None:
-        self.metrics.close(timeout=1.0)  # type: ignore[union-attr]
+        self.metrics.close(timeout=1.0)
         self.link.stop()
 
 
