@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridge_harness import make_device, state_payload
+from bridge_harness import make_device, state_payload, wait_until
 from director_factories import ArtifactFactory, own_director_key
 from django.db import connection
 from django.utils import timezone
@@ -35,6 +35,23 @@ def test_the_table_leaves_room_for_new_row_versions(table: str) -> None:
     assert "fillfactor=50" in options
 
 
+def _snapshot_holders() -> list[tuple[Any, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, state, application_name, left(query, 80) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)"
+        )
+        return cursor.fetchall()
+
+
+def _no_older_snapshot() -> None:
+    """A row version is pruned, and its room reused by a heap-only update, only once no
+    snapshot can see it: wait until no other session of this database holds one (a process
+    an earlier test left finishing its work would make these figures its own)."""
+    assert wait_until(lambda: not _snapshot_holders(), timeout=60), _snapshot_holders()
+
+
 def _updates(table: str = "fleet_device") -> tuple[int, int]:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_stat_force_next_flush()")  # this session's counts, now
@@ -53,6 +70,7 @@ def test_reports_update_devices_without_new_index_entries() -> None:
     # given 200 freshly enrolled devices
     devices = [make_device(f"dev-{i:03d}") for i in range(200)]
     state = ReportedState.from_dict(loads_json(state_payload(last_seq=5)))
+    _no_older_snapshot()
     before = _updates()
     # when each reports its state and is seen, three times, a transaction each (as the
     # bridge writes its batches)
@@ -142,6 +160,7 @@ def test_the_director_and_the_outbox_rewrite_desired_states_without_new_index_en
     published_fleet: _PublishedFleet,
 ) -> None:
     # given 200 devices with a desired state, published
+    _no_older_snapshot()
     before = _updates("fleet_desiredstate")
     # when the director signs them a new version twice, and the outbox marks each published
     for artifact in published_fleet.versions:
