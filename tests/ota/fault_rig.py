@@ -59,9 +59,6 @@ class FaultSystem(FleetSystem):
                 "mqtt_protocol": protocol,
                 "telemetry_batch_seconds": 0.5,
                 "telemetry_qos": 1,
-                # A web server killed mid-download may take longer to come back on a loaded
-                # CI machine than the default six attempts' backoff (about 30 s) allows.
-                "download_attempts": 10,
             },
         )
         self.minor = 0
