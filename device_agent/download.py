@@ -1,4 +1,4 @@
-"""Resumable, verified, memory-flat artifact downloads (DESIGN.md §4).
+"""Resumable, verified, memory-flat artifact downloads (docs/architecture.md).
 
 Bytes stream into `downloads/<sha256>.part` through a fixed-size buffer while a
 SHA-256 is computed incrementally. An existing part (from an interrupted attempt or

@@ -1,4 +1,4 @@
-"""The director (DESIGN.md §2): each device's signed desired state, written to its outbox row.
+"""The director (docs/architecture.md): each device's signed desired state, in its outbox row.
 
 Every change locks the device's ``DesiredState`` row, takes the next ``seq``, signs the
 payload with the director key (DSSE, ECDSA P-256) and saves row and envelope, and queues

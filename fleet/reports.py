@@ -1,4 +1,4 @@
-"""Writes for what devices report over MQTT (DESIGN.md §3): state, events, presence.
+"""Writes for what devices report over MQTT (docs/protocol.md): state, events, presence.
 
 The bridge validates every message with `device_agent.protocol` before it calls one of
 these; they trust their typed arguments. Each is idempotent, because the bridge

@@ -1,4 +1,4 @@
-"""The rollout engine: one evaluation of one rollout (DESIGN.md §5).
+"""The rollout engine: one evaluation of one rollout (docs/rollouts.md).
 
 ``rollout_evaluate`` is what the Celery task runs, after device events, on the beat, and
 when the pace asks for it (``Evaluation.wake_in``).

@@ -1,4 +1,4 @@
-"""Rollouts: the one module that changes ``Rollout.status`` (STYLE.md rule 2).
+"""Rollouts: the one module that changes ``Rollout.status``, with an audit row.
 
 Every status change goes through ``_transition()``: it locks the rollout row, refuses a
 change the table below does not allow (``conflict``), saves with ``update_fields`` and

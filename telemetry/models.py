@@ -13,7 +13,7 @@ from fleet.models import Device
 
 
 class Sample(models.Model):
-    """One metric value a device reported in one telemetry sample (DESIGN.md §3).
+    """One metric value a device reported in one telemetry sample (docs/protocol.md, `telemetry`).
 
     Keyed by device, model, version, rollout arm and the device's timestamp. A sample
     sent outside a rollout has an empty `rollout_id` and `arm`. Rows are only ever

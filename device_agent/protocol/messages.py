@@ -1,4 +1,4 @@
-"""Typed payloads of DESIGN.md §3 and their strict JSON parsers.
+"""Typed payloads of docs/protocol.md (Payloads) and their strict JSON parsers.
 
 Every payload is a UTF-8 JSON object with `"v": 1`, at most 64 KiB. Parsers accept
 exactly the documented keys (a nullable field is present as `null`, never absent)
@@ -82,7 +82,7 @@ FAILURE_PHASES = frozenset({Phase.FAILED, Phase.REJECTED})
 
 
 class Slot(StrEnum):
-    """The two install slots per model (DESIGN.md §4)."""
+    """The two install slots per model (docs/architecture.md, "The agent on a device")."""
 
     A = "a"
     B = "b"
@@ -436,7 +436,7 @@ def _json_models(models: tuple["ModelTarget", ...]) -> bytes:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DesiredState(_Payload):
-    """The director's payload: every model the device should run (DESIGN.md §2)."""
+    """The director's payload: every model the device should run (docs/protocol.md, `desired`)."""
 
     device_id: str
     seq: int
