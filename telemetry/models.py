@@ -20,8 +20,8 @@ class Sample(models.Model):
     inserted (by the bridge, with COPY on PostgreSQL) and deleted by retention.
     """
 
-    # No database-level constraint: its trigger would check every row COPY writes (a third
-    # of the write rate). Deleting a device still deletes its samples (Django cascades);
+    # No database-level constraint: its trigger would check every row COPY writes, which
+    # slows the write markedly. Deleting a device still deletes its samples (Django cascades);
     # rows of a device deleted while its batch was in flight go with retention.
     device = models.ForeignKey(
         Device,
