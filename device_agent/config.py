@@ -1,4 +1,5 @@
-"""The agent's config file (`config.json`, mode 0600) and its on-disk layout (DESIGN.md §4).
+"""The agent's config file (`config.json`, mode 0600) and its on-disk layout
+(docs/architecture.md, "The agent on a device").
 
 trust/root.json  trust/director.pem   pinned at enrollment
 ca.pem  cert.pem  key.pem             MQTT identity (key 0600)

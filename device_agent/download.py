@@ -1,4 +1,4 @@
-"""Resumable, verified, memory-flat artifact downloads (DESIGN.md §4).
+"""Resumable, verified, memory-flat artifact downloads (docs/architecture.md).
 
 Bytes stream into `downloads/<sha256>.part` through a fixed-size buffer while a
 SHA-256 is computed incrementally. An existing part (from an interrupted attempt or
@@ -34,8 +34,8 @@ from device_agent.testhooks import crashpoint
 
 log = logging.getLogger(__name__)
 
-# One socket read: read1 returns what has arrived, up to this. 1 MiB instead of 64 KiB
-# halved the time of a 100 MiB loopback download (docs/benchmarks.md, Agent).
+# One socket read: read1 returns what has arrived, up to this; large reads mean fewer
+# system calls and copies per artifact.
 CHUNK = 1024 * 1024
 HASH_CHUNK = 1024 * 1024
 # Written bytes between two background fdatasync calls (see _Writeback).
@@ -252,7 +252,7 @@ class _Writeback:
     """fdatasync the part from a helper thread every SYNC_EVERY bytes.
 
     The disk then writes back while more bytes arrive, instead of all at once in the
-    final fsync (0.1 s per 100 MiB on a fast SSD, seconds on an SD card), and a power
+    final fsync (long on a slow disk such as an SD card), and a power
     cut mid-download leaves a durable prefix to resume from. Errors are left to the
     final fsync, which still runs and reports them.
     """

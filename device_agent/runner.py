@@ -1,4 +1,4 @@
-"""The agent's runner: all the IO around the pure state machine (STYLE.md rule 9).
+"""The agent's runner: all the IO around the pure state machine (device_agent/state.py).
 
 For each event it asks `state.next_step` for the next state and actions, journals
 the state (journal.json) *before* applying any action, then applies the actions in

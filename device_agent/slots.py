@@ -1,4 +1,4 @@
-"""Two slots per model and the `current` symlink that applications read (DESIGN.md §4).
+"""Two slots per model and the `current` symlink that applications read (docs/architecture.md).
 
     models/<name>/slots/{a,b}/<file>
     models/<name>/current -> slots/a

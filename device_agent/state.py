@@ -1,4 +1,4 @@
-"""The agent's update state machine (DESIGN.md §4): deciding, never doing.
+"""The agent's update state machine (docs/protocol.md, agent states): deciding, never doing.
 
 `next_step(state, event) -> (state, actions)` is pure: no clock, no files, no network.
 The runner (device_agent/runner.py) journals the returned state *before* it applies

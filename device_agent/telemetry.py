@@ -1,4 +1,4 @@
-"""Telemetry from the device's applications, deciding only (STYLE.md rule 9).
+"""Telemetry from the device's applications, deciding only (the IO is in metrics_server.py).
 
 Applications hand the agent one sample per datagram (device_agent/metrics_client.py):
 
@@ -72,7 +72,7 @@ class ModelTags:
 
 def tags_from_store(store: AgentStore) -> dict[str, ModelTags]:
     """Per installed model: its committed version and the rollout and arm it runs under
-    (as last given in `desired` for these bytes, DESIGN.md §3). An update still running,
+    (as last given in `desired` for these bytes, docs/protocol.md). An update still running,
     or one that failed, changes nothing here: an arm's statistics never include samples
     of another version."""
     return {

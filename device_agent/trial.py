@@ -1,4 +1,4 @@
-"""The trial a swapped model must pass before it is committed (DESIGN.md §4).
+"""The trial a swapped model must pass before it is committed (docs/architecture.md).
 
 1. Load: through a runtime plugin when one is installed (onnxruntime for `onnx`,
    tflite_runtime / ai_edge_litert / tensorflow.lite for `tflite`), else a format

@@ -1,4 +1,4 @@
-"""Full verification of a `desired` envelope (DESIGN.md §2, Uptane-style).
+"""Full verification of a `desired` envelope (docs/protocol.md, "Verifying a desired state").
 
 Two independent signatures must agree before anything is installed:
 

@@ -1,4 +1,4 @@
-"""The director (DESIGN.md §2): each device's signed desired state, written to its outbox row.
+"""The director (docs/architecture.md): each device's signed desired state, in its outbox row.
 
 Every change locks the device's ``DesiredState`` row, takes the next ``seq``, signs the
 payload with the director key (DSSE, ECDSA P-256) and saves row and envelope, and queues
@@ -363,7 +363,7 @@ def _rows_lock(pks: list[int], *, create: bool = True) -> dict[int, _Locked]:
 def _rows_save(rows: list[_Locked]) -> None:
     """Write the issued fields of many locked rows.
 
-    Not ``bulk_update``: building its CASE expressions costs about 0.7 ms of Python per
+    Not ``bulk_update``: building its CASE expressions costs more Python time per
     row, more than signing the envelope. On PostgreSQL (psycopg 3) one ``UPDATE ... FROM
     unnest()`` of binary-bound column arrays (``_rows_unnest``); elsewhere one UPDATE per
     row, one executemany. The payload goes in as the JSON text that was signed, not
@@ -432,8 +432,8 @@ def _rows_unnest(
 
     One round trip a batch. A binary COPY into a temporary table (created, truncated and
     analyzed in every batch, four more round trips) did as well on batches of 1 000 and
-    took a quarter longer on the director's smaller first and last batches
-    (docs/benchmarks.md, "Desired state to N devices"). With the values bound, the
+    took longer on the director's smaller first and last batches
+    (its extra round trips). With the values bound, the
     planner knows how many rows unnest gives and looks each up by primary key.
     """
     names = [pk, *(name for name, _ in columns)]

@@ -162,7 +162,7 @@ class EnrollmentToken(models.Model):
 
 
 class DeviceEvent(models.Model):
-    """An update progress event a device reported (DESIGN.md §3 ``events``)."""
+    """An update progress event a device reported (docs/protocol.md, ``events``)."""
 
     # No index of its own: both of the table's indexes lead with the device, and every
     # event stored would add an entry to a third.

@@ -1,4 +1,4 @@
-"""Writes for what devices report over MQTT (DESIGN.md §3): state, events, presence.
+"""Writes for what devices report over MQTT (docs/protocol.md): state, events, presence.
 
 The bridge validates every message with `device_agent.protocol` before it calls one of
 these; they trust their typed arguments. Each is idempotent, because the bridge
@@ -118,7 +118,7 @@ def _update_many(reports: Sequence[tuple[Device, ReportedState]]) -> None:
 def _update_unnest(reports: Sequence[tuple[Device, ReportedState]]) -> None:
     """``devices_state_record`` on PostgreSQL: one ``UPDATE ... FROM unnest(...)`` with an
     array per column, bound by the server in binary; the report as JSON text, made jsonb
-    by the database (docs/benchmarks.md, "Rollouts")."""
+    by the database."""
     qn = connection.ops.quote_name
     meta = Device._meta
     table, pk = qn(meta.db_table), qn(str(meta.pk.column))
@@ -156,7 +156,7 @@ def devices_event_record(
     redelivery, or a repeat earlier in ``reports``).
 
     One ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` per ``EVENT_CHUNK`` events where one
-    by one took a round trip each (docs/benchmarks.md, "Rollouts"). Without RETURNING
+    by one took a round trip each. Without RETURNING
     support, one by one. Then one statement for the news of them (``ota.tracking``), in
     the same transaction, unless ``news`` is False (as ``devices_state_record``).
     """
@@ -288,7 +288,7 @@ def _insert_unless_stored(event: DeviceEvent) -> bool:
 
     One statement (``ON CONFLICT DO NOTHING RETURNING``) where ``get_or_create`` takes four
     round trips (SELECT, SAVEPOINT, INSERT, RELEASE) for every new event, the common case:
-    in the rollout benchmark that was half of the bridge's time (docs/benchmarks.md).
+    in the rollout benchmark that was a large part of the bridge's time.
     """
     if not connection.features.can_return_rows_from_bulk_insert:
         found, created = DeviceEvent.objects.get_or_create(

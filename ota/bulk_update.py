@@ -2,7 +2,7 @@
 
 Django's ``bulk_update`` builds a ``CASE WHEN pk = ... THEN ...`` expression per field with
 one branch per row, resolving and copying an expression object per value: in the rollout
-benchmark it was three quarters of the rollout engine's time (docs/benchmarks.md,
+benchmark it was most of the rollout engine's time (docs/benchmarks.md,
 "Rollouts"). On PostgreSQL ``columns_update`` sends one array per column as a bound
 parameter (server-side binding, in binary: Django's client-side cursor would spell every
 element out as a literal) and updates from their ``unnest()`` joined on the primary key: one

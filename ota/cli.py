@@ -59,8 +59,8 @@ class MultipartBody:
     """``multipart/form-data`` with the metadata part, then the file streamed from disk.
 
     It has a length, so requests sends a Content-Length and streams the iterator: the
-    artifact is never held in memory (requests-toolbelt's encoder did the same at several
-    times the CPU cost, docs/benchmarks.md).
+    artifact is never held in memory (requests-toolbelt's encoder did the same, but
+    recomputed the body's length on every read).
     """
 
     def __init__(self, metadata: bytes, path: Path) -> None:

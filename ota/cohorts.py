@@ -1,4 +1,4 @@
-"""Deterministic, sticky cohorts (DESIGN.md §5).
+"""Deterministic, sticky cohorts (docs/rollouts.md, Cohorts).
 
 ``bucket = sha256(rollout_id + device_id)`` mapped to [0, 1): a stage of p % takes the
 ceil(p / 100 x N) devices of the rollout with the lowest buckets (``stage_bounds``), so a

@@ -1,4 +1,4 @@
-"""The rollout engine: one evaluation of one rollout (DESIGN.md §5).
+"""The rollout engine: one evaluation of one rollout (docs/rollouts.md).
 
 ``rollout_evaluate`` is what the Celery task runs, after device events, on the beat, and
 when the pace asks for it (``Evaluation.wake_in``).
@@ -291,7 +291,7 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
     downloading) are left in the database: reading every device in flight each time made
     an evaluation cost O(devices in flight), and with one evaluation per batch of events a
     stage cost O(n^2); finding the few that moved among them by a query at every
-    evaluation was still the costliest statement of the rollout benchmark.
+    evaluation was still one of the costliest statements of a rollout.
     """
     public_id, name = rollout.public_id, rollout.model.name
     # A whole desired state refused (bad signature, expired) names no model or rollout.
@@ -350,7 +350,7 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
         for row in rows
     }
     # A report is read only where no terminal event of the attempt decides: most devices
-    # that finish send both, and decoding every finished device's state was 5 % of the
+    # that finish send both, and decoding every finished device's state took a share of the
     # worker's samples in the rollout benchmark.
     undecided = [
         r.device_id
@@ -429,7 +429,7 @@ def _outcomes(rollout: Rollout, *, whole: bool = False) -> dict[str, Outcomes]:
     """Per-arm outcome counts; finished devices count from ``gates_since`` (a resume), or
     over the ``whole`` rollout.
 
-    One count per (arm, state), summed here: a third cheaper for the database than a
+    One count per (arm, state), summed here: cheaper for the database than a
     FILTER clause per outcome over every row, at every evaluation.
     """
     rows = RolloutDevice.objects.filter(rollout=rollout).order_by()
@@ -764,7 +764,7 @@ def _notify(
     # The batch's keys first, then its rows: joined to the devices before the sort, the
     # query read the device of every pending row of the stage (thousands) for a batch of
     # a hundred. The director needs the device's id only: decoding every device's
-    # reported state (JSON) took 7 % of the worker's samples in the rollout benchmark.
+    # reported state (JSON) would be wasted work for the worker.
     batch = list(pending.order_by("bucket", "pk").values_list("pk", flat=True)[:budget])
     rows = list(
         filter_in(RolloutDevice.objects.all(), "pk", batch)

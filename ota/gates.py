@@ -1,4 +1,4 @@
-"""Gates: the checks that let a rollout go on, or stop it (DESIGN.md §5).
+"""Gates: the checks that let a rollout go on, or stop it (docs/rollouts.md, Gates).
 
 A gate looks at a ``GateContext`` (outcome counts per arm, the rollout's arms, a clock)
 and answers ``ok``, ``breach`` or ``insufficient_data`` with the figures behind the

@@ -109,7 +109,7 @@ class RepositoryLock(models.Model):
         return "TUF repository"
 
 
-# --- rollouts (DESIGN.md §5) ------------------------------------------------------------
+# --- rollouts (docs/rollouts.md) ------------------------------------------------------------
 
 
 class RolloutStatus(models.TextChoices):

@@ -81,7 +81,7 @@ def notify_budget(
 # At most two wake-ups a second: at a high rate each releases what fell due meanwhile
 # (rate / 120 devices), the same pace in slightly larger steps. One wake-up per device
 # cost, at 1 200 a minute, more CPU in the worker and the database than the devices'
-# whole update traffic in the bridge (docs/benchmarks.md, "Rollouts").
+# whole update traffic in the bridge.
 WAKE_MIN_SECONDS = 0.5
 # Aim a millisecond late: a wake-up a hair early (clock rounding) finds nobody due yet and
 # has to wake again.

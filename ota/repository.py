@@ -1,4 +1,4 @@
-"""The TUF image repository (DESIGN.md §2), kept in the database.
+"""The TUF image repository (docs/security.md), kept in the database.
 
 Top-level roles root/targets/snapshot/timestamp, plus one delegated targets role per
 model, named after the model, trusted for ``models/<name>/*/*/*`` and signed by CI's

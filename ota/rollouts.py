@@ -1,4 +1,4 @@
-"""Rollouts: the one module that changes ``Rollout.status`` (STYLE.md rule 2).
+"""Rollouts: the one module that changes ``Rollout.status``, with an audit row.
 
 Every status change goes through ``_transition()``: it locks the rollout row, refuses a
 change the table below does not allow (``conflict``), saves with ``update_fields`` and
@@ -698,6 +698,6 @@ def _materialize(rollout: Rollout) -> dict[str, Any]:
     rollout.stage_bounds = bounds
     Rollout.objects.filter(pk=rollout.pk).update(stage_bounds=bounds)
     # Straight from the values: a model instance per device and bulk_create's prepared
-    # statement cost more than the rest of a 10 000-device start (docs/benchmarks.md).
+    # statement cost more than the rest of a large start.
     columns_insert(RolloutDevice, {"rollout": [rollout.pk] * count, **columns})
     return {"devices": count, "skipped": skipped}

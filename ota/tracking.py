@@ -3,8 +3,7 @@
 The rollout engine tracks a device in flight from its update events and its reported state
 (``ota.engine._track``). Finding the few that moved among thousands in flight took a
 query over all of them at every evaluation, several a second: the first of the rollout
-benchmark's PostgreSQL statements, 23 ms an evaluation with 4 000 in flight
-(docs/benchmarks.md, "Rollouts"). Instead, whatever stores an event or a report
+benchmark's PostgreSQL statements. Instead, whatever stores an event or a report
 (``fleet.reports``) also records, in its own transaction, one row of news per rollout in
 which the device is in flight (or timed out), and the evaluation takes the news of its
 rollout: so it

@@ -29,7 +29,7 @@ urlpatterns = [
         views.ReleaseKeyRevokeView.as_view(),
         name="release-key-revoke",
     ),
-    # rollouts (DESIGN.md §5)
+    # rollouts (docs/rollouts.md)
     path("rollouts/", rollout_views.RolloutListView.as_view(), name="rollout-list"),
     path(
         "rollouts/<rollout_id:rollout_id>/",

@@ -1,4 +1,4 @@
-"""Every Prometheus metric of the control plane (STYLE.md rule 7).
+"""Every Prometheus metric of the control plane, defined in one place.
 
 Names start with `fleet_`; label values come from small fixed sets and never carry a
 device id. The bridge serves its metrics (the module-level objects below) on
@@ -168,7 +168,7 @@ NO_ARM = "none"
 # Read from the database by FleetCollector when /metrics is scraped, so every web worker
 # and replica reports the same numbers and nothing has to keep gauges up to date.
 # Labels: `hardware` (a hardware target), `model`/`version`, `state` (`online`/`offline`),
-# `phase`/`code` (DESIGN.md §3 phases and error codes), `role` (a TUF role), `rollout`
+# `phase`/`code` (docs/protocol.md phases and error codes), `role` (a TUF role), `rollout`
 # and `arm` (rollouts still running or recently finished only), `stat`
 # (count/mean/p50/p95/p99), `gate` (a gate's name), `status` (a device's update status in
 # a rollout). Series per family are capped at FLEET_METRICS_MAX_SERIES (most devices first).

@@ -13,15 +13,15 @@ from fleet.models import Device
 
 
 class Sample(models.Model):
-    """One metric value a device reported in one telemetry sample (DESIGN.md §3).
+    """One metric value a device reported in one telemetry sample (docs/protocol.md, `telemetry`).
 
     Keyed by device, model, version, rollout arm and the device's timestamp. A sample
     sent outside a rollout has an empty `rollout_id` and `arm`. Rows are only ever
     inserted (by the bridge, with COPY on PostgreSQL) and deleted by retention.
     """
 
-    # No database-level constraint: its trigger would check every row COPY writes (a third
-    # of the write rate). Deleting a device still deletes its samples (Django cascades);
+    # No database-level constraint: its trigger would check every row COPY writes, which
+    # slows the write markedly. Deleting a device still deletes its samples (Django cascades);
     # rows of a device deleted while its batch was in flight go with retention.
     device = models.ForeignKey(
         Device,

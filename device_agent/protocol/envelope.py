@@ -1,4 +1,4 @@
-"""DSSE envelopes signed with the director's ECDSA P-256 key (DESIGN.md §2).
+"""DSSE envelopes signed with the director's ECDSA P-256 key (docs/protocol.md, `desired`).
 
 Signature = ECDSA-P256-SHA256, DER encoded, over PAE(payloadType, payload) as in
 https://github.com/secure-systems-lab/dsse/blob/master/protocol.md; keyid = hex

@@ -1,4 +1,4 @@
-"""Stable error codes (DESIGN.md §3).
+"""Stable error codes (docs/protocol.md, Error codes).
 
 API errors, agent events and the ESP32 stub all use these strings; they are part of
 the contract, so a code is never renamed, only added.

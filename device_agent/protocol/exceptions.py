@@ -6,7 +6,7 @@ from device_agent.protocol.errors import ErrorCode
 class ProtocolError(Exception):
     """A message, topic, envelope or key was refused.
 
-    `code` is the stable wire code (DESIGN.md §3) a caller puts in its event or API
+    `code` is the stable wire code (docs/protocol.md, Error codes) a caller puts in its event or API
     error; `detail` is for humans and logs, never parsed.
     """
 

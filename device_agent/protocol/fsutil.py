@@ -29,7 +29,7 @@ def make_dir(path: Path, mode: int) -> None:
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, shared: bool = False) -> None:
-    """Temp file + fsync + os.replace + fsync(dir) (STYLE.md rule 9).
+    """Temp file + fsync + os.replace + fsync(dir) (crash-safe: the old or the new file).
 
     ``shared``: processes may write `path` at the same time (the control plane's web
     workers write the CRL), so each uses a temporary name of its own; with one name, one

@@ -106,7 +106,7 @@ MODEL_NAME = _kind("model name", r"[a-z0-9][a-z0-9_-]{0,63}", 64, "kws", reserve
 HARDWARE = _kind("hardware target", r"[a-z0-9][a-z0-9_-]{0,63}", 64, "esp32s3-int8")
 # An existing code: publishing answered invalid_version before this module existed.
 VERSION = _kind("semver version", SEMVER_PATTERN, 64, "1.4.0", code=ErrorCode.INVALID_VERSION)
-# The device id is the MQTT topic level and the certificate's CN (DESIGN.md §3).
+# The device id is the MQTT topic level and the certificate's CN (docs/protocol.md, MQTT topics).
 DEVICE_ID = _kind("device id", r"[A-Za-z0-9_-]{1,64}", 64, "dev-0042")
 GROUP_NAME = _kind("group name", r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", 64, "canary")
 TAG_NAME = _kind("tag name", r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", 64, "site:berlin")

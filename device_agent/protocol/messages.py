@@ -1,4 +1,4 @@
-"""Typed payloads of DESIGN.md §3 and their strict JSON parsers.
+"""Typed payloads of docs/protocol.md (Payloads) and their strict JSON parsers.
 
 Every payload is a UTF-8 JSON object with `"v": 1`, at most 64 KiB. Parsers accept
 exactly the documented keys (a nullable field is present as `null`, never absent)
@@ -82,7 +82,7 @@ FAILURE_PHASES = frozenset({Phase.FAILED, Phase.REJECTED})
 
 
 class Slot(StrEnum):
-    """The two install slots per model (DESIGN.md §4)."""
+    """The two install slots per model (docs/architecture.md, "The agent on a device")."""
 
     A = "a"
     B = "b"
@@ -246,7 +246,7 @@ def format_timestamp(value: datetime) -> str:
     """Format a UTC datetime as RFC 3339 with `Z` (microseconds only when non-zero)."""
     _utc(value, "timestamp")
     # isoformat() writes `.ffffff` only when microsecond is non-zero, and four-digit years
-    # (strftime's %Y does not pad years before 1000); a third of strftime's time.
+    # (strftime's %Y does not pad years before 1000), and it is cheaper than strftime.
     return f"{value.replace(tzinfo=None).isoformat()}Z"
 
 
@@ -436,7 +436,7 @@ def _json_models(models: tuple["ModelTarget", ...]) -> bytes:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DesiredState(_Payload):
-    """The director's payload: every model the device should run (DESIGN.md §2)."""
+    """The director's payload: every model the device should run (docs/protocol.md, `desired`)."""
 
     device_id: str
     seq: int

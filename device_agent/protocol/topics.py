@@ -1,4 +1,4 @@
-"""MQTT topics (DESIGN.md §3): `fleet/v1/devices/{device_id}/{channel}`."""
+"""MQTT topics (docs/protocol.md): `fleet/v1/devices/{device_id}/{channel}`."""
 
 import re
 from enum import StrEnum
@@ -26,7 +26,7 @@ class Channel(StrEnum):
     ACKS = "acks"  # server -> device: which events and telemetry are stored (EventsAck)
 
 
-# Delivery settings from the DESIGN.md §3 table. Telemetry may go at QoS 1 when a
+# Delivery settings from docs/protocol.md, MQTT topics. Telemetry may go at QoS 1 when a
 # device must not lose samples; 0 is the default because it is the bulk channel.
 CHANNEL_QOS: dict[Channel, int] = {
     Channel.DESIRED: 1,
@@ -82,7 +82,7 @@ def subscription_filter(channel: Channel | str, *, share_group: str | None = Non
 
     With `share_group`, the MQTT 5 shared form `$share/<group>/fleet/v1/devices/+/<channel>`
     so that N bridge replicas split the load. Brokers without shared subscriptions
-    (amqtt, DESIGN.md §7) need `share_group=None`.
+    (amqtt, which has no `$share`) need `share_group=None`.
     """
     topic_filter = f"{TOPIC_PREFIX}/+/{_channel(channel)}"
     if share_group is None:

@@ -1,4 +1,4 @@
-"""Decode one device message, check it and hand it to one service (STYLE.md rule 6).
+"""Decode one device message, check it and hand it to one service.
 
 Checks, in order: the topic is `fleet/v1/devices/<id>/<channel>`; the payload is at
 most 64 KiB of strict JSON with `"v": 1`; a `device_id` in it, if any, is the one in

@@ -183,8 +183,7 @@ class InboundWorker:
         """Handle every message of the batch in one transaction; None if abandoned.
 
         Optimistic first: no savepoint per message, which costs two round trips each
-        (SAVEPOINT, RELEASE) and was half of the bridge's time storing a rollout's events
-        and states. If any message fails, that transaction is rolled back and the batch is
+        (SAVEPOINT, RELEASE). If any message fails, that transaction is rolled back and the batch is
         handled again with a savepoint around each message, so the failing one is dropped
         alone, as before.
         """

@@ -8,9 +8,7 @@ heap-only update; but with free space on the page PostgreSQL still writes the ne
 there instead of on another page. At the default fill factor of 100 a page holds five
 rows of about 1.6 KB and is full from the start, so every write moved its row to another
 page, and the table grew by four fifths of its size over two changes of a fifth of the
-fleet. At 50 it did not grow, and in a scratch table of 10 000 such rows the outbox's
-update of 2 000 took 23-32 ms instead of 50, the director's 42 instead of 53-61
-(docs/benchmarks.md, "Desired state"). Measured by tests/fleet/test_table_storage.py.
+fleet. At 50 it does not grow (tests/fleet/test_table_storage.py).
 The table takes about twice the pages.
 """
 

@@ -169,6 +169,8 @@ def test_a_10_mb_payload_and_odd_topics_leave_the_bridge_working(
     assert list(DeviceEvent.objects.values_list("seq", flat=True)) == [6]
     # (counted once the batch is acknowledged, just after its rows commit)
     assert wait_until(
-        lambda: metric("fleet_bridge_dropped_total", channel="events", reason="payload_too_large")
-        == before + 1
+        lambda: (
+            metric("fleet_bridge_dropped_total", channel="events", reason="payload_too_large")
+            == before + 1
+        )
     )

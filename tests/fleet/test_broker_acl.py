@@ -2,8 +2,8 @@
 Mosquitto over TLS, with device certificates from the real enrollment path.
 
 Mosquitto 2.0 answers a denied publish with PUBACK 135 (MQTT 5) or a plain PUBACK
-(3.1.1) and grants any SUBSCRIBE, delivering only what the ACL lets the client read
-(DESIGN.md §7). So "nothing arrives" is asserted with a positive control: after the
+(3.1.1) and grants any SUBSCRIBE, delivering only what the ACL lets the client read.
+So "nothing arrives" is asserted with a positive control: after the
 forbidden messages are routed (their PUBACK came back), a message the same subscriber
 may get is sent, and everything the subscriber got up to that control must be allowed:
 one connection delivers in order.

@@ -1,4 +1,4 @@
-"""The director's envelope: signed with the director key, the DESIGN.md §2 payload, and a
+"""The director's envelope: signed with the director key, the docs/protocol.md payload, and a
 URL that serves the artifact's bytes."""
 
 import hashlib

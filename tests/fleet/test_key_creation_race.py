@@ -29,19 +29,25 @@ while not go.exists() and time.monotonic() < deadline:
     time.sleep(0.001)
 """
 
-_DIRECTOR = _WAIT_FOR_GO + """
+_DIRECTOR = (
+    _WAIT_FOR_GO
+    + """
 from fleet.keys import director_private_key
 from device_agent.protocol.envelope import public_key_to_pem
 sys.stdout.write(public_key_to_pem(director_private_key().public_key()).decode())
 """
+)
 
-_CA = _WAIT_FOR_GO + """
+_CA = (
+    _WAIT_FOR_GO
+    + """
 from fleet.ca import ca_load_or_create
 from device_agent.protocol.envelope import public_key_to_pem
 key, cert = ca_load_or_create()
 assert cert.public_key() == key.public_key()
 sys.stdout.write(public_key_to_pem(key.public_key()).decode())
 """
+)
 
 
 def _race(script: str, keys: Path, tmp_path: Path) -> list[str]:

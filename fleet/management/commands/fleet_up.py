@@ -222,7 +222,7 @@ Stop with Ctrl-C.
         supervisor = Supervisor(data / "logs", env)
         supervisor.manage("broker", "broker", "--port", str(mqtt_port), ready_port=mqtt_port)
         bridge_args = ["bridge", "--url", f"mqtt://127.0.0.1:{mqtt_port}"]
-        if engine == "amqtt":  # no $share, MQTT 3.1.1 (DESIGN.md §7)
+        if engine == "amqtt":  # no $share, MQTT 3.1.1 only
             bridge_args += ["--no-share", "--protocol", "3.1.1"]
         supervisor.manage("bridge", *bridge_args)
         supervisor.start(

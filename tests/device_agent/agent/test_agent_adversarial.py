@@ -1,5 +1,5 @@
 """The adversarial suite: a real agent process against a hostile director, repository,
-mirror or clock. Every attack is refused with its DESIGN.md code in a `rejected` or
+mirror or clock. Every attack is refused with its docs/protocol.md code in a `rejected` or
 `failed` event, and the device keeps running its old model: `current` still points at
 slot a, whose file still has v1's signed sha256, with nothing left in flight.
 

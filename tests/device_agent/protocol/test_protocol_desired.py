@@ -1,4 +1,4 @@
-"""Desired-state payload: the DESIGN.md example parses and round-trips; bad fields don't."""
+"""Desired-state payload: the docs/protocol.md example parses and round-trips; bad fields don't."""
 
 import json
 from collections.abc import Callable

@@ -1,4 +1,4 @@
-"""Update events: every phase of DESIGN.md §3 is accepted, nothing else is."""
+"""Update events: every phase of docs/protocol.md is accepted, nothing else is."""
 
 import json
 from collections.abc import Callable
