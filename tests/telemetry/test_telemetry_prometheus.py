@@ -457,6 +457,13 @@ def _assert_rollout_values(prometheus: Prometheus) -> None:
             arm: v for (arm, gate), v in value.items() if gate == "install_failure_rate"
         }
         assert _one(_series(prometheus, dashboard, rate, variables, "B")) == 0.05
+        # the two verdict stats count what the table shows
+        for title, state in (
+            ("Gates breached (arm x gate)", "breached"),
+            ("Gates not judged yet (arm x gate)", "insufficient_data"),
+        ):
+            counted = _one(_series(prometheus, dashboard, title, variables))
+            assert counted == len([key for key in verdict if key[2] == state]), (rollout, title)
         return value, threshold, {key: 1 for key in verdict}
 
     # running A/B: B has a failure, not judged yet: never "passing"
@@ -465,6 +472,7 @@ def _assert_rollout_values(prometheus: Prometheus) -> None:
     assert value[("B", "install_failure_rate")] == 0.5
     assert ("B", "install_failure_rate", "insufficient_data") in verdict
     assert ("A", "install_failure_rate", "passing") in verdict
+    assert not [key for key in verdict if key[2] == "breached"]
     # every device failed: 100 %, breached, failures by code
     value, _, verdict = read("r-7")
     assert value == {("main", "install_failure_rate"): 1.0}
