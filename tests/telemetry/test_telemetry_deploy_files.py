@@ -48,6 +48,7 @@ def test_the_required_alerts_exist() -> None:
         "FleetTelemetrySamplesDropped",
         "FleetTufTimestampStale",
         "FleetRolloutAborted",
+        "FleetRolloutGateBreached",
         "FleetManyDevicesOffline",
     } <= names
 
