@@ -262,11 +262,14 @@ def rollout_progress_source_register(source: RolloutProgressSource) -> None:
         _rollout_sources.append(source)
 
 
-def _rollout_progress() -> list[RolloutArmProgress]:
+def _rollout_progress() -> list[RolloutArmProgress] | None:
+    """What the registered sources report; None when there is none."""
     sources = list(_rollout_sources)
     dotted = getattr(settings, "FLEET_METRICS_ROLLOUT_SOURCE", "")
     if dotted:
         sources.append(import_string(dotted))
+    if not sources:
+        return None
     limit = int(getattr(settings, "FLEET_METRICS_MAX_SERIES", 1000))
     return [progress for source in sources for progress in source()][:limit]
 
@@ -404,10 +407,12 @@ class FleetCollector(Collector):
         started = time.perf_counter()
         try:
             progress = _rollout_progress()
-            # A finished rollout's newest rollup is history, not a current figure.
-            finished = {p.rollout for p in progress if p.finished}
-            families = _families_from_stats(fleet_stats.fleet_stats_read(), hide=finished)
-            families += _families_from_rollouts(progress)
+            # Arm figures only of rollouts the engine reports unfinished (all of them
+            # without an engine): a finished rollout's newest rollup is history, and
+            # devices may go on tagging samples with an old rollout's id.
+            current = None if progress is None else {p.rollout for p in progress if not p.finished}
+            families = _families_from_stats(fleet_stats.fleet_stats_read(), rollouts=current)
+            families += _families_from_rollouts(progress or [])
         except Exception:
             logger.warning("could not read the fleet gauges", exc_info=True)
             up.add_metric([], 0)
@@ -427,8 +432,8 @@ def _timestamp(value: datetime) -> float:
     return value.timestamp()
 
 
-def _families_from_stats(stats: "FleetStats", *, hide: set[str] | None = None) -> list[Metric]:
-    """`hide`: rollouts whose arm figures are left out (finished ones)."""
+def _families_from_stats(stats: "FleetStats", *, rollouts: set[str] | None = None) -> list[Metric]:
+    """`rollouts`: those whose arm figures are exported (None: every one)."""
     limit = int(getattr(settings, "FLEET_METRICS_MAX_SERIES", 1000))
     devices = GaugeMetricFamily(
         "fleet_devices",
@@ -483,7 +488,7 @@ def _families_from_stats(stats: "FleetStats", *, hide: set[str] | None = None) -
         "bucket (stat: count, mean, p50, p95, p99); what the gates read.",
         labels=["rollout", "arm", "model", "version", "metric", "stat"],
     )
-    shown = [row for row in stats.arm_stats if row.rollout_id not in (hide or ())]
+    shown = [row for row in stats.arm_stats if rollouts is None or row.rollout_id in rollouts]
     for row in shown[:limit]:
         labels = [row.rollout_id, row.arm or NO_ARM, row.model, row.version, row.metric]
         for stat in ("count", "mean", "p50", "p95", "p99"):

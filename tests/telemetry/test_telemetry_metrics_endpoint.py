@@ -230,14 +230,15 @@ def test_rollout_progress_comes_from_the_registered_source() -> None:
 
 
 def test_a_finished_rollouts_newest_rollup_is_not_exported() -> None:
-    # given rollups of two rollouts, r-8 finished and r-9 running
+    # given rollups of three rollouts: r-8 finished, r-9 running, r-7 finished long ago
+    # (the engine no longer reports it) with devices still tagging samples with it
     device = make_device("dev-a", hardware="esp32s3-int8", online=True)
     minute = now_utc().replace(second=0) - timedelta(minutes=2)
     with transaction.atomic():
         rows_write(
             [
                 (device.pk, minute, "kws", "1.4.0", rollout, "B", "latency_ms", 1.0)
-                for rollout in ("r-8", "r-9")
+                for rollout in ("r-7", "r-8", "r-9")
             ]
         )
     rollups_compute(granularity=Granularity.MINUTE, start=minute, end=minute + timedelta(minutes=1))
