@@ -354,9 +354,13 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
 
         # and a first failure with an error code after Prometheus has seen the counters
         # at zero (a counter born at its first value would hide it from increase())
+        # (scraped for a while, so increase() extrapolates by a small fraction only)
         _wait(
             lambda: _has_data(
-                prometheus.query('fleet_update_outcomes_total{phase="failed", code="disk_full"}')
+                prometheus.query(
+                    "count_over_time("
+                    'fleet_update_outcomes_total{phase="failed", code="disk_full"}[1m]) >= 8'
+                )
             ),
             30,
             "the outcome counters at zero",
