@@ -21,7 +21,13 @@ from ota.models import (
     RolloutStatus,
 )
 from ota.rollout_config import Selection
-from telemetry.metrics import GateFigure, RolloutArmProgress
+from telemetry.metrics import (
+    GATE_BREACHED,
+    GATE_INSUFFICIENT_DATA,
+    GATE_PASSING,
+    GateFigure,
+    RolloutArmProgress,
+)
 
 _PUBLIC_ID_RE = re.compile(r"r-([1-9][0-9]{0,17})")
 
@@ -159,7 +165,9 @@ def rollout_arm_progress() -> list[RolloutArmProgress]:
         .annotate(n=Count("pk"))
         .order_by()
     ):
-        devices[(rollout_id, arm)][state] = n
+        # Every state from zero, so a state's first devices show as a rise from 0.
+        counts = devices.setdefault((rollout_id, arm), dict.fromkeys(RolloutDeviceState.values, 0))
+        counts[state] = n
     failures: dict[tuple[int, str], dict[str, int]] = defaultdict(dict)
     for rollout_id, arm, code, n in (
         RolloutDevice.objects.filter(
@@ -193,13 +201,17 @@ def rollout_arm_progress() -> list[RolloutArmProgress]:
                     devices=devices[(rollout.pk, arm)],
                     failures=failures.get((rollout.pk, arm), {}),
                     gates=_gate_figures(rollout.gate_figures, arm),
+                    finished=rollout.finished_at is not None,
+                    created=rollout.created_at,
                 )
             )
     return progress
 
 
 def _gate_figures(figures: object, arm: str) -> dict[str, GateFigure]:
-    """One arm's gates from ``Rollout.gate_figures`` (see ``ota.gates.GateResult``)."""
+    """One arm's gates from ``Rollout.gate_figures`` (see ``ota.gates.GateResult``), each
+    with the engine's verdict for that arm: a gate that has not judged yet is
+    ``insufficient_data``, never ``passing``."""
     gates = figures.get("gates") if isinstance(figures, dict) else None
     out: dict[str, GateFigure] = {}
     for gate in gates if isinstance(gates, list) else ():
@@ -208,21 +220,29 @@ def _gate_figures(figures: object, arm: str) -> dict[str, GateFigure]:
             mine = (data.get("arms") or {}).get(arm)
             if mine is not None:
                 threshold = float(data["max_failure_rate"])
-                out[name] = GateFigure(
-                    value=mine["failure_rate"],
-                    threshold=threshold,
-                    # Not passing once judged over the threshold: on a small
-                    # selection that is when its stage is over, below min_finished.
-                    passing=mine["failure_rate"] <= threshold
-                    or not mine.get("judged", mine["finished"] >= data["min_finished"]),
-                )
+                judged = mine.get("judged", mine["finished"] >= data["min_finished"])
+                if not judged:
+                    state = GATE_INSUFFICIENT_DATA
+                elif mine["failure_rate"] > threshold:
+                    state = GATE_BREACHED
+                else:
+                    state = GATE_PASSING
+                value = mine["failure_rate"] if mine["finished"] else None
+                out[name] = GateFigure(value=value, threshold=threshold, state=state)
         elif name.startswith("telemetry:"):
             label = f"{data.get('metric')}_{data.get('statistic')}"
             for comparison in data.get("comparisons") or ():
-                if comparison.get("arm") == arm and comparison.get("relative_change") is not None:
-                    out[label] = GateFigure(
-                        value=comparison["relative_change"],
-                        threshold=float(data.get("max_relative_change", 0.0)),
-                        passing=not comparison.get("worse", False),
-                    )
+                if comparison.get("arm") != arm:
+                    continue
+                if comparison.get("worse"):
+                    state = GATE_BREACHED
+                elif comparison.get("enough") and comparison.get("relative_change") is not None:
+                    state = GATE_PASSING
+                else:
+                    state = GATE_INSUFFICIENT_DATA
+                out[label] = GateFigure(
+                    value=comparison.get("relative_change"),
+                    threshold=float(data.get("max_relative_change", 0.0)),
+                    state=state,
+                )
     return out

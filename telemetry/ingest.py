@@ -54,6 +54,22 @@ REASON_UNKNOWN_MODEL = "unknown_model"
 REASON_BACKPRESSURE = "backpressure"
 REASON_DATABASE_REFUSED = "database_refused"
 REASON_DUPLICATE = "duplicate"
+_REASONS = (
+    REASON_STALE,
+    REASON_FUTURE,
+    REASON_UNKNOWN_MODEL,
+    REASON_BACKPRESSURE,
+    REASON_DATABASE_REFUSED,
+    REASON_DUPLICATE,
+)
+
+
+def ingest_metrics_initialise() -> None:
+    """Every drop reason at zero (see fleet.bridge.handlers.bridge_metrics_initialise)."""
+    for reason in _REASONS:
+        metrics.TELEMETRY_SAMPLES_DROPPED.labels(reason)
+
+
 BATCH_KEYS_CHUNK = 500  # (device, digest, received_at) per INSERT
 
 LATENCY_METRIC = "latency_ms"

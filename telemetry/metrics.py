@@ -38,6 +38,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from device_agent.protocol.errors import ErrorCode
+from device_agent.protocol.messages import Phase
 from telemetry.batch_histogram import OTHER, BatchHistogram
 
 if TYPE_CHECKING:
@@ -147,11 +148,41 @@ TELEMETRY_LAST_COMMIT = Gauge(
 # histogram are folded into version="other", arm="other": versions and arms come from
 # devices.
 LABEL_SETS_MAX = 1000
+# Fine steps from 0.1 ms: histogram_quantile() only tells apart models whose latencies fall
+# in different buckets, and the models we serve answer in fractions of a millisecond on a
+# host (the rollup panels read exact quantiles; these must agree with them).
+LATENCY_BUCKETS = (
+    0.0001,
+    0.000125,
+    0.00015,
+    0.000175,
+    0.0002,
+    0.000225,
+    0.00025,
+    0.0003,
+    0.0004,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 MODEL_LATENCY_SECONDS = BatchHistogram(
     "fleet_model_latency_seconds",
     "Model inference latency reported by devices (their latency_ms metric), in seconds.",
     ["model", "version", "arm"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    buckets=LATENCY_BUCKETS,
     max_label_sets=LABEL_SETS_MAX,
 )
 MODEL_CONFIDENCE = BatchHistogram(
@@ -174,13 +205,25 @@ NO_ARM = "none"
 # a rollout). Series per family are capped at FLEET_METRICS_MAX_SERIES (most devices first).
 
 
+GATE_PASSING = "passing"
+GATE_BREACHED = "breached"
+GATE_INSUFFICIENT_DATA = "insufficient_data"
+GATE_STATES = (GATE_PASSING, GATE_BREACHED, GATE_INSUFFICIENT_DATA)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class GateFigure:
-    """One gate of one rollout arm as the engine last evaluated it."""
+    """One gate of one rollout arm as the engine last evaluated it: `state` is the
+    engine's verdict for that arm (GATE_STATES), `value` None while there is nothing to
+    measure yet."""
 
-    value: float
+    value: float | None
     threshold: float
-    passing: bool
+    state: str
+
+    @property
+    def passing(self) -> bool:
+        return self.state == GATE_PASSING
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -202,6 +245,8 @@ class RolloutArmProgress:
     devices: Mapping[str, int]  # update status (pending, in_progress, committed, ...) -> devices
     failures: Mapping[str, int]  # ErrorCode value -> devices that failed with it
     gates: Mapping[str, GateFigure]  # gate name (e.g. latency_ms_p95) -> figure
+    finished: bool = False  # completed, aborted or rolled back: nothing will change
+    created: datetime | None = None  # when the rollout was created
 
 
 RolloutProgressSource = Callable[[], Iterable[RolloutArmProgress]]
@@ -217,11 +262,14 @@ def rollout_progress_source_register(source: RolloutProgressSource) -> None:
         _rollout_sources.append(source)
 
 
-def _rollout_progress() -> list[RolloutArmProgress]:
+def _rollout_progress() -> list[RolloutArmProgress] | None:
+    """What the registered sources report; None when there is none."""
     sources = list(_rollout_sources)
     dotted = getattr(settings, "FLEET_METRICS_ROLLOUT_SOURCE", "")
     if dotted:
         sources.append(import_string(dotted))
+    if not sources:
+        return None
     limit = int(getattr(settings, "FLEET_METRICS_MAX_SERIES", 1000))
     return [progress for source in sources for progress in source()][:limit]
 
@@ -263,8 +311,19 @@ def _families_from_rollouts(progress: list[RolloutArmProgress]) -> list[Metric]:
     )
     gate_passing = GaugeMetricFamily(
         "fleet_rollout_gate_passing",
-        "1 while a gate passes, 0 when it is breached.",
+        "1 while a gate passes, else 0 (breached, or not enough data to judge).",
         labels=["rollout", "arm", "gate"],
+    )
+    gate_state = GaugeMetricFamily(
+        "fleet_rollout_gate_state",
+        "The engine's verdict on a gate for an arm: 1 for its state (passing, breached, "
+        "insufficient_data), 0 for the other two.",
+        labels=["rollout", "arm", "gate", "state"],
+    )
+    created = GaugeMetricFamily(
+        "fleet_rollout_created_timestamp_seconds",
+        "Unix time at which a rollout was created (orders rollouts newest first).",
+        labels=["rollout"],
     )
     states: dict[str, set[str]] = {}
     seen: set[str] = set()
@@ -276,14 +335,19 @@ def _families_from_rollouts(progress: list[RolloutArmProgress]) -> list[Metric]:
             info.add_metric([p.rollout, p.model, p.strategy, p.state], 1)
             stage.add_metric([p.rollout], p.stage)
             stage_percent.add_metric([p.rollout], p.stage_percent)
+            if p.created is not None:
+                created.add_metric([p.rollout], _timestamp(p.created))
         for status, n in p.devices.items():
             devices.add_metric([p.rollout, arm, status], n)
         for code, n in p.failures.items():
             failures.add_metric([p.rollout, arm, _code_label(code)], n)
         for gate, figure in p.gates.items():
-            gate_value.add_metric([p.rollout, arm, gate], figure.value)
+            if figure.value is not None:
+                gate_value.add_metric([p.rollout, arm, gate], figure.value)
             gate_threshold.add_metric([p.rollout, arm, gate], figure.threshold)
             gate_passing.add_metric([p.rollout, arm, gate], 1 if figure.passing else 0)
+            for state in GATE_STATES:
+                gate_state.add_metric([p.rollout, arm, gate, state], int(figure.state == state))
     for state, rollouts in sorted(states.items()):
         by_state.add_metric([state], len(rollouts))
     return [
@@ -296,10 +360,19 @@ def _families_from_rollouts(progress: list[RolloutArmProgress]) -> list[Metric]:
         gate_value,
         gate_threshold,
         gate_passing,
+        gate_state,
+        created,
     ]
 
 
 _ERROR_CODES = frozenset(code.value for code in ErrorCode)
+# The final phases of an update (telemetry.fleet_stats.FINAL_PHASES) with the codes each
+# can carry: a commit carries none, the others any error code.
+_OUTCOME_ZEROS = [(Phase.COMMITTED.value, "none")] + [
+    (phase.value, code.value)
+    for phase in (Phase.FAILED, Phase.ROLLED_BACK, Phase.REJECTED)
+    for code in ErrorCode
+]
 
 
 def _code_label(code: str) -> str:
@@ -333,8 +406,13 @@ class FleetCollector(Collector):
         )
         started = time.perf_counter()
         try:
-            families = _families_from_stats(fleet_stats.fleet_stats_read())
-            families += _families_from_rollouts(_rollout_progress())
+            progress = _rollout_progress()
+            # Arm figures only of rollouts the engine reports unfinished (all of them
+            # without an engine): a finished rollout's newest rollup is history, and
+            # devices may go on tagging samples with an old rollout's id.
+            current = None if progress is None else {p.rollout for p in progress if not p.finished}
+            families = _families_from_stats(fleet_stats.fleet_stats_read(), rollouts=current)
+            families += _families_from_rollouts(progress or [])
         except Exception:
             logger.warning("could not read the fleet gauges", exc_info=True)
             up.add_metric([], 0)
@@ -354,15 +432,20 @@ def _timestamp(value: datetime) -> float:
     return value.timestamp()
 
 
-def _families_from_stats(stats: "FleetStats") -> list[Metric]:
+def _families_from_stats(stats: "FleetStats", *, rollouts: set[str] | None = None) -> list[Metric]:
+    """`rollouts`: those whose arm figures are exported (None: every one)."""
     limit = int(getattr(settings, "FLEET_METRICS_MAX_SERIES", 1000))
     devices = GaugeMetricFamily(
         "fleet_devices",
         "Enrolled, not revoked devices by hardware target and presence.",
         labels=["hardware", "state"],
     )
-    for hardware, online, n in stats.devices[:limit]:
-        devices.add_metric([hardware, _presence(online)], n)
+    # Both presences of every hardware, so "offline" reads 0 rather than nothing.
+    by_presence = {(hardware, _presence(online)): n for hardware, online, n in stats.devices}
+    hardwares = list(dict.fromkeys(hardware for hardware, _, _ in stats.devices))
+    for hardware in hardwares[:limit]:
+        for presence in ("online", "offline"):
+            devices.add_metric([hardware, presence], by_presence.get((hardware, presence), 0))
     device_models = GaugeMetricFamily(
         "fleet_device_models",
         "Devices by the model versions they report running, hardware target and presence.",
@@ -376,7 +459,9 @@ def _families_from_stats(stats: "FleetStats") -> list[Metric]:
         "error code (none when committed).",
         labels=["phase", "code"],
     )
-    merged: dict[tuple[str, str], int] = {}
+    # Every known phase and code from zero: a counter that appears at its first value
+    # hides that first burst from increase().
+    merged: dict[tuple[str, str], int] = dict.fromkeys(_OUTCOME_ZEROS, 0)
     for phase, code, n in stats.outcomes:
         key = (phase, _code_label(code))
         merged[key] = merged.get(key, 0) + n
@@ -403,7 +488,8 @@ def _families_from_stats(stats: "FleetStats") -> list[Metric]:
         "bucket (stat: count, mean, p50, p95, p99); what the gates read.",
         labels=["rollout", "arm", "model", "version", "metric", "stat"],
     )
-    for row in stats.arm_stats[:limit]:
+    shown = [row for row in stats.arm_stats if rollouts is None or row.rollout_id in rollouts]
+    for row in shown[:limit]:
         labels = [row.rollout_id, row.arm or NO_ARM, row.model, row.version, row.metric]
         for stat in ("count", "mean", "p50", "p95", "p99"):
             arm_stat.add_metric([*labels, stat], float(getattr(row, stat)))

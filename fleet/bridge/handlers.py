@@ -41,6 +41,7 @@ from fleet.reports import (
     devices_state_record,
 )
 from ota.tracking import tracking_news_record
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,32 @@ _DECODERS: dict[Channel, Callable[[object], object]] = {
     Channel.STATUS: DeviceStatus.from_dict,
     Channel.TELEMETRY: TelemetryBatch.from_dict,
 }
+
+
+# The drop reasons every device channel can see; others (rarer protocol error codes) still
+# count, from their first drop on.
+_COMMON_DROP_REASONS = (
+    ErrorCode.MALFORMED.value,
+    ErrorCode.PAYLOAD_TOO_LARGE.value,
+    REASON_TOPIC_MISMATCH,
+    REASON_UNKNOWN_DEVICE,
+    REASON_REVOKED_DEVICE,
+    REASON_BACKPRESSURE,
+    REASON_INTERNAL_ERROR,
+)
+
+
+def bridge_metrics_initialise() -> None:
+    """Create the bridge's labelled counters at zero for the channels, results and common
+    drop reasons: a counter that appears at its first value hides that first burst from
+    increase(), and a panel on one that never moved shows "No data" instead of 0."""
+    for channel in _DECODERS:
+        for result in (ACCEPTED, DUPLICATE, DROPPED, ERROR):
+            metrics.BRIDGE_MESSAGES.labels(channel.value, result)
+        for reason in _COMMON_DROP_REASONS:
+            metrics.BRIDGE_DROPPED.labels(channel.value, reason)
+    metrics.BRIDGE_MESSAGES.labels(UNKNOWN_CHANNEL, DROPPED)
+    metrics.BRIDGE_DROPPED.labels(UNKNOWN_CHANNEL, ErrorCode.MALFORMED.value)
 
 
 @dataclass(frozen=True, slots=True)

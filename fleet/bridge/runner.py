@@ -7,12 +7,12 @@ from django.db import connection
 
 from fleet.bridge.client import InboundMessage, MqttConnection
 from fleet.bridge.config import BridgeConfig
-from fleet.bridge.handlers import Dispatcher, TelemetrySink
+from fleet.bridge.handlers import Dispatcher, TelemetrySink, bridge_metrics_initialise
 from fleet.bridge.outbox import Outbox, OutboxListener
 from fleet.bridge.sentinel import SentinelCheck
 from fleet.bridge.worker import InboundWorker
 from telemetry import metrics
-from telemetry.ingest import telemetry_sink_from_settings
+from telemetry.ingest import ingest_metrics_initialise, telemetry_sink_from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ class Bridge:
 
     def __init__(self, config: BridgeConfig, *, telemetry: TelemetrySink | None = None) -> None:
         self.config = config
+        bridge_metrics_initialise()
+        ingest_metrics_initialise()
         self._stopping = threading.Event()
         self._outbox_stop = threading.Event()
         self.sentinel = SentinelCheck()

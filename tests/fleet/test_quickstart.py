@@ -55,6 +55,7 @@ def quickstart(tmp_path):  # type: ignore[no-untyped-def]
         FLEET_DATA_DIR=str(tmp_path / "var"),
         FLEET_PORT=str(port),
         FLEET_MQTT_PORT=str(free_port()),
+        FLEET_BRIDGE_METRICS_PORT=str(free_port()),
         FLEET_DEVICES="2",
     )
     output = tmp_path / "fleet_up.out"
@@ -155,6 +156,13 @@ def test_quickstart_runs_the_whole_system(quickstart, tmp_path):  # type: ignore
         f'rollout="{rollout["id"]}"' in line and 'state="running"' in line for line in info
     ), info
 
+    # the bridge serves its metrics for Prometheus's fleet-bridge job, on the printed port
+    bridge_metrics = f"http://127.0.0.1:{env['FLEET_BRIDGE_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(bridge_metrics, timeout=10) as response:  # noqa: S310
+        bridge_text = response.read().decode()
+    assert "fleet_bridge_connected 1.0" in bridge_text
+    assert 'fleet_bridge_messages_total{channel="state",result="accepted"}' in bridge_text
+
     # the simulated apps report the installed model's latency through their agents
     samples_url = f"{base}/api/v1/telemetry/devices/sim-001/samples?metric=latency_ms"
     _wait(lambda: _get(samples_url, token)["samples"], "latency telemetry from sim-001", 120)
@@ -165,6 +173,9 @@ def test_quickstart_runs_the_whole_system(quickstart, tmp_path):  # type: ignore
     banner = output.read_text()
     assert f"web {base.rsplit(':', 1)[1]} (FLEET_PORT" in banner
     assert f"MQTT {env['FLEET_MQTT_PORT']} (FLEET_MQTT_PORT)" in banner
+    assert (
+        f"bridge metrics {env['FLEET_BRIDGE_METRICS_PORT']} (FLEET_BRIDGE_METRICS_PORT)" in banner
+    )
     user_env = {**env, "PATH": "/usr/bin:/bin"}  # .venv/bin need not be on the user's PATH
     operator = _printed(output, "Steer rollouts as an operator")
     assert ".venv/bin/fleetctl rollout list" in operator or str(BIN) in operator

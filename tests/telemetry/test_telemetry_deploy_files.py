@@ -48,6 +48,7 @@ def test_the_required_alerts_exist() -> None:
         "FleetTelemetrySamplesDropped",
         "FleetTufTimestampStale",
         "FleetRolloutAborted",
+        "FleetRolloutGateBreached",
         "FleetManyDevicesOffline",
     } <= names
 
@@ -129,3 +130,79 @@ def test_dashboards_are_provisionable() -> None:
 def test_dashboards_are_formatted_json(path) -> None:  # type: ignore[no-untyped-def]
     text = path.read_text()
     assert text == json.dumps(json.loads(text), indent=2) + "\n"
+
+
+def _panels(name: str) -> list[dict]:  # type: ignore[type-arg]
+    return list(json.loads((GRAFANA_DIR / "dashboards" / name).read_text())["panels"])
+
+
+def _panel(name: str, title: str) -> dict:  # type: ignore[type-arg]
+    (found,) = [p for p in _panels(name) if p["title"] == title]
+    return found  # type: ignore[no-any-return]
+
+
+def _threshold_color(panel: dict, value: float) -> str:  # type: ignore[type-arg]
+    """The color Grafana gives `value` with the panel's absolute thresholds."""
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    color = steps[0]["color"]
+    for step in steps[1:]:
+        if value >= step["value"]:
+            color = step["color"]
+    return str(color)
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_stat_has_thresholds_and_no_value_text(path) -> None:  # type: ignore[no-untyped-def]
+    stats = [p for p in _panels(path.name) if p["type"] == "stat"]
+    for panel in stats:
+        defaults = panel["fieldConfig"]["defaults"]
+        assert defaults["noValue"], panel["title"]
+        steps = defaults["thresholds"]["steps"]
+        assert steps[0]["value"] is None, panel["title"]
+        assert [s["value"] for s in steps[1:]] == sorted(s["value"] for s in steps[1:])
+
+
+def test_a_healthy_tuf_timestamp_expiry_is_green_as_the_alerts_agree() -> None:
+    # FleetTufTimestampStale fires under 6 h, FleetTufTimestampExpiring under 1 h
+    panel = _panel("fleet-overview.json", "TUF timestamp metadata expires in")
+    assert _threshold_color(panel, 86_000) == "green"
+    assert _threshold_color(panel, 5 * 3600) == "orange"
+    assert _threshold_color(panel, 1800) == "red"
+    assert _threshold_color(panel, -60) == "red"
+
+
+def test_the_confidence_heatmap_reads_buckets_as_a_heatmap() -> None:
+    panel = _panel("fleet-ab.json", "Confidence distribution, arm B")
+    assert panel["type"] == "heatmap"
+    (target,) = panel["targets"]
+    assert target["format"] == "heatmap"
+    assert "_bucket" in target["expr"]
+    assert "sum by (le)" in target["expr"]
+    assert panel["options"]["calculate"] is False
+
+
+def test_the_gates_table_merges_its_three_queries() -> None:
+    panel = _panel("fleet-rollout.json", "Gates: value, threshold, verdict")
+    assert [t["refId"] for t in panel["targets"]] == ["A", "B", "C"]
+    assert {t["format"] for t in panel["targets"]} == {"table"}
+    assert all(t["instant"] for t in panel["targets"])
+    assert panel["transformations"][0]["id"] == "merge"
+    assert "fleet_rollout_gate_state" in panel["targets"][2]["expr"]
+
+
+def test_every_ab_panel_waits_for_two_different_arms() -> None:
+    for panel in _panels("fleet-ab.json"):
+        for target in panel.get("targets", []):
+            assert target["expr"].endswith(
+                ' and on () (count(count by (arm) (fleet_rollout_devices{rollout="$rollout", '
+                'arm=~"$arm_a|$arm_b"})) == 2)'
+            ), panel["title"]
+    variables = {
+        v["name"]: v
+        for v in json.loads((GRAFANA_DIR / "dashboards/fleet-ab.json").read_text())["templating"][
+            "list"
+        ]
+    }
+    assert 'arm!="$arm_a"' in variables["arm_b"]["query"]["query"]
+    assert not variables["arm_a"]["current"]
+    assert not variables["arm_b"]["current"]

@@ -124,6 +124,8 @@ def test_fleet_gauges_come_from_the_database() -> None:
     assert _value(families, "fleet_devices", hardware="esp32s3-int8", state="online") == 1
     assert _value(families, "fleet_devices", hardware="esp32s3-int8", state="offline") == 1
     assert _value(families, "fleet_devices", hardware="jetson-orin-fp16", state="online") == 1
+    # absent presences are 0, not missing ("No data" on a panel)
+    assert _value(families, "fleet_devices", hardware="jetson-orin-fp16", state="offline") == 0
     assert (
         _value(
             families,
@@ -140,6 +142,10 @@ def test_fleet_gauges_come_from_the_database() -> None:
     )
     assert _value(families, "fleet_update_outcomes_total", phase="committed", code="none") == 1
     assert _value(families, "fleet_update_outcomes_total", phase="rejected", code="other") == 1
+    # every known phase and code is there from zero, so increase() sees its first burst
+    assert (
+        _value(families, "fleet_update_outcomes_total", phase="rolled_back", code="disk_full") == 0
+    )
     assert (
         _value(families, "fleet_tuf_metadata_expires_timestamp_seconds", role="timestamp")
         == expires.timestamp()
@@ -177,7 +183,7 @@ def test_rollout_progress_comes_from_the_registered_source() -> None:
                 devices={"committed": 40, "rolled_back": 3},
                 failures={"health_check_failed": 3},
                 gates={
-                    "failure_rate": metrics.GateFigure(value=0.07, threshold=0.05, passing=False)
+                    "failure_rate": metrics.GateFigure(value=0.07, threshold=0.05, state="breached")
                 },
             )
         ]
@@ -217,6 +223,54 @@ def test_rollout_progress_comes_from_the_registered_source() -> None:
         )
         == 0
     )
+    gate = {"rollout": "r-1", "arm": "none", "gate": "failure_rate"}
+    assert _value(families, "fleet_rollout_gate_state", **gate, state="breached") == 1
+    assert _value(families, "fleet_rollout_gate_state", **gate, state="passing") == 0
+    assert _value(families, "fleet_rollout_gate_state", **gate, state="insufficient_data") == 0
+
+
+def test_a_finished_rollouts_newest_rollup_is_not_exported() -> None:
+    # given rollups of three rollouts: r-8 finished, r-9 running, r-7 finished long ago
+    # (the engine no longer reports it) with devices still tagging samples with it
+    device = make_device("dev-a", hardware="esp32s3-int8", online=True)
+    minute = now_utc().replace(second=0) - timedelta(minutes=2)
+    with transaction.atomic():
+        rows_write(
+            [
+                (device.pk, minute, "kws", "1.4.0", rollout, "B", "latency_ms", 1.0)
+                for rollout in ("r-7", "r-8", "r-9")
+            ]
+        )
+    rollups_compute(granularity=Granularity.MINUTE, start=minute, end=minute + timedelta(minutes=1))
+
+    def source() -> list[metrics.RolloutArmProgress]:
+        return [
+            metrics.RolloutArmProgress(
+                rollout=rollout,
+                model="kws",
+                strategy="ab",
+                state=state,
+                stage=0,
+                stage_percent=100.0,
+                arm="B",
+                devices={"succeeded": 1},
+                failures={},
+                gates={},
+                finished=finished,
+                created=now_utc(),
+            )
+            for rollout, state, finished in (("r-8", "completed", True), ("r-9", "running", False))
+        ]
+
+    metrics.rollout_progress_source_register(source)
+    # when
+    families = _scrape()
+    # then only the running rollout's arm figures are exported
+    rollouts = {labels["rollout"] for labels, _ in families["fleet_telemetry_arm_stat"]}
+    assert rollouts == {"r-9"}
+    created = _value(families, "fleet_rollout_created_timestamp_seconds", rollout="r-8")
+    assert created is not None
+    assert abs(created - now_utc().timestamp()) < 60
 
 
 def test_a_database_failure_is_reported_not_raised(monkeypatch) -> None:  # type: ignore[no-untyped-def]

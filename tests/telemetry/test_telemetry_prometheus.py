@@ -1,6 +1,8 @@
 """End to end: a real Prometheus scrapes the running web server (gunicorn, multiprocess
 metrics, bearer token) and bridge while simulated devices publish through Mosquitto; every
-panel query of every Grafana dashboard then returns data, and the alerting rules load."""
+panel query of every Grafana dashboard then returns data, the values are right for known
+scenarios (devices online, a failed rollout, an aborted A/B rollout; see
+telemetry_rollout_stub), and the alerting rules load."""
 
 import json
 import math
@@ -42,6 +44,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 DASHBOARDS = sorted((ROOT / "deploy/grafana/dashboards").glob("*.json"))
 LABEL_VALUES_RE = re.compile(r"^label_values\((.+),\s*([A-Za-z_][A-Za-z0-9_]*)\)$")
+QUERY_RESULT_RE = re.compile(r"^query_result\((.+)\)$", re.DOTALL)
+# Inference latency of the two arms, in ms: close, and both under a millisecond.
+LATENCY_MS = {"A": 0.23, "B": 0.19}
 # (device id, hardware, model version, rollout arm or None)
 FLEET = [
     ("dev-a1", "esp32s3-int8", "1.3.0", "A"),
@@ -88,14 +93,13 @@ class Devices:
         while not self.stop.is_set():
             now = now_utc()
             for device_id, _, version, arm in FLEET:
-                base = 20.0 if arm == "A" else 15.0
                 samples = [
                     sample(
                         ts=ts,
                         version=version,
                         rollout_id="r-9" if arm else None,
                         arm=arm,
-                        latency_ms=base + (n % 7),
+                        latency_ms=LATENCY_MS.get(arm or "B", 0.19),
                         confidence=0.8 if arm == "A" else 0.9,
                     )
                     # The minute before too, so the rollup job has a complete bucket.
@@ -165,22 +169,60 @@ def _substitute(expr: str, variables: dict[str, str]) -> str:
     return expr
 
 
-def _variables(prometheus: Prometheus, dashboard: dict[str, Any]) -> dict[str, str]:
-    """Resolve query variables as Grafana does: label_values(), the saved current value if
-    it is among the values, else the first."""
+def _grafana_sort(values: list[str], sort: int) -> list[str]:
+    """Grafana's variable sort: 0 none, 1/2 alphabetical, 3/4 by the first number."""
+
+    def number(text: str) -> int:
+        match = re.search(r"\d+", text)
+        return int(match.group()) if match else -1
+
+    if sort in (1, 2):
+        return sorted(values, reverse=sort == 2)
+    if sort in (3, 4):
+        return sorted(values, key=number, reverse=sort == 4)
+    return values
+
+
+def _options(
+    prometheus: Prometheus, dashboard: dict[str, Any], variable: dict[str, Any], resolved: dict
+) -> list[str]:  # type: ignore[type-arg]
+    """A query variable's options as Grafana lists them: label_values() or query_result()
+    (each series as `{labels} value time`), through the variable's regex and sort."""
+    query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
+    query = _substitute(query, resolved)
+    if match := LABEL_VALUES_RE.match(query):
+        values = prometheus.label_values(match.group(1), match.group(2))
+    else:
+        match = QUERY_RESULT_RE.match(query)
+        assert match, f"{dashboard['uid']}: variable {variable['name']}: unsupported {query}"
+        values = [
+            "{"
+            + ",".join(f'{k}="{v}"' for k, v in item["metric"].items())
+            + f"}} {item['value'][1]} {item['value'][0]}"
+            for item in prometheus.query(match.group(1))["result"]
+        ]
+    if variable.get("regex"):
+        pattern = re.compile(variable["regex"].strip("/"))
+        found = [pattern.search(text) for text in values]
+        values = [m.group(1) if m.groups() else m.group() for m in found if m]
+    return _grafana_sort(list(dict.fromkeys(values)), variable.get("sort", 0))
+
+
+def _variables(prometheus: Prometheus, dashboard: dict[str, Any], **chosen: str) -> dict[str, str]:
+    """Resolve query variables as Grafana does: the saved current value if it is among the
+    options, else the first; `chosen` picks values as a user would."""
     resolved: dict[str, str] = {}
     for variable in dashboard.get("templating", {}).get("list", []):
         if variable["type"] != "query":
             continue
-        query = (
-            variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
-        )
-        match = LABEL_VALUES_RE.match(_substitute(query, resolved))
-        assert match, f"{dashboard['uid']}: variable {variable['name']}: unsupported query {query}"
-        values = prometheus.label_values(match.group(1), match.group(2))
-        assert values, f"{dashboard['uid']}: variable {variable['name']} has no values ({query})"
+        name = variable["name"]
+        values = _options(prometheus, dashboard, variable, resolved)
+        if name in chosen:
+            resolved[name] = chosen[name]
+            continue
+        assert values, f"{dashboard['uid']}: variable {name} has no values"
         current = (variable.get("current") or {}).get("value")
-        resolved[variable["name"]] = current if current in values else values[0]
+        resolved[name] = current if current in values else values[0]
     return resolved
 
 
@@ -204,6 +246,45 @@ def _failing_panels(prometheus: Prometheus) -> list[str]:
             if not _has_data(prometheus.query(query)):
                 failures.append(f"{path.name}: {title!r}: no data for {query}")
     return failures
+
+
+def _dashboard(name: str) -> dict[str, Any]:
+    return dict(json.loads((ROOT / "deploy/grafana/dashboards" / name).read_text()))
+
+
+def _panel(dashboard: dict[str, Any], title: str) -> dict[str, Any]:
+    (found,) = [p for p in dashboard["panels"] if p["title"] == title]
+    return dict(found)
+
+
+def _series(
+    prometheus: Prometheus,
+    dashboard: dict[str, Any],
+    title: str,
+    variables: dict[str, str],
+    ref: str = "A",
+) -> list[tuple[dict[str, str], float]]:
+    """A panel query's series at the current time, as (labels, value)."""
+    (target,) = [t for t in _panel(dashboard, title)["targets"] if t["refId"] == ref]
+    result = prometheus.query(_substitute(target["expr"], variables))
+    if result["resultType"] == "scalar":
+        return [({}, float(result["result"][1]))]
+    return [(item["metric"], float(item["value"][1])) for item in result["result"]]
+
+
+def _by(series: list[tuple[dict[str, str], float]], *labels: str) -> dict[Any, float]:
+    """{label value (or tuple of them): value}; every key once."""
+    out: dict[Any, float] = {}
+    for metric, value in series:
+        key = tuple(metric.get(label, "") for label in labels)
+        assert key not in out, f"{key} twice in {series}"
+        out[key[0] if len(key) == 1 else key] = value
+    return out
+
+
+def _one(series: list[tuple[dict[str, str], float]]) -> float:
+    assert len(series) == 1, series
+    return series[0][1]
 
 
 def _wait(predicate: Any, timeout: float, what: str, every: float = 0.25) -> None:
@@ -271,6 +352,26 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
 
         _wait(targets_up, 30, f"both targets up\n{web.log_tail()}\n{prom.log_tail()}")
 
+        # and a first failure with an error code after Prometheus has seen the counters
+        # at zero (a counter born at its first value would hide it from increase())
+        # (scraped for a while, so increase() extrapolates by a small fraction only)
+        _wait(
+            lambda: _has_data(
+                prometheus.query(
+                    "count_over_time("
+                    'fleet_update_outcomes_total{phase="failed", code="disk_full"}[1m]) >= 8'
+                )
+            ),
+            30,
+            "the outcome counters at zero",
+        )
+        publish(
+            devices.clients["dev-a1"],
+            "dev-a1",
+            Channel.EVENTS,
+            event_payload(Phase.FAILED, ErrorCode.DISK_FULL, seq=10),
+        )
+
         # then every panel of every dashboard has data (retried while scrapes accumulate
         # for the 15 s rates)
         failures = _failing_panels(prometheus)
@@ -281,6 +382,9 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
         assert not failures, "\n".join(failures) + f"\n--- web\n{web.log_tail()}"
 
         assert not _has_data(prometheus.query("fleet_no_such_metric"))  # the check can fail
+        _assert_overview_values(prometheus)
+        _assert_rollout_values(prometheus)
+        _assert_ab_values(prometheus)
         # and no series carries a device id
         device_ids = {device_id for device_id, *_ in FLEET} | {"dev-unknown"}
         series = prometheus.query('{__name__=~"fleet_.+"}')["result"]
@@ -309,3 +413,118 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
         assert {"future_timestamp", "unknown_model"} <= sample_drops
         assert bridge.alive()
         assert web.alive()
+
+
+def _assert_overview_values(prometheus: Prometheus) -> None:
+    overview = _dashboard("fleet-overview.json")
+    variables = _variables(prometheus, overview)
+    # 5 devices enrolled, dev-c1's connection died
+    assert _one(_series(prometheus, overview, "Devices online", variables)) == 4
+    assert _one(_series(prometheus, overview, "Devices offline", variables)) == 1
+    # the failure after Prometheus started shows from its first occurrence (extrapolated by
+    # increase() over part of a scrape interval at most)
+    failures = _by(
+        _series(prometheus, overview, "Update failures by error code (24 h)", variables), "code"
+    )
+    assert set(failures) == {"disk_full"}
+    assert round(failures["disk_full"]) == 1
+    # only the running rollout's devices (r-9), not every rollout of the day
+    by_status = _by(
+        _series(prometheus, overview, "Devices of unfinished rollouts by status", variables),
+        "status",
+    )
+    assert {k: v for k, v in by_status.items() if v} == {
+        "pending": 15,
+        "in_progress": 1,
+        "succeeded": 3,
+        "failed": 1,
+    }
+
+
+def _assert_rollout_values(prometheus: Prometheus) -> None:
+    dashboard = _dashboard("fleet-rollout.json")
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "rollout"]
+    # the newest running rollout first, though r-10 is newer (and finished)
+    assert _options(prometheus, dashboard, variable, {}) == ["r-9", "r-10", "r-8", "r-7"]
+    assert _variables(prometheus, dashboard)["rollout"] == "r-9"
+    rate = "Install failure rate by arm (the engine's gate)"
+    gates = "Gates: value, threshold, verdict"
+
+    def read(rollout: str) -> tuple[dict[Any, float], dict[Any, float], dict[Any, float]]:
+        variables = _variables(prometheus, dashboard, rollout=rollout)
+        value = _by(_series(prometheus, dashboard, gates, variables, "A"), "arm", "gate")
+        threshold = _by(_series(prometheus, dashboard, gates, variables, "B"), "arm", "gate")
+        verdict = _by(_series(prometheus, dashboard, gates, variables, "C"), "arm", "gate", "state")
+        # the table's three queries join on (arm, gate): one verdict per gate
+        assert set(value) <= set(threshold) == {key[:2] for key in verdict}
+        assert _by(_series(prometheus, dashboard, rate, variables), "arm") == {
+            arm: v for (arm, gate), v in value.items() if gate == "install_failure_rate"
+        }
+        assert _one(_series(prometheus, dashboard, rate, variables, "B")) == 0.05
+        # the two verdict stats count what the table shows
+        for title, state in (
+            ("Gates breached (arm x gate)", "breached"),
+            ("Gates not judged yet (arm x gate)", "insufficient_data"),
+        ):
+            counted = _one(_series(prometheus, dashboard, title, variables))
+            assert counted == len([key for key in verdict if key[2] == state]), (rollout, title)
+        return value, threshold, {key: 1 for key in verdict}
+
+    # running A/B: B has a failure, not judged yet: never "passing"
+    value, _, verdict = read("r-9")
+    assert value[("A", "install_failure_rate")] == 0.0
+    assert value[("B", "install_failure_rate")] == 0.5
+    assert ("B", "install_failure_rate", "insufficient_data") in verdict
+    assert ("A", "install_failure_rate", "passing") in verdict
+    assert not [key for key in verdict if key[2] == "breached"]
+    # every device failed: 100 %, breached, failures by code
+    value, _, verdict = read("r-7")
+    assert value == {("main", "install_failure_rate"): 1.0}
+    assert set(verdict) == {("main", "install_failure_rate", "breached")}
+    variables = _variables(prometheus, dashboard, rollout="r-7")
+    failures = _series(prometheus, dashboard, "Failures by arm and error code", variables)
+    assert _by(failures, "arm", "code") == {("main", "health_check_failed"): 3}
+    # an operator's abort of an A/B rollout is no failure of either arm
+    value, _, verdict = read("r-8")
+    assert value == {("A", "install_failure_rate"): 0.0, ("B", "install_failure_rate"): 0.0}
+    assert {key[2] for key in verdict} == {"passing"}
+
+
+def _assert_ab_values(prometheus: Prometheus) -> None:
+    dashboard = _dashboard("fleet-ab.json")
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "rollout"]
+    assert _options(prometheus, dashboard, variable, {}) == ["r-9", "r-8"]  # A/B ones only
+    variables = _variables(prometheus, dashboard)
+    assert (variables["rollout"], variables["arm_a"], variables["arm_b"]) == ("r-9", "A", "B")
+    # the histogram p95 agrees with the rollups' exact p95 and tells the two arms apart
+    histogram = _by(
+        _series(prometheus, dashboard, "p95 latency by arm (histograms)", variables), "arm"
+    )
+    rollup = _by(
+        [
+            (item["metric"], float(item["value"][1]))
+            for item in prometheus.query(
+                'fleet_telemetry_arm_stat{rollout="r-9", metric="latency_ms", stat="p95"}'
+            )["result"]
+        ],
+        "arm",
+    )
+    assert rollup == pytest.approx(LATENCY_MS)
+    assert set(histogram) == {"A", "B"}
+    for arm, exact in rollup.items():
+        assert abs(histogram[arm] - exact) / exact < 0.1, (arm, histogram, rollup)
+    assert histogram["B"] < rollup["A"] < histogram["A"]
+    ratio = _one(
+        _series(prometheus, dashboard, "p95 latency B / A (newest minute rollup)", variables)
+    )
+    assert ratio == pytest.approx(0.19 / 0.23)
+    # nothing at all until two different arms are chosen
+    for arm_b in ("", "A"):
+        chosen = _variables(prometheus, dashboard, arm_b=arm_b)
+        assert chosen["arm_b"] == arm_b
+        shown = [
+            title
+            for title, expr in _panel_targets(dashboard)
+            if _has_data(prometheus.query(_substitute(expr, chosen)))
+        ]
+        assert not shown, (arm_b, shown)

@@ -165,6 +165,10 @@ class Command(BaseCommand):
         if not options["no_serve"] and not port_free(port):
             raise CommandError(f"port {port} is in use: set FLEET_PORT or pass --port")
         mqtt_port = _mqtt_port(data, int(os.environ.get("FLEET_MQTT_PORT", "1883")))
+        # deploy/prometheus/prometheus.yml scrapes the bridge on 9102.
+        bridge_metrics_port = first_free_port(
+            int(os.environ.get("FLEET_BRIDGE_METRICS_PORT", "9102"))
+        )
         engine = "mosquitto" if mosquitto_binary() else "amqtt"
         base = f"http://{options['addr']}:{port}"
         env = {
@@ -195,10 +199,13 @@ class Command(BaseCommand):
   MQTT broker   mqtt://127.0.0.1:{mqtt_port}  ({engine}, plain, loopback only)
                 production uses TLS + client certificates: deploy/mosquitto/
   Metrics       {base}/metrics  (loopback only)
+                bridge: http://127.0.0.1:{bridge_metrics_port}/metrics
+                (deploy/prometheus/prometheus.yml scrapes both)
   Worker        Celery worker + beat, {_queue_text(env["CELERY_BROKER_URL"], data)}
   Devices       {options["devices"]} simulated fleet-agent processes, in {data / "devices"}/
   Logs          {data / "logs"}/
-  Ports         web {port} (FLEET_PORT or --port), MQTT {mqtt_port} (FLEET_MQTT_PORT)
+  Ports         web {port} (FLEET_PORT or --port), MQTT {mqtt_port} (FLEET_MQTT_PORT),
+                bridge metrics {bridge_metrics_port} (FLEET_BRIDGE_METRICS_PORT)
 
 In another shell, from {root}:
 
@@ -221,7 +228,13 @@ Stop with Ctrl-C.
             return
         supervisor = Supervisor(data / "logs", env)
         supervisor.manage("broker", "broker", "--port", str(mqtt_port), ready_port=mqtt_port)
-        bridge_args = ["bridge", "--url", f"mqtt://127.0.0.1:{mqtt_port}"]
+        bridge_args = [
+            "bridge",
+            "--url",
+            f"mqtt://127.0.0.1:{mqtt_port}",
+            "--metrics-port",
+            str(bridge_metrics_port),
+        ]
         if engine == "amqtt":  # no $share, MQTT 3.1.1 only
             bridge_args += ["--no-share", "--protocol", "3.1.1"]
         supervisor.manage("bridge", *bridge_args)
