@@ -58,6 +58,18 @@ static fo_code_t selftest(void *ctx, const char *model, int slot)
     return system(cmd) == 0 ? FO_OK : FO_HEALTH_CHECK_FAILED;
 }
 
+static void fill_random(void *ctx, uint8_t *buf, size_t len)
+{
+    (void)ctx;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (f != NULL) {
+        if (fread(buf, 1, len, f) != len) {
+            /* keep the core's clock-derived bytes */
+        }
+        fclose(f);
+    }
+}
+
 static char *read_file(const char *path, size_t *len)
 {
     static char buf[4096];
@@ -76,6 +88,7 @@ static fo_posix_storage_t storage;
 static fo_posix_http_t http = {NULL, 10, 30, 600};
 static fo_posix_mqtt_t mqtt;
 static uint8_t msg[FLEET_OTA_MAX_ENVELOPE + 1];
+static uint8_t acks[FO_POSIX_ACKS_BYTES];
 
 int main(int argc, char **argv)
 {
@@ -124,6 +137,7 @@ int main(int argc, char **argv)
     static fo_ports_t ports;
     ports.clock.now_us = now_us;
     ports.clock.sleep_ms = sleep_ms;
+    ports.clock.random = fill_random;
     ports.selftest.run = selftest;
     if (fo_posix_storage_init(&storage, dir, 64u << 20, &ports.storage) != FO_OK ||
         fo_posix_http_init(&http, &ports.http) != FO_OK ||
@@ -141,8 +155,18 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "fleet-ota-posix: %s running\n", device_id);
     struct timespec tick = {0, 20 * 1000000};
+    unsigned connects = 0;
     while (!stopping) {
         size_t len;
+        unsigned now_connects = fo_posix_mqtt_connects(&mqtt);
+        if (now_connects != connects) {
+            connects = now_connects;
+            fo_agent_on_connected(&agent);
+        }
+        while (fo_posix_mqtt_take_acks(&mqtt, acks, &len)) {
+            fo_agent_on_acks(&agent, acks, len);
+        }
+        fo_agent_poll(&agent);
         if (!fo_posix_mqtt_take_desired(&mqtt, msg, &len)) {
             nanosleep(&tick, NULL);
             continue;

@@ -58,6 +58,9 @@ typedef struct {
     int64_t (*now_us)(void *ctx, int *synced);
     /* Wait between download attempts; NULL: retry at once. */
     void (*sleep_ms)(void *ctx, unsigned ms);
+    /* Fill `buf` with random bytes (esp_random, /dev/urandom), for the event ids; NULL:
+     * the core derives them from the device id and its stored events. */
+    void (*random)(void *ctx, uint8_t *buf, size_t len);
     void *ctx;
 } fo_clock_port_t;
 
