@@ -190,7 +190,7 @@ fo_code_t fo_esp_ports_init(fo_esp_t *esp, const char *device_id, fo_ports_t *po
     snprintf(esp->topic_prefix, sizeof(esp->topic_prefix), "fleet/v1/devices/%s/", device_id);
     ports->storage = (fo_storage_port_t){slot_open, slot_write, slot_close, slot_read,
                                          record_load, record_save, esp};
-    ports->http = (fo_http_port_t){http_get, esp};
+    ports->http = (fo_http_port_t){http_get, NULL, esp}; /* enrolled at the factory */
     ports->mqtt = (fo_mqtt_port_t){publish, esp};
     ports->clock.now_us = now_us;
     ports->clock.sleep_ms = sleep_ms;

@@ -43,6 +43,11 @@ typedef struct {
      * FO_DOWNLOAD_TIMEOUT, or the sink's code. */
     fo_code_t (*get)(void *ctx, const char *url, uint64_t offset, fo_sink_t sink,
                      void *sink_ctx);
+    /* POST `body` (JSON) to `url`; the answer's body into `out` (capacity `cap`, NUL
+     * terminated, FO_PAYLOAD_TOO_LARGE when longer) and its HTTP status. Used only to
+     * enroll; NULL on a device enrolled at the factory. */
+    fo_code_t (*post_json)(void *ctx, const char *url, const char *body, size_t len,
+                           uint8_t *out, size_t cap, size_t *out_len, int *status);
     void *ctx;
 } fo_http_port_t;
 
