@@ -7,8 +7,9 @@
  *                   [--http-cafile CA] [--selftest CMD]
  *
  * `enroll` makes the device key and CSR and enrolls (fleet_ota/enroll.h), keeping the key,
- * certificate, CA, director key and broker URL as records in DIR. Without --director,
- * --broker or --cafile the client then uses those records: mTLS to the enrolled broker.
+ * certificate, CA, director key and broker URL as records in DIR. Without --director or
+ * --broker the client then uses those records (with an mqtts:// broker, mutual TLS with
+ * the enrolled certificate unless --cafile/--cert/--key say otherwise).
  *
  * Slots and records are files under DIR (the posix storage port). The self-test runs
  * CMD through /bin/sh with FLEET_MODEL=<name> and FLEET_MODEL_PATH=<slot file>; exit 0
@@ -226,16 +227,11 @@ int main(int argc, char **argv)
     if (dir != NULL && director == NULL) {
         director = record_path(1, "director");
     }
-    if (dir != NULL && broker.ca_file == NULL && record_path(2, "cert") != NULL) {
-        broker.ca_file = record_path(3, "ca");
-        broker.cert_file = paths[2];
-        broker.key_file = record_path(4, "key");
-    }
+    int tls = 0;
     if (dir != NULL && broker.host == NULL) {
         static char url[256];
         size_t url_len = 0;
         const char *stored = read_file(record_path(0, "broker"), &url_len);
-        int tls = 0;
         if (stored != NULL) {
             snprintf(url, sizeof(url), "%s", stored);
             if (!parse_broker(url, &broker, &tls)) {
@@ -243,6 +239,12 @@ int main(int argc, char **argv)
                 return 2;
             }
         }
+    }
+    /* An enrolled broker URL of mqtts://: mutual TLS with the enrolled certificate. */
+    if (tls && broker.ca_file == NULL && record_path(2, "cert") != NULL) {
+        broker.ca_file = record_path(3, "ca");
+        broker.cert_file = paths[2];
+        broker.key_file = record_path(4, "key");
     }
     if (broker.host == NULL) {
         broker.host = "127.0.0.1";

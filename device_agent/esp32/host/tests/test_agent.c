@@ -265,13 +265,17 @@ static int active_is_sound(const char *dir, const char **version)
 
 static void fresh_dir(char *dir, size_t cap, const char *base, const char *name)
 {
-    static const char *const files[] = {"state.rec", "desired.rec", "events.rec", "slots/kws.a",
+    static const char *const files[] = {"state.rec", "desired.rec", "slots/kws.a",
                                          "slots/kws.b"};
     char path[800];
     snprintf(dir, cap, "%s/%s", base, name);
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
         unlink(path); /* what an earlier run of this test left */
+    }
+    for (unsigned i = 0; i < FLEET_OTA_EVENT_QUEUE; i++) {
+        snprintf(path, sizeof(path), "%s/ev%u.rec", dir, i);
+        unlink(path);
     }
 }
 
