@@ -149,14 +149,15 @@ fo_code_t fo_outbox_add(fo_outbox_t *o, const fo_storage_port_t *s, uint64_t key
     return FO_OK;
 }
 
-static int is_event_id(const fo_json_doc_t *doc, size_t i)
+/* String token `i` unescapes to 32 lowercase hex digits, written to `id` (33 bytes). */
+static int event_id(const fo_json_doc_t *doc, size_t i, char id[33])
 {
-    const fo_json_tok_t *t = &doc->tok[i];
-    if (t->type != FO_JSON_STRING || t->len != 32 || (t->flags & FO_JSON_F_ESCAPED)) {
+    if (doc->tok[i].type != FO_JSON_STRING ||
+        fo_json_unescape(doc, i, (uint8_t *)id, 33) != 32) {
         return 0;
     }
-    for (uint32_t k = 0; k < 32; k++) {
-        uint8_t c = doc->text[t->start + k];
+    for (int k = 0; k < 32; k++) {
+        char c = id[k];
         if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
             return 0;
         }
@@ -168,6 +169,7 @@ static int is_event_id(const fo_json_doc_t *doc, size_t i)
  * other key. */
 static int acks_valid(const fo_json_doc_t *doc)
 {
+    char id[33];
     const fo_json_tok_t *root = &doc->tok[0];
     uint64_t v = 0;
     if (root->type != FO_JSON_OBJECT) {
@@ -193,7 +195,7 @@ static int acks_valid(const fo_json_doc_t *doc)
             return 0;
         }
         for (size_t k = value + 1; k < list->next; k = doc->tok[k].next) {
-            if (!is_event_id(doc, k)) {
+            if (!event_id(doc, k, id)) {
                 return 0;
             }
         }
@@ -202,10 +204,18 @@ static int acks_valid(const fo_json_doc_t *doc)
     return lists > 0;
 }
 
+int fo_outbox_acks_valid(const uint8_t *msg, size_t len, fo_json_tok_t *tokens,
+                         size_t max_tokens)
+{
+    fo_json_doc_t doc;
+    return fo_json_parse(msg, len, tokens, max_tokens, 4, &doc) == FO_OK && acks_valid(&doc);
+}
+
 size_t fo_outbox_on_acks(fo_outbox_t *o, const fo_storage_port_t *s, const uint8_t *msg,
                          size_t len, fo_json_tok_t *tokens, size_t max_tokens, uint8_t *buf)
 {
     fo_json_doc_t doc;
+    char id[33];
     if (fo_json_parse(msg, len, tokens, max_tokens, 4, &doc) != FO_OK || !acks_valid(&doc)) {
         return 0;
     }
@@ -215,9 +225,10 @@ size_t fo_outbox_on_acks(fo_outbox_t *o, const fo_storage_port_t *s, const uint8
     }
     size_t removed = 0;
     for (size_t k = (size_t)list + 1; k < doc.tok[list].next; k = doc.tok[k].next) {
+        (void)event_id(&doc, k, id); /* valid: checked above */
         for (unsigned i = 0; i < FLEET_OTA_EVENT_QUEUE; i++) {
             fo_event_slot_t *e = &o->slot[i];
-            if (e->pending && memcmp(e->id, doc.text + doc.tok[k].start, 32) == 0) {
+            if (e->pending && memcmp(e->id, id, 32) == 0) {
                 /* The header alone stays (its order and key). If this save fails the
                  * event is sent again after a restart and confirmed again: harmless. */
                 uint64_t key = e->order == o->order ? o->last_key : 0;

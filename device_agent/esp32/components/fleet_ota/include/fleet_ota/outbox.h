@@ -66,6 +66,11 @@ void fo_outbox_next_id(const fo_outbox_t *o, char id[33]);
 fo_code_t fo_outbox_add(fo_outbox_t *o, const fo_storage_port_t *storage, uint64_t key,
                         const char *text, size_t len, int64_t now_us, uint8_t *scratch);
 
+/* Whether `msg` is an `acks` payload the Python agent's parse_acks takes (the shared
+ * vectors, tests/vectors/acks.json); `tokens` is scratch for the parser. */
+int fo_outbox_acks_valid(const uint8_t *msg, size_t len, fo_json_tok_t *tokens,
+                         size_t max_tokens);
+
 /* Forget the events named in an `acks` payload; a malformed payload is ignored whole.
  * `tokens` is scratch for the parser, `scratch` as above. Returns how many were pending. */
 size_t fo_outbox_on_acks(fo_outbox_t *o, const fo_storage_port_t *storage, const uint8_t *msg,
