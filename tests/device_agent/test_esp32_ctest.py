@@ -125,7 +125,15 @@ def test_sanitized_suite_and_fuzzers_pass(tmp_path: Path) -> None:
     # when the whole suite runs, fuzzers included (each for FUZZ_SECONDS over the corpus)
     output = _ctest(build, timeout=600)
     # then nothing crashed, leaked or hit undefined behaviour
-    for name in ("vectors", "core", "fuzz_envelope", "fuzz_desired", "fuzz_json"):
+    for name in (
+        "vectors",
+        "agent",
+        "core",
+        "fuzz_envelope",
+        "fuzz_desired",
+        "fuzz_json",
+        "fuzz_acks",
+    ):
         assert name in output
 
 

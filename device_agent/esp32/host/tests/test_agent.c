@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "fleet_ota/agent.h"
+#include "fleet_ota/enroll.h"
 #include "fleet_ota/text.h"
 #include "posix_storage.h"
 #include "../../components/fleet_ota/src/sha256_compat.h"
@@ -595,10 +596,52 @@ static const char *measure_dir;
 static void *update_thread(void *arg)
 {
     (void)arg;
+    static char acks[4096];
     counting = 1;
     CHECK(deliver("install") == FO_OK);
     CHECK(deliver("update") == FO_OK);
+    /* the events sent again, then confirmed */
+    now_us += FO_RESEND_FIRST_US;
+    fo_agent_poll(&agent);
+    size_t len = acks_for_all(acks, sizeof(acks));
+    fo_agent_on_acks(&agent, (const uint8_t *)acks, len);
+    CHECK(fo_agent_unconfirmed(&agent) == 0);
     counting = 0;
+    return NULL;
+}
+
+/* Enrollment up to the server's answer (a refused token): the key, the CSR, the request. */
+static fo_code_t refuse(void *ctx, const char *url, const char *body, size_t len, uint8_t *out,
+                        size_t cap, size_t *out_len, int *status)
+{
+    static const char answer[] = "{\"error\":{\"code\":\"unauthorized\",\"detail\":\"x\"}}";
+    (void)ctx;
+    (void)len;
+    (void)cap;
+    CHECK(strstr(url, "/api/v1/enroll") != NULL);
+    CHECK(strstr(body, "-----BEGIN CERTIFICATE REQUEST-----\\n") != NULL);
+    memcpy(out, answer, sizeof(answer));
+    *out_len = sizeof(answer) - 1;
+    *status = 401;
+    return FO_OK;
+}
+
+static size_t enroll_heap;
+
+static void *enroll_thread(void *arg)
+{
+    (void)arg;
+    static fo_enroll_t enrollment;
+    fo_http_port_t http = {NULL, refuse, NULL};
+    size_t before = heap_now;
+    heap_peak = heap_now;
+    counting = 1;
+    fo_code_t code = fo_enroll(&enrollment, &http, &ports.storage, "http://127.0.0.1:9/",
+                               "token", device_id, hardware, "fleet-ota-c/0.1.0");
+    counting = 0;
+    enroll_heap = heap_peak - before;
+    CHECK(code == FO_UNAUTHORIZED);
+    CHECK(strstr(enrollment.detail, "HTTP 401") != NULL);
     return NULL;
 }
 
@@ -657,14 +700,19 @@ static int measure(const char *base)
     size_t baseline = stack_touched(empty_thread);
     size_t stack_used = stack_touched(update_thread) - baseline;
     size_t verify_stack = stack_touched(verify_thread) - baseline;
+    size_t update_heap = heap_peak;
+    size_t enroll_stack = stack_touched(enroll_thread) - baseline;
     const char *version;
     CHECK(active_is_sound(measure_dir, &version) && version && strcmp(version, "1.5.0") == 0);
-    printf("measure: update (install + update, posix ports included): heap peak %zu bytes "
-           "in %zu allocations, stack %zu bytes; desired-state verification alone: stack "
-           "%zu bytes; fo_agent_t %zu bytes (static)\n",
-           heap_peak, heap_allocs, stack_used, verify_stack, sizeof(fo_agent_t));
+    printf("measure: update (install + update, events resent and confirmed, posix ports "
+           "included): heap peak %zu bytes in %zu allocations, stack %zu bytes; desired-state "
+           "verification alone: stack %zu bytes; fo_agent_t %zu bytes (static); enrollment "
+           "(key, CSR, request, answer): heap peak %zu bytes, stack %zu bytes, fo_enroll_t "
+           "%zu bytes (static)\n",
+           update_heap, heap_allocs, stack_used, verify_stack, sizeof(fo_agent_t), enroll_heap,
+           enroll_stack, sizeof(fo_enroll_t));
     /* The goals of issue 18: 48 KiB of heap, 8 KiB of stack for an update. */
-    CHECK(heap_peak <= 48 * 1024);
+    CHECK(update_heap <= 48 * 1024);
     CHECK(stack_used <= 8 * 1024);
     return failures == 0 ? 0 : 1;
 }

@@ -80,23 +80,23 @@ static fo_code_t make_key_and_csr(fo_enroll_t *e, const char *device_id)
 {
     static const char pers[] = "fleet-ota-enroll";
     char subject[80];
-    mbedtls_entropy_context entropy;
-    mbedtls_ctr_drbg_context drbg;
+    mbedtls_entropy_context *entropy = &e->entropy;
+    mbedtls_ctr_drbg_context *drbg = &e->drbg;
     mbedtls_pk_context key;
     mbedtls_x509write_csr csr;
-    mbedtls_entropy_init(&entropy);
-    mbedtls_ctr_drbg_init(&drbg);
+    mbedtls_entropy_init(entropy);
+    mbedtls_ctr_drbg_init(drbg);
     mbedtls_pk_init(&key);
     mbedtls_x509write_csr_init(&csr);
     snprintf(subject, sizeof(subject), "CN=%s", device_id);
-    int rc = mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &entropy,
+    int rc = mbedtls_ctr_drbg_seed(drbg, mbedtls_entropy_func, entropy,
                                    (const unsigned char *)pers, sizeof(pers) - 1);
     if (rc == 0) {
         rc = mbedtls_pk_setup(&key, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY));
     }
     if (rc == 0) {
         rc = mbedtls_ecp_gen_key(MBEDTLS_ECP_DP_SECP256R1, mbedtls_pk_ec(key),
-                                 mbedtls_ctr_drbg_random, &drbg);
+                                 mbedtls_ctr_drbg_random, drbg);
     }
     if (rc == 0) {
         rc = mbedtls_pk_write_key_pem(&key, (unsigned char *)e->key_pem, sizeof(e->key_pem));
@@ -110,7 +110,7 @@ static fo_code_t make_key_and_csr(fo_enroll_t *e, const char *device_id)
         /* DER at the end of e->body (free until the request is written), then PEM. */
         unsigned char *buf = (unsigned char *)e->body;
         rc = mbedtls_x509write_csr_der(&csr, buf, sizeof(e->body), mbedtls_ctr_drbg_random,
-                                       &drbg);
+                                       drbg);
         if (rc > 0) {
             size_t len = strip_ecdsa_null(buf + sizeof(e->body) - rc, (size_t)rc);
             size_t olen = 0;
@@ -124,8 +124,8 @@ static fo_code_t make_key_and_csr(fo_enroll_t *e, const char *device_id)
     }
     mbedtls_x509write_csr_free(&csr);
     mbedtls_pk_free(&key);
-    mbedtls_ctr_drbg_free(&drbg);
-    mbedtls_entropy_free(&entropy);
+    mbedtls_ctr_drbg_free(drbg);
+    mbedtls_entropy_free(entropy);
     if (rc != 0) {
         snprintf(e->detail, sizeof(e->detail), "mbedTLS could not make the key or CSR (-0x%04x)",
                  (unsigned)-rc);

@@ -8,6 +8,8 @@
 #ifndef FLEET_OTA_ENROLL_H
 #define FLEET_OTA_ENROLL_H
 
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,6 +29,10 @@ extern "C" {
 /* Working memory of one enrollment (run once, before the agent: a device can overlay it
  * on the agent's own memory). */
 typedef struct {
+    /* mbedTLS's random generator: here, not on the stack (Debian's entropy context
+     * alone is 37 960 bytes; ESP-IDF's is far smaller). */
+    mbedtls_entropy_context entropy;
+    mbedtls_ctr_drbg_context drbg;
     char key_pem[512];
     char csr_pem[1024];
     char body[2048];
