@@ -22,7 +22,11 @@ from test_agent_mqtts_end_to_end import System, _reported, _wait, system  # noqa
 
 from fleet.models import Device
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.system,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.timeout(300),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
