@@ -23,7 +23,7 @@ SOURCE = ROOT / "device_agent" / "esp32"
 APT = "apt-get install cmake gcc libmbedtls-dev libmosquitto-dev libcurl4-openssl-dev"
 APT_CLANG = "apt-get install clang libclang-rt-dev"
 # What CMake names when a library or tool it requires is missing.
-MISSING = ("MBEDTLS", "MBEDCRYPTO", "MOSQUITTO", "CURL", "No CMAKE_C_COMPILER")
+MISSING = ("MBEDTLS", "MBEDCRYPTO", "MBEDX509", "MOSQUITTO", "CURL", "No CMAKE_C_COMPILER")
 
 
 def run(args: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> str:

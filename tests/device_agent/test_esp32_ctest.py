@@ -12,6 +12,7 @@ bounded time over the committed seed corpus. Missing tools or libraries skip on 
 developer machine and fail under CI=true (the packages are in .ci/run).
 """
 
+import json
 import shutil
 import signal
 import subprocess
@@ -124,7 +125,15 @@ def test_sanitized_suite_and_fuzzers_pass(tmp_path: Path) -> None:
     # when the whole suite runs, fuzzers included (each for FUZZ_SECONDS over the corpus)
     output = _ctest(build, timeout=600)
     # then nothing crashed, leaked or hit undefined behaviour
-    for name in ("vectors", "core", "fuzz_envelope", "fuzz_desired", "fuzz_json"):
+    for name in (
+        "vectors",
+        "agent",
+        "core",
+        "fuzz_envelope",
+        "fuzz_desired",
+        "fuzz_json",
+        "fuzz_acks",
+    ):
         assert name in output
 
 
@@ -152,6 +161,18 @@ class Watcher:
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         with self.lock:
             self.messages.append((message.topic.rsplit("/", 1)[1], bytes(message.payload)))
+
+    def event_copies(self) -> dict[str, int]:
+        """How many times each event id was published."""
+        copies: dict[str, int] = {}
+        for event in self.events():
+            assert event.event_id is not None, event
+            copies[event.event_id] = copies.get(event.event_id, 0) + 1
+        return copies
+
+    def publish_acks(self, event_ids: list[str]) -> None:
+        payload = json.dumps({"v": 1, "event_ids": event_ids}).encode()
+        self.client.publish(f"fleet/v1/devices/{DEVICE}/acks", payload, 0).wait_for_publish(10)
 
     def events(self) -> list[UpdateEvent]:
         with self.lock:
@@ -195,8 +216,7 @@ def rig(host_build: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
     key = generate_director_key()
     write_public_key(tmp_path / "director.pem", key.public_key())
     fail_flag = tmp_path / "selftest-fails"
-    client = subprocess.Popen(
-        [
+    args = [
             str(host_build / "fleet-ota-posix"),
             "--dir", str(tmp_path / "device"),
             "--device-id", DEVICE,
@@ -204,22 +224,31 @@ def rig(host_build: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
             "--director", str(tmp_path / "director.pem"),
             "--port", str(broker.port),
             "--selftest", f'test -s "$FLEET_MODEL_PATH" && test ! -e {fail_flag}',
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    ]  # fmt: skip
+    rig = {
+        "watcher": watcher,
+        "server": server,
+        "key": key,
+        "args": args,
+        "dir": tmp_path / "device",
+        "client": subprocess.Popen(args, stderr=subprocess.DEVNULL),
+        "fail_flag": fail_flag,
+    }
     try:
-        yield {"watcher": watcher, "server": server, "key": key, "client": client,
-               "fail_flag": fail_flag}  # fmt: skip
+        yield rig
     finally:
-        client.send_signal(signal.SIGTERM)
-        try:
-            client.wait(10)
-        finally:
-            client.kill()
+        _stop(rig["client"])
         watcher.close()
         server.shutdown()
         broker.stop()
+
+
+def _stop(client: subprocess.Popen[Any]) -> None:
+    client.send_signal(signal.SIGTERM)
+    try:
+        client.wait(10)
+    finally:
+        client.kill()
 
 
 def _desired(rig: dict[str, Any], seq: int, version: str, counter: int, data: bytes) -> bytes:
@@ -277,3 +306,42 @@ def test_the_client_updates_verifies_and_rolls_back_through_the_broker(
     watcher.event(7, Phase.COMMITTED)
     state = watcher.wait_for(lambda: (s := watcher.last_state()) and s.last_seq == 7 and s, "state")
     assert (state.models[0].version, str(state.models[0].slot)) == ("1.3.0", "b")
+
+
+def test_the_client_sends_events_again_until_the_server_confirms_them(
+    rig: dict[str, Any],
+) -> None:
+    watcher: Watcher = rig["watcher"]
+    watcher.wait_for(lambda: watcher.last_state() is not None, "the first state report")
+    # given an install whose events nobody confirms
+    watcher.publish_desired(_desired(rig, 1, "1.0.0", 10, bytes([1]) * 50_000))
+    committed = watcher.event(1, Phase.COMMITTED)
+    # then each is published again (5 s after the first try)
+    ids = [e.event_id for e in watcher.events() if e.seq == 1]
+    assert len(ids) == len(set(ids)) >= 5, ids
+    watcher.wait_for(lambda: all(watcher.event_copies()[i] >= 2 for i in ids), "resent events")
+
+    # when the server confirms all but the committed event and the client restarts
+    confirmed = [i for i in ids if i != committed.event_id]
+    watcher.publish_acks(confirmed)
+    records = list(rig["dir"].glob("ev*.rec"))
+    assert records, "the client keeps its events in records ev0..ev15"
+    watcher.wait_for(
+        lambda: not any(i.encode() in r.read_bytes() for r in records for i in confirmed),
+        "the confirmed events gone from the client's event records",
+    )
+    _stop(rig["client"])
+    before = watcher.event_copies()
+    rig["client"] = subprocess.Popen(rig["args"], stderr=subprocess.DEVNULL)
+
+    # then only the unconfirmed event comes again, from the disk, with its id
+    def resent() -> bool:
+        return (
+            watcher.event_copies().get(str(committed.event_id), 0) > before[str(committed.event_id)]
+        )
+
+    watcher.wait_for(resent, "the unconfirmed event after the restart")
+    watcher.publish_acks([str(committed.event_id)])
+    after = watcher.event_copies()
+    # the confirmed ones were not among what the restarted client sent from its disk
+    assert all(after[i] == before[i] for i in confirmed), (before, after)

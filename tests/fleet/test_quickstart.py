@@ -3,6 +3,7 @@ bridge, Celery worker and beat on the filesystem queue, web, simulated devices),
 sample model installed everywhere by a first rollout and a phased rollout of its second
 version running, telemetry from the simulated apps, and CI publishing another version."""
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,9 +45,7 @@ def _get(url: str, token: str | None = None) -> dict:  # type: ignore[type-arg]
         return json.loads(response.read())  # type: ignore[no-any-return]
 
 
-@pytest.fixture
-def quickstart(tmp_path):  # type: ignore[no-untyped-def]
-    port = free_port()
+def _quickstart_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -53,11 +53,17 @@ def quickstart(tmp_path):  # type: ignore[no-untyped-def]
     }
     env.update(
         FLEET_DATA_DIR=str(tmp_path / "var"),
-        FLEET_PORT=str(port),
+        FLEET_PORT=str(free_port()),
         FLEET_MQTT_PORT=str(free_port()),
         FLEET_BRIDGE_METRICS_PORT=str(free_port()),
         FLEET_DEVICES="2",
     )
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def _running(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
     output = tmp_path / "fleet_up.out"
     with output.open("wb") as out:
         process = subprocess.Popen(
@@ -68,10 +74,10 @@ def quickstart(tmp_path):  # type: ignore[no-untyped-def]
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{env['FLEET_PORT']}"
     try:
-        _wait(lambda: _get(f"{base}/healthz")["status"] == "ok", "healthz")
-        yield base, tmp_path / "var", env
+        _wait(lambda: _get(f"{base}/healthz")["status"] == "ok", "healthz", 240)
+        yield base
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -79,6 +85,13 @@ def quickstart(tmp_path):  # type: ignore[no-untyped-def]
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.fixture
+def quickstart(tmp_path):  # type: ignore[no-untyped-def]
+    env = _quickstart_env(tmp_path)
+    with _running(tmp_path, env) as base:
+        yield base, tmp_path / "var", env
 
 
 def _printed(output: Path, heading: str) -> str:
@@ -204,3 +217,56 @@ def test_quickstart_runs_the_whole_system(quickstart, tmp_path):  # type: ignore
         if p.stat().st_mode & 0o077 and p.relative_to(data).parts[0] not in {"artifacts", "devices"}
     ]
     assert wide == [], wide
+
+
+def _operator_token(env: dict[str, str]) -> str:
+    return subprocess.run(
+        [sys.executable, "manage.py", "api_token_create", "--user", "operator"]
+        + ["--name", "t", "--scope", "fleet:read"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+
+
+@pytest.mark.system
+def test_quickstart_runs_simulated_esp32_devices(tmp_path: Path) -> None:
+    # given a C compiler and the client's libraries (as .ci/run installs them)
+    env = _quickstart_env(tmp_path, FLEET_DEVICES="1", FLEET_ESP32_DEVICES="1")
+    with _running(tmp_path, env) as base:
+        token = _operator_token(env)
+
+        # then the ESP32 device, the C client's host build, enrolls and comes online
+        def online() -> list[str]:
+            devices = _get(f"{base}/api/v1/devices/?online=true", token)["results"]
+            return sorted(d["device_id"] for d in devices)
+
+        assert _wait(lambda: online() == ["esp32-001", "sim-001"] and online(), "online", 120)
+        device = _get(f"{base}/api/v1/devices/esp32-001/", token)
+        assert device["hardware"] == "esp32s3-int8"
+        banner = (tmp_path / "fleet_up.out").read_text()
+        assert "ESP32         1 simulated ESP32 devices (the C client's host build" in banner
+
+
+def test_quickstart_says_when_it_cannot_build_the_esp32_client(tmp_path: Path) -> None:
+    # given no cmake on the PATH
+    env = _quickstart_env(tmp_path, FLEET_ESP32_DEVICES="2", PATH=str(tmp_path / "empty"))
+    # when the quick start prepares
+    done = subprocess.run(
+        [sys.executable, "manage.py", "fleet_up", "--no-serve"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # then it goes on without them, and says so in one line with what to install
+    assert done.returncode == 0, done.stderr
+    (line,) = [x for x in done.stdout.splitlines() if x.strip().startswith("ESP32")]
+    assert "none: FLEET_ESP32_DEVICES=2 asks for them" in line
+    assert "cmake is not installed" in line
+    assert "apt-get install cmake gcc libmbedtls-dev" in line

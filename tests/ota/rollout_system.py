@@ -5,6 +5,11 @@ worker with beat on Redis, and N real ``fleet-agent`` processes enrolled through
 The test process talks to it the way users do: the REST API (operator and CI tokens),
 ``fleetctl publish``, ``/metrics``, the agents' directories, plus a read-only psycopg
 connection for assertions on what the database holds.
+
+With ``esp32_devices=N`` it also runs N ESP32 clients (the C client's host build,
+``fleet-ota-posix``, hardware ``esp32s3-int8``), each enrolled with its own mbedTLS key
+and CSR through the same API. Their self-test fails for the artifacts whose sha256 the
+test writes into ``esp32_bad_models`` (the application's golden input failing on them).
 """
 
 import hashlib
@@ -31,6 +36,7 @@ from service_check import require_service
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 HARDWARE = "linux-x86_64-fp32"
+ESP32_HARDWARE = "esp32s3-int8"
 PG = os.environ.get("FLEET_E2E_PG", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
@@ -78,6 +84,7 @@ class FleetSystem:
         agent_args: Iterable[str] = (),
         env: dict[str, str] | None = None,
         agent_config: dict[str, Any] | None = None,
+        esp32_devices: int = 0,
     ) -> None:
         pg_host, pg_port = "127.0.0.1", 5432
         require_service(
@@ -95,6 +102,8 @@ class FleetSystem:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.data = root / "var"
         self.n_devices = devices
+        self.n_esp32 = esp32_devices
+        self.esp32_bad_models = root / "esp32-bad-models"
         self.agent_args = list(agent_args)
         self.agent_config = dict(agent_config or {})  # set in each agent's config.json
         self.children: dict[str, Child] = {}
@@ -229,8 +238,58 @@ class FleetSystem:
     def device_ids(self) -> list[str]:
         return [f"e2e-{i:03d}" for i in range(self.n_devices)]
 
+    def esp32_ids(self) -> list[str]:
+        return [f"esp32-{i:03d}" for i in range(self.n_esp32)]
+
     def device_dir(self, device_id: str) -> Path:
         return self.root / "devices" / device_id
+
+    def esp32_installed(self, device_id: str, model: str) -> str | None:
+        """sha256 of the slot the C client's state record marks active, read from the
+        slot files: the one whose bytes the client last verified and kept."""
+        slots = [self.device_dir(device_id) / "slots" / f"{model}.{s}" for s in "ab"]
+        reported = self.reported_slot(device_id, model)
+        for path in slots:
+            if reported is not None and path.name.endswith("." + reported) and path.exists():
+                return hashlib.sha256(path.read_bytes()).hexdigest()
+        return None
+
+    def reported_slot(self, device_id: str, model: str) -> str | None:
+        rows = self.query("SELECT reported FROM fleet_device WHERE device_id = %s", device_id)
+        for entry in (rows[0][0] or {}).get("models", []) if rows else []:
+            if entry.get("name") == model:
+                return str(entry.get("slot"))
+        return None
+
+    def _enroll_esp32(self) -> None:
+        """Build the C client, enroll each ESP32 device with it, and run them."""
+        from esp32_build import esp32_host_build
+
+        binary = esp32_host_build(self.root / "esp32-build") / "fleet-ota-posix"
+        selftest = (
+            'sha=$(sha256sum "$FLEET_MODEL_PATH" | cut -d" " -f1); '
+            f'test -s "$FLEET_MODEL_PATH" && ! grep -qx "$sha" {self.esp32_bad_models} 2>/dev/null'
+        )
+        for device_id in self.esp32_ids():
+            token = self.post("/api/v1/enrollment-tokens", {"hours": 1, "hardware": ESP32_HARDWARE})
+            done = subprocess.run(
+                [str(binary), "enroll", "--dir", str(self.device_dir(device_id))]
+                + ["--server", self.base, "--token", token["token"], "--device-id", device_id]
+                + ["--hardware", ESP32_HARDWARE],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise AssertionError(f"enrolling {device_id} failed: {done.stderr[-2000:]}")
+            self.agents[device_id] = Child(
+                device_id,
+                [str(binary), "--dir", str(self.device_dir(device_id)), "--device-id", device_id]
+                + ["--hardware", ESP32_HARDWARE, "--selftest", selftest],
+                self.env,
+                self.logs,
+            )
 
     def _enroll_and_run(self) -> None:
         def enroll(device_id: str) -> None:
@@ -266,6 +325,8 @@ class FleetSystem:
 
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(enroll, self.device_ids()))
+        if self.n_esp32:
+            self._enroll_esp32()
         for device_id in self.device_ids():
             self.agents[device_id] = Child(
                 device_id,
@@ -279,7 +340,7 @@ class FleetSystem:
                 self.env,
                 self.logs,
             )
-        wanted = set(self.device_ids())
+        wanted = set(self.device_ids()) | set(self.esp32_ids())
         wait_until(
             lambda: wanted <= set(self.scalars("SELECT device_id FROM fleet_device WHERE online")),
             "every agent online",
@@ -333,7 +394,15 @@ class FleetSystem:
         self.manage("model_register", name, "--release-key", str(keys / "release.pub"))
         self.release_keys[name] = keys / "release.key"
 
-    def publish(self, path: Path, *, name: str, version: str, meta: Iterable[str] = ()) -> str:
+    def publish(
+        self,
+        path: Path,
+        *,
+        name: str,
+        version: str,
+        meta: Iterable[str] = (),
+        hardware: str = HARDWARE,
+    ) -> str:
         """fleetctl publish, as CI does; returns the artifact's sha256."""
         args = [
             str(BIN / "fleetctl"),
@@ -344,7 +413,7 @@ class FleetSystem:
             "--version",
             version,
             "--hardware",
-            HARDWARE,
+            hardware,
             "--format",
             "onnx",
         ]
@@ -419,4 +488,7 @@ class FleetSystem:
     def diagnostics(self) -> str:
         parts = [f"--- {c.name}\n{c.log_tail(25)}" for c in self.children.values()]
         parts += [f"--- {c.name}\n{c.log_tail(8)}" for c in list(self.agents.values())[:3]]
+        parts += [
+            f"--- {d}\n{self.agents[d].log_tail(15)}" for d in self.esp32_ids() if d in self.agents
+        ]
         return "\n".join(parts)

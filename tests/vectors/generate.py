@@ -41,12 +41,14 @@ from device_agent.protocol.messages import (
     ModelTarget,
     format_timestamp,
     loads_json,
+    parse_acks,
 )
 
 OUT = Path(__file__).with_name("desired.json")
 JSON_OUT = Path(__file__).with_name("json.json")
 UPDATE_OUT = Path(__file__).with_name("update.json")
 CODES_OUT = Path(__file__).with_name("codes.json")
+ACKS_OUT = Path(__file__).with_name("acks.json")
 # The C client's fuzz seed corpus, from the same vectors (device_agent/esp32/README.md).
 CORPUS = Path(__file__).parents[2] / "device_agent" / "esp32" / "host" / "fuzz" / "corpus"
 FORMAT = 1
@@ -1079,6 +1081,53 @@ def codes_text() -> str:
     )
 
 
+def acks_document() -> dict[str, Any]:
+    """`acks` payloads (docs/protocol.md) and whether the Python agent's parse_acks takes
+    them: the C client must take exactly the same ones (and ignore the others whole)."""
+    one, two = "0123456789abcdef" * 2, "fedcba9876543210" * 2
+    inputs: dict[str, bytes] = {
+        "events": b'{"v":1,"event_ids":["%s","%s"]}' % (one.encode(), two.encode()),
+        "batches": b'{"v":1,"batch_ids":["%s"]}' % one.encode(),
+        "both": b'{"batch_ids":["%s"],"event_ids":["%s"],"v":1}' % (two.encode(), one.encode()),
+        "escaped_id": b'{"v":1,"event_ids":["\\u0030%s"]}' % one[1:].encode(),
+        "max_ids": json.dumps({"v": 1, "event_ids": [one] * 500}).encode(),
+        "too_many_ids": json.dumps({"v": 1, "event_ids": [one] * 501}).encode(),
+        "empty_list": b'{"v":1,"event_ids":[]}',
+        "no_list": b'{"v":1}',
+        "no_version": b'{"event_ids":["%s"]}' % one.encode(),
+        "version_2": b'{"v":2,"event_ids":["%s"]}' % one.encode(),
+        "version_true": b'{"v":true,"event_ids":["%s"]}' % one.encode(),
+        "version_float": b'{"v":1.0,"event_ids":["%s"]}' % one.encode(),
+        "unknown_key": b'{"v":1,"event_ids":["%s"],"x":1}' % one.encode(),
+        "upper_hex": b'{"v":1,"event_ids":["%s"]}' % one.upper().encode(),
+        "short_id": b'{"v":1,"event_ids":["%s"]}' % one[:31].encode(),
+        "long_id": b'{"v":1,"event_ids":["%s0"]}' % one.encode(),
+        "number_id": b'{"v":1,"event_ids":[1]}',
+        "list_not_array": b'{"v":1,"event_ids":"%s"}' % one.encode(),
+        "duplicate_key": b'{"v":1,"event_ids":["%s"],"event_ids":["%s"]}'
+        % (one.encode(), two.encode()),
+        "array": b'[{"v":1,"event_ids":["%s"]}]' % one.encode(),
+        "not_json": b"acks",
+        "trailing_newline_id": b'{"v":1,"event_ids":["%s\\n"]}' % one.encode(),
+    }
+    cases = []
+    for name, data in inputs.items():
+        try:
+            ack = parse_acks(data)
+        except ProtocolError:
+            cases.append({"name": name, "input": base64.b64encode(data).decode(), "valid": False})
+            continue
+        cases.append(
+            {
+                "name": name,
+                "input": base64.b64encode(data).decode(),
+                "valid": True,
+                "event_ids": list(ack.event_ids),
+            }
+        )
+    return {"format": FORMAT, "cases": cases}
+
+
 def json_text() -> str:
     return json.dumps(json_document(), indent=1) + "\n"
 
@@ -1141,7 +1190,9 @@ def update_document(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
 def write_corpus(doc: dict[str, Any], json_doc: dict[str, Any]) -> None:
     """Seeds for the fuzz targets: envelopes, their payloads, the JSON cases, and the
     pinned key the envelope target verifies against (a public key)."""
-    seeds: dict[str, dict[str, bytes]] = {"envelope": {}, "desired": {}, "json": {}}
+    seeds: dict[str, dict[str, bytes]] = {"envelope": {}, "desired": {}, "json": {}, "acks": {}}
+    for case in acks_document()["cases"]:
+        seeds["acks"][case["name"]] = base64.b64decode(case["input"])
     for vector in doc["vectors"]:
         envelope = base64.b64decode(vector["envelope"])
         if len(envelope) <= C_MAX_ENVELOPE:
@@ -1171,6 +1222,7 @@ def main() -> int:
     OUT.write_text(json.dumps(doc, indent=1, ensure_ascii=True) + "\n")
     JSON_OUT.write_text(json_text())
     CODES_OUT.write_text(codes_text())
+    ACKS_OUT.write_text(json.dumps(acks_document(), indent=1) + "\n")
     UPDATE_OUT.write_text(json.dumps(update_document(generate_director_key()), indent=1) + "\n")
     write_corpus(doc, json_document())
     print(f"wrote {OUT}, {JSON_OUT} and {CORPUS}")

@@ -182,3 +182,14 @@ def test_the_json_cases_are_what_loads_json_decides() -> None:
     for case in json.loads(generator.json_text())["cases"]:
         data = base64.b64decode(case["input"])
         assert generator.json_verdict(data) == case.get("python", case["expect"]), case["name"]
+
+
+def test_the_acks_cases_are_what_parse_acks_decides() -> None:
+    # deterministic, as json.json: exactly what the generator writes from parse_acks
+    generator = _generator()
+    written = json.loads((HERE / "acks.json").read_text())
+    assert written == generator.acks_document()
+    verdicts = {case["name"]: case["valid"] for case in written["cases"]}
+    # both outcomes are covered, including an escaped id the Python side unescapes
+    assert verdicts["escaped_id"] is True
+    assert verdicts["upper_hex"] is False

@@ -1,8 +1,15 @@
 /* fleet-ota-posix: the ESP32 client's core as a Linux process (the host build's device).
  *
- *   fleet-ota-posix --dir DIR --device-id ID --hardware HW --director director.pem
- *                   --broker HOST --port N [--cafile CA --cert CRT --key KEY]
+ *   fleet-ota-posix enroll --dir DIR --server URL --token T --device-id ID --hardware HW
+ *                   [--http-cafile CA]
+ *   fleet-ota-posix --dir DIR --device-id ID --hardware HW [--director director.pem]
+ *                   [--broker HOST --port N] [--cafile CA --cert CRT --key KEY]
  *                   [--http-cafile CA] [--selftest CMD]
+ *
+ * `enroll` makes the device key and CSR and enrolls (fleet_ota/enroll.h), keeping the key,
+ * certificate, CA, director key and broker URL as records in DIR. Without --director or
+ * --broker the client then uses those records (with an mqtts:// broker, mutual TLS with
+ * the enrolled certificate unless --cafile/--cert/--key say otherwise).
  *
  * Slots and records are files under DIR (the posix storage port). The self-test runs
  * CMD through /bin/sh with FLEET_MODEL=<name> and FLEET_MODEL_PATH=<slot file>; exit 0
@@ -15,6 +22,7 @@
 #include <time.h>
 
 #include "fleet_ota/agent.h"
+#include "fleet_ota/enroll.h"
 #include "posix_http.h"
 #include "posix_mqtt.h"
 #include "posix_storage.h"
@@ -58,9 +66,24 @@ static fo_code_t selftest(void *ctx, const char *model, int slot)
     return system(cmd) == 0 ? FO_OK : FO_HEALTH_CHECK_FAILED;
 }
 
+static void fill_random(void *ctx, uint8_t *buf, size_t len)
+{
+    (void)ctx;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (f != NULL) {
+        if (fread(buf, 1, len, f) != len) {
+            /* keep the core's clock-derived bytes */
+        }
+        fclose(f);
+    }
+}
+
 static char *read_file(const char *path, size_t *len)
 {
     static char buf[4096];
+    if (path == NULL) {
+        return NULL;
+    }
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
         return NULL;
@@ -74,13 +97,104 @@ static char *read_file(const char *path, size_t *len)
 static fo_agent_t agent;
 static fo_posix_storage_t storage;
 static fo_posix_http_t http = {NULL, 10, 30, 600};
+static fo_enroll_t enrollment;
+static char paths[5][320];
+
+/* DIR/<name>.rec, the posix storage port's file for record `name`, when it exists. */
+static const char *record_path(int k, const char *name)
+{
+    snprintf(paths[k], sizeof(paths[k]), "%s/%s.rec", dir, name);
+    FILE *f = fopen(paths[k], "rb");
+    if (f == NULL) {
+        return NULL;
+    }
+    fclose(f);
+    return paths[k];
+}
+
+/* mqtt[s]://host[:port] from the enrollment, as the Python agent's parse_broker_url. */
+static int parse_broker(char *url, fo_posix_mqtt_config_t *broker, int *tls)
+{
+    char *host;
+    if (strncmp(url, "mqtts://", 8) == 0) {
+        *tls = 1;
+        host = url + 8;
+        broker->port = 8883;
+    } else if (strncmp(url, "mqtt://", 7) == 0) {
+        *tls = 0;
+        host = url + 7;
+        broker->port = 1883;
+    } else {
+        return 0;
+    }
+    host[strcspn(host, "/\r\n")] = 0;
+    char *colon = strrchr(host, ':');
+    if (colon != NULL) {
+        *colon = 0;
+        broker->port = atoi(colon + 1);
+    }
+    broker->host = host;
+    return *host != 0 && broker->port > 0 && broker->port < 65536;
+}
+
+static int enroll_main(int argc, char **argv)
+{
+    const char *server = NULL, *token = NULL, *device_id = NULL, *hardware = NULL;
+    for (int i = 2; i + 1 < argc; i += 2) {
+        const char *k = argv[i], *v = argv[i + 1];
+        if (strcmp(k, "--dir") == 0) {
+            dir = v;
+        } else if (strcmp(k, "--server") == 0) {
+            server = v;
+        } else if (strcmp(k, "--token") == 0) {
+            token = v;
+        } else if (strcmp(k, "--device-id") == 0) {
+            device_id = v;
+        } else if (strcmp(k, "--hardware") == 0) {
+            hardware = v;
+        } else if (strcmp(k, "--http-cafile") == 0) {
+            http.ca_file = v;
+        } else {
+            fprintf(stderr, "unknown option %s\n", k);
+            return 2;
+        }
+    }
+    if (dir == NULL || server == NULL || token == NULL || device_id == NULL || hardware == NULL) {
+        fprintf(stderr, "usage: %s enroll --dir DIR --server URL --token T --device-id ID "
+                        "--hardware HW [--http-cafile CA]\n", argv[0]);
+        return 2;
+    }
+    fo_storage_port_t store;
+    fo_http_port_t port;
+    if (fo_posix_storage_init(&storage, dir, 64u << 20, &store) != FO_OK ||
+        fo_posix_http_init(&http, &port) != FO_OK) {
+        fprintf(stderr, "cannot set up the ports\n");
+        return 1;
+    }
+    if (record_path(0, "cert") != NULL) {
+        fprintf(stderr, "conflict: %s is already enrolled\n", dir);
+        return 1;
+    }
+    fo_code_t code = fo_enroll(&enrollment, &port, &store, server, token, device_id, hardware,
+                               "fleet-ota-c/0.1.0");
+    if (code != FO_OK) {
+        fprintf(stderr, "enroll: %s: %s\n", fo_code_name(code), enrollment.detail);
+        return 1;
+    }
+    printf("enrolled %s (%s) into %s\n", device_id, hardware, dir);
+    return 0;
+}
 static fo_posix_mqtt_t mqtt;
 static uint8_t msg[FLEET_OTA_MAX_ENVELOPE + 1];
+static uint8_t acks[FO_POSIX_ACKS_BYTES];
 
 int main(int argc, char **argv)
 {
     const char *device_id = NULL, *hardware = NULL, *director = NULL;
-    fo_posix_mqtt_config_t broker = {"127.0.0.1", 1883, NULL, NULL, NULL};
+    fo_posix_mqtt_config_t broker = {NULL, 1883, NULL, NULL, NULL};
+    if (argc > 1 && strcmp(argv[1], "enroll") == 0) {
+        return enroll_main(argc, argv);
+    }
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (strcmp(k, "--dir") == 0) {
@@ -110,10 +224,35 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (dir != NULL && director == NULL) {
+        director = record_path(1, "director");
+    }
+    int tls = 0;
+    if (dir != NULL && broker.host == NULL) {
+        static char url[256];
+        size_t url_len = 0;
+        const char *stored = read_file(record_path(0, "broker"), &url_len);
+        if (stored != NULL) {
+            snprintf(url, sizeof(url), "%s", stored);
+            if (!parse_broker(url, &broker, &tls)) {
+                fprintf(stderr, "the enrolled broker URL %s is not mqtt(s)://host[:port]\n", url);
+                return 2;
+            }
+        }
+    }
+    /* An enrolled broker URL of mqtts://: mutual TLS with the enrolled certificate. */
+    if (tls && broker.ca_file == NULL && record_path(2, "cert") != NULL) {
+        broker.ca_file = record_path(3, "ca");
+        broker.cert_file = paths[2];
+        broker.key_file = record_path(4, "key");
+    }
+    if (broker.host == NULL) {
+        broker.host = "127.0.0.1";
+    }
     size_t pem_len = 0;
     const char *pem = director ? read_file(director, &pem_len) : NULL;
     if (dir == NULL || device_id == NULL || hardware == NULL || pem == NULL) {
-        fprintf(stderr, "usage: %s --dir DIR --device-id ID --hardware HW --director PEM "
+        fprintf(stderr, "usage: %s --dir DIR --device-id ID --hardware HW [--director PEM] "
                         "[--broker HOST] [--port N] [--cafile CA --cert CRT --key KEY] "
                         "[--http-cafile CA] [--selftest CMD]\n", argv[0]);
         return 2;
@@ -124,6 +263,7 @@ int main(int argc, char **argv)
     static fo_ports_t ports;
     ports.clock.now_us = now_us;
     ports.clock.sleep_ms = sleep_ms;
+    ports.clock.random = fill_random;
     ports.selftest.run = selftest;
     if (fo_posix_storage_init(&storage, dir, 64u << 20, &ports.storage) != FO_OK ||
         fo_posix_http_init(&http, &ports.http) != FO_OK ||
@@ -141,8 +281,18 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "fleet-ota-posix: %s running\n", device_id);
     struct timespec tick = {0, 20 * 1000000};
+    unsigned connects = 0;
     while (!stopping) {
         size_t len;
+        unsigned now_connects = fo_posix_mqtt_connects(&mqtt);
+        if (now_connects != connects) {
+            connects = now_connects;
+            fo_agent_on_connected(&agent);
+        }
+        while (fo_posix_mqtt_take_acks(&mqtt, acks, &len)) {
+            fo_agent_on_acks(&agent, acks, len);
+        }
+        fo_agent_poll(&agent);
         if (!fo_posix_mqtt_take_desired(&mqtt, msg, &len)) {
             nanosleep(&tick, NULL);
             continue;

@@ -2,6 +2,7 @@
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
@@ -40,6 +41,52 @@ def _secret_file(path: Path, make: Any) -> str:
 
 
 SIM_HARDWARE = "linux-x86_64-fp32"
+
+
+ESP32_HARDWARE = "esp32s3-int8"
+ESP32_PACKAGES = "cmake gcc libmbedtls-dev libmosquitto-dev libcurl4-openssl-dev"
+
+
+def _esp32_build(data: Path) -> tuple[Path | None, str]:
+    """The ESP32 client's host build (device_agent/esp32/), built under the data
+    directory: (the fleet-ota-posix binary, "") or (None, why it cannot be built)."""
+    if shutil.which("cmake") is None:
+        return None, "cmake is not installed"
+    build = data / "esp32-build"
+    source = Path(settings.BASE_DIR) / "device_agent" / "esp32"
+    for args in (
+        ["cmake", "-S", str(source), "-B", str(build)],
+        ["cmake", "--build", str(build), "--target", "fleet-ota-posix", "-j", "2"],
+    ):
+        done = subprocess.run(  # noqa: S603 - cmake on our own sources
+            args, capture_output=True, text=True, timeout=900, check=False
+        )
+        if done.returncode != 0:
+            output = done.stdout + done.stderr
+            lines = [x.strip() for x in output.splitlines() if "Could not find" in x or "rror" in x]
+            return None, lines[0] if lines else f"{' '.join(args[:2])} failed"
+    return build / "fleet-ota-posix", ""
+
+
+def _esp32_device(data: Path, binary: Path, index: int, base: str) -> tuple[str, Path]:
+    """Enroll a simulated ESP32 device once, with the C client's own key and CSR."""
+    device_id = f"esp32-{index:03d}"
+    directory = data / "devices" / device_id
+    if (directory / "cert.rec").exists():
+        return device_id, directory
+    if Device.objects.filter(device_id=device_id).exists():
+        raise CommandError(
+            f"{device_id} is enrolled but {directory} is gone: delete {data} to start afresh"
+        )
+    _, token = enrollment_token_create(by=None, hours=1, hardware=ESP32_HARDWARE)
+    subprocess.run(  # noqa: S603 - the C client we just built
+        [str(binary), "enroll", "--dir", str(directory), "--server", base, "--token", token]
+        + ["--device-id", device_id, "--hardware", ESP32_HARDWARE],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return device_id, directory
 
 
 def _venv_bin(root: Path) -> str:
@@ -126,6 +173,13 @@ class Command(BaseCommand):
             default=int(os.environ.get("FLEET_DEVICES", "3")),
             help="simulated devices, each a real fleet-agent process (default 3)",
         )
+        parser.add_argument(
+            "--esp32-devices",
+            type=int,
+            default=int(os.environ.get("FLEET_ESP32_DEVICES", "0")),
+            help="simulated ESP32 devices: the C client's host build (default 0; needs "
+            f"a C compiler and {ESP32_PACKAGES})",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         # Everything the quick start and its children write under the data directory
@@ -184,6 +238,19 @@ class Command(BaseCommand):
         }
         root = settings.BASE_DIR
         venv = _venv_bin(root)
+        esp32_binary: Path | None = None
+        n_esp32 = max(0, int(options["esp32_devices"]))
+        if n_esp32:
+            esp32_binary, why = _esp32_build(data)
+            esp32_line = (
+                f"{n_esp32} simulated ESP32 devices (the C client's host build, "
+                f"{ESP32_HARDWARE}), in {data / 'devices'}/esp32-*/"
+                if esp32_binary
+                else f"none: FLEET_ESP32_DEVICES={n_esp32} asks for them, but the C client "
+                f"cannot be built here ({why}; apt-get install {ESP32_PACKAGES})"
+            )
+        else:
+            esp32_line = "none (FLEET_ESP32_DEVICES=N runs N, built from device_agent/esp32/)"
         # The printed manage.py command must find this run's database.
         data_env = f"FLEET_DATA_DIR={data} " if os.environ.get("FLEET_DATA_DIR") else ""
         state = "prepared (--no-serve: nothing runs)" if options["no_serve"] else "up"
@@ -203,6 +270,7 @@ class Command(BaseCommand):
                 (deploy/prometheus/prometheus.yml scrapes both)
   Worker        Celery worker + beat, {_queue_text(env["CELERY_BROKER_URL"], data)}
   Devices       {options["devices"]} simulated fleet-agent processes, in {data / "devices"}/
+  ESP32         {esp32_line}
   Logs          {data / "logs"}/
   Ports         web {port} (FLEET_PORT or --port), MQTT {mqtt_port} (FLEET_MQTT_PORT),
                 bridge metrics {bridge_metrics_port} (FLEET_BRIDGE_METRICS_PORT)
@@ -272,6 +340,18 @@ Stop with Ctrl-C.
                         "--simulate-app",
                         "kws",
                     ],
+                )
+            )
+        for index in range(1, n_esp32 + 1):
+            if esp32_binary is None:
+                break
+            device_id, device_dir = _esp32_device(data, esp32_binary, index, base)
+            supervisor.start(
+                Child(
+                    f"esp32-{index}",
+                    [str(esp32_binary), "--dir", str(device_dir), "--device-id", device_id]
+                    + ["--hardware", ESP32_HARDWARE, "--broker", "127.0.0.1"]
+                    + ["--port", str(mqtt_port), "--selftest", 'test -s "$FLEET_MODEL_PATH"'],
                 )
             )
         self.stdout.write(banner)

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "fleet_ota/desired.h"
+#include "fleet_ota/outbox.h"
 #include "fleet_ota/text.h"
 
 #define MAX_FILE (4u << 20)
@@ -179,6 +180,65 @@ static unsigned json_cases(const char *path)
     return failures;
 }
 
+static fo_code_t no_save(void *ctx, const char *name, const uint8_t *buf, size_t len)
+{
+    (void)ctx;
+    (void)name;
+    (void)buf;
+    (void)len;
+    return FO_OK;
+}
+
+/* tests/vectors/acks.json: the C client takes exactly the acks the Python agent takes,
+ * and forgets the first event named in each. */
+static unsigned acks_cases(const char *path)
+{
+    load(path);
+    static fo_json_tok_t tokens[FLEET_OTA_MAX_TOKENS];
+    static fo_outbox_t outbox;
+    static uint8_t scratch[FO_EVENT_RECORD_HEADER + FO_EVENT_BYTES];
+    static char name[128], first[64];
+    fo_storage_port_t storage = {0};
+    storage.record_save = no_save;
+    long cases = member(0, "cases");
+    size_t c = (size_t)cases + 1;
+    unsigned failures = 0, total = doc.tok[cases].count;
+    for (unsigned k = 0; k < total; k++, c = doc.tok[c].next) {
+        str(member(c, "name"), name, sizeof(name));
+        int want = doc.tok[member(c, "valid")].type == FO_JSON_TRUE;
+        long in = member(c, "input");
+        uint8_t *buf = malloc((size_t)doc.tok[in].len + 1);
+        size_t len;
+        str(in, (char *)buf, (size_t)doc.tok[in].len + 1);
+        if (fo_b64_decode(buf, strlen((char *)buf), buf, &len) != FO_OK) {
+            fprintf(stderr, "%s: input is not base64\n", name);
+            exit(2);
+        }
+        int got = fo_outbox_acks_valid(buf, len, tokens, FLEET_OTA_MAX_TOKENS);
+        if (got != want) {
+            printf("FAIL acks %s: valid %d, want %d\n", name, got, want);
+            failures++;
+        }
+        long ids = member(c, "event_ids");
+        if (want && ids >= 0 && doc.tok[ids].count > 0) {
+            str((long)ids + 1, first, sizeof(first));
+            memset(&outbox, 0, sizeof(outbox));
+            outbox.slot[3].pending = 1;
+            outbox.slot[3].order = 1;
+            memcpy(outbox.slot[3].id, first, 33);
+            size_t removed = fo_outbox_on_acks(&outbox, &storage, buf, len, tokens,
+                                               FLEET_OTA_MAX_TOKENS, scratch);
+            if (removed != 1 || outbox.slot[3].pending) {
+                printf("FAIL acks %s: event %s not confirmed\n", name, first);
+                failures++;
+            }
+        }
+        free(buf);
+    }
+    printf("%u acks cases, %u failed\n", total, failures);
+    return failures;
+}
+
 static unsigned desired_vectors(const char *path)
 {
     load(path);
@@ -283,12 +343,14 @@ static unsigned codes(const char *path)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s desired.json json.json codes.json (tests/vectors/)\n",
+    if (argc != 5) {
+        fprintf(stderr,
+                "usage: %s desired.json json.json codes.json acks.json (tests/vectors/)\n",
                 argv[0]);
         return 2;
     }
-    unsigned failures = desired_vectors(argv[1]) + json_cases(argv[2]) + codes(argv[3]);
+    unsigned failures = desired_vectors(argv[1]) + json_cases(argv[2]) + codes(argv[3]) +
+                        acks_cases(argv[4]);
     free(file_tokens);
     free(file_text);
     return failures == 0 ? 0 : 1;

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "fleet_ota/outbox.h"
 #include "fleet_ota/text.h"
 #include "sha256_compat.h"
 
@@ -27,6 +28,7 @@
 #define PERSIST_VERSION 1u
 #define HEADER 16
 
+typedef char event_fits_io[(FO_EVENT_RECORD_HEADER + FO_EVENT_BYTES <= FLEET_OTA_IO_BUFFER) ? 1 : -1];
 typedef char persist_fits_io[(sizeof(fo_persist_t) + HEADER <= FLEET_OTA_IO_BUFFER) ? 1 : -1];
 
 typedef enum {
@@ -192,10 +194,20 @@ static void now_text(fo_agent_t *a, char ts[28])
     fo_format_timestamp(a->ports->clock.now_us(a->ports->clock.ctx, &synced), ts);
 }
 
+static uint64_t fnv1a(const char *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) {
+        h = (h ^ (uint8_t)p[i]) * 0x100000001b3ULL;
+    }
+    return h;
+}
+
+/* An event, kept until the server confirms it (outbox.h), then published. */
 static void report(fo_agent_t *a, uint64_t seq, const char *rollout_id, const char *model,
                    phase_t phase, int progress, fo_code_t code, const char *detail)
 {
-    char ts[28];
+    char ts[28], id[33];
     jw_t w = {a->out, sizeof(a->out), 0};
     now_text(a, ts);
     jw_raw(&w, "{\"v\":1,\"seq\":");
@@ -216,9 +228,31 @@ static void report(fo_agent_t *a, uint64_t seq, const char *rollout_id, const ch
     jw_str_or_null(&w, code == FO_OK ? NULL : fo_code_name(code));
     jw_raw(&w, ",\"detail\":");
     jw_str(&w, detail == NULL ? "" : detail);
+    if (w.len >= w.cap) {
+        return;
+    }
+    uint64_t key = fnv1a(w.p, w.len);
+    if (fo_outbox_repeats(&a->outbox, key)) {
+        return;
+    }
     jw_raw(&w, ",\"ts\":");
     jw_str(&w, ts);
+    size_t without_id = w.len;
+    fo_outbox_next_id(&a->outbox, id);
+    jw_raw(&w, ",\"event_id\":");
+    jw_str(&w, id);
     jw_raw(&w, "}");
+    if (w.len >= w.cap) {
+        return;
+    }
+    int64_t now = a->ports->clock.now_us(a->ports->clock.ctx, &(int){0});
+    /* a->io is free whenever an event is reported (reads and records use it in turn). */
+    if (fo_outbox_add(&a->outbox, &a->ports->storage, key, w.p, w.len, now, a->io) != FO_OK) {
+        /* Not kept: sent once without an id, so that the id is never reused. */
+        w.len = without_id;
+        w.p[w.len] = 0;
+        jw_raw(&w, "}");
+    }
     publish(a, "events", &w);
 }
 
@@ -737,6 +771,20 @@ fo_code_t fo_agent_start(fo_agent_t *a, const fo_ports_t *ports, const char *dev
     if (code != FO_OK) {
         return code;
     }
+    uint8_t seed[8] = {0};
+    if (ports->clock.random != NULL) {
+        ports->clock.random(ports->clock.ctx, seed, sizeof(seed));
+    }
+    (void)fo_outbox_load(&a->outbox, &ports->storage, seed, a->io);
+    if (ports->clock.random == NULL) {
+        /* No random source: the epoch differs from every earlier boot that kept an
+         * event, since the newest record's order grows with each one. */
+        uint64_t mix = fnv1a(a->device_id, strlen(a->device_id)) ^
+                       (a->outbox.order * 0x9E3779B97F4A7C15ULL);
+        for (int i = 0; i < 8; i++) {
+            a->outbox.epoch[i] = (uint8_t)(mix >> (8 * i));
+        }
+    }
     if (a->st.status != FO_ST_IDLE) {
         code = reload_desired(a);
         if (code != FO_OK) {
@@ -830,4 +878,28 @@ fo_code_t fo_agent_telemetry(fo_agent_t *a, const char *model, const char *const
     }
     publish(a, "telemetry", &w);
     return FO_OK;
+}
+
+void fo_agent_on_acks(fo_agent_t *a, const uint8_t *msg, size_t len)
+{
+    (void)fo_outbox_on_acks(&a->outbox, &a->ports->storage, msg, len, a->work.tokens,
+                            FLEET_OTA_MAX_TOKENS, a->io);
+}
+
+void fo_agent_poll(fo_agent_t *a)
+{
+    int synced = 0;
+    fo_outbox_resend_due(&a->outbox, &a->ports->storage, &a->ports->mqtt,
+                         a->ports->clock.now_us(a->ports->clock.ctx, &synced), a->io);
+}
+
+void fo_agent_on_connected(fo_agent_t *a)
+{
+    int synced = 0;
+    fo_outbox_on_connected(&a->outbox, a->ports->clock.now_us(a->ports->clock.ctx, &synced));
+}
+
+size_t fo_agent_unconfirmed(const fo_agent_t *a)
+{
+    return fo_outbox_pending(&a->outbox);
 }

@@ -6,6 +6,7 @@
 #include <sys/time.h>
 
 #include "esp_http_client.h"
+#include "esp_random.h"
 #include "freertos/FreeRTOS.h"
 #include "freertos/task.h"
 
@@ -175,6 +176,12 @@ static void sleep_ms(void *ctx, unsigned ms)
     vTaskDelay(pdMS_TO_TICKS(ms));
 }
 
+static void fill_random(void *ctx, uint8_t *buf, size_t len)
+{
+    (void)ctx;
+    esp_fill_random(buf, len);
+}
+
 fo_code_t fo_esp_ports_init(fo_esp_t *esp, const char *device_id, fo_ports_t *ports)
 {
     if (nvs_open(esp->nvs_namespace, NVS_READWRITE, &esp->nvs) != ESP_OK) {
@@ -183,10 +190,11 @@ fo_code_t fo_esp_ports_init(fo_esp_t *esp, const char *device_id, fo_ports_t *po
     snprintf(esp->topic_prefix, sizeof(esp->topic_prefix), "fleet/v1/devices/%s/", device_id);
     ports->storage = (fo_storage_port_t){slot_open, slot_write, slot_close, slot_read,
                                          record_load, record_save, esp};
-    ports->http = (fo_http_port_t){http_get, esp};
+    ports->http = (fo_http_port_t){http_get, NULL, esp}; /* enrolled at the factory */
     ports->mqtt = (fo_mqtt_port_t){publish, esp};
     ports->clock.now_us = now_us;
     ports->clock.sleep_ms = sleep_ms;
+    ports->clock.random = fill_random;
     ports->clock.ctx = esp;
     return FO_OK;
 }

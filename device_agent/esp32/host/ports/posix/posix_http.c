@@ -2,6 +2,7 @@
 
 #include <curl/curl.h>
 #include <stdio.h>
+#include <string.h>
 
 typedef struct {
     CURL *curl;
@@ -78,12 +79,82 @@ static fo_code_t get(void *ctx, const char *url, uint64_t offset, fo_sink_t sink
     return rc == CURLE_OPERATION_TIMEDOUT ? FO_DOWNLOAD_TIMEOUT : FO_DOWNLOAD_FAILED;
 }
 
+typedef struct {
+    uint8_t *out;
+    size_t cap;
+    size_t len;
+    int too_long;
+} answer_t;
+
+static size_t on_answer(char *data, size_t size, size_t n, void *user)
+{
+    answer_t *a = user;
+    size_t len = size * n;
+    if (a->len + len + 1 > a->cap) {
+        a->too_long = 1;
+        return 0;
+    }
+    memcpy(a->out + a->len, data, len);
+    a->len += len;
+    a->out[a->len] = 0;
+    return len;
+}
+
+static fo_code_t post_json(void *ctx, const char *url, const char *body, size_t len,
+                           uint8_t *out, size_t cap, size_t *out_len, int *status)
+{
+    fo_posix_http_t *http = ctx;
+    answer_t a = {out, cap, 0, 0};
+    struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
+    CURL *curl = curl_easy_init();
+    if (curl == NULL || headers == NULL || cap == 0) {
+        curl_slist_free_all(headers);
+        curl_easy_cleanup(curl);
+        return FO_DOWNLOAD_FAILED;
+    }
+    out[0] = 0;
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+#if LIBCURL_VERSION_NUM >= 0x075500
+    curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+    curl_easy_setopt(curl, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+    curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, http->connect_timeout_s);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT, http->connect_timeout_s + http->stall_timeout_s);
+    if (http->ca_file != NULL) {
+        curl_easy_setopt(curl, CURLOPT_CAINFO, http->ca_file);
+    }
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(curl, CURLOPT_USERAGENT, "fleet-ota-c/0.1.0");
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long)len);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_answer);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &a);
+    CURLcode rc = curl_easy_perform(curl);
+    long code = 0;
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_cleanup(curl);
+    curl_slist_free_all(headers);
+    if (a.too_long) {
+        return FO_PAYLOAD_TOO_LARGE;
+    }
+    if (rc != CURLE_OK) {
+        return rc == CURLE_OPERATION_TIMEDOUT ? FO_DOWNLOAD_TIMEOUT : FO_DOWNLOAD_FAILED;
+    }
+    *out_len = a.len;
+    *status = (int)code;
+    return FO_OK;
+}
+
 fo_code_t fo_posix_http_init(fo_posix_http_t *http, fo_http_port_t *port)
 {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         return FO_DOWNLOAD_FAILED;
     }
     port->get = get;
+    port->post_json = post_json;
     port->ctx = http;
     return FO_OK;
 }

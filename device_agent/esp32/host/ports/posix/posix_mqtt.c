@@ -21,6 +21,11 @@ static void on_connect(struct mosquitto *mosq, void *user, int rc)
     /* Here, so every reconnect subscribes again and gets the retained desired state. */
     topic(m, "desired", t, sizeof(t));
     mosquitto_subscribe(mosq, NULL, t, 1);
+    topic(m, "acks", t, sizeof(t));
+    mosquitto_subscribe(mosq, NULL, t, 0);
+    pthread_mutex_lock(&m->lock);
+    m->connects++;
+    pthread_mutex_unlock(&m->lock);
 }
 
 static void on_message(struct mosquitto *mosq, void *user, const struct mosquitto_message *msg)
@@ -28,6 +33,23 @@ static void on_message(struct mosquitto *mosq, void *user, const struct mosquitt
     (void)mosq;
     fo_posix_mqtt_t *m = user;
     size_t len = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
+    size_t plen = strlen(m->prefix);
+    if (strncmp(msg->topic, m->prefix, plen) == 0 && strcmp(msg->topic + plen, "acks") == 0) {
+        if (len > FO_POSIX_ACKS_BYTES) {
+            return;
+        }
+        pthread_mutex_lock(&m->lock);
+        if (m->acks_count == FO_POSIX_ACKS_QUEUE) {
+            m->acks_head = (m->acks_head + 1) % FO_POSIX_ACKS_QUEUE; /* the oldest goes */
+            m->acks_count--;
+        }
+        unsigned slot = (m->acks_head + m->acks_count) % FO_POSIX_ACKS_QUEUE;
+        memcpy(m->acks[slot], msg->payload, len);
+        m->acks_len[slot] = len;
+        m->acks_count++;
+        pthread_mutex_unlock(&m->lock);
+        return;
+    }
     pthread_mutex_lock(&m->lock);
     memcpy(m->desired, msg->payload, len < sizeof(m->desired) ? len : sizeof(m->desired));
     m->desired_len = len;
@@ -90,6 +112,29 @@ int fo_posix_mqtt_take_desired(fo_posix_mqtt_t *m, uint8_t *buf, size_t *len)
     }
     pthread_mutex_unlock(&m->lock);
     return has;
+}
+
+int fo_posix_mqtt_take_acks(fo_posix_mqtt_t *m, uint8_t *buf, size_t *len)
+{
+    int has;
+    pthread_mutex_lock(&m->lock);
+    has = m->acks_count > 0;
+    if (has) {
+        *len = m->acks_len[m->acks_head];
+        memcpy(buf, m->acks[m->acks_head], *len);
+        m->acks_head = (m->acks_head + 1) % FO_POSIX_ACKS_QUEUE;
+        m->acks_count--;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return has;
+}
+
+unsigned fo_posix_mqtt_connects(fo_posix_mqtt_t *m)
+{
+    pthread_mutex_lock(&m->lock);
+    unsigned n = m->connects;
+    pthread_mutex_unlock(&m->lock);
+    return n;
 }
 
 void fo_posix_mqtt_resubscribe(fo_posix_mqtt_t *m)

@@ -10,6 +10,7 @@
 
 #include "fleet_ota/config.h"
 #include "fleet_ota/desired.h"
+#include "fleet_ota/outbox.h"
 #include "fleet_ota/port.h"
 
 #ifdef __cplusplus
@@ -92,6 +93,7 @@ typedef struct {
     int digest_ready;
     uint8_t digest[32];
     unsigned progress_reported;
+    fo_outbox_t outbox; /* events not yet confirmed on `acks` */
 } fo_agent_t;
 
 /* Load the persistent state and finish or undo whatever a restart interrupted (a
@@ -107,6 +109,20 @@ fo_code_t fo_agent_on_desired(fo_agent_t *agent, const uint8_t *msg, size_t len)
 
 /* Run the jobs of the accepted desired state until none is left. FO_OK when idle. */
 fo_code_t fo_agent_run(fo_agent_t *agent);
+
+/* A message on the `acks` topic: forget the events it confirms (a malformed one is
+ * ignored). Call between fo_agent_run calls, never during one. */
+void fo_agent_on_acks(fo_agent_t *agent, const uint8_t *msg, size_t len);
+
+/* Publish again the unconfirmed events whose time has come (5 s, doubling to 60 s); call
+ * it often (each second is enough), between fo_agent_run calls. */
+void fo_agent_poll(fo_agent_t *agent);
+
+/* After every (re)connection to the broker: unconfirmed events go again soon. */
+void fo_agent_on_connected(fo_agent_t *agent);
+
+/* Events kept until confirmed. */
+size_t fo_agent_unconfirmed(const fo_agent_t *agent);
 
 /* The slot the application should run for `model` (-1 for none), and its version and
  * rollout tags for telemetry. */

@@ -43,6 +43,11 @@ typedef struct {
      * FO_DOWNLOAD_TIMEOUT, or the sink's code. */
     fo_code_t (*get)(void *ctx, const char *url, uint64_t offset, fo_sink_t sink,
                      void *sink_ctx);
+    /* POST `body` (JSON) to `url`; the answer's body into `out` (capacity `cap`, NUL
+     * terminated, FO_PAYLOAD_TOO_LARGE when longer) and its HTTP status. Used only to
+     * enroll; NULL on a device enrolled at the factory. */
+    fo_code_t (*post_json)(void *ctx, const char *url, const char *body, size_t len,
+                           uint8_t *out, size_t cap, size_t *out_len, int *status);
     void *ctx;
 } fo_http_port_t;
 
@@ -58,6 +63,9 @@ typedef struct {
     int64_t (*now_us)(void *ctx, int *synced);
     /* Wait between download attempts; NULL: retry at once. */
     void (*sleep_ms)(void *ctx, unsigned ms);
+    /* Fill `buf` with random bytes (esp_random, /dev/urandom), for the event ids; NULL:
+     * the core derives them from the device id and its stored events. */
+    void (*random)(void *ctx, uint8_t *buf, size_t len);
     void *ctx;
 } fo_clock_port_t;
 
