@@ -22,12 +22,11 @@ import signal
 import ssl
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -36,23 +35,20 @@ from cryptography.x509.oid import NameOID
 
 from device_agent import AGENT_VERSION
 from device_agent.config import DEFAULT_DIR, AgentConfig, ConfigError, Layout
-from device_agent.delivery import RESEND_FIRST_S, RESEND_MAX_S, EventDelivery, EventOutbox
+from device_agent.delivery import EventDelivery
 from device_agent.journal import Journal
 from device_agent.metrics_client import encode_sample, send_datagram
 from device_agent.mqtt import MqttLink, TlsFiles
+from device_agent.mqtt_adapters import MqttPublisher, MqttTelemetryOut, event_delivery
 from device_agent.protocol.envelope import load_public_key_pem
 from device_agent.protocol.exceptions import ProtocolError
 from device_agent.protocol.fsutil import write_atomic
 from device_agent.protocol.identifiers import DEVICE_ID, HARDWARE, MODEL_NAME
-from device_agent.protocol.messages import Phase, ReportedState, UpdateEvent
-from device_agent.protocol.topics import Channel
+from device_agent.protocol.messages import Phase
 from device_agent.slots import ModelSlots
 from device_agent.state import Status
-from device_agent.systemd import Notifier
-
-if TYPE_CHECKING:
-    from device_agent.runner import Runner
 from device_agent.testhooks import agent_clock
+from device_agent.watchdog import systemd_watch
 
 log = logging.getLogger("device_agent")
 ENROLL_TIMEOUT_S = 60
@@ -204,61 +200,6 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 # --- run ---------------------------------------------------------------------------
 
 
-class MqttPublisher:
-    """Events and state over MQTT (QoS 1). Events go through `delivery`, which keeps each
-    on disk and sends it again until the server confirms it (device_agent/delivery.py)."""
-
-    def __init__(self, link: MqttLink, delivery: EventDelivery) -> None:
-        self.link = link
-        self.delivery = delivery
-
-    def event(self, event: UpdateEvent) -> None:
-        self.delivery.event(event)
-
-    def state(self, state: ReportedState) -> None:
-        self.link.publish(Channel.STATE, state.to_json())
-
-
-def event_delivery(
-    layout: Layout,
-    link: MqttLink,
-    *,
-    first_s: float = RESEND_FIRST_S,
-    max_s: float = RESEND_MAX_S,
-) -> EventDelivery:
-    """The agent's events, from `events.json`, sent on `link`'s `events` topic."""
-    return EventDelivery(
-        EventOutbox(layout.events),
-        send=lambda payload: link.publish(Channel.EVENTS, payload),
-        connected=link.connected.is_set,
-        first_s=first_s,
-        max_s=max_s,
-    )
-
-
-class MqttTelemetryOut:
-    """Telemetry payloads over MQTT at the configured QoS (metrics_server.TelemetryOut)."""
-
-    def __init__(self, link: MqttLink, qos: int) -> None:
-        self.link = link
-        self.qos = qos
-
-    def ready(self) -> bool:
-        return self.link.connected.is_set()
-
-    def send(self, payload: bytes, on_ack: Callable[[], None]) -> bool:
-        import paho.mqtt.client as paho
-
-        info = self.link.publish(Channel.TELEMETRY, payload, qos=self.qos, on_ack=on_ack)
-        if self.qos == 0:
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                return False
-            on_ack()  # nothing more will come back for QoS 0
-            return True
-        # Queued by paho while the link dropped: sent (and acknowledged) after reconnecting.
-        return info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from device_agent.download import Interrupted  # lazy: tuf is heavy
     from device_agent.metrics_server import MetricsService
@@ -336,7 +277,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             ).start()
         try:
             runner.recover()
-            _systemd_watch(runner, stop)
+            systemd_watch(runner, stop)
             runner.run()
         except Interrupted:
             log.info("stopped during a download; it resumes on the next start")
@@ -349,31 +290,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             delivery.stop()
             link.stop()
     return 0
-
-
-# Longer than any single step between two signs of life (a trial has its own deadline).
-WATCHDOG_STALE_S = 300.0
-
-
-def _systemd_watch(runner: "Runner", stop: threading.Event) -> None:
-    """Tell systemd we are ready, then ping its watchdog while the update loop is alive.
-
-    A loop that shows no life for WATCHDOG_STALE_S stops the pings, and systemd restarts
-    the agent, which then resumes or rolls back from its journal.
-    """
-    notifier = Notifier()
-    if not notifier.enabled:
-        return
-    notifier.ready(f"device {runner.config.device_id}")
-    if notifier.watchdog_interval is None:
-        return
-
-    def ping() -> None:
-        while not stop.wait(min(notifier.watchdog_interval or 1.0, 5.0)):
-            if time.monotonic() - runner.last_alive < WATCHDOG_STALE_S:
-                notifier.watchdog()
-
-    threading.Thread(target=ping, name="systemd-watchdog", daemon=True).start()
 
 
 # --- status / rollback -------------------------------------------------------------

@@ -4,6 +4,7 @@ from collections.abc import Iterable
 
 from django.db.models import QuerySet
 
+from device_agent.protocol.messages import stored_models
 from fleet.models import Device, DynamicGroup
 
 
@@ -46,11 +47,4 @@ def dynamic_group_devices(group: DynamicGroup) -> QuerySet[Device]:
 def installed_models(reported: object) -> list[tuple[str, str]]:
     """(model, version) pairs from a device's last reported state, in its order; odd
     entries of an old or hostile report are left out, never raised on."""
-    models = reported.get("models") if isinstance(reported, dict) else None
-    out = []
-    for entry in models if isinstance(models, list) else ():
-        if isinstance(entry, dict):
-            name, version = entry.get("name"), entry.get("version")
-            if isinstance(name, str) and isinstance(version, str):
-                out.append((name, version))
-    return out
+    return [(m.name, m.version) for m in stored_models(reported) if m.version is not None]

@@ -32,6 +32,7 @@ from django.utils import timezone
 
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.identifiers import MODEL_NAME, VERSION
+from device_agent.protocol.messages import stored_models
 from fleet.errors import ServiceError
 from fleet.identifiers import identifier_check
 from fleet.models import Device, DynamicGroup, Group
@@ -639,12 +640,7 @@ def rollout_stage_advance(*, rollout: Rollout, stage: int, figures: Mapping[str,
 
 
 def _installed_version(reported: object, model: str) -> str | None:
-    models = reported.get("models") if isinstance(reported, dict) else None
-    for entry in models if isinstance(models, list) else ():
-        if isinstance(entry, dict) and entry.get("name") == model:
-            version = entry.get("version")
-            return version if isinstance(version, str) else None
-    return None
+    return next((m.version for m in stored_models(reported) if m.name == model), None)
 
 
 def _materialize(rollout: Rollout) -> dict[str, Any]:

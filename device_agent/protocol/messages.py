@@ -867,6 +867,52 @@ class DeviceStatus(_Payload):
         return cls(status=_enum(Presence, members["status"], "status"))
 
 
+# --- stored states -----------------------------------------------------------------
+
+
+class StoredModel(NamedTuple):
+    """One ``models`` entry of a reported or desired state stored as JSON (the control
+    plane's database); the fields a state of that kind lacks read as None."""
+
+    name: str
+    version: str | None
+    release_counter: int | None
+    path: str | None
+
+
+def stored_models(obj: object) -> tuple[StoredModel, ...]:
+    """The ``models`` of a stored reported or desired state, in their order.
+
+    What is stored was written by ``to_dict()`` of a parsed message, but a device that never
+    reported has ``{}`` and an old row may predate a field, so this never raises: no
+    ``models`` array reads as none, an entry without a string ``name`` is left out, and a
+    field that is missing or of another type reads as None. Use ``from_dict`` where the
+    whole message must be valid.
+    """
+    entries = obj.get("models") if isinstance(obj, dict) else None
+    if not isinstance(entries, list):
+        return ()
+    out = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        name = entry.get("name")
+        if not isinstance(name, str):
+            continue
+        version = entry.get("version")
+        counter = entry.get("release_counter")
+        path = entry.get("path")
+        out.append(
+            StoredModel(
+                name,
+                version if isinstance(version, str) else None,
+                counter if isinstance(counter, int) else None,
+                path if isinstance(path, str) else None,
+            )
+        )
+    return tuple(out)
+
+
 # --- parsers -----------------------------------------------------------------------
 
 

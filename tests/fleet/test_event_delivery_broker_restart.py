@@ -16,8 +16,8 @@ from agent_link import CountingLink
 from bridge_harness import bridge_config, make_device, wait_until
 from mqtt_broker import MosquittoBroker
 
-from device_agent.cli import event_delivery
 from device_agent.config import Layout
+from device_agent.mqtt_adapters import event_delivery
 from device_agent.protocol.messages import Phase, UpdateEvent
 from fleet.bridge.runner import Bridge
 from fleet.models import DeviceEvent

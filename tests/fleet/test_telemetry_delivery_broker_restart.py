@@ -17,10 +17,10 @@ from agent_link import CountingLink
 from bridge_harness import bridge_config, make_device, wait_until
 from mqtt_broker import MosquittoBroker
 
-from device_agent.cli import MqttTelemetryOut
 from device_agent.config import AgentConfig, Layout
 from device_agent.metrics_client import report
 from device_agent.metrics_server import MetricsService
+from device_agent.mqtt_adapters import MqttTelemetryOut
 from device_agent.telemetry import ModelTags, Unconfirmed
 from fleet.bridge.runner import Bridge
 from telemetry.ingest import TelemetryIngest
