@@ -22,7 +22,7 @@ import sys
 import requests
 
 from device_agent.protocol import identifiers
-from ota.fleetctl.http import Client, CliError, UsageError, transport_error
+from ota.fleetctl.http import CliError, UsageError, transport_error
 from ota.fleetctl.options import identifier, output_options
 from ota.fleetctl.publish import cmd_keygen, cmd_publish, cmd_resign, parse_artifact_file
 from ota.fleetctl.rollout import (
@@ -35,22 +35,10 @@ from ota.fleetctl.rollout import (
     parse_arm,
     parse_json_option,
     parse_stages,
-    rollout_body,
 )
-from ota.fleetctl.targets import next_metadata, release_counter_for, sign
 from ota.signing import KeyFileError
 
-# The entry point, and fleetctl's steps for the scripts and tests that drive them one by
-# one (the code of each lives in ota/fleetctl/).
-__all__ = [
-    "Client",
-    "build_parser",
-    "main",
-    "next_metadata",
-    "release_counter_for",
-    "rollout_body",
-    "sign",
-]
+__all__ = ["build_parser", "main"]
 
 
 def _rollout_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

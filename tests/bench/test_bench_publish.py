@@ -26,6 +26,7 @@ import pytest
 import requests
 
 from ota import cli
+from ota.fleetctl import http as fleetctl_http
 
 pytestmark = pytest.mark.bench
 
@@ -307,16 +308,16 @@ def test_publish_vs_plain_streaming_upload(
     monkeypatch.setenv("FLEET_TOKEN", server.token)
     monkeypatch.setenv("FLEET_RELEASE_KEY", str(server.release_key))
     upload_seconds: list[float] = []
-    client_publish = cli.Client.publish
+    client_publish = fleetctl_http.Client.publish
 
-    def timed_publish(self: cli.Client, *args: Any, **kwargs: Any) -> Any:
+    def timed_publish(self: fleetctl_http.Client, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
             return client_publish(self, *args, **kwargs)
         finally:
             upload_seconds.append(time.perf_counter() - started)
 
-    monkeypatch.setattr(cli.Client, "publish", timed_publish)
+    monkeypatch.setattr(fleetctl_http.Client, "publish", timed_publish)
     small = tmp_path / "warmup" / "model.onnx"
     small.parent.mkdir()
     small.write_bytes(os.urandom(4096))

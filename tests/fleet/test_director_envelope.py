@@ -20,7 +20,7 @@ from fleet.director import ModelAssignment, device_desired_set
 from fleet.keys import director_public_pem
 from fleet.models import DesiredState, Device
 from fleet.services import ci_user_get_or_create
-from ota import cli
+from ota.fleetctl import targets as fleetctl_targets
 from ota.publishing import Upload, artifact_publish
 
 
@@ -85,20 +85,20 @@ def test_ttl_defaults_to_seven_days(db, settings):  # type: ignore[no-untyped-de
 
 def _publish(release_key, data: bytes):  # type: ignore[no-untyped-def]
     """Publish 1.0.0 of kws through the publishing service, as the API would."""
-    md = cli.next_metadata(None, 30)
+    md = fleetctl_targets.next_metadata(None, 30)
     path = f"models/kws/1.0.0/{HW}/model.onnx"
     custom = {
         "version": "1.0.0",
         "hardware": HW,
         "format": "onnx",
-        "release_counter": cli.release_counter_for(md, "1.0.0"),
+        "release_counter": fleetctl_targets.release_counter_for(md, "1.0.0"),
         "floor": 0,
     }
     sha256 = hashlib.sha256(data).hexdigest()
     md.signed.targets[path] = TargetFile(
         len(data), {"sha256": sha256}, path, unrecognized_fields={"custom": custom}
     )
-    cli.sign(md, release_key.signer)
+    fleetctl_targets.sign(md, release_key.signer)
     return artifact_publish(
         model_name="kws",
         metadata=md.to_bytes(JSONSerializer()),

@@ -10,7 +10,7 @@ from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.api.serialization.json import JSONSerializer
 
-from ota import cli
+from ota.fleetctl import targets as fleetctl_targets
 
 
 def current_metadata(client: Client, token: str, name: str = "kws") -> Metadata[Targets] | None:
@@ -35,13 +35,15 @@ def signed_metadata(
     length: int | None = None,
     sha256: str | None = None,
 ) -> Metadata[Targets]:
-    md = cli.next_metadata(current, 30)
+    md = fleetctl_targets.next_metadata(current, 30)
     path = path or f"models/{name}/{version}/{hardware}/model.{fmt}"
     fields: dict[str, Any] = {
         "version": version,
         "hardware": hardware,
         "format": fmt,
-        "release_counter": counter if counter is not None else cli.release_counter_for(md, version),
+        "release_counter": counter
+        if counter is not None
+        else fleetctl_targets.release_counter_for(md, version),
         "floor": 0,
     }
     fields.update(custom or {})
@@ -52,7 +54,7 @@ def signed_metadata(
         unrecognized_fields={"custom": fields},
     )
     if signer is not None:
-        cli.sign(md, signer)
+        fleetctl_targets.sign(md, signer)
     return md
 
 

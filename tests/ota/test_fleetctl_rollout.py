@@ -14,6 +14,7 @@ from rollout_helpers import artifact, devices, use_own_director_key
 
 from fleet.models import Group
 from ota import cli
+from ota.fleetctl import rollout as fleetctl_rollout
 
 HW = "linux-x86_64-fp32"
 
@@ -290,7 +291,7 @@ def test_the_create_body_maps_every_option():  # type: ignore[no-untyped-def]
             "--starts-at", "2030-01-01T02:00:00Z",
         ]
     )  # fmt: skip
-    assert cli.rollout_body(args) == {
+    assert fleetctl_rollout.rollout_body(args) == {
         "model": "kws",
         "strategy": "ab",
         "arms": [

@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from ota import cli
+from ota.fleetctl import http as fleetctl_http
 from ota.models import Artifact
 
 
@@ -19,7 +20,7 @@ def test_concurrent_publishes_both_land(
     # given both jobs hold the same base metadata before either uploads
     barrier = threading.Barrier(2, timeout=30)
     fetched: dict[int, int] = {}
-    real_metadata = cli.Client.metadata
+    real_metadata = fleetctl_http.Client.metadata
 
     def metadata_in_lockstep(self, name):  # type: ignore[no-untyped-def]
         result = real_metadata(self, name)
@@ -29,7 +30,7 @@ def test_concurrent_publishes_both_land(
             barrier.wait()
         return result
 
-    monkeypatch.setattr(cli.Client, "metadata", metadata_in_lockstep)
+    monkeypatch.setattr(fleetctl_http.Client, "metadata", metadata_in_lockstep)
     results: dict[str, int] = {}
 
     def job(hardware: str) -> None:

@@ -160,7 +160,7 @@ def _store_delegated(md: Any) -> None:
 def _next_kws(add: dict[str, tuple[Release, dict[str, Any]]]) -> Any:
     from tuf.api.metadata import TargetFile, Targets
 
-    from ota.cli import next_metadata
+    from ota.fleetctl.targets import next_metadata
     from ota.repository import metadata_latest
 
     md = next_metadata(metadata_latest("kws", Targets), 30)
@@ -178,7 +178,7 @@ def _publish(release: Release, signer: Any, user: Any, workdir: Path) -> None:
     from django.core.files import File
     from tuf.api.serialization.json import JSONSerializer
 
-    from ota.cli import sign
+    from ota.fleetctl.targets import sign
     from ota.publishing import Upload, artifact_publish
 
     md = _next_kws({release.path: (release, release.custom())})
@@ -248,7 +248,7 @@ def _build_states(
     from tuf.api.metadata import MetaFile, Snapshot, Timestamp
 
     from fleet.services import ci_user_get_or_create
-    from ota.cli import sign
+    from ota.fleetctl.targets import sign
     from ota.repository import (
         metadata_latest,
         metadata_store,
