@@ -12,13 +12,16 @@ from django.http import (
     HttpResponseBadRequest,
     HttpResponseNotAllowed,
     HttpResponseRedirect,
+    JsonResponse,
 )
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from rest_framework.exceptions import ValidationError
 
-from fleet.errors import ServiceError
+from device_agent.protocol.errors import ErrorCode
+from fleet.errors import ServiceError, code_for_status, flatten_detail
 from ota import rollout_dashboard as dash
-from ota import rollouts
+from ota import rollout_form, rollouts
 from ota.models import (
     Artifact,
     Model,
@@ -30,6 +33,7 @@ from ota.models import (
     TufMetadata,
 )
 from ota.rollout_selectors import rollout_audit
+from ota.rollout_views import rollout_create_checked
 
 
 class ReleaseKeyInline(admin.TabularInline[ReleaseKey, Model]):
@@ -96,10 +100,11 @@ class TufMetadataAdmin(admin.ModelAdmin[TufMetadata]):
 
 
 # --- rollouts -----------------------------------------------------------------------------------
-# Rollouts are created through the API (or `fleetctl`), which validates the whole document.
-# Here operators watch them on a read-only page (the change view is replaced) and pause,
-# resume, abort, promote or start them, each with a reason; every action goes through
-# ota/rollouts.py, so it is audited like an API call.
+# The New rollout form builds the API's create document and goes through the API's own
+# validation and service (ota/rollout_form.py). Operators watch rollouts on a read-only
+# page (the change view is replaced) and pause, resume, abort, promote or start them, each
+# with a reason; every action goes through ota/rollouts.py, so it is audited like an API
+# call.
 
 # action -> (permission, what the button says)
 ROLLOUT_ACTIONS: dict[str, tuple[str, str]] = {
@@ -169,7 +174,7 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
     actions = None
 
     def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+        return request.user.has_perm("ota.add_rollout")  # the API's permission to create
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False  # read-only page; actions have their own permissions
@@ -210,6 +215,7 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
         return [
             path("<int:pk>/act/", view(self.act_view), name="ota_rollout_act"),
             path("<int:pk>/progress/", view(self.progress_view), name="ota_rollout_progress"),
+            path("add/preview/", view(self.preview_view), name="ota_rollout_preview"),
             *super().get_urls(),
         ]
 
@@ -276,6 +282,65 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
             "state_choices": dash.DISPLAY_STATES,
         }
         return TemplateResponse(request, "admin/ota/rollout/detail.html", context)
+
+    def add_view(
+        self,
+        request: HttpRequest,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = request.POST if request.method == "POST" else None
+        error = ""
+        if form is not None:
+            then = form.get("then", "draft")
+            try:
+                if then == "start" and not request.user.has_perm("ota.start_rollout"):
+                    raise ServiceError(
+                        ErrorCode.FORBIDDEN,
+                        "starting a rollout needs the ota.start_rollout permission",
+                    )
+                rollout = rollout_create_checked(rollout_form.create_document(form), request.user)
+                if then == "start":
+                    rollout = rollouts.rollout_start(
+                        rollout=rollout, by=request.user, reason="started on creation"
+                    )
+            except ValidationError as exc:
+                error = f"{code_for_status(400)}: {flatten_detail(exc.detail)}"
+            except ServiceError as exc:
+                error = f"{exc.code}: {exc.detail}"
+            else:
+                self.message_user(
+                    request, f"Rollout {rollout.public_id} created ({rollout.status})."
+                )
+                return HttpResponseRedirect(reverse("admin:ota_rollout_change", args=[rollout.pk]))
+        values = form if form is not None else request.GET
+        context = {
+            **self.admin_site.each_context(request),
+            **rollout_form.form_rows(form),
+            "opts": self.opts,
+            "title": "New rollout",
+            "subtitle": None,
+            "has_view_permission": True,
+            "form": values,
+            "error": error,
+            "models": list(Model.objects.values_list("name", flat=True)),
+            "versions": list(
+                Artifact.objects.values_list("model__name", "version")
+                .distinct()
+                .order_by("model__name", "-version")
+            ),
+            "may_start": request.user.has_perm("ota.start_rollout"),
+        }
+        # 200 with the refusal on the form, as the admin's own forms answer.
+        return TemplateResponse(request, "admin/ota/rollout/add.html", context)
+
+    def preview_view(self, request: HttpRequest) -> HttpResponse:
+        """What the New rollout form's selection targets now (ota/dashboard.js asks)."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        return JsonResponse(rollout_form.selection_preview(request.GET).as_json())
 
     def progress_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         """The live part of the rollout page, fetched by ota/dashboard.js every few seconds."""

@@ -53,9 +53,46 @@
     window.setTimeout(refresh, REFRESH_MS);
   }
 
+  // The New rollout form: show the phased or the A/B fields, and what the selection
+  // targets (asked of the server a moment after the operator stops typing).
+  function rolloutForm() {
+    var form = document.getElementById("dash-rollout-form");
+    if (!form) { return; }
+    var preview = document.getElementById("dash-preview");
+    var timer = null;
+    function strategy() {
+      var ab = form.querySelector("input[name=strategy]:checked").value === "ab";
+      form.querySelectorAll(".dash-ab").forEach(function (el) { el.hidden = !ab; });
+      form.querySelectorAll(".dash-phased").forEach(function (el) { el.hidden = ab; });
+    }
+    function ask() {
+      var query = new URLSearchParams(new FormData(form));
+      query.delete("csrfmiddlewaretoken");
+      fetch(form.dataset.preview + "?" + query.toString(), { credentials: "same-origin" })
+        .then(function (response) { return response.ok ? response.json() : null; })
+        .then(function (body) {
+          if (body) {
+            preview.textContent = body.text;
+            preview.dataset.targets = body.targets;
+            preview.classList.toggle("dash-preview-error", body.error !== "");
+          }
+        })
+        .catch(function () { /* the next change asks again */ });
+    }
+    function later() {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(ask, 300);
+    }
+    form.addEventListener("input", later);
+    form.addEventListener("change", function () { strategy(); later(); });
+    strategy();
+    ask();
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     localTimes(document);
     dialogs();
     live();
+    rolloutForm();
   });
 })();
