@@ -234,6 +234,7 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
             "rollout": rollout,
             "arms": arms,
             "gates": dash.gate_rows(rollout),
+            "comparisons": dash.comparison_charts(rollout),
             "failures": dash.failure_codes(rollout),
             "actions": [
                 (name, ROLLOUT_ACTIONS[name][1])

@@ -461,3 +461,134 @@ def fleet_overview(now: datetime) -> Overview:
         rollouts=[(rollout, progress[rollout.pk]) for rollout in live],
         failures_since=now - FAILURE_WINDOW,
     )
+
+
+# --- A/B and quality-gate comparisons -----------------------------------------------------
+
+
+@dataclass
+class ArmFigure:
+    arm: str
+    devices: int
+    median: float | None
+    q1: float | None
+    q3: float | None
+    baseline: bool = False
+
+
+@dataclass
+class ComparisonChart:
+    """One comparison the engine made (a telemetry gate's or automatic promotion's), as
+    the engine stored it in ``gate_figures``: drawn per arm, and said in words."""
+
+    title: str
+    metric: str
+    arms: list[ArmFigure]
+    sentence: str
+    outcome: str  # loses, wins, no_difference, insufficient_data
+
+
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def comparison_sentence(
+    cmp: dict[str, Any], *, better: str, unit: str, judged: str
+) -> tuple[str, str]:
+    """("B's p95 latency_ms is 31 % higher than A's (worse), p = 0.002: B loses", outcome).
+
+    ``judged``: ``gate`` (an arm loses when the engine found it worse) or ``promotion``
+    (an arm wins when the engine found it better); the verdict is the engine's flag, never
+    recomputed here.
+    """
+    arm, base = str(cmp.get("arm")), str(cmp.get("baseline"))
+    if not cmp.get("enough"):
+        return (
+            f"Not enough devices yet to compare {arm} with {base}: "
+            f"{cmp.get('n_arm', 0)} vs {cmp.get('n_baseline', 0)} reporting {unit}.",
+            "insufficient_data",
+        )
+    change = _num(cmp.get("relative_change"))
+    higher = change is not None and change > 0
+    worse_direction = higher if better == "lower" else not higher
+    p = _num(cmp.get("p_worse") if worse_direction else cmp.get("p_better"))
+    if change is None:
+        size = f"{arm}'s {unit} differs without bound from {base}'s"
+    elif change == 0:
+        size = f"{arm}'s {unit} has the same median as {base}'s"
+    else:
+        size = (
+            f"{arm}'s {unit} is {abs(change) * 100:.0f} % {'higher' if higher else 'lower'} "
+            f"than {base}'s ({'worse' if worse_direction else 'better'})"
+        )
+    p_text = f", p = {p:.2g}" if p is not None else ""
+    if cmp.get("worse"):
+        return f"{size}{p_text}: {arm} loses.", "loses"
+    if cmp.get("better") and judged == "promotion":
+        return f"{size}{p_text}: {arm} wins.", "wins"
+    return f"{size}{p_text}: no significant difference.", "no_difference"
+
+
+def _chart(
+    title: str, cmp: dict[str, Any], *, better: str, unit: str, judged: str
+) -> ComparisonChart:
+    sentence, outcome = comparison_sentence(cmp, better=better, unit=unit, judged=judged)
+    base = ArmFigure(
+        str(cmp.get("baseline")),
+        int(cmp.get("n_baseline") or 0),
+        _num(cmp.get("baseline_median")),
+        _num(cmp.get("baseline_q1")),
+        _num(cmp.get("baseline_q3")),
+        baseline=True,
+    )
+    arm = ArmFigure(
+        str(cmp.get("arm")),
+        int(cmp.get("n_arm") or 0),
+        _num(cmp.get("arm_median")),
+        _num(cmp.get("arm_q1")),
+        _num(cmp.get("arm_q3")),
+    )
+    return ComparisonChart(title, unit, [base, arm], sentence, outcome)
+
+
+def comparison_charts(rollout: Rollout) -> list[ComparisonChart]:
+    """The telemetry gates' and automatic promotion's comparisons, from ``gate_figures``
+    (no query: the engine stored them when it evaluated)."""
+    figures = rollout.gate_figures if isinstance(rollout.gate_figures, dict) else {}
+    out: list[ComparisonChart] = []
+    gates = figures.get("gates")
+    try:
+        for gate in gates if isinstance(gates, list) else ():
+            if not (isinstance(gate, dict) and str(gate.get("gate", "")).startswith("telemetry:")):
+                continue
+            raw = gate.get("figures")
+            data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            unit = f"{data.get('statistic')} {data.get('metric')}"
+            better = str(data.get("better", "lower"))
+            for cmp in data.get("comparisons") or ():
+                out.append(
+                    _chart(
+                        f"Quality gate: {unit} ({better} is better)",
+                        cmp,
+                        better=better,
+                        unit=unit,
+                        judged="gate",
+                    )
+                )
+        promotion = figures.get("promotion")
+        if isinstance(promotion, list) and promotion:
+            p = Policy.from_dict(rollout.policy).promotion
+            unit = f"{p.statistic} {p.metric}"
+            for cmp in promotion:
+                out.append(
+                    _chart(
+                        f"Automatic promotion: {unit} ({p.better} is better)",
+                        cmp,
+                        better=p.better,
+                        unit=unit,
+                        judged="promotion",
+                    )
+                )
+    except (*_UNREADABLE, AttributeError):
+        return out
+    return out
