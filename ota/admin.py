@@ -5,6 +5,8 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db import transaction
+from django.db.models import QuerySet
 from django.http import (
     Http404,
     HttpRequest,
@@ -16,12 +18,18 @@ from django.http import (
 )
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from device_agent.protocol.errors import ErrorCode
+from device_agent.protocol.identifiers import GROUP_NAME, TAG_NAME
+from fleet import enrollment
+from fleet.admin import DeviceAdmin as RegistryDeviceAdmin
 from fleet.errors import ServiceError, code_for_status, flatten_detail
+from fleet.identifiers import identifiers_check
+from fleet.models import Device, DeviceEvent, Group, Tag
+from ota import fleet_pages, rollout_form, rollouts
 from ota import rollout_dashboard as dash
-from ota import rollout_form, rollouts
 from ota.models import (
     Artifact,
     Model,
@@ -419,3 +427,177 @@ class RolloutDeviceAdmin(admin.ModelAdmin[RolloutDevice]):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+# --- devices and models -------------------------------------------------------------------------
+# The device page shows what a device runs, what it was asked to run, its update history and
+# the rollouts that touched it (ota/fleet_pages.py); so it is registered here, over the
+# registry's own DeviceAdmin, which stays the list and its filters.
+
+admin.site.unregister(Device)
+MAX_LABELS = 64
+
+
+class FailingFilter(admin.SimpleListFilter):
+    title = "updates"
+    parameter_name = "failing"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("rollout", "failed in a live rollout"),
+            ("day", "reported a failure in the last 24 h"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Device]) -> QuerySet[Device]:
+        if self.value() == "rollout":
+            return queryset.filter(
+                pk__in=RolloutDevice.objects.filter(
+                    state__in=dash.FAILURE_STATES,
+                    rollout__status__in=[RolloutStatus.RUNNING, RolloutStatus.PAUSED],
+                ).values("device_id")
+            )
+        if self.value() == "day":
+            return queryset.filter(
+                pk__in=DeviceEvent.objects.filter(
+                    received_at__gte=timezone.now() - dash.FAILURE_WINDOW,
+                    phase__in=list(dash.FAILURE_PHASES),
+                ).values("device_id")
+            )
+        return queryset
+
+
+@admin.register(Device)
+class DeviceAdmin(RegistryDeviceAdmin):
+    list_filter = ["online", FailingFilter, "hardware", "groups", "tags"]
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path("<int:pk>/revoke/", view(self.revoke_view), name="fleet_device_revoke"),
+            path("<int:pk>/labels/", view(self.labels_view), name="fleet_device_labels"),
+            *super().get_urls(),
+        ]
+
+    def _device(self, request: HttpRequest, pk: int) -> Device:
+        device = Device.objects.filter(pk=pk).first()
+        if device is None:
+            raise Http404(f"no device {pk}")
+        if not self.has_view_permission(request, device):
+            raise PermissionDenied
+        return device
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if not object_id.isascii() or not object_id.isdigit():
+            raise Http404("no such device")
+        device = self._device(request, int(object_id))
+        may_change = self.has_change_permission(request, device)
+        context = {
+            **self.admin_site.each_context(request),
+            **fleet_pages.device_page(device),
+            "opts": self.opts,
+            "title": f"Device {device.device_id}",
+            "subtitle": None,
+            "has_view_permission": True,
+            "device": device,
+            "may_change": may_change,
+            "stale": device.last_seen_at is None
+            or device.last_seen_at < timezone.now() - dash.STALE_AFTER,
+            "max_reason": MAX_REASON,
+        }
+        return TemplateResponse(request, "admin/fleet/device/detail.html", context)
+
+    def revoke_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        device = self._device(request, pk)
+        if not self.has_change_permission(request, device):
+            raise PermissionDenied
+        page = reverse("admin:fleet_device_change", args=[device.pk])
+        reason = " ".join(request.POST.get("reason", "").split())
+        if not reason or len(reason) > MAX_REASON:
+            self.message_user(
+                request,
+                f"Give a reason of at most {MAX_REASON} characters: it goes into the audit log.",
+                messages.ERROR,
+            )
+            return HttpResponseRedirect(page)
+        try:
+            enrollment.device_revoke(device=device, reason=reason, by=request.user)
+        except ServiceError as exc:
+            self.message_user(request, f"{device.device_id}: {exc.detail}", messages.ERROR)
+        else:
+            self.message_user(
+                request, f"{device.device_id} is revoked: its certificates go into the CRL."
+            )
+        return HttpResponseRedirect(page)
+
+    def labels_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Tags (created when new) and groups (which must exist), as typed names."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        device = self._device(request, pk)
+        if not self.has_change_permission(request, device):
+            raise PermissionDenied
+        page = reverse("admin:fleet_device_change", args=[device.pk])
+        tags = rollout_form.split_names(request.POST.get("tags", ""))
+        groups = rollout_form.split_names(request.POST.get("groups", ""))
+        try:
+            if len(tags) > MAX_LABELS or len(groups) > MAX_LABELS:
+                raise ServiceError(
+                    ErrorCode.MALFORMED, f"at most {MAX_LABELS} tags and {MAX_LABELS} groups"
+                )
+            identifiers_check(TAG_NAME, tags, field="tags")
+            identifiers_check(GROUP_NAME, groups, field="groups")
+            found = list(Group.objects.filter(name__in=groups))
+            missing = sorted(set(groups) - {g.name for g in found})
+            if missing:
+                raise ServiceError(ErrorCode.NOT_FOUND, f"no group {', '.join(missing)}")
+            with transaction.atomic():
+                for name in tags:
+                    Tag.objects.get_or_create(name=name)
+                device.tags.set(Tag.objects.filter(name__in=tags))
+                device.groups.set(found)
+        except ServiceError as exc:
+            self.message_user(request, f"{device.device_id}: {exc.detail}", messages.ERROR)
+        else:
+            self.message_user(request, f"{device.device_id}: tags and groups saved.")
+        return HttpResponseRedirect(page)
+
+
+class ModelPageAdmin(ModelAdmin):
+    """The model page: versions x hardware variants, devices per version, release keys."""
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if not object_id.isascii() or not object_id.isdigit():
+            raise Http404("no such model")
+        model = Model.objects.filter(pk=int(object_id)).first()
+        if model is None:
+            raise Http404("no such model")
+        if not self.has_view_permission(request, model):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            **fleet_pages.model_page(model),
+            "opts": self.opts,
+            "title": f"Model {model.name}",
+            "subtitle": None,
+            "has_view_permission": True,
+            "model": model,
+        }
+        return TemplateResponse(request, "admin/ota/model/detail.html", context)
+
+
+admin.site.unregister(Model)
+admin.site.register(Model, ModelPageAdmin)

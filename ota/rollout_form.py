@@ -37,8 +37,9 @@ POLICY_NUMBERS = (
 )
 
 
-def _names(text: str) -> list[str]:
-    return [n for n in _SPLIT_RE.split(text.strip()) if n]
+def split_names(text: str) -> list[str]:
+    """Names typed separated by commas, spaces or lines, each once, in order."""
+    return list(dict.fromkeys(n for n in _SPLIT_RE.split(text.strip()) if n))
 
 
 def _number(text: str) -> object:
@@ -66,7 +67,7 @@ def selection_document(form: Mapping[str, str]) -> dict[str, Any]:
     if form.get("select_all"):
         selection["all"] = True
     for key in ("groups", "tags", "hardware", "devices"):
-        names = _names(form.get(f"select_{key}", ""))
+        names = split_names(form.get(f"select_{key}", ""))
         if names:
             selection[key] = names
     return selection
