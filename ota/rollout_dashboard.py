@@ -409,6 +409,7 @@ class Overview:
     failures: list[tuple[str, int]]
     rollouts: list[tuple[Rollout, list[ArmProgress]]]
     failures_since: datetime
+    warnings: list["OverviewWarning"] = field(default_factory=list)
 
 
 def fleet_overview(now: datetime) -> Overview:
@@ -460,7 +461,113 @@ def fleet_overview(now: datetime) -> Overview:
         failures=[(code or "unknown", n) for code, n in failures],
         rollouts=[(rollout, progress[rollout.pk]) for rollout in live],
         failures_since=now - FAILURE_WINDOW,
+        warnings=overview_warnings(now),
     )
+
+
+# --- warnings that need a human ----------------------------------------------------------
+
+# A role's newest metadata warns once less than this share of its lifetime is left (the
+# timestamp, re-signed by a periodic task, is normally renewed long before).
+EXPIRY_WARN_SHARE = 0.25
+# A device with no new phase for this long in a live rollout is stuck (the engine times
+# devices out by the policy: a stuck one means the engine is not evaluating, or the timeout
+# is very long).
+STUCK_AFTER = timedelta(hours=1)
+STUCK_STATES = (D.NOTIFIED, D.IN_PROGRESS, D.ROLLING_BACK)
+
+
+@dataclass
+class OverviewWarning:
+    kind: str  # tuf_expiry, revoked_key, stuck
+    text: str
+    link: str = ""
+
+
+def overview_warnings(now: datetime) -> list[OverviewWarning]:
+    """TUF metadata close to expiry, revoked release keys of models a live rollout
+    targets, devices stuck in an update: four queries, whatever the history."""
+    from django.db.models import Max, OuterRef, Subquery
+    from django.db.models.functions import Coalesce
+    from django.urls import reverse
+
+    from ota.models import ReleaseKey, TufMetadata
+
+    out: list[OverviewWarning] = []
+    newest = TufMetadata.objects.filter(role=OuterRef("role")).order_by("-version")
+    for role, version, expires, created in (
+        TufMetadata.objects.filter(version=Subquery(newest.values("version")[:1]))
+        .order_by("role")
+        .values_list("role", "version", "expires", "created_at")
+    ):
+        lifetime = expires - created
+        left = expires - now
+        if left <= lifetime * EXPIRY_WARN_SHARE:
+            when = "expired" if left <= timedelta(0) else f"expires in {_duration(left)}"
+            out.append(
+                OverviewWarning(
+                    "tuf_expiry",
+                    f"TUF {role} metadata version {version} {when} ({expires:%Y-%m-%d %H:%M} "
+                    "UTC): devices refuse updates once it has expired. Check that the "
+                    "refresh task runs (manage.py tuf_refresh) or re-sign it.",
+                    reverse("admin:ota_tufmetadata_changelist") + f"?role__exact={role}",
+                )
+            )
+    live = (RolloutStatus.SCHEDULED, RolloutStatus.RUNNING, RolloutStatus.PAUSED)
+    targeted = (
+        ReleaseKey.objects.filter(revoked_at__isnull=False, model__rollouts__status__in=live)
+        .values_list("keyid", "model__name", "revoked_at")
+        .annotate(last=Max("model__rollouts__pk"))
+        .order_by("model__name", "keyid")
+    )
+    for keyid, model, revoked_at, rollout in targeted:
+        out.append(
+            OverviewWarning(
+                "revoked_key",
+                f"Release key {keyid[:12]}… of {model} was revoked {revoked_at:%Y-%m-%d} but "
+                f"rollout r-{rollout} still targets {model}: make sure the versions it "
+                "installs were signed again with a trusted key.",
+                reverse("admin:ota_rollout_change", args=[rollout]),
+            )
+        )
+    stuck = (
+        RolloutDevice.objects.filter(
+            rollout__status__in=[
+                RolloutStatus.RUNNING,
+                RolloutStatus.PAUSED,
+                RolloutStatus.ABORTED,
+            ],
+            state__in=STUCK_STATES,
+        )
+        .annotate(since=Coalesce("phase_at", "notified_at", "updated_at"))
+        .filter(since__lt=now - STUCK_AFTER)
+        .values_list("rollout_id", "state")
+        .annotate(n=Count("pk"))
+        .order_by("rollout_id", "state")
+    )
+    for rollout_id, state, n in stuck:
+        label = "updating" if state == D.IN_PROGRESS else dict(DISPLAY_STATES).get(state, state)
+        out.append(
+            OverviewWarning(
+                "stuck",
+                f"{n} device{'s' if n != 1 else ''} of rollout r-{rollout_id} "
+                f"{'have' if n != 1 else 'has'} been {label} for more than "
+                f"{_duration(STUCK_AFTER)} without news: is the engine evaluating "
+                "(Celery beat and worker)?",
+                reverse("admin:ota_rollout_change", args=[rollout_id])
+                + f"?state={'downloading' if state == D.IN_PROGRESS else state}#devices",
+            )
+        )
+    return out
+
+
+def _duration(span: timedelta) -> str:
+    minutes = int(span.total_seconds() // 60)
+    if minutes >= 2 * 24 * 60:
+        return f"{minutes // (24 * 60)} days"
+    if minutes >= 120:
+        return f"{minutes // 60} hours"
+    return f"{max(minutes, 0)} minutes"
 
 
 # --- A/B and quality-gate comparisons -----------------------------------------------------
