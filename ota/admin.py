@@ -311,19 +311,12 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
                         "starting a rollout needs the ota.start_rollout permission",
                     )
                 rollout = rollout_create_checked(rollout_form.create_document(form), request.user)
-                if then == "start":
-                    rollout = rollouts.rollout_start(
-                        rollout=rollout, by=request.user, reason="started on creation"
-                    )
             except ValidationError as exc:
                 error = f"{code_for_status(400)}: {flatten_detail(exc.detail)}"
             except ServiceError as exc:
                 error = f"{exc.code}: {exc.detail}"
             else:
-                self.message_user(
-                    request, f"Rollout {rollout.public_id} created ({rollout.status})."
-                )
-                return HttpResponseRedirect(reverse("admin:ota_rollout_change", args=[rollout.pk]))
+                return self._created(request, rollout, start=then == "start")
         values = form if form is not None else request.GET
         context = {
             **self.admin_site.each_context(request),
@@ -344,6 +337,25 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
         }
         # 200 with the refusal on the form, as the admin's own forms answer.
         return TemplateResponse(request, "admin/ota/rollout/add.html", context)
+
+    def _created(self, request: HttpRequest, rollout: Rollout, *, start: bool) -> HttpResponse:
+        page = HttpResponseRedirect(reverse("admin:ota_rollout_change", args=[rollout.pk]))
+        if start:
+            # Created (and scheduled) already: a refused start is said on its page, so that
+            # submitting the form again does not make a second rollout.
+            try:
+                rollout = rollouts.rollout_start(
+                    rollout=rollout, by=request.user, reason="started on creation"
+                )
+            except ServiceError as exc:
+                self.message_user(
+                    request,
+                    f"Rollout {rollout.public_id} created but not started: {exc.detail}",
+                    messages.ERROR,
+                )
+                return page
+        self.message_user(request, f"Rollout {rollout.public_id} created ({rollout.status}).")
+        return page
 
     def preview_view(self, request: HttpRequest) -> HttpResponse:
         """What the New rollout form's selection targets now (ota/dashboard.js asks)."""

@@ -267,3 +267,26 @@ def test_model_page_costs_the_same_whatever_the_size():  # type: ignore[no-untyp
     )
     assert _count(client, f"/admin/ota/model/{model.pk}/change/") == before
     assert before <= 12
+
+
+def test_devices_list_costs_the_same_whatever_the_fleet():  # type: ignore[no-untyped-def]
+    artifact("2.0.0")
+    devices(3)
+    evaluate(phased())
+    client = _client()
+    urls = [
+        "/admin/fleet/device/",
+        "/admin/fleet/device/?failing=rollout",
+        "/admin/fleet/device/?failing=day&q=dev",
+    ]
+    before = [_count(client, url) for url in urls]
+    more = devices(150, prefix="more")
+    Device.objects.filter(pk__in=[d.pk for d in more]).update(
+        reported={"models": [{"name": "kws", "version": "2.0.0"}]}, online=True
+    )
+    DeviceEvent.objects.bulk_create(
+        DeviceEvent(device=d, seq=1, phase="failed", code="x", ts=timezone.now(), digest="f")
+        for d in more
+    )
+    assert [_count(client, url) for url in urls] == before
+    assert max(before) <= 12

@@ -262,3 +262,20 @@ def test_form_and_preview_cost_the_same_whatever_the_size(fleet):  # type: ignor
     assert after == before
     assert max(after) <= 12
     assert client.get(PREVIEW, params).json()["targets"] == 66
+
+
+def test_a_rollout_overlapping_a_running_one_is_refused_and_not_made(fleet):  # type: ignore[no-untyped-def]
+    client = _operator("ota.start_rollout")
+    assert client.post(ADD, _form(then="start")).status_code == 302
+    first = Rollout.objects.get()
+
+    again = client.post(ADD, _form(then="start"))
+
+    assert again.status_code == 200
+    assert again.context["error"].startswith("conflict: rollout r-")
+    # the esp32 devices were skipped (no build for them): they are not held
+    assert (
+        f"{first.public_id} (running) of kws already targets 4 of the selected devices"
+        in (again.context["error"])
+    )
+    assert Rollout.objects.count() == 1
