@@ -290,3 +290,51 @@ def test_devices_list_costs_the_same_whatever_the_fleet():  # type: ignore[no-un
     )
     assert [_count(client, url) for url in urls] == before
     assert max(before) <= 12
+
+
+def test_device_page_draws_a_sparkline_per_model_metric():  # type: ignore[no-untyped-def]
+    from telemetry.models import Sample
+
+    (device,) = devices(1)
+    client = _client()
+    url = f"/admin/fleet/device/{device.pk}/change/"
+    assert "No telemetry from this device yet." in client.get(url).content.decode()
+    before = _count(client, url)
+    now = timezone.now()
+    Sample.objects.bulk_create(
+        [
+            Sample(
+                device=device,
+                ts=now - timedelta(seconds=60 - i),
+                model="kws",
+                version="1.0.0",
+                metric="latency_ms",
+                value=float(i),
+            )
+            for i in range(40)
+        ]
+        + [
+            Sample(
+                device=device,
+                ts=now - timedelta(seconds=60 - i),
+                model="kws",
+                version="1.0.0",
+                metric="confidence",
+                value=0.5,
+            )
+            for i in range(10)
+        ]
+    )
+
+    page = client.get(url).content.decode()
+
+    latency = re.search(r'<tr data-metric="latency_ms">(.*?)</tr>', page, re.S)
+    assert latency is not None
+    cells = re.findall(r"<td>(.*?)</td>", latency[1], re.S)
+    assert cells[:3] == ["kws", "1.0.0", "latency_ms"]
+    assert cells[4:] == ["39", "0 to 39", "40"]  # last, range, samples: newest last
+    points = re.search(r'points="([^"]+)"', latency[1])
+    assert points is not None
+    assert len(points[1].split()) == 40
+    assert '<tr data-metric="confidence">' in page
+    assert _count(client, url) == before
