@@ -255,6 +255,25 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
             "max_reason": MAX_REASON,
         }
 
+    def _devices(self, request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
+        """The devices table's page, by the page's filters (refreshed live too)."""
+        filters = {
+            "state": request.GET.get("state", "")[:32],
+            "arm": request.GET.get("arm", "")[:64],
+            "code": request.GET.get("code", "")[:32],
+        }
+        devices = Paginator(
+            dash.devices_page_queryset(rollout, **filters), DEVICES_PER_PAGE
+        ).get_page(request.GET.get("page"))
+        query = {k: v for k, v in filters.items() if v}
+        return {
+            "rollout": rollout,
+            "devices": devices,
+            "filters": filters,
+            "filter_query": urlencode(query),
+            "devices_live_query": urlencode({**query, "part": "devices", "page": devices.number}),
+        }
+
     def change_view(
         self,
         request: HttpRequest,
@@ -266,17 +285,10 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
             raise Http404("no such rollout")
         rollout = self._rollout(request, int(object_id))
         live = self._live(request, rollout)
-        filters = {
-            "state": request.GET.get("state", "")[:32],
-            "arm": request.GET.get("arm", "")[:64],
-            "code": request.GET.get("code", "")[:32],
-        }
-        devices = Paginator(
-            dash.devices_page_queryset(rollout, **filters), DEVICES_PER_PAGE
-        ).get_page(request.GET.get("page"))
         context = {
             **self.admin_site.each_context(request),
             **live,
+            **self._devices(request, rollout),
             "opts": self.opts,
             "title": f"Rollout {rollout.public_id}: {rollout.model.name}",
             "subtitle": None,
@@ -285,9 +297,6 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
             "selection": dash.selection_sentences(rollout),
             "policy": dash.policy_sentences(rollout),
             "audit": rollout_audit(rollout),
-            "devices": devices,
-            "filters": filters,
-            "filter_query": urlencode({k: v for k, v in filters.items() if v}),
             "state_choices": dash.DISPLAY_STATES,
         }
         return TemplateResponse(request, "admin/ota/rollout/detail.html", context)
@@ -366,6 +375,10 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
     def progress_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         """The live part of the rollout page, fetched by ota/dashboard.js every few seconds."""
         rollout = self._rollout(request, pk)
+        if request.GET.get("part") == "devices":
+            return TemplateResponse(
+                request, "admin/ota/rollout/_devices.html", self._devices(request, rollout)
+            )
         return TemplateResponse(
             request, "admin/ota/rollout/_live.html", self._live(request, rollout)
         )

@@ -107,6 +107,13 @@ def test_progress_bar_moves_without_reload(browser, live_server, tmp_path):  # t
     # The rollout completed: its badge and the actions it allows follow, still no reload.
     page.locator("#dash-live .dash-badge-completed").wait_for(timeout=DEADLINE_MS)
     assert page.get_by_role("button", name="Pause").count() == 0
+    # The devices table follows too.
+    states = page.locator("#dash-devices tbody tr td:nth-child(4)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#dash-devices tbody tr td:nth-child(4)')]"
+        ".every(td => td.textContent.trim() === 'Succeeded')"
+    )
+    assert states.count() == 2
     assert page.evaluate("window.dashMarker") == "same page"  # no reload happened
     _shot(page, "dashboard-rollout", tmp_path)
 

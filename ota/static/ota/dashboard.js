@@ -31,26 +31,28 @@
     });
   }
 
+  // Each part of a page that changes (class dash-live-part) is fetched again from its
+  // data-url every few seconds and replaced in place.
   function live() {
-    var box = document.getElementById("dash-live");
-    if (!box) { return; }
-    function refresh() {
-      if (box.querySelector("dialog[open]")) {  // never wipe a reason being typed
-        window.setTimeout(refresh, REFRESH_MS);
-        return;
+    document.querySelectorAll(".dash-live-part").forEach(function (box) {
+      function refresh() {
+        if (document.querySelector("dialog[open]")) {  // never wipe a reason being typed
+          window.setTimeout(refresh, REFRESH_MS);
+          return;
+        }
+        fetch(box.dataset.url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+          .then(function (response) { return response.ok ? response.text() : null; })
+          .then(function (html) {
+            if (html !== null && !document.querySelector("dialog[open]")) {
+              box.innerHTML = html;
+              localTimes(box);
+            }
+          })
+          .catch(function () { /* the next tick tries again */ })
+          .finally(function () { window.setTimeout(refresh, REFRESH_MS); });
       }
-      fetch(box.dataset.url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-        .then(function (response) { return response.ok ? response.text() : null; })
-        .then(function (html) {
-          if (html !== null && !box.querySelector("dialog[open]")) {
-            box.innerHTML = html;
-            localTimes(box);
-          }
-        })
-        .catch(function () { /* the next tick tries again */ })
-        .finally(function () { window.setTimeout(refresh, REFRESH_MS); });
-    }
-    window.setTimeout(refresh, REFRESH_MS);
+      window.setTimeout(refresh, REFRESH_MS);
+    });
   }
 
   // The New rollout form: show the phased or the A/B fields, and what the selection
