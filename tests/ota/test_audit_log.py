@@ -116,7 +116,8 @@ def test_filters_by_who_what_when_and_reason():  # type: ignore[no-untyped-def]
     everything = client.get(AUDIT).content.decode()
     total = RolloutAuditEvent.objects.count() + AuditEvent.objects.count()
     assert len(_rows(everything)) == total
-    assert "moved rollout r-1 from running to aborted" in everything
+    rollout = RolloutAuditEvent.objects.get(to_status="aborted").rollout
+    assert f"moved rollout {rollout.public_id} from running to aborted" in everything
 
     reason = client.get(AUDIT, {"reason": "MISHEARS"}).content.decode()
     assert len(_rows(reason)) == 1
