@@ -1,8 +1,12 @@
+from typing import Any
+
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from fleet import enrollment
+from fleet.audit import audit_record
 from fleet.errors import ServiceError
 from fleet.models import (
     ApiToken,
@@ -46,6 +50,23 @@ class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # the clear token is shown once: create it with manage.py
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            changed = set(form.changed_data)
+            if not changed:
+                return
+            target = f"API token {obj.name} ({obj.lookup}) of {obj.user.get_username()}"
+            if "revoked_at" in changed and obj.revoked_at is not None:
+                audit_record(action="api_token.revoke", target=target, by=request.user)
+                changed.discard("revoked_at")
+            if changed:
+                audit_record(
+                    action="api_token.change",
+                    target=f"{target}: {', '.join(sorted(changed))}",
+                    by=request.user,
+                )
 
 
 class CertificateInline(admin.TabularInline[DeviceCertificate, Device]):
@@ -103,7 +124,9 @@ class DeviceAdmin(admin.ModelAdmin[Device]):
         done = 0
         for device in queryset:
             try:
-                enrollment.device_revoke(device=device, reason=f"admin action by {request.user}")
+                enrollment.device_revoke(
+                    device=device, reason=f"admin action by {request.user}", by=request.user
+                )
                 done += 1
             except ServiceError as exc:
                 self.message_user(request, f"{device}: {exc.detail}", messages.WARNING)

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -15,6 +16,7 @@ from django.utils import timezone
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.topics import is_valid_device_id
 from fleet import ca
+from fleet.audit import audit_record
 from fleet.auth import token_generate, token_hash
 from fleet.errors import ServiceError
 from fleet.keys import director_public_pem
@@ -55,6 +57,13 @@ def enrollment_token_create(
         hardware=hardware,
         group=group,
         created_by=by,
+    )
+    audit_record(
+        action="enrollment_token.create",
+        target=f"enrollment token {lookup}"
+        + (f" for {hardware}" if hardware else "")
+        + (f" into group {group.name}" if group else ""),
+        by=by,
     )
     return token, f"{ENROLLMENT_PREFIX}{lookup}_{secret}"
 
@@ -174,7 +183,7 @@ def _broker_files_write() -> None:
     acl_write()
 
 
-def device_revoke(*, device: Device, reason: str) -> Device:
+def device_revoke(*, device: Device, reason: str, by: Any = None) -> Device:
     """Disable a device and revoke its certificates; CRL and ACL are rewritten after commit."""
     now = timezone.now()
     with transaction.atomic():
@@ -184,6 +193,9 @@ def device_revoke(*, device: Device, reason: str) -> Device:
         locked.revoked_at = now
         locked.save(update_fields=["revoked_at"])
         locked.certificates.filter(revoked_at__isnull=True).update(revoked_at=now)
+        audit_record(
+            action="device.revoke", target=f"device {locked.device_id}", by=by, reason=reason
+        )
         transaction.on_commit(_broker_files_write)
     log.warning("revoked %s: %s", locked.device_id, reason)
     return locked

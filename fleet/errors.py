@@ -80,6 +80,11 @@ def error_json_response(code: ErrorCode, detail: str, http_status: int) -> JsonR
     return JsonResponse(error_body(code, detail), status=http_status)
 
 
+def flatten_detail(detail: Any) -> str:
+    """A validation error's nested detail as one line, as the API's error envelope says it."""
+    return _flatten(detail)
+
+
 def _flatten(detail: Any) -> str:
     # Iterative: a validation error may echo a deeply nested document back.
     parts: list[str] = []

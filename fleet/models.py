@@ -258,3 +258,23 @@ class DesiredOutbox(models.Model):
 
     def __str__(self) -> str:
         return f"{self.desired_id} seq {self.seq}"
+
+
+class AuditEvent(models.Model):
+    """Who did what to the fleet, when and why: publishes, key and token changes,
+    revocations (rollouts keep their own trail, ``ota.RolloutAuditEvent``). Only added."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField(max_length=150)
+    action = models.CharField(max_length=64, db_index=True)
+    target = models.CharField(max_length=200)
+    reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor_name} {self.action} {self.target}"

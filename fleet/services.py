@@ -2,6 +2,7 @@
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from django.contrib.auth.models import Permission, User
 from django.db import transaction
@@ -9,6 +10,7 @@ from django.utils import timezone
 
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.identifiers import MODEL_NAME
+from fleet.audit import audit_record
 from fleet.auth import (
     ALL_MODELS,
     MODEL_SCOPES,
@@ -66,6 +68,7 @@ def api_token_create(
     scopes: Sequence[str],
     model_names: Sequence[str] = (),
     expires_at: datetime | None = None,
+    by: Any = None,
 ) -> tuple[ApiToken, str]:
     """Create a token with explicit scopes; the clear token is returned once, never stored.
 
@@ -103,5 +106,11 @@ def api_token_create(
         scopes=scopes,
         model_names=models,
         expires_at=expires_at,
+    )
+    audit_record(
+        action="api_token.create",
+        target=f"API token {name} ({lookup}) of {user.get_username()}: "
+        f"{', '.join(scopes)}" + (f" on {', '.join(models)}" if models else ""),
+        by=by,
     )
     return token, full

@@ -131,7 +131,9 @@ class DeviceRevokeView(APIView):
         device = Device.objects.filter(device_id=device_id).first()
         if device is None:
             raise ServiceError(ErrorCode.NOT_FOUND, f"no device {device_id}")
-        revoked = enrollment.device_revoke(device=device, reason=body.validated_data["reason"])
+        revoked = enrollment.device_revoke(
+            device=device, reason=body.validated_data["reason"], by=request.user
+        )
         return Response(DeviceSerializer(revoked).data)
 
 

@@ -5,6 +5,8 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db import transaction
+from django.db.models import QuerySet
 from django.http import (
     Http404,
     HttpRequest,
@@ -12,13 +14,22 @@ from django.http import (
     HttpResponseBadRequest,
     HttpResponseNotAllowed,
     HttpResponseRedirect,
+    JsonResponse,
 )
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from rest_framework.exceptions import ValidationError
 
-from fleet.errors import ServiceError
+from device_agent.protocol.errors import ErrorCode
+from device_agent.protocol.identifiers import GROUP_NAME, TAG_NAME
+from fleet import enrollment
+from fleet.admin import DeviceAdmin as RegistryDeviceAdmin
+from fleet.errors import ServiceError, code_for_status, flatten_detail
+from fleet.identifiers import identifiers_check
+from fleet.models import Device, DeviceEvent, Group, Tag
+from ota import fleet_pages, rollout_form, rollouts
 from ota import rollout_dashboard as dash
-from ota import rollouts
 from ota.models import (
     Artifact,
     Model,
@@ -30,6 +41,7 @@ from ota.models import (
     TufMetadata,
 )
 from ota.rollout_selectors import rollout_audit
+from ota.rollout_views import rollout_create_checked
 
 
 class ReleaseKeyInline(admin.TabularInline[ReleaseKey, Model]):
@@ -96,10 +108,11 @@ class TufMetadataAdmin(admin.ModelAdmin[TufMetadata]):
 
 
 # --- rollouts -----------------------------------------------------------------------------------
-# Rollouts are created through the API (or `fleetctl`), which validates the whole document.
-# Here operators watch them on a read-only page (the change view is replaced) and pause,
-# resume, abort, promote or start them, each with a reason; every action goes through
-# ota/rollouts.py, so it is audited like an API call.
+# The New rollout form builds the API's create document and goes through the API's own
+# validation and service (ota/rollout_form.py). Operators watch rollouts on a read-only
+# page (the change view is replaced) and pause, resume, abort, promote or start them, each
+# with a reason; every action goes through ota/rollouts.py, so it is audited like an API
+# call.
 
 # action -> (permission, what the button says)
 ROLLOUT_ACTIONS: dict[str, tuple[str, str]] = {
@@ -169,7 +182,7 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
     actions = None
 
     def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+        return request.user.has_perm("ota.add_rollout")  # the API's permission to create
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False  # read-only page; actions have their own permissions
@@ -210,6 +223,7 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
         return [
             path("<int:pk>/act/", view(self.act_view), name="ota_rollout_act"),
             path("<int:pk>/progress/", view(self.progress_view), name="ota_rollout_progress"),
+            path("add/preview/", view(self.preview_view), name="ota_rollout_preview"),
             *super().get_urls(),
         ]
 
@@ -228,6 +242,7 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
             "rollout": rollout,
             "arms": arms,
             "gates": dash.gate_rows(rollout),
+            "comparisons": dash.comparison_charts(rollout),
             "failures": dash.failure_codes(rollout),
             "actions": [
                 (name, ROLLOUT_ACTIONS[name][1])
@@ -238,6 +253,25 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
             "stages": dash.stage_timeline(rollout, sum(a.devices for a in arms)),
             "devices_total": sum(a.devices for a in arms),
             "max_reason": MAX_REASON,
+        }
+
+    def _devices(self, request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
+        """The devices table's page, by the page's filters (refreshed live too)."""
+        filters = {
+            "state": request.GET.get("state", "")[:32],
+            "arm": request.GET.get("arm", "")[:64],
+            "code": request.GET.get("code", "")[:32],
+        }
+        devices = Paginator(
+            dash.devices_page_queryset(rollout, **filters), DEVICES_PER_PAGE
+        ).get_page(request.GET.get("page"))
+        query = {k: v for k, v in filters.items() if v}
+        return {
+            "rollout": rollout,
+            "devices": devices,
+            "filters": filters,
+            "filter_query": urlencode(query),
+            "devices_live_query": urlencode({**query, "part": "devices", "page": devices.number}),
         }
 
     def change_view(
@@ -251,17 +285,10 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
             raise Http404("no such rollout")
         rollout = self._rollout(request, int(object_id))
         live = self._live(request, rollout)
-        filters = {
-            "state": request.GET.get("state", "")[:32],
-            "arm": request.GET.get("arm", "")[:64],
-            "code": request.GET.get("code", "")[:32],
-        }
-        devices = Paginator(
-            dash.devices_page_queryset(rollout, **filters), DEVICES_PER_PAGE
-        ).get_page(request.GET.get("page"))
         context = {
             **self.admin_site.each_context(request),
             **live,
+            **self._devices(request, rollout),
             "opts": self.opts,
             "title": f"Rollout {rollout.public_id}: {rollout.model.name}",
             "subtitle": None,
@@ -270,16 +297,88 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
             "selection": dash.selection_sentences(rollout),
             "policy": dash.policy_sentences(rollout),
             "audit": rollout_audit(rollout),
-            "devices": devices,
-            "filters": filters,
-            "filter_query": urlencode({k: v for k, v in filters.items() if v}),
             "state_choices": dash.DISPLAY_STATES,
         }
         return TemplateResponse(request, "admin/ota/rollout/detail.html", context)
 
+    def add_view(
+        self,
+        request: HttpRequest,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = request.POST if request.method == "POST" else None
+        error = ""
+        if form is not None:
+            then = form.get("then", "draft")
+            try:
+                if then == "start" and not request.user.has_perm("ota.start_rollout"):
+                    raise ServiceError(
+                        ErrorCode.FORBIDDEN,
+                        "starting a rollout needs the ota.start_rollout permission",
+                    )
+                rollout = rollout_create_checked(rollout_form.create_document(form), request.user)
+            except ValidationError as exc:
+                error = f"{code_for_status(400)}: {flatten_detail(exc.detail)}"
+            except ServiceError as exc:
+                error = f"{exc.code}: {exc.detail}"
+            else:
+                return self._created(request, rollout, start=then == "start")
+        values = form if form is not None else request.GET
+        context = {
+            **self.admin_site.each_context(request),
+            **rollout_form.form_rows(form),
+            "opts": self.opts,
+            "title": "New rollout",
+            "subtitle": None,
+            "has_view_permission": True,
+            "form": values,
+            "error": error,
+            "models": list(Model.objects.values_list("name", flat=True)),
+            "versions": list(
+                Artifact.objects.values_list("model__name", "version")
+                .distinct()
+                .order_by("model__name", "-version")
+            ),
+            "may_start": request.user.has_perm("ota.start_rollout"),
+        }
+        # 200 with the refusal on the form, as the admin's own forms answer.
+        return TemplateResponse(request, "admin/ota/rollout/add.html", context)
+
+    def _created(self, request: HttpRequest, rollout: Rollout, *, start: bool) -> HttpResponse:
+        page = HttpResponseRedirect(reverse("admin:ota_rollout_change", args=[rollout.pk]))
+        if start:
+            # Created (and scheduled) already: a refused start is said on its page, so that
+            # submitting the form again does not make a second rollout.
+            try:
+                rollout = rollouts.rollout_start(
+                    rollout=rollout, by=request.user, reason="started on creation"
+                )
+            except ServiceError as exc:
+                self.message_user(
+                    request,
+                    f"Rollout {rollout.public_id} created but not started: {exc.detail}",
+                    messages.ERROR,
+                )
+                return page
+        self.message_user(request, f"Rollout {rollout.public_id} created ({rollout.status}).")
+        return page
+
+    def preview_view(self, request: HttpRequest) -> HttpResponse:
+        """What the New rollout form's selection targets now (ota/dashboard.js asks)."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        return JsonResponse(rollout_form.selection_preview(request.GET).as_json())
+
     def progress_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         """The live part of the rollout page, fetched by ota/dashboard.js every few seconds."""
         rollout = self._rollout(request, pk)
+        if request.GET.get("part") == "devices":
+            return TemplateResponse(
+                request, "admin/ota/rollout/_devices.html", self._devices(request, rollout)
+            )
         return TemplateResponse(
             request, "admin/ota/rollout/_live.html", self._live(request, rollout)
         )
@@ -353,3 +452,177 @@ class RolloutDeviceAdmin(admin.ModelAdmin[RolloutDevice]):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+# --- devices and models -------------------------------------------------------------------------
+# The device page shows what a device runs, what it was asked to run, its update history and
+# the rollouts that touched it (ota/fleet_pages.py); so it is registered here, over the
+# registry's own DeviceAdmin, which stays the list and its filters.
+
+admin.site.unregister(Device)
+MAX_LABELS = 64
+
+
+class FailingFilter(admin.SimpleListFilter):
+    title = "updates"
+    parameter_name = "failing"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("rollout", "failed in a live rollout"),
+            ("day", "reported a failure in the last 24 h"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Device]) -> QuerySet[Device]:
+        if self.value() == "rollout":
+            return queryset.filter(
+                pk__in=RolloutDevice.objects.filter(
+                    state__in=dash.FAILURE_STATES,
+                    rollout__status__in=[RolloutStatus.RUNNING, RolloutStatus.PAUSED],
+                ).values("device_id")
+            )
+        if self.value() == "day":
+            return queryset.filter(
+                pk__in=DeviceEvent.objects.filter(
+                    received_at__gte=timezone.now() - dash.FAILURE_WINDOW,
+                    phase__in=list(dash.FAILURE_PHASES),
+                ).values("device_id")
+            )
+        return queryset
+
+
+@admin.register(Device)
+class DeviceAdmin(RegistryDeviceAdmin):
+    list_filter = ["online", FailingFilter, "hardware", "groups", "tags"]
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path("<int:pk>/revoke/", view(self.revoke_view), name="fleet_device_revoke"),
+            path("<int:pk>/labels/", view(self.labels_view), name="fleet_device_labels"),
+            *super().get_urls(),
+        ]
+
+    def _device(self, request: HttpRequest, pk: int) -> Device:
+        device = Device.objects.filter(pk=pk).first()
+        if device is None:
+            raise Http404(f"no device {pk}")
+        if not self.has_view_permission(request, device):
+            raise PermissionDenied
+        return device
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if not object_id.isascii() or not object_id.isdigit():
+            raise Http404("no such device")
+        device = self._device(request, int(object_id))
+        may_change = self.has_change_permission(request, device)
+        context = {
+            **self.admin_site.each_context(request),
+            **fleet_pages.device_page(device),
+            "opts": self.opts,
+            "title": f"Device {device.device_id}",
+            "subtitle": None,
+            "has_view_permission": True,
+            "device": device,
+            "may_change": may_change,
+            "stale": device.last_seen_at is None
+            or device.last_seen_at < timezone.now() - dash.STALE_AFTER,
+            "max_reason": MAX_REASON,
+        }
+        return TemplateResponse(request, "admin/fleet/device/detail.html", context)
+
+    def revoke_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        device = self._device(request, pk)
+        if not self.has_change_permission(request, device):
+            raise PermissionDenied
+        page = reverse("admin:fleet_device_change", args=[device.pk])
+        reason = " ".join(request.POST.get("reason", "").split())
+        if not reason or len(reason) > MAX_REASON:
+            self.message_user(
+                request,
+                f"Give a reason of at most {MAX_REASON} characters: it goes into the audit log.",
+                messages.ERROR,
+            )
+            return HttpResponseRedirect(page)
+        try:
+            enrollment.device_revoke(device=device, reason=reason, by=request.user)
+        except ServiceError as exc:
+            self.message_user(request, f"{device.device_id}: {exc.detail}", messages.ERROR)
+        else:
+            self.message_user(
+                request, f"{device.device_id} is revoked: its certificates go into the CRL."
+            )
+        return HttpResponseRedirect(page)
+
+    def labels_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Tags (created when new) and groups (which must exist), as typed names."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        device = self._device(request, pk)
+        if not self.has_change_permission(request, device):
+            raise PermissionDenied
+        page = reverse("admin:fleet_device_change", args=[device.pk])
+        tags = rollout_form.split_names(request.POST.get("tags", ""))
+        groups = rollout_form.split_names(request.POST.get("groups", ""))
+        try:
+            if len(tags) > MAX_LABELS or len(groups) > MAX_LABELS:
+                raise ServiceError(
+                    ErrorCode.MALFORMED, f"at most {MAX_LABELS} tags and {MAX_LABELS} groups"
+                )
+            identifiers_check(TAG_NAME, tags, field="tags")
+            identifiers_check(GROUP_NAME, groups, field="groups")
+            found = list(Group.objects.filter(name__in=groups))
+            missing = sorted(set(groups) - {g.name for g in found})
+            if missing:
+                raise ServiceError(ErrorCode.NOT_FOUND, f"no group {', '.join(missing)}")
+            with transaction.atomic():
+                for name in tags:
+                    Tag.objects.get_or_create(name=name)
+                device.tags.set(Tag.objects.filter(name__in=tags))
+                device.groups.set(found)
+        except ServiceError as exc:
+            self.message_user(request, f"{device.device_id}: {exc.detail}", messages.ERROR)
+        else:
+            self.message_user(request, f"{device.device_id}: tags and groups saved.")
+        return HttpResponseRedirect(page)
+
+
+class ModelPageAdmin(ModelAdmin):
+    """The model page: versions x hardware variants, devices per version, release keys."""
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if not object_id.isascii() or not object_id.isdigit():
+            raise Http404("no such model")
+        model = Model.objects.filter(pk=int(object_id)).first()
+        if model is None:
+            raise Http404("no such model")
+        if not self.has_view_permission(request, model):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            **fleet_pages.model_page(model),
+            "opts": self.opts,
+            "title": f"Model {model.name}",
+            "subtitle": None,
+            "has_view_permission": True,
+            "model": model,
+        }
+        return TemplateResponse(request, "admin/ota/model/detail.html", context)
+
+
+admin.site.unregister(Model)
+admin.site.register(Model, ModelPageAdmin)

@@ -4,12 +4,17 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib.admin import AdminSite
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import URLPattern, URLResolver, path, reverse
 from django.utils import timezone
 
+from ota import audit_log
 from ota.rollout_dashboard import fleet_overview
+
+AUDIT_PER_PAGE = 50
 
 
 class FleetAdminSite(AdminSite):
@@ -35,3 +40,33 @@ class FleetAdminSite(AdminSite):
                 + "&code={}"
             )
         return super().index(request, extra_context=context)
+
+    def get_urls(self) -> list[URLResolver | URLPattern]:
+        return [
+            path("audit/", self.admin_view(self.audit_view), name="audit_log"),
+            *super().get_urls(),
+        ]
+
+    def audit_view(self, request: HttpRequest) -> TemplateResponse:
+        """The fleet-wide audit log (rollouts only for those without fleet.view_auditevent)."""
+        fleet_wide = request.user.has_perm("fleet.view_auditevent")
+        if not (fleet_wide or request.user.has_perm("ota.view_rollout")):
+            raise PermissionDenied
+        filters, problems = audit_log.AuditFilters.parse(request.GET)
+        page = Paginator(
+            audit_log.audit_rows(filters, fleet_wide=fleet_wide), AUDIT_PER_PAGE
+        ).get_page(request.GET.get("page"))
+        for row in page:
+            row["what"] = audit_log.describe(row)
+        context = {
+            **self.each_context(request),
+            "title": "Audit log",
+            "subtitle": None,
+            "page": page,
+            "filters": filters,
+            "filter_query": urlencode(filters.as_query()),
+            "problems": problems,
+            "what_choices": audit_log.WHAT_CHOICES if fleet_wide else audit_log.WHAT_CHOICES[:1],
+            "fleet_wide": fleet_wide,
+        }
+        return TemplateResponse(request, "admin/audit_log.html", context)

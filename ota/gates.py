@@ -254,6 +254,11 @@ class Comparison:
     p_better: float | None = None
     worse: bool = False  # significantly worse by more than the tolerance
     better: bool = False  # significantly better by at least the required margin
+    # Quartiles of the per-device values: the spread the dashboard draws around each median.
+    arm_q1: float | None = None
+    arm_q3: float | None = None
+    baseline_q1: float | None = None
+    baseline_q3: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def clean(value: object) -> object:
@@ -288,6 +293,8 @@ def compare(
         return Comparison(arm, baseline, n_arm, n_base, enough=False)
     arm_median = statistics.median(arm_values)
     base_median = statistics.median(baseline_values)
+    arm_q1, _, arm_q3 = _quartiles(arm_values)
+    base_q1, _, base_q3 = _quartiles(baseline_values)
     change = relative_change(arm_median, base_median)
     _, p_larger = mann_whitney_greater(arm_values, baseline_values)
     _, p_smaller = mann_whitney_greater(baseline_values, arm_values)
@@ -306,7 +313,17 @@ def compare(
         p_better=p_better,
         worse=p_worse < alpha and degradation > max_worse,
         better=p_better < alpha and -degradation >= min_better and -degradation > 0,
+        arm_q1=arm_q1,
+        arm_q3=arm_q3,
+        baseline_q1=base_q1,
+        baseline_q3=base_q3,
     )
+
+
+def _quartiles(values: Sequence[float]) -> list[float]:
+    if len(values) < 2:
+        return [values[0]] * 3
+    return statistics.quantiles(values, n=4, method="inclusive")
 
 
 # --- telemetry: THE HOOK ---------------------------------------------------------------

@@ -22,6 +22,7 @@ from tuf.api.serialization import DeserializationError
 
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.identifiers import ARTIFACT_FORMAT, FILENAME, HARDWARE, VERSION
+from fleet.audit import audit_record
 from fleet.errors import ServiceError
 from fleet.identifiers import identifier_check
 from ota import repository
@@ -236,6 +237,11 @@ def artifact_publish(*, model_name: str, metadata: bytes, upload: Upload, by: Us
                 metadata_version=md.signed.version,
             )
             repository.delegated_metadata_store(model, md)
+            audit_record(
+                action="publish",
+                target=f"{model.name} {target.version} ({target.hardware})",
+                by=by,
+            )
     except BaseException:
         storage.delete(stored)
         raise

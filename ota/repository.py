@@ -32,6 +32,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.identifiers import MODEL_NAME
+from fleet.audit import audit_record
 from fleet.errors import ServiceError
 from fleet.identifiers import identifier_check
 from ota.models import Model, ReleaseKey, RepositoryLock, TufMetadata
@@ -245,16 +246,21 @@ def model_register(
 
 
 @transaction.atomic
-def release_key_add(*, model: Model, key: Key, targets_signer: Signer) -> ReleaseKey:
+def release_key_add(
+    *, model: Model, key: Key, targets_signer: Signer, by: Any = None
+) -> ReleaseKey:
     """Trust one more release key for a model (the first step of a key rotation)."""
     _lock()
     row = _key_row(model, key)
     _targets_delegations_resign(targets_signer)
+    audit_record(action="release_key.add", target=f"{model.name} key {row.keyid}", by=by)
     return row
 
 
 @transaction.atomic
-def release_key_revoke(*, keyid: str, reason: str, targets_signer: Signer) -> ReleaseKey:
+def release_key_revoke(
+    *, keyid: str, reason: str, targets_signer: Signer, by: Any = None
+) -> ReleaseKey:
     """Stop trusting a release key: metadata signed only by it no longer verifies."""
     from django.utils import timezone
 
@@ -268,6 +274,12 @@ def release_key_revoke(*, keyid: str, reason: str, targets_signer: Signer) -> Re
     row.revoked_reason = reason[:200]
     row.save(update_fields=["revoked_at", "revoked_reason"])
     _targets_delegations_resign(targets_signer)
+    audit_record(
+        action="release_key.revoke",
+        target=f"{row.model.name} key {row.keyid}",
+        by=by,
+        reason=reason,
+    )
     return row
 
 
@@ -300,6 +312,10 @@ def top_level_key_rotate(*, role: str, new_signer: Signer, root_signers: list[Si
     # Snapshot and timestamp are re-signed last, a rotated online role with its new key;
     # the caller installs that key file once this transaction has committed.
     _snapshot_and_timestamp_resign({role: new_signer} if role in ONLINE_ROLES else None)
+    audit_record(
+        action="tuf_key.rotate",
+        target=f"{role} key {new_signer.public_key.keyid} (root version {root.signed.version})",
+    )
     return root.signed.version
 
 

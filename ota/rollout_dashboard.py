@@ -409,6 +409,7 @@ class Overview:
     failures: list[tuple[str, int]]
     rollouts: list[tuple[Rollout, list[ArmProgress]]]
     failures_since: datetime
+    warnings: list["OverviewWarning"] = field(default_factory=list)
 
 
 def fleet_overview(now: datetime) -> Overview:
@@ -460,4 +461,241 @@ def fleet_overview(now: datetime) -> Overview:
         failures=[(code or "unknown", n) for code, n in failures],
         rollouts=[(rollout, progress[rollout.pk]) for rollout in live],
         failures_since=now - FAILURE_WINDOW,
+        warnings=overview_warnings(now),
     )
+
+
+# --- warnings that need a human ----------------------------------------------------------
+
+# A role's newest metadata warns once less than this share of its lifetime is left (the
+# timestamp, re-signed by a periodic task, is normally renewed long before).
+EXPIRY_WARN_SHARE = 0.25
+# A device with no new phase for this long in a live rollout is stuck (the engine times
+# devices out by the policy: a stuck one means the engine is not evaluating, or the timeout
+# is very long).
+STUCK_AFTER = timedelta(hours=1)
+STUCK_STATES = (D.NOTIFIED, D.IN_PROGRESS, D.ROLLING_BACK)
+
+
+@dataclass
+class OverviewWarning:
+    kind: str  # tuf_expiry, revoked_key, stuck
+    text: str
+    link: str = ""
+
+
+def overview_warnings(now: datetime) -> list[OverviewWarning]:
+    """TUF metadata close to expiry, revoked release keys of models a live rollout
+    targets, devices stuck in an update: four queries, whatever the history."""
+    from django.db.models import Max, OuterRef, Subquery
+    from django.db.models.functions import Coalesce
+    from django.urls import reverse
+
+    from ota.models import ReleaseKey, TufMetadata
+
+    out: list[OverviewWarning] = []
+    newest = TufMetadata.objects.filter(role=OuterRef("role")).order_by("-version")
+    for role, version, expires, created in (
+        TufMetadata.objects.filter(version=Subquery(newest.values("version")[:1]))
+        .order_by("role")
+        .values_list("role", "version", "expires", "created_at")
+    ):
+        lifetime = expires - created
+        left = expires - now
+        if left <= lifetime * EXPIRY_WARN_SHARE:
+            when = "expired" if left <= timedelta(0) else f"expires in {_duration(left)}"
+            out.append(
+                OverviewWarning(
+                    "tuf_expiry",
+                    f"TUF {role} metadata version {version} {when} ({expires:%Y-%m-%d %H:%M} "
+                    "UTC): devices refuse updates once it has expired. Check that the "
+                    "refresh task runs (manage.py tuf_refresh) or re-sign it.",
+                    reverse("admin:ota_tufmetadata_changelist") + f"?role__exact={role}",
+                )
+            )
+    live = (RolloutStatus.SCHEDULED, RolloutStatus.RUNNING, RolloutStatus.PAUSED)
+    targeted = (
+        ReleaseKey.objects.filter(revoked_at__isnull=False, model__rollouts__status__in=live)
+        .values_list("keyid", "model__name", "revoked_at")
+        .annotate(last=Max("model__rollouts__pk"))
+        .order_by("model__name", "keyid")
+    )
+    for keyid, model, revoked_at, rollout in targeted:
+        out.append(
+            OverviewWarning(
+                "revoked_key",
+                f"Release key {keyid[:12]}… of {model} was revoked {revoked_at:%Y-%m-%d} but "
+                f"rollout r-{rollout} still targets {model}: make sure the versions it "
+                "installs were signed again with a trusted key.",
+                reverse("admin:ota_rollout_change", args=[rollout]),
+            )
+        )
+    stuck = (
+        RolloutDevice.objects.filter(
+            rollout__status__in=[
+                RolloutStatus.RUNNING,
+                RolloutStatus.PAUSED,
+                RolloutStatus.ABORTED,
+            ],
+            state__in=STUCK_STATES,
+        )
+        .annotate(since=Coalesce("phase_at", "notified_at", "updated_at"))
+        .filter(since__lt=now - STUCK_AFTER)
+        .values_list("rollout_id", "state")
+        .annotate(n=Count("pk"))
+        .order_by("rollout_id", "state")
+    )
+    for rollout_id, state, n in stuck:
+        label = "updating" if state == D.IN_PROGRESS else dict(DISPLAY_STATES).get(state, state)
+        out.append(
+            OverviewWarning(
+                "stuck",
+                f"{n} device{'s' if n != 1 else ''} of rollout r-{rollout_id} "
+                f"{'have' if n != 1 else 'has'} been {label} for more than "
+                f"{_duration(STUCK_AFTER)} without news: is the engine evaluating "
+                "(Celery beat and worker)?",
+                reverse("admin:ota_rollout_change", args=[rollout_id])
+                + f"?state={'downloading' if state == D.IN_PROGRESS else state}#devices",
+            )
+        )
+    return out
+
+
+def _duration(span: timedelta) -> str:
+    minutes = int(span.total_seconds() // 60)
+    if minutes >= 2 * 24 * 60:
+        return f"{minutes // (24 * 60)} days"
+    if minutes >= 120:
+        return f"{minutes // 60} hours"
+    return f"{max(minutes, 0)} minutes"
+
+
+# --- A/B and quality-gate comparisons -----------------------------------------------------
+
+
+@dataclass
+class ArmFigure:
+    arm: str
+    devices: int
+    median: float | None
+    q1: float | None
+    q3: float | None
+    baseline: bool = False
+
+
+@dataclass
+class ComparisonChart:
+    """One comparison the engine made (a telemetry gate's or automatic promotion's), as
+    the engine stored it in ``gate_figures``: drawn per arm, and said in words."""
+
+    title: str
+    metric: str
+    arms: list[ArmFigure]
+    sentence: str
+    outcome: str  # loses, wins, no_difference, insufficient_data
+
+
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def comparison_sentence(
+    cmp: dict[str, Any], *, better: str, unit: str, judged: str
+) -> tuple[str, str]:
+    """("B's p95 latency_ms is 31 % higher than A's (worse), p = 0.002: B loses", outcome).
+
+    ``judged``: ``gate`` (an arm loses when the engine found it worse) or ``promotion``
+    (an arm wins when the engine found it better); the verdict is the engine's flag, never
+    recomputed here.
+    """
+    arm, base = str(cmp.get("arm")), str(cmp.get("baseline"))
+    if not cmp.get("enough"):
+        return (
+            f"Not enough devices yet to compare {arm} with {base}: "
+            f"{cmp.get('n_arm', 0)} vs {cmp.get('n_baseline', 0)} reporting {unit}.",
+            "insufficient_data",
+        )
+    change = _num(cmp.get("relative_change"))
+    higher = change is not None and change > 0
+    worse_direction = higher if better == "lower" else not higher
+    p = _num(cmp.get("p_worse") if worse_direction else cmp.get("p_better"))
+    if change is None:
+        size = f"{arm}'s {unit} differs without bound from {base}'s"
+    elif change == 0:
+        size = f"{arm}'s {unit} has the same median as {base}'s"
+    else:
+        size = (
+            f"{arm}'s {unit} is {abs(change) * 100:.0f} % {'higher' if higher else 'lower'} "
+            f"than {base}'s ({'worse' if worse_direction else 'better'})"
+        )
+    p_text = f", p = {p:.2g}" if p is not None else ""
+    if cmp.get("worse"):
+        return f"{size}{p_text}: {arm} loses.", "loses"
+    if cmp.get("better") and judged == "promotion":
+        return f"{size}{p_text}: {arm} wins.", "wins"
+    return f"{size}{p_text}: no significant difference.", "no_difference"
+
+
+def _chart(
+    title: str, cmp: dict[str, Any], *, better: str, unit: str, judged: str
+) -> ComparisonChart:
+    sentence, outcome = comparison_sentence(cmp, better=better, unit=unit, judged=judged)
+    base = ArmFigure(
+        str(cmp.get("baseline")),
+        int(cmp.get("n_baseline") or 0),
+        _num(cmp.get("baseline_median")),
+        _num(cmp.get("baseline_q1")),
+        _num(cmp.get("baseline_q3")),
+        baseline=True,
+    )
+    arm = ArmFigure(
+        str(cmp.get("arm")),
+        int(cmp.get("n_arm") or 0),
+        _num(cmp.get("arm_median")),
+        _num(cmp.get("arm_q1")),
+        _num(cmp.get("arm_q3")),
+    )
+    return ComparisonChart(title, unit, [base, arm], sentence, outcome)
+
+
+def comparison_charts(rollout: Rollout) -> list[ComparisonChart]:
+    """The telemetry gates' and automatic promotion's comparisons, from ``gate_figures``
+    (no query: the engine stored them when it evaluated)."""
+    figures = rollout.gate_figures if isinstance(rollout.gate_figures, dict) else {}
+    out: list[ComparisonChart] = []
+    gates = figures.get("gates")
+    try:
+        for gate in gates if isinstance(gates, list) else ():
+            if not (isinstance(gate, dict) and str(gate.get("gate", "")).startswith("telemetry:")):
+                continue
+            raw = gate.get("figures")
+            data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            unit = f"{data.get('statistic')} {data.get('metric')}"
+            better = str(data.get("better", "lower"))
+            for cmp in data.get("comparisons") or ():
+                out.append(
+                    _chart(
+                        f"Quality gate: {unit} ({better} is better)",
+                        cmp,
+                        better=better,
+                        unit=unit,
+                        judged="gate",
+                    )
+                )
+        promotion = figures.get("promotion")
+        if isinstance(promotion, list) and promotion:
+            p = Policy.from_dict(rollout.policy).promotion
+            unit = f"{p.statistic} {p.metric}"
+            for cmp in promotion:
+                out.append(
+                    _chart(
+                        f"Automatic promotion: {unit} ({p.better} is better)",
+                        cmp,
+                        better=p.better,
+                        unit=unit,
+                        judged="promotion",
+                    )
+                )
+    except (*_UNREADABLE, AttributeError):
+        return out
+    return out

@@ -92,26 +92,33 @@ class RolloutListView(generics.ListCreateAPIView[Rollout]):
 
     @extend_schema(request=RolloutCreateSerializer, responses={201: RolloutSerializer})
     def post(self, request: Request) -> Response:
-        body = RolloutCreateSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        data = body.validated_data
-        token_model_check(request.user, data["model"])
-        if data["starts_at"] is not None:
-            _needs(request, START, "a start time")
-        rollout = rollouts.rollout_create(
-            model_name=data["model"],
-            strategy=data["strategy"],
-            version=data["version"],
-            arms=data["arms"],
-            stages=data["stages"],
-            selection=data["selection"],
-            policy=data["policy"],
-            description=data["description"],
-            schedule=data["schedule"] or data["starts_at"] is not None,
-            starts_at=data["starts_at"],
-            by=request.user,
-        )
+        rollout = rollout_create_checked(request.data, request.user)
         return _detail(rollout, status.HTTP_201_CREATED)
+
+
+def rollout_create_checked(data: object, user: Any) -> Rollout:
+    """Validate a create request's body and create the rollout: the API's POST and the
+    admin's New rollout form both call this, so they accept and refuse the same things
+    with the same messages (``serializers.ValidationError`` or ``ServiceError``)."""
+    body = RolloutCreateSerializer(data=data)
+    body.is_valid(raise_exception=True)
+    checked = body.validated_data
+    token_model_check(user, checked["model"])
+    if checked["starts_at"] is not None and not user.has_perm(START):
+        raise ServiceError(ErrorCode.FORBIDDEN, f"a start time needs the {START} permission")
+    return rollouts.rollout_create(
+        model_name=checked["model"],
+        strategy=checked["strategy"],
+        version=checked["version"],
+        arms=checked["arms"],
+        stages=checked["stages"],
+        selection=checked["selection"],
+        policy=checked["policy"],
+        description=checked["description"],
+        schedule=checked["schedule"] or checked["starts_at"] is not None,
+        starts_at=checked["starts_at"],
+        by=user,
+    )
 
 
 class RolloutDetailView(APIView):

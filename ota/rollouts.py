@@ -220,7 +220,7 @@ def _published(model: Model, versions: set[str]) -> None:
         )
 
 
-def _selection_exists(selection: Selection) -> None:
+def selection_exists(selection: Selection) -> None:
     for kind, names in ((Group, selection.groups), (DynamicGroup, selection.dynamic_groups)):
         found = set(kind.objects.filter(name__in=names).values_list("name", flat=True))
         missing = sorted(set(names) - found)
@@ -299,7 +299,7 @@ def rollout_create(
     parsed_selection = Selection.from_dict(selection, new=True)
     parsed_policy = Policy.from_dict(policy)
     _published(model, {a.version for a in parsed_arms})
-    _selection_exists(parsed_selection)
+    selection_exists(parsed_selection)
     _selection_matches(selection_devices(parsed_selection), parsed_selection)
     with transaction.atomic():
         rollout = Rollout.objects.create(

@@ -203,5 +203,6 @@ class ReleaseKeyRevokeView(APIView):
             keyid=keyid,
             reason=body.validated_data["reason"],
             targets_signer=repository.signer_for("targets"),
+            by=request.user,
         )
         return Response({"keyid": row.keyid, "revoked_at": row.revoked_at})

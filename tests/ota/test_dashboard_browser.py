@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.db import connections
-from rollout_helpers import artifact, devices, evaluate, phased, report, rows, use_own_director_key
+from rollout_helpers import (
+    ab,
+    artifact,
+    devices,
+    evaluate,
+    phased,
+    report,
+    rows,
+    use_own_director_key,
+)
 from service_check import require_module, require_service
 
 from device_agent.protocol.messages import Phase
@@ -98,6 +107,13 @@ def test_progress_bar_moves_without_reload(browser, live_server, tmp_path):  # t
     # The rollout completed: its badge and the actions it allows follow, still no reload.
     page.locator("#dash-live .dash-badge-completed").wait_for(timeout=DEADLINE_MS)
     assert page.get_by_role("button", name="Pause").count() == 0
+    # The devices table follows too.
+    states = page.locator("#dash-devices tbody tr td:nth-child(4)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#dash-devices tbody tr td:nth-child(4)')]"
+        ".every(td => td.textContent.trim() === 'Succeeded')"
+    )
+    assert states.count() == 2
     assert page.evaluate("window.dashMarker") == "same page"  # no reload happened
     _shot(page, "dashboard-rollout", tmp_path)
 
@@ -160,3 +176,36 @@ def test_overview_matches_the_database_in_the_operators_time_zone(browser, live_
     assert utc.endswith("UTC")
     assert shown.inner_text() != utc
     assert "GMT+9" in shown.inner_text() or "JST" in shown.inner_text()
+
+
+def test_the_ab_page_shows_the_losing_arm_and_why(browser, live_server, tmp_path, settings):  # type: ignore[no-untyped-def]
+    settings.FLEET_ROLLOUT_TELEMETRY_SOURCE = "test_dashboard_comparison.SOURCE"
+    artifact("1.0.0")
+    artifact("2.0.0")
+    devices(4)
+    _operator()
+    rollout = ab(
+        arms=[
+            {"name": "A", "version": "1.0.0", "baseline": True},
+            {"name": "B", "version": "2.0.0"},
+        ],
+        policy={
+            "telemetry_gates": [
+                {"metric": "latency_ms", "statistic": "p95", "max_relative_change": 0.1}
+            ]
+        },
+    )
+    evaluate(rollout)
+    (cmp,) = Rollout.objects.get(pk=rollout.pk).gate_figures["gates"][1]["figures"]["comparisons"]
+    page = _logged_in(browser, live_server)
+    page.goto(f"{live_server.url}/admin/ota/rollout/{rollout.pk}/change/")
+
+    result = page.locator("#dash-live .dash-outcome-loses .dash-compare-result")
+    assert result.inner_text() == (
+        f"B's p95 latency_ms is {cmp['relative_change'] * 100:.0f} % higher than A's (worse), "
+        f"p = {cmp['p_worse']:.2g}: B loses."
+    )
+    boxes = page.locator("#dash-live svg.dash-comparison g.dash-arm-figure")
+    assert [boxes.nth(i).get_attribute("data-arm") for i in range(boxes.count())] == ["A", "B"]
+    assert page.locator("#dash-live .dash-badge-paused").count() == 1  # the gate paused it
+    _shot(page, "dashboard-ab", tmp_path)

@@ -31,31 +31,70 @@
     });
   }
 
+  // Each part of a page that changes (class dash-live-part) is fetched again from its
+  // data-url every few seconds and replaced in place.
   function live() {
-    var box = document.getElementById("dash-live");
-    if (!box) { return; }
-    function refresh() {
-      if (box.querySelector("dialog[open]")) {  // never wipe a reason being typed
-        window.setTimeout(refresh, REFRESH_MS);
-        return;
+    document.querySelectorAll(".dash-live-part").forEach(function (box) {
+      function refresh() {
+        if (document.querySelector("dialog[open]")) {  // never wipe a reason being typed
+          window.setTimeout(refresh, REFRESH_MS);
+          return;
+        }
+        fetch(box.dataset.url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+          .then(function (response) { return response.ok ? response.text() : null; })
+          .then(function (html) {
+            if (html !== null && !document.querySelector("dialog[open]")) {
+              box.innerHTML = html;
+              localTimes(box);
+            }
+          })
+          .catch(function () { /* the next tick tries again */ })
+          .finally(function () { window.setTimeout(refresh, REFRESH_MS); });
       }
-      fetch(box.dataset.url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-        .then(function (response) { return response.ok ? response.text() : null; })
-        .then(function (html) {
-          if (html !== null && !box.querySelector("dialog[open]")) {
-            box.innerHTML = html;
-            localTimes(box);
+      window.setTimeout(refresh, REFRESH_MS);
+    });
+  }
+
+  // The New rollout form: show the phased or the A/B fields, and what the selection
+  // targets (asked of the server a moment after the operator stops typing).
+  function rolloutForm() {
+    var form = document.getElementById("dash-rollout-form");
+    if (!form) { return; }
+    var preview = document.getElementById("dash-preview");
+    var timer = null;
+    function strategy() {
+      var ab = form.querySelector("input[name=strategy]:checked").value === "ab";
+      form.querySelectorAll(".dash-ab").forEach(function (el) { el.hidden = !ab; });
+      form.querySelectorAll(".dash-phased").forEach(function (el) { el.hidden = ab; });
+    }
+    function ask() {
+      var query = new URLSearchParams(new FormData(form));
+      query.delete("csrfmiddlewaretoken");
+      fetch(form.dataset.preview + "?" + query.toString(), { credentials: "same-origin" })
+        .then(function (response) { return response.ok ? response.json() : null; })
+        .then(function (body) {
+          if (body) {
+            preview.textContent = body.text;
+            preview.dataset.targets = body.targets;
+            preview.classList.toggle("dash-preview-error", body.error !== "");
           }
         })
-        .catch(function () { /* the next tick tries again */ })
-        .finally(function () { window.setTimeout(refresh, REFRESH_MS); });
+        .catch(function () { /* the next change asks again */ });
     }
-    window.setTimeout(refresh, REFRESH_MS);
+    function later() {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(ask, 300);
+    }
+    form.addEventListener("input", later);
+    form.addEventListener("change", function () { strategy(); later(); });
+    strategy();
+    ask();
   }
 
   document.addEventListener("DOMContentLoaded", function () {
     localTimes(document);
     dialogs();
     live();
+    rolloutForm();
   });
 })();
