@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_rig import MODEL, FaultSystem
+from fault_rig import MODEL, FaultSystem, running
 from rollout_system import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
@@ -17,23 +17,14 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultSystem]:
-    fleet = FaultSystem(tmp_path_factory.mktemp("faults-control-plane"))
-    try:
-        fleet.start()
+    with running(tmp_path_factory.mktemp("faults-control-plane")) as fleet:
         yield fleet
-    except BaseException:
-        print(fleet.diagnostics())
-        raise
-    finally:
-        fleet.stop()
 
 
 @pytest.fixture(autouse=True)
-def _cleanup(system: FaultSystem) -> Iterator[None]:
-    system.mark()
-    yield
-    system.revive()
-    system.abort_unfinished()
+def _scenario(system: FaultSystem) -> Iterator[None]:
+    with system.scenario():
+        yield
 
 
 def _outbox_queued(system: FaultSystem) -> bool:
