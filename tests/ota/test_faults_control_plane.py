@@ -130,10 +130,10 @@ def test_web_server_down_while_the_devices_refresh_their_tuf_metadata(
     logs = {d: system.agents[d].log_path for d in system.device_ids()}
     before = {d: _refresh_failures(log) for d, log in logs.items()}
     system.start_again("worker")
-    # when every device has found it down
+    # when every device has found it down, and again after a backoff
     wait_until(
-        lambda: all(_refresh_failures(log) > before[d] for d, log in logs.items()),
-        "every device to find the web server down",
+        lambda: all(_refresh_failures(log) >= before[d] + 2 for d, log in logs.items()),
+        "every device to find the web server down twice",
     )
     # and it comes back
     system.start_again("web")
