@@ -46,7 +46,8 @@ class AgentConfig:
     trial_hook: list[str] | None = None
     # Downloads: no byte for this long = download_timeout; attempts with backoff;
     # the whole artifact download (all attempts) must end within download_deadline_s,
-    # and each TUF metadata file within metadata_deadline_s (a slow drip never stalls).
+    # and each TUF refresh within metadata_deadline_s (a slow drip never stalls), its
+    # retries with the same backoff included while the server does not answer.
     download_stall_s: float = 30.0
     download_deadline_s: float = 3600.0
     metadata_deadline_s: float = 120.0

@@ -41,6 +41,7 @@ from device_agent.download import (
     DownloadError,
     DownloadOptions,
     Interrupted,
+    backoff_delay,
     download,
     verify_file,
 )
@@ -100,6 +101,7 @@ from device_agent.verify import (
     Accepted,
     Ignored,
     Refused,
+    Unavailable,
     VerifyContext,
     check_envelope,
     envelope_digest,
@@ -111,6 +113,10 @@ log = logging.getLogger(__name__)
 
 # How often a desired state refused as issued_in_future is judged again.
 FUTURE_RETRY_S = 30.0
+# A desired state whose TUF repository did not answer within metadata_deadline_s is
+# judged again after this, doubling (jittered) up to the cap while the outage lasts.
+UNAVAILABLE_RETRY_S = 30.0
+UNAVAILABLE_RETRY_MAX_S = 600.0
 
 
 class Publisher(Protocol):
@@ -164,8 +170,12 @@ class Runner:
             tuf_url=config.tuf_url,
             socket_timeout_s=config.download_stall_s,
             deadline_s=config.metadata_deadline_s,
+            backoff_s=config.download_backoff_s,
+            backoff_max_s=config.download_backoff_max_s,
             reference_time=self.trusted_now,
             ca_certs=self.layout.server_ca_file(),
+            sleep=self._sleep,
+            interrupted=self._interrupted,
         )
         self.inbox: queue.Queue[bytes | _PublishStateRequest] = queue.Queue()
         # The newest desired payload offered and not yet taken from the inbox, and what
@@ -175,8 +185,12 @@ class Runner:
         self._judged: tuple[str, bool] = ("", False)
         self.http = urllib3.PoolManager(ca_certs=self.layout.server_ca_file())
         self._accepted: Accepted | None = None
-        # A desired state refused as issued in the future, and when to judge it again.
+        # A desired state refused as issued in the future, or whose TUF repository was
+        # unavailable, and when to judge it again; how many outages in a row.
         self._later: tuple[bytes, float] | None = None
+        self._unavailable = 0
+        # The digest of the envelope being judged: its retained copy does not pre-empt it.
+        self._judging = ""
         # Last sign of life of the update loop, read by the systemd watchdog thread.
         self.last_alive = time.monotonic()
 
@@ -200,7 +214,26 @@ class Runner:
         if self.state.status is not Status.IDLE:
             raise RuntimeError(f"desired state handled while {self.state.status}")
         self._later = None  # a newer envelope, or this one again
-        outcome = evaluate(envelope, self._context(), self.store)
+        self._judging = envelope_digest(envelope)
+        try:
+            outcome = evaluate(envelope, self._context(), self.store)
+        finally:
+            self._judging = ""
+        if isinstance(outcome, Unavailable):
+            # An outage is no verdict: no event (a server that comes back within the
+            # deadline never hears of it); the same envelope is judged again later.
+            self._unavailable += 1
+            delay = backoff_delay(self._unavailable, UNAVAILABLE_RETRY_S, UNAVAILABLE_RETRY_MAX_S)
+            log.warning(
+                "desired seq %d not judged: %s %s; again in %.0fs",
+                outcome.seq,
+                outcome.code,
+                outcome.detail,
+                delay,
+            )
+            self._later = (envelope, time.monotonic() + delay)
+            return
+        self._unavailable = 0
         if isinstance(outcome, Ignored):
             log.debug("retained desired seq %d seen again; nothing to do", outcome.seq)
             return
@@ -252,6 +285,8 @@ class Runner:
         if envelope is None:
             return False
         digest = envelope_digest(envelope)
+        if digest == self._judging:
+            return False  # its retained copy again, redelivered on a reconnect
         if digest != self._judged[0]:
             try:
                 newer = not isinstance(

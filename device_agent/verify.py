@@ -16,6 +16,9 @@ Two independent signatures must agree before anything is installed:
    (downgrade_refused) and live under models/<name>/ (invalid_target_path). TUF
    failures keep their meaning: rollback_detected, metadata_expired,
    signature_invalid, hash_mismatch, metadata_too_large, download_failed/_timeout.
+   A repository that does not answer (refused, reset, no response, 5xx) is asked
+   again with backoff until the refresh's deadline; past it the desired state is
+   `Unavailable`, judged again later, and no event says it failed.
 
 Refusals change nothing: the envelope's refusal is one `rejected` event, a model
 entry's refusal is a `rejected` event for that model while the other models go on.
@@ -24,6 +27,7 @@ entry's refusal is a `rejected` event for that model while the other models go o
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +39,7 @@ from tuf.api import exceptions as tuf_exceptions
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater
 
+from device_agent.download import backoff_delay
 from device_agent.protocol.envelope import verify_desired
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.exceptions import ProtocolError
@@ -42,13 +47,15 @@ from device_agent.protocol.messages import DesiredState, ModelTarget
 from device_agent.slots import ModelSlots
 from device_agent.state import DesiredAccepted, DesiredRejected, Job, Rejection
 from device_agent.store import AgentStore
-from device_agent.tuf_fetch import DeadlineFetcher
+from device_agent.tuf_fetch import DeadlineFetcher, is_transient
 from device_agent.tuf_reference_time import reference_time_set
 
 log = logging.getLogger(__name__)
 
 TUF_SOCKET_TIMEOUT_S = 30.0
 TUF_DEADLINE_S = 120.0
+TUF_BACKOFF_S = 1.0
+TUF_BACKOFF_MAX_S = 60.0
 
 
 class Refused(Exception):
@@ -59,6 +66,16 @@ class Refused(Exception):
         self.code = code
         self.detail = detail
         self.seq = seq  # 0 until the envelope's signature verified
+
+
+class TufUnavailable(Exception):
+    """The repository did not answer within the refresh's deadline (or the wait for it
+    was interrupted): nothing is wrong with the desired state, judge it again later."""
+
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
 
 
 class TargetLookup(Protocol):
@@ -97,7 +114,17 @@ class Accepted:
     digest: str
 
 
-Outcome = Accepted | DesiredRejected | Ignored
+@dataclass(frozen=True, kw_only=True)
+class Unavailable:
+    """The TUF repository could not be reached in time: no verdict, no event; the runner
+    judges the envelope again later."""
+
+    seq: int
+    code: ErrorCode
+    detail: str
+
+
+Outcome = Accepted | DesiredRejected | Ignored | Unavailable
 
 
 def envelope_digest(envelope: bytes) -> str:
@@ -111,8 +138,12 @@ def tuf_updater(
     tuf_url: str,
     socket_timeout_s: float = TUF_SOCKET_TIMEOUT_S,
     deadline_s: float = TUF_DEADLINE_S,
+    backoff_s: float = TUF_BACKOFF_S,
+    backoff_max_s: float = TUF_BACKOFF_MAX_S,
     reference_time: Callable[[], datetime] | None = None,
     ca_certs: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    interrupted: Callable[[], bool] = lambda: False,
 ) -> Callable[[], TargetLookup]:
     """A factory of refreshed Updaters (ngclient allows one refresh per instance).
 
@@ -120,9 +151,17 @@ def tuf_updater(
     the system clock; the agent passes max(clock, last trusted time) instead, so a
     device whose clock was set back still refuses expired (frozen) metadata, as it
     refuses expired director commands.
+
+    The whole refresh ends within `deadline_s`. A server that does not answer
+    (tuf_fetch.is_transient: refused, reset, silent, 5xx) is asked again after a
+    jittered exponential backoff (`backoff_s` doubling up to `backoff_max_s`), with a
+    new Updater that starts from the metadata already trusted on disk; a failure past
+    the deadline, or a wait cut short by `interrupted()` (`sleep` is expected to return
+    early then), raises TufUnavailable. Any other failure is raised as it is: it is a
+    verdict on the repository, not an outage.
     """
 
-    def make() -> TargetLookup:
+    def attempt(remaining_s: float) -> TargetLookup:
         metadata_dir.mkdir(parents=True, exist_ok=True)
         base = tuf_url if tuf_url.endswith("/") else tuf_url + "/"
         updater = Updater(
@@ -130,8 +169,8 @@ def tuf_updater(
             metadata_base_url=base,
             target_base_url=base + "targets/",
             fetcher=DeadlineFetcher(
-                socket_timeout_s=socket_timeout_s,
-                deadline_s=deadline_s,
+                socket_timeout_s=min(socket_timeout_s, max(remaining_s, 1.0)),
+                deadline_s=max(remaining_s, 0.1),
                 app_user_agent="fleet-agent",
                 ca_certs=ca_certs,
             ),
@@ -141,6 +180,29 @@ def tuf_updater(
             reference_time_set(updater, reference_time())
         updater.refresh()
         return updater
+
+    def make() -> TargetLookup:
+        deadline = time.monotonic() + deadline_s
+        failures = 0
+        while True:
+            try:
+                return attempt(deadline - time.monotonic())
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                failures += 1
+                delay = backoff_delay(failures, backoff_s, backoff_max_s)
+                if time.monotonic() + delay >= deadline:
+                    raise TufUnavailable(
+                        tuf_error_code(exc),
+                        f"TUF repository unavailable for {deadline_s:g}s: {exc}",
+                    ) from exc
+                log.warning("TUF refresh failed (%s); trying again in %.1fs", exc, delay)
+                sleep(delay)
+                if interrupted():
+                    raise TufUnavailable(
+                        tuf_error_code(exc), f"TUF refresh interrupted: {exc}"
+                    ) from exc
 
     return make
 
@@ -323,7 +385,9 @@ def evaluate(envelope: bytes, ctx: VerifyContext, store: AgentStore) -> Outcome:
             if lookup is None and lookup_error is None:
                 try:
                     lookup = ctx.tuf()
-                except Exception as exc:  # every ngclient failure is a refusal
+                except TufUnavailable as exc:  # an outage: no verdict yet
+                    return Unavailable(seq=seq, code=exc.code, detail=exc.detail)
+                except Exception as exc:  # every other ngclient failure is a refusal
                     lookup_error = Refused(tuf_error_code(exc), f"TUF refresh failed: {exc!r}")
             if lookup is None:
                 raise lookup_error or Refused(ErrorCode.DOWNLOAD_FAILED, "no TUF view")

@@ -10,20 +10,30 @@ says nothing was lost:
   sent with the samples stored, every device's installed bytes and reported version
   with the rollout's, every rollout row with `succeeded`, and every retained `desired`
   message on the broker with the device's current seq.
+
+`running()` is the one way a test module starts and stops the system, and
+`FaultSystem.scenario()` wraps each scenario. When a scenario fails, tests/ota/conftest.py
+has `keep_logs()` copy what explains it (every part's log, what the agents sent, their
+state files, the rollout rows and events) to var/fault-logs/<test>-<time>/ and names that
+directory in the failure report: the system's own directory is deleted with the session.
 """
 
 import base64
 import json
+import re
+import shutil
 import threading
 import time
 from collections import Counter
-from datetime import UTC
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from rollout_onnx import chain_onnx, selftest_meta
-from rollout_system import FleetSystem, wait_until
+from rollout_system import ROOT, FleetSystem, wait_until
 from service_check import require_module
 
 from device_agent.metrics_client import send_datagram
@@ -40,6 +50,11 @@ STAGES = [
 ]
 POLICY = {"min_finished": 1, "rate_per_minute": 600}
 TERMINAL = ("completed", "paused", "aborted", "rolled_back")
+
+# Where the logs of a failed scenario are kept (var/ is the checkout's untracked state).
+FAULT_LOGS = ROOT / "var" / "fault-logs"
+# What of each agent's directory is kept: small, and says where the agent stood.
+AGENT_FILES = ("config.json", "journal.json", "state.json", "events.json")
 
 EventKey = tuple[int, str, str, str, int | None, str, str, str]
 SampleKey = tuple[str, str, str, str, float]
@@ -77,6 +92,62 @@ class FaultSystem(FleetSystem):
 
     def device_ids(self) -> list[str]:
         return [f"flt-{i:03d}" for i in range(self.n_devices)]
+
+    @contextmanager
+    def scenario(self) -> Iterator[None]:
+        """One scenario: its own accounting, then whatever it left killed or running is
+        started again or aborted, so that the next one starts from a whole system."""
+        self.mark()
+        try:
+            yield
+        finally:
+            if self.broker.process is None:
+                self.broker.start()
+            self.revive()
+            self.abort_unfinished()
+
+    def keep_logs(self, name: str) -> Path:
+        """Copy what explains a failure to var/fault-logs/<name>-<time>/; that path."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        dest = FAULT_LOGS / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{stamp}"
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(self.logs, dest / "logs", dirs_exist_ok=True)
+        shutil.copytree(self.sent_dir, dest / "sent", dirs_exist_ok=True)
+        if self.broker.log_path.exists():
+            shutil.copy2(self.broker.log_path, dest / "logs" / "mosquitto.log")
+        for device_id in self.device_ids():
+            source = self.device_dir(device_id)
+            (dest / "devices" / device_id).mkdir(parents=True, exist_ok=True)
+            for filename in AGENT_FILES:
+                if (source / filename).exists():
+                    shutil.copy2(source / filename, dest / "devices" / device_id / filename)
+        (dest / "database.txt").write_text(self._database_dump())
+        return dest
+
+    def _database_dump(self) -> str:
+        """The rollouts, their device rows and the latest events, as text."""
+        lines: list[str] = []
+        for title, sql in (
+            ("rollouts", "SELECT id, status, current_stage FROM ota_rollout ORDER BY id"),
+            (
+                "rollout devices",
+                "SELECT r.rollout_id, d.device_id, r.state, r.desired_seq, r.last_phase, "
+                "r.last_code, r.phase_at FROM ota_rolloutdevice r "
+                "JOIN fleet_device d ON d.id = r.device_id ORDER BY r.rollout_id, d.device_id",
+            ),
+            (
+                "latest events",
+                "SELECT d.device_id, e.seq, e.rollout_id, e.phase, e.progress, e.code, "
+                "e.detail, e.ts, e.received_at FROM fleet_deviceevent e "
+                "JOIN fleet_device d ON d.id = e.device_id ORDER BY e.id DESC LIMIT 500",
+            ),
+        ):
+            lines.append(f"--- {title}")
+            try:
+                lines += [" | ".join(map(str, row)) for row in self.query(sql)]
+            except Exception as exc:  # the dump must not hide the failure it explains
+                lines.append(f"(query failed: {exc!r})")
+        return "\n".join(lines) + "\n"
 
     # --- parts ----------------------------------------------------------------------
 
@@ -308,6 +379,24 @@ class FaultSystem(FleetSystem):
             ) from None
         twice = _nonempty({d: [k for k, n in c.items() if n > 1] for d, c in stored().items()})
         assert not twice, f"{what} stored twice: {twice}"
+
+
+@contextmanager
+def running(root: Path, *, protocol: str = "5") -> Iterator[FaultSystem]:
+    """The fault system started in `root` for a module's scenarios, stopped after (its
+    database dropped). If it does not start, its logs are kept and the place printed."""
+    fleet = FaultSystem(root, protocol=protocol)
+    try:
+        fleet.start()
+    except BaseException:
+        print(fleet.diagnostics())
+        print(f"fault rig logs kept in {fleet.keep_logs(f'{root.name}-start')}")
+        fleet.stop()
+        raise
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
 
 
 def _sent_datagram(payload: bytes, socket_path: Path) -> bool:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_rig import MODEL, FaultSystem
+from fault_rig import MODEL, FaultSystem, running
 from rollout_system import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
@@ -16,25 +16,14 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultSystem]:
-    fleet = FaultSystem(tmp_path_factory.mktemp("faults-broker"), protocol="5")
-    try:
-        fleet.start()
+    with running(tmp_path_factory.mktemp("faults-broker"), protocol="5") as fleet:
         yield fleet
-    except BaseException:
-        print(fleet.diagnostics())
-        raise
-    finally:
-        fleet.stop()
 
 
 @pytest.fixture(autouse=True)
-def _cleanup(system: FaultSystem) -> Iterator[None]:
-    system.mark()
-    yield
-    if system.broker.process is None:
-        system.broker.start()
-    system.revive()
-    system.abort_unfinished()
+def _scenario(system: FaultSystem) -> Iterator[None]:
+    with system.scenario():
+        yield
 
 
 def _mid_stage(system: FaultSystem, tmp_path: Path) -> tuple[str, str]:

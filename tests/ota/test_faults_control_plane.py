@@ -1,7 +1,8 @@
 """Fault injection (issue 16, `-m faults`): the bridge, the Celery worker with its beat and
 the web server are killed (SIGKILL) in the middle of a phased rollout to 12 real agents
-(MQTT 5), and started again; the devices too. Each scenario then checks that nothing was
-lost (fault_rig.FaultSystem.assert_nothing_lost): every event and telemetry sample the
+(MQTT 5), and started again; the devices too; and the web server is down while the devices
+refresh their TUF metadata. Each scenario then checks that nothing was lost
+(fault_rig.FaultSystem.assert_nothing_lost): every event and telemetry sample the
 agents sent is stored exactly once, every device runs the new version, every rollout row
 succeeded, every retained desired state is current."""
 
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_rig import MODEL, FaultSystem
+from fault_rig import MODEL, FaultSystem, running
 from rollout_system import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
@@ -17,23 +18,19 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultSystem]:
-    fleet = FaultSystem(tmp_path_factory.mktemp("faults-control-plane"))
-    try:
-        fleet.start()
+    with running(tmp_path_factory.mktemp("faults-control-plane")) as fleet:
         yield fleet
-    except BaseException:
-        print(fleet.diagnostics())
-        raise
-    finally:
-        fleet.stop()
 
 
 @pytest.fixture(autouse=True)
-def _cleanup(system: FaultSystem) -> Iterator[None]:
-    system.mark()
-    yield
-    system.revive()
-    system.abort_unfinished()
+def _scenario(system: FaultSystem) -> Iterator[None]:
+    with system.scenario():
+        yield
+
+
+def _refresh_failures(agent_log: Path) -> int:
+    """How many times the agent found the TUF repository unreachable (device_agent/verify.py)."""
+    return agent_log.read_text().count("TUF refresh failed")
 
 
 def _outbox_queued(system: FaultSystem) -> bool:
@@ -119,6 +116,30 @@ def test_web_server_killed_during_100_mb_downloads(system: FaultSystem, tmp_path
     system.start_again("web")
     # then every download resumes and completes
     system.assert_nothing_lost(rollout_id, version)
+
+
+def test_web_server_down_while_the_devices_refresh_their_tuf_metadata(
+    system: FaultSystem, tmp_path: Path
+):
+    version = system.release(tmp_path)
+    # given a stage that opens (the worker was down when the rollout started) while the
+    # web server, which serves the TUF metadata, is down
+    system.children["worker"].stop()
+    rollout_id = system.rollout_start(version, stages=[{"percent": 100}])
+    system.kill("web")
+    logs = {d: system.agents[d].log_path for d in system.device_ids()}
+    before = {d: _refresh_failures(log) for d, log in logs.items()}
+    system.start_again("worker")
+    # when every device has found it down, and again after a backoff
+    wait_until(
+        lambda: all(_refresh_failures(log) >= before[d] + 2 for d, log in logs.items()),
+        "every device to find the web server down twice",
+    )
+    # and it comes back
+    system.start_again("web")
+    # then each refresh went on and nothing is lost (no device refused the desired state)
+    system.assert_nothing_lost(rollout_id, version)
+    assert system.events_of(rollout_id, "rejected") == 0
 
 
 def test_devices_killed_mid_download_and_restarted(system: FaultSystem, tmp_path: Path):
