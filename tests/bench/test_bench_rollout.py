@@ -471,6 +471,10 @@ def rollout_run(
     """The real system: start a rollout, wait until all acknowledged and completed."""
     n = len(devices)
     ids = [d.device_id for d in devices]
+    # A fresh broker holds no desired state and no retained sentinel: nothing is recorded
+    # as on it, or the bridge would publish the earlier runs' envelopes again
+    # (fleet/bridge/sentinel.py).
+    DesiredState.objects.filter(published_at__isnull=False).update(published_at=None)
     broker = bench_broker(root / "mqtt")
     fleet = Fleet(broker.port, ids, root / "sims")
     plane = ControlPlane(broker, redis, keys, root / "plane")
