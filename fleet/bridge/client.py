@@ -8,12 +8,11 @@ its network thread and only hands data over; nothing here touches the database.
 """
 
 import logging
-import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from django.utils import timezone
@@ -30,8 +29,6 @@ from fleet.bridge.sentinel import SENTINEL_TOPIC
 from telemetry import metrics
 
 if TYPE_CHECKING:
-    from paho.mqtt.client import _OutPacket
-
     from fleet.bridge.handlers import Confirmed
 
 logger = logging.getLogger(__name__)
@@ -62,178 +59,6 @@ class InboundMessage:
     mid: int
     generation: int
     received_at: datetime
-
-
-PUBACK_HEADER = 0x40  # MQTT PUBACK, no flags
-_PUBACK = struct.Struct("!BBH")  # header, remaining length 2, packet id
-_MID = struct.Struct("!H")
-_PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)  # "Success"
-_PUBACK_PROPERTIES = Properties(PacketTypes.PUBACK)  # none
-# What one read takes from the socket at most (it returns what is there, not more).
-READ_SIZE = 64 * 1024
-# What one write hands the socket at most: queued packets are joined up to this size.
-WRITE_SIZE = 64 * 1024
-
-
-class BufferedSocket:
-    """The broker connection with a read buffer: paho reads a packet in three or more
-    ``recv()`` calls (its first byte, the remaining length a byte at a time, then the
-    rest), each a system call on a plain socket. This takes whatever the socket holds in
-    one call, up to READ_SIZE, and serves paho's reads from it. ``pending()``, which paho's
-    loop asks of TLS sockets, counts the buffered bytes, so the loop reads them before it
-    waits in ``select()`` again. Everything else goes to the socket.
-    """
-
-    __slots__ = ("_sock", "_buffer", "_pos")
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._buffer = b""
-        self._pos = 0
-
-    def recv(self, bufsize: int) -> bytes:
-        if self._pos >= len(self._buffer):
-            # Raises what the socket raises (BlockingIOError when it has nothing); b"" is
-            # the end of the connection, returned as is.
-            data = self._sock.recv(max(bufsize, READ_SIZE))
-            if len(data) <= bufsize:
-                return data
-            self._buffer, self._pos = data, 0
-        start = self._pos
-        self._pos = min(start + bufsize, len(self._buffer))
-        return self._buffer[start : self._pos]
-
-    def pending(self) -> int:
-        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
-        return len(self._buffer) - self._pos + inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-def _out_entry(
-    command: int,
-    packet: bytes | bytearray,
-    mid: int,
-    qos: int,
-    info: mqtt.MQTTMessageInfo | None = None,
-) -> "_OutPacket":
-    """An entry of paho's output queue, as its ``_packet_queue`` builds one."""
-    return {
-        "command": command,
-        "mid": mid,
-        "qos": qos,
-        "pos": 0,
-        "to_process": len(packet),
-        "packet": packet,
-        "info": info,
-    }
-
-
-def _joined(run: list[bytes]) -> list["_OutPacket"]:
-    """Packets written one after the other, as one entry of paho's output queue (none if
-    ``run`` is empty). Marked as a PUBACK: paho does nothing after writing one."""
-    if not run:
-        return []
-    return [_out_entry(PUBACK_HEADER, run[0] if len(run) == 1 else b"".join(run), 0, 1)]
-
-
-class _Client(mqtt.Client):
-    def inflight_limit_set(self, limit: int) -> None:
-        # paho refuses max_inflight_messages_set() once connected, but the broker only tells
-        # its Receive Maximum in CONNACK; called from on_connect, before paho resends.
-        with self._out_message_mutex:
-            self._max_inflight_messages = limit
-
-    def _create_socket(self) -> Any:
-        # paho 2.x opens each connection's socket here (TCP, or TLS over TCP).
-        sock = super()._create_socket()
-        return BufferedSocket(sock) if self._transport == "tcp" else sock
-
-    def _packet_queue(
-        self,
-        command: int,
-        packet: bytes | bytearray,
-        mid: int,
-        qos: int,
-        info: mqtt.MQTTMessageInfo | None = None,
-    ) -> MQTTErrorCode:
-        if threading.current_thread() is not self._thread:
-            return super()._packet_queue(command, packet, mid, qos, info)
-        # On the network thread (a PUBACK released the next publish, a PUBACK of ours):
-        # paho would write a byte to its wake-up socket pair, a system call to wake
-        # the thread that is queueing it. Its next select() sees that the socket wants
-        # writing anyway.
-        self._out_packet.append(_out_entry(command, packet, mid, qos, info))
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
-        packet = self._in_packet["packet"]
-        if cmd != "PUBACK" or len(packet) != 2:
-            return super()._handle_pubackcomp(cmd)
-        # A PUBACK of two bytes, the packet id alone: success, no properties (what a broker
-        # sends for nearly every publish). paho decodes it into a new ReasonCode and
-        # Properties per PUBACK; the same two stand for all of them here (nothing
-        # changes them: on_publish only reads them).
-        (mid,) = _MID.unpack(packet)
-        with self._out_message_mutex:
-            if mid in self._out_messages:
-                return self._do_on_publish(mid, _PUBACK_SUCCESS, _PUBACK_PROPERTIES)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def _packet_write(self) -> MQTTErrorCode:
-        self._coalesce()
-        return super()._packet_write()
-
-    def _coalesce(self) -> None:
-        """Join the packets queued so far into writes of up to WRITE_SIZE: paho sends each
-        packet with a system call of its own. A packet paho acts on once it is written (a
-        QoS 0 publish calls on_publish, a DISCONNECT closes) stays as it is, in its place."""
-        queue = self._out_packet
-        count = len(queue)  # other threads only append: these stay the first `count`
-        if count < 2:
-            return
-        packets: list[_OutPacket] = []
-        run: list[bytes] = []
-        size = 0
-        for _ in range(count):
-            packet = queue.popleft()
-            kind = packet["command"] & 0xF0
-            if kind == mqtt.DISCONNECT or (kind == mqtt.PUBLISH and packet["qos"] == 0):
-                packets.extend(_joined(run))
-                packets.append(packet)
-                run, size = [], 0
-                continue
-            data = bytes(packet["packet"][packet["pos"] :])  # from a partial write on
-            run.append(data)
-            size += len(data)
-            if size >= WRITE_SIZE:
-                packets.extend(_joined(run))
-                run, size = [], 0
-        packets.extend(_joined(run))
-        queue.extendleft(reversed(packets))
-
-    def puback_many(self, mids: Sequence[int]) -> None:
-        """PUBACK each of ``mids``, as one write: paho's ack() queues a packet per message
-        and wakes its network thread for each, which then sends each on its own. Here the
-        PUBACKs go to paho's queue as one packet."""
-        if mids:
-            packet = b"".join(_PUBACK.pack(PUBACK_HEADER, 2, mid) for mid in mids)
-            self._packet_queue(PUBACK_HEADER, packet, mids[-1], 1)
-
-    def _messages_reconnect_reset_out(self) -> None:
-        # paho 2.2 marks every unacknowledged publish for resending on reconnect, ignoring
-        # max_inflight; a broker that enforces its Receive Maximum (EMQX, HiveMQ) then
-        # disconnects us. Send the first max_inflight again and queue the rest: paho's
-        # CONNACK handler stops at the first queued message and PUBACKs release the rest.
-        super()._messages_reconnect_reset_out()
-        limit = self._max_inflight_messages
-        if not limit:
-            return
-        with self._out_message_mutex:
-            for index, message in enumerate(self._out_messages.values()):
-                if index >= limit and message.qos > 0 and message.state == mqtt.mqtt_ms_publish:
-                    message.state = mqtt.mqtt_ms_queued
 
 
 class MqttConnection:
@@ -272,14 +97,14 @@ class MqttConnection:
         self._untracked_lock = threading.Lock()
         self._untracked: set[int] = set()
         self._stopping = False
-        self._client: _Client = self._build()
+        self._client = self._build()
 
     # --- set-up ------------------------------------------------------------------------
 
-    def _build(self) -> _Client:
+    def _build(self) -> mqtt.Client:
         config = self._config
         v5 = config.protocol == "5"
-        client = _Client(
+        client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
             clean_session=None if v5 else False,
@@ -290,8 +115,11 @@ class MqttConnection:
         # An exception escaping a callback would end paho's network thread.
         client.suppress_exceptions = True
         client.reconnect_delay_set(config.reconnect_min_seconds, config.reconnect_max_seconds)
-        client.max_inflight_messages_set(config.max_inflight)
-        client.max_queued_messages_set(0)  # the outbox window bounds what we queue
+        # No limit in paho: the outbox keeps at most `inflight_limit` publishes unacknowledged
+        # (it learns the broker's Receive Maximum from CONNACK, after which paho refuses a
+        # new limit), so what paho sends again on reconnect, all it holds, is within it.
+        client.max_inflight_messages_set(0)
+        client.max_queued_messages_set(0)
         if config.broker.username:
             client.username_pw_set(config.broker.username, config.broker.password)
         if config.broker.tls:
@@ -350,7 +178,8 @@ class MqttConnection:
 
     @property
     def inflight_limit(self) -> int:
-        """How many publishes may await PUBACK at once: ours and the broker's limit."""
+        """How many publishes may await PUBACK at once: ours and the broker's limit (its
+        Receive Maximum, known once connected). The outbox keeps to it."""
         return min(self._config.max_inflight, self._server_receive_maximum)
 
     def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> int | None:
@@ -384,15 +213,21 @@ class MqttConnection:
         return sent
 
     def ack(self, messages: Sequence[InboundMessage]) -> int:
-        """PUBACK the QoS 1 messages the worker has stored, in one write; how many. Not
-        those whose connection is gone (the broker delivers them again)."""
+        """PUBACK the QoS 1 messages the worker has stored; how many. Not those whose
+        connection is gone (the broker delivers them again)."""
         with self._ack_lock:
-            mids = [m.mid for m in messages if m.qos == 1 and m.generation == self._generation]
-            stale = sum(1 for m in messages if m.qos == 1 and m.generation != self._generation)
-            self._client.puback_many(mids)
+            acked = stale = 0
+            for m in messages:
+                if m.qos != 1:
+                    continue
+                if m.generation != self._generation:
+                    stale += 1
+                    continue
+                self._client.ack(m.mid, m.qos)
+                acked += 1
         if stale:
             metrics.BRIDGE_ACKS_SKIPPED.inc(stale)
-        return len(mids)
+        return acked
 
     # --- paho callbacks (network thread) ------------------------------------------------
 
@@ -418,7 +253,6 @@ class MqttConnection:
             return
         receive_maximum = getattr(properties, "ReceiveMaximum", DEFAULT_RECEIVE_MAXIMUM)
         self._server_receive_maximum = int(receive_maximum)
-        self._client.inflight_limit_set(self.inflight_limit)
         self._set_connected(True)
         metrics.BRIDGE_CONNECTS.inc()
         logger.info(

@@ -102,7 +102,9 @@ class BridgeConfig:
     seen_flush_seconds: float = 1.0
     outbox_poll_seconds: float = 0.2
     outbox_batch_size: int = 500
-    outbox_window: int = 2000  # desired states handed to paho and not yet PUBACKed
+    # Desired states handed to paho and not yet PUBACKed; never more than the publishes in
+    # flight (max_inflight, the broker's Receive Maximum), which is what bounds it by default.
+    outbox_window: int = 2000
 
     def __post_init__(self) -> None:
         if not self.client_id or len(self.client_id) > 128:

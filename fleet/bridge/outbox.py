@@ -25,11 +25,12 @@ publishes anything, the outbox checks the broker's retained sentinel and queues 
 what the broker lost (fleet/bridge/sentinel.py); after each batch it records it
 publishes the sentinel.
 
-Throughput: up to `window` publishes are handed to paho at once, and paho keeps the
-broker's Receive Maximum of them in flight, refilling from its own queue on each
-PUBACK on its network thread, as a bare paho publisher does. This thread only tops
-the window up in large steps and records PUBACKs in batches (one UPDATE per distinct
-seq per batch, not one per row).
+Flow control: at most `window`, and never more than the connection's `inflight_limit`
+(the broker's Receive Maximum), publishes are handed to paho and not yet acknowledged,
+sentinel publishes included; paho sends each at once. paho sends all it holds again
+after a reconnect, so that stays within the broker's limit too. This thread tops the
+window up when half of it is acknowledged and records PUBACKs in batches (one UPDATE per
+distinct seq per batch, not one per row).
 """
 
 import logging
@@ -67,6 +68,9 @@ class Publisher(Protocol):
 
     @property
     def connected(self) -> bool: ...
+
+    @property
+    def inflight_limit(self) -> int: ...
 
     def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> int | None: ...
 
@@ -130,7 +134,6 @@ class Outbox:
         self._poll_seconds = poll_seconds
         self._batch_size = batch_size
         self._window = window
-        self._low_water = window // 2
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._committed = threading.Event()  # set by the listener: rows were committed
@@ -140,6 +143,8 @@ class Outbox:
         self._leading.set()
         # Shared with the network thread, under _lock:
         self._pending: dict[int, tuple[int, int]] = {}  # mid -> (pk, seq) awaiting PUBACK
+        self._others: set[int] = set()  # mids of sentinel publishes (QoS 1) awaiting PUBACK
+        self._low_water = 0  # wake this thread when _pending falls to it
         self._early: dict[int, bool] = {}  # PUBACKs that arrived before publish() returned
         self._acked: list[tuple[int, int, bool]] = []  # (pk, seq, ok) not yet recorded
         self._acked_since = 0.0
@@ -158,7 +163,10 @@ class Outbox:
         with self._lock:
             entry = self._pending.pop(mid, None)
             if entry is None:
-                self._early[mid] = ok
+                if mid in self._others:
+                    self._others.discard(mid)
+                else:
+                    self._early[mid] = ok
                 return
             if not self._acked:
                 self._acked_since = time.monotonic()
@@ -189,7 +197,13 @@ class Outbox:
     @property
     def outstanding(self) -> int:
         """Publishes handed to paho and not yet acknowledged."""
-        return len(self._pending)
+        with self._lock:
+            return len(self._pending) + len(self._others)
+
+    @property
+    def window(self) -> int:
+        """How many publishes may be outstanding now."""
+        return max(1, min(self._window, self._publisher.inflight_limit))
 
     def run(self, stop: threading.Event, *, drain_seconds: float = 5.0) -> None:
         """Publish until `stop` is set, then wait up to `drain_seconds` for PUBACKs."""
@@ -249,7 +263,9 @@ class Outbox:
         if due is not None and self._publish_other(sentinel_payload(due), qos=1, retain=True):
             self._sentinel_due = None
         published = 0
-        free = self._window - self.outstanding
+        window = self.window
+        self._low_water = window // 2
+        free = window - self.outstanding
         while free > 0:
             if not self._buffer:
                 if not self._scan_more or not self._refill():
@@ -365,6 +381,8 @@ class Outbox:
         if mid is None:
             return False
         with self._lock:
+            if qos > 0 and mid not in self._early:
+                self._others.add(mid)  # in flight: counted in the window
             # Its PUBACK, if already here, and any other that matched no publish of ours
             # (see _publish): nothing waits for them.
             self._early.clear()

@@ -80,6 +80,7 @@ class FakePublisher:
 
     def __init__(self) -> None:
         self.connected = True
+        self.inflight_limit = 1000
         self.sent: dict[int, tuple[str, bytes]] = {}
         self._mids = itertools.count(1)
         self.ack_immediately: Outbox | None = None
