@@ -32,11 +32,11 @@ from django.utils import timezone
 
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.identifiers import MODEL_NAME, VERSION
+from fleet.bulk import columns_insert
 from fleet.errors import ServiceError
 from fleet.identifiers import identifier_check
 from fleet.models import Device, DynamicGroup, Group
 from ota import cohorts
-from ota.bulk_update import columns_insert
 from ota.models import (
     Artifact,
     Model,

@@ -18,7 +18,7 @@ from itertools import batched
 
 from django.db import connection
 
-from fleet.director import filter_in
+from fleet.bulk import filter_in
 from ota.models import TRACKED, Rollout, RolloutDevice, RolloutStatus, TrackingNews
 
 # Rollouts the engine evaluates (tracks, runs or rolls back), and so take their news.

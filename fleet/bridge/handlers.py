@@ -30,7 +30,7 @@ from device_agent.protocol.messages import (
 )
 from device_agent.protocol.topics import Channel, parse_topic
 from fleet.bridge.client import InboundMessage
-from fleet.director import filter_in
+from fleet.bulk import filter_in
 from fleet.models import Device
 from fleet.reports import (
     device_event_record,
