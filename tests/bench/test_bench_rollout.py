@@ -83,7 +83,13 @@ PACED_RATE = float(os.environ.get("BENCH_ROLLOUT_PACED_RATE", "1200"))  # per mi
 PYSPY = os.environ.get("BENCH_ROLLOUT_PYSPY", "")
 TRACE = os.environ.get("BENCH_ROLLOUT_TRACE", "") == "1"
 STAGES = [{"percent": 1}, {"percent": 10}, {"percent": 50}, {"percent": 100}]
-UNPACED = {"rate_per_minute": 10_000_000, "rate_max_per_minute": 10_000_000}
+# The highest rate a policy takes (ota.rollout_config.MAX_RATE_PER_MINUTE) and a burst of
+# every device: no pacing.
+UNPACED = {
+    "rate_per_minute": 1_000_000,
+    "rate_max_per_minute": 1_000_000,
+    "rate_burst": 1_000_000,
+}
 PHASED_GOAL, PACED_GOAL = 2.0, 1.1
 INFLIGHT = 100  # the bridge's max_inflight default: the reference publisher's too
 RUN_TIMEOUT = 600.0
