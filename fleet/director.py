@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -33,7 +34,6 @@ from fleet.bulk import columns_update, columns_upsert, filter_in, notify
 from fleet.errors import ServiceError
 from fleet.keys import director_private_key
 from fleet.models import DesiredOutbox, DesiredState, Device
-from ota.models import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,35 @@ ISSUE_FIELDS = ["seq", "payload", "envelope", "issued_at", "expires_at"]
 # (delivered on commit, dropped on rollback), so a listening bridge publishes at once
 # instead of at its next poll (fleet/bridge/outbox.py, OutboxListener).
 OUTBOX_CHANNEL = "fleet_desired_outbox"
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Artifact(Protocol):
+    """What the director reads of a published artifact (``ota.models.Artifact``, above
+    the registry: docs/architecture.md)."""
+
+    @property
+    def pk(self) -> Any: ...
+    @property
+    def model_id(self) -> int: ...
+    @property
+    def model(self) -> _Named: ...
+    @property
+    def target_path(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def release_counter(self) -> int: ...
+    @property
+    def hardware(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def length(self) -> int: ...
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,9 @@ from datetime import datetime
 from django.db import connection, transaction
 
 from device_agent.protocol.messages import ReportedState, UpdateEvent
+from fleet import hooks
 from fleet.bulk import columns_insert_new, columns_update, filter_in
 from fleet.models import Device, DeviceEvent
-from ota.tasks import rollout_evaluate_on_commit
-from ota.tracking import tracking_news_record
 
 # Each DeviceEvent field stored from an event, and its value: model instances
 # (_event_row) and the bulk insert's columns (_insert_new) both use it.
@@ -48,12 +47,12 @@ def device_state_record(*, device: Device, state: ReportedState) -> Device:
     """Store the device's retained `state` report: what it runs and the last desired seq.
 
     The latest report wins: a device's messages reach the bridge in the order it sent them.
-    Rollouts it is in flight in get news of it in the same transaction (``ota.tracking``).
+    Rollouts it is in flight in get news of it in the same transaction (``fleet.hooks``).
     """
     _apply_state(device, state)
     with transaction.atomic(savepoint=False):
         device.save(update_fields=list(_STATE_FIELDS))
-        tracking_news_record(device_pks=[device.pk])
+        hooks.device_news([device.pk])
     return device
 
 
@@ -70,7 +69,7 @@ def devices_state_record(
 
     A device listed more than once keeps its last report, as one by one. On PostgreSQL
     one statement; elsewhere an executemany. Then one more for the news
-    (``ota.tracking``), unless ``news`` is False: the caller records it, in the same
+    (``fleet.hooks``), unless ``news`` is False: the caller records it, in the same
     transaction (the bridge, once for a batch's states and events).
     """
     latest = {device.pk: (device, state) for device, state in reports}
@@ -81,7 +80,7 @@ def devices_state_record(
     with transaction.atomic(savepoint=False):
         _update_many(list(latest.values()))
         if news:
-            tracking_news_record(device_pks=latest.keys())
+            hooks.device_news(latest.keys())
 
 
 def _update_many(reports: Sequence[tuple[Device, ReportedState]]) -> None:
@@ -114,7 +113,7 @@ def devices_event_record(
 
     One ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` per ``EVENT_CHUNK`` events where one
     by one took a round trip each (docs/benchmarks.md, "Rollouts"). Without RETURNING
-    support, one by one. Then one statement for the news of them (``ota.tracking``), in
+    support, one by one. Then one statement for the news of them (``fleet.hooks``), in
     the same transaction, unless ``news`` is False (as ``devices_state_record``).
     """
     if not reports:
@@ -122,12 +121,10 @@ def devices_event_record(
     with transaction.atomic(savepoint=False):
         created = _insert_events(reports)
         if news:
-            tracking_news_record(
-                device_pks=[d.pk for (d, _), new in zip(reports, created, strict=True) if new]
-            )
+            hooks.device_news([d.pk for (d, _), new in zip(reports, created, strict=True) if new])
     for (_, event), new in zip(reports, created, strict=True):
         if new and event.rollout_id:
-            rollout_evaluate_on_commit(rollout_id=event.rollout_id, phase=event.phase.value)
+            hooks.event_stored(rollout_id=event.rollout_id, phase=event.phase.value)
     return created
 
 
@@ -184,7 +181,7 @@ def device_event_record(*, device: Device, event: UpdateEvent) -> tuple[DeviceEv
     with transaction.atomic(savepoint=False):
         created = _insert_unless_stored(stored)
         if created:
-            tracking_news_record(device_pks=[device.pk])
+            hooks.device_news([device.pk])
     if not created:
         # The digest covers the event_id: an event with one collides on it, if on anything.
         if stored.event_id:
@@ -193,7 +190,7 @@ def device_event_record(*, device: Device, event: UpdateEvent) -> tuple[DeviceEv
             stored = DeviceEvent.objects.get(device=device, digest=stored.digest)
     if created and stored.rollout_id:
         # The rollout engine tracks outcomes from these rows: let it look once they commit.
-        rollout_evaluate_on_commit(rollout_id=stored.rollout_id, phase=stored.phase)
+        hooks.event_stored(rollout_id=stored.rollout_id, phase=stored.phase)
     return stored, created
 
 
@@ -248,6 +245,12 @@ def device_presence_set(*, device: Device, online: bool, at: datetime) -> Device
         update_fields.append("last_seen_at")
     device.save(update_fields=update_fields)
     return device
+
+
+def devices_news_record(*, device_pks: Collection[int]) -> None:
+    """Tell the rollouts (``fleet.hooks``) that these devices stored reports or new events,
+    in the caller's transaction: the bridge, once for a batch's states and events."""
+    hooks.device_news(device_pks)
 
 
 def devices_seen_record(*, device_pks: Collection[int], at: datetime) -> int:

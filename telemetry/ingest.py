@@ -40,9 +40,9 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 
 from device_agent.protocol.messages import TelemetryBatch
+from fleet import hooks
+from fleet.identifiers import PHASED_ARM
 from fleet.models import Device
-from ota.models import Model
-from ota.rollout_config import PHASED_ARM
 from telemetry import metrics
 from telemetry.models import ReceivedBatch
 
@@ -114,7 +114,7 @@ class KnownModels:
     def names(self) -> frozenset[str]:
         now = time.monotonic()
         if now - self._read_at >= self._ttl:
-            self._names = frozenset(Model.objects.values_list("name", flat=True))
+            self._names = hooks.model_names()
             self._read_at = now
         return self._names
 

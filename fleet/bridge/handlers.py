@@ -37,10 +37,10 @@ from fleet.reports import (
     device_presence_set,
     device_state_record,
     devices_event_record,
+    devices_news_record,
     devices_seen_record,
     devices_state_record,
 )
-from ota.tracking import tracking_news_record
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class Dispatcher:
         created = devices_event_record(
             reports=[(device, event) for _, device, event in events], news=False
         )
-        tracking_news_record(
+        devices_news_record(
             device_pks={device.pk for device, _ in states}
             | {device.pk for (_, device, _), new in zip(events, created, strict=True) if new}
         )

@@ -10,9 +10,9 @@ from fleet.bridge.config import BridgeConfig
 from fleet.bridge.handlers import Dispatcher, TelemetrySink
 from fleet.bridge.outbox import Outbox, OutboxListener
 from fleet.bridge.sentinel import SentinelCheck
+from fleet.bridge.services import telemetry_sink
 from fleet.bridge.worker import InboundWorker
 from telemetry import metrics
-from telemetry.ingest import telemetry_sink_from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Bridge:
         )
         self.worker = InboundWorker(
             dispatcher=Dispatcher(
-                telemetry=telemetry or telemetry_sink_from_settings(),
+                telemetry=telemetry or telemetry_sink(),
                 device_cache_seconds=config.device_cache_seconds,
             ),
             ack=self.connection.ack,
