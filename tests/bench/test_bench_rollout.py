@@ -475,6 +475,10 @@ def rollout_run(
     """The real system: start a rollout, wait until all acknowledged and completed."""
     n = len(devices)
     ids = [d.device_id for d in devices]
+    # The fresh broker stands for one that kept what it was sent: without this the bridge
+    # finds no sentinel and publishes the earlier runs' envelopes again
+    # (fleet/bridge/sentinel.py).
+    DesiredState.objects.update(published_at=None)
     broker = bench_broker(root / "mqtt")
     fleet = Fleet(broker.port, ids, root / "sims")
     plane = ControlPlane(broker, redis, keys, root / "plane")
