@@ -9,6 +9,8 @@ nothing of the project). One function per kind of write:
 - ``columns_insert_new``: the same, skipping rows that collide with a stored one, and
   returning columns of the rows it inserted;
 - ``columns_upsert``: insert, or on a conflict on ``unique`` update the named fields;
+- ``rows_copy``: append many rows given as tuples (telemetry samples): binary COPY;
+- ``delete_returning``: delete the rows matching, returning a column of each;
 - ``notify``: wake listeners (PostgreSQL NOTIFY) when the transaction commits.
 
 and ``filter_in`` for the reads that select the rows to write.
@@ -23,11 +25,14 @@ literal, which costs more than the statement. Elsewhere (SQLite, for development
 Every statement goes through a Django cursor wrapper on the connection (``connection.
 cursor()`` where binding is client-side, ``_cursor(binary=True)`` for the server-side
 binding), so ``connection.execute_wrapper``, ``CaptureQueriesContext`` and
-``connection.queries`` see it, and errors are Django's.
+``connection.queries`` see it, and errors are Django's. The one exception is
+``rows_copy``'s COPY on PostgreSQL, which psycopg streams outside ``execute`` (Django's
+wrappers have no hook for it); its errors are still Django's.
 """
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from django.db import connection, models
@@ -337,6 +342,73 @@ def columns_upsert(
         model, columns, f" ON CONFLICT ({target}) DO UPDATE SET {changed}", returning=False
     )
     return count
+
+
+def rows_copy(
+    model: type[models.Model],
+    columns: Sequence[str],
+    types: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+) -> None:
+    """Append ``rows`` (tuples of database values in the order of ``columns``, which are
+    column names of ``model``'s table) in the current transaction. PostgreSQL: a binary
+    COPY, ``types`` the PostgreSQL type of each column; elsewhere an executemany, with
+    datetimes adapted once per distinct value."""
+    if not rows:
+        return
+    table = _table(model)
+    names = ", ".join(connection.ops.quote_name(c) for c in columns)
+    if _postgresql():
+        with (
+            _cursor(binary=False) as cursor,
+            connection.wrap_database_errors,
+            cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
+            copy.set_types(list(types))
+            write_row = copy.write_row
+            for row in rows:
+                write_row(row)
+        return
+    adapt = connection.ops.adapt_datetimefield_value
+    as_text: dict[datetime, str] = {}
+
+    def adapted(value: Any) -> Any:
+        if not isinstance(value, datetime):
+            return value
+        text = as_text.get(value)
+        if text is None:
+            text = as_text[value] = str(adapt(value))
+        return text
+
+    placeholders = ", ".join(["%s"] * len(columns))
+    with _cursor(binary=False) as cursor:
+        cursor.executemany(
+            f"INSERT INTO {table} ({names}) VALUES ({placeholders})",  # noqa: S608
+            [[adapted(value) for value in row] for row in rows],
+        )
+
+
+def delete_returning(
+    model: type[models.Model], *, where: Mapping[str, object], returning: str
+) -> list[Any]:
+    """Delete the rows whose fields equal ``where``'s values; ``returning`` of each, in one
+    statement (``DELETE ... RETURNING``), so nothing committed after it is taken. Without
+    RETURNING, by the keys read first."""
+    fields = _fields(model, list(where), key=True)
+    condition = " AND ".join(f"{_column(f)} = %s" for f in fields)
+    params = [f.get_db_prep_value(where[f.name], connection) for f in fields]
+    returned = _column(_fields(model, [returning], key=True)[0])
+    if connection.features.can_return_rows_from_bulk_insert:  # RETURNING at all
+        with _cursor(binary=False) as cursor:
+            cursor.execute(
+                f"DELETE FROM {_table(model)} WHERE {condition} RETURNING {returned}",  # noqa: S608
+                params,
+            )
+            return [value for (value,) in cursor.fetchall()]
+    rows = list(model._default_manager.filter(**where).values_list("pk", returning))
+    for start in range(0, len(rows), 500):
+        model._default_manager.filter(pk__in=[pk for pk, _ in rows[start : start + 500]]).delete()
+    return [value for _, value in rows]
 
 
 def notify(channel: str) -> None:

@@ -41,10 +41,11 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 
 from device_agent.protocol.messages import TelemetryBatch
 from fleet import hooks
+from fleet.bulk import rows_copy
 from fleet.identifiers import PHASED_ARM
 from fleet.models import Device
 from telemetry import metrics
-from telemetry.models import ReceivedBatch
+from telemetry.models import ReceivedBatch, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -65,42 +66,15 @@ COLUMNS = ("device_id", "ts", "model", "version", "rollout_id", "arm", "metric",
 COPY_TYPES = ("int8", "timestamptz", "text", "text", "text", "text", "text", "float8")
 
 
-_INSERT_SQL = (
-    "INSERT INTO telemetry_sample (device_id, ts, model, version, rollout_id, arm, metric, value)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-)
-
-
 def copy_sql() -> str:
     """The COPY statement the PostgreSQL write uses (the benchmark's reference uses it too)."""
     return f"COPY telemetry_sample ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
 
 def rows_write(rows: list[Row]) -> None:
-    """Insert rows in the current transaction: binary COPY on PostgreSQL, else executemany."""
-    if not rows:
-        return
-    if connection.vendor == "postgresql":
-        with (
-            connection.cursor() as cursor,
-            connection.wrap_database_errors,
-            cursor.cursor.copy(copy_sql()) as copy,
-        ):
-            copy.set_types(COPY_TYPES)
-            write_row = copy.write_row
-            for row in rows:
-                write_row(row)
-        return
-    adapt = connection.ops.adapt_datetimefield_value
-    as_text: dict[datetime, str] = {}
-    params = []
-    for pk, ts, model, version, rollout_id, arm, metric, value in rows:
-        text = as_text.get(ts)
-        if text is None:
-            text = as_text[ts] = str(adapt(ts))
-        params.append((pk, text, model, version, rollout_id, arm, metric, value))
-    with connection.cursor() as cursor:
-        cursor.executemany(_INSERT_SQL, params)
+    """Insert rows in the current transaction: binary COPY on PostgreSQL, else executemany
+    (``fleet.bulk.rows_copy``)."""
+    rows_copy(Sample, COLUMNS, COPY_TYPES, rows)
 
 
 class KnownModels:

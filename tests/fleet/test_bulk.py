@@ -14,11 +14,16 @@ from fleet.bulk import (
     columns_insert_new,
     columns_update,
     columns_upsert,
+    delete_returning,
     notify,
+    rows_copy,
     rows_update,
 )
 from fleet.models import DesiredOutbox, DesiredState, Device, DeviceEvent, Tag
-from ota.models import RolloutDevice
+from ota.models import RolloutDevice, TrackingNews
+from telemetry.ingest import COLUMNS as SAMPLE_COLUMNS
+from telemetry.ingest import COPY_TYPES as SAMPLE_TYPES
+from telemetry.models import Sample
 from tests.fleet.bridge_harness import TS, make_device
 from tests.ota.rollout_helpers import artifact, devices, phased, use_own_director_key
 
@@ -248,3 +253,34 @@ def test_a_failed_bulk_write_raises_django_s_error_and_writes_nothing(two_device
     with pytest.raises(IntegrityError), transaction.atomic():
         columns_insert(DeviceEvent, _event_columns([a, a], ["x2", "x2"]))
     assert list(DeviceEvent.objects.values_list("digest", flat=True)) == ["x1"]
+
+
+def test_rows_copy_appends_rows_and_delete_returning_takes_them(two_devices):  # type: ignore[no-untyped-def]
+    a, b = two_devices
+    # telemetry rows as tuples: the binary COPY on PostgreSQL, an executemany elsewhere
+    rows = [
+        (a.pk, TS, "kws", "1.0.0", "", "", "latency_ms", 12.5),
+        (b.pk, TS, "kws", "1.0.0", "r-1", "main", "latency_ms", 13.0),
+    ]
+    rows_copy(Sample, SAMPLE_COLUMNS, SAMPLE_TYPES, rows)
+    assert sorted(Sample.objects.values_list("device_id", "ts", "arm", "value")) == sorted(
+        [(a.pk, TS, "", 12.5), (b.pk, TS, "main", 13.0)]
+    )
+    # news of two rollouts: one rollout's are taken (deleted and returned), the other's stay
+    TrackingNews.objects.bulk_create(
+        [TrackingNews(rollout_id=1, device_id=a.pk), TrackingNews(rollout_id=1, device_id=b.pk)]
+        + [TrackingNews(rollout_id=2, device_id=a.pk)]
+    )
+    seen: list[str] = []
+
+    def wrapper(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(wrapper):
+        taken = delete_returning(TrackingNews, where={"rollout_id": 1}, returning="device_id")
+    assert sorted(taken) == sorted([a.pk, b.pk])
+    assert list(TrackingNews.objects.values_list("rollout_id", "device_id")) == [(2, a.pk)]
+    assert len(seen) == 1
+    assert seen[0].startswith("DELETE")
+    assert delete_returning(TrackingNews, where={"rollout_id": 1}, returning="device_id") == []
