@@ -134,10 +134,15 @@ def _column(field: models.Field[Any, Any]) -> str:
 
 
 def _prepared(
-    field: models.Field[Any, Any], values: Sequence[object], json_text: Collection[str]
+    field: models.Field[Any, Any],
+    values: Sequence[object],
+    json_text: Collection[str],
+    as_is: bool = False,
 ) -> list[Any]:
     if field.name in json_text:
         return [None if v is None else str(v) for v in values]
+    if as_is and _postgresql():
+        return list(values)
     prep = field.get_db_prep_save
     return [prep(v, connection) for v in values]
 
@@ -161,6 +166,7 @@ def columns_update(
     columns: Mapping[str, Sequence[object]],
     *,
     json_text: Collection[str] = (),
+    as_is: bool = False,
 ) -> int:
     """Set, for each ``pks[i]``, every field ``name`` to ``columns[name][i]``; rows updated.
 
@@ -168,6 +174,10 @@ def columns_update(
     (``bulk_update`` leaves them). The fields in ``json_text`` take their values as JSON
     text already encoded (a signed payload stored as it was signed). Rows are written in
     primary key order, one lock order for concurrent writers.
+
+    ``as_is``: the values are ints, strings, bytes and aware datetimes, which psycopg
+    takes as they are; on PostgreSQL they skip the fields' ``get_db_prep_save`` (a tenth
+    of the director's write per row).
     """
     if not pks:
         return 0
@@ -179,7 +189,7 @@ def columns_update(
     values: list[list[Any]] = [[pks[i] for i in order]]
     for field in fields:
         column = columns[field.name]
-        values.append(_prepared(field, [column[i] for i in order], json_text))
+        values.append(_prepared(field, [column[i] for i in order], json_text, as_is))
     stamped = [
         f
         for f in model._meta.concrete_fields
@@ -234,7 +244,7 @@ def rows_update(rows: Sequence[models.Model], fields: Sequence[str]) -> int:
 
 
 def _insert_values(
-    model: type[models.Model], columns: Mapping[str, Sequence[object]]
+    model: type[models.Model], columns: Mapping[str, Sequence[object]], as_is: bool = False
 ) -> tuple[list[models.Field[Any, Any]], list[list[Any]], int]:
     """Every concrete field but an unnamed key, and its values: those named, else the
     default."""
@@ -251,7 +261,7 @@ def _insert_values(
             continue  # the database numbers the row
         fields.append(field)
         if field.name in columns:
-            values.append(_prepared(field, columns[field.name], ()))
+            values.append(_prepared(field, columns[field.name], (), as_is))
             continue
         if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
             default: object = now
@@ -266,8 +276,9 @@ def _insert(
     columns: Mapping[str, Sequence[object]],
     suffix: str,
     returning: bool,
+    as_is: bool = False,
 ) -> tuple[int, list[tuple[Any, ...]]]:
-    fields, values, count = _insert_values(model, columns)
+    fields, values, count = _insert_values(model, columns, as_is)
     if not count:
         return 0, []
     table, names = _table(model), ", ".join(_column(f) for f in fields)
@@ -314,16 +325,18 @@ def columns_insert_new(
     columns: Mapping[str, Sequence[object]],
     *,
     returning: Sequence[str],
+    as_is: bool = False,
 ) -> list[tuple[Any, ...]]:
     """``columns_insert``, except the rows that collide with a stored one on any unique
     constraint, which are skipped; the ``returning`` fields of the rows inserted.
 
     One statement: keep the rows few enough for the database's parameter limit
-    (SQLite: 32 766) where the statement lists them."""
+    (SQLite: 32 766) where the statement lists them. ``as_is`` as for ``columns_update``."""
     if not connection.features.can_return_rows_from_bulk_insert:
         raise NotImplementedError(f"{connection.vendor}: INSERT ... RETURNING")
     returned = ", ".join(_column(f) for f in _fields(model, returning, key=True))
-    _, rows = _insert(model, columns, f" ON CONFLICT DO NOTHING RETURNING {returned}", True)
+    suffix = f" ON CONFLICT DO NOTHING RETURNING {returned}"
+    _, rows = _insert(model, columns, suffix, True, as_is)
     return rows
 
 
@@ -333,14 +346,15 @@ def columns_upsert(
     *,
     unique: str,
     update: Sequence[str],
+    as_is: bool = False,
 ) -> int:
     """``columns_insert``, except that a row whose ``unique`` field collides with a stored
-    one updates that row's ``update`` fields instead; rows written."""
+    one updates that row's ``update`` fields instead; rows written. ``as_is`` as for
+    ``columns_update``."""
     target = _column(_fields(model, [unique], key=True)[0])
     changed = ", ".join(f"{c} = EXCLUDED.{c}" for c in map(_column, _fields(model, update)))
-    count, _ = _insert(
-        model, columns, f" ON CONFLICT ({target}) DO UPDATE SET {changed}", returning=False
-    )
+    suffix = f" ON CONFLICT ({target}) DO UPDATE SET {changed}"
+    count, _ = _insert(model, columns, suffix, False, as_is)
     return count
 
 

@@ -375,6 +375,7 @@ def _rows_save(rows: list[_Locked]) -> None:
             "expires_at": [r.expires_at for r in rows],
         },
         json_text={"payload"},
+        as_is=True,
     )
     _outbox_queue([(r.pk, r.seq) for r in rows])
     notify(OUTBOX_CHANNEL)
@@ -389,6 +390,7 @@ def _outbox_queue(rows: list[tuple[int, int]]) -> None:
             {"desired": [pk for pk, _ in rows], "seq": [seq for _, seq in rows]},
             unique="desired",
             update=["seq"],
+            as_is=True,
         )
 
 

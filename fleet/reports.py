@@ -94,6 +94,7 @@ def _update_many(reports: Sequence[tuple[Device, ReportedState]]) -> None:
             "reported_seq": [d.reported_seq for d, _ in reports],
         },
         json_text={"reported"},
+        as_is=True,
     )
 
 
@@ -166,6 +167,7 @@ def _insert_new(
             "digest": list(digests),
         },
         returning=["device", "digest"],
+        as_is=True,
     )
     return {(int(pk), str(text)) for pk, text in stored}
 
