@@ -2,6 +2,7 @@ from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from fleet import views
+from ota import views as ota_views
 
 # Path converters: the group name lookups use the group-name rule (fleet/identifiers.py).
 router = SimpleRouter(trailing_slash=True, use_regex_path=False)
@@ -18,7 +19,7 @@ urlpatterns = [
     ),
     path(
         "devices/<device_id:device_id>/desired",
-        views.DeviceDesiredView.as_view(),
+        ota_views.DeviceDesiredView.as_view(),
         name="device-desired",
     ),
     path(

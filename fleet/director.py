@@ -15,14 +15,13 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
-import psycopg
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import F, Lookup, Model, QuerySet
+from django.db import transaction
+from django.db.models import QuerySet
 from django.db.models.fields.json import KT
 from django.utils import timezone
 
@@ -31,10 +30,10 @@ from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.exceptions import ProtocolError, brief
 from device_agent.protocol.messages import DesiredState as DesiredPayload
 from device_agent.protocol.messages import ModelTarget, parse_timestamp
+from fleet.bulk import columns_update, columns_upsert, filter_in, notify
 from fleet.errors import ServiceError
 from fleet.keys import director_private_key
 from fleet.models import DesiredOutbox, DesiredState, Device
-from ota.models import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +47,35 @@ ISSUE_FIELDS = ["seq", "payload", "envelope", "issued_at", "expires_at"]
 # (delivered on commit, dropped on rollback), so a listening bridge publishes at once
 # instead of at its next poll (fleet/bridge/outbox.py, OutboxListener).
 OUTBOX_CHANNEL = "fleet_desired_outbox"
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Artifact(Protocol):
+    """What the director reads of a published artifact (``ota.models.Artifact``, above
+    the registry: docs/architecture.md)."""
+
+    @property
+    def pk(self) -> Any: ...
+    @property
+    def model_id(self) -> int: ...
+    @property
+    def model(self) -> _Named: ...
+    @property
+    def target_path(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def release_counter(self) -> int: ...
+    @property
+    def hardware(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def length(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -85,39 +113,6 @@ class _DeviceFacts:
     hardware: str
     revoked: bool
     reported_seq: int
-
-
-class _AnyOf(Lookup):
-    """``lhs = ANY(%s)`` with the values as one array parameter (PostgreSQL).
-
-    ``pk__in`` writes one placeholder per value, and psycopg's client-side binding parses
-    such a statement again on every call (it caches short statements only): with a
-    thousand pks per batch that parse cost as much as the query.
-    """
-
-    lookup_name = "any_of"  # not registered: built directly by filter_in
-    prepare_rhs = False
-
-    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:  # type: ignore[override]
-        lhs, params = self.process_lhs(compiler, connection)
-        if all(isinstance(value, int) for value in self.rhs):
-            # The array as one text literal: psycopg dumps a list element by element.
-            literal = "{" + ",".join(str(int(value)) for value in self.rhs) + "}"
-            return f"{lhs} = ANY(%s::bigint[])", [*params, literal]
-        # Text (device ids): psycopg quotes the list as one array value.
-        return f"{lhs} = ANY(%s::text[])", [*params, [str(value) for value in self.rhs]]
-
-
-def filter_in[M: Model](
-    queryset: QuerySet[M], field: str, values: Sequence[int] | Sequence[str]
-) -> QuerySet[M]:
-    """``queryset.filter(<field>__in=values)``, as one array parameter on PostgreSQL (the
-    outbox uses it too)."""
-    if not values:
-        return queryset.none()
-    if connection.vendor == "postgresql":
-        return queryset.filter(_AnyOf(F(field), values))
-    return queryset.filter(**{f"{field}__in": values})
 
 
 def _facts(pks: Iterable[int]) -> dict[int, _DeviceFacts]:
@@ -361,102 +356,41 @@ def _rows_lock(pks: list[int], *, create: bool = True) -> dict[int, _Locked]:
 
 
 def _rows_save(rows: list[_Locked]) -> None:
-    """Write the issued fields of many locked rows.
+    """Write the issued fields of many locked rows, and queue them in the outbox.
 
-    Not ``bulk_update``: building its CASE expressions costs more Python time per
-    row, more than signing the envelope. On PostgreSQL (psycopg 3) one ``UPDATE ... FROM
-    unnest()`` of binary-bound column arrays (``_rows_unnest``); elsewhere one UPDATE per
-    row, one executemany. The payload goes in as the JSON text that was signed, not
-    encoded a second time. The rows are queued in the outbox too.
+    Not ``bulk_update``: building its CASE expressions costs more Python per row than
+    signing the envelope (``fleet.bulk``). The payload goes in as the JSON text that was
+    signed, not encoded a second time.
     """
     if not rows:
         return
-    meta = DesiredState._meta
-    columns = {f.name: f for f in meta.concrete_fields}
-    fields = [columns[name] for name in ISSUE_FIELDS]
-    qn = connection.ops.quote_name
-    table, pk = qn(meta.db_table), qn(str(columns["id"].column))
-    names = [qn(str(f.column)) for f in fields]
-    # Only quoted identifiers and types from the model's metadata are formatted into SQL
-    # here and in _rows_unnest; values are parameters.
-    if connection.vendor == "postgresql":
-        casts = [str(f.db_type(connection)) for f in fields]
-        values = [
-            (r.pk, r.seq, r.payload_json, r.envelope, r.issued_at, r.expires_at) for r in rows
-        ]
-        _rows_unnest(table, pk, list(zip(names, casts, strict=True)), values)
-        return
-    with connection.cursor() as cursor:
-        prep = {name: columns[name].get_db_prep_save for name in ISSUE_FIELDS}
-        params = [
-            (
-                prep["seq"](r.seq, connection),
-                r.payload_json,
-                prep["envelope"](r.envelope, connection),
-                prep["issued_at"](r.issued_at, connection),
-                prep["expires_at"](r.expires_at, connection),
-                r.pk,
-            )
-            for r in rows
-        ]
-        assignments = ", ".join(f"{name} = %s" for name in names)
-        sql = f"UPDATE {table} SET {assignments} WHERE {pk} = %s"  # noqa: S608
-        cursor.executemany(sql, params)
+    columns_update(
+        DesiredState,
+        [r.pk for r in rows],
+        {
+            "seq": [r.seq for r in rows],
+            "payload": [r.payload_json for r in rows],
+            "envelope": [r.envelope for r in rows],
+            "issued_at": [r.issued_at for r in rows],
+            "expires_at": [r.expires_at for r in rows],
+        },
+        json_text={"payload"},
+        as_is=True,
+    )
     _outbox_queue([(r.pk, r.seq) for r in rows])
+    notify(OUTBOX_CHANNEL)
 
 
 def _outbox_queue(rows: list[tuple[int, int]]) -> None:
     """Queue ``(desired state pk, seq)`` pairs for the bridge, in the caller's transaction
     (a row already queued takes the new seq)."""
     if rows:
-        DesiredOutbox.objects.bulk_create(
-            [DesiredOutbox(desired_id=pk, seq=seq) for pk, seq in rows],
-            update_conflicts=True,
-            unique_fields=["desired"],
-            update_fields=["seq"],
-        )
-
-
-# The array types of (id, *ISSUE_FIELDS): the payload travels as the signed JSON text and
-# becomes jsonb in the UPDATE.
-_ARRAY_TYPES = ("int8", "int8", "text", "bytea", "timestamptz", "timestamptz")
-
-
-def _rows_unnest(
-    table: str, pk: str, columns: list[tuple[str, str]], values: list[tuple[Any, ...]]
-) -> None:
-    """``_rows_save`` on PostgreSQL: one ``UPDATE ... FROM unnest(...)`` joined on the
-    primary key, ``values`` (the primary key, then the ``columns``, each a name and its
-    type in ``table``) bound as one binary array per column, in the caller's transaction;
-    the same statement queues the rows written in the outbox (``_outbox_queue``).
-
-    One round trip a batch. A binary COPY into a temporary table (created, truncated and
-    analyzed in every batch, four more round trips) did as well on batches of 1 000 and
-    took longer on the director's smaller first and last batches
-    (its extra round trips). With the values bound, the
-    planner knows how many rows unnest gives and looks each up by primary key.
-    """
-    names = [pk, *(name for name, _ in columns)]
-    arrays = ", ".join(f"%b::{t}[]" for t in _ARRAY_TYPES)
-    assignments = ", ".join(f"{name} = s.{name}::{cast}" for name, cast in columns)
-    qn = connection.ops.quote_name
-    outbox = qn(DesiredOutbox._meta.db_table)
-    queued = qn(str(DesiredOutbox._meta.get_field("desired").column))
-    queued_seq = qn(str(DesiredOutbox._meta.get_field("seq").column))
-    seq = qn(str(DesiredState._meta.get_field("seq").column))
-    connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:
-        # One statement that also queues the rows written and notifies the outbox
-        # (_outbox_notify) when it wrote rows.
-        cursor.execute(
-            f"WITH written AS (UPDATE {table} SET {assignments}"  # noqa: S608
-            f" FROM unnest({arrays}) AS s({', '.join(names)})"
-            f" WHERE {table}.{pk} = s.{pk} RETURNING {table}.{pk}, {table}.{seq}),"
-            f" queued AS (INSERT INTO {outbox} ({queued}, {queued_seq})"
-            f" SELECT * FROM written ON CONFLICT ({queued})"
-            f" DO UPDATE SET {queued_seq} = EXCLUDED.{queued_seq})"
-            " SELECT pg_notify(%b, '') WHERE EXISTS (SELECT FROM written)",
-            [*(list(column) for column in zip(*values, strict=True)), OUTBOX_CHANNEL],
+        columns_upsert(
+            DesiredOutbox,
+            {"desired": [pk for pk, _ in rows], "seq": [seq for _, seq in rows]},
+            unique="desired",
+            update=["seq"],
+            as_is=True,
         )
 
 
@@ -465,13 +399,6 @@ def _fact(facts: dict[int, _DeviceFacts], device: Device) -> _DeviceFacts:
     if found is None:
         raise ServiceError(ErrorCode.NOT_FOUND, f"device {device.device_id} no longer exists")
     return found
-
-
-def _outbox_notify() -> None:
-    """Wake the listening bridges' outboxes when the current transaction commits."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, '')", [OUTBOX_CHANNEL])
 
 
 # --- one device ------------------------------------------------------------------------
@@ -494,7 +421,7 @@ def device_desired_set(*, device: Device, assignments: list[ModelAssignment]) ->
         _issue(row, facts, models, now=_now(), key=director_private_key())
         row.save(update_fields=ISSUE_FIELDS)
         _outbox_queue([(row.pk, row.seq)])
-        _outbox_notify()
+        notify(OUTBOX_CHANNEL)
     return row
 
 
@@ -516,7 +443,7 @@ def device_desired_reissue(*, device: Device) -> DesiredState:
         _issue(row, facts, tuple(_current_models(row)), now=_now(), key=director_private_key())
         row.save(update_fields=ISSUE_FIELDS)
         _outbox_queue([(row.pk, row.seq)])
-        _outbox_notify()
+        notify(OUTBOX_CHANNEL)
     return row
 
 
@@ -532,7 +459,7 @@ def device_desired_republish(*, device: Device) -> None:
         updated = rows.update(published_seq=0)
         if updated:
             _outbox_queue(list(rows.values_list("pk", "seq")))
-            _outbox_notify()
+            notify(OUTBOX_CHANNEL)
     if not updated:
         raise ServiceError(ErrorCode.NOT_FOUND, f"device {device.device_id} has no desired state")
 
@@ -564,7 +491,7 @@ def desired_states_requeue_since(*, recorded_since: datetime | None) -> int:
             _outbox_queue(batch)
             queued += len(batch)
         if queued:
-            _outbox_notify()
+            notify(OUTBOX_CHANNEL)
     return queued
 
 

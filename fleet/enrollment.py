@@ -15,13 +15,12 @@ from django.utils import timezone
 
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.topics import is_valid_device_id
-from fleet import ca
+from fleet import ca, hooks
 from fleet.audit import audit_record
 from fleet.auth import token_generate, token_hash
 from fleet.errors import ServiceError
 from fleet.keys import director_public_pem
 from fleet.models import Device, DeviceCertificate, EnrollmentToken, Group
-from ota import selectors as ota_selectors
 
 log = logging.getLogger(__name__)
 ENROLLMENT_PREFIX = "enr_"
@@ -99,7 +98,7 @@ def device_enroll(
             ca.csr_public_key(csr_pem)
         except ca.CsrError as exc:
             raise ServiceError(ErrorCode.MALFORMED, str(exc)) from None
-        root = ota_selectors.tuf_metadata_bytes("root", None)
+        root = hooks.tuf_root()
         if root is None:
             raise ServiceError(ErrorCode.NOT_FOUND, "the TUF repository is not initialised")
         if claimed.hardware and claimed.hardware != hardware:

@@ -22,6 +22,11 @@ from device_agent.protocol.identifiers import IdentifierKind, InvalidIdentifier
 from fleet.errors import ServiceError
 from fleet.path_converters import InvalidPathIdentifier
 
+# The single arm of a phased rollout: its name in the admin, the API, /metrics and the
+# telemetry store (whose samples of a rollout that name no arm are stored under it). Here,
+# below rollouts and telemetry, because both name it.
+PHASED_ARM = "main"
+
 
 def identifier_check(kind: IdentifierKind, value: object, *, field: str) -> str:
     """``value`` when it is a valid ``kind``, else a ServiceError with the kind's code."""

@@ -10,21 +10,16 @@ import hashlib
 import json
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
-from typing import Any, cast
 
-import psycopg
 from django.db import connection, transaction
-from django.db.models import Field
-from django.utils import timezone
 
 from device_agent.protocol.messages import ReportedState, UpdateEvent
-from fleet.director import filter_in
+from fleet import hooks
+from fleet.bulk import columns_insert_new, columns_update, filter_in
 from fleet.models import Device, DeviceEvent
-from ota.tasks import rollout_evaluate_on_commit
-from ota.tracking import tracking_news_record
 
 # Each DeviceEvent field stored from an event, and its value: model instances
-# (_event_row) and the PostgreSQL insert's column arrays (_insert_unnest) both use it.
+# (_event_row) and the bulk insert's columns (_insert_new) both use it.
 _EVENT_VALUES: tuple[tuple[str, Callable[[UpdateEvent], object]], ...] = (
     ("seq", lambda e: e.seq),
     ("rollout_id", lambda e: e.rollout_id or ""),
@@ -41,14 +36,6 @@ _STATE_FIELDS = ("reported", "agent_version", "reported_seq")
 EVENT_CHUNK = 500  # events per INSERT (12 parameters each; SQLite allows 32 766)
 
 
-def _field(model: type[Device] | type[DeviceEvent], name: str) -> Field[Any, Any]:
-    return cast(Field[Any, Any], model._meta.get_field(name))  # a concrete field, not a relation
-
-
-def _column(model: type[Device] | type[DeviceEvent], name: str) -> str:
-    return connection.ops.quote_name(str(_field(model, name).column))
-
-
 def _clip(model: type[Device] | type[DeviceEvent], field: str, value: str) -> str:
     # The protocol allows more than some columns hold (agent_version 64 vs 32, detail 1024
     # vs 500): keep what fits rather than lose the report.
@@ -60,12 +47,12 @@ def device_state_record(*, device: Device, state: ReportedState) -> Device:
     """Store the device's retained `state` report: what it runs and the last desired seq.
 
     The latest report wins: a device's messages reach the bridge in the order it sent them.
-    Rollouts it is in flight in get news of it in the same transaction (``ota.tracking``).
+    Rollouts it is in flight in get news of it in the same transaction (``fleet.hooks``).
     """
     _apply_state(device, state)
     with transaction.atomic(savepoint=False):
         device.save(update_fields=list(_STATE_FIELDS))
-        tracking_news_record(device_pks=[device.pk])
+        hooks.device_news([device.pk])
     return device
 
 
@@ -82,7 +69,7 @@ def devices_state_record(
 
     A device listed more than once keeps its last report, as one by one. On PostgreSQL
     one statement; elsewhere an executemany. Then one more for the news
-    (``ota.tracking``), unless ``news`` is False: the caller records it, in the same
+    (``fleet.hooks``), unless ``news`` is False: the caller records it, in the same
     transaction (the bridge, once for a batch's states and events).
     """
     latest = {device.pk: (device, state) for device, state in reports}
@@ -93,52 +80,22 @@ def devices_state_record(
     with transaction.atomic(savepoint=False):
         _update_many(list(latest.values()))
         if news:
-            tracking_news_record(device_pks=latest.keys())
+            hooks.device_news(latest.keys())
 
 
 def _update_many(reports: Sequence[tuple[Device, ReportedState]]) -> None:
-    if connection.vendor == "postgresql":
-        _update_unnest(reports)
-        return
-    prep_reported = _field(Device, "reported").get_db_prep_save
-    params = [
-        (prep_reported(d.reported, connection), d.agent_version, d.reported_seq, d.pk)
-        for d, _ in reports
-    ]
-    qn = connection.ops.quote_name
-    meta = Device._meta
-    columns = [_column(Device, name) for name in _STATE_FIELDS]
-    assignments = ", ".join(f"{column} = %s" for column in columns)
-    # Only quoted identifiers from the model's metadata are formatted into the SQL.
-    sql = f"UPDATE {qn(meta.db_table)} SET {assignments} WHERE {qn(str(meta.pk.column))} = %s"  # noqa: S608
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
-
-
-def _update_unnest(reports: Sequence[tuple[Device, ReportedState]]) -> None:
-    """``devices_state_record`` on PostgreSQL: one ``UPDATE ... FROM unnest(...)`` with an
-    array per column, bound by the server in binary; the report as JSON text, made jsonb
-    by the database."""
-    qn = connection.ops.quote_name
-    meta = Device._meta
-    table, pk = qn(meta.db_table), qn(str(meta.pk.column))
-    reported, agent, seq = (_column(Device, name) for name in _STATE_FIELDS)
-    ordered = sorted(reports, key=lambda report: report[0].pk)  # one lock order for all
-    params = [
-        [device.pk for device, _ in ordered],
-        [json.dumps(device.reported, separators=(",", ":")) for device, _ in ordered],
-        [device.agent_version for device, _ in ordered],
-        [device.reported_seq for device, _ in ordered],
-    ]
-    connection.ensure_connection()
-    # Only quoted identifiers from the model's metadata are formatted into the SQL.
-    with psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET {reported} = v.reported::jsonb, {agent} = v.agent, "  # noqa: S608
-            f"{seq} = v.seq FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::bigint[]) "
-            f"AS v(pk, reported, agent, seq) WHERE {table}.{pk} = v.pk",
-            params,
-        )
+    # The report as JSON text, made jsonb by the database (docs/benchmarks.md, "Rollouts").
+    columns_update(
+        Device,
+        [device.pk for device, _ in reports],
+        {
+            "reported": [json.dumps(d.reported, separators=(",", ":")) for d, _ in reports],
+            "agent_version": [d.agent_version for d, _ in reports],
+            "reported_seq": [d.reported_seq for d, _ in reports],
+        },
+        json_text={"reported"},
+        as_is=True,
+    )
 
 
 def _event_row(device: Device, event: UpdateEvent, digest: str | None = None) -> DeviceEvent:
@@ -156,8 +113,8 @@ def devices_event_record(
     redelivery, or a repeat earlier in ``reports``).
 
     One ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` per ``EVENT_CHUNK`` events where one
-    by one took a round trip each. Without RETURNING
-    support, one by one. Then one statement for the news of them (``ota.tracking``), in
+    by one took a round trip each (docs/benchmarks.md, "Rollouts"). Without RETURNING
+    support, one by one. Then one statement for the news of them (``fleet.hooks``), in
     the same transaction, unless ``news`` is False (as ``devices_state_record``).
     """
     if not reports:
@@ -165,12 +122,10 @@ def devices_event_record(
     with transaction.atomic(savepoint=False):
         created = _insert_events(reports)
         if news:
-            tracking_news_record(
-                device_pks=[d.pk for (d, _), new in zip(reports, created, strict=True) if new]
-            )
+            hooks.device_news([d.pk for (d, _), new in zip(reports, created, strict=True) if new])
     for (_, event), new in zip(reports, created, strict=True):
         if new and event.rollout_id:
-            rollout_evaluate_on_commit(rollout_id=event.rollout_id, phase=event.phase.value)
+            hooks.event_stored(rollout_id=event.rollout_id, phase=event.phase.value)
     return created
 
 
@@ -182,11 +137,10 @@ def _insert_events(reports: Sequence[tuple[Device, UpdateEvent]]) -> list[bool]:
     for index, key in enumerate(keys):
         first.setdefault(key, index)
     unique = sorted(first.values())
-    insert = _insert_unnest if connection.vendor == "postgresql" else _insert_many
     stored: set[tuple[int, str]] = set()
     for start in range(0, len(unique), EVENT_CHUNK):
         chunk = unique[start : start + EVENT_CHUNK]
-        stored |= insert([reports[i] for i in chunk], [keys[i][1] for i in chunk])
+        stored |= _insert_new([reports[i] for i in chunk], [keys[i][1] for i in chunk])
     return [first[key] == index and key in stored for index, key in enumerate(keys)]
 
 
@@ -194,69 +148,28 @@ def _digest(event: UpdateEvent) -> str:
     return hashlib.sha256(event.to_json()).hexdigest()
 
 
-def _insert_many(
+def _insert_new(
     reports: Sequence[tuple[Device, UpdateEvent]], digests: Sequence[str]
 ) -> set[tuple[int, str]]:
-    """INSERT the events not stored yet; the (device, digest) of those it inserted."""
-    rows = [
-        _event_row(device, event, digest)
-        for (device, event), digest in zip(reports, digests, strict=True)
-    ]
-    meta = DeviceEvent._meta
-    fields = [f for f in meta.concrete_fields if f is not meta.pk]
-    qn = connection.ops.quote_name
-    columns = ", ".join(qn(str(f.column)) for f in fields)
-    params = [
-        f.get_db_prep_save(f.pre_save(row, add=True), connection) for row in rows for f in fields
-    ]
-    placeholders = f"({', '.join(['%s'] * len(fields))})"
-    device, digest = _column(DeviceEvent, "device"), _column(DeviceEvent, "digest")
-    # Only quoted identifiers from the model's metadata are formatted into the SQL.
-    # No conflict target: a repeat collides on (device, digest) or (device, event_id).
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {qn(meta.db_table)} ({columns}) "  # noqa: S608
-            f"VALUES {', '.join([placeholders] * len(rows))} "
-            f"ON CONFLICT DO NOTHING RETURNING {device}, {digest}",
-            params,
-        )
-        return {(int(pk), str(text)) for pk, text in cursor.fetchall()}
-
-
-def _insert_unnest(
-    reports: Sequence[tuple[Device, UpdateEvent]], digests: Sequence[str]
-) -> set[tuple[int, str]]:
-    """``_insert_many`` on PostgreSQL: one array per column, ``INSERT ... SELECT FROM
-    unnest(...)``, bound by the server in binary.
+    """INSERT the events not stored yet; the (device, digest) of those it inserted.
 
     Values straight from the events: building a model instance per event and preparing
     each of its fields through Django cost more than the insert (docs/benchmarks.md,
-    "Rollouts"). A statement of a dozen parameters, where VALUES lists take psycopg
-    longer to bind than the database to run.
+    "Rollouts"). No conflict target: a repeat collides on (device, digest) or (device,
+    event_id).
     """
-    meta = DeviceEvent._meta
-    qn = connection.ops.quote_name
-    names = ["device", *(name for name, _ in _EVENT_VALUES), "received_at", "digest"]
-    fields = [_field(DeviceEvent, name) for name in names]
-    columns = ", ".join(qn(str(f.column)) for f in fields)
-    arrays = ", ".join(f"%b::{f.db_type(connection)}[]" for f in fields)
     events = [event for _, event in reports]
-    params: list[list[Any]] = [
-        [device.pk for device, _ in reports],
-        *([value(e) for e in events] for _, value in _EVENT_VALUES),
-        [timezone.now()] * len(events),
-        list(digests),
-    ]
-    device, digest = _column(DeviceEvent, "device"), _column(DeviceEvent, "digest")
-    connection.ensure_connection()
-    # Only quoted identifiers and types from the model's metadata are formatted into the SQL.
-    with psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(
-            f"INSERT INTO {qn(meta.db_table)} ({columns}) SELECT * FROM unnest({arrays}) "  # noqa: S608
-            f"ON CONFLICT DO NOTHING RETURNING {device}, {digest}",
-            params,
-        )
-        return {(int(pk), str(text)) for pk, text in cursor.fetchall()}
+    stored = columns_insert_new(
+        DeviceEvent,
+        {
+            "device": [device.pk for device, _ in reports],
+            **{name: [value(e) for e in events] for name, value in _EVENT_VALUES},
+            "digest": list(digests),
+        },
+        returning=["device", "digest"],
+        as_is=True,
+    )
+    return {(int(pk), str(text)) for pk, text in stored}
 
 
 def device_event_record(*, device: Device, event: UpdateEvent) -> tuple[DeviceEvent, bool]:
@@ -270,7 +183,7 @@ def device_event_record(*, device: Device, event: UpdateEvent) -> tuple[DeviceEv
     with transaction.atomic(savepoint=False):
         created = _insert_unless_stored(stored)
         if created:
-            tracking_news_record(device_pks=[device.pk])
+            hooks.device_news([device.pk])
     if not created:
         # The digest covers the event_id: an event with one collides on it, if on anything.
         if stored.event_id:
@@ -279,7 +192,7 @@ def device_event_record(*, device: Device, event: UpdateEvent) -> tuple[DeviceEv
             stored = DeviceEvent.objects.get(device=device, digest=stored.digest)
     if created and stored.rollout_id:
         # The rollout engine tracks outcomes from these rows: let it look once they commit.
-        rollout_evaluate_on_commit(rollout_id=stored.rollout_id, phase=stored.phase)
+        hooks.event_stored(rollout_id=stored.rollout_id, phase=stored.phase)
     return stored, created
 
 
@@ -334,6 +247,12 @@ def device_presence_set(*, device: Device, online: bool, at: datetime) -> Device
         update_fields.append("last_seen_at")
     device.save(update_fields=update_fields)
     return device
+
+
+def devices_news_record(*, device_pks: Collection[int]) -> None:
+    """Tell the rollouts (``fleet.hooks``) that these devices stored reports or new events,
+    in the caller's transaction: the bridge, once for a batch's states and events."""
+    hooks.device_news(device_pks)
 
 
 def devices_seen_record(*, device_pks: Collection[int], at: datetime) -> int:

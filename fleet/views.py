@@ -22,10 +22,9 @@ from fleet import director, enrollment, registry, selectors
 from fleet.client_ip import client_ip
 from fleet.errors import ServiceError
 from fleet.identifiers import identifier_check
-from fleet.models import DesiredState, Device, DynamicGroup, Group
+from fleet.models import Device, DynamicGroup, Group
 from fleet.pagination import ByName, Cursor
 from fleet.serializers import (
-    DesiredRequestSerializer,
     DeviceLabelsSerializer,
     DeviceListQuery,
     DeviceSerializer,
@@ -36,7 +35,6 @@ from fleet.serializers import (
     GroupSerializer,
     RevokeDeviceSerializer,
 )
-from ota import selectors as ota_selectors
 
 
 class ModelPermissions(permissions.DjangoModelPermissions):
@@ -263,46 +261,6 @@ class EnrollView(APIView):
             },
             status=status.HTTP_201_CREATED,
         )
-
-
-class DeviceDesiredView(APIView):
-    """What a device should run: read it, assign model versions directly, or re-publish.
-
-    Rollouts assign models to many devices at once; this is the operator's direct tool.
-    """
-
-    permission_classes = [permissions.IsAdminUser]
-
-    def _device(self, device_id: str) -> Device:
-        device = Device.objects.filter(device_id=device_id).first()
-        if device is None:
-            raise ServiceError(ErrorCode.NOT_FOUND, f"no device {device_id}")
-        return device
-
-    @extend_schema(responses={200: None})
-    def get(self, request: Request, device_id: str) -> Response:
-        desired = DesiredState.objects.filter(device=self._device(device_id)).first()
-        if desired is None:
-            return Response({"seq": 0, "payload": None, "published_seq": 0})
-        return Response(
-            {"seq": desired.seq, "payload": desired.payload, "published_seq": desired.published_seq}
-        )
-
-    @extend_schema(request=DesiredRequestSerializer, responses={200: None})
-    def post(self, request: Request, device_id: str) -> Response:
-        device = self._device(device_id)
-        body = DesiredRequestSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        assignments = [
-            director.ModelAssignment(
-                artifact=ota_selectors.artifact_for_device(
-                    model_name=item["model"], version=item["version"], hardware=device.hardware
-                )
-            )
-            for item in body.validated_data["models"]
-        ]
-        desired = director.device_desired_set(device=device, assignments=assignments)
-        return Response({"seq": desired.seq, "payload": desired.payload})
 
 
 class DeviceRepublishView(APIView):

@@ -52,11 +52,11 @@ from django.utils import timezone
 
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.messages import Phase
-from fleet.director import ModelAssignment, devices_desired_set, filter_in
+from fleet.bulk import columns_update, filter_in, rows_update
+from fleet.director import ModelAssignment, devices_desired_set
 from fleet.errors import ServiceError
 from fleet.models import DesiredState, Device, DeviceEvent
 from ota import rollouts
-from ota.bulk_update import columns_update, rows_update
 from ota.gates import (
     PHASED_BASELINE,
     Gate,

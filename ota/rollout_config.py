@@ -24,11 +24,8 @@ from device_agent.protocol.identifiers import (
     IdentifierKind,
 )
 from fleet.errors import ServiceError
-from fleet.identifiers import identifier_check, identifiers_check
+from fleet.identifiers import PHASED_ARM, identifier_check, identifiers_check
 
-# The single arm of a phased rollout: its name in the admin, the API, /metrics and the
-# telemetry store (whose samples of a rollout that name no arm are stored under it).
-PHASED_ARM = "main"
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM_RE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 MAX_STAGES = 20

@@ -15,6 +15,7 @@ from django.db.models import Count, Q, QuerySet
 from device_agent.protocol.messages import FAILURE_PHASES as _REFUSED
 from device_agent.protocol.messages import Phase
 from fleet.errors import ServiceError
+from fleet.identifiers import PHASED_ARM
 from fleet.models import Device, DeviceEvent
 from fleet.selectors import installed_models
 from ota.cohorts import stage_size
@@ -25,7 +26,7 @@ from ota.models import (
     RolloutStatus,
     RolloutStrategy,
 )
-from ota.rollout_config import PHASED_ARM, Policy, Selection, arms_parse, stages_parse
+from ota.rollout_config import Policy, Selection, arms_parse, stages_parse
 
 D = RolloutDeviceState
 # A stored document the display must survive: shown as unreadable, never a server error.

@@ -33,11 +33,11 @@ from django.utils import timezone
 from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.identifiers import MODEL_NAME, VERSION
 from device_agent.protocol.messages import stored_models
+from fleet.bulk import columns_insert
 from fleet.errors import ServiceError
 from fleet.identifiers import identifier_check
 from fleet.models import Device, DynamicGroup, Group
 from ota import cohorts
-from ota.bulk_update import columns_insert
 from ota.models import (
     Artifact,
     Model,
@@ -199,11 +199,21 @@ def _transition(
 
 
 def _evaluate_after_commit(rollout: Rollout) -> None:
-    # Imported here: ota.tasks -> ota.engine -> ota.rollouts.
-    from ota.tasks import rollout_evaluate_task
-
     public_id = rollout.public_id
-    transaction.on_commit(lambda: rollout_evaluate_task.delay(public_id), robust=True)
+    queue = _evaluation_queue
+    if queue is not None:
+        transaction.on_commit(lambda: queue(public_id), robust=True)
+
+
+# How an evaluation is queued: ota.tasks, registered by ota/apps.py. Not imported here,
+# as ota.tasks runs the engine, which changes rollouts' status through this module.
+_evaluation_queue: Callable[[str], object] | None = None
+
+
+def evaluation_queue_from(queue: Callable[[str], object]) -> None:
+    """Where a status change by an operator queues the rollout's evaluation."""
+    global _evaluation_queue
+    _evaluation_queue = queue
 
 
 # --- creating -------------------------------------------------------------------------------

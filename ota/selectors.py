@@ -1,6 +1,8 @@
 """Reads of the model registry."""
 
-from django.db.models import QuerySet
+from datetime import datetime
+
+from django.db.models import Max, Q, QuerySet
 
 from device_agent.protocol.errors import ErrorCode
 from fleet.errors import ServiceError
@@ -30,6 +32,27 @@ def tuf_metadata_bytes(role: str, version: int | None) -> bytes | None:
     qs = TufMetadata.objects.filter(role=role)
     row = qs.filter(version=version).first() if version else qs.order_by("-version").first()
     return bytes(row.data) if row else None
+
+
+def tuf_root() -> bytes | None:
+    """The newest TUF root metadata, None before the repository is initialised."""
+    return tuf_metadata_bytes("root", None)
+
+
+def tuf_expiries() -> list[tuple[str, datetime]]:
+    """(role, expires) of each role's newest TUF metadata."""
+    newest = TufMetadata.objects.values("role").annotate(version=Max("version"))
+    condition = Q()
+    for row in newest:
+        condition |= Q(role=row["role"], version=row["version"])
+    if not condition:
+        return []
+    rows = TufMetadata.objects.filter(condition).values_list("role", "expires").order_by("role")
+    return list(rows)
+
+
+def model_names() -> list[str]:
+    return list(Model.objects.values_list("name", flat=True))
 
 
 def artifact_for_target(target_path: str, sha256: str | None) -> Artifact | None:

@@ -13,16 +13,14 @@ next one. Timeouts, which no message announces, are found by a full pass every
 """
 
 from collections.abc import Collection
-from itertools import batched
 
 from django.db import connection
 
-from fleet.director import filter_in
+from fleet.bulk import delete_returning, filter_in
 from ota.models import TRACKED, Rollout, RolloutDevice, RolloutStatus, TrackingNews
 
 # Rollouts the engine evaluates (tracks, runs or rolls back), and so take their news.
 EVALUATED = (RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.ABORTED)
-_DELETE_CHUNK = 500  # news rows per DELETE where there is no DELETE ... RETURNING
 
 
 def tracking_news_record(*, device_pks: Collection[int]) -> None:
@@ -47,21 +45,13 @@ def tracking_news_record(*, device_pks: Collection[int]) -> None:
 def tracking_news_take(*, rollout_pk: int) -> set[int]:
     """The devices (pks) with news for the rollout, the news deleted in the caller's
     transaction (so a failed evaluation leaves them for the next)."""
-    qn = connection.ops.quote_name
-    table = qn(TrackingNews._meta.db_table)
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"DELETE FROM {table} WHERE {qn('rollout_id')} = %s "  # noqa: S608
-                f"RETURNING {qn('device_id')}",
-                [rollout_pk],
-            )
-            return {int(pk) for (pk,) in cursor.fetchall()}
-    # By the keys read: never news committed after them, which the next evaluation takes.
-    news = list(TrackingNews.objects.filter(rollout_id=rollout_pk).values_list("pk", "device_id"))
-    for keys in batched((pk for pk, _ in news), _DELETE_CHUNK):
-        TrackingNews.objects.filter(pk__in=keys).delete()
-    return {device_pk for _, device_pk in news}
+    # In one statement: never news committed after it, which the next evaluation takes.
+    return {
+        int(pk)
+        for pk in delete_returning(
+            TrackingNews, where={"rollout_id": rollout_pk}, returning="device_id"
+        )
+    }
 
 
 def tracking_news_prune() -> int:

@@ -16,9 +16,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from device_agent.protocol.errors import ErrorCode
+from fleet import director
 from fleet.auth import token_model_check
 from fleet.errors import ServiceError
+from fleet.models import DesiredState, Device
 from fleet.parsers import JSONParser
+from fleet.serializers import DesiredRequestSerializer
 from ota import publishing, repository, selectors
 from ota.downloads import artifact_response
 from ota.models import Artifact, Model
@@ -206,3 +209,43 @@ class ReleaseKeyRevokeView(APIView):
             by=request.user,
         )
         return Response({"keyid": row.keyid, "revoked_at": row.revoked_at})
+
+
+class DeviceDesiredView(APIView):
+    """What a device should run: read it, assign model versions directly, or re-publish.
+
+    Rollouts assign models to many devices at once; this is the operator's direct tool.
+    """
+
+    permission_classes = [permissions.IsAdminUser]
+
+    def _device(self, device_id: str) -> Device:
+        device = Device.objects.filter(device_id=device_id).first()
+        if device is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, f"no device {device_id}")
+        return device
+
+    @extend_schema(responses={200: None})
+    def get(self, request: Request, device_id: str) -> Response:
+        desired = DesiredState.objects.filter(device=self._device(device_id)).first()
+        if desired is None:
+            return Response({"seq": 0, "payload": None, "published_seq": 0})
+        return Response(
+            {"seq": desired.seq, "payload": desired.payload, "published_seq": desired.published_seq}
+        )
+
+    @extend_schema(request=DesiredRequestSerializer, responses={200: None})
+    def post(self, request: Request, device_id: str) -> Response:
+        device = self._device(device_id)
+        body = DesiredRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        assignments = [
+            director.ModelAssignment(
+                artifact=selectors.artifact_for_device(
+                    model_name=item["model"], version=item["version"], hardware=device.hardware
+                )
+            )
+            for item in body.validated_data["models"]
+        ]
+        desired = director.device_desired_set(device=device, assignments=assignments)
+        return Response({"seq": desired.seq, "payload": desired.payload})

@@ -8,12 +8,12 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from device_agent.protocol.messages import Phase
+from fleet import hooks
 from fleet.models import Device, DeviceEvent
-from ota.models import TufMetadata
 from telemetry.models import Granularity, Rollup
 
 FINAL_PHASES = (Phase.COMMITTED, Phase.FAILED, Phase.ROLLED_BACK, Phase.REJECTED)
@@ -57,7 +57,7 @@ def fleet_stats_read(*, now: datetime | None = None) -> FleetStats:
         devices=_devices(),
         device_models=_device_models(),
         outcomes=_outcomes(),
-        tuf_expires=_tuf_expires(),
+        tuf_expires=hooks.tuf_expiries(),
         rollup_latest=Rollup.objects.filter(bucket_seconds=Granularity.MINUTE).aggregate(
             latest=Max("bucket_start")
         )["latest"],
@@ -119,17 +119,6 @@ def _outcomes() -> list[tuple[str, str, int]]:
         .order_by("-n")
     )
     return [(phase, code, n) for phase, code, n in rows]
-
-
-def _tuf_expires() -> list[tuple[str, datetime]]:
-    newest = TufMetadata.objects.values("role").annotate(version=Max("version"))
-    condition = Q()
-    for row in newest:
-        condition |= Q(role=row["role"], version=row["version"])
-    if not condition:
-        return []
-    rows = TufMetadata.objects.filter(condition).values_list("role", "expires").order_by("role")
-    return list(rows)
 
 
 def _arm_stats(now: datetime) -> list[ArmStat]:

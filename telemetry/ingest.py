@@ -40,11 +40,12 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 
 from device_agent.protocol.messages import TelemetryBatch
+from fleet import hooks
+from fleet.bulk import rows_copy
+from fleet.identifiers import PHASED_ARM
 from fleet.models import Device
-from ota.models import Model
-from ota.rollout_config import PHASED_ARM
 from telemetry import metrics
-from telemetry.models import ReceivedBatch
+from telemetry.models import ReceivedBatch, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -81,42 +82,15 @@ COLUMNS = ("device_id", "ts", "model", "version", "rollout_id", "arm", "metric",
 COPY_TYPES = ("int8", "timestamptz", "text", "text", "text", "text", "text", "float8")
 
 
-_INSERT_SQL = (
-    "INSERT INTO telemetry_sample (device_id, ts, model, version, rollout_id, arm, metric, value)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-)
-
-
 def copy_sql() -> str:
     """The COPY statement the PostgreSQL write uses (the benchmark's reference uses it too)."""
     return f"COPY telemetry_sample ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
 
 def rows_write(rows: list[Row]) -> None:
-    """Insert rows in the current transaction: binary COPY on PostgreSQL, else executemany."""
-    if not rows:
-        return
-    if connection.vendor == "postgresql":
-        with (
-            connection.cursor() as cursor,
-            connection.wrap_database_errors,
-            cursor.cursor.copy(copy_sql()) as copy,
-        ):
-            copy.set_types(COPY_TYPES)
-            write_row = copy.write_row
-            for row in rows:
-                write_row(row)
-        return
-    adapt = connection.ops.adapt_datetimefield_value
-    as_text: dict[datetime, str] = {}
-    params = []
-    for pk, ts, model, version, rollout_id, arm, metric, value in rows:
-        text = as_text.get(ts)
-        if text is None:
-            text = as_text[ts] = str(adapt(ts))
-        params.append((pk, text, model, version, rollout_id, arm, metric, value))
-    with connection.cursor() as cursor:
-        cursor.executemany(_INSERT_SQL, params)
+    """Insert rows in the current transaction: binary COPY on PostgreSQL, else executemany
+    (``fleet.bulk.rows_copy``)."""
+    rows_copy(Sample, COLUMNS, COPY_TYPES, rows)
 
 
 class KnownModels:
@@ -130,7 +104,7 @@ class KnownModels:
     def names(self) -> frozenset[str]:
         now = time.monotonic()
         if now - self._read_at >= self._ttl:
-            self._names = frozenset(Model.objects.values_list("name", flat=True))
+            self._names = hooks.model_names()
             self._read_at = now
         return self._names
 
@@ -374,5 +348,7 @@ def _committed(pending: _Pending, seconds: float) -> None:
 
 
 def telemetry_sink_from_settings() -> TelemetryIngest:
-    """The bridge's telemetry sink (fleet.bridge.runner)."""
+    """The bridge's telemetry sink (registered in telemetry/apps.py), its drop counters
+    at zero."""
+    ingest_metrics_initialise()
     return TelemetryIngest.from_settings()

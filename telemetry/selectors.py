@@ -16,7 +16,7 @@ from typing import Protocol
 from django.db import connection
 from django.db.models import QuerySet
 
-from ota.rollout_config import PHASED_ARM
+from fleet.identifiers import PHASED_ARM
 from telemetry.models import Granularity, Rollup, Sample
 from telemetry.rollups import PERCENTILES, percentile_cont
 

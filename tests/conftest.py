@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import service_check
 from django.db import connection
 from release_keys import ReleaseKeyFiles, make_release_key
 from service_check import IN_CI
@@ -14,7 +15,11 @@ os.environ.setdefault("FLEET_DB_CONN_MAX_AGE", "0")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if IN_CI and not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+    # The database-specific tests (-m db_both) run on SQLite too, the developer default.
+    on_postgresql = os.environ.get("DATABASE_URL", "").startswith("postgres")
+    if session.config.getoption("markexpr") == "db_both" and not on_postgresql:
+        service_check.SQLITE_RUN_OF_DB_BOTH = True
+    elif IN_CI and not on_postgresql:
         raise pytest.UsageError("CI=true: the suite must run on PostgreSQL (set DATABASE_URL)")
 
 

@@ -11,6 +11,9 @@ from types import ModuleType
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# Set by conftest for the SQLite run of the database-specific tests (-m db_both, .ci/run),
+# whose PostgreSQL run is the everyday one.
+SQLITE_RUN_OF_DB_BOTH = False
 
 
 def require_service(available: bool, what: str, install: str) -> None:
@@ -33,6 +36,8 @@ def require_module(name: str, install: str) -> ModuleType:
 
 def require_postgresql(vendor: str) -> None:
     """For tests of PostgreSQL's own behaviour (plans, locks, LISTEN/NOTIFY)."""
+    if SQLITE_RUN_OF_DB_BOTH and vendor != "postgresql":
+        pytest.skip("PostgreSQL's own behaviour: covered by the PostgreSQL run of -m db_both")
     require_service(
         vendor == "postgresql",
         "PostgreSQL",

@@ -7,7 +7,7 @@ occurs, so the list only shrinks.
 """
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +30,12 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("fleet.devserver", "project"),
     ("fleet.sample", "project"),
     ("fleet.identifier_report", "project"),
+    # Each app's AppConfig.ready registers its handlers with the parts below it.
+    ("fleet.apps", "project"),
+    ("ota.apps", "project"),
+    ("telemetry.apps", "project"),
+    ("fleet.bulk", "database"),
+    ("fleet.storage", "database"),
     ("telemetry.metrics", "metrics"),
     ("telemetry.batch_histogram", "metrics"),
     ("fleet", "registry"),
@@ -41,12 +47,15 @@ PARTS: tuple[tuple[str, str], ...] = (
 RULES: dict[str, frozenset[str]] = {
     "protocol": frozenset(),
     "agent": frozenset({"protocol"}),
-    "registry": frozenset({"protocol", "metrics"}),
-    "ota": frozenset({"registry", "protocol", "metrics"}),
-    "telemetry": frozenset({"registry", "protocol", "metrics"}),
+    "database": frozenset(),
+    "registry": frozenset({"protocol", "metrics", "database"}),
+    "ota": frozenset({"registry", "protocol", "metrics", "database"}),
+    "telemetry": frozenset({"registry", "protocol", "metrics", "database"}),
     "metrics": frozenset({"protocol"}),
-    "bridge": frozenset({"protocol", "metrics"}),
-    "project": frozenset({"registry", "ota", "telemetry", "metrics", "bridge", "protocol"}),
+    "bridge": frozenset({"protocol", "metrics", "database"}),
+    "project": frozenset(
+        {"registry", "ota", "telemetry", "metrics", "bridge", "protocol", "database"}
+    ),
 }
 
 # (importing module, imported module): the violations of today, to be paid back.
@@ -56,25 +65,10 @@ KNOWN: frozenset[tuple[str, str]] = frozenset(
         ("fleet.management.commands.fleet_up", "device_agent.config"),
         # the bridge imports the services it hands messages to, instead of handlers the
         # apps register
-        ("fleet.bridge.handlers", "fleet.director"),
         ("fleet.bridge.handlers", "fleet.models"),
         ("fleet.bridge.handlers", "fleet.reports"),
-        ("fleet.bridge.handlers", "ota.tracking"),
         ("fleet.bridge.outbox", "fleet.director"),
         ("fleet.bridge.outbox", "fleet.models"),
-        ("fleet.bridge.runner", "telemetry.ingest"),
-        # the registry reaches up into models and rollouts (the director and the reports
-        # belong above them)
-        ("fleet.director", "ota.models"),
-        ("fleet.enrollment", "ota.selectors"),
-        ("fleet.reports", "ota.tasks"),
-        ("fleet.reports", "ota.tracking"),
-        ("fleet.views", "ota.selectors"),
-        # ingestion reads the models and rollouts it stands beside
-        ("telemetry.fleet_stats", "ota.models"),
-        ("telemetry.ingest", "ota.models"),
-        ("telemetry.ingest", "ota.rollout_config"),
-        ("telemetry.selectors", "ota.rollout_config"),
         # the scrape-time database collector lives in the metrics module
         ("telemetry.metrics", "telemetry.fleet_stats"),
     }
@@ -146,9 +140,9 @@ def imports() -> Iterator[tuple[str, str]]:
                         yield module, sub if _is_module(sub) else name
 
 
-def violations() -> set[tuple[str, str]]:
+def violations(pairs: Iterable[tuple[str, str]] | None = None) -> set[tuple[str, str]]:
     found = set()
-    for importer, imported in imports():
+    for importer, imported in imports() if pairs is None else pairs:
         source, target = part_of(importer), part_of(imported)
         if source is None or target is None or source == target:
             continue
@@ -203,5 +197,58 @@ def test_the_checker_sees_a_violation() -> None:
     assert part_of("fleet.bridge.worker") == "bridge"
     assert part_of("fleet.models") == "registry"
     assert "ota" not in RULES["registry"]
-    assert ("fleet.director", "ota.models") in violations()
-    assert ("ota.rollouts", "fleet.models") not in violations()
+    upward, downward = ("fleet.director", "ota.models"), ("ota.rollouts", "fleet.models")
+    assert violations([upward, downward]) == {upward}
+    assert part_of("fleet.bulk") == "database"
+    assert part_of("ota.apps") == "project"
+
+
+def test_no_cycle_between_the_parts_but_the_known_one() -> None:
+    # Imports between parts as the code has them (known violations included): no part
+    # reaches itself through others, but metrics -> telemetry -> registry -> metrics
+    # through the collector in telemetry.metrics (KNOWN).
+    edges: dict[str, set[str]] = {}
+    for importer, imported in imports():
+        source, target = part_of(importer), part_of(imported)
+        if (
+            source
+            and target
+            and source not in {target, "project"}
+            and (importer, imported) != ("telemetry.metrics", "telemetry.fleet_stats")
+        ):
+            edges.setdefault(source, set()).add(target)
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in edges.get(todo.pop(), ()):
+                if nxt == goal:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return False
+
+    assert not [part for part in edges if reaches(part, part)]
+
+
+def test_no_module_import_cycle_in_ota() -> None:
+    # engine -> rollouts -> tasks -> engine was a cycle broken by an import inside a
+    # function; rollouts now has the evaluation queue registered (ota/apps.py).
+    graph: dict[str, set[str]] = {}
+    for importer, imported in imports():
+        if importer.startswith("ota.") and imported.startswith("ota."):
+            graph.setdefault(importer, set()).add(imported)
+
+    def cycle_from(start: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt == start:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return False
+
+    assert not sorted(m for m in graph if cycle_from(m))

@@ -5,4 +5,5 @@ handlers.py decode and check one device message, call one service in fleet.repor
 worker.py   the thread between paho and the database: batch, store, then acknowledge
 outbox.py   publish DesiredState rows that are behind, retained, QoS 1
 runner.py   Bridge: the three threads wired together
+services.py the services apps register for the bridge to call (the telemetry sink)
 """

@@ -30,17 +30,17 @@ from device_agent.protocol.messages import (
 )
 from device_agent.protocol.topics import Channel, parse_topic
 from fleet.bridge.client import InboundMessage
-from fleet.director import filter_in
+from fleet.bulk import filter_in
 from fleet.models import Device
 from fleet.reports import (
     device_event_record,
     device_presence_set,
     device_state_record,
     devices_event_record,
+    devices_news_record,
     devices_seen_record,
     devices_state_record,
 )
-from ota.tracking import tracking_news_record
 from telemetry import metrics
 
 logger = logging.getLogger(__name__)
@@ -300,7 +300,7 @@ class Dispatcher:
         created = devices_event_record(
             reports=[(device, event) for _, device, event in events], news=False
         )
-        tracking_news_record(
+        devices_news_record(
             device_pks={device.pk for device, _ in states}
             | {device.pk for (_, device, _), new in zip(events, created, strict=True) if new}
         )

@@ -10,9 +10,9 @@ from fleet.bridge.config import BridgeConfig
 from fleet.bridge.handlers import Dispatcher, TelemetrySink, bridge_metrics_initialise
 from fleet.bridge.outbox import Outbox, OutboxListener
 from fleet.bridge.sentinel import SentinelCheck
+from fleet.bridge.services import telemetry_sink
 from fleet.bridge.worker import InboundWorker
 from telemetry import metrics
-from telemetry.ingest import ingest_metrics_initialise, telemetry_sink_from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ class Bridge:
     def __init__(self, config: BridgeConfig, *, telemetry: TelemetrySink | None = None) -> None:
         self.config = config
         bridge_metrics_initialise()
-        ingest_metrics_initialise()
         self._stopping = threading.Event()
         self._outbox_stop = threading.Event()
         self.sentinel = SentinelCheck()
@@ -43,7 +42,7 @@ class Bridge:
         )
         self.worker = InboundWorker(
             dispatcher=Dispatcher(
-                telemetry=telemetry or telemetry_sink_from_settings(),
+                telemetry=telemetry or telemetry_sink(),
                 device_cache_seconds=config.device_cache_seconds,
             ),
             ack=self.connection.ack,

@@ -398,10 +398,10 @@ def _round(
         figures.reference.append(reference(broker.port, payloads, subscriber))
         _check(subscriber.finish(), {t: _digest(p) for t, p in payloads.items()})
     for kind, artifact in zip(("sequential", "overlapped"), artifacts, strict=True):
-        # A fresh broker holds no desired state and no retained sentinel: nothing is
-        # recorded as on it, or the bridge would publish the other rounds' devices again
+        # Each fresh broker stands for one that kept what it was sent: without this the
+        # bridge finds no sentinel and publishes every earlier round's envelopes again
         # (fleet/bridge/sentinel.py).
-        DesiredState.objects.filter(published_at__isnull=False).update(published_at=None)
+        DesiredState.objects.update(published_at=None)
         with _side(tmp_path / f"{label}-{kind}", len(devices)) as (broker, subscriber):
             if kind == "sequential":
                 figures.sequential.append(measured(broker.port, devices, artifact, subscriber))

@@ -83,9 +83,13 @@ PACED_RATE = float(os.environ.get("BENCH_ROLLOUT_PACED_RATE", "1200"))  # per mi
 PYSPY = os.environ.get("BENCH_ROLLOUT_PYSPY", "")
 TRACE = os.environ.get("BENCH_ROLLOUT_TRACE", "") == "1"
 STAGES = [{"percent": 1}, {"percent": 10}, {"percent": 50}, {"percent": 100}]
-# The largest rate a policy takes (ota/rollout_config.py); its burst, a minute's worth,
-# is more than any N here.
-UNPACED = {"rate_per_minute": 1_000_000, "rate_max_per_minute": 1_000_000}
+# The highest rate a policy takes (ota.rollout_config.MAX_RATE_PER_MINUTE) and a burst of
+# every device: no pacing.
+UNPACED = {
+    "rate_per_minute": 1_000_000,
+    "rate_max_per_minute": 1_000_000,
+    "rate_burst": 1_000_000,
+}
 PHASED_GOAL, PACED_GOAL = 2.0, 1.1
 INFLIGHT = 100  # the bridge's max_inflight default: the reference publisher's too
 RUN_TIMEOUT = 600.0
@@ -471,10 +475,10 @@ def rollout_run(
     """The real system: start a rollout, wait until all acknowledged and completed."""
     n = len(devices)
     ids = [d.device_id for d in devices]
-    # A fresh broker holds no desired state and no retained sentinel: nothing is recorded
-    # as on it, or the bridge would publish the earlier runs' envelopes again
+    # The fresh broker stands for one that kept what it was sent: without this the bridge
+    # finds no sentinel and publishes the earlier runs' envelopes again
     # (fleet/bridge/sentinel.py).
-    DesiredState.objects.filter(published_at__isnull=False).update(published_at=None)
+    DesiredState.objects.update(published_at=None)
     broker = bench_broker(root / "mqtt")
     fleet = Fleet(broker.port, ids, root / "sims")
     plane = ControlPlane(broker, redis, keys, root / "plane")

@@ -16,7 +16,7 @@ from fleet.bridge.client import InboundMessage
 from fleet.bridge.handlers import DiscardTelemetry, Dispatcher
 from fleet.models import Device, DeviceEvent
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.db_both]
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

@@ -22,7 +22,7 @@ from fleet.director import (
 from fleet.errors import ServiceError
 from fleet.models import DesiredOutbox, DesiredState, Device
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.db_both]
 
 
 @pytest.fixture(autouse=True)

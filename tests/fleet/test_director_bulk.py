@@ -12,7 +12,7 @@ from fleet.errors import ServiceError
 from fleet.keys import director_public_pem
 from fleet.models import DesiredState, Device
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.db_both]
 
 
 @pytest.fixture(autouse=True)

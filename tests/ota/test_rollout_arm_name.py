@@ -22,9 +22,10 @@ from rollout_helpers import (
 
 from device_agent.protocol.messages import Phase, TelemetryBatch, TelemetrySample
 from fleet.auth import SCOPE_USER
+from fleet.identifiers import PHASED_ARM
 from fleet.services import api_token_create
 from ota.gates import PHASED_BASELINE, TelemetryQuery
-from ota.rollout_config import PHASED_ARM, phased_arms
+from ota.rollout_config import phased_arms
 from ota.rollout_selectors import rollout_arm_progress
 from telemetry import metrics
 from telemetry.ingest import TelemetryIngest

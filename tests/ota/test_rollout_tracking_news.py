@@ -32,7 +32,7 @@ from ota import engine, tasks
 from ota.models import RolloutStatus, TrackingNews
 from ota.tracking import tracking_news_record, tracking_news_take
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.db_both]
 
 
 @pytest.fixture(autouse=True)

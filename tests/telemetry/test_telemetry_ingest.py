@@ -11,7 +11,7 @@ from telemetry_support import batch, make_device, now_utc, register_model, sampl
 from telemetry.ingest import TelemetryIngest, rows_write
 from telemetry.models import Sample
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.db_both]
 
 
 def _metric(name: str, **labels: str) -> float:

@@ -3,10 +3,10 @@
 import pytest
 from bridge_harness import make_device
 
-from fleet.director import filter_in
+from fleet.bulk import filter_in
 from fleet.models import Device
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.db_both]
 
 
 def test_it_selects_by_pks_by_text_and_nothing_for_an_empty_list() -> None:
