@@ -51,7 +51,7 @@ from django.db.models import (
 from django.utils import timezone
 
 from device_agent.protocol.errors import ErrorCode
-from device_agent.protocol.messages import Phase
+from device_agent.protocol.messages import Phase, stored_models
 from fleet.bulk import columns_update, filter_in, rows_update
 from fleet.director import ModelAssignment, devices_desired_set
 from fleet.errors import ServiceError
@@ -242,12 +242,11 @@ def _wake_wanted(*, pending: datetime | None, at: datetime, now: datetime) -> bo
 
 def _runs(reported: object, model: str, target: tuple[str, int] | None) -> bool:
     """Whether a reported state shows ``model`` at exactly (version, release counter)."""
-    if target is None or not isinstance(reported, dict):
+    if target is None:
         return False
-    entries = reported.get("models")
-    for entry in entries if isinstance(entries, list) else ():
-        if isinstance(entry, dict) and entry.get("name") == model:
-            return (entry.get("version"), entry.get("release_counter")) == target
+    for entry in stored_models(reported):
+        if entry.name == model:
+            return (entry.version, entry.release_counter) == target
     return False
 
 
@@ -677,12 +676,9 @@ def _previous_artifacts(model: Model, device_pks: Sequence[int]) -> dict[int, in
     for pk, payload in DesiredState.objects.filter(device_id__in=device_pks).values_list(
         "device_id", "payload"
     ):
-        entries = payload.get("models") if isinstance(payload, dict) else None
-        for entry in entries if isinstance(entries, list) else ():
-            if isinstance(entry, dict) and entry.get("name") == model.name:
-                path = entry.get("path")
-                if isinstance(path, str):
-                    paths[pk] = path
+        for entry in stored_models(payload):
+            if entry.name == model.name and entry.path is not None:
+                paths[pk] = entry.path
     ids = dict(
         Artifact.objects.filter(model=model, target_path__in=set(paths.values())).values_list(
             "target_path", "pk"
