@@ -4,7 +4,7 @@
  *                   [--http-cafile CA]
  *   fleet-ota-posix --dir DIR --device-id ID --hardware HW [--director director.pem]
  *                   [--broker HOST --port N] [--cafile CA --cert CRT --key KEY]
- *                   [--http-cafile CA] [--selftest CMD]
+ *                   [--http-cafile CA] [--selftest CMD] [--telemetry MODEL:N]
  *
  * `enroll` makes the device key and CSR and enrolls (fleet_ota/enroll.h), keeping the key,
  * certificate, CA, director key and broker URL as records in DIR. Without --director or
@@ -185,6 +185,8 @@ static int enroll_main(int argc, char **argv)
     return 0;
 }
 static fo_posix_mqtt_t mqtt;
+static char telemetry_model[65];
+static unsigned telemetry_wanted, telemetry_sent;
 static uint8_t msg[FLEET_OTA_MAX_ENVELOPE + 1];
 static uint8_t acks[FO_POSIX_ACKS_BYTES];
 
@@ -219,6 +221,17 @@ int main(int argc, char **argv)
             http.ca_file = v;
         } else if (strcmp(k, "--selftest") == 0) {
             selftest_cmd = v;
+        } else if (strcmp(k, "--telemetry") == 0) {
+            /* MODEL:N: N samples (latency_ms 0..N-1) once MODEL is active, as an
+             * application would report them; for the end-to-end tests. */
+            const char *colon = strchr(v, ':');
+            if (colon == NULL || colon == v || (size_t)(colon - v) >= sizeof(telemetry_model) ||
+                atoi(colon + 1) < 1) {
+                fprintf(stderr, "--telemetry wants MODEL:N\n");
+                return 2;
+            }
+            memcpy(telemetry_model, v, (size_t)(colon - v));
+            telemetry_wanted = (unsigned)atoi(colon + 1);
         } else {
             fprintf(stderr, "unknown option %s\n", k);
             return 2;
@@ -254,7 +267,8 @@ int main(int argc, char **argv)
     if (dir == NULL || device_id == NULL || hardware == NULL || pem == NULL) {
         fprintf(stderr, "usage: %s --dir DIR --device-id ID --hardware HW [--director PEM] "
                         "[--broker HOST] [--port N] [--cafile CA --cert CRT --key KEY] "
-                        "[--http-cafile CA] [--selftest CMD]\n", argv[0]);
+                        "[--http-cafile CA] [--selftest CMD] [--telemetry MODEL:N]\n",
+                argv[0]);
         return 2;
     }
     signal(SIGTERM, on_signal);
@@ -293,6 +307,21 @@ int main(int argc, char **argv)
             fo_agent_on_acks(&agent, acks, len);
         }
         fo_agent_poll(&agent);
+        if (telemetry_sent < telemetry_wanted &&
+            fo_agent_active_slot(&agent, telemetry_model, NULL) >= 0) {
+            const char *names[] = {"latency_ms"};
+            const double value = (double)telemetry_sent;
+            code = fo_agent_telemetry(&agent, telemetry_model, names, &value, 1);
+            fprintf(stderr, "telemetry: %s\n", code == FO_OK ? "sent" : fo_code_name(code));
+            if (++telemetry_sent == telemetry_wanted) {
+                telemetry_wanted = 0; /* report once below */
+            }
+        } else if (telemetry_sent > 0 && telemetry_wanted == 0 &&
+                   fo_agent_telemetry_unconfirmed(&agent) == 0) {
+            fprintf(stderr, "telemetry: %u sent, all confirmed, %u dropped\n", telemetry_sent,
+                    (unsigned)fo_agent_telemetry_dropped(&agent));
+            telemetry_sent = 0;
+        }
         if (!fo_posix_mqtt_take_desired(&mqtt, msg, &len)) {
             nanosleep(&tick, NULL);
             continue;
