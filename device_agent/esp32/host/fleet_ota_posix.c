@@ -13,7 +13,12 @@
  *
  * Slots and records are files under DIR (the posix storage port). The self-test runs
  * CMD through /bin/sh with FLEET_MODEL=<name> and FLEET_MODEL_PATH=<slot file>; exit 0
- * passes. Runs until SIGTERM or SIGINT. */
+ * passes. Runs until SIGTERM or SIGINT.
+ *
+ * For fault tests, FLEET_OTA_POSIX_KILL_AT makes the process SIGKILL itself once at an
+ * update step: `downloading` (after the first download checkpoint is saved), `written`
+ * (the whole download saved, before verification), `swapped` (after the swap is saved,
+ * before the self-test), `selftest_passed` (the self-test passed, before the commit). */
 #define _POSIX_C_SOURCE 200809L
 #include <signal.h>
 #include <stdio.h>
@@ -54,16 +59,32 @@ static void sleep_ms(void *ctx, unsigned ms)
     }
 }
 
+static const char *kill_at;
+
+static void die_at(const char *step)
+{
+    if (kill_at != NULL && strcmp(kill_at, step) == 0) {
+        fprintf(stderr, "fleet-ota-posix: killed at %s\n", step);
+        fflush(stderr);
+        raise(SIGKILL);
+    }
+}
+
 static fo_code_t selftest(void *ctx, const char *model, int slot)
 {
     (void)ctx;
     char cmd[2048];
-    if (selftest_cmd == NULL) {
-        return FO_OK;
+    fo_code_t code = FO_OK;
+    if (selftest_cmd != NULL) {
+        snprintf(cmd, sizeof(cmd),
+                 "export FLEET_MODEL='%s' FLEET_MODEL_PATH='%s/slots/%s.%c'; %s", model, dir,
+                 model, slot == 0 ? 'a' : 'b', selftest_cmd);
+        code = system(cmd) == 0 ? FO_OK : FO_HEALTH_CHECK_FAILED;
     }
-    snprintf(cmd, sizeof(cmd), "export FLEET_MODEL='%s' FLEET_MODEL_PATH='%s/slots/%s.%c'; %s",
-             model, dir, model, slot == 0 ? 'a' : 'b', selftest_cmd);
-    return system(cmd) == 0 ? FO_OK : FO_HEALTH_CHECK_FAILED;
+    if (code == FO_OK) {
+        die_at("selftest_passed");
+    }
+    return code;
 }
 
 static void fill_random(void *ctx, uint8_t *buf, size_t len)
@@ -96,6 +117,24 @@ static char *read_file(const char *path, size_t *len)
 
 static fo_agent_t agent;
 static fo_posix_storage_t storage;
+static fo_storage_port_t real_storage;
+
+/* The storage port, with the FLEET_OTA_POSIX_KILL_AT steps after each state save. */
+static fo_code_t save_then_maybe_die(void *ctx, const char *name, const uint8_t *buf,
+                                     size_t len)
+{
+    fo_code_t code = real_storage.record_save(ctx, name, buf, len);
+    if (code == FO_OK && strcmp(name, "state") == 0) {
+        if (agent.st.status == FO_ST_DOWNLOADING && agent.st.written > 0) {
+            die_at("downloading");
+        } else if (agent.st.status == FO_ST_VERIFYING) {
+            die_at("written");
+        } else if (agent.st.status == FO_ST_SWAPPED) {
+            die_at("swapped");
+        }
+    }
+    return code;
+}
 static fo_posix_http_t http = {NULL, 10, 30, 600};
 static fo_enroll_t enrollment;
 static char paths[5][320];
@@ -284,6 +323,11 @@ int main(int argc, char **argv)
         fo_posix_mqtt_start(&mqtt, device_id, &broker, &ports.mqtt) != FO_OK) {
         fprintf(stderr, "cannot set up the ports\n");
         return 1;
+    }
+    kill_at = getenv("FLEET_OTA_POSIX_KILL_AT");
+    if (kill_at != NULL) {
+        real_storage = ports.storage;
+        ports.storage.record_save = save_then_maybe_die;
     }
     fo_code_t code = fo_agent_start(&agent, &ports, device_id, hardware, pem, pem_len);
     if (code == FO_OK) {
