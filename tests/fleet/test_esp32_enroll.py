@@ -5,7 +5,8 @@ the real API (the web server over HTTPS with a site CA of its own, as
 test_agent_mqtts_end_to_end.py runs it), keeping what it is given as records; the client
 then connects with that certificate to Mosquitto on the production config and ACL,
 takes the desired state the real bridge publishes, downloads the model over HTTPS,
-commits it, and the bridge confirms its events on `acks`.
+commits it, and the bridge confirms its events and telemetry on `acks`: each telemetry
+sample sent is stored once.
 """
 
 import hashlib
@@ -21,6 +22,7 @@ from esp32_build import esp32_host_build
 from test_agent_mqtts_end_to_end import System, _reported, _wait, system  # noqa: F401
 
 from fleet.models import Device
+from telemetry.models import ReceivedBatch, Sample
 
 pytestmark = [
     pytest.mark.system,
@@ -33,6 +35,7 @@ BIN = Path(sys.executable).parent
 MODEL = ROOT / "deploy" / "dev" / "sample-models" / "kws-1.0.0.onnx"
 HARDWARE = "esp32s3-int8"
 DEVICE = "esp32-enrolled"
+SAMPLES = 3  # fewer than the client keeps unconfirmed (FLEET_OTA_TELEMETRY_QUEUE, 4)
 
 
 def test_the_c_client_enrolls_connects_over_mtls_and_commits(
@@ -98,11 +101,11 @@ def test_the_c_client_enrolls_connects_over_mtls_and_commits(
     assert enroll("--http-cafile", str(system.web_ca)).returncode != 0
 
     # when it runs with what enrollment gave it (no broker, key or director options)
-    system.start(
+    client = system.start(
         "esp32",
         [str(build / "fleet-ota-posix"), "--dir", str(client_dir), "--device-id", DEVICE]
         + ["--hardware", HARDWARE, "--http-cafile", str(system.web_ca)]
-        + ["--selftest", 'test -s "$FLEET_MODEL_PATH"'],
+        + ["--selftest", 'test -s "$FLEET_MODEL_PATH"', "--telemetry", f"kws:{SAMPLES}"],
     )
     # then it connects over mutual TLS as its certificate's name, and is online
     _wait(
@@ -142,3 +145,19 @@ def test_the_c_client_enrolls_connects_over_mtls_and_commits(
         return len(records) >= 5 and all(r.stat().st_size == 24 for r in records)
 
     _wait(all_confirmed, "every event confirmed on acks", system.diagnostics)
+
+    # and it reports telemetry once kws runs: every message confirmed on acks by its
+    # batch_id, none dropped, and each sample stored exactly once
+    _wait(
+        lambda: (
+            f"telemetry: {SAMPLES} sent, all confirmed, 0 dropped" in client.log_path.read_text()
+        ),
+        "the C client's telemetry confirmed on acks",
+        system.diagnostics,
+    )
+    assert client.log_path.read_text().count("telemetry: sent") == SAMPLES
+    rows = Sample.objects.filter(device__device_id=DEVICE)
+    assert sorted((r.metric, r.value, r.version) for r in rows) == [
+        ("latency_ms", float(i), "1.0.0") for i in range(SAMPLES)
+    ]
+    assert ReceivedBatch.objects.filter(device__device_id=DEVICE).count() == SAMPLES

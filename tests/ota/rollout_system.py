@@ -85,6 +85,7 @@ class FleetSystem:
         env: dict[str, str] | None = None,
         agent_config: dict[str, Any] | None = None,
         esp32_devices: int = 0,
+        esp32_env: dict[str, dict[str, str]] | None = None,
     ) -> None:
         pg_host, pg_port = "127.0.0.1", 5432
         require_service(
@@ -104,6 +105,7 @@ class FleetSystem:
         self.n_devices = devices
         self.n_esp32 = esp32_devices
         self.esp32_bad_models = root / "esp32-bad-models"
+        self.esp32_env = dict(esp32_env or {})  # extra environment per ESP32 device id
         self.agent_args = list(agent_args)
         self.agent_config = dict(agent_config or {})  # set in each agent's config.json
         self.children: dict[str, Child] = {}
@@ -287,7 +289,7 @@ class FleetSystem:
                 device_id,
                 [str(binary), "--dir", str(self.device_dir(device_id)), "--device-id", device_id]
                 + ["--hardware", ESP32_HARDWARE, "--selftest", selftest],
-                self.env,
+                {**self.env, **self.esp32_env.get(device_id, {})},
                 self.logs,
             )
 

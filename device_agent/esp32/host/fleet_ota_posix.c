@@ -4,7 +4,7 @@
  *                   [--http-cafile CA]
  *   fleet-ota-posix --dir DIR --device-id ID --hardware HW [--director director.pem]
  *                   [--broker HOST --port N] [--cafile CA --cert CRT --key KEY]
- *                   [--http-cafile CA] [--selftest CMD]
+ *                   [--http-cafile CA] [--selftest CMD] [--telemetry MODEL:N]
  *
  * `enroll` makes the device key and CSR and enrolls (fleet_ota/enroll.h), keeping the key,
  * certificate, CA, director key and broker URL as records in DIR. Without --director or
@@ -13,7 +13,12 @@
  *
  * Slots and records are files under DIR (the posix storage port). The self-test runs
  * CMD through /bin/sh with FLEET_MODEL=<name> and FLEET_MODEL_PATH=<slot file>; exit 0
- * passes. Runs until SIGTERM or SIGINT. */
+ * passes. Runs until SIGTERM or SIGINT.
+ *
+ * For fault tests, FLEET_OTA_POSIX_KILL_AT makes the process SIGKILL itself once at an
+ * update step: `downloading` (after the first download checkpoint is saved), `written`
+ * (the whole download saved, before verification), `swapped` (after the swap is saved,
+ * before the self-test), `selftest_passed` (the self-test passed, before the commit). */
 #define _POSIX_C_SOURCE 200809L
 #include <signal.h>
 #include <stdio.h>
@@ -54,16 +59,32 @@ static void sleep_ms(void *ctx, unsigned ms)
     }
 }
 
+static const char *kill_at;
+
+static void die_at(const char *step)
+{
+    if (kill_at != NULL && strcmp(kill_at, step) == 0) {
+        fprintf(stderr, "fleet-ota-posix: killed at %s\n", step);
+        fflush(stderr);
+        raise(SIGKILL);
+    }
+}
+
 static fo_code_t selftest(void *ctx, const char *model, int slot)
 {
     (void)ctx;
     char cmd[2048];
-    if (selftest_cmd == NULL) {
-        return FO_OK;
+    fo_code_t code = FO_OK;
+    if (selftest_cmd != NULL) {
+        snprintf(cmd, sizeof(cmd),
+                 "export FLEET_MODEL='%s' FLEET_MODEL_PATH='%s/slots/%s.%c'; %s", model, dir,
+                 model, slot == 0 ? 'a' : 'b', selftest_cmd);
+        code = system(cmd) == 0 ? FO_OK : FO_HEALTH_CHECK_FAILED;
     }
-    snprintf(cmd, sizeof(cmd), "export FLEET_MODEL='%s' FLEET_MODEL_PATH='%s/slots/%s.%c'; %s",
-             model, dir, model, slot == 0 ? 'a' : 'b', selftest_cmd);
-    return system(cmd) == 0 ? FO_OK : FO_HEALTH_CHECK_FAILED;
+    if (code == FO_OK) {
+        die_at("selftest_passed");
+    }
+    return code;
 }
 
 static void fill_random(void *ctx, uint8_t *buf, size_t len)
@@ -96,6 +117,24 @@ static char *read_file(const char *path, size_t *len)
 
 static fo_agent_t agent;
 static fo_posix_storage_t storage;
+static fo_storage_port_t real_storage;
+
+/* The storage port, with the FLEET_OTA_POSIX_KILL_AT steps after each state save. */
+static fo_code_t save_then_maybe_die(void *ctx, const char *name, const uint8_t *buf,
+                                     size_t len)
+{
+    fo_code_t code = real_storage.record_save(ctx, name, buf, len);
+    if (code == FO_OK && strcmp(name, "state") == 0) {
+        if (agent.st.status == FO_ST_DOWNLOADING && agent.st.written > 0) {
+            die_at("downloading");
+        } else if (agent.st.status == FO_ST_VERIFYING) {
+            die_at("written");
+        } else if (agent.st.status == FO_ST_SWAPPED) {
+            die_at("swapped");
+        }
+    }
+    return code;
+}
 static fo_posix_http_t http = {NULL, 10, 30, 600};
 static fo_enroll_t enrollment;
 static char paths[5][320];
@@ -185,6 +224,8 @@ static int enroll_main(int argc, char **argv)
     return 0;
 }
 static fo_posix_mqtt_t mqtt;
+static char telemetry_model[65];
+static unsigned telemetry_wanted, telemetry_sent;
 static uint8_t msg[FLEET_OTA_MAX_ENVELOPE + 1];
 static uint8_t acks[FO_POSIX_ACKS_BYTES];
 
@@ -219,6 +260,17 @@ int main(int argc, char **argv)
             http.ca_file = v;
         } else if (strcmp(k, "--selftest") == 0) {
             selftest_cmd = v;
+        } else if (strcmp(k, "--telemetry") == 0) {
+            /* MODEL:N: N samples (latency_ms 0..N-1) once MODEL is active, as an
+             * application would report them; for the end-to-end tests. */
+            const char *colon = strchr(v, ':');
+            if (colon == NULL || colon == v || (size_t)(colon - v) >= sizeof(telemetry_model) ||
+                atoi(colon + 1) < 1) {
+                fprintf(stderr, "--telemetry wants MODEL:N\n");
+                return 2;
+            }
+            memcpy(telemetry_model, v, (size_t)(colon - v));
+            telemetry_wanted = (unsigned)atoi(colon + 1);
         } else {
             fprintf(stderr, "unknown option %s\n", k);
             return 2;
@@ -254,7 +306,8 @@ int main(int argc, char **argv)
     if (dir == NULL || device_id == NULL || hardware == NULL || pem == NULL) {
         fprintf(stderr, "usage: %s --dir DIR --device-id ID --hardware HW [--director PEM] "
                         "[--broker HOST] [--port N] [--cafile CA --cert CRT --key KEY] "
-                        "[--http-cafile CA] [--selftest CMD]\n", argv[0]);
+                        "[--http-cafile CA] [--selftest CMD] [--telemetry MODEL:N]\n",
+                argv[0]);
         return 2;
     }
     signal(SIGTERM, on_signal);
@@ -270,6 +323,11 @@ int main(int argc, char **argv)
         fo_posix_mqtt_start(&mqtt, device_id, &broker, &ports.mqtt) != FO_OK) {
         fprintf(stderr, "cannot set up the ports\n");
         return 1;
+    }
+    kill_at = getenv("FLEET_OTA_POSIX_KILL_AT");
+    if (kill_at != NULL) {
+        real_storage = ports.storage;
+        ports.storage.record_save = save_then_maybe_die;
     }
     fo_code_t code = fo_agent_start(&agent, &ports, device_id, hardware, pem, pem_len);
     if (code == FO_OK) {
@@ -293,6 +351,21 @@ int main(int argc, char **argv)
             fo_agent_on_acks(&agent, acks, len);
         }
         fo_agent_poll(&agent);
+        if (telemetry_sent < telemetry_wanted &&
+            fo_agent_active_slot(&agent, telemetry_model, NULL) >= 0) {
+            const char *names[] = {"latency_ms"};
+            const double value = (double)telemetry_sent;
+            code = fo_agent_telemetry(&agent, telemetry_model, names, &value, 1);
+            fprintf(stderr, "telemetry: %s\n", code == FO_OK ? "sent" : fo_code_name(code));
+            if (++telemetry_sent == telemetry_wanted) {
+                telemetry_wanted = 0; /* report once below */
+            }
+        } else if (telemetry_sent > 0 && telemetry_wanted == 0 &&
+                   fo_agent_telemetry_unconfirmed(&agent) == 0) {
+            fprintf(stderr, "telemetry: %u sent, all confirmed, %u dropped\n", telemetry_sent,
+                    (unsigned)fo_agent_telemetry_dropped(&agent));
+            telemetry_sent = 0;
+        }
         if (!fo_posix_mqtt_take_desired(&mqtt, msg, &len)) {
             nanosleep(&tick, NULL);
             continue;

@@ -1,5 +1,6 @@
 /* libFuzzer: `acks` payloads (untrusted, from the broker) through the event outbox with
- * pending events: never a crash, and a payload it refuses confirms nothing. */
+ * pending events and the telemetry batches with pending messages: never a crash, and a
+ * payload it refuses confirms nothing. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,6 +35,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t removed =
         fo_outbox_on_acks(&outbox, &storage, data, size, tokens, FLEET_OTA_MAX_TOKENS, scratch);
     if ((!valid && removed != 0) || removed + fo_outbox_pending(&outbox) != 2) {
+        abort();
+    }
+    static fo_batches_t batches;
+    memset(&batches, 0, sizeof(batches));
+    for (int i = 0; i < 2; i++) {
+        if (fo_batches_add(&batches, ids[i], "{}", 2, 0) != FO_OK) {
+            abort();
+        }
+    }
+    removed = fo_batches_on_acks(&batches, data, size, tokens, FLEET_OTA_MAX_TOKENS);
+    if ((!valid && removed != 0) || removed + fo_batches_pending(&batches) != 2) {
         abort();
     }
     return 0;

@@ -70,6 +70,8 @@ static unsigned sleeps;
 static FILE *published;
 static char last_event[2048];
 static unsigned n_events;
+static char last_telemetry[2048];
+static unsigned n_telemetry;
 static fo_storage_port_t real;
 
 static int power_cut(void)
@@ -155,6 +157,11 @@ static fo_code_t publish(void *ctx, const char *channel, const uint8_t *p, size_
         memcpy(last_event, p, len);
         last_event[len] = 0;
         n_events++;
+    }
+    if (strcmp(channel, "telemetry") == 0 && len < sizeof(last_telemetry)) {
+        memcpy(last_telemetry, p, len);
+        last_telemetry[len] = 0;
+        n_telemetry++;
     }
     return FO_OK;
 }
@@ -285,6 +292,79 @@ static int event_has(const char *text)
     return strstr(last_event, text) != NULL;
 }
 
+/* Telemetry is kept until `acks` names its batch_id, published again byte for byte, and
+ * the oldest dropped (and counted) when all FLEET_OTA_TELEMETRY_QUEUE slots wait. */
+static void test_telemetry_delivery(void)
+{
+    static char first[2048], acks[512];
+    char id[33];
+    const char *names[] = {"latency_ms"};
+    double value = 1.0;
+    CHECK(fo_agent_telemetry_unconfirmed(&agent) == 1); /* the one just sent */
+    memcpy(first, last_telemetry, sizeof(first));
+    const char *at = strstr(first, "\"batch_id\":\"");
+    CHECK(at != NULL && strlen(at) == 12 + 32 + 2); /* the last key */
+    if (at == NULL) {
+        return;
+    }
+    memcpy(id, at + 12, 32);
+    id[32] = 0;
+    /* Not due yet: nothing; then the same bytes again, the next after 10 s. */
+    unsigned before = n_telemetry;
+    fo_agent_poll(&agent);
+    CHECK(n_telemetry == before);
+    now_us += FO_RESEND_FIRST_US;
+    fo_agent_poll(&agent);
+    CHECK(n_telemetry == before + 1 && strcmp(last_telemetry, first) == 0);
+    now_us += FO_RESEND_FIRST_US;
+    fo_agent_poll(&agent);
+    CHECK(n_telemetry == before + 1);
+    /* An event id that happens to match confirms no telemetry; the batch id does. */
+    size_t len = (size_t)snprintf(acks, sizeof(acks), "{\"v\":1,\"event_ids\":[\"%s\"]}", id);
+    fo_agent_on_acks(&agent, (const uint8_t *)acks, len);
+    CHECK(fo_agent_telemetry_unconfirmed(&agent) == 1);
+    len = (size_t)snprintf(acks, sizeof(acks), "{\"v\":1,\"batch_ids\":[\"%s\"]}", id);
+    fo_agent_on_acks(&agent, (const uint8_t *)acks, len);
+    CHECK(fo_agent_telemetry_unconfirmed(&agent) == 0);
+    now_us += FO_RESEND_MAX_US;
+    before = n_telemetry;
+    fo_agent_poll(&agent);
+    CHECK(n_telemetry == before);
+
+    /* A server that never confirms: the newest FLEET_OTA_TELEMETRY_QUEUE are kept. */
+    uint32_t dropped = fo_agent_telemetry_dropped(&agent);
+    for (unsigned i = 0; i < FLEET_OTA_TELEMETRY_QUEUE + 2; i++) {
+        value = (double)i;
+        CHECK(fo_agent_telemetry(&agent, "kws", names, &value, 1) == FO_OK);
+    }
+    CHECK(fo_agent_telemetry_unconfirmed(&agent) == FLEET_OTA_TELEMETRY_QUEUE);
+    CHECK(fo_agent_telemetry_dropped(&agent) == dropped + 2);
+    /* After a reconnection all of them go within the first delay, ids all different, and
+     * the two oldest (values 0 and 1) are not among them. */
+    fo_agent_on_connected(&agent);
+    now_us += FO_RESEND_FIRST_US;
+    before = n_telemetry;
+    fo_agent_poll(&agent);
+    CHECK(n_telemetry == before + FLEET_OTA_TELEMETRY_QUEUE);
+    for (unsigned i = 0; i < FLEET_OTA_TELEMETRY_QUEUE; i++) {
+        const fo_batch_slot_t *s = &agent.batches.slot[i];
+        CHECK(s->pending && strstr(s->text, "\"latency_ms\":0}") == NULL &&
+              strstr(s->text, "\"latency_ms\":1}") == NULL);
+        for (unsigned k = i + 1; k < FLEET_OTA_TELEMETRY_QUEUE; k++) {
+            CHECK(strcmp(s->id, agent.batches.slot[k].id) != 0);
+        }
+    }
+    /* One acks message confirms them all; a restart forgets telemetry (RAM only). */
+    len = (size_t)snprintf(acks, sizeof(acks), "{\"v\":1,\"batch_ids\":[");
+    for (unsigned i = 0; i < FLEET_OTA_TELEMETRY_QUEUE; i++) {
+        len += (size_t)snprintf(acks + len, sizeof(acks) - len, "%s\"%s\"", i ? "," : "",
+                                agent.batches.slot[i].id);
+    }
+    len += (size_t)snprintf(acks + len, sizeof(acks) - len, "]}");
+    fo_agent_on_acks(&agent, (const uint8_t *)acks, len);
+    CHECK(fo_agent_telemetry_unconfirmed(&agent) == 0);
+}
+
 static void test_install_update_rollback(const char *base)
 {
     char dir[600];
@@ -333,6 +413,7 @@ static void test_install_update_rollback(const char *base)
     CHECK(fo_agent_telemetry(&agent, "vad", names, values, 2) == FO_UNKNOWN_MODEL);
     const char *bad_names[] = {"latency ms"};
     CHECK(fo_agent_telemetry(&agent, "kws", bad_names, values, 1) == FO_MALFORMED);
+    test_telemetry_delivery();
 
     /* Power lost during the update's trial, and the stored desired state lost too: the
      * restart cannot resume the job, and must not keep the untried slot active. */
@@ -606,6 +687,16 @@ static void *update_thread(void *arg)
     size_t len = acks_for_all(acks, sizeof(acks));
     fo_agent_on_acks(&agent, (const uint8_t *)acks, len);
     CHECK(fo_agent_unconfirmed(&agent) == 0);
+    /* a telemetry message, sent again, then confirmed */
+    const char *names[] = {"latency_ms"};
+    const double value = 12.5;
+    CHECK(fo_agent_telemetry(&agent, "kws", names, &value, 1) == FO_OK);
+    now_us += FO_RESEND_FIRST_US;
+    fo_agent_poll(&agent);
+    len = (size_t)snprintf(acks, sizeof(acks), "{\"v\":1,\"batch_ids\":[\"%s\"]}",
+                           agent.batches.slot[0].id);
+    fo_agent_on_acks(&agent, (const uint8_t *)acks, len);
+    CHECK(fo_agent_telemetry_unconfirmed(&agent) == 0);
     counting = 0;
     return NULL;
 }
@@ -704,7 +795,7 @@ static int measure(const char *base)
     size_t enroll_stack = stack_touched(enroll_thread) - baseline;
     const char *version;
     CHECK(active_is_sound(measure_dir, &version) && version && strcmp(version, "1.5.0") == 0);
-    printf("measure: update (install + update, events resent and confirmed, posix ports "
+    printf("measure: update (install + update, events and a telemetry message resent and confirmed, posix ports "
            "included): heap peak %zu bytes in %zu allocations, stack %zu bytes; desired-state "
            "verification alone: stack %zu bytes; fo_agent_t %zu bytes (static); enrollment "
            "(key, CSR, request, answer): heap peak %zu bytes, stack %zu bytes, fo_enroll_t "

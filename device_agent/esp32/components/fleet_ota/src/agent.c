@@ -872,31 +872,58 @@ fo_code_t fo_agent_telemetry(fo_agent_t *a, const char *model, const char *const
     }
     jw_raw(&w, "},\"ts\":");
     jw_str(&w, ts);
-    jw_raw(&w, "}]}");
-    if (w.len >= w.cap) {
-        return FO_PAYLOAD_TOO_LARGE;
+    jw_raw(&w, "}]");
+    size_t without_id = w.len;
+    char id[33];
+    fo_outbox_take_id(&a->outbox, id);
+    jw_raw(&w, ",\"batch_id\":");
+    jw_str(&w, id);
+    jw_raw(&w, "}");
+    if (w.len >= w.cap ||
+        fo_batches_add(&a->batches, id, w.p, w.len,
+                       a->ports->clock.now_us(a->ports->clock.ctx, &(int){0})) != FO_OK) {
+        /* Too long to keep: sent once without an id (stored, never confirmed). */
+        w.len = without_id;
+        jw_raw(&w, "}");
+        if (w.len >= w.cap) {
+            return FO_PAYLOAD_TOO_LARGE;
+        }
     }
     publish(a, "telemetry", &w);
     return FO_OK;
+}
+
+size_t fo_agent_telemetry_unconfirmed(const fo_agent_t *a)
+{
+    return fo_batches_pending(&a->batches);
+}
+
+uint32_t fo_agent_telemetry_dropped(const fo_agent_t *a)
+{
+    return a->batches.dropped;
 }
 
 void fo_agent_on_acks(fo_agent_t *a, const uint8_t *msg, size_t len)
 {
     (void)fo_outbox_on_acks(&a->outbox, &a->ports->storage, msg, len, a->work.tokens,
                             FLEET_OTA_MAX_TOKENS, a->io);
+    (void)fo_batches_on_acks(&a->batches, msg, len, a->work.tokens, FLEET_OTA_MAX_TOKENS);
 }
 
 void fo_agent_poll(fo_agent_t *a)
 {
     int synced = 0;
-    fo_outbox_resend_due(&a->outbox, &a->ports->storage, &a->ports->mqtt,
-                         a->ports->clock.now_us(a->ports->clock.ctx, &synced), a->io);
+    int64_t now = a->ports->clock.now_us(a->ports->clock.ctx, &synced);
+    fo_outbox_resend_due(&a->outbox, &a->ports->storage, &a->ports->mqtt, now, a->io);
+    fo_batches_resend_due(&a->batches, &a->ports->mqtt, now);
 }
 
 void fo_agent_on_connected(fo_agent_t *a)
 {
     int synced = 0;
-    fo_outbox_on_connected(&a->outbox, a->ports->clock.now_us(a->ports->clock.ctx, &synced));
+    int64_t now = a->ports->clock.now_us(a->ports->clock.ctx, &synced);
+    fo_outbox_on_connected(&a->outbox, now);
+    fo_batches_on_connected(&a->batches, now);
 }
 
 size_t fo_agent_unconfirmed(const fo_agent_t *a)

@@ -220,7 +220,7 @@ size_t fo_outbox_on_acks(fo_outbox_t *o, const fo_storage_port_t *s, const uint8
         return 0;
     }
     long list = fo_json_member(&doc, 0, "event_ids");
-    if (list < 0) {
+    if (list < 0) { /* telemetry alone: fo_batches_on_acks */
         return 0;
     }
     size_t removed = 0;
@@ -242,6 +242,16 @@ size_t fo_outbox_on_acks(fo_outbox_t *o, const fo_storage_port_t *s, const uint8
     return removed;
 }
 
+/* 5 s after the first try, doubling to 60 s. */
+static int64_t next_wait(unsigned tries)
+{
+    int64_t wait = FO_RESEND_FIRST_US;
+    for (unsigned k = 0; k < tries && wait < FO_RESEND_MAX_US; k++) {
+        wait *= 2;
+    }
+    return wait < FO_RESEND_MAX_US ? wait : FO_RESEND_MAX_US;
+}
+
 void fo_outbox_resend_due(fo_outbox_t *o, const fo_storage_port_t *s, const fo_mqtt_port_t *mqtt,
                           int64_t now_us, uint8_t *buf)
 {
@@ -250,11 +260,7 @@ void fo_outbox_resend_due(fo_outbox_t *o, const fo_storage_port_t *s, const fo_m
         if (!e->pending || e->due_us > now_us) {
             continue;
         }
-        int64_t wait = FO_RESEND_FIRST_US;
-        for (unsigned k = 0; k < e->tries && wait < FO_RESEND_MAX_US; k++) {
-            wait *= 2;
-        }
-        e->due_us = now_us + (wait < FO_RESEND_MAX_US ? wait : FO_RESEND_MAX_US);
+        e->due_us = now_us + next_wait(e->tries);
         if (e->tries < 255) {
             e->tries++;
         }
@@ -283,6 +289,103 @@ size_t fo_outbox_pending(const fo_outbox_t *o)
     size_t n = 0;
     for (unsigned i = 0; i < FLEET_OTA_EVENT_QUEUE; i++) {
         n += o->slot[i].pending;
+    }
+    return n;
+}
+
+void fo_outbox_take_id(fo_outbox_t *o, char id[33])
+{
+    fo_outbox_next_id(o, id);
+    o->next++;
+}
+
+fo_code_t fo_batches_add(fo_batches_t *b, const char id[33], const char *text, size_t len,
+                         int64_t now_us)
+{
+    if (len > FLEET_OTA_TELEMETRY_BYTES) {
+        return FO_PAYLOAD_TOO_LARGE;
+    }
+    /* The oldest free slot; when all wait, the oldest message goes (as the Python agent). */
+    unsigned pick = 0;
+    for (unsigned i = 1; i < FLEET_OTA_TELEMETRY_QUEUE; i++) {
+        const fo_batch_slot_t *x = &b->slot[i], *y = &b->slot[pick];
+        if (x->pending < y->pending || (x->pending == y->pending && x->order < y->order)) {
+            pick = i;
+        }
+    }
+    fo_batch_slot_t *s = &b->slot[pick];
+    if (s->pending) {
+        b->dropped++;
+    }
+    memcpy(s->text, text, len);
+    memcpy(s->id, id, 32);
+    s->id[32] = 0;
+    s->len = (uint16_t)len;
+    s->order = ++b->order;
+    s->pending = 1;
+    s->tries = 1;
+    s->due_us = now_us + FO_RESEND_FIRST_US;
+    return FO_OK;
+}
+
+size_t fo_batches_on_acks(fo_batches_t *b, const uint8_t *msg, size_t len,
+                          fo_json_tok_t *tokens, size_t max_tokens)
+{
+    fo_json_doc_t doc;
+    char id[33];
+    if (fo_json_parse(msg, len, tokens, max_tokens, 4, &doc) != FO_OK || !acks_valid(&doc)) {
+        return 0;
+    }
+    long list = fo_json_member(&doc, 0, "batch_ids");
+    if (list < 0) {
+        return 0;
+    }
+    size_t removed = 0;
+    for (size_t k = (size_t)list + 1; k < doc.tok[list].next; k = doc.tok[k].next) {
+        (void)event_id(&doc, k, id); /* valid: checked above */
+        for (unsigned i = 0; i < FLEET_OTA_TELEMETRY_QUEUE; i++) {
+            fo_batch_slot_t *s = &b->slot[i];
+            if (s->pending && memcmp(s->id, id, 32) == 0) {
+                s->pending = 0;
+                removed++;
+                break;
+            }
+        }
+    }
+    return removed;
+}
+
+void fo_batches_resend_due(fo_batches_t *b, const fo_mqtt_port_t *mqtt, int64_t now_us)
+{
+    for (unsigned i = 0; i < FLEET_OTA_TELEMETRY_QUEUE; i++) {
+        fo_batch_slot_t *s = &b->slot[i];
+        if (!s->pending || s->due_us > now_us) {
+            continue;
+        }
+        s->due_us = now_us + next_wait(s->tries);
+        if (s->tries < 255) {
+            s->tries++;
+        }
+        (void)mqtt->publish(mqtt->ctx, "telemetry", (const uint8_t *)s->text, s->len);
+    }
+}
+
+void fo_batches_on_connected(fo_batches_t *b, int64_t now_us)
+{
+    for (unsigned i = 0; i < FLEET_OTA_TELEMETRY_QUEUE; i++) {
+        fo_batch_slot_t *s = &b->slot[i];
+        s->tries = 1;
+        if (s->due_us > now_us + FO_RESEND_FIRST_US) {
+            s->due_us = now_us + FO_RESEND_FIRST_US;
+        }
+    }
+}
+
+size_t fo_batches_pending(const fo_batches_t *b)
+{
+    size_t n = 0;
+    for (unsigned i = 0; i < FLEET_OTA_TELEMETRY_QUEUE; i++) {
+        n += b->slot[i].pending;
     }
     return n;
 }

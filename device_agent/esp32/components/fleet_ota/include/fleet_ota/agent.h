@@ -94,6 +94,7 @@ typedef struct {
     uint8_t digest[32];
     unsigned progress_reported;
     fo_outbox_t outbox; /* events not yet confirmed on `acks` */
+    fo_batches_t batches; /* telemetry messages not yet confirmed (in RAM only) */
 } fo_agent_t;
 
 /* Load the persistent state and finish or undo whatever a restart interrupted (a
@@ -110,19 +111,24 @@ fo_code_t fo_agent_on_desired(fo_agent_t *agent, const uint8_t *msg, size_t len)
 /* Run the jobs of the accepted desired state until none is left. FO_OK when idle. */
 fo_code_t fo_agent_run(fo_agent_t *agent);
 
-/* A message on the `acks` topic: forget the events it confirms (a malformed one is
+/* A message on the `acks` topic: forget the events and telemetry messages it confirms (a malformed one is
  * ignored). Call between fo_agent_run calls, never during one. */
 void fo_agent_on_acks(fo_agent_t *agent, const uint8_t *msg, size_t len);
 
-/* Publish again the unconfirmed events whose time has come (5 s, doubling to 60 s); call
+/* Publish again the unconfirmed events and telemetry messages whose time has come (5 s, doubling to 60 s); call
  * it often (each second is enough), between fo_agent_run calls. */
 void fo_agent_poll(fo_agent_t *agent);
 
-/* After every (re)connection to the broker: unconfirmed events go again soon. */
+/* After every (re)connection to the broker: unconfirmed events and telemetry go again
+ * soon. */
 void fo_agent_on_connected(fo_agent_t *agent);
 
 /* Events kept until confirmed. */
 size_t fo_agent_unconfirmed(const fo_agent_t *agent);
+
+/* Telemetry messages kept until confirmed, and those dropped unconfirmed to make room. */
+size_t fo_agent_telemetry_unconfirmed(const fo_agent_t *agent);
+uint32_t fo_agent_telemetry_dropped(const fo_agent_t *agent);
 
 /* The slot the application should run for `model` (-1 for none), and its version and
  * rollout tags for telemetry. */
@@ -130,7 +136,9 @@ int fo_agent_active_slot(const fo_agent_t *agent, const char *model,
                          const fo_slot_info_t **info);
 
 /* Publish one telemetry sample for `model`, tagged with its installed version, rollout
- * and arm: `names[i]` = `values[i]` for n metrics. */
+ * and arm: `names[i]` = `values[i]` for n metrics. The message carries a `batch_id` and
+ * is kept until `acks` confirms it (FLEET_OTA_TELEMETRY_QUEUE messages; beyond, the
+ * oldest is dropped); one longer than FLEET_OTA_TELEMETRY_BYTES is sent once without. */
 fo_code_t fo_agent_telemetry(fo_agent_t *agent, const char *model, const char *const *names,
                              const double *values, size_t n);
 

@@ -87,6 +87,59 @@ void fo_outbox_on_connected(fo_outbox_t *o, int64_t now_us);
 /* Events not yet confirmed. */
 size_t fo_outbox_pending(const fo_outbox_t *o);
 
+/* The id the next event or telemetry message gets, and the counter moves on. */
+void fo_outbox_take_id(fo_outbox_t *o, char id[33]);
+
+/* Telemetry messages until the server has them (docs/protocol.md, "telemetry"), as the
+ * Python agent's device_agent/telemetry.py: each message carries a `batch_id` and is kept
+ * in RAM, in one of a fixed number of slots, and published again byte for byte (5 s,
+ * doubling to 60 s, and soon after a reconnection) until `acks` names it in `batch_ids`.
+ * When all slots wait the oldest message is dropped and counted. A restart loses them:
+ * telemetry is not worth a flash write per sample. */
+#ifndef FLEET_OTA_TELEMETRY_QUEUE
+#define FLEET_OTA_TELEMETRY_QUEUE 4
+#endif
+/* Bytes of one kept message; a longer one is sent once without a `batch_id`. */
+#ifndef FLEET_OTA_TELEMETRY_BYTES
+#define FLEET_OTA_TELEMETRY_BYTES 1024
+#endif
+
+typedef struct {
+    uint64_t order;  /* 0: never used */
+    int64_t due_us;  /* when to publish again */
+    uint16_t len;
+    uint8_t pending; /* not yet confirmed */
+    uint8_t tries;
+    char id[33];     /* batch_id: 32 lowercase hex digits */
+    char text[FLEET_OTA_TELEMETRY_BYTES];
+} fo_batch_slot_t;
+
+typedef struct {
+    uint64_t order;   /* the newest message's order */
+    uint32_t dropped; /* unconfirmed messages dropped to make room */
+    fo_batch_slot_t slot[FLEET_OTA_TELEMETRY_QUEUE];
+} fo_batches_t;
+
+/* Keep `text` (a telemetry message whose `batch_id` is `id`) in a free slot, or over the
+ * oldest unconfirmed one (counted in `dropped`). FO_PAYLOAD_TOO_LARGE when it does not
+ * fit a slot (nothing kept). */
+fo_code_t fo_batches_add(fo_batches_t *b, const char id[33], const char *text, size_t len,
+                         int64_t now_us);
+
+/* Forget the messages named in an `acks` payload's `batch_ids`; a malformed payload is
+ * ignored whole. Returns how many were pending. */
+size_t fo_batches_on_acks(fo_batches_t *b, const uint8_t *msg, size_t len,
+                          fo_json_tok_t *tokens, size_t max_tokens);
+
+/* Publish the messages whose time has come on `telemetry`. */
+void fo_batches_resend_due(fo_batches_t *b, const fo_mqtt_port_t *mqtt, int64_t now_us);
+
+/* After a (re)connection: every pending message goes again within the first delay. */
+void fo_batches_on_connected(fo_batches_t *b, int64_t now_us);
+
+/* Telemetry messages not yet confirmed. */
+size_t fo_batches_pending(const fo_batches_t *b);
+
 #ifdef __cplusplus
 }
 #endif
