@@ -19,6 +19,7 @@
 #include "mqtt_client.h"
 #include "nvs_flash.h"
 #include "protocol_examples_common.h"
+#include "sdkconfig.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 #include "tensorflow/lite/schema/schema_generated.h"
@@ -123,7 +124,8 @@ static const char *check_spec(const cJSON *spec, const TfLiteTensor *t, size_t *
     int axis = 0;
     const cJSON *d = nullptr;
     cJSON_ArrayForEach(d, shape) {
-        if (!cJSON_IsNumber(d) || d->valueint != t->dims->data[axis++]) {
+        if (!cJSON_IsNumber(d) || d->valuedouble != (double)d->valueint ||
+            d->valueint != t->dims->data[axis++]) {
             return "shape differs from the model's tensor";
         }
         n *= (size_t)d->valueint;
@@ -338,18 +340,22 @@ struct msg_t {
 };
 
 static QueueHandle_t inbox;
+/* Set by the esp-mqtt task when the inbox was full and a `desired` message was dropped:
+ * subscribing again makes the broker deliver the retained one anew. */
+static volatile bool desired_dropped;
 static char desired_topic[128], acks_topic[128], status_topic[128];
 
 static void mqtt_event(void *arg, esp_event_base_t base, int32_t id, void *event_data)
 {
     static msg_t partial;    /* a message esp-mqtt delivers in several fragments */
-    static size_t kept;
+    (void)arg;
+    (void)base;
     auto *event = static_cast<esp_mqtt_event_handle_t>(event_data);
     if (id == MQTT_EVENT_CONNECTED) {
         esp_mqtt_client_subscribe(event->client, desired_topic, 1);
         esp_mqtt_client_subscribe(event->client, acks_topic, 0);
         msg_t m = {MSG_CONNECTED, nullptr, 0};
-        xQueueSend(inbox, &m, portMAX_DELAY);
+        xQueueSend(inbox, &m, 0); /* a full inbox: the agent's poll resends later anyway */
         return;
     }
     if (id != MQTT_EVENT_DATA) {
@@ -358,7 +364,6 @@ static void mqtt_event(void *arg, esp_event_base_t base, int32_t id, void *event
     if (event->current_data_offset == 0) {
         free(partial.data);
         partial = {};
-        kept = 0;
         size_t topic_len = (size_t)event->topic_len;
         if (topic_len == strlen(desired_topic) && memcmp(event->topic, desired_topic, topic_len) == 0) {
             partial.kind = MSG_DESIRED;
@@ -383,10 +388,16 @@ static void mqtt_event(void *arg, esp_event_base_t base, int32_t id, void *event
         size_t take = n < partial.len - at ? n : partial.len - at;
         memcpy(partial.data + at, event->data, take);
     }
-    kept = at + n;
-    if (kept >= (size_t)event->total_data_len) {
-        xQueueSend(inbox, &partial, portMAX_DELAY); /* the agent's task frees it */
-        partial = {};
+    if (at + n >= (size_t)event->total_data_len) {
+        /* Never block the esp-mqtt task (the agent's task publishes through it): a full
+         * inbox drops the message; what an `acks` confirmed is published again by
+         * fo_agent_poll and confirmed again, a `desired` is fetched again by subscribing
+         * anew. */
+        if (xQueueSend(inbox, &partial, 0) != pdTRUE) {
+            desired_dropped = desired_dropped || partial.kind == MSG_DESIRED;
+            free(partial.data);
+        }
+        partial = {}; /* the agent's task frees what it received */
     }
 }
 
@@ -459,7 +470,7 @@ extern "C" void app_main(void)
     snprintf(desired_topic, sizeof(desired_topic), "fleet/v1/devices/%s/desired", device_id);
     snprintf(acks_topic, sizeof(acks_topic), "fleet/v1/devices/%s/acks", device_id);
     snprintf(status_topic, sizeof(status_topic), "fleet/v1/devices/%s/status", device_id);
-    inbox = xQueueCreate(8, sizeof(msg_t));
+    inbox = xQueueCreate(4, sizeof(msg_t));
 
     esp_mqtt_client_config_t mqtt = {};
     mqtt.broker.address.uri = broker;
@@ -493,6 +504,10 @@ extern "C" void app_main(void)
             } else if (m.kind == MSG_DESIRED) {
                 fo_agent_on_desired(&agent, m.data, m.len);
                 fo_agent_run(&agent); /* download, verify, swap, self-test, commit or roll back */
+                if (desired_dropped) {
+                    desired_dropped = false;
+                    esp_mqtt_client_subscribe(esp.mqtt, desired_topic, 1);
+                }
             } else {
                 fo_agent_on_acks(&agent, m.data, m.len);
             }
