@@ -10,6 +10,10 @@
 #include "mqtt_client.h"
 #include "nvs.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* The two data partitions (by label) that hold one model's slots. */
 typedef struct {
     const char *model;
@@ -32,5 +36,9 @@ typedef struct {
 
 /* Fill `ports` (all but selftest) over `esp`. */
 fo_code_t fo_esp_ports_init(fo_esp_t *esp, const char *device_id, fo_ports_t *ports);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

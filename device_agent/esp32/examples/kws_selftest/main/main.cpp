@@ -25,9 +25,7 @@
 #include "tensorflow/lite/schema/schema_generated.h"
 
 #include "fleet_ota/agent.h"
-extern "C" {
-#include "fleet_ota_esp.h" /* a C header without its own extern "C" */
-}
+#include "fleet_ota_esp.h"
 
 static const char *TAG = "kws";
 
