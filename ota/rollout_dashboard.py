@@ -12,10 +12,9 @@ from typing import Any
 
 from django.db.models import Count, Q, QuerySet
 
-from device_agent.protocol.messages import FAILURE_PHASES as _REFUSED
 from device_agent.protocol.messages import Phase
 from fleet.errors import ServiceError
-from fleet.models import Device, DeviceEvent
+from fleet.models import UPDATE_FAILURE_PHASES, Device, DeviceEvent
 from fleet.selectors import installed_models
 from ota.cohorts import stage_size
 from ota.models import (
@@ -48,8 +47,8 @@ DISPLAY_STATES: tuple[tuple[str, str], ...] = (
     ("skipped", "skipped"),
 )
 _DOWNLOAD_PHASES = {"", Phase.ACCEPTED, Phase.DOWNLOADING}
-# Update events that say an update did not work (a device-side roll-back included).
-FAILURE_PHASES = (*sorted(_REFUSED), Phase.ROLLED_BACK)
+# Update events that say an update did not work; indexed by time for these pages.
+FAILURE_PHASES = UPDATE_FAILURE_PHASES
 FAILURE_STATES = (D.FAILED, D.TIMED_OUT, D.ROLLBACK_FAILED)
 FINISHED_STATES = {
     "succeeded",

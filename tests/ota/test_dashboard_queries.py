@@ -113,3 +113,19 @@ def test_devices_list_checkbox_is_the_admins_own():  # type: ignore[no-untyped-d
     client.force_login(user("viewer", "fleet.view_device", staff=True))
     listing = client.get("/admin/fleet/device/").content.decode()
     assert page.action_checkbox(device) in listing
+
+
+def test_last_days_failures_are_read_through_their_index():  # type: ignore[no-untyped-def]
+    """The overview's failure chart and the devices list's "failing" filter select the
+    events the partial index deviceevent_failure_time holds (same phases)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("partial index plans are checked on PostgreSQL (set DATABASE_URL)")
+    from ota import rollout_dashboard as dash
+
+    since = timezone.now() - dash.FAILURE_WINDOW
+    failures = DeviceEvent.objects.filter(
+        received_at__gte=since, phase__in=list(dash.FAILURE_PHASES)
+    ).values_list("code")
+    with connection.cursor() as cursor:  # a tiny test table: make the planner show its choice
+        cursor.execute("SET LOCAL enable_seqscan = off")
+    assert "deviceevent_failure_time" in failures.explain()
