@@ -154,6 +154,7 @@ def model_page(model: Model) -> dict[str, Any]:
         Device.objects.enabled()
         .filter(reported__isnull=False)
         .values_list("reported", flat=True)
+        .order_by()  # the counts do not depend on the order
         .iterator(chunk_size=2000)
     ):
         for name, version in installed_models(reported):

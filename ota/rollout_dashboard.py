@@ -429,7 +429,8 @@ def fleet_overview(now: datetime) -> Overview:
         enabled.values_list("hardware").annotate(n=Count("pk")).order_by("-n", "hardware")
     )
     versions: dict[str, int] = defaultdict(int)
-    for reported in enabled.values_list("reported", flat=True).iterator(chunk_size=2000):
+    # Unordered: the counts do not depend on it, and sorting 10 000 documents is not free.
+    for reported in enabled.values_list("reported", flat=True).order_by().iterator(chunk_size=2000):
         installed = installed_models(reported)
         for name, version in installed:
             versions[f"{name} {version}"] += 1
