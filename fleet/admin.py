@@ -1,9 +1,13 @@
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext
 
 from fleet import enrollment
 from fleet.audit import audit_record
@@ -110,6 +114,16 @@ class DeviceAdmin(admin.ModelAdmin[Device]):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # devices enroll themselves with a token
+
+    def action_checkbox(self, obj: Device) -> SafeString:
+        """The same input as the admin's, written directly: rendering a form widget's
+        template for each of the 100 rows was most of the list's time."""
+        return format_html(
+            '<input type="checkbox" name="{}" value="{}" class="action-select" aria-label="{}">',
+            ACTION_CHECKBOX_NAME,
+            obj.pk,
+            gettext("Select this object for an action - {}").format(obj),
+        )
 
     @admin.display(description="installed models")
     def installed(self, obj: Device) -> str:

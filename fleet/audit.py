@@ -1,7 +1,7 @@
-"""The fleet-wide audit trail: one ``AuditEvent`` per publish, release-key or top-level
-key change, device revocation and API or enrollment token change, written by the service
-that makes the change, in its transaction. Rollouts keep their own trail
-(``ota.RolloutAuditEvent``); the admin's audit log shows both."""
+"""The fleet-wide audit trail: one ``AuditEvent`` per model registered, publish,
+release-key or top-level key change, device revocation and API or enrollment token change,
+written by the service that makes the change, in its transaction. Rollouts keep their own
+trail (``ota.RolloutAuditEvent``); the admin's audit log shows both."""
 
 from typing import Any
 
@@ -9,6 +9,7 @@ from fleet.models import AuditEvent
 
 # action -> how the audit log says it
 ACTIONS: dict[str, str] = {
+    "model.register": "registered a model",
     "publish": "published an artifact",
     "release_key.add": "added a release key",
     "release_key.revoke": "revoked a release key",

@@ -1,7 +1,11 @@
 from django.conf import settings
 from django.db import models
 
+from device_agent.protocol.messages import FAILURE_PHASES, Phase
 from fleet.identifiers import IdentifierListValidator, IdentifierValidator
+
+# Update events that say an update did not work (a device-side roll-back included).
+UPDATE_FAILURE_PHASES = tuple(str(p) for p in (*sorted(FAILURE_PHASES), Phase.ROLLED_BACK))
 
 
 class ApiToken(models.Model):
@@ -164,8 +168,8 @@ class EnrollmentToken(models.Model):
 class DeviceEvent(models.Model):
     """An update progress event a device reported (docs/protocol.md, ``events``)."""
 
-    # No index of its own: both of the table's indexes lead with the device, and every
-    # event stored would add an entry to a third.
+    # No index of its own: the table's full indexes lead with the device, and every event
+    # stored would add an entry to another; only failures are indexed by time (below).
     device = models.ForeignKey(
         Device, on_delete=models.CASCADE, related_name="events", db_index=False
     )
@@ -192,7 +196,16 @@ class DeviceEvent(models.Model):
 
     class Meta:
         ordering = ["-received_at"]
-        indexes = [models.Index(fields=["device", "-received_at"])]
+        indexes = [
+            models.Index(fields=["device", "-received_at"]),
+            # The last day's failures (the overview's chart, the devices list's filter)
+            # without reading every event; partial, so other events add no entry.
+            models.Index(
+                fields=["received_at"],
+                condition=models.Q(phase__in=UPDATE_FAILURE_PHASES),
+                name="deviceevent_failure_time",
+            ),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["device", "digest"], name="deviceevent_unique_report"),
             # Partial: events of agents that send no id take no entry.

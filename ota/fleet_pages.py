@@ -13,7 +13,7 @@ from django.db.models import Max
 
 from device_agent.protocol.messages import Phase
 from fleet.models import DesiredState, Device, DeviceCertificate, DeviceEvent, Group, Tag
-from fleet.selectors import installed_models
+from fleet.selectors import installed_counts
 from ota.models import Artifact, Model, ReleaseKey, Rollout, RolloutDevice
 from ota.rollout_selectors import rollout_pk
 
@@ -143,22 +143,15 @@ class VersionRow:
 
 def model_page(model: Model) -> dict[str, Any]:
     """Versions x hardware variants, devices per installed version, release keys and the
-    newest rollouts: four queries and one pass over the enabled devices' reported state."""
+    newest rollouts: five queries (versions counted by installed_counts)."""
     variants = list(
         Artifact.objects.filter(model=model)
         .select_related("published_by")
         .order_by("-release_counter", "hardware")
     )
-    running: Counter[str] = Counter()
-    for reported in (
-        Device.objects.enabled()
-        .filter(reported__isnull=False)
-        .values_list("reported", flat=True)
-        .iterator(chunk_size=2000)
-    ):
-        for name, version in installed_models(reported):
-            if name == model.name:
-                running[version] += 1
+    running: Counter[str] = Counter(
+        {version: n for (name, version), n in installed_counts()[0].items() if name == model.name}
+    )
     versions: dict[str, VersionRow] = {}
     for variant in variants:
         row = versions.setdefault(

@@ -227,7 +227,13 @@ def _key_row(model: Model, key: Key) -> ReleaseKey:
 
 @transaction.atomic
 def model_register(
-    *, name: str, keys: list[Key], threshold: int, targets_signer: Signer, description: str = ""
+    *,
+    name: str,
+    keys: list[Key],
+    threshold: int,
+    targets_signer: Signer,
+    description: str = "",
+    by: Any = None,
 ) -> Model:
     """Register a model name and its release keys: a new delegation in top-level targets."""
     identifier_check(MODEL_NAME, name, field="name")  # also refuses the TUF role names
@@ -242,6 +248,12 @@ def model_register(
     for key in keys:
         _key_row(model, key)
     _targets_delegations_resign(targets_signer)
+    # One row for the model and the keys it starts with (release_key.add is for later ones).
+    audit_record(
+        action="model.register",
+        target=f"{name}, threshold {threshold}, key(s) {', '.join(k.keyid for k in keys)}",
+        by=by,
+    )
     return model
 
 

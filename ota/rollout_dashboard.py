@@ -12,12 +12,11 @@ from typing import Any
 
 from django.db.models import Count, Q, QuerySet
 
-from device_agent.protocol.messages import FAILURE_PHASES as _REFUSED
 from device_agent.protocol.messages import Phase
 from fleet.errors import ServiceError
 from fleet.identifiers import PHASED_ARM
-from fleet.models import Device, DeviceEvent
-from fleet.selectors import installed_models
+from fleet.models import UPDATE_FAILURE_PHASES, Device, DeviceEvent
+from fleet.selectors import installed_counts
 from ota.cohorts import stage_size
 from ota.models import (
     Rollout,
@@ -49,8 +48,8 @@ DISPLAY_STATES: tuple[tuple[str, str], ...] = (
     ("skipped", "skipped"),
 )
 _DOWNLOAD_PHASES = {"", Phase.ACCEPTED, Phase.DOWNLOADING}
-# Update events that say an update did not work (a device-side roll-back included).
-FAILURE_PHASES = (*sorted(_REFUSED), Phase.ROLLED_BACK)
+# Update events that say an update did not work; indexed by time for these pages.
+FAILURE_PHASES = UPDATE_FAILURE_PHASES
 FAILURE_STATES = (D.FAILED, D.TIMED_OUT, D.ROLLBACK_FAILED)
 FINISHED_STATES = {
     "succeeded",
@@ -430,13 +429,10 @@ def fleet_overview(now: datetime) -> Overview:
     by_hardware = list(
         enabled.values_list("hardware").annotate(n=Count("pk")).order_by("-n", "hardware")
     )
-    versions: dict[str, int] = defaultdict(int)
-    for reported in enabled.values_list("reported", flat=True).iterator(chunk_size=2000):
-        installed = installed_models(reported)
-        for name, version in installed:
-            versions[f"{name} {version}"] += 1
-        if not installed:
-            versions["nothing reported"] += 1
+    installed, nothing = installed_counts()
+    versions = {f"{name} {version}": n for (name, version), n in installed.items()}
+    if nothing:
+        versions["nothing reported"] = nothing
     failures = list(
         DeviceEvent.objects.filter(
             received_at__gte=now - FAILURE_WINDOW, phase__in=list(FAILURE_PHASES)

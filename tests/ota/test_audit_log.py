@@ -78,6 +78,7 @@ def test_each_action_writes_its_audit_row(kws, release_key, ci_token, tmp_path):
 
     got = list(AuditEvent.objects.order_by("pk").values_list("actor_name", "action", "reason"))
     assert got == [
+        ("manage.py", "model.register", ""),  # the kws fixture
         ("manage.py", "api_token.create", ""),  # the ci fixture's token
         ("ci", "publish", ""),
         ("boss", "device.revoke", "stolen from the depot"),
@@ -89,11 +90,15 @@ def test_each_action_writes_its_audit_row(kws, release_key, ci_token, tmp_path):
     publish = AuditEvent.objects.get(action="publish")
     assert publish.target == "kws 1.0.0 (linux-x86_64-fp32)"
     assert AuditEvent.objects.get(action="release_key.revoke").target == f"kws key {keyid}"
+    assert AuditEvent.objects.get(action="model.register").target == (
+        f"kws, threshold 1, key(s) {keyid}"
+    )
 
     page = client.get(AUDIT).content.decode()
     assert "revoked a device: device dev-00000" in page
     assert "stolen from the depot" in page
     assert "published an artifact: kws 1.0.0 (linux-x86_64-fp32)" in page
+    assert f"registered a model: kws, threshold 1, key(s) {keyid}" in page
     assert "revoked an API token: API token grafana" in page
 
 

@@ -97,3 +97,35 @@ def test_rollouts_list_costs_the_same_whatever_the_number_of_rollouts():  # type
     page = client.get("/admin/ota/rollout/").content.decode()
     assert page.count("pending 1") == 6
     assert _queries(client, "/admin/ota/rollout/") == before
+
+
+def test_devices_list_checkbox_is_the_admins_own():  # type: ignore[no-untyped-def]
+    """The list writes its action checkbox directly (fleet/admin.py): same HTML as the
+    widget Django renders, so the admin's actions script still finds it."""
+    from django.contrib import admin
+    from django.contrib.admin import ModelAdmin
+
+    # Not a valid device id: only to see that both escape it alike.
+    device = Device.objects.create(device_id='a<b&"c', hardware="linux-x86_64-fp32")
+    page = admin.site.get_model_admin(Device)
+    assert page.action_checkbox(device) == ModelAdmin.action_checkbox(page, device)
+    client = Client()
+    client.force_login(user("viewer", "fleet.view_device", staff=True))
+    listing = client.get("/admin/fleet/device/").content.decode()
+    assert page.action_checkbox(device) in listing
+
+
+def test_last_days_failures_are_read_through_their_index():  # type: ignore[no-untyped-def]
+    """The overview's failure chart and the devices list's "failing" filter select the
+    events the partial index deviceevent_failure_time holds (same phases)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("partial index plans are checked on PostgreSQL (set DATABASE_URL)")
+    from ota import rollout_dashboard as dash
+
+    since = timezone.now() - dash.FAILURE_WINDOW
+    failures = DeviceEvent.objects.filter(
+        received_at__gte=since, phase__in=list(dash.FAILURE_PHASES)
+    ).values_list("code")
+    with connection.cursor() as cursor:  # a tiny test table: make the planner show its choice
+        cursor.execute("SET LOCAL enable_seqscan = off")
+    assert "deviceevent_failure_time" in failures.explain()
