@@ -16,4 +16,4 @@ class OtaConfig(AppConfig):
         hooks.tuf_root_from(selectors.tuf_root)
         hooks.model_names_from(selectors.model_names)
         hooks.tuf_expiries_from(selectors.tuf_expiries)
-        rollouts.evaluation_queue_from(tasks.rollout_evaluate_task.delay)
+        rollouts.evaluation_queue_from(tasks.rollout_evaluate_queue)

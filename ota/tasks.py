@@ -171,6 +171,12 @@ class _EventsCommitted:
         _queue_for_events(self.rollout_id, self.decisive)
 
 
+def rollout_evaluate_queue(rollout_id: str) -> object:
+    """Queue one evaluation of ``rollout_id`` (what an operator's status change asks for,
+    registered with ota.rollouts by ota/apps.py); the task is looked up at each call."""
+    return rollout_evaluate_task.delay(rollout_id)
+
+
 def rollout_evaluate_on_commit(*, rollout_id: str, phase: str) -> None:
     """Queue an evaluation of ``rollout_id`` once the current transaction commits.
 
