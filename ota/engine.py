@@ -26,7 +26,6 @@ device rows and their envelopes or neither. In order:
 """
 
 import logging
-import math
 import random
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -83,10 +82,12 @@ from ota.models import (
 )
 from ota.pacing import (
     RATE_WINDOW,
+    PaceCounts,
     current_rate,
     next_due_in,
-    notify_budget,
+    pace,
     pacing_since,
+    window_leaving,
     window_open,
 )
 from ota.rollout_config import baseline_arm
@@ -735,27 +736,25 @@ def _notify(
     if not pending.exists():
         return 0
     since = pacing_since(now=now, started=[rollout.stage_started_at, rollout.gates_since])
-    counts = RolloutDevice.objects.filter(rollout=rollout).aggregate(
-        succeeded=Count("pk", filter=Q(state=D.SUCCEEDED)),
-        notified=Count("pk", filter=Q(attempts__gt=0)),
-        last_minute=Count("pk", filter=Q(notified_at__gt=now - RATE_WINDOW)),
-        since=Count("pk", filter=Q(notified_at__gte=since)),
+    counts = PaceCounts(
+        **RolloutDevice.objects.filter(rollout=rollout).aggregate(
+            succeeded=Count("pk", filter=Q(state=D.SUCCEEDED)),
+            notified=Count("pk", filter=Q(attempts__gt=0)),
+            last_minute=Count("pk", filter=Q(notified_at__gt=now - RATE_WINDOW)),
+            since=Count("pk", filter=Q(notified_at__gte=since)),
+        )
     )
-    rate = current_rate(policy, succeeded=counts["succeeded"], notified=counts["notified"])
-    budget = notify_budget(
-        rate_per_minute=rate,
-        notified_last_minute=counts["last_minute"],
+    paced = pace(
+        policy,
+        counts,
         seconds_since=(now - since).total_seconds(),
-        notified_since=counts["since"],
-        burst=policy.rate_burst,
-        jitter=policy.jitter,
+        cap_first=NOTIFY_FIRST_OF_STAGE,
+        cap_more=NOTIFY_MAX_PER_EVALUATION,
         rng=rng,
     )
-    cap = NOTIFY_MAX_PER_EVALUATION if counts["since"] else NOTIFY_FIRST_OF_STAGE
-    capped = budget > cap
-    budget = min(budget, cap)
+    budget = paced.budget
     if budget <= 0:
-        result.wake_in = _next_due(rollout, config, now, since, rate, counts)
+        result.wake_in = _next_due(rollout, config, now, since, paced.rate, counts)
         return 0
     # The batch's keys first, then its rows: joined to the devices before the sort, the
     # query read the device of every pending row of the stage (thousands) for a batch of
@@ -777,7 +776,7 @@ def _notify(
     # A high rate and devices left over: the task queues the next evaluation at once. Only
     # then: were it set whenever the rate allows more than a batch, every evaluation of an
     # unpaced rollout would queue another, forever, each event batch starting a new chain.
-    result.more = capped and len(rows) == budget
+    result.more = paced.capped and len(rows) == budget
     previous = _previous_artifacts(rollout.model, [r.device_id for r in rows if r.attempts == 0])
     phased = rollout.strategy == RolloutStrategy.PHASED
     seqs, refused = _issue(
@@ -808,13 +807,8 @@ def _notify(
     rows_update(rows, DEVICE_FIELDS)
     if not result.more and len(rows) == budget and pending.exists():
         first = sum(1 for r in rows if r.state == D.NOTIFIED and r.attempts == 1)
-        after = {
-            "last_minute": counts["last_minute"] + issued,
-            "since": counts["since"] + issued,
-        }
-        rate = current_rate(
-            policy, succeeded=counts["succeeded"], notified=counts["notified"] + first
-        )
+        after = counts.after(issued=issued, first=first)
+        rate = current_rate(policy, succeeded=after.succeeded, notified=after.notified)
         result.wake_in = _next_due(rollout, config, now, since, rate, after)
     return issued
 
@@ -825,7 +819,7 @@ def _next_due(
     now: datetime,
     since: datetime,
     rate: float,
-    counts: dict[str, int],
+    counts: PaceCounts,
 ) -> float | None:
     """Seconds until the pace lets the next pending device go (``next_due_in``).
 
@@ -833,7 +827,7 @@ def _next_due(
     twice within the minute counts twice there, which can only make the wake-up later.
     """
     frees_in = None
-    full = counts["last_minute"] - math.floor(rate) + 1
+    full = window_leaving(rate_per_minute=rate, notified_last_minute=counts.last_minute)
     if full > 0:
         # The hard limit: the ``full``-th oldest notification of the last 60 s has to leave.
         leaving = (
@@ -845,9 +839,9 @@ def _next_due(
         frees_in = None if at is None else (at + RATE_WINDOW - now).total_seconds()
     return next_due_in(
         rate_per_minute=rate,
-        notified_last_minute=counts["last_minute"],
+        notified_last_minute=counts.last_minute,
         seconds_since=(now - since).total_seconds(),
-        notified_since=counts["since"],
+        notified_since=counts.since,
         burst=config.policy.rate_burst,
         jitter=config.policy.jitter,
         window_frees_in=frees_in,

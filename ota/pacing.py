@@ -6,6 +6,7 @@ arguments (the engine reads the counts).
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -76,6 +77,69 @@ def notify_budget(
         # Not security-relevant: spreading load only.
         due *= (rng or random.Random()).uniform(1.0 - jitter, 1.0)  # noqa: S311
     return max(0, min(hard, math.floor(due)))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PaceCounts:
+    """What the engine counts of a rollout's devices before it paces a batch."""
+
+    succeeded: int  # devices that succeeded
+    notified: int  # devices notified at least once
+    last_minute: int  # notifications within the last ``RATE_WINDOW``
+    since: int  # notifications since ``pacing_since()``
+
+    def after(self, *, issued: int, first: int) -> "PaceCounts":
+        """The counts once ``issued`` more devices were notified, ``first`` of them for the
+        first time."""
+        return PaceCounts(
+            succeeded=self.succeeded,
+            notified=self.notified + first,
+            last_minute=self.last_minute + issued,
+            since=self.since + issued,
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Pace:
+    """One evaluation's pace: the rate, how many devices to notify, and whether the
+    per-evaluation cap cut that number (so more are due at once)."""
+
+    rate: float
+    budget: int
+    capped: bool
+
+
+def pace(
+    policy: Policy,
+    counts: PaceCounts,
+    *,
+    seconds_since: float,
+    cap_first: int,
+    cap_more: int,
+    rng: random.Random | None = None,
+) -> Pace:
+    """``notify_budget`` at ``current_rate``, capped per evaluation: ``cap_first`` while
+    nobody has been notified since ``pacing_since()`` (the first evaluation of a stage),
+    else ``cap_more``."""
+    rate = current_rate(policy, succeeded=counts.succeeded, notified=counts.notified)
+    budget = notify_budget(
+        rate_per_minute=rate,
+        notified_last_minute=counts.last_minute,
+        seconds_since=seconds_since,
+        notified_since=counts.since,
+        burst=policy.rate_burst,
+        jitter=policy.jitter,
+        rng=rng,
+    )
+    cap = cap_more if counts.since else cap_first
+    return Pace(rate=rate, budget=min(budget, cap), capped=budget > cap)
+
+
+def window_leaving(*, rate_per_minute: float, notified_last_minute: int) -> int:
+    """How many of the last minute's notifications must leave the sliding window before
+    the hard limit lets one more device go (0: it lets one go now). The engine reads when
+    the last of them leaves for ``next_due_in``'s ``window_frees_in``."""
+    return max(0, notified_last_minute - math.floor(rate_per_minute) + 1)
 
 
 # At most two wake-ups a second: at a high rate each releases what fell due meanwhile

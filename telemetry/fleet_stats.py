@@ -1,4 +1,4 @@
-"""Cheap aggregate reads behind the fleet gauges (telemetry.metrics.FleetCollector).
+"""Cheap aggregate reads behind the fleet gauges (telemetry.fleet_collector.FleetCollector).
 
 Each is one GROUP BY over a small table or an indexed slice; they run at scrape time.
 """

@@ -27,7 +27,7 @@ from fleet.services import api_token_create
 from ota.gates import PHASED_BASELINE, TelemetryQuery
 from ota.rollout_config import phased_arms
 from ota.rollout_selectors import rollout_arm_progress
-from telemetry import metrics
+from telemetry import fleet_collector
 from telemetry.ingest import TelemetryIngest
 from telemetry.models import Granularity
 from telemetry.rollups import rollups_compute
@@ -68,7 +68,7 @@ def test_a_phased_rollouts_arm_is_main_everywhere() -> None:
     # and so do the rollout gauges /metrics exports
     progress = rollout_arm_progress()
     assert [p.arm for p in progress] == ["main"]
-    families = metrics._families_from_rollouts(progress)
+    families = fleet_collector._families_from_rollouts(progress)
     arms = {s.labels["arm"] for family in families for s in family.samples if "arm" in s.labels}
     assert arms == {"main"}
 

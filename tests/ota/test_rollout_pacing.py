@@ -20,10 +20,13 @@ from rollout_helpers import (
 from fleet.errors import ServiceError
 from ota.pacing import (
     WAKE_MIN_SECONDS,
+    PaceCounts,
     current_rate,
     next_due_in,
     notify_budget,
+    pace,
     pacing_since,
+    window_leaving,
     window_open,
 )
 from ota.rollout_config import Policy, Window
@@ -339,6 +342,80 @@ def test_window_validation():  # type: ignore[no-untyped-def]
         with pytest.raises(ServiceError):
             _window(**bad)
     assert _window(start="01:00", end="02:00").start == time(1, 0)
+
+
+# --- one evaluation's pace (what the engine's _notify computes from its counts) ------------
+
+
+def _counts(*, succeeded=0, notified=0, last_minute=0, since=0):  # type: ignore[no-untyped-def]
+    return PaceCounts(succeeded=succeeded, notified=notified, last_minute=last_minute, since=since)
+
+
+def test_pace_caps_the_first_evaluation_of_a_stage_lower():  # type: ignore[no-untyped-def]
+    policy = _policy(rate_per_minute=5000)
+    first = pace(policy, _counts(), seconds_since=0, cap_first=100, cap_more=1000)
+    assert (first.rate, first.budget, first.capped) == (5000, 100, True)
+    # once some were notified since the stage started, the larger cap applies
+    more = pace(
+        policy, _counts(notified=100, since=100), seconds_since=0, cap_first=100, cap_more=1000
+    )
+    assert (more.budget, more.capped) == (1000, True)
+
+
+def test_pace_under_its_cap_is_the_budget_and_not_capped():  # type: ignore[no-untyped-def]
+    policy = _policy(rate_per_minute=10)
+    for counts, seconds, budget in (
+        (_counts(), 0, 10),  # a minute's worth at once
+        (_counts(notified=10, last_minute=10, since=10), 30, 0),  # the minute is full
+        (_counts(notified=10, last_minute=7, since=10), 60, 3),
+    ):
+        paced = pace(policy, counts, seconds_since=seconds, cap_first=10, cap_more=1000)
+        assert (paced.budget, paced.capped) == (budget, False)
+
+
+def test_pace_uses_the_grown_rate():  # type: ignore[no-untyped-def]
+    policy = _policy(
+        rate_per_minute=10, rate_growth_factor=2, rate_growth_every=5, rate_max_per_minute=100
+    )
+    paced = pace(
+        policy,
+        _counts(succeeded=10, notified=20, since=20),
+        seconds_since=600,
+        cap_first=1000,
+        cap_more=1000,
+    )
+    assert paced.rate == current_rate(policy, succeeded=10, notified=20) == 40
+    assert paced.budget == 40  # the hard limit: 40 in any minute
+
+
+def test_pace_draws_the_jitter_as_notify_budget_does():  # type: ignore[no-untyped-def]
+    policy = _policy(rate_per_minute=100, jitter=0.5)
+    rng = random.Random(7)  # noqa: S311 - reproducible test data
+    paced = pace(policy, _counts(), seconds_since=0, cap_first=1000, cap_more=1000, rng=rng)
+    expected = notify_budget(
+        rate_per_minute=100,
+        notified_last_minute=0,
+        seconds_since=0,
+        notified_since=0,
+        jitter=0.5,
+        rng=random.Random(7),  # noqa: S311 - the same draw
+    )
+    assert paced.budget == expected
+    assert 50 <= paced.budget < 100
+
+
+def test_counts_after_a_batch():  # type: ignore[no-untyped-def]
+    before = _counts(succeeded=3, notified=10, last_minute=4, since=6)
+    assert before.after(issued=5, first=2) == _counts(
+        succeeded=3, notified=12, last_minute=9, since=11
+    )
+
+
+def test_window_leaving_is_how_many_must_leave_the_last_minute():  # type: ignore[no-untyped-def]
+    assert window_leaving(rate_per_minute=10, notified_last_minute=0) == 0
+    assert window_leaving(rate_per_minute=10, notified_last_minute=9) == 0
+    assert window_leaving(rate_per_minute=10, notified_last_minute=10) == 1
+    assert window_leaving(rate_per_minute=10.9, notified_last_minute=13) == 4
 
 
 # --- the engine obeys them ------------------------------------------------------------------

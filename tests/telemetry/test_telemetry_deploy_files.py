@@ -1,5 +1,6 @@
 """deploy/prometheus passes promtool (config, rules, rule unit tests) and every metric the
-dashboards and alerts name is one telemetry/metrics.py defines."""
+dashboards and alerts name is one telemetry/metrics.py or telemetry/fleet_collector.py
+defines."""
 
 import json
 import re
@@ -54,7 +55,11 @@ def test_the_required_alerts_exist() -> None:
 
 
 def _defined_names() -> set[str]:
-    source = (ROOT / "telemetry/metrics.py").read_text()
+    # the metrics the processes count, and the fleet gauges read at scrape time
+    source = "".join(
+        (ROOT / path).read_text()
+        for path in ("telemetry/metrics.py", "telemetry/fleet_collector.py")
+    )
     return set(re.findall(r'"(fleet_[a-z0-9_]+)"', source))
 
 

@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections, connections
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from telemetry.metrics import web_exposition
+from telemetry.exposition import web_exposition
 
 
 class _Handler(BaseHTTPRequestHandler):
