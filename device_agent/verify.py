@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from tuf.api import exceptions as tuf_exceptions
@@ -51,6 +51,7 @@ from device_agent.tuf_fetch import DeadlineFetcher, is_transient
 from device_agent.tuf_reference_time import reference_time_set
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 TUF_SOCKET_TIMEOUT_S = 30.0
 TUF_DEADLINE_S = 120.0
@@ -181,12 +182,12 @@ def tuf_updater(
         updater.refresh()
         return updater
 
-    def make() -> TargetLookup:
+    def retrying(step: Callable[[float], _T], what: str) -> _T:
         deadline = time.monotonic() + deadline_s
         failures = 0
         while True:
             try:
-                return attempt(deadline - time.monotonic())
+                return step(deadline - time.monotonic())
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -197,14 +198,29 @@ def tuf_updater(
                         tuf_error_code(exc),
                         f"TUF repository unavailable for {deadline_s:g}s: {exc}",
                     ) from exc
-                log.warning("TUF refresh failed (%s); trying again in %.1fs", exc, delay)
+                log.warning("TUF %s failed (%s); trying again in %.1fs", what, exc, delay)
                 sleep(delay)
                 if interrupted():
                     raise TufUnavailable(
-                        tuf_error_code(exc), f"TUF refresh interrupted: {exc}"
+                        tuf_error_code(exc), f"TUF {what} interrupted: {exc}"
                     ) from exc
 
+    def make() -> TargetLookup:
+        updater = retrying(attempt, "refresh")
+        # A lookup may fetch delegated targets metadata: the same outage rule applies.
+        return _RetryingLookup(
+            lambda path: retrying(lambda _remaining: updater.get_targetinfo(path), "lookup")
+        )
+
     return make
+
+
+@dataclass(frozen=True)
+class _RetryingLookup:
+    lookup: Callable[[str], TargetFile | None]
+
+    def get_targetinfo(self, target_path: str) -> TargetFile | None:
+        return self.lookup(target_path)
 
 
 def tuf_error_code(exc: BaseException) -> ErrorCode:
@@ -393,6 +409,8 @@ def evaluate(envelope: bytes, ctx: VerifyContext, store: AgentStore) -> Outcome:
                 raise lookup_error or Refused(ErrorCode.DOWNLOAD_FAILED, "no TUF view")
             try:
                 info = lookup.get_targetinfo(entry.path)
+            except TufUnavailable as exc:  # an outage: no verdict yet
+                return Unavailable(seq=seq, code=exc.code, detail=exc.detail)
             except Exception as exc:
                 raise Refused(tuf_error_code(exc), f"TUF lookup failed: {exc!r}") from None
             fmt, floor, selftest = check_target(

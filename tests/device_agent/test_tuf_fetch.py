@@ -23,6 +23,8 @@ from cryptography.x509.oid import NameOID
 from securesystemslib.signer import CryptoSigner
 from tuf.api import exceptions as tuf_exceptions
 from tuf.api.metadata import (
+    DelegatedRole,
+    Delegations,
     Metadata,
     MetaFile,
     Root,
@@ -167,18 +169,31 @@ def test_the_proxy_of_the_environment_is_used_unless_no_proxy_names_the_host(
 TARGET = "models/edge/1.bin"
 
 
-def _repository() -> tuple[bytes, dict[str, bytes]]:
+def _repository(*, delegated: bool = False) -> tuple[bytes, dict[str, bytes]]:
     """A one-key TUF repository with one target: the trusted root, and the files a
-    refresh fetches by their path under /tuf/."""
+    refresh fetches by their path under /tuf/. `delegated`: the target is in the role
+    `edge` that targets delegates `models/edge/*` to (as the control plane does), which
+    a lookup fetches after the refresh."""
     now = datetime.now(UTC).replace(microsecond=0)
     signer = CryptoSigner.generate_ecdsa()
     root = Root(expires=now + timedelta(days=365), consistent_snapshot=False)
     for role in ("root", "timestamp", "snapshot", "targets"):
         root.add_key(signer.public_key, role)
     targets = Targets(expires=now + timedelta(days=30))
-    targets.targets[TARGET] = TargetFile.from_data(TARGET, b"model")
     snapshot = Snapshot(expires=now + timedelta(days=30))
     snapshot.meta = {"targets.json": MetaFile(1)}
+    roles: list[tuple[str, Any]] = []
+    if delegated:
+        edge = Targets(expires=now + timedelta(days=30))
+        edge.targets[TARGET] = TargetFile.from_data(TARGET, b"model")
+        role = DelegatedRole("edge", [signer.public_key.keyid], 1, True, ["models/edge/*"])
+        targets.delegations = Delegations(
+            {signer.public_key.keyid: signer.public_key}, {"edge": role}
+        )
+        snapshot.meta["edge.json"] = MetaFile(1)
+        roles.append(("edge", edge))
+    else:
+        targets.targets[TARGET] = TargetFile.from_data(TARGET, b"model")
     timestamp = Timestamp(expires=now + timedelta(days=30), snapshot_meta=MetaFile(1))
     files = {}
     for name, signed in (
@@ -186,6 +201,7 @@ def _repository() -> tuple[bytes, dict[str, bytes]]:
         ("timestamp", timestamp),
         ("snapshot", snapshot),
         ("targets", targets),
+        *roles,
     ):
         md = Metadata(signed)
         md.sign(signer)
@@ -199,6 +215,7 @@ class _Repository(BaseHTTPRequestHandler):
 
     files: dict[str, bytes]
     answer_from: float
+    silent: dict[str, float]  # a path not answered until then (monotonic)
     requests: list[str]
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
@@ -206,7 +223,7 @@ class _Repository(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         self.requests.append(self.path)
-        wait = self.answer_from - time.monotonic()
+        wait = max(self.answer_from, self.silent.get(self.path, 0.0)) - time.monotonic()
         if wait > 0:
             time.sleep(wait)  # the server side of the outage, not a test synchronisation
             self.close_connection = True
@@ -229,7 +246,12 @@ def _free_port() -> int:
 
 @contextmanager
 def _repository_server(
-    files: dict[str, bytes], *, port: int = 0, up_after: float = 0.0, answer_after: float = 0.0
+    files: dict[str, bytes],
+    *,
+    port: int = 0,
+    up_after: float = 0.0,
+    answer_after: float = 0.0,
+    silent: dict[str, float] | None = None,
 ) -> Iterator[tuple[str, list[str]]]:
     """The repository on 127.0.0.1:`port`: not listening (connections refused) for
     `up_after` seconds, then listening but silent until `answer_after` seconds."""
@@ -239,7 +261,12 @@ def _repository_server(
     handler = type(
         "Handler",
         (_Repository,),
-        {"files": files, "answer_from": started + answer_after, "requests": requests},
+        {
+            "files": files,
+            "answer_from": started + answer_after,
+            "silent": {} if silent is None else silent,
+            "requests": requests,
+        },
     )
     servers: list[ThreadingHTTPServer] = []
 
@@ -294,6 +321,23 @@ def test_a_refresh_waits_for_a_server_that_does_not_answer_then_does(tmp_path: P
         lookup = _refresh(tmp_path, root, url, socket_timeout_s=1.0, deadline_s=30.0)
     assert lookup.get_targetinfo(TARGET) is not None
     assert requests.count("/tuf/2.root.json") >= 2  # its first file, asked for again
+
+
+def test_a_lookup_waits_for_a_server_that_stops_answering_after_the_refresh(
+    tmp_path: Path,
+) -> None:
+    root, files = _repository(delegated=True)
+    silent: dict[str, float] = {}
+    with _repository_server(files, silent=silent) as (url, requests):
+        lookup = _refresh(tmp_path, root, url, socket_timeout_s=1.0, deadline_s=30.0)
+        # given a web server that went silent for 3 s between the refresh and the lookup,
+        # which fetches the delegated role's metadata
+        started = time.monotonic()
+        silent["/tuf/edge.json"] = started + 3.0
+        # when the agent looks its target up, then it waited for the server
+        assert lookup.get_targetinfo(TARGET) is not None
+        assert time.monotonic() - started >= 3.0
+    assert requests.count("/tuf/edge.json") >= 2
 
 
 @pytest.mark.parametrize(
