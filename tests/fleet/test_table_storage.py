@@ -144,12 +144,17 @@ def test_a_devices_events_are_found_through_an_index_without_one_of_their_own() 
         cursor.execute("SET LOCAL enable_seqscan = off")
         cursor.execute("EXPLAIN SELECT id FROM fleet_deviceevent WHERE device_id = ANY('{1,2}')")
         plan = " ".join(row[0] for row in cursor.fetchall())
-    # every index leads with the device; none is on the device alone (an entry more for
-    # every event stored, and nothing it would find faster); the third is the partial
-    # unique index that stores an agent's event once
-    assert len(indexes) == 3, indexes
+    # every index of every event leads with the device; none is on the device alone (an
+    # entry more for every event stored, and nothing it would find faster); the third is
+    # the partial unique index that stores an agent's event once, the fourth the partial
+    # index on the time of failures only (the dashboard's), which ordinary events skip
+    assert len(indexes) == 4, indexes
     assert sum("UNIQUE" in index and "WHERE" in index for index in indexes) == 1, indexes
-    assert all("(device_id," in index for index in indexes), indexes
+    failures = [index for index in indexes if "(received_at)" in index]
+    assert len(failures) == 1, indexes
+    assert "WHERE" in failures[0], indexes
+    assert "'failed'" in failures[0], indexes
+    assert all("(device_id," in index for index in indexes if index not in failures), indexes
     # and a device's events (tracking's read, a device's deletion) still use one of them
     assert "Index Scan" in plan or "Bitmap Index Scan" in plan, plan
     assert "Seq Scan" not in plan, plan
