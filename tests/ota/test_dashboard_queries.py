@@ -9,6 +9,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rollout_helpers import artifact, devices, evaluate, phased, rows, use_own_director_key, user
+from service_check import require_postgresql
 
 from fleet.models import Device, DeviceEvent
 
@@ -118,8 +119,7 @@ def test_devices_list_checkbox_is_the_admins_own():  # type: ignore[no-untyped-d
 def test_last_days_failures_are_read_through_their_index():  # type: ignore[no-untyped-def]
     """The overview's failure chart and the devices list's "failing" filter select the
     events the partial index deviceevent_failure_time holds (same phases)."""
-    if connection.vendor != "postgresql":
-        pytest.skip("partial index plans are checked on PostgreSQL (set DATABASE_URL)")
+    require_postgresql(connection.vendor)  # PostgreSQL's plans
     from ota import rollout_dashboard as dash
 
     since = timezone.now() - dash.FAILURE_WINDOW
