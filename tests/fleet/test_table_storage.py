@@ -77,12 +77,14 @@ def test_reports_update_devices_without_new_index_entries() -> None:
     for _ in range(3):
         devices_state_record(reports=[(d, state) for d in devices])
         devices_seen_record(device_pks=[d.pk for d in devices], at=devices[0].enrolled_at)
-    # then PostgreSQL updated most rows in place: heap-only tuples, no index entry (at the
-    # default fill factor, 67 of these 1 200)
+    # then PostgreSQL updated most rows in place: heap-only tuples, no index entry. At
+    # the default fill factor 67 of these 1 200 are, and none if a column they write were
+    # indexed; at 50 over 80 % on a quiet machine, fewer when a loaded one delays the
+    # pruning that frees the room (670 seen), so the bound sits between the two
     after = _updates()
     updated, hot = after[0] - before[0], after[1] - before[1]
     assert updated == 1200
-    assert hot >= 0.8 * updated, (updated, hot)
+    assert hot >= 0.5 * updated, (updated, hot, _snapshot_holders())
 
 
 def _pages(table: str) -> int:
@@ -176,4 +178,4 @@ def test_the_director_and_the_outbox_rewrite_desired_states_without_new_index_en
     after = _updates("fleet_desiredstate")
     updated, hot = after[0] - before[0], after[1] - before[1]
     assert updated == 800
-    assert hot >= 0.9 * updated, (updated, hot)
+    assert hot >= 0.9 * updated, (updated, hot, _snapshot_holders())
