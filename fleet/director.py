@@ -196,7 +196,7 @@ class _Locked:
     """An outbox row locked by a bulk call: the columns read, then those ``_issue`` writes.
 
     Plain values rather than ``DesiredState`` instances: building a model instance (and
-    sending its init signals) per row cost more than the row's share of the queries.
+    sending its init signals) per row costs more than the row's share of the queries.
     """
 
     pk: int

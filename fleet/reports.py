@@ -113,7 +113,7 @@ def devices_event_record(
     redelivery, or a repeat earlier in ``reports``).
 
     One ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` per ``EVENT_CHUNK`` events where one
-    by one took a round trip each (docs/benchmarks.md, "Rollouts"). Without RETURNING
+    by one takes a round trip each (docs/benchmarks.md, "Rollouts"). Without RETURNING
     support, one by one. Then one statement for the news of them (``fleet.hooks``), in
     the same transaction, unless ``news`` is False (as ``devices_state_record``).
     """
@@ -154,7 +154,7 @@ def _insert_new(
     """INSERT the events not stored yet; the (device, digest) of those it inserted.
 
     Values straight from the events: building a model instance per event and preparing
-    each of its fields through Django cost more than the insert (docs/benchmarks.md,
+    each of its fields through Django costs more than the insert (docs/benchmarks.md,
     "Rollouts"). No conflict target: a repeat collides on (device, digest) or (device,
     event_id).
     """
@@ -201,7 +201,7 @@ def _insert_unless_stored(event: DeviceEvent) -> bool:
 
     One statement (``ON CONFLICT DO NOTHING RETURNING``) where ``get_or_create`` takes four
     round trips (SELECT, SAVEPOINT, INSERT, RELEASE) for every new event, the common case:
-    in the rollout benchmark that was a large part of the bridge's time.
+    in the rollout benchmark that is a large part of the bridge's time.
     """
     if not connection.features.can_return_rows_from_bulk_insert:
         found, created = DeviceEvent.objects.get_or_create(

@@ -375,7 +375,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     }
 CELERY_TASK_EAGER_PROPAGATES = True
 # Celery's Django fixup closes the database connection before and after every task unless
-# this is set: each rollout evaluation (one per batch of device events) opened a new
+# this is set: each rollout evaluation (one per batch of device events) would open a new
 # PostgreSQL session, a backend forked with cold caches. With it the worker keeps its
 # connection for this many tasks; fleet/celery.py closes it sooner when it is broken or
 # older than CONN_MAX_AGE, as Django does between requests.

@@ -350,7 +350,7 @@ def _track(rollout: Rollout, config: RolloutConfig, now: datetime) -> int:
         for row in rows
     }
     # A report is read only where no terminal event of the attempt decides: most devices
-    # that finish send both, and decoding every finished device's state took a share of the
+    # that finish send both, and decoding every finished device's state takes a share of the
     # worker's samples in the rollout benchmark.
     undecided = [
         r.device_id

@@ -61,7 +61,7 @@ def notify_budget(
     worth, the rate) are due at once and then one every 60 / rate seconds; the budget is
     what is due and not yet notified (``notified_since``). Because the budget is counted
     from that start rather than accrued since the last release, no fraction of a device
-    is lost between evaluations: whether evaluations come every 100 ms (device events)
+    is lost between evaluations: whether evaluations come with each batch of device events
     or only with the beat, N devices after the burst take (N - burst) / rate minutes.
     After a stall (a maintenance window that was closed, a promotion re-targeting
     devices) what fell due meanwhile goes out as fast as the hard limit lets it.

@@ -31,7 +31,7 @@ def rollout_evaluate_task(rollout_id: str) -> dict[str, object]:
 
     When the evaluation left work over (more devices due than one evaluation notifies, a
     roll-back larger than one batch), the next one is queued at once, without a countdown:
-    a one-second pause per thousand devices was most of a large stage's notification
+    a one-second pause per thousand devices would be most of a large stage's notification
     time in the rollout benchmark. When the pace holds devices
     back, one is queued for when the next falls due (``wake_in``), so a paced rollout
     keeps its rate between beats whether device events come or not. Not when tasks run

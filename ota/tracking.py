@@ -1,9 +1,9 @@
 """Tracking news: which devices in flight may have moved since a rollout's last evaluation.
 
 The rollout engine tracks a device in flight from its update events and its reported state
-(``ota.engine._track``). Finding the few that moved among thousands in flight took a
-query over all of them at every evaluation, several a second: the first of the rollout
-benchmark's PostgreSQL statements. Instead, whatever stores an event or a report
+(``ota.engine._track``). Finding the few that moved among thousands in flight takes a
+query over all of them at every evaluation, several a second: the costliest of the
+rollout benchmark's PostgreSQL statements. Instead, whatever stores an event or a report
 (``fleet.reports``) also records, in its own transaction, one row of news per rollout in
 which the device is in flight (or timed out), and the evaluation takes the news of its
 rollout: so it

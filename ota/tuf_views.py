@@ -15,7 +15,7 @@ from ota import selectors
 from ota.downloads import artifact_response
 
 # Used with fullmatch and ASCII digits: "$" would serve "root.json\n" as root.json, and
-# "\d" took "1٣" for version 13. Roles are the top-level ones and model names (same alphabet).
+# "\d" would take "1٣" for version 13. Roles are the top-level ones and model names (same alphabet).
 METADATA_RE = re.compile(
     rf"(?:(?P<version>[1-9][0-9]{{0,9}})\.)?(?P<role>{MODEL_NAME.pattern})\.json"
 )

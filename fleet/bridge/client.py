@@ -261,7 +261,7 @@ class MqttConnection:
             flags.session_present,
             self.inflight_limit,
         )
-        # Subscribe on every connect (STYLE rule 9): a broker that lost the session (expiry,
+        # Subscribe on every connect: a broker that lost the session (expiry,
         # restart without persistence) would otherwise leave us subscribed to nothing.
         share = self._config.share_group
         topics: list[tuple[str, Any]]

@@ -185,7 +185,7 @@ class InboundWorker:
         Optimistic first: no savepoint per message, which costs two round trips each
         (SAVEPOINT, RELEASE). If any message fails, that transaction is rolled back and the batch is
         handled again with a savepoint around each message, so the failing one is dropped
-        alone, as before.
+        alone.
         """
         delay = 0.1
         telemetry = self._dispatcher.telemetry
