@@ -11,362 +11,68 @@ DIR defaults to $FLEET_AGENT_DIR or /var/lib/fleet-agent. Exit codes: 0 done,
 """
 
 import argparse
-import contextlib
-import fcntl
-import hashlib
-import json
 import logging
 import math
-import os
-import signal
-import ssl
 import sys
-import threading
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
-from device_agent import AGENT_VERSION
-from device_agent.config import DEFAULT_DIR, AgentConfig, ConfigError, Layout
-from device_agent.delivery import EventDelivery
-from device_agent.journal import Journal
-from device_agent.metrics_client import encode_sample, send_datagram
-from device_agent.mqtt import MqttLink, TlsFiles
-from device_agent.mqtt_adapters import MqttPublisher, MqttTelemetryOut, event_delivery
-from device_agent.protocol.envelope import load_public_key_pem
+from device_agent.command_error import CommandError
+from device_agent.config import DEFAULT_DIR, ConfigError, Layout
+from device_agent.enrollment import EnrollRequest, device_enroll
 from device_agent.protocol.exceptions import ProtocolError
-from device_agent.protocol.fsutil import write_atomic
 from device_agent.protocol.identifiers import DEVICE_ID, HARDWARE, MODEL_NAME
-from device_agent.protocol.messages import Phase
-from device_agent.slots import ModelSlots
-from device_agent.state import Status
-from device_agent.testhooks import agent_clock
-from device_agent.watchdog import systemd_watch
-
-log = logging.getLogger("device_agent")
-ENROLL_TIMEOUT_S = 60
-
-
-class CliError(Exception):
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
-
-
-@contextlib.contextmanager
-def agent_lock(layout: Layout) -> Iterator[None]:
-    """Exclusive use of the agent directory (one `run`, or one offline `rollback`)."""
-    layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CliError("forbidden", f"another fleet-agent is using {layout.root}") from None
-        yield
-    finally:
-        os.close(fd)
-
-
-# --- enroll ------------------------------------------------------------------------
-
-
-def _tls_context(cafile: Path | None) -> ssl.SSLContext:
-    """Certificate and host name checked, against `cafile` or else the system's CAs."""
-    try:
-        return ssl.create_default_context(cafile=str(cafile) if cafile else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise CliError("malformed", f"cannot use {cafile} as CA certificates: {exc}") from None
-
-
-def _post_json(url: str, body: dict[str, Any], *, cafile: Path | None = None) -> dict[str, Any]:
-    if not url.startswith(("http://", "https://")):
-        raise CliError("malformed", f"{url} is not an http(s) URL")
-    context = _tls_context(cafile)
-    request = urllib.request.Request(  # noqa: S310 - scheme checked above
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "User-Agent": f"fleet-agent/{AGENT_VERSION}"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(  # noqa: S310 - scheme checked above
-            request, timeout=ENROLL_TIMEOUT_S, context=context
-        ) as response:
-            data = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            error = json.loads(exc.read())["error"]
-            raise CliError(str(error["code"]), str(error["detail"])) from None
-        except (ValueError, KeyError, TypeError):
-            raise CliError("malformed", f"HTTP {exc.code} from {url}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise CliError("download_failed", f"cannot reach {url}: {exc}") from None
-    if not isinstance(data, dict):
-        raise CliError("malformed", "the enrollment answer is not a JSON object")
-    return data
-
-
-def _server_ca(path: str | None) -> bytes | None:
-    """The --server-ca file's certificates (checked to be PEM certificates), or None."""
-    if not path:
-        return None
-    try:
-        data = Path(path).read_bytes()
-        certificates = x509.load_pem_x509_certificates(data)
-    except OSError as exc:
-        raise CliError("malformed", f"cannot read --server-ca {path}: {exc}") from None
-    except ValueError:
-        raise CliError("malformed", f"--server-ca {path} holds no PEM certificate") from None
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+from device_agent.report import sample_report
+from device_agent.rollback import model_rollback
+from device_agent.run import agent_run
+from device_agent.status import agent_status
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    layout = Layout(Path(args.dir))
-    if (layout.root / "config.json").exists() and not args.force:
-        raise CliError("conflict", f"{layout.root} is already enrolled (use --force to redo)")
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, args.device_id)]))
-        .sign(key, hashes.SHA256())
-    )
-    server = args.server.rstrip("/")
-    server_ca = _server_ca(args.server_ca)
-    answer = _post_json(
-        f"{server}/api/v1/enroll",
-        {
-            "token": args.token,
-            "device_id": args.device_id,
-            "hardware": args.hardware,
-            "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
-            "agent_version": AGENT_VERSION,
-        },
-        cafile=Path(args.server_ca) if args.server_ca else None,
-    )
-    try:
-        certificate = str(answer["certificate"]).encode()
-        ca_certificate = str(answer["ca_certificate"]).encode()
-        director = str(answer["director_public_key"]).encode()
-        tuf_root = answer["tuf_root"]
-        tuf_url = str(answer["tuf_url"])
-        broker_url = str(answer["broker_url"])
-    except KeyError as exc:
-        raise CliError("malformed", f"the enrollment answer lacks {exc}") from None
-    cert = x509.load_pem_x509_certificate(certificate)
-    if cert.public_key() != key.public_key():
-        raise CliError("malformed", "the issued certificate is not for our key")
-    load_public_key_pem(director)
-    if not isinstance(tuf_root, dict) or tuf_root.get("signed", {}).get("_type") != "root":
-        raise CliError("malformed", "tuf_root is not TUF root metadata")
-    config = AgentConfig(
+    request = EnrollRequest(
+        server=args.server,
+        token=args.token,
         device_id=args.device_id,
         hardware=args.hardware,
-        server_url=server,
-        tuf_url=tuf_url,
-        broker_url=args.broker_url or broker_url,
+        broker_url=args.broker_url,
+        server_ca=args.server_ca,
+        force=args.force,
     )
-    layout.make_dirs()
-    if server_ca is not None:
-        write_atomic(layout.server_ca, server_ca, mode=0o600)
-    else:  # enrolled again (--force) without one: back to the system's CAs
-        layout.server_ca.unlink(missing_ok=True)
-    write_atomic(layout.trust_root, json.dumps(tuf_root).encode(), mode=0o600)
-    write_atomic(layout.director_key, director, mode=0o600)
-    write_atomic(layout.ca, ca_certificate, mode=0o600)
-    write_atomic(layout.cert, certificate, mode=0o600)
-    write_atomic(
-        layout.key,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        mode=0o600,
-    )
-    config.save(layout.root)
-    print(f"enrolled {args.device_id} ({args.hardware}) into {layout.root}")
+    print(device_enroll(layout=Layout(Path(args.dir)), request=request))
     return 0
-
-
-# --- run ---------------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from device_agent.download import Interrupted  # lazy: tuf is heavy
-    from device_agent.metrics_server import MetricsService
-    from device_agent.runner import PUBLISH_STATE, Runner
-    from device_agent.simapp import SimulatedApp
-
-    layout = Layout(Path(args.dir))
-    config = AgentConfig.load(layout.root)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    with agent_lock(layout):
-        runner: Runner | None = None
-
-        def on_desired(payload: bytes) -> None:
-            if runner is not None:
-                runner.offer_desired(payload)
-
-        delivery: EventDelivery | None = None
-        metrics: MetricsService | None = None
-
-        def on_connected() -> None:
-            if delivery is not None:
-                delivery.on_connected()
-            if metrics is not None:
-                metrics.on_connected()
-            if runner is not None:
-                runner.inbox.put(PUBLISH_STATE)
-
-        def on_acks(payload: bytes) -> None:
-            if delivery is not None:
-                delivery.on_acks(payload)
-            if metrics is not None:
-                metrics.on_acks(payload)
-
-        link = MqttLink(
-            broker_url=config.broker_url,
-            device_id=config.device_id,
-            tls=TlsFiles(ca=layout.ca, cert=layout.cert, key=layout.key),
-            on_desired=on_desired,
-            on_connected=on_connected,
-            on_acks=on_acks,
-            protocol=config.mqtt_protocol,
-        )
-        layout.make_dirs()
-        delivery = event_delivery(layout, link)
-        clock = agent_clock()
-        runner = Runner(
-            layout.root, config, publisher=MqttPublisher(link, delivery), clock=clock, stop=stop
-        )
-        metrics = MetricsService(
-            layout=layout,
-            config=config,
-            tags=lambda: runner.telemetry_tags if runner is not None else {},
-            out=MqttTelemetryOut(link, config.telemetry_qos),
-            clock=clock,
-        )
-        log.info("fleet-agent %s for %s starting", AGENT_VERSION, config.device_id)
-        link.start()
-        delivery.start()
-        metrics.start()
-        if args.simulate_app:
-            SimulatedApp(
-                models_dir=layout.models,
-                model=args.simulate_app,
-                interval_s=args.simulate_app_interval,
-                socket_path=metrics.socket_path,
-                udp_port=None if metrics.socket_path else config.metrics_udp_port,
-                stop=stop,
-            ).start()
-        try:
-            runner.recover()
-            systemd_watch(runner, stop)
-            runner.run()
-        except Interrupted:
-            log.info("stopped during a download; it resumes on the next start")
-        except Exception:
-            log.exception("the agent stopped on an error")
-            raise
-        finally:
-            stop.set()
-            metrics.close(timeout=2.0)
-            delivery.stop()
-            link.stop()
+    agent_run(
+        layout=Layout(Path(args.dir)),
+        simulate_app=args.simulate_app,
+        simulate_app_interval=args.simulate_app_interval,
+    )
     return 0
 
 
-# --- status / rollback -------------------------------------------------------------
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    from device_agent.store import AgentStore
-
-    layout = Layout(Path(args.dir))
-    config = AgentConfig.load(layout.root)
-    store = AgentStore.load(layout.store)
-    state = Journal(layout.journal).load()
-    try:
-        telemetry = json.loads(layout.metrics_stats.read_bytes())
-    except (OSError, ValueError):
-        telemetry = None
-    models = {}
-    for name, record in store.models.items():
-        models[name] = {
-            **record.to_dict(),
-            "current": str(ModelSlots(layout.models, name).current() or ""),
-        }
-    print(
-        json.dumps(
-            {
-                "device_id": config.device_id,
-                "hardware": config.hardware,
-                "agent_version": AGENT_VERSION,
-                "update": state.to_dict(),
-                "last_seq": store.last_seq,
-                "models": models,
-                "telemetry": telemetry,
-            },
-            indent=2,
-        )
-    )
+    print(agent_status(layout=Layout(Path(args.dir))))
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from device_agent.store import AgentStore
-
-    layout = Layout(Path(args.dir))
-    AgentConfig.load(layout.root)
-    with agent_lock(layout):
-        if Journal(layout.journal).load().status is not Status.IDLE:
-            raise CliError("conflict", "an update is in progress; let the agent finish it first")
-        store = AgentStore.load(layout.store)
-        record = store.models.get(args.model)
-        if record is None or record.installed is None:
-            raise CliError("unknown_model", f"{args.model} is not installed")
-        previous = record.previous
-        if previous is None:
-            raise CliError("not_found", f"{args.model} has no previous version to go back to")
-        if previous.release_counter < record.floor:
-            raise CliError(
-                "downgrade_refused",
-                f"{previous.version} (release {previous.release_counter}) is below the floor "
-                f"{record.floor}",
-            )
-        slots = ModelSlots(layout.models, args.model)
-        path = slots.file(previous.slot, previous.filename)
-        digest = hashlib.sha256()
-        try:
-            with path.open("rb") as f:
-                while data := f.read(1024 * 1024):
-                    digest.update(data)
-        except FileNotFoundError:
-            raise CliError("not_found", f"{path} is missing") from None
-        if digest.hexdigest() != previous.sha256:
-            raise CliError("hash_mismatch", f"{path} no longer has its recorded sha256")
-        slots.swap(previous.slot)
-        record.installed, record.previous = previous, record.installed
-        record.status = Phase.ROLLED_BACK
-        store.save()
-    print(f"{args.model}: now {previous.version} (slot {previous.slot})")
+    print(model_rollback(layout=Layout(Path(args.dir)), model=args.model))
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    message = sample_report(
+        layout=Layout(Path(args.dir)),
+        model=args.model,
+        metrics=args.metrics,
+        socket_path=Path(args.socket) if args.socket else None,
+        udp_port=args.udp_port,
+    )
+    print(message)
+    return 0
+
+
+# --- arguments -----------------------------------------------------------------------
 
 
 def _positive(text: str) -> float:
@@ -388,32 +94,6 @@ def _metric(text: str) -> tuple[str, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=NUMBER") from None
     return name, number
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """Send one sample the way an application's report() does (for scripts and checks)."""
-    socket_path: Path | None = Path(args.socket) if args.socket else None
-    udp_port: int | None = args.udp_port
-    if socket_path is None and udp_port is None:
-        layout = Layout(Path(args.dir))
-        try:
-            config = AgentConfig.load(layout.root)
-        except (ConfigError, OSError):  # config.json is the agent's (0600): the default
-            socket_path = layout.metrics_socket
-        else:
-            socket_path = config.metrics_socket_path(layout)
-            udp_port = config.metrics_udp_port
-    try:
-        data = encode_sample(args.model, dict(args.metrics))
-    except (TypeError, ValueError) as exc:
-        raise CliError("malformed", str(exc)) from None
-    where = f"udp port {udp_port}" if socket_path is None else str(socket_path)
-    try:
-        send_datagram(data, socket_path=socket_path, udp_port=udp_port)
-    except OSError as exc:
-        raise CliError("unavailable", f"the agent's metrics socket {where}: {exc}") from None
-    print(f"sent {len(args.metrics)} metrics of {args.model} to {where}")
-    return 0
 
 
 # --- main --------------------------------------------------------------------------
@@ -485,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO)
     try:
         return int(args.func(args))
-    except CliError as exc:
+    except CommandError as exc:
         print(f"fleet-agent: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1
     except ConfigError as exc:

@@ -14,12 +14,15 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from datetime import UTC, datetime, timedelta
 from email.parser import Parser
 from pathlib import Path
 
 import pytest
+from mqtt_broker import MosquittoBroker
+from packaging.requirements import Requirement
 from service_check import require_service
 
 from device_agent.protocol.envelope import (
@@ -31,6 +34,7 @@ from device_agent.protocol.messages import DesiredState, ModelTarget, parse_stat
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "deploy" / "agent" / "build_wheel.py"
+AGENT_PYPROJECT = ROOT / "deploy" / "agent" / "pyproject.toml"
 AGENT = ROOT / "device_agent"
 
 pytestmark = pytest.mark.timeout(600)
@@ -147,6 +151,61 @@ def test_the_wheel_holds_the_agent_and_nothing_else(wheel: Path) -> None:
     }
     assert 'onnxruntime<2,>=1.18; extra == "onnx"' in requires
     assert "fleet-agent = device_agent.cli:main" in scripts
+
+
+def _requirements(pyproject: Path) -> dict[str, Requirement]:
+    project = tomllib.loads(pyproject.read_text())["project"]
+    return {r.name: r for r in map(Requirement, project["dependencies"])}
+
+
+def test_the_agents_ranges_are_the_control_planes() -> None:
+    # The agent is tested in the project's venv, which the root pyproject.toml resolves:
+    # a wider range in the agent's distribution would install versions no test ran on.
+    agent = _requirements(AGENT_PYPROJECT)
+    root = _requirements(ROOT / "pyproject.toml")
+    for name, requirement in agent.items():
+        assert name in root, f"{name} is not a dependency of the root pyproject.toml"
+        assert requirement.specifier == root[name].specifier, name
+        assert requirement.extras == root[name].extras, name
+
+
+MQTT_ON_DEVICE = """
+import json, sys
+from importlib.metadata import version
+from device_agent.mqtt import MqttLink
+from device_agent.protocol.topics import Channel
+
+link = MqttLink(broker_url=sys.argv[1], device_id="cam-0042", tls=None,
+                on_desired=lambda payload: None, protocol="5", redeliver_first_s=0.1)
+link.start()
+connected = link.connected.wait(20)
+link.client.subscribe("fleet/v1/devices/+/events", qos=1)
+link.publish(Channel.EVENTS, b'{"probe": 1}')
+flushed = link.flush(20)
+link.stop()
+print(json.dumps({"paho": version("paho-mqtt"), "connected": connected, "flushed": flushed}))
+"""
+
+
+def test_the_agent_on_python_311_talks_mqtt_with_the_paho_it_installed(
+    device: Path, tmp_path: Path
+) -> None:
+    # given a broker, and the agent's paho range as the wheel declares it
+    broker = MosquittoBroker(tmp_path / "mosquitto")
+    try:
+        # when the installed agent (3.11, the paho pip chose) publishes an event and flushes
+        done = _run(
+            [str(device / "python"), "-c", MQTT_ON_DEVICE, f"mqtt://127.0.0.1:{broker.port}"],
+            cwd=tmp_path,
+        )
+    finally:
+        broker.stop()
+    result = json.loads(done.stdout)
+
+    # then that paho is within the declared range, and the link works on it
+    assert result["paho"] in _requirements(AGENT_PYPROJECT)["paho-mqtt"].specifier
+    assert result["connected"] is True
+    assert result["flushed"] is True
 
 
 def test_the_agent_installs_and_imports_on_python_311(device: Path, tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ sample sent is stored once.
 
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from esp32_build import esp32_host_build
-from test_agent_mqtts_end_to_end import System, _reported, _wait, system  # noqa: F401
+from mqtts_system import BIN, System, system, wait_for  # noqa: F401 - the fixture
 
 from fleet.models import Device
 from telemetry.models import ReceivedBatch, Sample
@@ -31,7 +30,6 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 MODEL = ROOT / "deploy" / "dev" / "sample-models" / "kws-1.0.0.onnx"
 HARDWARE = "esp32s3-int8"
 DEVICE = "esp32-enrolled"
@@ -44,14 +42,7 @@ def test_the_c_client_enrolls_connects_over_mtls_and_commits(
 ) -> None:
     build = esp32_host_build(tmp_path / "build")
     client_dir = tmp_path / "esp32"
-    subprocess.run(
-        [str(BIN / "fleetctl"), "publish", str(MODEL), "--name", "kws", "--version", "1.0.0"]
-        + ["--hardware", HARDWARE, "--format", "onnx"],
-        env=system.ci_env,
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
+    system.publish(MODEL, name="kws", version="1.0.0", hardware=HARDWARE)
     published = MODEL.read_bytes()
     token = system.api("POST", "/api/v1/enrollment-tokens", {"hours": 1, "hardware": HARDWARE})
 
@@ -108,16 +99,7 @@ def test_the_c_client_enrolls_connects_over_mtls_and_commits(
         + ["--selftest", 'test -s "$FLEET_MODEL_PATH"', "--telemetry", f"kws:{SAMPLES}"],
     )
     # then it connects over mutual TLS as its certificate's name, and is online
-    _wait(
-        lambda: f"u'{DEVICE}'" in system.broker.log_path.read_text(),
-        "the C client's TLS connection",
-        system.diagnostics,
-    )
-    _wait(
-        lambda: Device.objects.get(device_id=DEVICE).online,
-        "the C client online in the database",
-        system.diagnostics,
-    )
+    system.wait_online(DEVICE, "the C client")
 
     # when the operator sets its desired state
     desired = system.api(
@@ -126,13 +108,9 @@ def test_the_c_client_enrolls_connects_over_mtls_and_commits(
         {"models": [{"model": "kws", "version": "1.0.0"}]},
     )
     # then it downloads over HTTPS, verifies, commits, and the bridge records it
-    committed = _wait(
-        lambda: (m := _reported(DEVICE, "kws")) and m["status"] == "committed" and m,
-        "kws 1.0.0 reported committed by the C client",
-        system.diagnostics,
+    system.wait_committed(
+        DEVICE, model="kws", version="1.0.0", seq=desired["seq"], who="the C client"
     )
-    assert committed["version"] == "1.0.0"
-    assert Device.objects.get(device_id=DEVICE).reported_seq == desired["seq"]
     slot = client_dir / "slots" / "kws.a"
     assert (
         hashlib.sha256(slot.read_bytes()[: len(published)]).digest()
@@ -144,11 +122,11 @@ def test_the_c_client_enrolls_connects_over_mtls_and_commits(
         records = list(client_dir.glob("ev*.rec"))
         return len(records) >= 5 and all(r.stat().st_size == 24 for r in records)
 
-    _wait(all_confirmed, "every event confirmed on acks", system.diagnostics)
+    wait_for(all_confirmed, "every event confirmed on acks", system.diagnostics)
 
     # and it reports telemetry once kws runs: every message confirmed on acks by its
     # batch_id, none dropped, and each sample stored exactly once
-    _wait(
+    wait_for(
         lambda: (
             f"telemetry: {SAMPLES} sent, all confirmed, 0 dropped" in client.log_path.read_text()
         ),

@@ -252,17 +252,36 @@ static int64_t next_wait(unsigned tries)
     return wait < FO_RESEND_MAX_US ? wait : FO_RESEND_MAX_US;
 }
 
+/* The schedule events and telemetry share. Nonzero when an unconfirmed message is due
+ * now; then its next try is set, one backoff step later. */
+static int resend_take(uint8_t pending, int64_t *due_us, uint8_t *tries, int64_t now_us)
+{
+    if (!pending || *due_us > now_us) {
+        return 0;
+    }
+    *due_us = now_us + next_wait(*tries);
+    if (*tries < 255) {
+        (*tries)++;
+    }
+    return 1;
+}
+
+/* After a (re)connection: the backoff starts over, and nothing waits past the first delay. */
+static void resend_restart(int64_t *due_us, uint8_t *tries, int64_t now_us)
+{
+    *tries = 1;
+    if (*due_us > now_us + FO_RESEND_FIRST_US) {
+        *due_us = now_us + FO_RESEND_FIRST_US;
+    }
+}
+
 void fo_outbox_resend_due(fo_outbox_t *o, const fo_storage_port_t *s, const fo_mqtt_port_t *mqtt,
                           int64_t now_us, uint8_t *buf)
 {
     for (unsigned i = 0; i < FLEET_OTA_EVENT_QUEUE; i++) {
         fo_event_slot_t *e = &o->slot[i];
-        if (!e->pending || e->due_us > now_us) {
+        if (!resend_take(e->pending, &e->due_us, &e->tries, now_us)) {
             continue;
-        }
-        e->due_us = now_us + next_wait(e->tries);
-        if (e->tries < 255) {
-            e->tries++;
         }
         long len = load(s, i, buf);
         if (len != (long)e->len) {
@@ -277,10 +296,7 @@ void fo_outbox_on_connected(fo_outbox_t *o, int64_t now_us)
 {
     for (unsigned i = 0; i < FLEET_OTA_EVENT_QUEUE; i++) {
         fo_event_slot_t *e = &o->slot[i];
-        e->tries = 1;
-        if (e->due_us > now_us + FO_RESEND_FIRST_US) {
-            e->due_us = now_us + FO_RESEND_FIRST_US;
-        }
+        resend_restart(&e->due_us, &e->tries, now_us);
     }
 }
 
@@ -359,14 +375,9 @@ void fo_batches_resend_due(fo_batches_t *b, const fo_mqtt_port_t *mqtt, int64_t 
 {
     for (unsigned i = 0; i < FLEET_OTA_TELEMETRY_QUEUE; i++) {
         fo_batch_slot_t *s = &b->slot[i];
-        if (!s->pending || s->due_us > now_us) {
-            continue;
+        if (resend_take(s->pending, &s->due_us, &s->tries, now_us)) {
+            (void)mqtt->publish(mqtt->ctx, "telemetry", (const uint8_t *)s->text, s->len);
         }
-        s->due_us = now_us + next_wait(s->tries);
-        if (s->tries < 255) {
-            s->tries++;
-        }
-        (void)mqtt->publish(mqtt->ctx, "telemetry", (const uint8_t *)s->text, s->len);
     }
 }
 
@@ -374,10 +385,7 @@ void fo_batches_on_connected(fo_batches_t *b, int64_t now_us)
 {
     for (unsigned i = 0; i < FLEET_OTA_TELEMETRY_QUEUE; i++) {
         fo_batch_slot_t *s = &b->slot[i];
-        s->tries = 1;
-        if (s->due_us > now_us + FO_RESEND_FIRST_US) {
-            s->due_us = now_us + FO_RESEND_FIRST_US;
-        }
+        resend_restart(&s->due_us, &s->tries, now_us);
     }
 }
 
