@@ -344,14 +344,15 @@ def columns_upsert(
     model: type[models.Model],
     columns: Mapping[str, Sequence[object]],
     *,
-    unique: str,
+    unique: str | Sequence[str],
     update: Sequence[str],
     as_is: bool = False,
 ) -> int:
-    """``columns_insert``, except that a row whose ``unique`` field collides with a stored
-    one updates that row's ``update`` fields instead; rows written. ``as_is`` as for
-    ``columns_update``."""
-    target = _column(_fields(model, [unique], key=True)[0])
+    """``columns_insert``, except that a row whose ``unique`` field (or fields, those of a
+    unique constraint) collides with a stored one updates that row's ``update`` fields
+    instead; rows written. ``as_is`` as for ``columns_update``."""
+    names = [unique] if isinstance(unique, str) else list(unique)
+    target = ", ".join(_column(f) for f in _fields(model, names, key=True))
     changed = ", ".join(f"{c} = EXCLUDED.{c}" for c in map(_column, _fields(model, update)))
     suffix = f" ON CONFLICT ({target}) DO UPDATE SET {changed}"
     count, _ = _insert(model, columns, suffix, False, as_is)

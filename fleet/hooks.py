@@ -6,7 +6,7 @@ calls these hooks, and the apps above fill them in from their ``AppConfig.ready`
 that nothing is there), so the registry works on its own.
 """
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -20,6 +20,14 @@ class EventStoredHook(Protocol):
     def __call__(self, *, rollout_id: str, phase: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class LiveRollout:
+    """A rollout that is running or paused: its model's name and its arms' names."""
+
+    model: str
+    arms: frozenset[str]
+
+
 @dataclass
 class _Hooks:
     device_news: list[DeviceNewsHook] = field(default_factory=list)
@@ -27,6 +35,7 @@ class _Hooks:
     tuf_root: Callable[[], bytes | None] | None = None
     model_names: Callable[[], Collection[str]] | None = None
     tuf_expiries: Callable[[], list[tuple[str, datetime]]] | None = None
+    live_rollouts: Callable[[], Mapping[str, LiveRollout]] | None = None
 
 
 _hooks = _Hooks()
@@ -62,6 +71,11 @@ def tuf_expiries_from(answer: Callable[[], list[tuple[str, datetime]]]) -> None:
     _hooks.tuf_expiries = answer
 
 
+def live_rollouts_from(answer: Callable[[], Mapping[str, LiveRollout]]) -> None:
+    """Where the running and paused rollouts are read, by public id (``ota.selectors``)."""
+    _hooks.live_rollouts = answer
+
+
 def device_news(device_pks: Collection[int]) -> None:
     if device_pks:
         for hook in _hooks.device_news:
@@ -86,3 +100,8 @@ def model_names() -> frozenset[str]:
 def tuf_expiries() -> list[tuple[str, datetime]]:
     """(role, expires) of each TUF role's newest metadata (none without a repository)."""
     return _hooks.tuf_expiries() if _hooks.tuf_expiries is not None else []
+
+
+def live_rollouts() -> dict[str, LiveRollout]:
+    """The running and paused rollouts by public id (none without a rollout engine)."""
+    return dict(_hooks.live_rollouts()) if _hooks.live_rollouts is not None else {}

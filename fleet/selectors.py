@@ -3,10 +3,10 @@
 from collections import Counter
 from collections.abc import Iterable
 
-from django.db import connection
 from django.db.models import QuerySet
 
 from device_agent.protocol.messages import stored_models
+from fleet.aggregates import json_array_counts
 from fleet.models import Device, DynamicGroup
 
 
@@ -52,38 +52,24 @@ def installed_models(reported: object) -> list[tuple[str, str]]:
     return [(m.name, m.version) for m in stored_models(reported) if m.version is not None]
 
 
-# Each enabled device's (model, version) entries as installed_models reads them (an
-# entry with a string name and a string version), or one row of NULLs when it has none.
-_INSTALLED_COUNTS_SQL = """
-SELECT e.entry->>'name', e.entry->>'version', count(*)
-FROM {table} d
-LEFT JOIN LATERAL (
-    SELECT entry FROM jsonb_array_elements(
-        CASE WHEN jsonb_typeof(d.reported->'models') = 'array'
-        THEN d.reported->'models' ELSE '[]'::jsonb END
-    ) AS entry
-    WHERE jsonb_typeof(entry->'name') = 'string' AND jsonb_typeof(entry->'version') = 'string'
-) e ON true
-WHERE d.revoked_at IS NULL
-GROUP BY 1, 2
-"""
-
-
 def installed_counts() -> tuple[Counter[tuple[str, str]], int]:
     """Over the enabled devices: how many report each (model, version) installed, and how
     many report none. Counted in PostgreSQL where the fleet lives (one grouped query, no
-    document sent to Python); elsewhere by ``installed_counts_scan``, which it matches."""
-    if connection.vendor != "postgresql":
-        return installed_counts_scan()
+    document sent to Python; ``fleet.aggregates.json_array_counts``), matching
+    ``installed_counts_scan``."""
     counts: Counter[tuple[str, str]] = Counter()
     none = 0
-    with connection.cursor() as cursor:
-        cursor.execute(_INSTALLED_COUNTS_SQL.format(table=Device._meta.db_table))
-        for name, version, n in cursor.fetchall():
-            if name is None:
-                none += n
-            else:
-                counts[(name, version)] += n
+    for (name, version), n in json_array_counts(
+        Device.objects.enabled(),
+        "reported",
+        array="models",
+        members=("name", "version"),
+        empty=True,
+    ):
+        if name is None:
+            none += n
+        else:
+            counts[(name, version)] += n
     return counts, none
 
 

@@ -16,4 +16,5 @@ class OtaConfig(AppConfig):
         hooks.tuf_root_from(selectors.tuf_root)
         hooks.model_names_from(selectors.model_names)
         hooks.tuf_expiries_from(selectors.tuf_expiries)
+        hooks.live_rollouts_from(selectors.live_rollouts)
         rollouts.evaluation_queue_from(tasks.rollout_evaluate_queue)

@@ -6,7 +6,9 @@ from django.db.models import Max, Q, QuerySet
 
 from device_agent.protocol.errors import ErrorCode
 from fleet.errors import ServiceError
-from ota.models import Artifact, Model, TufMetadata
+from fleet.hooks import LiveRollout
+from fleet.identifiers import PHASED_ARM
+from ota.models import Artifact, Model, Rollout, RolloutStatus, RolloutStrategy, TufMetadata
 
 
 def model_get(name: str) -> Model:
@@ -49,6 +51,21 @@ def tuf_expiries() -> list[tuple[str, datetime]]:
         return []
     rows = TufMetadata.objects.filter(condition).values_list("role", "expires").order_by("role")
     return list(rows)
+
+
+def live_rollouts() -> dict[str, LiveRollout]:
+    """The running and paused rollouts by public id, with their model and arm names (the
+    bridge labels model histograms with these alone, so the label stays a small set)."""
+    rows = Rollout.objects.filter(
+        status__in=[RolloutStatus.RUNNING, RolloutStatus.PAUSED]
+    ).values_list("pk", "strategy", "arms", "model__name")
+    live = {}
+    for pk, strategy, arms, model in rows:
+        names = {a["name"] for a in arms if isinstance(a, dict) and isinstance(a.get("name"), str)}
+        if strategy == RolloutStrategy.PHASED:
+            names = {PHASED_ARM}
+        live[f"r-{pk}"] = LiveRollout(model=model, arms=frozenset(names))
+    return live
 
 
 def model_names() -> list[str]:

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection
 from django.db.models import Count, Max
 from django.utils import timezone
 
 from device_agent.protocol.messages import Phase
 from fleet import hooks
+from fleet.aggregates import json_array_counts
 from fleet.models import Device, DeviceEvent
 from telemetry.models import Granularity, Rollup
 
@@ -75,40 +75,18 @@ def _devices() -> list[tuple[str, bool, int]]:
     return [(hardware, online, n) for hardware, online, n in rows]
 
 
-# One row per (device, reported model); `reported` is jsonb on PostgreSQL, JSON text on SQLite.
-_DEVICE_MODELS_SQL = {
-    "postgresql": """
-        SELECT d.hardware, m.value->>'name', m.value->>'version', d.online, count(*) AS n
-        FROM fleet_device d
-        CROSS JOIN LATERAL jsonb_array_elements(
-            CASE WHEN jsonb_typeof(d.reported->'models') = 'array'
-                 THEN d.reported->'models' ELSE '[]'::jsonb END) AS m
-        WHERE d.revoked_at IS NULL
-        GROUP BY 1, 2, 3, 4 ORDER BY n DESC, 1, 2, 3, 4
-    """,
-    "sqlite": """
-        SELECT d.hardware, json_extract(m.value, '$.name'), json_extract(m.value, '$.version'),
-               d.online, count(*) AS n
-        FROM fleet_device d, json_each(d.reported, '$.models') AS m
-        WHERE d.revoked_at IS NULL AND json_valid(d.reported)
-              AND json_type(d.reported, '$.models') = 'array'
-        GROUP BY 1, 2, 3, 4 ORDER BY n DESC, 1, 2, 3, 4
-    """,
-}
-
-
 def _device_models() -> list[tuple[str, str, str, bool, int]]:
-    sql = _DEVICE_MODELS_SQL.get(connection.vendor)
-    if sql is None:
-        return []
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-        rows = cursor.fetchall()
-    return [
-        (hardware, str(model), str(version), bool(online), int(n))
-        for hardware, model, version, online, n in rows
-        if model is not None and version is not None
-    ]
+    """(hardware, model, version, online, devices) over the reported models of the
+    enabled devices, largest first."""
+    found = json_array_counts(
+        Device.objects.enabled(),
+        "reported",
+        array="models",
+        members=("name", "version"),
+        by=("hardware", "online"),
+    )
+    rows = [(hw, model, version, bool(online), n) for (hw, online, model, version), n in found]
+    return sorted(rows, key=lambda row: (-row[4], *row[:4]))
 
 
 def _outcomes() -> list[tuple[str, str, int]]:

@@ -109,6 +109,48 @@ class KnownModels:
         return self._names
 
 
+class LiveRollouts:
+    """The running and paused rollouts (``fleet.hooks.live_rollouts``), re-read at most
+    every `ttl` seconds: the model histograms' `rollout` label takes only these."""
+
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._read_at = -float("inf")
+        self._live: dict[str, hooks.LiveRollout] = {}
+
+    def live(self) -> dict[str, hooks.LiveRollout]:
+        now = time.monotonic()
+        if now - self._read_at >= self._ttl:
+            self._live = hooks.live_rollouts()
+            self._read_at = now
+        return self._live
+
+
+ModelKey = tuple[str, str, str, str]  # model, version, rollout_id, arm as stored
+
+
+def model_labels(
+    values: dict[ModelKey, tuple[list[float], list[float]]], live: dict[str, hooks.LiveRollout]
+) -> dict[ModelKey, tuple[list[float], list[float]]]:
+    """`values` keyed by the model histograms' labels (model, version, rollout, arm): a
+    sample of an arm of a live rollout of its model keeps both, any other sample gets
+    `none` for both, so a finished rollout or a device's made-up one adds no series."""
+    labelled: dict[ModelKey, tuple[list[float], list[float]]] = {}
+    for (model, version, rollout_id, arm), (latencies, confidences) in values.items():
+        entry = live.get(rollout_id) if rollout_id else None
+        if entry is not None and entry.model == model and arm in entry.arms:
+            labels = (model, version, rollout_id, arm)
+        else:
+            labels = (model, version, metrics.NO_ROLLOUT, metrics.NO_ARM)
+        lists = labelled.get(labels)
+        if lists is None:
+            labelled[labels] = (latencies, confidences)
+        else:
+            lists[0].extend(latencies)
+            lists[1].extend(confidences)
+    return labelled
+
+
 @dataclass
 class _Pending:
     """What the current batch will have stored once it commits."""
@@ -121,8 +163,9 @@ class _Pending:
     # samples); and the keys already buffered (a repeat within the batch).
     batches: list[tuple[int, str, datetime, int, int, int]] = field(default_factory=list)
     keys: set[tuple[int, str]] = field(default_factory=set)
-    # (model, version, arm) -> (latency seconds, confidences); None when not observed
-    model_values: dict[tuple[str, str, str], tuple[list[float], list[float]]] | None = None
+    # (model, version, rollout_id, arm) -> (latency seconds, confidences); None when not
+    # observed. Keyed as stored; take() turns the keys into the histograms' labels.
+    model_values: dict[ModelKey, tuple[list[float], list[float]]] | None = None
 
     def drop(self, reason: str, n: int) -> None:
         if n:
@@ -146,6 +189,7 @@ class TelemetryIngest:
         self._max_age = max_age
         self._max_future = max_future
         self._models = KnownModels(model_cache_seconds) if require_known_model else None
+        self._rollouts = LiveRollouts(model_cache_seconds)
         self._max_buffer_rows = max_buffer_rows
         self._observe_models = observe_models
         self._write = write
@@ -225,7 +269,7 @@ class TelemetryIngest:
             stored += 1
             if model_values is not None:
                 values = sample.metrics
-                labels = (model, version, arm or metrics.NO_ARM)
+                labels = (model, version, rollout_id, arm)
                 lists = model_values.get(labels)
                 if lists is None:
                     lists = model_values[labels] = ([], [])
@@ -249,6 +293,8 @@ class TelemetryIngest:
         """Detach what `add()` buffered since the last take, for `write()`; a new buffer
         starts. (The bridge's worker takes; its writer thread writes.)"""
         pending, self._pending = self._pending, self._new_pending()
+        if pending.model_values:
+            pending.model_values = model_labels(pending.model_values, self._rollouts.live())
         return pending
 
     def write(self, taken: _Pending) -> None:

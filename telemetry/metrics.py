@@ -123,10 +123,12 @@ TELEMETRY_LAST_COMMIT = Gauge(
     "Unix time of the last committed telemetry batch.",
     multiprocess_mode="max",
 )
-# Observed from the `latency_ms` and `confidence` metrics of stored samples. `arm` is
-# `none` outside a rollout, `main` in a phased one. Label sets beyond LABEL_SETS_MAX per
-# histogram are folded into version="other", arm="other": versions and arms come from
-# devices.
+# Observed from the `latency_ms` and `confidence` metrics of stored samples, by the
+# rollout and arm the sample names: only a running or paused rollout of the sample's model
+# and one of its arms (`main` in a phased rollout); any other sample, and one outside a
+# rollout, has rollout="none", arm="none". So two rollouts of one model at once keep apart,
+# and `rollout` stays a small set. Label sets beyond LABEL_SETS_MAX per histogram are
+# folded into version="other", rollout="other", arm="other": versions come from devices.
 LABEL_SETS_MAX = 1000
 # Fine steps from 0.1 ms: histogram_quantile() only tells apart models whose latencies fall
 # in different buckets, and the models we serve answer in fractions of a millisecond on a
@@ -161,18 +163,19 @@ LATENCY_BUCKETS = (
 MODEL_LATENCY_SECONDS = BatchHistogram(
     "fleet_model_latency_seconds",
     "Model inference latency reported by devices (their latency_ms metric), in seconds.",
-    ["model", "version", "arm"],
+    ["model", "version", "rollout", "arm"],
     buckets=LATENCY_BUCKETS,
     max_label_sets=LABEL_SETS_MAX,
 )
 MODEL_CONFIDENCE = BatchHistogram(
     "fleet_model_confidence_ratio",
     "Model confidence reported by devices (their confidence metric), 0 to 1.",
-    ["model", "version", "arm"],
+    ["model", "version", "rollout", "arm"],
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
     max_label_sets=LABEL_SETS_MAX,
 )
 NO_ARM = "none"
+NO_ROLLOUT = "none"
 
 
 # --- rollout progress, exported by the web process's fleet gauges --------------------

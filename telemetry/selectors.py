@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from django.db import connection
 from django.db.models import QuerySet
 
+from fleet.aggregates import Summary, summaries, summary_of
 from fleet.identifiers import PHASED_ARM
 from telemetry.models import Granularity, Rollup, Sample
-from telemetry.rollups import PERCENTILES, percentile_cont
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -59,15 +58,6 @@ def _arm_values(
     return qs
 
 
-_PG_SUMMARY_SQL = """
-SELECT count(*), avg(value), stddev_samp(value), min(value), max(value),
-       percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY value)
-FROM telemetry_sample
-WHERE rollout_id = %s AND arm = %s AND metric = %s AND ts >= %s AND ts < %s
-"""
-_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
-
-
 def arm_metric_summary(
     *,
     rollout_id: str,
@@ -85,45 +75,27 @@ def arm_metric_summary(
     recent: tuple[float, ...] = ()
     if max_samples > 0:
         recent = tuple(values.order_by("-ts").values_list("value", flat=True)[:max_samples])
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_PG_SUMMARY_SQL, [rollout_id, arm, metric, since, until or _FAR_FUTURE])
-            count, mean, stddev, low, high, quantiles = cursor.fetchone()
-        if not count:
-            return _empty(recent)
-        p50, p95, p99 = quantiles
-        return MetricSummary(
-            count=count,
-            mean=mean,
-            stddev=math.nan if stddev is None else stddev,
-            min=low,
-            max=high,
-            p50=p50,
-            p95=p95,
-            p99=p99,
-            samples=recent,
-        )
-    ordered = sorted(values.values_list("value", flat=True))
-    return summarize(ordered, samples=recent)
+    found = summaries(values, "value")
+    return _from_summary(found[0][1], recent) if found else _empty(recent)
 
 
 def summarize(ordered: list[float], *, samples: tuple[float, ...] = ()) -> MetricSummary:
     """The summary of sorted values, computed as PostgreSQL does."""
     if not ordered:
         return _empty(samples)
-    n = len(ordered)
-    mean = math.fsum(ordered) / n
-    stddev = math.sqrt(math.fsum((v - mean) ** 2 for v in ordered) / (n - 1)) if n > 1 else math.nan
-    p50, p95, p99 = (percentile_cont(ordered, p) for p in PERCENTILES)
+    return _from_summary(summary_of(list(ordered)), samples)
+
+
+def _from_summary(found: Summary, samples: tuple[float, ...]) -> MetricSummary:
     return MetricSummary(
-        count=n,
-        mean=mean,
-        stddev=stddev,
-        min=ordered[0],
-        max=ordered[-1],
-        p50=p50,
-        p95=p95,
-        p99=p99,
+        count=found.count,
+        mean=found.mean,
+        stddev=found.stddev,
+        min=found.min,
+        max=found.max,
+        p50=found.p50,
+        p95=found.p95,
+        p99=found.p99,
         samples=samples,
     )
 
@@ -177,13 +149,7 @@ def rollout_arms(*, rollout_id: str, since: datetime) -> list[str]:
 
 # As ota.gates names it: the comparison group of devices outside a phased rollout.
 PHASED_BASELINE = "baseline"
-_STATISTIC_SQL = {
-    "mean": "avg(value)",
-    "p50": "percentile_cont(0.5) WITHIN GROUP (ORDER BY value)",
-    "p95": "percentile_cont(0.95) WITHIN GROUP (ORDER BY value)",
-    "p99": "percentile_cont(0.99) WITHIN GROUP (ORDER BY value)",
-}
-_STATISTIC_FRACTION = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+_STATISTICS = ("mean", "p50", "p95", "p99")  # fields of fleet.aggregates.Summary
 
 
 class _ArmLike(Protocol):
@@ -212,7 +178,7 @@ def rollout_arm_device_values(query: _TelemetryQueryLike) -> dict[str, list[floa
 
     Set FLEET_ROLLOUT_TELEMETRY_SOURCE to "telemetry.selectors.rollout_arm_device_values".
     """
-    if query.statistic not in _STATISTIC_SQL:
+    if query.statistic not in _STATISTICS:
         raise ValueError(f"unknown statistic {query.statistic!r}")
     phased = query.baseline == PHASED_BASELINE
     values: dict[str, list[float]] = {}
@@ -227,26 +193,11 @@ def rollout_arm_device_values(query: _TelemetryQueryLike) -> dict[str, list[floa
 def _per_device(query: _TelemetryQueryLike, *, arms: list[str] | None) -> list[float]:
     """Per-device statistic of the rollout's `arms`, or (None) of samples outside it."""
     since = query.since or datetime(1970, 1, 1, tzinfo=UTC)
-    if connection.vendor == "postgresql":
-        where = "rollout_id <> %s" if arms is None else "rollout_id = %s AND arm = ANY(%s)"
-        params = [query.rollout_id] if arms is None else [query.rollout_id, arms]
-        sql = (
-            f"SELECT device_id, {_STATISTIC_SQL[query.statistic]} FROM telemetry_sample "  # noqa: S608 (fixed fragments)
-            f"WHERE model = %s AND metric = %s AND ts >= %s AND {where} "
-            "GROUP BY device_id ORDER BY device_id"
-        )
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [query.model, query.metric, since, *params])
-            return [float(value) for _, value in cursor.fetchall()]
     rows = Sample.objects.filter(model=query.model, metric=query.metric, ts__gte=since)
     if arms is None:
         rows = rows.exclude(rollout_id=query.rollout_id)
     else:
         rows = rows.filter(rollout_id=query.rollout_id, arm__in=arms)
-    by_device: dict[int, list[float]] = {}
-    for device_pk, value in rows.values_list("device_id", "value").iterator():
-        by_device.setdefault(device_pk, []).append(value)
-    if query.statistic == "mean":
-        return [math.fsum(v) / len(v) for _, v in sorted(by_device.items())]
-    fraction = _STATISTIC_FRACTION[query.statistic]
-    return [percentile_cont(sorted(v), fraction) for _, v in sorted(by_device.items())]
+    statistic = query.statistic
+    found = summaries(rows, "value", keys=("device_id",), percentiles=statistic != "mean")
+    return [float(getattr(figures, statistic)) for _, figures in found]

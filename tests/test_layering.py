@@ -35,6 +35,7 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("ota.apps", "project"),
     ("telemetry.apps", "project"),
     ("fleet.bulk", "database"),
+    ("fleet.aggregates", "database"),
     ("fleet.storage", "database"),
     ("telemetry.metrics", "metrics"),
     ("telemetry.batch_histogram", "metrics"),
@@ -198,6 +199,7 @@ def test_the_checker_sees_a_violation() -> None:
     upward, downward = ("fleet.director", "ota.models"), ("ota.rollouts", "fleet.models")
     assert violations([upward, downward]) == {upward}
     assert part_of("fleet.bulk") == "database"
+    assert part_of("fleet.aggregates") == "database"
     assert part_of("ota.apps") == "project"
 
 

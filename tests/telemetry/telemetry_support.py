@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from device_agent.protocol.messages import TelemetryBatch, TelemetrySample, format_timestamp
 from fleet.models import Device
-from ota.models import Model
+from ota.models import Model, Rollout, RolloutStatus, RolloutStrategy
 
 HARDWARE = "linux-x86_64-fp32"
 
@@ -19,6 +19,27 @@ def make_device(device_id: str, **fields: object) -> Device:
 
 def register_model(name: str = "kws") -> Model:
     return Model.objects.get_or_create(name=name)[0]
+
+
+def live_rollout(
+    pk: int,
+    *,
+    model: str = "kws",
+    arms: tuple[str, ...] = ("A", "B"),
+    status: str = RolloutStatus.RUNNING,
+) -> Rollout:
+    """Rollout ``r-<pk>`` of `model` with `arms` (phased without any), as the bridge reads
+    it for the model histograms' `rollout` label: only its status and arms matter."""
+    return Rollout.objects.create(
+        pk=pk,
+        model=register_model(model),
+        strategy=RolloutStrategy.AB if arms else RolloutStrategy.PHASED,
+        arms=[
+            {"name": arm, "version": "1.4.0", "weight": 1.0, "baseline": i == 0}
+            for i, arm in enumerate(arms)
+        ],
+        status=status,
+    )
 
 
 def now_utc() -> datetime:

@@ -123,7 +123,7 @@ def test_label_sets_beyond_the_cap_fold_into_other() -> None:
 def test_the_web_process_leaves_the_bridge_histograms_out() -> None:
     names = {"fleet_model_latency_seconds", "fleet_telemetry_lag_seconds", "fleet_bridge_messages"}
     assert names <= metrics.BRIDGE_ONLY
-    metrics.MODEL_LATENCY_SECONDS.observe_values(("kws", "9.9.9", "A"), [0.5])
+    metrics.MODEL_LATENCY_SECONDS.observe_values(("kws", "9.9.9", "r-9", "A"), [0.5])
     body = exposition.web_exposition().decode()
     assert "fleet_model_latency_seconds" not in body
     assert "fleet_bridge_messages" not in body

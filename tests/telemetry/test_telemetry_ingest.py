@@ -6,7 +6,15 @@ from datetime import timedelta
 import pytest
 from django.db import DatabaseError, OperationalError, transaction
 from prometheus_client import REGISTRY
-from telemetry_support import batch, make_device, now_utc, register_model, sample, years
+from telemetry_support import (
+    batch,
+    live_rollout,
+    make_device,
+    now_utc,
+    register_model,
+    sample,
+    years,
+)
 
 from telemetry.ingest import TelemetryIngest, rows_write
 from telemetry.models import Sample
@@ -36,11 +44,12 @@ def test_valid_samples_are_stored_one_row_per_metric_value() -> None:
     # given
     device = make_device("dev-1")
     register_model("kws")
+    live_rollout(9)
     now = now_utc()
     ingest = _ingest()
     stored_before = _metric("fleet_telemetry_samples_stored_total")
     latency_before = _metric(
-        "fleet_model_latency_seconds_count", model="kws", version="1.4.0", arm="B"
+        "fleet_model_latency_seconds_count", model="kws", version="1.4.0", rollout="r-9", arm="B"
     )
     # when
     with transaction.atomic():
@@ -68,7 +77,13 @@ def test_valid_samples_are_stored_one_row_per_metric_value() -> None:
     assert Sample.objects.filter(ts=now).count() == 2
     assert _metric("fleet_telemetry_samples_stored_total") == stored_before + 2
     assert (
-        _metric("fleet_model_latency_seconds_count", model="kws", version="1.4.0", arm="B")
+        _metric(
+            "fleet_model_latency_seconds_count",
+            model="kws",
+            version="1.4.0",
+            rollout="r-9",
+            arm="B",
+        )
         == latency_before + 1
     )
     assert (
@@ -76,11 +91,74 @@ def test_valid_samples_are_stored_one_row_per_metric_value() -> None:
             "fleet_model_latency_seconds_bucket",
             model="kws",
             version="1.4.0",
+            rollout="none",
             arm="none",
             le="0.025",
         )
         >= 1
     )
+
+
+def _latency_count(version: str, rollout: str, arm: str) -> float:
+    return _metric(
+        "fleet_model_latency_seconds_count", model="kws", version=version, rollout=rollout, arm=arm
+    )
+
+
+def test_model_histograms_keep_two_rollouts_of_one_model_apart() -> None:
+    # given two running rollouts of kws whose arms have the same names, a finished one and
+    # a rollout of another model
+    device = make_device("dev-1")
+    live_rollout(9)
+    live_rollout(11)
+    live_rollout(5, status="completed")
+    live_rollout(12, model="vad")
+    now = now_utc()
+    ingest = _ingest()
+    version = "7.0.9"  # no other test observes it
+    labels = [
+        ("r-9", "A"),
+        ("r-11", "A"),
+        ("none", "none"),
+    ]
+    before = {key: _latency_count(version, *key) for key in labels}
+    # when samples name each of them, a made-up rollout, an arm the rollout has not, and
+    # no rollout
+    tagged = [
+        ("r-9", "A", 2),
+        ("r-11", "A", 3),
+        ("r-5", "A", 1),  # finished
+        ("r-12", "A", 1),  # another model's
+        ("r-999", "A", 1),  # no such rollout
+        ("r-9", "Z", 1),  # no such arm
+        (None, None, 1),
+    ]
+    with transaction.atomic():
+        ingest.add(
+            device=device,
+            batch=batch(
+                *(
+                    sample(ts=now, version=version, rollout_id=rollout_id, arm=arm)
+                    for rollout_id, arm, n in tagged
+                    for _ in range(n)
+                )
+            ),
+            received_at=now,
+        )
+        ingest.flush()
+    # then each live rollout's arm has its own series, everything else is rollout="none"
+    after = {key: _latency_count(version, *key) - before[key] for key in labels}
+    assert after == {("r-9", "A"): 2, ("r-11", "A"): 3, ("none", "none"): 5}
+    series = {
+        (s.labels["rollout"], s.labels["arm"])
+        for metric in REGISTRY.collect()
+        if metric.name == "fleet_model_latency_seconds"
+        for s in metric.samples
+        if s.labels.get("version") == version
+    }
+    assert series == set(labels)
+    # and the rows keep what the devices said (the gates read them)
+    assert Sample.objects.filter(metric="latency_ms", rollout_id="r-5").count() == 1
 
 
 @pytest.mark.parametrize(

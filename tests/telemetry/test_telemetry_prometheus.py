@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 from service_check import require_service
-from telemetry_support import make_device, now_utc, payload, raw_payload, raw_sample_dict, sample
+from telemetry_support import (
+    live_rollout,
+    make_device,
+    now_utc,
+    payload,
+    raw_payload,
+    raw_sample_dict,
+    sample,
+)
 from telemetry_system import (
     PROMETHEUS,
     PROMTOOL,
@@ -45,15 +53,19 @@ pytestmark = pytest.mark.django_db(transaction=True)
 DASHBOARDS = sorted((ROOT / "deploy/grafana/dashboards").glob("*.json"))
 LABEL_VALUES_RE = re.compile(r"^label_values\((.+),\s*([A-Za-z_][A-Za-z0-9_]*)\)$")
 QUERY_RESULT_RE = re.compile(r"^query_result\((.+)\)$", re.DOTALL)
-# Inference latency of the two arms, in ms: close, and both under a millisecond.
+# Inference latency of the two arms of r-9, in ms: close, and both under a millisecond.
 LATENCY_MS = {"A": 0.23, "B": 0.19}
-# (device id, hardware, model version, rollout arm or None)
+# r-11, another rollout of the same model at the same time, with arms of the same names:
+# its arm A is far slower, and would drag r-9's arm A with it if the histograms mixed them.
+OTHER_ROLLOUT_LATENCY_MS = 0.9
+# (device id, hardware, model version, rollout id or None, rollout arm or None)
 FLEET = [
-    ("dev-a1", "esp32s3-int8", "1.3.0", "A"),
-    ("dev-a2", "esp32s3-int8", "1.3.0", "A"),
-    ("dev-b1", "linux-x86_64-fp32", "1.4.0", "B"),
-    ("dev-b2", "linux-x86_64-fp32", "1.4.0", "B"),
-    ("dev-c1", "linux-x86_64-fp32", "1.4.0", None),
+    ("dev-a1", "esp32s3-int8", "1.3.0", "r-9", "A"),
+    ("dev-a2", "esp32s3-int8", "1.3.0", "r-9", "A"),
+    ("dev-b1", "linux-x86_64-fp32", "1.4.0", "r-9", "B"),
+    ("dev-b2", "linux-x86_64-fp32", "1.4.0", "r-9", "B"),
+    ("dev-c1", "linux-x86_64-fp32", "1.4.0", None, None),
+    ("dev-d1", "esp32s3-int8", "1.3.0", "r-11", "A"),
 ]
 
 
@@ -68,7 +80,7 @@ class Devices:
         self.thread = threading.Thread(target=self._telemetry_loop, daemon=True)
 
     def report(self) -> None:
-        for device_id, hardware, version, _ in FLEET:
+        for device_id, hardware, version, _, _ in FLEET:
             client = self.clients[device_id]
             publish(
                 client, device_id, Channel.STATUS, DeviceStatus(status=Presence.ONLINE).to_json()
@@ -92,14 +104,17 @@ class Devices:
         n = 0
         while not self.stop.is_set():
             now = now_utc()
-            for device_id, _, version, arm in FLEET:
+            for device_id, _, version, rollout_id, arm in FLEET:
+                latency_ms = LATENCY_MS.get(arm or "B", 0.19)
+                if rollout_id == "r-11":
+                    latency_ms = OTHER_ROLLOUT_LATENCY_MS
                 samples = [
                     sample(
                         ts=ts,
                         version=version,
-                        rollout_id="r-9" if arm else None,
+                        rollout_id=rollout_id,
                         arm=arm,
-                        latency_ms=LATENCY_MS.get(arm or "B", 0.19),
+                        latency_ms=latency_ms,
                         confidence=0.8 if arm == "A" else 0.9,
                     )
                     # The minute before too, so the rollup job has a complete bucket.
@@ -314,7 +329,12 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
     settings.FLEET_KEYS_DIR = tmp_path / "keys"
     repository_initialize(generate_missing_keys=True)
     Model.objects.create(name="kws")
-    for device_id, hardware, _, _ in FLEET:
+    # The bridge labels model histograms with the rollouts it reads as live: r-9 and r-11,
+    # paused so the evaluations the devices' events queue leave them so (the rollout
+    # panels read the stub's progress, where r-9 is running and r-11 absent).
+    live_rollout(9, status="paused")
+    live_rollout(11, status="paused")
+    for device_id, hardware, *_ in FLEET:
         make_device(device_id, hardware=hardware)
     token = secrets.token_urlsafe(24)
 
@@ -418,8 +438,8 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
 def _assert_overview_values(prometheus: Prometheus) -> None:
     overview = _dashboard("fleet-overview.json")
     variables = _variables(prometheus, overview)
-    # 5 devices enrolled, dev-c1's connection died
-    assert _one(_series(prometheus, overview, "Devices online", variables)) == 4
+    # 6 devices enrolled, dev-c1's connection died
+    assert _one(_series(prometheus, overview, "Devices online", variables)) == 5
     assert _one(_series(prometheus, overview, "Devices offline", variables)) == 1
     # the failure after Prometheus started shows from its first occurrence (extrapolated by
     # increase() over part of a scrape interval at most)
@@ -514,6 +534,21 @@ def _assert_ab_values(prometheus: Prometheus) -> None:
     for arm, exact in rollup.items():
         assert abs(histogram[arm] - exact) / exact < 0.1, (arm, histogram, rollup)
     assert histogram["B"] < rollup["A"] < histogram["A"]
+    # r-11's arm A, running at the same time, has its own series and moves none of r-9's
+    # (its own query: r-11 is no A/B rollout of the stub's, so the dashboard offers none)
+    other = _by(
+        [
+            (item["metric"], float(item["value"][1]))
+            for item in prometheus.query(
+                "1000 * histogram_quantile(0.95, sum by (arm, le) (rate("
+                'fleet_model_latency_seconds_bucket{model="kws", rollout="r-11"}[15s])))'
+            )["result"]
+        ],
+        "arm",
+    )
+    assert set(other) == {"A"}
+    assert other["A"] == pytest.approx(OTHER_ROLLOUT_LATENCY_MS, rel=0.1)
+    assert histogram["A"] < OTHER_ROLLOUT_LATENCY_MS / 2
     ratio = _one(
         _series(prometheus, dashboard, "p95 latency B / A (newest minute rollup)", variables)
     )

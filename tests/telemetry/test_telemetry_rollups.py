@@ -11,18 +11,13 @@ import pytest
 from django.db import transaction
 from telemetry_support import make_device
 
+from fleet.aggregates import percentile_cont
 from telemetry.ingest import rows_write
 from telemetry.models import Granularity, Rollup
-from telemetry.rollups import (
-    bucket_floor,
-    percentile_cont,
-    pooled,
-    rollups_compute,
-    rollups_refresh,
-)
+from telemetry.rollups import bucket_floor, pooled, rollups_compute, rollups_refresh
 from telemetry.selectors import arm_metric_summary, metric_buckets, summarize
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.db_both]
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
