@@ -527,7 +527,9 @@ class DeviceAdmin(RegistryDeviceAdmin):
             "rows": device_list.rows_html(
                 rows,
                 change_prefix=changelist,
-                checkbox_label=gettext("Select this object for an action - {}"),
+                checkbox_label=(
+                    gettext("Select this object for an action - {}") if len(actions) > 1 else None
+                ),
                 icons=icons,
             ),
             "shown": len(rows),

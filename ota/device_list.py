@@ -232,19 +232,26 @@ def rows_html(
     rows: list[tuple[Any, ...]],
     *,
     change_prefix: str,
-    checkbox_label: str,
+    checkbox_label: str | None,
     icons: Mapping[bool, str],
 ) -> SafeString:
     """The table's rows, every value escaped. ``checkbox_label`` is the admin's "Select
-    this object for an action - {}" (its action script finds the boxes by class)."""
+    this object for an action - {}" (its action script finds the boxes by class), or None
+    for those who may run no action."""
     out = []
     for pk, device_id, hardware, reported, online, agent, seen, revoked in rows:
         name = escape(device_id)
         installed = ", ".join(f"{n} {v}" for n, v in installed_models(reported)) or "-"
+        box = ""
+        if checkbox_label is not None:
+            label = escape(checkbox_label.format(device_id))
+            box = (
+                f'<td class="action-checkbox"><input type="checkbox" '
+                f'name="{ACTION_CHECKBOX_NAME}" value="{pk}" class="action-select" '
+                f'aria-label="{label}"></td>'
+            )
         out.append(
-            f'<tr><td class="action-checkbox"><input type="checkbox" '
-            f'name="{ACTION_CHECKBOX_NAME}" value="{pk}" class="action-select" '
-            f'aria-label="{escape(checkbox_label.format(device_id))}"></td>'
+            f"<tr>{box}"
             f'<th class="field-device_id"><a href="{change_prefix}{pk}/change/">{name}</a></th>'
             f'<td class="field-hardware">{escape(hardware)}</td>'
             f'<td class="field-installed">{escape(installed)}</td>'
