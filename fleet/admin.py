@@ -133,7 +133,10 @@ class DeviceAdmin(admin.ModelAdmin[Device]):
             or "-"
         )
 
-    @admin.action(description="Revoke the selected devices (certificates go into the CRL)")
+    @admin.action(
+        description="Revoke the selected devices (certificates go into the CRL)",
+        permissions=["change"],
+    )
     def revoke(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
         done = 0
         for device in queryset:

@@ -2,6 +2,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import IS_POPUP_VAR, TO_FIELD_VAR
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -17,8 +18,11 @@ from django.http import (
     JsonResponse,
 )
 from django.template.response import TemplateResponse
+from django.templatetags.static import static
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.translation import gettext
 from rest_framework.exceptions import ValidationError
 
 from device_agent.protocol.errors import ErrorCode
@@ -27,8 +31,8 @@ from fleet import enrollment
 from fleet.admin import DeviceAdmin as RegistryDeviceAdmin
 from fleet.errors import ServiceError, code_for_status, flatten_detail
 from fleet.identifiers import identifiers_check
-from fleet.models import Device, DeviceEvent, Group, Tag
-from ota import fleet_pages, rollout_form, rollouts
+from fleet.models import Device, Group, Tag
+from ota import device_list, fleet_pages, rollout_form, rollouts
 from ota import rollout_dashboard as dash
 from ota.models import (
     Artifact,
@@ -468,27 +472,10 @@ class FailingFilter(admin.SimpleListFilter):
     parameter_name = "failing"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [
-            ("rollout", "failed in a live rollout"),
-            ("day", "reported a failure in the last 24 h"),
-        ]
+        return list(device_list.FAILING_CHOICES)
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Device]) -> QuerySet[Device]:
-        if self.value() == "rollout":
-            return queryset.filter(
-                pk__in=RolloutDevice.objects.filter(
-                    state__in=dash.FAILURE_STATES,
-                    rollout__status__in=[RolloutStatus.RUNNING, RolloutStatus.PAUSED],
-                ).values("device_id")
-            )
-        if self.value() == "day":
-            return queryset.filter(
-                pk__in=DeviceEvent.objects.filter(
-                    received_at__gte=timezone.now() - dash.FAILURE_WINDOW,
-                    phase__in=list(dash.FAILURE_PHASES),
-                ).values("device_id")
-            )
-        return queryset
+        return device_list.failing(queryset, self.value() or "")
 
 
 @admin.register(Device)
@@ -502,6 +489,66 @@ class DeviceAdmin(RegistryDeviceAdmin):
             path("<int:pk>/labels/", view(self.labels_view), name="fleet_device_labels"),
             *super().get_urls(),
         ]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The list (ota/device_list.py). Posts (the actions) and the admin's pop-ups stay
+        with the admin's ChangeList, which reads the same query string."""
+        if request.method != "GET" or IS_POPUP_VAR in request.GET or TO_FIELD_VAR in request.GET:
+            return super().changelist_view(request, extra_context)
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        filters, number, problems = device_list.DeviceFilters.parse(request.GET)
+        selected = device_list.devices(filters)
+        count = selected.count()
+        pages = max(1, -(-count // device_list.PER_PAGE))
+        number = min(number, pages)
+        start = (number - 1) * device_list.PER_PAGE
+        rows = list(
+            selected.values_list(*device_list.COLUMNS)[start : start + device_list.PER_PAGE]
+        )
+        changelist = reverse("admin:fleet_device_changelist")
+        icons = {
+            flag: format_html('<img src="{}" alt="{}">', static(f"admin/img/icon-{name}.svg"), flag)
+            for flag, name in ((True, "yes"), (False, "no"))
+        }
+        actions = self.get_action_choices(request, default_choices=[("", "- Select an option -")])
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Select device to change"
+            if self.has_change_permission(request)
+            else "Select device to view",
+            "subtitle": None,
+            "filters": filters,
+            "sidebar": device_list.filter_choices(filters),
+            "problems": problems,
+            "rows": device_list.rows_html(
+                rows,
+                change_prefix=changelist,
+                checkbox_label=(
+                    gettext("Select this object for an action - {}") if len(actions) > 1 else None
+                ),
+                icons=icons,
+            ),
+            "shown": len(rows),
+            "count": count,
+            "page": number,
+            "pages": pages,
+            "previous": filters.link(p=number - 1) if number > 1 else "",
+            "next": filters.link(p=number + 1) if number < pages else "",
+            "clear": filters.link(
+                online__exact=None,
+                failing=None,
+                hardware=None,
+                groups__id__exact=None,
+                tags__id__exact=None,
+            ),
+            "hidden": [(k, v) for k, v in filters.as_query().items() if k != "q"],
+            "actions": actions if len(actions) > 1 else [],
+        }
+        return TemplateResponse(request, "admin/fleet/device/list.html", context)
 
     def _device(self, request: HttpRequest, pk: int) -> Device:
         device = Device.objects.filter(pk=pk).first()

@@ -56,13 +56,14 @@ class FleetAdminSite(AdminSite):
         page = Paginator(
             audit_log.audit_rows(filters, fleet_wide=fleet_wide), AUDIT_PER_PAGE
         ).get_page(request.GET.get("page"))
-        for row in page:
-            row["what"] = audit_log.describe(row)
         context = {
             **self.each_context(request),
             "title": "Audit log",
             "subtitle": None,
             "page": page,
+            "rows": audit_log.rows_html(
+                list(page), rollout_prefix=reverse("admin:ota_rollout_changelist")
+            ),
             "filters": filters,
             "filter_query": urlencode(filters.as_query()),
             "problems": problems,

@@ -1,15 +1,18 @@
 """The admin's fleet-wide audit log: rollout changes (``RolloutAuditEvent``) and the rest
 (``fleet.AuditEvent``: publishes, keys, revocations, tokens) in one list, newest first,
 filtered by who, what, when and reason. Two queries a page (count and rows: one UNION),
-whatever the number of rows."""
+whatever the number of rows; the rows' HTML is written in one pass (rows_html), not cell
+by cell through the template engine."""
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.db.models import BigIntegerField, CharField, F, QuerySet, Value
 from django.db.models.functions import Cast, Concat
 from django.utils import timezone
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 
 from fleet.audit import ACTIONS
 from fleet.models import AuditEvent
@@ -132,3 +135,23 @@ def describe(row: dict[str, Any]) -> str:
             return f"changed rollout {row['target']} (still {after})"
         return f"moved rollout {row['target']} from {before} to {after}"
     return f"{ACTIONS.get(row['action'], row['action'])}: {row['target']}"
+
+
+def rows_html(rows: list[dict[str, Any]], *, rollout_prefix: str) -> SafeString:
+    """The table's rows, every value escaped; a rollout's change links to its page
+    (``rollout_prefix``: the rollouts list's URL). Times as the dashboard's ``when`` tag
+    writes them (UTC, rewritten by ota/dashboard.js)."""
+    out = []
+    for row in rows:
+        what: str = escape(describe(row))
+        if row["rollout_pk"] is not None:
+            what = f'<a href="{rollout_prefix}{int(row["rollout_pk"])}/change/">{what}</a>'
+        at = row["at"].astimezone(UTC)
+        out.append(
+            f'<tr data-action="{escape(row["action"])}">'
+            f'<td><time class="dash-time" datetime="{at.isoformat()}">'
+            f"{at.strftime('%Y-%m-%d %H:%M UTC')}</time></td>"
+            f"<td>{escape(row['actor_name'])}</td><td>{what}</td>"
+            f"<td>{escape(row['reason']) or '-'}</td></tr>"
+        )
+    return mark_safe("\n".join(out))  # noqa: S308 - every value above is escaped
