@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Max
+from django.db.models import Max, Value
 
 from device_agent.protocol.messages import Phase
 from fleet.models import DesiredState, Device, DeviceCertificate, DeviceEvent, Group, Tag
@@ -74,8 +74,23 @@ class HistoryRow:
         return self.phase in FAILED_PHASES
 
 
-def device_page(device: Device) -> dict[str, Any]:
-    """The device page's figures: seven queries, whatever its history."""
+# What a row of "Rollouts that touched it" shows, read as plain values.
+TOUCHED_COLUMNS = (
+    "rollout_id",
+    "rollout__status",
+    "rollout__model__name",
+    "arm",
+    "artifact__version",
+    "state",
+    "last_code",
+    "attempts",
+)
+CERTIFICATE_COLUMNS = ("serial", "issued_at", "not_after", "revoked_at")
+
+
+def device_page(device: Device, *, label_choices: bool = True) -> dict[str, Any]:
+    """The device page's figures: six queries whatever its history, two more for the
+    tag and group names offered when editing them (``label_choices``)."""
     events = list(
         DeviceEvent.objects.filter(device=device)
         .order_by("-received_at", "-pk")
@@ -104,30 +119,41 @@ def device_page(device: Device) -> dict[str, Any]:
         )
         for name in sorted(set(reported) | set(desired))
     ]
-    touched = list(
-        RolloutDevice.objects.filter(device=device)
-        .select_related("rollout__model", "artifact")
-        .order_by("-rollout_id")[:ROLLOUTS]
+    # Its tags and groups in one query.
+    labels = list(
+        Tag.objects.filter(devices=device)
+        .values_list(Value("tag"), "name")
+        .union(Group.objects.filter(devices=device).values_list(Value("group"), "name"), all=True)
     )
-    return {
+    page = {
         "installed": installed,
         "history": [
             HistoryRow(ts, received, model, phase, code, detail, rid, rollout_pk(rid))
             for ts, received, model, phase, code, detail, rid in events
         ],
-        "touched": touched,
+        "touched": list(
+            RolloutDevice.objects.filter(device=device)
+            .order_by("-rollout_id")
+            .values_list(*TOUCHED_COLUMNS)[:ROLLOUTS]
+        ),
         "certificates": list(
-            DeviceCertificate.objects.filter(device=device).order_by("-issued_at")
+            DeviceCertificate.objects.filter(device=device)
+            .order_by("-issued_at")
+            .values_list(*CERTIFICATE_COLUMNS)
         ),
-        "tags": sorted(device.tags.values_list("name", flat=True)),
-        "groups": sorted(device.groups.values_list("name", flat=True)),
-        "tag_choices": list(
-            Tag.objects.order_by("name").values_list("name", flat=True)[:LABEL_CHOICES]
-        ),
-        "group_choices": list(
-            Group.objects.order_by("name").values_list("name", flat=True)[:LABEL_CHOICES]
-        ),
+        "tags": sorted(name for kind, name in labels if kind == "tag"),
+        "groups": sorted(name for kind, name in labels if kind == "group"),
+        "tag_choices": [],
+        "group_choices": [],
     }
+    if label_choices:
+        page["tag_choices"] = list(
+            Tag.objects.order_by("name").values_list("name", flat=True)[:LABEL_CHOICES]
+        )
+        page["group_choices"] = list(
+            Group.objects.order_by("name").values_list("name", flat=True)[:LABEL_CHOICES]
+        )
+    return page
 
 
 # --- the model page ---------------------------------------------------------------------
