@@ -528,8 +528,10 @@ class DeviceAdmin(RegistryDeviceAdmin):
             *super().get_urls(),
         ]
 
-    def _device(self, request: HttpRequest, pk: int) -> Device:
-        device = Device.objects.filter(pk=pk).first()
+    def _device(
+        self, request: HttpRequest, pk: int, devices: QuerySet[Device] | None = None
+    ) -> Device:
+        device = (devices if devices is not None else Device.objects).filter(pk=pk).first()
         if device is None:
             raise Http404(f"no device {pk}")
         if not self.has_view_permission(request, device):
@@ -543,7 +545,7 @@ class DeviceAdmin(RegistryDeviceAdmin):
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        device = self._device(request, detail_pk(object_id, "device"))
+        device = self._device(request, detail_pk(object_id, "device"), fleet_pages.page_devices())
         may_change = self.has_change_permission(request, device)
         context = {
             **detail_context(self, request, f"Device {device.device_id}"),

@@ -230,7 +230,11 @@ def test_pages_at_fleet_size_against_a_plain_select() -> None:
         "device page": (
             f"/admin/fleet/device/{device.pk}/change/",
             _selects(
-                ("SELECT * FROM fleet_device WHERE id = %s", (device.pk,)),
+                (
+                    "SELECT v.*, s.payload FROM fleet_device v LEFT JOIN fleet_desiredstate s "
+                    "ON s.device_id = v.id AND s.seq > 0 WHERE v.id = %s",
+                    (device.pk,),
+                ),
                 (
                     "SELECT ts, received_at, model, phase, code, detail, rollout_id "
                     "FROM fleet_deviceevent WHERE device_id = %s "
@@ -242,7 +246,6 @@ def test_pages_at_fleet_size_against_a_plain_select() -> None:
                     "WHERE device_id = %s AND phase = 'committed' GROUP BY model",
                     (device.pk,),
                 ),
-                ("SELECT seq, payload FROM fleet_desiredstate WHERE device_id = %s", (device.pk,)),
                 (
                     "SELECT d.rollout_id, r.status, m.name, d.arm, a.version, d.state, "
                     "d.last_code, d.attempts FROM ota_rolloutdevice d "
@@ -261,11 +264,12 @@ def test_pages_at_fleet_size_against_a_plain_select() -> None:
                     "SELECT 'tag', t.name FROM fleet_tag t JOIN fleet_device_tags dt "
                     "ON dt.tag_id = t.id WHERE dt.device_id = %s UNION ALL "
                     "SELECT 'group', g.name FROM fleet_group g JOIN fleet_device_groups dg "
-                    "ON dg.group_id = g.id WHERE dg.device_id = %s",
+                    "ON dg.group_id = g.id WHERE dg.device_id = %s UNION ALL "
+                    "(SELECT 'tag_choice', name FROM fleet_tag ORDER BY name LIMIT 200) "
+                    "UNION ALL "
+                    "(SELECT 'group_choice', name FROM fleet_group ORDER BY name LIMIT 200)",
                     (device.pk, device.pk),
                 ),
-                ("SELECT name FROM fleet_tag ORDER BY name LIMIT 200", ()),
-                ("SELECT name FROM fleet_group ORDER BY name LIMIT 200", ()),
                 (
                     "SELECT model, version, metric, value FROM telemetry_sample "
                     "WHERE device_id = %s ORDER BY ts DESC, id LIMIT 500",

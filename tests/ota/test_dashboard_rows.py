@@ -118,4 +118,17 @@ def test_device_page_rows_escape_and_show_every_field():  # type: ignore[no-unty
     assert "No rollout has targeted it." in page
     assert "No update event yet." in page
     assert 'id="nav-sidebar"' in page
+    assert "dash-tag-choices" not in page  # no form, no names offered
+
+    Tag.objects.create(name="cold-room")
+    editor = Client()
+    editor.force_login(user("ed", "fleet.view_device", "fleet.change_device", staff=True))
+    page = editor.get(f"/admin/fleet/device/{device.pk}/change/").content.decode()
+    tags = re.search(r'<datalist id="dash-tag-choices">(.*?)</datalist>', page)
+    groups = re.search(r'<datalist id="dash-group-choices">(.*?)</datalist>', page)
+    assert tags is not None
+    assert groups is not None
+    assert tags[1] == '<option value="cold-room"><option value="lab">'
+    assert groups[1] == '<option value="canary">'
+    assert 'name="tags" value="lab"' in page
     assert Device.objects.count() == 1
