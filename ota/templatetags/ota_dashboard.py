@@ -147,7 +147,8 @@ def nav_sidebar(context: template.Context) -> SafeString:
     """The admin's navigation sidebar (admin/nav_sidebar.html with admin/app_list.html),
     the same markup written in one pass: the two templates cost a detail page more than
     its own rows."""
-    path = quote(context["request"].path, safe="/")
+    request = context.get("request")
+    path = quote(request.path, safe="/") if request is not None else ""
     apps = []
     for app in context.get("available_apps") or ():
         rows = []
