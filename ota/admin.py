@@ -5,7 +5,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.options import IS_POPUP_VAR, TO_FIELD_VAR
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
+from django.core.paginator import Page, Paginator
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import (
@@ -156,6 +156,26 @@ def available_actions(rollout: Rollout) -> list[str]:
     return allowed
 
 
+def detail_pk(object_id: str, what: str) -> int:
+    """The primary key in a detail page's URL; anything but ASCII digits is a 404."""
+    if not object_id.isascii() or not object_id.isdigit():
+        raise Http404(f"no such {what}")
+    return int(object_id)
+
+
+def detail_context(
+    model_admin: admin.ModelAdmin[Any], request: HttpRequest, title: str
+) -> dict[str, Any]:
+    """What the admin's base template needs around a read-only detail page."""
+    return {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.opts,
+        "title": title,
+        "subtitle": None,
+        "has_view_permission": True,
+    }
+
+
 class RolloutChangeList(ChangeList):
     """Reads the progress of a page of rollouts in one query, not one per row."""
 
@@ -239,36 +259,42 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
             raise PermissionDenied
         return rollout
 
-    def _live(self, request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
+    def _live(
+        self, request: HttpRequest, rollout: Rollout, counts: dash.DeviceCounts
+    ) -> dict[str, Any]:
         """What changes while the page is open: status, actions, progress, gates, stages."""
-        arms = dash.arm_progress(rollout)
+        arms = counts.arms(rollout)
+        devices_total = sum(a.devices for a in arms)
         return {
             "rollout": rollout,
             "arms": arms,
             "gates": dash.gate_rows(rollout),
             "comparisons": dash.comparison_charts(rollout),
-            "failures": dash.failure_codes(rollout),
+            "failures": counts.failures(),
             "actions": [
                 (name, ROLLOUT_ACTIONS[name][1])
                 for name in available_actions(rollout)
                 if request.user.has_perm(ROLLOUT_ACTIONS[name][0])
             ],
             "arm_names": [a["name"] for a in dash.arms_table(rollout)],
-            "stages": dash.stage_timeline(rollout, sum(a.devices for a in arms)),
-            "devices_total": sum(a.devices for a in arms),
+            "stages": dash.stage_timeline(rollout, devices_total),
+            "devices_total": devices_total,
             "max_reason": MAX_REASON,
         }
 
-    def _devices(self, request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
+    def _devices(
+        self, request: HttpRequest, rollout: Rollout, counts: dash.DeviceCounts
+    ) -> dict[str, Any]:
         """The devices table's page, by the page's filters (refreshed live too)."""
         filters = {
             "state": request.GET.get("state", "")[:32],
             "arm": request.GET.get("arm", "")[:64],
             "code": request.GET.get("code", "")[:32],
         }
-        devices = Paginator(
-            dash.devices_page_queryset(rollout, **filters), DEVICES_PER_PAGE
-        ).get_page(request.GET.get("page"))
+        rows = dash.DeviceRows(rollout, counts, **filters)
+        devices: Page[dash.DeviceRow] = Paginator(rows, DEVICES_PER_PAGE).get_page(
+            request.GET.get("page")
+        )
         query = {k: v for k, v in filters.items() if v}
         return {
             "rollout": rollout,
@@ -285,22 +311,18 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        if not object_id.isascii() or not object_id.isdigit():
-            raise Http404("no such rollout")
-        rollout = self._rollout(request, int(object_id))
-        live = self._live(request, rollout)
+        rollout = self._rollout(request, detail_pk(object_id, "rollout"))
+        counts = dash.DeviceCounts.of(rollout)
         context = {
-            **self.admin_site.each_context(request),
-            **live,
-            **self._devices(request, rollout),
-            "opts": self.opts,
-            "title": f"Rollout {rollout.public_id}: {rollout.model.name}",
-            "subtitle": None,
-            "has_view_permission": True,
+            **detail_context(self, request, f"Rollout {rollout.public_id}: {rollout.model.name}"),
+            **self._live(request, rollout, counts),
+            **self._devices(request, rollout, counts),
             "arms_table": dash.arms_table(rollout),
             "selection": dash.selection_sentences(rollout),
             "policy": dash.policy_sentences(rollout),
-            "audit": rollout_audit(rollout),
+            "audit": rollout_audit(rollout).values(
+                "at", "actor_name", "from_status", "to_status", "reason"
+            ),
             "state_choices": dash.DISPLAY_STATES,
         }
         return TemplateResponse(request, "admin/ota/rollout/detail.html", context)
@@ -379,12 +401,15 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
     def progress_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         """The live part of the rollout page, fetched by ota/dashboard.js every few seconds."""
         rollout = self._rollout(request, pk)
+        counts = dash.DeviceCounts.of(rollout)
         if request.GET.get("part") == "devices":
             return TemplateResponse(
-                request, "admin/ota/rollout/_devices.html", self._devices(request, rollout)
+                request,
+                "admin/ota/rollout/_devices.html",
+                self._devices(request, rollout, counts),
             )
         return TemplateResponse(
-            request, "admin/ota/rollout/_live.html", self._live(request, rollout)
+            request, "admin/ota/rollout/_live.html", self._live(request, rollout, counts)
         )
 
     def act_view(self, request: HttpRequest, pk: int) -> HttpResponse:
@@ -550,8 +575,10 @@ class DeviceAdmin(RegistryDeviceAdmin):
         }
         return TemplateResponse(request, "admin/fleet/device/list.html", context)
 
-    def _device(self, request: HttpRequest, pk: int) -> Device:
-        device = Device.objects.filter(pk=pk).first()
+    def _device(
+        self, request: HttpRequest, pk: int, devices: QuerySet[Device] | None = None
+    ) -> Device:
+        device = (devices if devices is not None else Device.objects).filter(pk=pk).first()
         if device is None:
             raise Http404(f"no device {pk}")
         if not self.has_view_permission(request, device):
@@ -565,17 +592,11 @@ class DeviceAdmin(RegistryDeviceAdmin):
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        if not object_id.isascii() or not object_id.isdigit():
-            raise Http404("no such device")
-        device = self._device(request, int(object_id))
+        device = self._device(request, detail_pk(object_id, "device"), fleet_pages.page_devices())
         may_change = self.has_change_permission(request, device)
         context = {
-            **self.admin_site.each_context(request),
-            **fleet_pages.device_page(device),
-            "opts": self.opts,
-            "title": f"Device {device.device_id}",
-            "subtitle": None,
-            "has_view_permission": True,
+            **detail_context(self, request, f"Device {device.device_id}"),
+            **fleet_pages.device_page(device, label_choices=may_change),
             "device": device,
             "may_change": may_change,
             "stale": device.last_seen_at is None
@@ -652,20 +673,14 @@ class ModelPageAdmin(ModelAdmin):
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        if not object_id.isascii() or not object_id.isdigit():
-            raise Http404("no such model")
-        model = Model.objects.filter(pk=int(object_id)).first()
+        model = Model.objects.filter(pk=detail_pk(object_id, "model")).first()
         if model is None:
             raise Http404("no such model")
         if not self.has_view_permission(request, model):
             raise PermissionDenied
         context = {
-            **self.admin_site.each_context(request),
+            **detail_context(self, request, f"Model {model.name}"),
             **fleet_pages.model_page(model),
-            "opts": self.opts,
-            "title": f"Model {model.name}",
-            "subtitle": None,
-            "has_view_permission": True,
             "model": model,
         }
         return TemplateResponse(request, "admin/ota/model/detail.html", context)

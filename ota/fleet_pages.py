@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Max
+from django.db.models import Max, OuterRef, QuerySet, Subquery, Value
 
 from device_agent.protocol.messages import Phase
 from fleet.models import DesiredState, Device, DeviceCertificate, DeviceEvent, Group, Tag
@@ -47,9 +47,22 @@ def _reported_entries(reported: object) -> dict[str, dict[str, Any]]:
     return out
 
 
+def page_devices() -> QuerySet[Device]:
+    """Devices as ``device_page`` reads them: each with the payload of its desired state
+    (once the director has written one), in the same query."""
+    return Device.objects.annotate(
+        desired_payload=Subquery(
+            DesiredState.objects.filter(device=OuterRef("pk"), seq__gt=0).values("payload")[:1]
+        )
+    )
+
+
 def _desired_versions(device: Device) -> dict[str, str]:
-    row = DesiredState.objects.filter(device=device).only("payload", "seq").first()
-    payload = row.payload if row is not None and row.seq else {}
+    if hasattr(device, "desired_payload"):
+        payload = device.desired_payload
+    else:
+        row = DesiredState.objects.filter(device=device).only("payload", "seq").first()
+        payload = row.payload if row is not None and row.seq else {}
     models = payload.get("models") if isinstance(payload, dict) else None
     return {
         str(m["name"]): str(m.get("version", ""))
@@ -74,8 +87,24 @@ class HistoryRow:
         return self.phase in FAILED_PHASES
 
 
-def device_page(device: Device) -> dict[str, Any]:
-    """The device page's figures: seven queries, whatever its history."""
+# What a row of "Rollouts that touched it" shows, read as plain values.
+TOUCHED_COLUMNS = (
+    "rollout_id",
+    "rollout__status",
+    "rollout__model__name",
+    "arm",
+    "artifact__version",
+    "state",
+    "last_code",
+    "attempts",
+)
+CERTIFICATE_COLUMNS = ("serial", "issued_at", "not_after", "revoked_at")
+
+
+def device_page(device: Device, *, label_choices: bool = True) -> dict[str, Any]:
+    """The device page's figures: five queries whatever its history (``device`` read
+    through ``page_devices``); ``label_choices`` adds the tag and group names offered when
+    editing them, in the same query as the device's own."""
     events = list(
         DeviceEvent.objects.filter(device=device)
         .order_by("-received_at", "-pk")
@@ -104,29 +133,41 @@ def device_page(device: Device) -> dict[str, Any]:
         )
         for name in sorted(set(reported) | set(desired))
     ]
-    touched = list(
-        RolloutDevice.objects.filter(device=device)
-        .select_related("rollout__model", "artifact")
-        .order_by("-rollout_id")[:ROLLOUTS]
-    )
+    # Its tags and groups, and the names offered when editing them, in one query.
+    kinds = [
+        Tag.objects.filter(devices=device).values_list(Value("tag"), "name"),
+        Group.objects.filter(devices=device).values_list(Value("group"), "name"),
+    ]
+    if label_choices:
+        first_tags = Tag.objects.order_by("name").values("pk")[:LABEL_CHOICES]
+        first_groups = Group.objects.order_by("name").values("pk")[:LABEL_CHOICES]
+        kinds += [
+            Tag.objects.filter(pk__in=first_tags).values_list(Value("tag_choice"), "name"),
+            Group.objects.filter(pk__in=first_groups).values_list(Value("group_choice"), "name"),
+        ]
+    labels: dict[str, list[str]] = {"tag": [], "group": [], "tag_choice": [], "group_choice": []}
+    for kind, name in kinds[0].union(*kinds[1:], all=True):
+        labels[kind].append(name)
     return {
         "installed": installed,
         "history": [
             HistoryRow(ts, received, model, phase, code, detail, rid, rollout_pk(rid))
             for ts, received, model, phase, code, detail, rid in events
         ],
-        "touched": touched,
+        "touched": list(
+            RolloutDevice.objects.filter(device=device)
+            .order_by("-rollout_id")
+            .values_list(*TOUCHED_COLUMNS)[:ROLLOUTS]
+        ),
         "certificates": list(
-            DeviceCertificate.objects.filter(device=device).order_by("-issued_at")
+            DeviceCertificate.objects.filter(device=device)
+            .order_by("-issued_at")
+            .values_list(*CERTIFICATE_COLUMNS)
         ),
-        "tags": sorted(device.tags.values_list("name", flat=True)),
-        "groups": sorted(device.groups.values_list("name", flat=True)),
-        "tag_choices": list(
-            Tag.objects.order_by("name").values_list("name", flat=True)[:LABEL_CHOICES]
-        ),
-        "group_choices": list(
-            Group.objects.order_by("name").values_list("name", flat=True)[:LABEL_CHOICES]
-        ),
+        "tags": sorted(labels["tag"]),
+        "groups": sorted(labels["group"]),
+        "tag_choices": sorted(labels["tag_choice"]),
+        "group_choices": sorted(labels["group_choice"]),
     }
 
 

@@ -6,9 +6,10 @@ device).
 """
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 from django.db.models import Count, Q, QuerySet
 
@@ -116,33 +117,85 @@ def arms_progress(rollouts: list[Rollout]) -> dict[int, list[ArmProgress]]:
     )
     for rollout_id, arm, state, phase, n in rows:
         counts[rollout_id][arm][display_state(state, phase)] += n
-    out: dict[int, list[ArmProgress]] = {}
-    for rollout in rollouts:
-        mine = counts.get(rollout.pk, {})
-        versions = _arm_versions(rollout)
-        arms = []
-        for name in list(versions) + sorted(set(mine) - set(versions)):
-            by_state = mine.get(name, {})
-            total = sum(by_state.values())
-            progress = ArmProgress(name=name, version=versions.get(name, "?"), devices=total)
-            for state, label in DISPLAY_STATES:
-                n = by_state.get(state, 0)
-                if n:
-                    progress.segments.append(Segment(state, label, n, 100.0 * n / total))
-            arms.append(progress)
-        out[rollout.pk] = arms
-    return out
+    return {rollout.pk: _arms(rollout, counts.get(rollout.pk, {})) for rollout in rollouts}
 
 
-def failure_codes(rollout: Rollout) -> list[tuple[str, str, int]]:
-    """(code, arm, devices) of the failed, timed-out and unrolled-back devices, most first."""
-    rows = (
-        RolloutDevice.objects.filter(rollout=rollout, state__in=FAILURE_STATES)
-        .values_list("last_code", "arm")
-        .annotate(n=Count("pk"))
-        .order_by()
-    )
-    return sorted(((code or "unknown", arm, n) for code, arm, n in rows), key=lambda r: -r[2])
+def _arms(rollout: Rollout, mine: dict[str, dict[str, int]]) -> list[ArmProgress]:
+    versions = _arm_versions(rollout)
+    arms = []
+    for name in list(versions) + sorted(set(mine) - set(versions)):
+        by_state = mine.get(name, {})
+        total = sum(by_state.values())
+        progress = ArmProgress(name=name, version=versions.get(name, "?"), devices=total)
+        for state, label in DISPLAY_STATES:
+            n = by_state.get(state, 0)
+            if n:
+                progress.segments.append(Segment(state, label, n, 100.0 * n / total))
+        arms.append(progress)
+    return arms
+
+
+@dataclass(frozen=True)
+class DeviceCounts:
+    """A rollout's devices counted by (arm, state, last phase, last code): one grouped
+    query from which the rollout page draws its progress bars, its failures by code and
+    the size of any page of its devices table (the table's filters are these columns)."""
+
+    rows: list[tuple[str, str, str, str, int]]
+
+    @classmethod
+    def of(cls, rollout: Rollout) -> "DeviceCounts":
+        return cls(
+            list(
+                RolloutDevice.objects.filter(rollout=rollout)
+                .values_list("arm", "state", "last_phase", "last_code")
+                .annotate(n=Count("pk"))
+                .order_by()
+            )
+        )
+
+    def arms(self, rollout: Rollout) -> list[ArmProgress]:
+        """``arm_progress`` without a query of its own."""
+        mine: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for arm, state, phase, _code, n in self.rows:
+            mine[arm][display_state(state, phase)] += n
+        return _arms(rollout, mine)
+
+    def failures(self) -> list[tuple[str, str, int]]:
+        """(code, arm, devices) of the failed, timed-out and unrolled-back devices, most
+        first."""
+        by_code: dict[tuple[str, str], int] = defaultdict(int)
+        for arm, state, _phase, code, n in self.rows:
+            if state in FAILURE_STATES:
+                by_code[(code or "unknown", arm)] += n
+        return sorted(((c, a, n) for (c, a), n in by_code.items()), key=lambda r: (-r[2], r[0]))
+
+    def matching(self, *, state: str = "", arm: str = "", code: str = "") -> int:
+        """How many devices ``devices_page_queryset`` selects with these filters."""
+        return sum(
+            n
+            for row_arm, row_state, phase, row_code, n in self.rows
+            if _matches(row_arm, row_state, phase, row_code, state=state, arm=arm, code=code)
+        )
+
+
+def _matches(
+    row_arm: str, row_state: str, phase: str, row_code: str, *, state: str, arm: str, code: str
+) -> bool:
+    # The same filters as devices_page_queryset, on one group of the counts.
+    if state == "downloading":
+        if row_state != D.IN_PROGRESS or phase not in _DOWNLOAD_PHASES:
+            return False
+    elif state == "installing":
+        if row_state != D.IN_PROGRESS or phase in _DOWNLOAD_PHASES:
+            return False
+    elif state and row_state != state:
+        return False
+    if arm and row_arm != arm:
+        return False
+    if code == "unknown":
+        return row_code == "" and row_state in FAILURE_STATES
+    return not code or row_code == code
 
 
 @dataclass
@@ -388,6 +441,48 @@ def devices_page_queryset(
     elif code:
         qs = qs.filter(last_code=code)
     return qs.order_by("bucket")
+
+
+# What a row of the devices table shows, read as plain values (no model instances).
+DeviceRow = tuple[Any, ...]
+DEVICE_ROW_COLUMNS = (
+    "device_id",
+    "device__device_id",
+    "device__hardware",
+    "arm",
+    "state",
+    "last_phase",
+    "last_code",
+    "attempts",
+    "notified_at",
+)
+
+
+class DeviceRows:
+    """The devices table as a Paginator reads it: its size from ``DeviceCounts`` (no
+    COUNT query), a page as one SELECT of plain values."""
+
+    def __init__(self, rollout: Rollout, counts: DeviceCounts, **filters: str) -> None:
+        self._queryset = devices_page_queryset(rollout, **filters).values_list(*DEVICE_ROW_COLUMNS)
+        self._count = counts.matching(**filters)
+
+    def count(self) -> int:
+        return self._count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[DeviceRow]:
+        return iter(self._queryset)
+
+    @overload
+    def __getitem__(self, index: int) -> DeviceRow: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[DeviceRow]: ...
+    def __getitem__(self, index: int | slice) -> DeviceRow | list[DeviceRow]:
+        if isinstance(index, slice):
+            return list(self._queryset[index])
+        return self._queryset[index]
 
 
 # --- the fleet overview (the admin's landing page) ---------------------------------------
