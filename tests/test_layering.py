@@ -63,12 +63,6 @@ KNOWN: frozenset[tuple[str, str]] = frozenset(
     {
         # the dev quick start rewrites a simulated agent's config file
         ("fleet.management.commands.fleet_up", "device_agent.config"),
-        # the bridge imports the services it hands messages to, instead of handlers the
-        # apps register
-        ("fleet.bridge.handlers", "fleet.models"),
-        ("fleet.bridge.handlers", "fleet.reports"),
-        ("fleet.bridge.outbox", "fleet.director"),
-        ("fleet.bridge.outbox", "fleet.models"),
     }
 )
 
