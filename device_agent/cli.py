@@ -1,6 +1,7 @@
 """`fleet-agent`: enroll a device, run the agent, show its state, roll a model back.
 
     fleet-agent enroll --server URL --token T --device-id ID --hardware HW [--dir DIR]
+    fleet-agent configure [--server URL] [--tuf-url URL] [--broker-url URL] [--dir DIR]
     fleet-agent run [--dir DIR] [--simulate-app MODEL [--simulate-app-interval S]]
     fleet-agent status [--dir DIR]
     fleet-agent rollback MODEL [--dir DIR]
@@ -23,8 +24,10 @@ import ssl
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ from device_agent.config import DEFAULT_DIR, AgentConfig, ConfigError, Layout
 from device_agent.delivery import EventDelivery
 from device_agent.journal import Journal
 from device_agent.metrics_client import encode_sample, send_datagram
-from device_agent.mqtt import MqttLink, TlsFiles
+from device_agent.mqtt import MqttLink, TlsFiles, parse_broker_url
 from device_agent.mqtt_adapters import MqttPublisher, MqttTelemetryOut, event_delivery
 from device_agent.protocol.envelope import load_public_key_pem
 from device_agent.protocol.exceptions import ProtocolError
@@ -194,6 +197,38 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     )
     config.save(layout.root)
     print(f"enrolled {args.device_id} ({args.hardware}) into {layout.root}")
+    return 0
+
+
+def cmd_configure(args: argparse.Namespace) -> int:
+    """Point an enrolled agent at other URLs of the same control plane (a moved server,
+    the dev quick start's ports); the identity stays. Read at the next `run`."""
+    layout = Layout(Path(args.dir))
+    config = AgentConfig.load(layout.root)
+    wanted = {
+        "server_url": args.server.rstrip("/") if args.server else None,
+        "tuf_url": args.tuf_url,
+        "broker_url": args.broker_url,
+    }
+    changes = {
+        name: value
+        for name, value in wanted.items()
+        if value is not None and getattr(config, name) != value
+    }
+    if args.broker_url is not None:
+        try:
+            parse_broker_url(args.broker_url)
+        except ValueError as exc:
+            raise CliError("malformed", str(exc)) from None
+    for option, url in (("--server", args.server), ("--tuf-url", args.tuf_url)):
+        if url is not None and urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise CliError("malformed", f"{option} {url!r} is not an http(s) URL")
+    if not changes:
+        print(f"{layout.root}: unchanged")
+        return 0
+    with agent_lock(layout):  # not under a running agent, which would not see it
+        replace(config, **changes).save(layout.root)
+    print(f"{layout.root}: set {', '.join(sorted(changes))}")
     return 0
 
 
@@ -442,6 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
         "kept in the agent's directory for metadata and downloads too",
     )
     enroll.set_defaults(func=cmd_enroll)
+    configure = with_dir(sub.add_parser("configure", help="change the URLs an enrolled agent uses"))
+    configure.add_argument("--server", help="the control plane's base URL")
+    configure.add_argument("--tuf-url", help="its TUF repository's URL")
+    configure.add_argument("--broker-url", help="the broker's URL")
+    configure.set_defaults(func=cmd_configure)
     run = with_dir(sub.add_parser("run", help="run the agent"))
     run.add_argument(
         "--simulate-app",
