@@ -388,6 +388,8 @@ class Outbox:
             acked, self._acked = self._acked, []
         published = [(pk, seq) for pk, seq, ok in acked if ok]
         try:
+            # The database's clock: every bridge records `published_at` on it, and the
+            # retained sentinel compares them (fleet/bridge/sentinel.py).
             at = database_now()
             self._queue.desired_states_mark_published(published=published, at=at)
         except Exception:
