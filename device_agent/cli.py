@@ -1,6 +1,7 @@
 """`fleet-agent`: enroll a device, run the agent, show its state, roll a model back.
 
     fleet-agent enroll --server URL --token T --device-id ID --hardware HW [--dir DIR]
+    fleet-agent configure [--server URL] [--tuf-url URL] [--broker-url URL] [--dir DIR]
     fleet-agent run [--dir DIR] [--simulate-app MODEL [--simulate-app-interval S]]
     fleet-agent status [--dir DIR]
     fleet-agent rollback MODEL [--dir DIR]
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from device_agent.command_error import CommandError
 from device_agent.config import DEFAULT_DIR, ConfigError, Layout
+from device_agent.configure import agent_configure
 from device_agent.enrollment import EnrollRequest, device_enroll
 from device_agent.protocol.exceptions import ProtocolError
 from device_agent.protocol.identifiers import DEVICE_ID, HARDWARE, MODEL_NAME
@@ -38,6 +40,17 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         force=args.force,
     )
     print(device_enroll(layout=Layout(Path(args.dir)), request=request))
+    return 0
+
+
+def cmd_configure(args: argparse.Namespace) -> int:
+    message = agent_configure(
+        layout=Layout(Path(args.dir)),
+        server=args.server,
+        tuf_url=args.tuf_url,
+        broker_url=args.broker_url,
+    )
+    print(message)
     return 0
 
 
@@ -122,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
         "kept in the agent's directory for metadata and downloads too",
     )
     enroll.set_defaults(func=cmd_enroll)
+    configure = with_dir(sub.add_parser("configure", help="change the URLs an enrolled agent uses"))
+    configure.add_argument("--server", help="the control plane's base URL")
+    configure.add_argument("--tuf-url", help="its TUF repository's URL")
+    configure.add_argument("--broker-url", help="the broker's URL")
+    configure.set_defaults(func=cmd_configure)
     run = with_dir(sub.add_parser("run", help="run the agent"))
     run.add_argument(
         "--simulate-app",

@@ -432,3 +432,63 @@ def notify(channel: str) -> None:
     if _postgresql():
         with _cursor(binary=False) as cursor:
             cursor.execute("SELECT pg_notify(%s, '')", [channel])
+
+
+# --- the bridge: its clock, wake-ups and leader lock ---------------------------------
+# Not bulk writes, but the same choice between the databases: the bridge's outbox
+# (fleet/bridge/outbox.py) asks these rather than looking at the database vendor.
+
+
+def database_now() -> datetime:
+    """The database's clock (PostgreSQL ``clock_timestamp()``): processes that record
+    times compared with each other's read one clock. Elsewhere (SQLite: one process)
+    this process's."""
+    if not _postgresql():
+        return timezone.now()
+    with _cursor(binary=False) as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        row = cursor.fetchone()
+    at: datetime = row[0]
+    return at
+
+
+def listening_supported() -> bool:
+    """Whether the database wakes listeners (``notify``) and has session locks
+    (``Listening``): PostgreSQL. Elsewhere a single process polls."""
+    return _postgresql()
+
+
+class Listening:
+    """A connection of its own, in autocommit, for LISTEN and session advisory locks
+    (PostgreSQL; see ``listening()``). A lock taken is held until the connection closes."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def try_lock(self, key: int) -> bool:
+        """Take the session advisory lock ``key`` unless another session holds it."""
+        row = self._raw.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
+        return bool(row is not None and row[0])
+
+    def listen(self, channel: str) -> None:
+        """Receive the notifications of ``channel`` (``notify``) from now on."""
+        from psycopg import sql
+
+        self._raw.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+    def notifications(self, timeout: float) -> Iterator[str]:
+        """The channels of the notifications that arrive within ``timeout`` seconds."""
+        for notification in self._raw.notifies(timeout=timeout):
+            yield notification.channel
+
+
+@contextmanager
+def listening() -> Iterator[Listening]:
+    """A new connection with the default connection's parameters, for ``Listening``;
+    closed on leaving, which releases its locks. PostgreSQL only
+    (``listening_supported()``)."""
+    import psycopg  # PostgreSQL only
+
+    params = connection.get_connection_params()
+    with psycopg.connect(**params, autocommit=True) as raw:
+        yield Listening(raw)

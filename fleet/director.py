@@ -12,6 +12,7 @@ refused here with a ``ServiceError`` carrying the same code, before anything is 
 
 import json
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -47,6 +48,7 @@ ISSUE_FIELDS = ["seq", "payload", "envelope", "issued_at", "expires_at"]
 # (delivered on commit, dropped on rollback), so a listening bridge publishes at once
 # instead of at its next poll (fleet/bridge/outbox.py, OutboxListener).
 OUTBOX_CHANNEL = "fleet_desired_outbox"
+_UPDATE_CHUNK = 5000  # pks per UPDATE of the bridge's acknowledgements (one array parameter)
 
 
 class _Named(Protocol):
@@ -493,6 +495,54 @@ def desired_states_requeue_since(*, recorded_since: datetime | None) -> int:
         if queued:
             notify(OUTBOX_CHANNEL)
     return queued
+
+
+# --- the bridge's queue ----------------------------------------------------------------
+# What the bridge's outbox reads and records (registered with it by fleet/apps.py:
+# fleet.bridge.services.DesiredQueue).
+
+
+def desired_outbox_keys(*, after: int, limit: int) -> list[tuple[int, int]]:
+    """(desired state pk, seq) of up to ``limit`` queued rows with pk > ``after``, by pk."""
+    return list(
+        DesiredOutbox.objects.filter(pk__gt=after).order_by("pk").values_list("pk", "seq")[:limit]
+    )
+
+
+def desired_outbox_envelopes(*, pks: Sequence[int]) -> list[tuple[int, int, str, bytes]]:
+    """(pk, seq, device id, envelope) of those desired states as they are now, by pk; a
+    deleted one is left out."""
+    rows = filter_in(DesiredState.objects.all(), "pk", pks).values_list(
+        "pk", "seq", "device__device_id", "envelope"
+    )
+    return [(pk, seq, device_id, bytes(envelope)) for pk, seq, device_id, envelope in sorted(rows)]
+
+
+def desired_outbox_forget(*, pks: Sequence[int]) -> None:
+    """Unqueue rows whose desired state was deleted outside the ORM (the queue has no
+    foreign key constraint; see DesiredOutbox)."""
+    filter_in(DesiredOutbox.objects.all(), "pk", pks).delete()
+
+
+def desired_states_mark_published(*, published: Iterable[tuple[int, int]], at: datetime) -> int:
+    """Record that the broker acknowledged `(pk, seq)` publishes, and unqueue those rows;
+    rows updated.
+
+    Conditional on the row still having that seq: a row the director rewrote meanwhile
+    stays queued and goes out again with its new envelope.
+    """
+    by_seq: dict[int, list[int]] = defaultdict(list)
+    for pk, seq in published:
+        by_seq[seq].append(pk)
+    updated = 0
+    with transaction.atomic():
+        for seq, pks in by_seq.items():
+            for start in range(0, len(pks), _UPDATE_CHUNK):
+                chunk = pks[start : start + _UPDATE_CHUNK]
+                rows = filter_in(DesiredState.objects.filter(seq=seq), "pk", chunk)
+                updated += rows.update(published_seq=seq, published_at=at)
+                filter_in(DesiredOutbox.objects.filter(seq=seq), "pk", chunk).delete()
+    return updated
 
 
 # --- many devices ----------------------------------------------------------------------

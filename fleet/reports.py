@@ -43,6 +43,17 @@ def _clip(model: type[Device] | type[DeviceEvent], field: str, value: str) -> st
     return value[:max_length] if max_length else value
 
 
+def devices_for_reports(*, device_ids: Collection[str]) -> dict[str, Device]:
+    """The enrolled devices of ``device_ids`` (revoked ones included), by device id: the
+    rows the bridge hands back to the writes below."""
+    if not device_ids:
+        return {}
+    # A device's reported state is only ever replaced here, never read: not decoding it
+    # spares the JSON of every device the bridge reads.
+    rows = filter_in(Device.objects.defer("reported"), "device_id", sorted(device_ids))
+    return {device.device_id: device for device in rows}
+
+
 def device_state_record(*, device: Device, state: ReportedState) -> Device:
     """Store the device's retained `state` report: what it runs and the last desired seq.
 

@@ -1,8 +1,8 @@
 """Which part of the code may import which (docs/architecture.md, "Parts and layers").
 
 Every import between parts (module level or inside a function; not the ones under
-`if TYPE_CHECKING:`) must follow RULES. The imports that break the rules today are listed
-one by one in KNOWN: a new one fails the test, and so does an entry that no longer
+`if TYPE_CHECKING:`) must follow RULES. An import that had to break them would be listed
+in KNOWN (none does today): a new one fails the test, and so does an entry that no longer
 occurs, so the list only shrinks.
 """
 
@@ -59,19 +59,8 @@ RULES: dict[str, frozenset[str]] = {
     ),
 }
 
-# (importing module, imported module): the violations of today, to be paid back.
-KNOWN: frozenset[tuple[str, str]] = frozenset(
-    {
-        # the dev quick start rewrites a simulated agent's config file
-        ("fleet.management.commands.fleet_up", "device_agent.config"),
-        # the bridge imports the services it hands messages to, instead of handlers the
-        # apps register
-        ("fleet.bridge.handlers", "fleet.models"),
-        ("fleet.bridge.handlers", "fleet.reports"),
-        ("fleet.bridge.outbox", "fleet.director"),
-        ("fleet.bridge.outbox", "fleet.models"),
-    }
-)
+# (importing module, imported module): violations still to be paid back (none).
+KNOWN: frozenset[tuple[str, str]] = frozenset()
 
 
 # The `fleet` package itself is the Django project (its __init__ starts Celery).

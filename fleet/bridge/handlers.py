@@ -13,9 +13,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from django.db.models import QuerySet
 from django.utils import timezone
 
 from device_agent.protocol.errors import ErrorCode
@@ -30,18 +29,12 @@ from device_agent.protocol.messages import (
 )
 from device_agent.protocol.topics import Channel, parse_topic
 from fleet.bridge.client import InboundMessage
-from fleet.bulk import filter_in
-from fleet.models import Device
-from fleet.reports import (
-    device_event_record,
-    device_presence_set,
-    device_state_record,
-    devices_event_record,
-    devices_news_record,
-    devices_seen_record,
-    devices_state_record,
-)
+from fleet.bridge.services import DeviceReports, device_reports
 from telemetry import metrics
+
+if TYPE_CHECKING:
+    # Only a type: the registry's rows pass through the bridge (fleet/bridge/services.py).
+    from fleet.models import Device
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +125,7 @@ class TelemetrySink(Protocol):
     def add(
         self,
         *,
-        device: Device,
+        device: "Device",
         batch: TelemetryBatch,
         received_at: datetime,
         key: str | None = None,
@@ -153,7 +146,7 @@ class DiscardTelemetry:
     def add(
         self,
         *,
-        device: Device,
+        device: "Device",
         batch: TelemetryBatch,
         received_at: datetime,
         key: str | None = None,
@@ -197,12 +190,6 @@ class RateLimitedLog:
         self._log.warning(message + suffix, *args, exc_info=exc_info)
 
 
-def _devices() -> QuerySet[Device]:
-    # A device's reported state is only ever replaced here, never read: not decoding it
-    # spares the JSON of every device of every batch whose cache entry expired.
-    return Device.objects.defer("reported")
-
-
 class DeviceDirectory:
     """Device rows by device id, cached for a few seconds (positive and negative).
 
@@ -213,16 +200,17 @@ class DeviceDirectory:
 
     MAX_ENTRIES = 100_000
 
-    def __init__(self, ttl: float) -> None:
+    def __init__(self, ttl: float, reports: DeviceReports) -> None:
         self._ttl = ttl
+        self._reports = reports
         self._entries: dict[str, tuple[float, Device | None]] = {}
 
-    def get(self, device_id: str) -> Device | None:
+    def get(self, device_id: str) -> "Device | None":
         now = time.monotonic()
         hit = self._entries.get(device_id)
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
-        device = _devices().filter(device_id=device_id).first()
+        device = self._reports.devices_for_reports(device_ids=[device_id]).get(device_id)
         if self._ttl > 0:
             if len(self._entries) >= self.MAX_ENTRIES:
                 self._entries.clear()  # a flood of random ids must not grow memory
@@ -246,7 +234,7 @@ class DeviceDirectory:
                 wanted.add(device_id)
         if not wanted:
             return
-        found = {d.device_id: d for d in filter_in(_devices(), "device_id", sorted(wanted))}
+        found = self._reports.devices_for_reports(device_ids=wanted)
         if len(entries) + len(wanted) > self.MAX_ENTRIES:
             entries.clear()
         for device_id in wanted:
@@ -256,9 +244,17 @@ class DeviceDirectory:
 class Dispatcher:
     """Validates inbound messages and calls the services; run by the worker thread only."""
 
-    def __init__(self, *, telemetry: TelemetrySink, device_cache_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        telemetry: TelemetrySink,
+        device_cache_seconds: float,
+        reports: DeviceReports | None = None,
+    ) -> None:
         self.telemetry = telemetry
-        self._devices = DeviceDirectory(device_cache_seconds)
+        # The registry's writes (fleet.reports), as it registered them.
+        self._reports = reports = reports or device_reports()
+        self._devices = DeviceDirectory(device_cache_seconds, reports)
         self._seen: set[int] = set()
         self._log = RateLimitedLog(logger)
         # A batch (begin() .. finish()): the message's index, and in deferred mode the
@@ -296,11 +292,12 @@ class Dispatcher:
         batch) of the events that were already stored (duplicates)."""
         states, events = self._states, self._events
         self._states, self._events = [], []
-        devices_state_record(reports=states, news=False)
-        created = devices_event_record(
+        reports = self._reports
+        reports.devices_state_record(reports=states, news=False)
+        created = reports.devices_event_record(
             reports=[(device, event) for _, device, event in events], news=False
         )
-        devices_news_record(
+        reports.devices_news_record(
             device_pks={device.pk for device, _ in states}
             | {device.pk for (_, device, _), new in zip(events, created, strict=True) if new}
         )
@@ -353,7 +350,7 @@ class Dispatcher:
     def _dispatch(
         self,
         channel: Channel,
-        device: Device,
+        device: "Device",
         decoded: object,
         message: InboundMessage,
         index: int,
@@ -364,18 +361,18 @@ class Dispatcher:
             if self._deferred:
                 self._states.append((device, decoded))
             else:
-                device_state_record(device=device, state=decoded)
+                self._reports.device_state_record(device=device, state=decoded)
         elif isinstance(decoded, UpdateEvent):
             if self._deferred:
                 self._events.append((index, device, decoded))
             else:
-                _, created = device_event_record(device=device, event=decoded)
+                _, created = self._reports.device_event_record(device=device, event=decoded)
                 result = ACCEPTED if created else DUPLICATE
             if decoded.event_id is not None:
                 self._confirmation(device).event_ids.append(decoded.event_id)
         elif isinstance(decoded, DeviceStatus):
             online = decoded.status is Presence.ONLINE
-            device_presence_set(device=device, online=online, at=message.received_at)
+            self._reports.device_presence_set(device=device, online=online, at=message.received_at)
             seen = online  # an `offline` is usually the broker's last will, not the device
         elif isinstance(decoded, TelemetryBatch):
             # The payload's digest: a redelivered or replayed message is stored once.
@@ -391,7 +388,7 @@ class Dispatcher:
             self._seen.add(device.pk)
         return Outcome(channel.value, result)
 
-    def _confirmation(self, device: Device) -> Confirmed:
+    def _confirmation(self, device: "Device") -> Confirmed:
         confirmed = self._confirmed.get(device.device_id)
         if confirmed is None:
             confirmed = self._confirmed[device.device_id] = Confirmed()
@@ -411,6 +408,6 @@ class Dispatcher:
         """Write `last_seen_at` for the devices heard from since the last flush."""
         if not self._seen:
             return 0
-        updated = devices_seen_record(device_pks=self._seen, at=timezone.now())
+        updated = self._reports.devices_seen_record(device_pks=self._seen, at=timezone.now())
         self._seen.clear()  # only once written: a failed flush is retried next time
         return updated

@@ -36,19 +36,18 @@ distinct seq per batch, not one per row).
 import logging
 import threading
 import time
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
-from django.db import close_old_connections, connection, transaction
-from django.utils import timezone
+from django.db import close_old_connections, connection
 
 from device_agent.protocol.topics import Channel, topic_for
 from fleet.bridge.handlers import RateLimitedLog
 from fleet.bridge.sentinel import SENTINEL_TOPIC, SentinelCheck, sentinel_payload
-from fleet.director import OUTBOX_CHANNEL, desired_states_requeue_since, filter_in
-from fleet.models import DesiredOutbox, DesiredState
+from fleet.bridge.services import DesiredQueue, desired_queue
+from fleet.bulk import database_now, listening, listening_supported
 from telemetry import metrics
 
 logger = logging.getLogger(__name__)
@@ -60,7 +59,6 @@ LISTEN_RETRY_SECONDS = 5.0  # after the listener's connection failed
 LEADER_RETRY_SECONDS = 2.0  # a bridge that does not publish asks for the lock this often
 OUTBOX_LOCK = 0x666C_6F62  # pg advisory lock key of the publishing bridge ("flob")
 REFUSED_RETRY_SECONDS = 30.0  # a publish the broker refused is not retried sooner
-_UPDATE_CHUNK = 5000  # pks per UPDATE (one array parameter on PostgreSQL)
 
 
 class Publisher(Protocol):
@@ -82,38 +80,6 @@ class _Row(NamedTuple):
     envelope: bytes
 
 
-def database_now() -> datetime:
-    """The database's clock: every bridge records `published_at` on the same clock, which
-    the retained sentinel compares (fleet/bridge/sentinel.py)."""
-    if connection.vendor != "postgresql":
-        return timezone.now()  # SQLite: one process, one clock
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT clock_timestamp()")
-        row = cursor.fetchone()
-    at: datetime = row[0]
-    return at
-
-
-def desired_states_mark_published(*, published: Iterable[tuple[int, int]], at: datetime) -> int:
-    """Record that the broker acknowledged `(pk, seq)` publishes; rows updated.
-
-    Conditional on the row still having that seq: a row the director rewrote meanwhile
-    stays queued and goes out again with its new envelope.
-    """
-    by_seq: dict[int, list[int]] = defaultdict(list)
-    for pk, seq in published:
-        by_seq[seq].append(pk)
-    updated = 0
-    with transaction.atomic():
-        for seq, pks in by_seq.items():
-            for start in range(0, len(pks), _UPDATE_CHUNK):
-                chunk = pks[start : start + _UPDATE_CHUNK]
-                rows = filter_in(DesiredState.objects.filter(seq=seq), "pk", chunk)
-                updated += rows.update(published_seq=seq, published_at=at)
-                filter_in(DesiredOutbox.objects.filter(seq=seq), "pk", chunk).delete()
-    return updated
-
-
 class Outbox:
     """Publishes DesiredState rows that are behind; `run()` is its thread's body.
 
@@ -128,8 +94,11 @@ class Outbox:
         batch_size: int,
         window: int,
         sentinel: SentinelCheck | None = None,
+        queue: DesiredQueue | None = None,
     ) -> None:
         self._publisher = publisher
+        # The director's queue (fleet.director), as the fleet app registered it.
+        self._queue = queue or desired_queue()
         self._sentinel = sentinel
         self._poll_seconds = poll_seconds
         self._batch_size = batch_size
@@ -286,11 +255,7 @@ class Outbox:
         stay queued until their PUBACKs are recorded. Reading their envelopes again each
         time was most of what the scan read.
         """
-        keys = list(
-            DesiredOutbox.objects.filter(pk__gt=self._cursor)
-            .order_by("pk")
-            .values_list("pk", "seq")[: self._batch_size]
-        )
+        keys = self._queue.desired_outbox_keys(after=self._cursor, limit=self._batch_size)
         if len(keys) < self._batch_size:
             self._cursor = 0
             self._scan_more = False  # the next scan starts after the poll interval
@@ -308,18 +273,13 @@ class Outbox:
         if wanted:
             # The row as it is now: rewritten since the first read, it goes out with its
             # new seq and envelope (and is recorded with that seq).
-            rows = filter_in(DesiredState.objects.all(), "pk", wanted).values_list(
-                "pk", "seq", "device__device_id", "envelope"
-            )
             found = set()
-            for pk, seq, device_id, envelope in sorted(rows):
+            for pk, seq, device_id, envelope in self._queue.desired_outbox_envelopes(pks=wanted):
                 found.add(pk)
                 if self._sent.get(pk) != seq:
-                    self._buffer.append(_Row(pk, seq, device_id, bytes(envelope)))
+                    self._buffer.append(_Row(pk, seq, device_id, envelope))
             if gone := [pk for pk in wanted if pk not in found]:
-                # Queued rows whose desired state was deleted outside the ORM (the queue
-                # has no foreign key constraint; see DesiredOutbox).
-                filter_in(DesiredOutbox.objects.all(), "pk", gone).delete()
+                self._queue.desired_outbox_forget(pks=gone)  # deleted outside the ORM
         return bool(keys)
 
     def _checking(self) -> bool:
@@ -365,7 +325,7 @@ class Outbox:
     def _requeue_lost(self, held: datetime | None) -> None:
         """The broker holds the sentinel of `held` (None: no sentinel): queue again what
         was recorded after it."""
-        queued = desired_states_requeue_since(recorded_since=held)
+        queued = self._queue.desired_states_requeue_since(recorded_since=held)
         if queued:
             metrics.BRIDGE_DESIRED_REQUEUED.inc(queued)
             logger.warning(
@@ -428,8 +388,10 @@ class Outbox:
             acked, self._acked = self._acked, []
         published = [(pk, seq) for pk, seq, ok in acked if ok]
         try:
+            # The database's clock: every bridge records `published_at` on it, and the
+            # retained sentinel compares them (fleet/bridge/sentinel.py).
             at = database_now()
-            desired_states_mark_published(published=published, at=at)
+            self._queue.desired_states_mark_published(published=published, at=at)
         except Exception:
             with self._lock:  # keep them for the next attempt
                 self._acked = acked + self._acked
@@ -463,14 +425,21 @@ class OutboxListener:
     latency, once per committed batch.
     """
 
-    def __init__(self, *, on_commit: Callable[[], None], on_leader: Callable[[bool], None]) -> None:
+    def __init__(
+        self,
+        *,
+        on_commit: Callable[[], None],
+        on_leader: Callable[[bool], None],
+        channel: str | None = None,
+    ) -> None:
         self._on_commit = on_commit
         self._on_leader = on_leader
+        self._channel = channel or desired_queue().OUTBOX_CHANNEL
         self._log = RateLimitedLog(logger)
 
     def run(self, stop: threading.Event) -> None:
         """Listen until `stop` is set (the listener thread's body)."""
-        if connection.vendor != "postgresql":
+        if not listening_supported():
             return
         while not stop.is_set():
             try:
@@ -482,20 +451,16 @@ class OutboxListener:
                 self._on_leader(False)  # the lock went with the connection
 
     def _listen(self, stop: threading.Event) -> None:
-        import psycopg  # PostgreSQL only
-
-        params = connection.get_connection_params()
-        with psycopg.connect(**params, autocommit=True) as listening:
+        with listening() as session:
             while not stop.is_set():
-                row = listening.execute("SELECT pg_try_advisory_lock(%s)", [OUTBOX_LOCK]).fetchone()
-                if row is not None and row[0]:
+                if session.try_lock(OUTBOX_LOCK):
                     break
                 stop.wait(LEADER_RETRY_SECONDS)  # another bridge publishes
             else:
                 return
             logger.info("this bridge publishes desired states (outbox lock taken)")
-            listening.execute(f"LISTEN {OUTBOX_CHANNEL}")
+            session.listen(self._channel)
             self._on_leader(True)  # and scans whatever was committed before we listened
             while not stop.is_set():
-                for _ in listening.notifies(timeout=LISTEN_TIMEOUT):
+                for _ in session.notifications(LISTEN_TIMEOUT):
                     self._on_commit()

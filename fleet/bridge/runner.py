@@ -3,8 +3,6 @@
 import logging
 import threading
 
-from django.db import connection
-
 from fleet.bridge.client import InboundMessage, MqttConnection
 from fleet.bridge.config import BridgeConfig
 from fleet.bridge.handlers import Dispatcher, TelemetrySink, bridge_metrics_initialise
@@ -12,6 +10,7 @@ from fleet.bridge.outbox import Outbox, OutboxListener
 from fleet.bridge.sentinel import SentinelCheck
 from fleet.bridge.services import telemetry_sink
 from fleet.bridge.worker import InboundWorker
+from fleet.bulk import listening_supported
 from telemetry import metrics
 
 logger = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ class Bridge:
             window=config.outbox_window,
             sentinel=self.sentinel,
         )
-        if connection.vendor == "postgresql":
+        if listening_supported():
             # One bridge of several publishes: the one whose listener holds the lock.
             self.outbox.lead(False)
         self._outbox_thread = threading.Thread(

@@ -199,13 +199,15 @@ def test_a_message_is_acknowledged_only_once_it_is_stored(mosquitto, monkeypatch
         attempted.add(event.seq)
         raise OperationalError("the database is down")
 
-    def database_down_batch(*, reports: list[tuple[Device, UpdateEvent]]) -> list[bool]:
+    def database_down_batch(
+        *, reports: list[tuple[Device, UpdateEvent]], news: bool = True
+    ) -> list[bool]:
         attempted.update(event.seq for _, event in reports)
         raise OperationalError("the database is down")
 
     # one by one, and the batch's events together (the bridge's usual path)
-    monkeypatch.setattr("fleet.bridge.handlers.device_event_record", database_down)
-    monkeypatch.setattr("fleet.bridge.handlers.devices_event_record", database_down_batch)
+    monkeypatch.setattr("fleet.reports.device_event_record", database_down)
+    monkeypatch.setattr("fleet.reports.devices_event_record", database_down_batch)
     bridge = Bridge(bridge_config(mosquitto.port, client_id="bridge-ack-test"))
     bridge.start()
     device = device_client(mosquitto.port, "dev-1")

@@ -7,7 +7,7 @@ import pytest
 from bridge_harness import event_payload, make_device, metric
 from django.db import connection
 
-from fleet.bridge import handlers
+from fleet import reports
 from fleet.bridge.client import InboundMessage
 from fleet.bridge.handlers import DiscardTelemetry, Dispatcher
 from fleet.bridge.worker import InboundWorker
@@ -62,7 +62,7 @@ def test_a_message_the_database_refuses_is_dropped_alone(monkeypatch) -> None:  
     # given a batch of three events, the second of which makes the database fail (which,
     # on PostgreSQL, also aborts the transaction the batch is handled in)
     make_device("dev-1")
-    real_record, real_batch = handlers.device_event_record, handlers.devices_event_record
+    real_record, real_batch = reports.device_event_record, reports.devices_event_record
 
     def refuse(seqs: list[int]) -> None:
         if 2 in seqs:
@@ -74,13 +74,13 @@ def test_a_message_the_database_refuses_is_dropped_alone(monkeypatch) -> None:  
         refuse([event.seq])
         return real_record(device=device, event=event)
 
-    def record_batch(*, reports):  # type: ignore[no-untyped-def]
+    def record_batch(*, reports, news=True):  # type: ignore[no-untyped-def]
         refuse([event.seq for _, event in reports])
-        return real_batch(reports=reports)
+        return real_batch(reports=reports, news=news)
 
     # one by one, and the batch's events together (the bridge's usual path, tried first)
-    monkeypatch.setattr(handlers, "device_event_record", record)
-    monkeypatch.setattr(handlers, "devices_event_record", record_batch)
+    monkeypatch.setattr(reports, "device_event_record", record)
+    monkeypatch.setattr(reports, "devices_event_record", record_batch)
     acked: list[int] = []
     worker = InboundWorker(
         dispatcher=Dispatcher(telemetry=DiscardTelemetry(), device_cache_seconds=0),

@@ -10,10 +10,10 @@ from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
-from fleet.bridge.outbox import desired_states_mark_published
 from fleet.director import (
     ModelAssignment,
     desired_reissue_expiring,
+    desired_states_mark_published,
     device_desired_reissue,
     device_desired_republish,
     device_desired_set,

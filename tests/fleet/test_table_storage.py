@@ -13,8 +13,7 @@ from django.utils import timezone
 from service_check import require_postgresql
 
 from device_agent.protocol.messages import ReportedState, loads_json
-from fleet.bridge.outbox import desired_states_mark_published
-from fleet.director import ModelAssignment, devices_desired_set
+from fleet.director import ModelAssignment, desired_states_mark_published, devices_desired_set
 from fleet.models import DesiredState
 from fleet.reports import devices_seen_record, devices_state_record
 from ota.models import Artifact

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from device_agent.config import CONFIG_FILE, AgentConfig
 from fleet.auth import ROLES
 from fleet.devserver import Child, Exit, Supervisor, describe, first_free_port, port_free
 from fleet.enrollment import enrollment_token_create
@@ -120,12 +118,27 @@ def _simulated_device(data: Path, index: int, base: str, mqtt_port: int) -> Path
     device_id = f"sim-{index:03d}"
     directory = data / "devices" / device_id
     broker = f"mqtt://127.0.0.1:{mqtt_port}"
-    if (directory / CONFIG_FILE).exists():
-        config = AgentConfig.load(directory)
-        if config.broker_url != broker or config.server_url != base:
-            replace(config, broker_url=broker, server_url=base, tuf_url=f"{base}/tuf/").save(
-                directory
-            )
+    agent = str(Path(sys.executable).parent / "fleet-agent")
+    # The agent's settings file (docs/operator-guide.md, "On the device"); the agent's own
+    # CLI rewrites it, the server never imports the agent's modules.
+    if (directory / "config.json").exists():
+        subprocess.run(  # noqa: S603 - our own console script
+            [
+                agent,
+                "configure",
+                "--dir",
+                str(directory),
+                "--server",
+                base,
+                "--tuf-url",
+                f"{base}/tuf/",
+                "--broker-url",
+                broker,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         return directory
     if Device.objects.filter(device_id=device_id).exists():
         raise CommandError(
@@ -134,7 +147,7 @@ def _simulated_device(data: Path, index: int, base: str, mqtt_port: int) -> Path
     _, token = enrollment_token_create(by=None, hours=1, hardware=SIM_HARDWARE)
     subprocess.run(  # noqa: S603 - our own console script
         [
-            str(Path(sys.executable).parent / "fleet-agent"),
+            agent,
             "enroll",
             "--dir",
             str(directory),
