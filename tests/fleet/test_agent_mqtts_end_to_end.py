@@ -161,7 +161,7 @@ class System:
 
 
 @pytest.fixture
-def system(kws, release_key, ci_token, settings, tmp_path: Path) -> Iterator[System]:  # type: ignore[no-untyped-def]
+def system(kws, release_key, ci_token, settings, tmp_path: Path) -> Iterator[System]:
     """The TLS broker, the web server and the bridge (mqtts, its own certificate)."""
     settings.FLEET_CRL_PATH = tmp_path / "control-plane" / "crl.pem"
     broker = TlsBroker.start_in(tmp_path / "mosquitto", settings.FLEET_CRL_PATH)
@@ -325,6 +325,7 @@ def test_an_agent_enrolled_for_mqtts_comes_online_and_commits_its_desired_state(
         "kws 1.0.0 reported committed",
         system.diagnostics,
     )
+    assert committed is not None
     assert committed["version"] == "1.0.0"
     assert Device.objects.get(device_id=DEVICE).reported_seq == desired["seq"]
 

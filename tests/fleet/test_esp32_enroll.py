@@ -131,6 +131,7 @@ def test_the_c_client_enrolls_connects_over_mtls_and_commits(
         "kws 1.0.0 reported committed by the C client",
         system.diagnostics,
     )
+    assert committed is not None
     assert committed["version"] == "1.0.0"
     assert Device.objects.get(device_id=DEVICE).reported_seq == desired["seq"]
     slot = client_dir / "slots" / "kws.a"
