@@ -185,7 +185,7 @@ def test_an_unreachable_database_raises_for_a_retry_and_keeps_nothing_twice() ->
     register_model("kws")
     calls: list[int] = []
 
-    def flaky_write(rows: list) -> None:  # type: ignore[type-arg]
+    def flaky_write(rows: list) -> None:
         calls.append(len(rows))
         if len(calls) == 1:
             raise OperationalError("server closed the connection")
@@ -211,7 +211,7 @@ def test_rows_the_database_refuses_are_dropped_and_counted_not_raised() -> None:
     device = make_device("dev-1")
     register_model("kws")
 
-    def refusing_write(rows: list) -> None:  # type: ignore[type-arg]
+    def refusing_write(rows: list) -> None:
         raise DatabaseError("value out of range")
 
     ingest = _ingest(write=refusing_write)
