@@ -90,7 +90,7 @@ def test_an_already_installed_model_is_not_touched_again(device: Device) -> None
         (lambda d, u: b'{"payload": 1}', "malformed"),
     ],
 )
-def test_envelope_refusals_change_nothing(device: Device, make, code: str) -> None:  # type: ignore[no-untyped-def]
+def test_envelope_refusals_change_nothing(device: Device, make, code: str) -> None:
     runner = device.runner()
     runner.handle_desired(make(device, "http://127.0.0.1:9/x"))
     (event,) = device.publisher.events
@@ -131,7 +131,7 @@ def test_expiry_is_judged_against_the_last_trusted_time(device: Device) -> None:
         ({}, {"hardware": "jetson-orin-fp16"}, "hw_mismatch"),
     ],
 )
-def test_model_refusals(device: Device, override, custom, code) -> None:  # type: ignore[no-untyped-def]
+def test_model_refusals(device: Device, override, custom, code) -> None:
     release = Release("2.0.0", 2, V2.data, custom=custom)
     device.tuf = FakeTuf([V1, release])
     with file_server(Behaviour(data=V1.data)) as url:
@@ -356,7 +356,7 @@ def run_until_crash(device: Device, envelope: bytes, crash_at: int) -> bool:
     original = runner._apply
     count = {"n": 0}
 
-    def apply(action):  # type: ignore[no-untyped-def]
+    def apply(action):
         if isinstance(action, Report) and action.progress:
             return original(action)
         if count["n"] == crash_at:
@@ -434,7 +434,7 @@ def test_stopping_mid_download_leaves_a_journal_that_resumes(device: Device) -> 
         runner.config = replace(runner.config, progress_event_interval_s=0.0)
         original = runner._feed
 
-        def feed(event):  # type: ignore[no-untyped-def]
+        def feed(event):
             # SIGTERM arrives once the first progress is reported
             if type(event).__name__ == "DownloadProgress" and event.done:
                 runner.stop.set()
