@@ -12,6 +12,7 @@ import statistics
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -115,7 +116,7 @@ def _getter(client: Client, url: str) -> Callable[[], object]:
     return lambda: client.get(url)
 
 
-def _select(sql: str, *params: object) -> Callable[[], object]:
+def _select(sql: str, *params: Any) -> Callable[[], object]:
     def run() -> object:
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
