@@ -24,7 +24,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _own_cache(settings, tmp_path_factory: pytest.TempPathFactory) -> None:  # type: ignore[no-untyped-def]
+def _own_cache(settings, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Each test counts throttles in a cache of its own (the default is under var/)."""
     settings.CACHES = {
         "default": {
@@ -35,7 +35,7 @@ def _own_cache(settings, tmp_path_factory: pytest.TempPathFactory) -> None:  # t
 
 
 @pytest.fixture
-def storage_dirs(settings, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+def storage_dirs(settings, tmp_path: Path) -> Path:
     settings.FLEET_KEYS_DIR = tmp_path / "keys"
     artifacts = tmp_path / "artifacts"
     settings.STORAGES = {
@@ -63,7 +63,7 @@ def release_key(tmp_path: Path) -> ReleaseKeyFiles:
 
 
 @pytest.fixture
-def kws(repo: Path, release_key: ReleaseKeyFiles):  # type: ignore[no-untyped-def]
+def kws(repo: Path, release_key: ReleaseKeyFiles):
     from ota.repository import model_register, signer_for
 
     return model_register(
@@ -90,7 +90,7 @@ def db_vendor(db: None) -> str:
 
 
 @pytest.fixture
-def mosquitto(tmp_path: Path):  # type: ignore[no-untyped-def]
+def mosquitto(tmp_path: Path):
     """A plain (anonymous, no TLS) Mosquitto of this test's own, with persistence."""
     from mqtt_broker import MosquittoBroker
 
