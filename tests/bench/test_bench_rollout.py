@@ -336,10 +336,11 @@ class Sim:
             text=True,
         )
         assert self.process.stdout is not None
+        assert self.process.stderr is not None
         line = self.process.stdout.readline().strip()
         if line != "ready":
             self.process.kill()
-            pytest.fail(f"{name}: {line!r} {self.process.stderr.read()[-2000:]}")  # type: ignore[union-attr]
+            pytest.fail(f"{name}: {line!r} {self.process.stderr.read()[-2000:]}")
 
     def wait_done(self) -> float:
         assert self.process.stdout is not None

@@ -104,12 +104,12 @@ class _Once(BaseThrottle):
         _Once.seen += 1
         return _Once.seen <= 1
 
-    def wait(self) -> float:
+    def wait(self) -> float | None:
         return 42
 
 
 class _NoWait(_Once):
-    def wait(self) -> None:  # type: ignore[override]
+    def wait(self) -> None:
         return None
 
 

@@ -16,6 +16,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -31,6 +32,7 @@ from broker_tls import (
 )
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from device_csr import make_csr
 from django.core.management import call_command
@@ -66,8 +68,8 @@ def connect(broker: TlsBroker) -> Iterator[Callable[..., Peer]]:
     """Connected peers, closed at teardown (before the broker stops)."""
     made: list[Peer] = []
 
-    def make(credential: Credential, **options: object) -> Peer:
-        peer = Peer(broker.port, credential, **options)  # type: ignore[arg-type]
+    def make(credential: Credential, **options: Any) -> Peer:
+        peer = Peer(broker.port, credential, **options)
         made.append(peer)
         return peer.connect()
 
@@ -252,7 +254,9 @@ def test_a_will_on_another_devices_status_is_dropped(broker, devices, connect):
         peer.connect()
         # Dropping the connection without DISCONNECT makes the broker publish the will;
         # the next connection of A (same CN, same session) is accepted only after that.
-        peer.client.socket().shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+        sock = peer.client.socket()
+        assert isinstance(sock, socket.socket)
+        sock.shutdown(socket.SHUT_RDWR)
         peer.client.loop_stop()
 
     # then only A's own will is delivered (the broker accepted both at CONNECT)
@@ -372,7 +376,9 @@ def test_mqtt_certs_writes_private_keys_0600_and_the_names_as_sans(repo, setting
     usage = bridge_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     crl = x509.load_pem_x509_crl(Path(settings.FLEET_CRL_PATH).read_bytes())
-    assert crl.is_signature_valid(ca_cert.public_key())  # type: ignore[arg-type]
+    ca_key = ca_cert.public_key()
+    assert isinstance(ca_key, ec.EllipticCurvePublicKey)
+    assert crl.is_signature_valid(ca_key)
 
     # and it does not replace a deployed key unless told to
     with pytest.raises(CommandError, match="--force"):

@@ -2,6 +2,7 @@
 counted by reason and never stored; counters move only when the batch commits."""
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.db import DatabaseError, OperationalError, transaction
@@ -22,14 +23,14 @@ def _dropped(reason: str) -> float:
     return _metric("fleet_telemetry_samples_dropped_total", reason=reason)
 
 
-def _ingest(**overrides: object) -> TelemetryIngest:
-    options: dict[str, object] = {
+def _ingest(**overrides: Any) -> TelemetryIngest:
+    options: dict[str, Any] = {
         "max_age": timedelta(days=7),
         "max_future": timedelta(minutes=10),
         "model_cache_seconds": 0,
     }
     options.update(overrides)
-    return TelemetryIngest(**options)  # type: ignore[arg-type]
+    return TelemetryIngest(**options)
 
 
 def test_valid_samples_are_stored_one_row_per_metric_value() -> None:

@@ -11,6 +11,7 @@ from agent_device import Device, FakeTuf, Release, tflite
 from agent_http import Behaviour, file_server
 
 from device_agent.journal import Journal
+from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.messages import Slot
 from device_agent.state import (
     AgentState,
@@ -256,7 +257,9 @@ def test_recovery_rolls_back_a_swap_that_never_committed(device: Device, status:
     event = device.publisher.events[-1]
     assert (event.seq, event.phase, event.code) == (2, "rolled_back", "health_check_failed")
     assert not slot_b.exists()
-    assert AgentStore.load(device.layout.store).models["kws"].installed.version == "1.0.0"  # type: ignore[union-attr]
+    installed = AgentStore.load(device.layout.store).models["kws"].installed
+    assert installed is not None
+    assert installed.version == "1.0.0"
     assert not device.layout.journal.exists()
 
 
@@ -314,7 +317,7 @@ def test_recovery_finishes_a_commit(device: Device) -> None:
 def test_recovery_finishes_a_failure(device: Device) -> None:
     job = job_for(V2, "http://127.0.0.1:9/x", slot=Slot.A, previous=None)
     device.layout.part(V2.sha256).write_bytes(b"partial")
-    failure = Failure(code="download_timeout", detail="stalled")  # type: ignore[arg-type]
+    failure = Failure(code=ErrorCode.DOWNLOAD_TIMEOUT, detail="stalled")
     Journal(device.layout.journal).save(AgentState(status=Status.FAILED, job=job, failure=failure))
 
     device.runner().recover()
