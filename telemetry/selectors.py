@@ -152,20 +152,30 @@ PHASED_BASELINE = "baseline"
 _STATISTICS = ("mean", "p50", "p95", "p99")  # fields of fleet.aggregates.Summary
 
 
+# Read-only members (properties), so that frozen dataclasses such as
+# ota.gates.TelemetryQuery and its Arm satisfy them.
 class _ArmLike(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
 
 class _TelemetryQueryLike(Protocol):
     """The fields of ota.gates.TelemetryQuery this source reads."""
 
-    rollout_id: str
-    model: str
-    metric: str
-    statistic: str
-    since: datetime | None
-    arms: Sequence[_ArmLike]
-    baseline: str
+    @property
+    def rollout_id(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def statistic(self) -> str: ...
+    @property
+    def since(self) -> datetime | None: ...
+    @property
+    def arms(self) -> Sequence[_ArmLike]: ...
+    @property
+    def baseline(self) -> str: ...
 
 
 def rollout_arm_device_values(query: _TelemetryQueryLike) -> dict[str, list[float]]:

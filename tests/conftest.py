@@ -2,13 +2,21 @@
 a registered model with a release key, and a CI token."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import service_check
 from django.db import connection
+from pytest_django import Settings
 from release_keys import ReleaseKeyFiles, make_release_key
 from service_check import IN_CI
+
+if TYPE_CHECKING:
+    from mqtt_broker import MosquittoBroker
+
+    from ota.models import Model
 
 # Live-server threads must not keep connections open past a test (teardown drops the DB).
 os.environ.setdefault("FLEET_DB_CONN_MAX_AGE", "0")
@@ -24,7 +32,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _own_cache(settings, tmp_path_factory: pytest.TempPathFactory) -> None:  # type: ignore[no-untyped-def]
+def _own_cache(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Each test counts throttles in a cache of its own (the default is under var/)."""
     settings.CACHES = {
         "default": {
@@ -35,7 +43,7 @@ def _own_cache(settings, tmp_path_factory: pytest.TempPathFactory) -> None:  # t
 
 
 @pytest.fixture
-def storage_dirs(settings, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+def storage_dirs(settings: Settings, tmp_path: Path) -> Path:
     settings.FLEET_KEYS_DIR = tmp_path / "keys"
     artifacts = tmp_path / "artifacts"
     settings.STORAGES = {
@@ -63,7 +71,7 @@ def release_key(tmp_path: Path) -> ReleaseKeyFiles:
 
 
 @pytest.fixture
-def kws(repo: Path, release_key: ReleaseKeyFiles):  # type: ignore[no-untyped-def]
+def kws(repo: Path, release_key: ReleaseKeyFiles) -> "Model":
     from ota.repository import model_register, signer_for
 
     return model_register(
@@ -90,7 +98,7 @@ def db_vendor(db: None) -> str:
 
 
 @pytest.fixture
-def mosquitto(tmp_path: Path):  # type: ignore[no-untyped-def]
+def mosquitto(tmp_path: Path) -> Iterator["MosquittoBroker"]:
     """A plain (anonymous, no TLS) Mosquitto of this test's own, with persistence."""
     from mqtt_broker import MosquittoBroker
 

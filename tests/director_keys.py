@@ -5,7 +5,7 @@ from pathlib import Path
 from fleet.keys import director_private_key
 
 
-def own_director_key(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def own_director_key(settings, tmp_path: Path) -> None:
     """Point FLEET_KEYS_DIR at the test's own directory (never var/keys) and make the key
     there now, not in whichever of several threads asks for it first."""
     settings.FLEET_KEYS_DIR = tmp_path / "keys"

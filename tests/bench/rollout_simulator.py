@@ -96,7 +96,7 @@ class Fleet:
         self.stats["not_qos1"] += message.qos != 1
         device_id, _ = parse_topic(message.topic)
         try:
-            desired = verify_desired(message.payload, self.key)
+            desired = verify_desired(bytes(message.payload), self.key)
         except ProtocolError:
             self.stats["bad_signature"] += 1
             return
@@ -176,7 +176,7 @@ class Listener:
         device_id, channel = parse_topic(message.topic)
         if channel is Channel.EVENTS:
             self.stats["events"] += 1
-            if loads_json(message.payload).get("phase") != Phase.COMMITTED:
+            if loads_json(bytes(message.payload)).get("phase") != Phase.COMMITTED:
                 return
             seen, other = self.committed, self.reported
         else:

@@ -17,6 +17,7 @@ import statistics
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -120,11 +121,11 @@ def _getter(client: Client, url: str) -> Callable[[], object]:
     return lambda: client.get(url)
 
 
-def _select(sql: str, *params: object) -> Callable[[], object]:
+def _select(sql: str, *params: Any) -> Callable[[], object]:
     return _selects((sql, params))
 
 
-def _selects(*statements: tuple[str, tuple[object, ...]]) -> Callable[[], object]:
+def _selects(*statements: tuple[str, tuple[Any, ...]]) -> Callable[[], object]:
     """Each statement executed and fetched in turn, on one cursor."""
 
     def run() -> object:

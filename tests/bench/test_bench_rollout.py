@@ -48,9 +48,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 import psutil
@@ -58,7 +58,7 @@ import pytest
 from bench_fleet import HARDWARE, bench_broker, envelopes, kws_artifacts
 from django.contrib.auth.models import Permission, User
 from django.db import connection
-from django.db.models import F
+from django.db.models import F, QuerySet
 from mqtt_broker import MosquittoBroker, free_port, wait_for_port
 from service_check import require_service
 
@@ -82,7 +82,12 @@ BRIDGES = int(os.environ.get("BENCH_ROLLOUT_BRIDGES", "1"))  # replicas of the b
 PACED_RATE = float(os.environ.get("BENCH_ROLLOUT_PACED_RATE", "1200"))  # per minute
 PYSPY = os.environ.get("BENCH_ROLLOUT_PYSPY", "")
 TRACE = os.environ.get("BENCH_ROLLOUT_TRACE", "") == "1"
-STAGES = [{"percent": 1}, {"percent": 10}, {"percent": 50}, {"percent": 100}]
+STAGES: list[dict[str, float]] = [
+    {"percent": 1},
+    {"percent": 10},
+    {"percent": 50},
+    {"percent": 100},
+]
 # The highest rate a policy takes (ota.rollout_config.MAX_RATE_PER_MINUTE) and a burst of
 # every device: no pacing.
 UNPACED = {
@@ -331,10 +336,11 @@ class Sim:
             text=True,
         )
         assert self.process.stdout is not None
+        assert self.process.stderr is not None
         line = self.process.stdout.readline().strip()
         if line != "ready":
             self.process.kill()
-            pytest.fail(f"{name}: {line!r} {self.process.stderr.read()[-2000:]}")  # type: ignore[union-attr]
+            pytest.fail(f"{name}: {line!r} {self.process.stderr.read()[-2000:]}")
 
     def wait_done(self) -> float:
         assert self.process.stdout is not None
@@ -461,6 +467,13 @@ def _wait(predicate: Any, what: str, started: float, poll: float = 0.05) -> floa
     return time.monotonic() - started
 
 
+def _notified_at(rows: QuerySet[RolloutDevice]) -> list[datetime]:
+    """When each device was notified: every one was, once its rollout has run."""
+    times = list(rows.values_list("notified_at", flat=True))
+    assert None not in times, "a device was never notified"
+    return cast(list[datetime], times)
+
+
 def rollout_run(
     *,
     root: Path,
@@ -530,7 +543,7 @@ def rollout_run(
     states = sorted(rows.values_list("state", flat=True).distinct())
     assert rows.filter(state="succeeded").count() == n, states
     gaps = _stage_order(rollout, stages, summary["envelopes"])
-    last = max(rows.values_list("notified_at", flat=True))
+    last = max(_notified_at(rows))
     first_at = rollout.started_at
     assert first_at is not None
     run = Run(acked=acked, completed=completed, stage_gaps=gaps, cpu=cpu.line())
@@ -557,7 +570,8 @@ def _timeline(
     lines, low = [], -1.0
     for k, high in enumerate(rollout.stage_bounds):
         rows = RolloutDevice.objects.filter(rollout=rollout, bucket__gt=low, bucket__lte=high)
-        first, last = min(r.notified_at for r in rows), max(r.notified_at for r in rows)
+        notified = _notified_at(rows)
+        first, last = min(notified), max(notified)
         acked = (
             DeviceEvent.objects.filter(
                 rollout_id=rollout.public_id,
@@ -590,7 +604,7 @@ def _notify_histogram(rollout: Rollout, step: float = 5.0) -> list[str]:
     start = rollout.started_at
     assert start is not None
     counts: dict[int, int] = {}
-    for at in RolloutDevice.objects.filter(rollout=rollout).values_list("notified_at", flat=True):
+    for at in _notified_at(RolloutDevice.objects.filter(rollout=rollout)):
         slot = int((at - start).total_seconds() // step)
         counts[slot] = counts.get(slot, 0) + 1
     return [
@@ -809,9 +823,7 @@ def test_paced_rollout_vs_n_over_rate(
         policy=policy,
     )
     # then never more than R in any 60 s window
-    times = sorted(
-        RolloutDevice.objects.filter(rollout=rollout).values_list("notified_at", flat=True)
-    )
+    times = sorted(_notified_at(RolloutDevice.objects.filter(rollout=rollout)))
     window = timedelta(seconds=60)
     busiest, j = 0, 0
     for i, at in enumerate(times):

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as paho
 import pytest
@@ -92,9 +92,10 @@ def _check_published(path: Path) -> None:
         channel, _, payload = line.partition(" ")
         message = parsers[channel](payload.encode())
         if channel == "events":
-            phases.add(message.phase)  # type: ignore[attr-defined]
-            if message.code is not None:  # type: ignore[attr-defined]
-                codes.add(str(message.code))  # type: ignore[attr-defined]
+            event = cast(UpdateEvent, message)
+            phases.add(event.phase)
+            if event.code is not None:
+                codes.add(str(event.code))
     assert {Phase.COMMITTED, Phase.ROLLED_BACK, Phase.FAILED, Phase.DOWNLOADING} <= phases
     assert {"health_check_failed", "hash_mismatch", "length_exceeded"} <= codes
 
@@ -195,7 +196,7 @@ class Watcher:
         def found() -> UpdateEvent | None:
             return next((e for e in self.events() if e.seq == seq and e.phase is phase), None)
 
-        return self.wait_for(found, f"seq {seq} {phase}")  # type: ignore[no-any-return]
+        return self.wait_for(found, f"seq {seq} {phase}")
 
     def last_state(self) -> Any:
         with self.lock:
@@ -225,7 +226,7 @@ def rig(host_build: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
             "--port", str(broker.port),
             "--selftest", f'test -s "$FLEET_MODEL_PATH" && test ! -e {fail_flag}',
     ]  # fmt: skip
-    rig = {
+    rig: dict[str, Any] = {
         "watcher": watcher,
         "server": server,
         "key": key,
@@ -317,7 +318,7 @@ def test_the_client_sends_events_again_until_the_server_confirms_them(
     watcher.publish_desired(_desired(rig, 1, "1.0.0", 10, bytes([1]) * 50_000))
     committed = watcher.event(1, Phase.COMMITTED)
     # then each is published again (5 s after the first try)
-    ids = [e.event_id for e in watcher.events() if e.seq == 1]
+    ids = [cast(str, e.event_id) for e in watcher.events() if e.seq == 1]
     assert len(ids) == len(set(ids)) >= 5, ids
     watcher.wait_for(lambda: all(watcher.event_copies()[i] >= 2 for i in ids), "resent events")
 

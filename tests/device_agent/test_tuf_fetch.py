@@ -186,9 +186,9 @@ def _repository(*, delegated: bool = False) -> tuple[bytes, dict[str, bytes]]:
     if delegated:
         edge = Targets(expires=now + timedelta(days=30))
         edge.targets[TARGET] = TargetFile.from_data(TARGET, b"model")
-        role = DelegatedRole("edge", [signer.public_key.keyid], 1, True, ["models/edge/*"])
+        edge_role = DelegatedRole("edge", [signer.public_key.keyid], 1, True, ["models/edge/*"])
         targets.delegations = Delegations(
-            {signer.public_key.keyid: signer.public_key}, {"edge": role}
+            {signer.public_key.keyid: signer.public_key}, {"edge": edge_role}
         )
         snapshot.meta["edge.json"] = MetaFile(1)
         roles.append(("edge", edge))

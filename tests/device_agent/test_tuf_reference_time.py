@@ -8,6 +8,7 @@ import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from securesystemslib.signer import CryptoSigner
@@ -78,7 +79,7 @@ def _repository(*, model_expires: datetime) -> tuple[bytes, dict[str, bytes]]:
         ("targets", top),
         ("kws", model),
     ):
-        md = Metadata(signed)
+        md: Metadata[Any] = Metadata(signed)
         md.sign(signer)
         out[name] = md.to_bytes(JSONSerializer())
     base = "https://tuf.test/"

@@ -268,7 +268,7 @@ def retained_desired(port: int, expected: int) -> dict[str, bytes]:
     done = threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
 
-    def on_message(c, userdata, message):  # type: ignore[no-untyped-def]
+    def on_message(c, userdata, message):
         if message.retain:
             received[message.topic] = message.payload
         if len(received) >= expected:

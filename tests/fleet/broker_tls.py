@@ -91,7 +91,7 @@ class TlsBroker(MosquittoBroker):
         self.config_path = directory / "mosquitto.conf"
         self.log_path = directory / "mosquitto.log"
         self.config_path.write_text(config)
-        self.process = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
     @classmethod
@@ -235,27 +235,27 @@ class Peer:
         self.client.on_subscribe = self._on_subscribe
 
     # paho callbacks (its network thread) ------------------------------------------------
-    def _on_connect(self, client, userdata, flags, reason_code, properties):  # type: ignore[no-untyped-def]
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
         with self._cond:
             self.connack = reason_code
             self._cond.notify_all()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties):  # type: ignore[no-untyped-def]
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         with self._cond:
             self.disconnected = reason_code
             self._cond.notify_all()
 
-    def _on_message(self, client, userdata, message):  # type: ignore[no-untyped-def]
+    def _on_message(self, client, userdata, message):
         with self._cond:
             self.messages.append(message)
             self._cond.notify_all()
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties):  # type: ignore[no-untyped-def]
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
         with self._cond:
             self.acks[mid] = reason_code
             self._cond.notify_all()
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):  # type: ignore[no-untyped-def]
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
         with self._cond:
             self.subacks[mid] = list(reason_codes)
             self._cond.notify_all()

@@ -11,7 +11,7 @@ from ota.models import Artifact, Model
 HW = "linux-x86_64-fp32"
 
 
-class UserFactory(factory.django.DjangoModelFactory):
+class UserFactory(factory.django.DjangoModelFactory[User]):
     class Meta:
         model = User
         django_get_or_create = ("username",)
@@ -19,7 +19,7 @@ class UserFactory(factory.django.DjangoModelFactory):
     username = "ci"
 
 
-class ModelFactory(factory.django.DjangoModelFactory):
+class ModelFactory(factory.django.DjangoModelFactory[Model]):
     class Meta:
         model = Model
         django_get_or_create = ("name",)
@@ -27,7 +27,7 @@ class ModelFactory(factory.django.DjangoModelFactory):
     name = "kws"
 
 
-class ArtifactFactory(factory.django.DjangoModelFactory):
+class ArtifactFactory(factory.django.DjangoModelFactory[Artifact]):
     """An artifact row as the publishing service would leave it (no TUF metadata)."""
 
     class Meta:

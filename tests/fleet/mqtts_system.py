@@ -183,12 +183,13 @@ class System:
             f"{model} {version} reported committed by {who}",
             self.diagnostics,
         )
+        assert committed is not None
         assert committed["version"] == version
         assert Device.objects.get(device_id=device_id).reported_seq == seq
 
 
 @pytest.fixture
-def system(kws, release_key, ci_token, settings, tmp_path: Path) -> Iterator[System]:  # type: ignore[no-untyped-def]
+def system(kws, release_key, ci_token, settings, tmp_path: Path) -> Iterator[System]:
     """The TLS broker, the web server and the bridge (mqtts, its own certificate)."""
     settings.FLEET_CRL_PATH = tmp_path / "control-plane" / "crl.pem"
     broker = TlsBroker.start_in(tmp_path / "mosquitto", settings.FLEET_CRL_PATH)

@@ -37,7 +37,7 @@ def _close(a: object, b: object) -> bool:
     return a == b
 
 
-def _same(found: list, expected: list) -> bool:  # type: ignore[type-arg]
+def _same(found: list, expected: list) -> bool:
     if [key for key, _ in found] != [key for key, _ in expected]:
         return False
     for (_, a), (_, b) in zip(found, expected, strict=True):

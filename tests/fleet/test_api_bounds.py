@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def seeded(settings, tmp_path) -> Seeded:  # type: ignore[no-untyped-def]
+def seeded(settings, tmp_path) -> Seeded:
     own_director_key(settings, tmp_path)
     return api_seed()
 

@@ -17,13 +17,13 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(params=[True, False], ids=["debug", "production"])
-def debug(request, settings) -> bool:  # type: ignore[no-untyped-def]
+def debug(request, settings) -> bool:
     settings.DEBUG = request.param
     return bool(request.param)
 
 
 @pytest.fixture
-def staff(db) -> Client:  # type: ignore[no-untyped-def]
+def staff(db) -> Client:
     client = Client(raise_request_exception=False)
     client.force_login(User.objects.create_superuser("op", "op@example.com", "pw-long-123456"))
     return client
@@ -67,7 +67,7 @@ def test_wrong_method_has_its_code(debug: bool, staff: Client) -> None:
 @pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
 def test_body_over_the_limit_is_payload_too_large(
     debug: bool, staff: Client, settings, content_type: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
     body = '{"name": "g", "description": "' + "x" * 20_000 + '"}'
     if content_type != "application/json":
@@ -104,19 +104,19 @@ class _Once(BaseThrottle):
         _Once.seen += 1
         return _Once.seen <= 1
 
-    def wait(self) -> float:
+    def wait(self) -> float | None:
         return 42
 
 
 class _NoWait(_Once):
-    def wait(self) -> None:  # type: ignore[override]
+    def wait(self) -> None:
         return None
 
 
 @pytest.mark.parametrize("throttle", [_Once, _NoWait])
 def test_throttled_has_its_own_code_and_retry_after(
     debug: bool, staff: Client, monkeypatch, throttle: type[_Once]
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     _Once.seen = 0
     monkeypatch.setattr(views.GroupViewSet, "throttle_classes", [throttle])
     assert staff.get("/api/v1/groups/").status_code == 200
@@ -127,7 +127,7 @@ def test_throttled_has_its_own_code_and_retry_after(
 
 def test_server_fault_is_internal_never_a_debug_page(
     debug: bool, staff: Client, monkeypatch, caplog
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("secret internals")
 
@@ -157,7 +157,7 @@ def test_a_taken_group_name_is_refused_not_a_server_fault(staff: Client, path: s
 
 def test_a_unique_violation_from_a_concurrent_writer_is_a_conflict(
     debug: bool, staff: Client, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     def raced(*args: Any, **kwargs: Any) -> None:
         raise IntegrityError("UNIQUE constraint failed: fleet_group.name")
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(scope="module")
-def schema(django_db_setup, django_db_blocker) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def schema(django_db_setup, django_db_blocker) -> dict[str, Any]:
     with django_db_blocker.unblock():
         client = Client()
         user, _ = User.objects.get_or_create(username="schema-reader")

@@ -37,7 +37,7 @@ def _describe(exc: BaseException) -> str:
 
 
 @pytest.mark.parametrize("who", ["operator", "ci"])
-def test_api_conforms_to_its_schema(  # type: ignore[no-untyped-def]
+def test_api_conforms_to_its_schema(
     who: str, live_server, transactional_db, storage_dirs, settings, tmp_path
 ) -> None:
     own_director_key(settings, tmp_path)
@@ -51,7 +51,7 @@ def test_api_conforms_to_its_schema(  # type: ignore[no-untyped-def]
     failures: list[str] = []
     operations = 0
     for result in schema.get_all_operations():
-        operation = result.ok()
+        operation = result.ok()  # type: ignore[union-attr]  # an Err fails the test here
         operations += 1
         if os.environ.get("FLEET_SCHEMA_ONLY", "") not in operation.label:
             continue

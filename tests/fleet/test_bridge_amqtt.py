@@ -56,7 +56,7 @@ def test_the_bridge_works_on_amqtt_without_shared_subscriptions(amqtt_port: int)
         mqtt.CallbackAPIVersion.VERSION2, client_id="dev-1", protocol=mqtt.MQTTv311
     )
 
-    def on_message(c, userdata, message):  # type: ignore[no-untyped-def]
+    def on_message(c, userdata, message):
         desired.append(message.payload)
         got_desired.set()
 

@@ -10,7 +10,7 @@ from fleet.models import DeviceEvent
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_burst_above_the_receive_maximum_is_stored_and_acknowledged(mosquitto) -> None:  # type: ignore[no-untyped-def]
+def test_a_burst_above_the_receive_maximum_is_stored_and_acknowledged(mosquitto) -> None:
     # given a running bridge and 50 devices
     ids = [f"dev-{i:02d}" for i in range(50)]
     for device_id in ids:

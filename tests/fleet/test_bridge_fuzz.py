@@ -46,7 +46,7 @@ VALID = {
     },
 }
 # No None: several fields are nullable. Short text is never a valid enum value or version.
-WRONG_TYPES = st.one_of(
+WRONG_TYPES: st.SearchStrategy[object] = st.one_of(
     st.booleans(), st.text(max_size=5), st.lists(st.integers(), max_size=2), st.just({})
 )
 
@@ -103,7 +103,7 @@ def bad_message(draw: st.DrawFn) -> tuple[str, str, bytes, str]:
 
 
 @pytest.fixture
-def bridge_and_device(mosquitto) -> Iterator[tuple[Bridge, mqtt.Client]]:  # type: ignore[no-untyped-def]
+def bridge_and_device(mosquitto) -> Iterator[tuple[Bridge, mqtt.Client]]:
     make_device("dev-1")
     make_device("dev-2")
     with running_bridge(mosquitto.port) as bridge:
@@ -147,7 +147,7 @@ def test_bad_messages_are_counted_by_reason_and_never_stored(
 
 def test_a_10_mb_payload_and_odd_topics_leave_the_bridge_working(
     bridge_and_device: tuple[Bridge, mqtt.Client], mosquitto
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     _, device = bridge_and_device
     # The test broker has no max_packet_size (production sets one): 10 MB reaches the bridge.
     assert "max_packet_size" not in mosquitto.config_path.read_text()

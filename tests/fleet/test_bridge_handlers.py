@@ -187,7 +187,7 @@ def test_no_input_makes_the_handler_raise_or_store(
 
 def test_a_deferred_batch_writes_the_same_as_one_by_one(
     dispatcher: Dispatcher, django_assert_max_num_queries
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # given an event already stored
     dispatcher.handle(message(events_topic(), event_payload(3)))
     # when a deferred batch holds it again, a new one twice, another device's, and two

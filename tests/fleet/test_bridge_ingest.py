@@ -44,7 +44,7 @@ def _device() -> Device:
     return Device.objects.get(device_id="dev-1")
 
 
-def test_reports_land_and_the_last_will_marks_the_device_offline(mosquitto) -> None:  # type: ignore[no-untyped-def]
+def test_reports_land_and_the_last_will_marks_the_device_offline(mosquitto) -> None:
     # given an enrolled device and a running bridge
     make_device("dev-1")
     telemetry_before = metric("fleet_bridge_messages_total", channel="telemetry", result="accepted")
@@ -96,7 +96,7 @@ def test_reports_land_and_the_last_will_marks_the_device_offline(mosquitto) -> N
         assert _device().last_seen_at is not None
 
 
-def test_the_retained_status_of_a_device_reaches_a_bridge_started_later(mosquitto) -> None:  # type: ignore[no-untyped-def]
+def test_the_retained_status_of_a_device_reaches_a_bridge_started_later(mosquitto) -> None:
     # given a device that announced itself before any bridge ran
     make_device("dev-1")
     device = device_client(mosquitto.port, "dev-1")

@@ -45,8 +45,8 @@ def _samples(tmp_path: Path) -> dict[tuple[str, frozenset[tuple[str, str]]], flo
     }
 
 
-def _value(samples: dict, name: str, **labels: str) -> float | None:  # type: ignore[type-arg]
-    return samples.get((name, frozenset(labels.items())))  # type: ignore[no-any-return]
+def _value(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
 
 
 def test_a_new_bridge_exposes_its_counters_at_zero(tmp_path: Path) -> None:

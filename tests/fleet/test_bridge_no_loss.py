@@ -61,7 +61,7 @@ def _marker_stored() -> bool:
 
 
 def test_no_event_is_lost_or_doubled_when_the_bridge_is_killed(
-    mosquitto,  # type: ignore[no-untyped-def]
+    mosquitto,
     tmp_path: Path,
 ) -> None:
     # given a bridge process that has subscribed (its status probe landed)
@@ -137,7 +137,7 @@ class RetryingDevice:
             elif reason == self.NO_MATCHING_SUBSCRIBERS:
                 self._again.append(payload)
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties):  # type: ignore[no-untyped-def]
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
         with self._lock:
             payload = self._payloads.pop(mid, None)
             if payload is None:
@@ -164,7 +164,7 @@ class RetryingDevice:
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["share", "no-share"])
-def test_no_event_is_lost_or_doubled_when_the_broker_restarts(mosquitto, shared: bool) -> None:  # type: ignore[no-untyped-def]
+def test_no_event_is_lost_or_doubled_when_the_broker_restarts(mosquitto, shared: bool) -> None:
     # given a bridge and a device, both with persistent sessions
     make_device("dev-1")
     with running_bridge(mosquitto.port, reconnect_max_seconds=1, use_shared=shared):
@@ -190,7 +190,7 @@ def test_no_event_is_lost_or_doubled_when_the_broker_restarts(mosquitto, shared:
             close(device.client)
 
 
-def test_a_message_is_acknowledged_only_once_it_is_stored(mosquitto, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_message_is_acknowledged_only_once_it_is_stored(mosquitto, monkeypatch) -> None:
     # given a bridge whose database writes fail as if the database were down
     make_device("dev-1")
     attempted: set[int] = set()

@@ -55,7 +55,7 @@ def _expected(seq: int) -> dict[str, bytes]:
     }
 
 
-def test_every_row_is_published_retained_and_rewrites_go_out_again(mosquitto) -> None:  # type: ignore[no-untyped-def]
+def test_every_row_is_published_retained_and_rewrites_go_out_again(mosquitto) -> None:
     # given 200 devices with a desired state each
     _write_rows(DEVICES, seq=1)
     with running_bridge(mosquitto.port):
@@ -147,7 +147,7 @@ def test_a_scan_reads_no_envelope_of_a_row_still_in_flight() -> None:
     outbox.rescan()
     envelope_rows: list[int] = []
 
-    def count_rows(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+    def count_rows(execute, sql, params, many, context):
         result = execute(sql, params, many, context)
         if "envelope" in sql and sql.lstrip().upper().startswith("SELECT"):
             envelope_rows.append(context["cursor"].rowcount)
@@ -173,7 +173,7 @@ def test_a_row_rewritten_between_the_scan_and_the_read_goes_out_as_it_is_now() -
     outbox = Outbox(publisher=publisher, poll_seconds=0, batch_size=10, window=10)
     real_values_list = QuerySet.values_list
 
-    def rewrite_after_the_keys(self, *fields, **kwargs):  # type: ignore[no-untyped-def]
+    def rewrite_after_the_keys(self, *fields, **kwargs):
         if fields == ("pk", "seq"):
             rows = list(real_values_list(self, *fields, **kwargs))
             DesiredState.objects.filter(device=device).update(seq=2, envelope=b"env-2")
@@ -260,7 +260,7 @@ def _published(device: Device) -> int:
     return DesiredState.objects.get(device=device).published_seq
 
 
-def test_a_director_commit_wakes_the_outbox_without_waiting_for_the_poll(mosquitto) -> None:  # type: ignore[no-untyped-def]
+def test_a_director_commit_wakes_the_outbox_without_waiting_for_the_poll(mosquitto) -> None:
     """PostgreSQL: the director NOTIFYs on commit and the bridge's listener wakes the
     outbox, so a poll of an hour does not delay a publish (elsewhere the poll is all)."""
     from django.db import connection
@@ -282,7 +282,7 @@ def test_a_director_commit_wakes_the_outbox_without_waiting_for_the_poll(mosquit
         assert wait_until(lambda: _published(device) == 1, timeout=10)
 
 
-def test_of_several_bridges_one_publishes_and_another_takes_over(mosquitto) -> None:  # type: ignore[no-untyped-def]
+def test_of_several_bridges_one_publishes_and_another_takes_over(mosquitto) -> None:
     """PostgreSQL: bridges split inbound messages, but only the one holding the outbox lock
     publishes desired states; when it stops, another takes the lock and publishes."""
     from collections import Counter

@@ -160,7 +160,7 @@ class Relay:
 
 
 @pytest.fixture
-def relay(mosquitto) -> Iterator[Relay]:  # type: ignore[no-untyped-def]
+def relay(mosquitto) -> Iterator[Relay]:
     relay = Relay(mosquitto.port)
     yield relay
     relay.close()
@@ -172,7 +172,7 @@ LIMIT = 10  # the bridge's publishes in flight (FLEET_BRIDGE_MAX_INFLIGHT)
 
 @pytest.mark.django_db(transaction=True)
 def test_desired_states_in_flight_at_a_lost_connection_are_delivered_after_it(
-    mosquitto,  # type: ignore[no-untyped-def]
+    mosquitto,
     relay: Relay,
 ) -> None:
     # given a bridge connected through the relay, 10 publishes in flight at most, that
@@ -226,7 +226,7 @@ EVENTS = 200
 
 @pytest.mark.django_db(transaction=True)
 def test_events_in_flight_at_a_lost_connection_are_stored_once(
-    mosquitto,  # type: ignore[no-untyped-def]
+    mosquitto,
     relay: Relay,
 ) -> None:
     # given a bridge connected through the relay, whose PUBACKs wait in the relay

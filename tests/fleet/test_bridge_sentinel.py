@@ -54,7 +54,7 @@ def _saved(broker: MosquittoBroker, needle: bytes) -> bool:
 
 
 @pytest.fixture
-def broker(tmp_path):  # type: ignore[no-untyped-def]
+def broker(tmp_path):
     """Mosquitto that saves only when told (SIGUSR1) or stopped: a kill loses the rest."""
     broker = MosquittoBroker(tmp_path / "mosquitto", autosave_interval=3600)
     yield broker
@@ -62,14 +62,14 @@ def broker(tmp_path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def fleet(db):  # type: ignore[no-untyped-def]
+def fleet(db):
     for device_id in _ids():
         device = make_device(device_id)
         DesiredState.objects.create(device=device, seq=1, envelope=envelope(device_id, 1))
     queue_behind()
 
 
-def test_a_broker_killed_before_its_save_gets_the_lost_desired_states_again(broker, fleet):  # type: ignore[no-untyped-def]
+def test_a_broker_killed_before_its_save_gets_the_lost_desired_states_again(broker, fleet):
     requeued = metric("fleet_bridge_desired_requeued_total")
     with running_bridge(broker.port):
         # given: every device's seq 1 is published, and the broker saved it
@@ -95,7 +95,7 @@ def test_a_broker_killed_before_its_save_gets_the_lost_desired_states_again(brok
         assert not DesiredState.objects.filter(published_seq__lt=F("seq")).exists()
 
 
-def test_a_broker_back_without_its_persistence_file_gets_every_desired_state(broker, fleet):  # type: ignore[no-untyped-def]
+def test_a_broker_back_without_its_persistence_file_gets_every_desired_state(broker, fleet):
     requeued = metric("fleet_bridge_desired_requeued_total")
     with running_bridge(broker.port):
         assert wait_for(lambda: _published(1, DEVICES), 20)
@@ -112,7 +112,7 @@ def test_a_broker_back_without_its_persistence_file_gets_every_desired_state(bro
         assert metric("fleet_bridge_desired_requeued_total") - requeued == DEVICES
 
 
-def test_a_broker_restarted_cleanly_gets_nothing_again(broker, fleet):  # type: ignore[no-untyped-def]
+def test_a_broker_restarted_cleanly_gets_nothing_again(broker, fleet):
     with running_bridge(broker.port) as bridge:
         assert wait_for(lambda: _published(1, DEVICES), 20)
         # the sentinel of the last recorded batch is retained

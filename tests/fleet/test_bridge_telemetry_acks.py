@@ -60,7 +60,7 @@ class Recorder:
         self.confirmed: list[dict[str, Confirmed]] = []
         self.fail_writes = fail_writes
 
-    def write(self, rows: list) -> None:  # type: ignore[type-arg]
+    def write(self, rows: list) -> None:
         if self.fail_writes:
             self.fail_writes -= 1
             raise OperationalError("the database is down")

@@ -58,7 +58,7 @@ def _event_message(device_id: str, seq: int, mid: int) -> InboundMessage:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_message_the_database_refuses_is_dropped_alone(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_message_the_database_refuses_is_dropped_alone(monkeypatch) -> None:
     # given a batch of three events, the second of which makes the database fail (which,
     # on PostgreSQL, also aborts the transaction the batch is handled in)
     make_device("dev-1")
@@ -70,11 +70,11 @@ def test_a_message_the_database_refuses_is_dropped_alone(monkeypatch) -> None:  
             with connection.cursor() as cursor:  # IntegrityError: seq is NOT NULL
                 cursor.execute(f"INSERT INTO {table} (seq) VALUES (NULL)")  # noqa: S608
 
-    def record(*, device, event):  # type: ignore[no-untyped-def]
+    def record(*, device, event):
         refuse([event.seq])
         return real_record(device=device, event=event)
 
-    def record_batch(*, reports, news=True):  # type: ignore[no-untyped-def]
+    def record_batch(*, reports, news=True):
         refuse([event.seq for _, event in reports])
         return real_batch(reports=reports, news=news)
 

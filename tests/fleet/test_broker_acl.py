@@ -16,6 +16,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -31,6 +32,7 @@ from broker_tls import (
 )
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from device_csr import make_csr
 from django.core.management import call_command
@@ -49,7 +51,7 @@ A, B = "dev-a", "dev-b"
 
 
 @pytest.fixture
-def broker(repo: Path, settings, tmp_path: Path) -> Iterator[TlsBroker]:  # type: ignore[no-untyped-def]
+def broker(repo: Path, settings, tmp_path: Path) -> Iterator[TlsBroker]:
     settings.FLEET_CRL_PATH = tmp_path / "control-plane" / "crl.pem"
     broker = TlsBroker.start_in(tmp_path / "mosquitto", settings.FLEET_CRL_PATH)
     yield broker
@@ -66,8 +68,8 @@ def connect(broker: TlsBroker) -> Iterator[Callable[..., Peer]]:
     """Connected peers, closed at teardown (before the broker stops)."""
     made: list[Peer] = []
 
-    def make(credential: Credential, **options: object) -> Peer:
-        peer = Peer(broker.port, credential, **options)  # type: ignore[arg-type]
+    def make(credential: Credential, **options: Any) -> Peer:
+        peer = Peer(broker.port, credential, **options)
         made.append(peer)
         return peer.connect()
 
@@ -85,7 +87,7 @@ def _reason(code: ReasonCode) -> int:
     return int(code.value)
 
 
-def test_a_device_receives_only_its_own_desired_state(broker, devices, connect):  # type: ignore[no-untyped-def]
+def test_a_device_receives_only_its_own_desired_state(broker, devices, connect):
     # given B subscribed to its desired state and a retained desired state for B
     bridge = connect(broker.bridge_credential())
     b = connect(devices[B])
@@ -117,7 +119,7 @@ def test_a_device_receives_only_its_own_desired_state(broker, devices, connect):
 
 
 @pytest.mark.parametrize("protocol", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["mqtt311", "mqtt5"])
-def test_a_device_cannot_publish_for_another_device_or_desired_state(  # type: ignore[no-untyped-def]
+def test_a_device_cannot_publish_for_another_device_or_desired_state(
     broker, devices, connect, protocol
 ):
     # given the bridge subscribed to every report and B to its desired state
@@ -144,9 +146,7 @@ def test_a_device_cannot_publish_for_another_device_or_desired_state(  # type: i
     assert got == [(topic_for(B, Channel.DESIRED), b"control-for-b")]
 
 
-def test_the_bridge_reads_every_device_and_writes_every_desired_state(  # type: ignore[no-untyped-def]
-    broker, devices, connect
-):
+def test_the_bridge_reads_every_device_and_writes_every_desired_state(broker, devices, connect):
     # given the bridge and two devices subscribed to their desired states
     bridge = connect(broker.bridge_credential())
     _bridge_subscribes_to_reports(bridge)
@@ -175,9 +175,7 @@ def test_the_bridge_reads_every_device_and_writes_every_desired_state(  # type: 
     assert (topic_for(A, Channel.EVENTS), b"forged") not in got
 
 
-def test_another_devices_client_id_does_not_take_over_its_session(  # type: ignore[no-untyped-def]
-    broker, devices, connect
-):
+def test_another_devices_client_id_does_not_take_over_its_session(broker, devices, connect):
     # given B connected, and the bridge listening
     bridge = connect(broker.bridge_credential())
     _bridge_subscribes_to_reports(bridge)
@@ -203,9 +201,7 @@ def test_another_devices_client_id_does_not_take_over_its_session(  # type: igno
 
 
 @pytest.mark.parametrize("client_id", ["+", "#", f"fleet/v1/devices/{B}/#"])
-def test_a_client_id_with_wildcards_is_replaced_by_the_cn(  # type: ignore[no-untyped-def]
-    broker, devices, connect, client_id
-):
+def test_a_client_id_with_wildcards_is_replaced_by_the_cn(broker, devices, connect, client_id):
     # given the bridge listening
     bridge = connect(broker.bridge_credential())
     _bridge_subscribes_to_reports(bridge)
@@ -226,9 +222,7 @@ def test_a_client_id_with_wildcards_is_replaced_by_the_cn(  # type: ignore[no-un
     assert got == [(topic_for(A, Channel.EVENTS), b"control")]
 
 
-def test_a_claimed_username_is_ignored_for_the_certificate_cn(  # type: ignore[no-untyped-def]
-    broker, devices, connect
-):
+def test_a_claimed_username_is_ignored_for_the_certificate_cn(broker, devices, connect):
     # given B reporting state, and A connecting with the bridge's name as its username
     b = connect(devices[B])
     a = connect(devices[A], username=ca.BRIDGE_IDENTITY)
@@ -248,7 +242,7 @@ def test_a_claimed_username_is_ignored_for_the_certificate_cn(  # type: ignore[n
     assert got == [(topic_for(B, Channel.DESIRED), b"control-for-b")]
 
 
-def test_a_will_on_another_devices_status_is_dropped(broker, devices, connect):  # type: ignore[no-untyped-def]
+def test_a_will_on_another_devices_status_is_dropped(broker, devices, connect):
     # given the bridge listening to every status
     bridge = connect(broker.bridge_credential())
     bridge.subscribe(subscription_filter(Channel.STATUS))
@@ -260,7 +254,9 @@ def test_a_will_on_another_devices_status_is_dropped(broker, devices, connect): 
         peer.connect()
         # Dropping the connection without DISCONNECT makes the broker publish the will;
         # the next connection of A (same CN, same session) is accepted only after that.
-        peer.client.socket().shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+        sock = peer.client.socket()
+        assert isinstance(sock, socket.socket)
+        sock.shutdown(socket.SHUT_RDWR)
         peer.client.loop_stop()
 
     # then only A's own will is delivered (the broker accepted both at CONNECT)
@@ -268,7 +264,7 @@ def test_a_will_on_another_devices_status_is_dropped(broker, devices, connect): 
     assert got == [(topic_for(A, Channel.STATUS), b"offline")]
 
 
-def test_a_packet_over_the_size_limit_disconnects_its_sender(broker, devices, connect):  # type: ignore[no-untyped-def]
+def test_a_packet_over_the_size_limit_disconnects_its_sender(broker, devices, connect):
     # given the bridge listening
     bridge = connect(broker.bridge_credential())
     _bridge_subscribes_to_reports(bridge)
@@ -289,7 +285,7 @@ def test_a_packet_over_the_size_limit_disconnects_its_sender(broker, devices, co
     ]
 
 
-def test_a_revoked_certificate_fails_the_handshake_after_the_crl_reload(  # type: ignore[no-untyped-def]
+def test_a_revoked_certificate_fails_the_handshake_after_the_crl_reload(
     broker, devices, settings, django_capture_on_commit_callbacks
 ):
     # given A can connect
@@ -310,7 +306,7 @@ def test_a_revoked_certificate_fails_the_handshake_after_the_crl_reload(  # type
     assert tls_probe(broker.port, broker.ca_file, b.cert, b.key) == ACCEPTED
 
 
-def test_an_expired_crl_refuses_every_device(broker, devices, settings):  # type: ignore[no-untyped-def]
+def test_an_expired_crl_refuses_every_device(broker, devices, settings):
     # Why the control plane must re-sign the CRL (crl_write) before its nextUpdate.
     b = devices[B]
     ca_key, ca_cert = ca.ca_load_or_create()
@@ -327,7 +323,7 @@ def test_an_expired_crl_refuses_every_device(broker, devices, settings):  # type
     assert tls_probe(broker.port, broker.ca_file, b.cert, b.key) != ACCEPTED
 
 
-def test_a_certificate_from_another_ca_is_refused(broker, devices, settings, tmp_path):  # type: ignore[no-untyped-def]
+def test_a_certificate_from_another_ca_is_refused(broker, devices, settings, tmp_path):
     # given a certificate for B's id from a CA of the same shape that the broker does not trust
     settings.FLEET_KEYS_DIR = tmp_path / "rogue-ca"
     key_pem, csr_pem = make_csr()
@@ -342,7 +338,7 @@ def test_a_certificate_from_another_ca_is_refused(broker, devices, settings, tmp
     assert tls_probe(broker.port, broker.ca_file, devices[B].cert, devices[B].key) == ACCEPTED
 
 
-def test_a_connection_without_a_client_certificate_is_refused(broker, devices):  # type: ignore[no-untyped-def]
+def test_a_connection_without_a_client_certificate_is_refused(broker, devices):
     b = devices[B]
     # TLS without a client certificate, or MQTT without TLS: no CONNACK either way
     assert tls_probe(broker.port, broker.ca_file) != ACCEPTED
@@ -351,7 +347,7 @@ def test_a_connection_without_a_client_certificate_is_refused(broker, devices): 
     assert tls_probe(broker.port, broker.ca_file, b.cert, b.key) == ACCEPTED
 
 
-def test_mqtt_certs_writes_private_keys_0600_and_the_names_as_sans(repo, settings, tmp_path):  # type: ignore[no-untyped-def]
+def test_mqtt_certs_writes_private_keys_0600_and_the_names_as_sans(repo, settings, tmp_path):
     settings.FLEET_CRL_PATH = tmp_path / "crl.pem"
     out = tmp_path / "certs"
     call_command(
@@ -380,7 +376,9 @@ def test_mqtt_certs_writes_private_keys_0600_and_the_names_as_sans(repo, setting
     usage = bridge_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     crl = x509.load_pem_x509_crl(Path(settings.FLEET_CRL_PATH).read_bytes())
-    assert crl.is_signature_valid(ca_cert.public_key())  # type: ignore[arg-type]
+    ca_key = ca_cert.public_key()
+    assert isinstance(ca_key, ec.EllipticCurvePublicKey)
+    assert crl.is_signature_valid(ca_key)
 
     # and it does not replace a deployed key unless told to
     with pytest.raises(CommandError, match="--force"):
@@ -390,7 +388,7 @@ def test_mqtt_certs_writes_private_keys_0600_and_the_names_as_sans(repo, setting
     assert (out / mqtt_certs.BROKER_KEY).read_bytes() != before
 
 
-def test_a_connected_revoked_device_is_cut_off_at_the_reload(  # type: ignore[no-untyped-def]
+def test_a_connected_revoked_device_is_cut_off_at_the_reload(
     broker, devices, connect, settings, django_capture_on_commit_callbacks
 ):
     # given the control plane writes the ACL file this broker reads, and A is connected
@@ -415,7 +413,7 @@ def test_a_connected_revoked_device_is_cut_off_at_the_reload(  # type: ignore[no
     assert (topic_for(A, Channel.EVENTS), b"after") not in got
 
 
-def test_only_the_bridge_reads_and_writes_its_retained_sentinel(broker, devices, connect):  # type: ignore[no-untyped-def]
+def test_only_the_bridge_reads_and_writes_its_retained_sentinel(broker, devices, connect):
     # given the bridge and a device, both subscribed to the sentinel topic
     bridge = connect(broker.bridge_credential())
     peer = connect(devices[A])
@@ -434,7 +432,7 @@ def test_only_the_bridge_reads_and_writes_its_retained_sentinel(broker, devices,
     assert [topic for topic, _ in got] == [topic_for(A, Channel.DESIRED)]
 
 
-def test_retained_desired_states_survive_a_kill_after_the_autosave_interval(  # type: ignore[no-untyped-def]
+def test_retained_desired_states_survive_a_kill_after_the_autosave_interval(
     broker, devices, connect
 ):
     # given the bridge published a device's desired state, retained
@@ -457,7 +455,7 @@ def test_retained_desired_states_survive_a_kill_after_the_autosave_interval(  # 
     peer.wait_for_message(topic_for(A, Channel.DESIRED), b"seq-7")
 
 
-def test_only_the_bridge_confirms_events_and_each_device_reads_only_its_own(  # type: ignore[no-untyped-def]
+def test_only_the_bridge_confirms_events_and_each_device_reads_only_its_own(
     broker, devices, connect
 ):
     # given A listening on every acks topic it can name, B on its own

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.db_both
 
 
 @pytest.fixture
-def rollout_rows(settings, tmp_path, db):  # type: ignore[no-untyped-def]
+def rollout_rows(settings, tmp_path, db):
     use_own_director_key(settings, tmp_path)
     artifact("1.0.0")
     artifact("2.0.0")
@@ -40,7 +40,7 @@ def rollout_rows(settings, tmp_path, db):  # type: ignore[no-untyped-def]
     return list(RolloutDevice.objects.filter(rollout=rollout).order_by("pk"))
 
 
-def test_each_row_gets_its_own_values_and_updated_at_moves(rollout_rows):  # type: ignore[no-untyped-def]
+def test_each_row_gets_its_own_values_and_updated_at_moves(rollout_rows):
     # given rows whose fields change differently, None and "" included
     before = {r.pk: r.updated_at for r in RolloutDevice.objects.all()}
     now = timezone.now()
@@ -72,7 +72,7 @@ def test_each_row_gets_its_own_values_and_updated_at_moves(rollout_rows):  # typ
         assert stored[row.pk].updated_at == before[row.pk]
 
 
-def test_columns_by_field_name_and_refusals(rollout_rows):  # type: ignore[no-untyped-def]
+def test_columns_by_field_name_and_refusals(rollout_rows):
     pks = [r.pk for r in rollout_rows[:2]]
     assert columns_update(RolloutDevice, pks, {"last_phase": ["accepted", "committed"]}) == 2
     assert list(
@@ -85,7 +85,7 @@ def test_columns_by_field_name_and_refusals(rollout_rows):  # type: ignore[no-un
         columns_update(RolloutDevice, pks, {"id": [1, 2]})
 
 
-def test_inserted_rows_hold_their_values_and_the_others_defaults_as_create_gives(rollout_rows):  # type: ignore[no-untyped-def]
+def test_inserted_rows_hold_their_values_and_the_others_defaults_as_create_gives(rollout_rows):
     # given rows made by create() (the start's removed first), remembered and removed
     rollout = rollout_rows[0].rollout
     RolloutDevice.objects.filter(rollout=rollout).delete()
@@ -137,11 +137,11 @@ def test_inserted_rows_hold_their_values_and_the_others_defaults_as_create_gives
 
 
 @pytest.fixture
-def two_devices(db):  # type: ignore[no-untyped-def]
+def two_devices(db):
     return [make_device("bulk-1"), make_device("bulk-2")]
 
 
-def _event_columns(devices, digests):  # type: ignore[no-untyped-def]
+def _event_columns(devices, digests):
     n = len(digests)
     return {
         "device": [d.pk for d in devices],
@@ -152,7 +152,7 @@ def _event_columns(devices, digests):  # type: ignore[no-untyped-def]
     }
 
 
-def test_json_text_is_stored_as_json_and_rows_take_their_own_values(two_devices):  # type: ignore[no-untyped-def]
+def test_json_text_is_stored_as_json_and_rows_take_their_own_values(two_devices):
     a, b = two_devices
     # given the reports as JSON text, in an order other than the primary key's
     written = columns_update(
@@ -168,7 +168,7 @@ def test_json_text_is_stored_as_json_and_rows_take_their_own_values(two_devices)
     assert Device.objects.filter(reported__b__1=2).get() == b
 
 
-def test_insert_new_skips_stored_rows_and_returns_the_inserted(two_devices):  # type: ignore[no-untyped-def]
+def test_insert_new_skips_stored_rows_and_returns_the_inserted(two_devices):
     a, b = two_devices
     first = columns_insert_new(
         DeviceEvent, _event_columns([a, b], ["d1", "d2"]), returning=["device", "digest"]
@@ -183,7 +183,7 @@ def test_insert_new_skips_stored_rows_and_returns_the_inserted(two_devices):  # 
     assert DeviceEvent.objects.get(digest="d3").received_at is not None
 
 
-def test_upsert_inserts_new_rows_and_updates_colliding_ones(two_devices):  # type: ignore[no-untyped-def]
+def test_upsert_inserts_new_rows_and_updates_colliding_ones(two_devices):
     a, b = two_devices
     desired = [DesiredState.objects.create(device=d) for d in (a, b)]
     DesiredOutbox.objects.create(desired=desired[0], seq=1)
@@ -200,12 +200,12 @@ def test_upsert_inserts_new_rows_and_updates_colliding_ones(two_devices):  # typ
     }
 
 
-def test_execute_wrappers_and_the_query_log_see_every_statement(two_devices):  # type: ignore[no-untyped-def]
+def test_execute_wrappers_and_the_query_log_see_every_statement(two_devices):
     a, b = two_devices
     desired = DesiredState.objects.create(device=a)
     seen: list[tuple[str, bool]] = []
 
-    def wrapper(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+    def wrapper(execute, sql, params, many, context):
         seen.append((sql, many))
         return execute(sql, params, many, context)
 
@@ -246,7 +246,7 @@ def test_execute_wrappers_and_the_query_log_see_every_statement(two_devices):  #
     assert set(Tag.objects.values_list("name", flat=True)) >= {"t1", "t2"}
 
 
-def test_a_failed_bulk_write_raises_django_s_error_and_writes_nothing(two_devices):  # type: ignore[no-untyped-def]
+def test_a_failed_bulk_write_raises_django_s_error_and_writes_nothing(two_devices):
     a, _ = two_devices
     columns_insert_new(DeviceEvent, _event_columns([a], ["x1"]), returning=["digest"])
     # the same (device, digest) twice: the unique constraint refuses it, as Django's error
@@ -255,7 +255,7 @@ def test_a_failed_bulk_write_raises_django_s_error_and_writes_nothing(two_device
     assert list(DeviceEvent.objects.values_list("digest", flat=True)) == ["x1"]
 
 
-def test_rows_copy_appends_rows_and_delete_returning_takes_them(two_devices):  # type: ignore[no-untyped-def]
+def test_rows_copy_appends_rows_and_delete_returning_takes_them(two_devices):
     a, b = two_devices
     # telemetry rows as tuples: the binary COPY on PostgreSQL, an executemany elsewhere
     rows = [
@@ -273,7 +273,7 @@ def test_rows_copy_appends_rows_and_delete_returning_takes_them(two_devices):  #
     )
     seen: list[str] = []
 
-    def wrapper(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+    def wrapper(execute, sql, params, many, context):
         seen.append(sql)
         return execute(sql, params, many, context)
 

@@ -7,7 +7,7 @@ from cryptography import x509
 from fleet.tasks import crl_refresh_task
 
 
-def test_crl_refresh_writes_a_fresh_crl(repo, settings, tmp_path):  # type: ignore[no-untyped-def]
+def test_crl_refresh_writes_a_fresh_crl(repo, settings, tmp_path):
     settings.FLEET_CRL_PATH = tmp_path / "mqtt" / "crl.pem"
     path = crl_refresh_task()
     crl = x509.load_pem_x509_crl(settings.FLEET_CRL_PATH.read_bytes())

@@ -2,6 +2,7 @@
 transaction, a refused device is not, and the bridge takes a row off the queue only when
 the broker acknowledged the seq queued (a newer one stays queued)."""
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.db_both]
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     own_director_key(settings, tmp_path)
 
 
@@ -50,11 +51,15 @@ def _publish_all() -> None:
 
 def test_the_director_queues_each_row_it_writes_once_with_its_latest_seq() -> None:
     devices = _devices(30)
-    first, second = ArtifactFactory(), ArtifactFactory(version="1.1.0", release_counter=2)
+    first, second = (
+        ArtifactFactory.create(),
+        ArtifactFactory.create(version="1.1.0", release_counter=2),
+    )
     # when the director signs a model for every device, then another before any went out
     for artifact in (first, second):
         result = devices_desired_set(
-            devices=devices, assignments_for=lambda _, a=artifact: [ModelAssignment(a)]
+            devices=devices,
+            assignments_for=lambda _, a=artifact: [ModelAssignment(a)],  # type: ignore[misc]
         )
         assert result.issued == 30
     # then each device is queued once, with its newest seq
@@ -67,7 +72,7 @@ def test_a_refused_device_is_neither_written_nor_queued() -> None:
     devices = _devices(3)
     devices[1].revoked_at = timezone.now()
     devices[1].save()
-    artifact = ArtifactFactory()
+    artifact = ArtifactFactory.create()
     result = devices_desired_set(
         devices=devices, assignments_for=lambda _: [ModelAssignment(artifact)]
     )
@@ -77,7 +82,7 @@ def test_a_refused_device_is_neither_written_nor_queued() -> None:
 
 def test_a_failed_transaction_queues_nothing() -> None:
     devices = _devices(5)
-    artifact = ArtifactFactory()
+    artifact = ArtifactFactory.create()
 
     def fails_after_the_director_wrote() -> None:
         with transaction.atomic():
@@ -94,11 +99,11 @@ def test_a_failed_transaction_queues_nothing() -> None:
 
 def test_publication_takes_a_row_off_the_queue_only_for_the_seq_queued() -> None:
     devices = _devices(4)
-    artifact = ArtifactFactory()
+    artifact = ArtifactFactory.create()
     devices_desired_set(devices=devices, assignments_for=lambda _: [ModelAssignment(artifact)])
     sent = list(DesiredState.objects.values_list("pk", "seq"))  # seq 1, handed to the broker
     # when two devices are signed again before the PUBACKs of seq 1 come back
-    newer = ArtifactFactory(version="1.1.0", release_counter=2)
+    newer = ArtifactFactory.create(version="1.1.0", release_counter=2)
     devices_desired_set(devices=devices[:2], assignments_for=lambda _: [ModelAssignment(newer)])
     updated = desired_states_mark_published(published=sent, at=timezone.now())
     # then only the other two left the queue; the two stay queued with seq 2
@@ -112,7 +117,7 @@ def test_publication_takes_a_row_off_the_queue_only_for_the_seq_queued() -> None
 def test_the_one_device_paths_queue_what_they_write(settings: Any) -> None:
     (device,) = _devices(1)
     # set
-    row = device_desired_set(device=device, assignments=[ModelAssignment(ArtifactFactory())])
+    row = device_desired_set(device=device, assignments=[ModelAssignment(ArtifactFactory.create())])
     assert _queued() == {device.pk: row.seq}
     _publish_all()
     assert _queued() == {}
@@ -126,8 +131,8 @@ def test_the_one_device_paths_queue_what_they_write(settings: Any) -> None:
     assert DesiredState.objects.get(device=device).published_seq == 0
     _publish_all()
     # the hourly re-signing of expiring envelopes
-    settings.FLEET_DESIRED_TTL = timezone.timedelta(hours=1)
-    assert desired_reissue_expiring(within=timezone.timedelta(days=30)) == 1
+    settings.FLEET_DESIRED_TTL = timedelta(hours=1)
+    assert desired_reissue_expiring(within=timedelta(days=30)) == 1
     assert _queued() == {device.pk: row.seq + 1}
 
 

@@ -26,11 +26,11 @@ DEVICES = 10_000
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     own_director_key(settings, tmp_path)
 
 
-def _timed(label: str, fn):  # type: ignore[no-untyped-def]
+def _timed(label: str, fn):
     start = time.perf_counter()
     result = fn()
     elapsed = time.perf_counter() - start
@@ -41,13 +41,13 @@ def _timed(label: str, fn):  # type: ignore[no-untyped-def]
     return result
 
 
-def test_bench_desired_state_for_10k_devices():  # type: ignore[no-untyped-def]
+def test_bench_desired_state_for_10k_devices():
     Device.objects.bulk_create(
         Device(device_id=f"dev-{i:05d}", hardware=HW) for i in range(DEVICES)
     )
     devices = list(Device.objects.order_by("pk"))
-    kws = ArtifactFactory(version="1.4.0", release_counter=14)
-    vad = ArtifactFactory(model=ModelFactory(name="vad"), version="2.0.0")
+    kws = ArtifactFactory.create(version="1.4.0", release_counter=14)
+    vad = ArtifactFactory.create(model=ModelFactory.create(name="vad"), version="2.0.0")
     director_private_key()  # key generation is not what is measured
 
     def arm(device: Device) -> str:
@@ -74,7 +74,9 @@ def test_bench_desired_state_for_10k_devices():  # type: ignore[no-untyped-def]
     )
 
     # reference: the same payloads (two models) built and signed, no database at all
-    models = verify_desired(bytes(DesiredState.objects.first().envelope), pem).models
+    written = DesiredState.objects.first()
+    assert written is not None
+    models = verify_desired(bytes(written.envelope), pem).models
     now = timezone.now().replace(microsecond=0)
     _timed(
         "reference: build + sign only, no database",

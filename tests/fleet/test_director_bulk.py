@@ -16,19 +16,19 @@ pytestmark = [pytest.mark.django_db, pytest.mark.db_both]
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     own_director_key(settings, tmp_path)
 
 
-def test_bulk_set_signs_merges_and_reports_refusals(django_assert_max_num_queries):  # type: ignore[no-untyped-def]
+def test_bulk_set_signs_merges_and_reports_refusals(django_assert_max_num_queries):
     # given 200 devices: some already run vad, one is revoked, one is other hardware
     devices = [Device.objects.create(device_id=f"dev-{i:04d}", hardware=HW) for i in range(200)]
-    vad = ArtifactFactory(model=ModelFactory(name="vad"), version="2.0.0")
+    vad = ArtifactFactory.create(model=ModelFactory.create(name="vad"), version="2.0.0")
     for device in devices[:10]:
         device_desired_set(device=device, assignments=[ModelAssignment(artifact=vad)])
     Device.objects.filter(device_id="dev-0003").update(revoked_at=timezone.now())
     esp = Device.objects.create(device_id="esp-0001", hardware="esp32s3-int8")
-    kws = ArtifactFactory(version="1.4.0", release_counter=14)
+    kws = ArtifactFactory.create(version="1.4.0", release_counter=14)
     before = {row.device_id: (row.seq, bytes(row.envelope)) for row in DesiredState.objects.all()}
 
     def assignments_for(device: Device) -> list[ModelAssignment]:
@@ -70,9 +70,9 @@ def test_bulk_set_signs_merges_and_reports_refusals(django_assert_max_num_querie
         assert rows[device.device_id].payload == desired.to_dict()
 
 
-def test_bulk_and_single_paths_share_the_seq(db):  # type: ignore[no-untyped-def]
+def test_bulk_and_single_paths_share_the_seq(db):
     device = Device.objects.create(device_id="dev-1", hardware=HW)
-    kws = ArtifactFactory()
+    kws = ArtifactFactory.create()
     device_desired_set(device=device, assignments=[])
 
     devices_desired_set(devices=[device], assignments_for=lambda d: [ModelAssignment(artifact=kws)])
@@ -82,7 +82,7 @@ def test_bulk_and_single_paths_share_the_seq(db):  # type: ignore[no-untyped-def
     assert [m["name"] for m in row.payload["models"]] == ["kws"]
 
 
-def test_a_device_listed_twice_is_malformed(db):  # type: ignore[no-untyped-def]
+def test_a_device_listed_twice_is_malformed(db):
     device = Device.objects.create(device_id="dev-1", hardware=HW)
     with pytest.raises(ServiceError) as refused:
         devices_desired_set(devices=[device, device], assignments_for=lambda d: [])
@@ -90,21 +90,22 @@ def test_a_device_listed_twice_is_malformed(db):  # type: ignore[no-untyped-def]
     assert not DesiredState.objects.exists()
 
 
-def test_repeated_bulk_sets_in_one_transaction_keep_the_latest():  # type: ignore[no-untyped-def]
+def test_repeated_bulk_sets_in_one_transaction_keep_the_latest():
     # The PostgreSQL path stages rows in a temporary table: a second batch in the same
     # transaction must not apply the first batch's rows again.
     from django.db import transaction
 
     devices = [Device.objects.create(device_id=f"tx-{i:03d}", hardware=HW) for i in range(30)]
-    model = ModelFactory(name="txm")
+    model = ModelFactory.create(name="txm")
     versions = [
-        ArtifactFactory(model=model, version=f"1.0.{n}", release_counter=n + 1) for n in range(3)
+        ArtifactFactory.create(model=model, version=f"1.0.{n}", release_counter=n + 1)
+        for n in range(3)
     ]
     with transaction.atomic():
         for artifact in versions:
             devices_desired_set(
                 devices=devices,
-                assignments_for=lambda d, a=artifact: [ModelAssignment(artifact=a)],
+                assignments_for=lambda d, a=artifact: [ModelAssignment(artifact=a)],  # type: ignore[misc]
                 batch_size=7,
             )
     pem = director_public_pem()
@@ -138,15 +139,15 @@ def test_batch_sizes_cover_every_device_once_and_ramp(total: int, largest: int) 
         pytest.param(["not", "an", "object"], id="payload-a-list"),
     ],
 )
-def test_a_corrupt_stored_row_refuses_that_device_only(payload) -> None:  # type: ignore[no-untyped-def]
+def test_a_corrupt_stored_row_refuses_that_device_only(payload) -> None:
     # given two devices with a desired state, one of whose stored payload is corrupt
     devices = [Device.objects.create(device_id=f"dev-{i}", hardware=HW) for i in range(2)]
-    old = ArtifactFactory(version="1.3.0", release_counter=13)
+    old = ArtifactFactory.create(version="1.3.0", release_counter=13)
     for device in devices:
         device_desired_set(device=device, assignments=[ModelAssignment(artifact=old)])
     DesiredState.objects.filter(device=devices[0]).update(payload=payload)
     corrupt = DesiredState.objects.get(device=devices[0])
-    new = ArtifactFactory(model=old.model, version="1.4.0", release_counter=14)
+    new = ArtifactFactory.create(model=old.model, version="1.4.0", release_counter=14)
 
     # when the bulk path assigns a new version to both
     result = devices_desired_set(

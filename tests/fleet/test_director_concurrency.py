@@ -19,12 +19,12 @@ ROUNDS = 8
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path, monkeypatch):
     own_director_key(settings, tmp_path)
     # Sign slowly, inside the lock: without it the writers would surely interleave.
     real_sign = director.sign_envelope
 
-    def slow_sign(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def slow_sign(*args, **kwargs):
         time.sleep(0.005)
         return real_sign(*args, **kwargs)
 
@@ -54,18 +54,18 @@ def _in_threads(*jobs: Callable[[], None]) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_writers_on_one_device_get_consecutive_seqs():  # type: ignore[no-untyped-def]
+def test_two_writers_on_one_device_get_consecutive_seqs():
     # given a device with no desired state yet (both writers race to create the row)
     device = Device.objects.create(device_id="dev-0001", hardware=HW)
-    kws = [ArtifactFactory(version=f"1.{i}.0", release_counter=i + 1) for i in range(ROUNDS)]
-    vad_model = ModelFactory(name="vad")
+    kws = [ArtifactFactory.create(version=f"1.{i}.0", release_counter=i + 1) for i in range(ROUNDS)]
+    vad_model = ModelFactory.create(name="vad")
     vad = [
-        ArtifactFactory(model=vad_model, version=f"2.{i}.0", release_counter=i + 1)
+        ArtifactFactory.create(model=vad_model, version=f"2.{i}.0", release_counter=i + 1)
         for i in range(ROUNDS)
     ]
     seqs: dict[str, list[int]] = {"kws": [], "vad": []}
 
-    def writer(name: str, artifacts: list) -> Callable[[], None]:  # type: ignore[type-arg]
+    def writer(name: str, artifacts: list) -> Callable[[], None]:
         def job() -> None:
             for artifact in artifacts:
                 row = device_desired_set(
@@ -93,16 +93,16 @@ def test_two_writers_on_one_device_get_consecutive_seqs():  # type: ignore[no-un
 
 
 @pytest.mark.django_db(transaction=True)
-def test_overlapping_bulk_writers_neither_deadlock_nor_lose_models():  # type: ignore[no-untyped-def]
+def test_overlapping_bulk_writers_neither_deadlock_nor_lose_models():
     # given 30 devices, half of which already have a desired state
     devices = [Device.objects.create(device_id=f"dev-{i:03d}", hardware=HW) for i in range(30)]
-    kws = ArtifactFactory()
-    vad = ArtifactFactory(model=ModelFactory(name="vad"))
+    kws = ArtifactFactory.create()
+    vad = ArtifactFactory.create(model=ModelFactory.create(name="vad"))
     devices_desired_set(devices=devices[::2], assignments_for=lambda d: [])
 
     # when two bulk writers cover overlapping devices (listed in opposite orders), both
     # starting on the shared ones
-    def bulk(chosen: list[Device], artifact) -> Callable[[], None]:  # type: ignore[no-untyped-def]
+    def bulk(chosen: list[Device], artifact) -> Callable[[], None]:
         def job() -> None:
             devices_desired_set(
                 devices=chosen,

@@ -25,16 +25,16 @@ from ota.publishing import Upload, artifact_publish
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     own_director_key(settings, tmp_path)
 
 
-def test_envelope_verifies_and_carries_the_design_payload(db, settings):  # type: ignore[no-untyped-def]
+def test_envelope_verifies_and_carries_the_design_payload(db, settings):
     # given a device and an artifact built for its hardware
     settings.FLEET_PUBLIC_URL = "https://fleet.example.com"
     settings.FLEET_DESIRED_TTL = timedelta(days=2)
     device = Device.objects.create(device_id="dev-0042", hardware=HW)
-    artifact = ArtifactFactory(version="1.4.0", release_counter=14, length=48213)
+    artifact = ArtifactFactory.create(version="1.4.0", release_counter=14, length=48213)
 
     # when the director assigns it from rollout r-9, arm B
     row = device_desired_set(
@@ -72,7 +72,7 @@ def test_envelope_verifies_and_carries_the_design_payload(db, settings):  # type
     assert row.published_seq == 0
 
 
-def test_ttl_defaults_to_seven_days(db, settings):  # type: ignore[no-untyped-def]
+def test_ttl_defaults_to_seven_days(db, settings):
     del settings.FLEET_DESIRED_TTL
     device = Device.objects.create(device_id="dev-1", hardware=HW)
 
@@ -83,7 +83,7 @@ def test_ttl_defaults_to_seven_days(db, settings):  # type: ignore[no-untyped-de
     assert desired.models == ()
 
 
-def _publish(release_key, data: bytes):  # type: ignore[no-untyped-def]
+def _publish(release_key, data: bytes):
     """Publish 1.0.0 of kws through the publishing service, as the API would."""
     md = fleetctl_targets.next_metadata(None, 30)
     path = f"models/kws/1.0.0/{HW}/model.onnx"
@@ -107,7 +107,7 @@ def _publish(release_key, data: bytes):  # type: ignore[no-untyped-def]
     )
 
 
-def test_url_serves_the_artifact_bytes(kws, release_key, settings):  # type: ignore[no-untyped-def]
+def test_url_serves_the_artifact_bytes(kws, release_key, settings):
     # given a really published artifact (TUF repository, stored bytes)
     data = b"\x00model bytes\xff" * 5000
     artifact = _publish(release_key, data)
@@ -121,15 +121,15 @@ def test_url_serves_the_artifact_bytes(kws, release_key, settings):  # type: ign
     assert entry.url.startswith(settings.FLEET_PUBLIC_URL + "/tuf/targets/")
     response = Client().get(entry.url.removeprefix(settings.FLEET_PUBLIC_URL))
     assert response.status_code == 200
-    body = b"".join(response.streaming_content)
+    body = response.getvalue()
     assert body == data
     assert hashlib.sha256(body).hexdigest() == entry.sha256
     assert len(body) == entry.length
 
 
-def test_build_metadata_version_gives_a_url_the_target_view_resolves(db, settings):  # type: ignore[no-untyped-def]
+def test_build_metadata_version_gives_a_url_the_target_view_resolves(db, settings):
     device = Device.objects.create(device_id="dev-1", hardware=HW)
-    artifact = ArtifactFactory(version="1.0.0-rc.1+build.5")
+    artifact = ArtifactFactory.create(version="1.0.0-rc.1+build.5")
 
     row = device_desired_set(device=device, assignments=[ModelAssignment(artifact=artifact)])
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     own_director_key(settings, tmp_path)
 
 
@@ -21,7 +21,9 @@ def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
 def device() -> Device:
     """A device that already holds seq 1 (kws 1.0.0)."""
     device = Device.objects.create(device_id="dev-0001", hardware=HW)
-    device_desired_set(device=device, assignments=[ModelAssignment(artifact=ArtifactFactory())])
+    device_desired_set(
+        device=device, assignments=[ModelAssignment(artifact=ArtifactFactory.create())]
+    )
     return device
 
 
@@ -39,31 +41,31 @@ def _refused(device: Device, assignments: list[ModelAssignment], code: ErrorCode
     return refused.value.detail
 
 
-def test_other_hardware_is_hw_mismatch(device):  # type: ignore[no-untyped-def]
-    other = ArtifactFactory(version="1.1.0", release_counter=2, hardware="esp32s3-int8")
+def test_other_hardware_is_hw_mismatch(device):
+    other = ArtifactFactory.create(version="1.1.0", release_counter=2, hardware="esp32s3-int8")
     detail = _refused(device, [ModelAssignment(artifact=other)], ErrorCode.HW_MISMATCH)
     assert "esp32s3-int8" in detail
 
 
-def test_revoked_device_is_forbidden(device):  # type: ignore[no-untyped-def]
+def test_revoked_device_is_forbidden(device):
     # revoked by another process after the caller loaded the device
     Device.objects.filter(pk=device.pk).update(revoked_at=timezone.now())
-    artifact = ArtifactFactory(version="1.1.0", release_counter=2)
+    artifact = ArtifactFactory.create(version="1.1.0", release_counter=2)
     _refused(device, [ModelAssignment(artifact=artifact)], ErrorCode.FORBIDDEN)
 
 
-def test_one_model_twice_is_malformed(device):  # type: ignore[no-untyped-def]
-    a = ArtifactFactory(version="1.1.0", release_counter=2)
-    b = ArtifactFactory(version="1.2.0", release_counter=3)
+def test_one_model_twice_is_malformed(device):
+    a = ArtifactFactory.create(version="1.1.0", release_counter=2)
+    b = ArtifactFactory.create(version="1.2.0", release_counter=3)
     detail = _refused(
         device, [ModelAssignment(artifact=a), ModelAssignment(artifact=b)], ErrorCode.MALFORMED
     )
     assert "twice" in detail
 
 
-def test_first_assignment_refused_leaves_no_row(db):  # type: ignore[no-untyped-def]
+def test_first_assignment_refused_leaves_no_row(db):
     device = Device.objects.create(device_id="dev-new", hardware=HW)
-    other = ArtifactFactory(hardware="esp32s3-int8")
+    other = ArtifactFactory.create(hardware="esp32s3-int8")
     with pytest.raises(ServiceError):
         device_desired_set(device=device, assignments=[ModelAssignment(artifact=other)])
     assert not DesiredState.objects.filter(device=device).exists()
@@ -83,11 +85,11 @@ def test_first_assignment_refused_leaves_no_row(db):  # type: ignore[no-untyped-
         ({"model": "kws\u202e"}, ErrorCode.MALFORMED, "name"),
     ],
 )
-def test_hostile_artifact_rows_are_refused_clearly(device, fields, code, says):  # type: ignore[no-untyped-def]
+def test_hostile_artifact_rows_are_refused_clearly(device, fields, code, says):
     # given an artifact row written straight into the database, past every API check
     if "model" in fields:
-        fields = {**fields, "model": ModelFactory(name=fields["model"])}
-    artifact = ArtifactFactory(**{"version": "1.1.0", "release_counter": 2, **fields})
+        fields = {**fields, "model": ModelFactory.create(name=fields["model"])}
+    artifact = ArtifactFactory.create(**{"version": "1.1.0", "release_counter": 2, **fields})
 
     # then the wire format's own validation refuses it with a code, not a crash
     detail = _refused(device, [ModelAssignment(artifact=artifact)], code)
@@ -95,8 +97,8 @@ def test_hostile_artifact_rows_are_refused_clearly(device, fields, code, says): 
     assert says in detail
 
 
-def test_hostile_rollout_token_is_malformed(device):  # type: ignore[no-untyped-def]
-    artifact = ArtifactFactory(version="1.1.0", release_counter=2)
+def test_hostile_rollout_token_is_malformed(device):
+    artifact = ArtifactFactory.create(version="1.1.0", release_counter=2)
     _refused(
         device,
         [ModelAssignment(artifact=artifact, rollout_id="r 1/#", arm="B")],
@@ -104,6 +106,6 @@ def test_hostile_rollout_token_is_malformed(device):  # type: ignore[no-untyped-
     )
 
 
-def test_too_many_models_is_refused(device):  # type: ignore[no-untyped-def]
-    artifacts = [ArtifactFactory(model=ModelFactory(name=f"m{i}")) for i in range(33)]
+def test_too_many_models_is_refused(device):
+    artifacts = [ArtifactFactory.create(model=ModelFactory.create(name=f"m{i}")) for i in range(33)]
     _refused(device, [ModelAssignment(artifact=a) for a in artifacts], ErrorCode.MALFORMED)

@@ -18,15 +18,15 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     own_director_key(settings, tmp_path)
     settings.FLEET_DESIRED_TTL = timedelta(days=6)
 
 
-def _issued(device_id: str, days_ago: float, monkeypatch) -> Device:  # type: ignore[no-untyped-def]
+def _issued(device_id: str, days_ago: float, monkeypatch) -> Device:
     """A device whose desired state (kws 1.0.0) was signed `days_ago`."""
     device = Device.objects.create(device_id=device_id, hardware=HW)
-    artifact = Artifact.objects.filter(version="1.0.0").first() or ArtifactFactory()
+    artifact = Artifact.objects.filter(version="1.0.0").first() or ArtifactFactory.create()
     then = timezone.now() - timedelta(days=days_ago)
     with monkeypatch.context() as m:
         m.setattr(director.timezone, "now", lambda: then)
@@ -38,7 +38,7 @@ def _seqs() -> dict[str, int]:
     return dict(DesiredState.objects.values_list("device__device_id", "seq"))
 
 
-def test_only_envelopes_expiring_within_the_window_are_reissued(monkeypatch):  # type: ignore[no-untyped-def]
+def test_only_envelopes_expiring_within_the_window_are_reissued(monkeypatch):
     # given a TTL of 6 days (window: a third, 2 days) and envelopes of various ages
     _issued("fresh", 0, monkeypatch)  # expires in 6 days
     _issued("middle", 3.9, monkeypatch)  # in 2.1 days: not yet
@@ -64,7 +64,7 @@ def test_only_envelopes_expiring_within_the_window_are_reissued(monkeypatch):  #
     assert [m.name for m in desired.models] == ["kws"]
 
 
-def test_running_again_reissues_nothing(monkeypatch):  # type: ignore[no-untyped-def]
+def test_running_again_reissues_nothing(monkeypatch):
     for i in range(5):
         _issued(f"dev-{i}", 5, monkeypatch)
 
@@ -72,14 +72,14 @@ def test_running_again_reissues_nothing(monkeypatch):  # type: ignore[no-untyped
     assert desired_reissue_expiring(within=timedelta(days=2), batch_size=2) == 0
 
 
-def test_a_window_longer_than_the_ttl_still_ends(monkeypatch):  # type: ignore[no-untyped-def]
+def test_a_window_longer_than_the_ttl_still_ends(monkeypatch):
     for i in range(3):
         _issued(f"dev-{i}", 0, monkeypatch)
 
     assert desired_reissue_expiring(within=timedelta(days=30), batch_size=1) == 3
 
 
-def test_a_changed_ttl_does_not_hide_old_envelopes(settings, monkeypatch):  # type: ignore[no-untyped-def]
+def test_a_changed_ttl_does_not_hide_old_envelopes(settings, monkeypatch):
     # given an envelope signed a day ago under a 1-day TTL, which expires now
     settings.FLEET_DESIRED_TTL = timedelta(days=1)
     _issued("old-ttl", 1, monkeypatch)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     own_director_key(settings, tmp_path)
 
 
@@ -37,9 +37,9 @@ def _models(row: DesiredState) -> dict[str, tuple[str, str | None]]:
     return {m.name: (m.version, m.rollout_id) for m in desired.models}
 
 
-def test_seq_strictly_increases_across_set_and_reissue(device):  # type: ignore[no-untyped-def]
-    v1 = ArtifactFactory(version="1.0.0", release_counter=1)
-    v2 = ArtifactFactory(version="1.1.0", release_counter=2)
+def test_seq_strictly_increases_across_set_and_reissue(device):
+    v1 = ArtifactFactory.create(version="1.0.0", release_counter=1)
+    v2 = ArtifactFactory.create(version="1.1.0", release_counter=2)
 
     seqs = [device_desired_set(device=device, assignments=[ModelAssignment(artifact=v1)]).seq]
     seqs.append(device_desired_reissue(device=device).seq)
@@ -52,9 +52,9 @@ def test_seq_strictly_increases_across_set_and_reissue(device):  # type: ignore[
     assert _models(row) == {"kws": ("1.1.0", None)}
 
 
-def test_reissue_keeps_models_and_renews_expiry(device, monkeypatch):  # type: ignore[no-untyped-def]
+def test_reissue_keeps_models_and_renews_expiry(device, monkeypatch):
     # given a desired state signed a day ago
-    artifact = ArtifactFactory()
+    artifact = ArtifactFactory.create()
     a_day_ago = timezone.now() - timedelta(days=1)
     monkeypatch.setattr(director.timezone, "now", lambda: a_day_ago)
     first = device_desired_set(
@@ -74,17 +74,17 @@ def test_reissue_keeps_models_and_renews_expiry(device, monkeypatch):  # type: i
     assert again.issued_at == new.issued_at
 
 
-def test_assigning_one_model_keeps_the_others(device):  # type: ignore[no-untyped-def]
+def test_assigning_one_model_keeps_the_others(device):
     # given a device told to run kws 1.0.0 and vad 2.0.0
-    kws_1 = ArtifactFactory(version="1.0.0")
-    vad = ArtifactFactory(model=ModelFactory(name="vad"), version="2.0.0")
+    kws_1 = ArtifactFactory.create(version="1.0.0")
+    vad = ArtifactFactory.create(model=ModelFactory.create(name="vad"), version="2.0.0")
     device_desired_set(
         device=device,
         assignments=[ModelAssignment(artifact=kws_1), ModelAssignment(artifact=vad)],
     )
 
     # when a rollout moves only kws on
-    kws_2 = ArtifactFactory(version="1.1.0", release_counter=2)
+    kws_2 = ArtifactFactory.create(version="1.1.0", release_counter=2)
     row = device_desired_set(
         device=device, assignments=[ModelAssignment(artifact=kws_2, rollout_id="r-7", arm="B")]
     )
@@ -94,7 +94,7 @@ def test_assigning_one_model_keeps_the_others(device):  # type: ignore[no-untype
     assert [m["name"] for m in row.payload["models"]] == ["kws", "vad"]
 
 
-def test_seq_starts_above_what_the_device_last_accepted(device):  # type: ignore[no-untyped-def]
+def test_seq_starts_above_what_the_device_last_accepted(device):
     # given a device that reports seq 41 (say the database was restored from a backup)
     Device.objects.filter(pk=device.pk).update(reported_seq=41)
 
@@ -103,10 +103,10 @@ def test_seq_starts_above_what_the_device_last_accepted(device):  # type: ignore
     assert row.seq == 42
 
 
-def test_republish_resets_published_seq_only(device):  # type: ignore[no-untyped-def]
+def test_republish_resets_published_seq_only(device):
     # given an envelope the bridge has published
     row = device_desired_set(
-        device=device, assignments=[ModelAssignment(artifact=ArtifactFactory())]
+        device=device, assignments=[ModelAssignment(artifact=ArtifactFactory.create())]
     )
     DesiredState.objects.filter(pk=row.pk).update(published_seq=row.seq)
 
@@ -123,7 +123,7 @@ def test_republish_resets_published_seq_only(device):  # type: ignore[no-untyped
     )
 
 
-def test_republish_and_reissue_need_a_desired_state(device):  # type: ignore[no-untyped-def]
+def test_republish_and_reissue_need_a_desired_state(device):
     with pytest.raises(ServiceError) as republished:
         device_desired_republish(device=device)
     with pytest.raises(ServiceError) as reissued:

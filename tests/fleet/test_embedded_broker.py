@@ -42,7 +42,7 @@ def _start(
 
 
 @pytest.mark.parametrize("engine", ["amqtt", "mosquitto"])
-def test_broker_command_carries_qos1_messages(engine, tmp_path):  # type: ignore[no-untyped-def]
+def test_broker_command_carries_qos1_messages(engine, tmp_path):
     if engine == "mosquitto":
         require_service(mosquitto_binary() is not None, "mosquitto", "apt-get install mosquitto")
     port = free_port()
@@ -53,7 +53,7 @@ def test_broker_command_carries_qos1_messages(engine, tmp_path):  # type: ignore
         subscribed = threading.Event()
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
 
-        def on_message(c, userdata, message):  # type: ignore[no-untyped-def]
+        def on_message(c, userdata, message):
             received.append(message.payload)
             got.set()
 

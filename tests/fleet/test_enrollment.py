@@ -17,7 +17,7 @@ from fleet.models import Device, DeviceCertificate, EnrollmentToken, Group
 
 
 @pytest.fixture
-def operator(db):  # type: ignore[no-untyped-def]
+def operator(db):
     return User.objects.create_superuser("op", "op@example.com", "pw-long-enough-123")
 
 
@@ -26,7 +26,7 @@ def _enroll(
     device_id: str = "dev-0001",
     hardware: str = "linux-x86_64-fp32",
     csr: bytes | None = None,
-):  # type: ignore[no-untyped-def]
+):
     body = {
         "token": token,
         "device_id": device_id,
@@ -37,11 +37,11 @@ def _enroll(
     return Client().post("/api/v1/enroll", json.dumps(body), content_type="application/json")
 
 
-def _code(response) -> str:  # type: ignore[no-untyped-def]
+def _code(response) -> str:
     return str(response.json()["error"]["code"])
 
 
-def test_operator_token_then_device_enrolls_with_pinned_trust(repo, operator):  # type: ignore[no-untyped-def]
+def test_operator_token_then_device_enrolls_with_pinned_trust(repo, operator):
     # given an operator-made token bound to a group and hardware
     Group.objects.create(name="berlin")
     client = Client()
@@ -73,7 +73,7 @@ def test_operator_token_then_device_enrolls_with_pinned_trust(repo, operator):  
     assert DeviceCertificate.objects.get(device=device).serial == format(cert.serial_number, "x")
 
 
-def test_csr_subject_cannot_choose_the_certificate_cn(repo):  # type: ignore[no-untyped-def]
+def test_csr_subject_cannot_choose_the_certificate_cn(repo):
     _, token = enrollment_token_create(by=None)
     response = _enroll(token, "dev-a", csr=make_csr(common_name="bridge.fleet")[1])
     cert = x509.load_pem_x509_certificate(response.json()["certificate"].encode())
@@ -85,7 +85,7 @@ def _nothing_created(before_devices: int = 0) -> None:
     assert DeviceCertificate.objects.count() == before_devices
 
 
-def test_reused_token_is_unauthorized(repo):  # type: ignore[no-untyped-def]
+def test_reused_token_is_unauthorized(repo):
     _, token = enrollment_token_create(by=None)
     assert _enroll(token, "dev-1").status_code == 201
     again = _enroll(token, "dev-2")
@@ -94,7 +94,7 @@ def test_reused_token_is_unauthorized(repo):  # type: ignore[no-untyped-def]
     _nothing_created(1)
 
 
-def test_expired_token_is_unauthorized(repo):  # type: ignore[no-untyped-def]
+def test_expired_token_is_unauthorized(repo):
     made, token = enrollment_token_create(by=None)
     EnrollmentToken.objects.filter(pk=made.pk).update(expires_at=timezone.now() - timedelta(1))
     response = _enroll(token)
@@ -104,7 +104,7 @@ def test_expired_token_is_unauthorized(repo):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("token", ["", "enr_nope", "enr_0123456789ab_wrong", "x" * 199])
-def test_unknown_token_is_refused(repo, token):  # type: ignore[no-untyped-def]
+def test_unknown_token_is_refused(repo, token):
     response = _enroll(token)
     assert response.status_code in {400, 401}
     assert _code(response) in {"unauthorized", "malformed"}
@@ -120,7 +120,7 @@ def test_unknown_token_is_refused(repo, token):  # type: ignore[no-untyped-def]
         b"A" * 20000,
     ],
 )
-def test_bad_csr_is_malformed_and_keeps_the_token(repo, csr):  # type: ignore[no-untyped-def]
+def test_bad_csr_is_malformed_and_keeps_the_token(repo, csr):
     made, token = enrollment_token_create(by=None)
     response = _enroll(token, csr=csr)
     assert response.status_code == 400
@@ -130,7 +130,7 @@ def test_bad_csr_is_malformed_and_keeps_the_token(repo, csr):  # type: ignore[no
     assert made.used_at is None
 
 
-def test_tampered_csr_signature_is_malformed(repo):  # type: ignore[no-untyped-def]
+def test_tampered_csr_signature_is_malformed(repo):
     _, csr = make_csr()
     _, other = make_csr()
     # splice: the body of one CSR with another's signature no longer verifies
@@ -155,7 +155,7 @@ def test_tampered_csr_signature_is_malformed(repo):  # type: ignore[no-untyped-d
     _nothing_created()
 
 
-def test_id_collision_is_a_conflict(repo):  # type: ignore[no-untyped-def]
+def test_id_collision_is_a_conflict(repo):
     _, t1 = enrollment_token_create(by=None)
     made2, t2 = enrollment_token_create(by=None)
     assert _enroll(t1, "dev-x").status_code == 201
@@ -167,7 +167,7 @@ def test_id_collision_is_a_conflict(repo):  # type: ignore[no-untyped-def]
     assert made2.used_at is None
 
 
-def test_hardware_bound_token_refuses_other_hardware(repo):  # type: ignore[no-untyped-def]
+def test_hardware_bound_token_refuses_other_hardware(repo):
     _, token = enrollment_token_create(by=None, hardware="esp32s3-int8")
     response = _enroll(token, hardware="jetson-orin-fp16")
     assert response.status_code == 400
@@ -176,14 +176,14 @@ def test_hardware_bound_token_refuses_other_hardware(repo):  # type: ignore[no-u
 
 
 @pytest.mark.parametrize("device_id", ["", "a/b", "+", "#", "x" * 65, "dev.1", "dév"])
-def test_bad_device_id_is_malformed(repo, device_id):  # type: ignore[no-untyped-def]
+def test_bad_device_id_is_malformed(repo, device_id):
     _, token = enrollment_token_create(by=None)
     response = _enroll(token, device_id)
     assert response.status_code == 400
     _nothing_created()
 
 
-def test_revocation_writes_the_serial_into_the_crl(repo, settings, tmp_path):  # type: ignore[no-untyped-def]
+def test_revocation_writes_the_serial_into_the_crl(repo, settings, tmp_path):
     settings.FLEET_CRL_PATH = tmp_path / "crl.pem"
     _, token = enrollment_token_create(by=None)
     cert = x509.load_pem_x509_certificate(_enroll(token, "dev-r").json()["certificate"].encode())
@@ -194,7 +194,7 @@ def test_revocation_writes_the_serial_into_the_crl(repo, settings, tmp_path):  #
     assert Device.objects.get(device_id="dev-r").revoked_at is not None
 
 
-def test_malformed_json_body_is_malformed(repo):  # type: ignore[no-untyped-def]
+def test_malformed_json_body_is_malformed(repo):
     response = Client().post("/api/v1/enroll", "{nope", content_type="application/json")
     assert response.status_code == 400
     assert _code(response) == "malformed"

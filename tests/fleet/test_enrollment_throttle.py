@@ -35,7 +35,7 @@ def _enroll(remote: str = "192.0.2.10", forwarded: str | None = None) -> Any:
 
 
 def _refused(response: Any) -> bool:
-    return response.status_code == 429  # type: ignore[no-any-return]
+    return response.status_code == 429
 
 
 def test_a_new_forwarded_for_each_time_does_not_reset_the_count(db: None) -> None:

@@ -26,7 +26,7 @@ HARDWARE = "esp32s3-int8"
 
 
 @pytest.fixture
-def broker(repo: Path, settings, tmp_path: Path) -> Iterator[TlsBroker]:  # type: ignore[no-untyped-def]
+def broker(repo: Path, settings, tmp_path: Path) -> Iterator[TlsBroker]:
     settings.FLEET_CRL_PATH = tmp_path / "control-plane" / "crl.pem"
     broker = TlsBroker.start_in(tmp_path / "mosquitto", settings.FLEET_CRL_PATH)
     yield broker

@@ -229,7 +229,7 @@ PATH_FIELDS: list[tuple[str, IdentifierKind, str, str]] = [
 
 
 @pytest.fixture
-def staff(db, storage_dirs):  # type: ignore[no-untyped-def]
+def staff(db, storage_dirs):
     """A superuser; model kws (no TUF repository: not needed here), dev-1, group canary."""
     Model.objects.create(name="kws")
     Device.objects.create(device_id="dev-1", hardware=HW)
@@ -274,7 +274,7 @@ def _refused(response: Any, kind: IdentifierKind) -> None:
 )
 @PROPERTY
 @given(data=st.data())
-def test_body_identifiers(staff, kind, method, path, body, data):  # type: ignore[no-untyped-def]
+def test_body_identifiers(staff, kind, method, path, body, data):
     before = _written()
     value = data.draw(invalid(kind))
     _refused(_send(staff, method, path, body(value)), kind)
@@ -287,7 +287,7 @@ def test_body_identifiers(staff, kind, method, path, body, data):  # type: ignor
 )
 @PROPERTY
 @given(data=st.data())
-def test_valid_body_identifiers_pass_validation(staff, kind, method, path, body, data):  # type: ignore[no-untyped-def]
+def test_valid_body_identifiers_pass_validation(staff, kind, method, path, body, data):
     value = data.draw(valid(kind))
     response = _send(staff, method, path, body(value))
     assert response.status_code < 500, response.content
@@ -304,7 +304,7 @@ def test_valid_body_identifiers_pass_validation(staff, kind, method, path, body,
 )
 @PROPERTY
 @given(data=st.data())
-def test_query_identifiers(staff, kind, path, param, data):  # type: ignore[no-untyped-def]
+def test_query_identifiers(staff, kind, path, param, data):
     value = data.draw(invalid(kind).filter(bool))  # an empty filter means no filter
     _refused(_send(staff, "get", f"{path}?{urlencode({param: value})}"), kind)
     ok = _send(staff, "get", f"{path}?{urlencode({param: data.draw(valid(kind))})}")
@@ -316,7 +316,7 @@ def test_query_identifiers(staff, kind, path, param, data):  # type: ignore[no-u
 )
 @PROPERTY
 @given(data=st.data())
-def test_path_identifiers(staff, kind, method, path, data):  # type: ignore[no-untyped-def]
+def test_path_identifiers(staff, kind, method, path, data):
     before = _written()
     value = data.draw(invalid(kind))
     response = _send(staff, method, path.format(quote(value, safe="")), {})

@@ -12,7 +12,7 @@ from ota.models import Artifact
 
 
 @pytest.fixture
-def admin(db):  # type: ignore[no-untyped-def]
+def admin(db):
     client = Client()
     client.force_login(User.objects.create_superuser("op", "op@example.com", "pw-long-123456"))
     return client
@@ -20,7 +20,7 @@ def admin(db):  # type: ignore[no-untyped-def]
 
 # (Django's admin form strips surrounding whitespace before the validator sees it.)
 @pytest.mark.parametrize("name", ["a/b", "../x", "<script>", "can ary", "x" * 65, "ü"])
-def test_the_admin_refuses_a_group_name_outside_the_alphabet(admin, name):  # type: ignore[no-untyped-def]
+def test_the_admin_refuses_a_group_name_outside_the_alphabet(admin, name):
     response = admin.post("/admin/fleet/group/add/", {"name": name, "description": ""})
     assert response.status_code == 200  # the form again, with the error
     assert "not a valid group name" in response.content.decode()
@@ -29,7 +29,7 @@ def test_the_admin_refuses_a_group_name_outside_the_alphabet(admin, name):  # ty
     assert Group.objects.filter(name="canary").exists()
 
 
-def test_the_admin_refuses_a_dynamic_group_with_a_bad_tag(admin):  # type: ignore[no-untyped-def]
+def test_the_admin_refuses_a_dynamic_group_with_a_bad_tag(admin):
     response = admin.post(
         "/admin/fleet/dynamicgroup/add/",
         {"name": "cams", "description": "", "hardware": "[]", "tags": '["a/b"]'},
@@ -39,7 +39,7 @@ def test_the_admin_refuses_a_dynamic_group_with_a_bad_tag(admin):  # type: ignor
     assert not DynamicGroup.objects.exists()
 
 
-def test_identifiers_check_lists_old_rows_and_changes_nothing(db, kws, capsys):  # type: ignore[no-untyped-def]
+def test_identifiers_check_lists_old_rows_and_changes_nothing(db, kws, capsys):
     Group.objects.create(name="a/b")
     Tag.objects.create(name="<b>")
     Device.objects.create(device_id="dev-1", hardware="Jetson.Orin")
@@ -62,7 +62,7 @@ def test_identifiers_check_lists_old_rows_and_changes_nothing(db, kws, capsys): 
     assert Device.objects.get(device_id="dev-1").hardware == "Jetson.Orin"
 
 
-def test_identifiers_check_passes_a_clean_database(db, kws, capsys):  # type: ignore[no-untyped-def]
+def test_identifiers_check_passes_a_clean_database(db, kws, capsys):
     Device.objects.create(device_id="dev-1", hardware="linux-x86_64-fp32")
     assert not Artifact.objects.exists()
     call_command("identifiers_check")

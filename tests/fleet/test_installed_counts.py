@@ -24,7 +24,7 @@ REPORTS = [
 ]
 
 
-def test_sql_counts_match_the_python_reading():  # type: ignore[no-untyped-def]
+def test_sql_counts_match_the_python_reading():
     Device.objects.bulk_create(
         Device(device_id=f"d-{i}", hardware="linux-x86_64-fp32", reported=reported)
         for i, reported in enumerate(REPORTS)

@@ -12,7 +12,7 @@ def _client(port: int) -> mqtt.Client:
     return client
 
 
-def test_retained_message_survives_a_restart(mosquitto):  # type: ignore[no-untyped-def]
+def test_retained_message_survives_a_restart(mosquitto):
     # given a retained message
     pub = _client(mosquitto.port)
     pub.publish("t/x", b"hello", qos=1, retain=True).wait_for_publish(5)
@@ -25,7 +25,7 @@ def test_retained_message_survives_a_restart(mosquitto):  # type: ignore[no-unty
     received: list[bytes] = []
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
 
-    def on_message(client, userdata, message):  # type: ignore[no-untyped-def]
+    def on_message(client, userdata, message):
         received.append(message.payload)
         got.set()
 

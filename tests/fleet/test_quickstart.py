@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def _wait(predicate, what: str, timeout: float = 90.0):  # type: ignore[no-untyped-def]
+def _wait(predicate, what: str, timeout: float = 90.0):
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -37,12 +37,12 @@ def _wait(predicate, what: str, timeout: float = 90.0):  # type: ignore[no-untyp
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
-def _get(url: str, token: str | None = None) -> dict:  # type: ignore[type-arg]
+def _get(url: str, token: str | None = None) -> dict:
     request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-        return json.loads(response.read())  # type: ignore[no-any-return]
+        return json.loads(response.read())
 
 
 def _quickstart_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -88,7 +88,7 @@ def _running(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
 
 
 @pytest.fixture
-def quickstart(tmp_path):  # type: ignore[no-untyped-def]
+def quickstart(tmp_path):
     env = _quickstart_env(tmp_path)
     with _running(tmp_path, env) as base:
         yield base, tmp_path / "var", env
@@ -117,7 +117,7 @@ def _sh(script: str, env: dict[str, str]) -> str:
     return done.stdout
 
 
-def test_quickstart_runs_the_whole_system(quickstart, tmp_path):  # type: ignore[no-untyped-def]
+def test_quickstart_runs_the_whole_system(quickstart, tmp_path):
     base, data, env = quickstart
     # the operator's token (the quick start prints the CI one; the operator makes their own)
     token = subprocess.run(
@@ -149,7 +149,7 @@ def test_quickstart_runs_the_whole_system(quickstart, tmp_path):  # type: ignore
 
     # the sample: kws 1.0.0 everywhere, through a first rollout, then a phased rollout of
     # 1.1.0 running, in the API and in /metrics
-    def rollouts(version: str, status: str) -> list[dict]:  # type: ignore[type-arg]
+    def rollouts(version: str, status: str) -> list[dict]:
         found = _get(f"{base}/api/v1/rollouts/", token)["results"]
         return [r for r in found if r["version"] == version and r["status"] == status]
 

@@ -9,14 +9,14 @@ from fleet.registry import device_labels_set
 
 
 @pytest.fixture
-def staff(db):  # type: ignore[no-untyped-def]
+def staff(db):
     client = Client()
     client.force_login(User.objects.create_superuser("op", "op@example.com", "pw-long-123456"))
     return client
 
 
 @pytest.fixture
-def fleet(db):  # type: ignore[no-untyped-def]
+def fleet(db):
     Device.objects.bulk_create(
         [
             Device(device_id=f"pi-{i:04d}", hardware="linux-aarch64-fp32", online=i % 2 == 0)
@@ -28,7 +28,7 @@ def fleet(db):  # type: ignore[no-untyped-def]
     device_labels_set(device=Device.objects.get(device_id="pi-0002"), tags=["cam"])
 
 
-def test_cursor_pagination_walks_every_device_once(staff, fleet):  # type: ignore[no-untyped-def]
+def test_cursor_pagination_walks_every_device_once(staff, fleet):
     seen: list[str] = []
     url = "/api/v1/devices/?page_size=100"
     while url:
@@ -50,18 +50,18 @@ def test_cursor_pagination_walks_every_device_once(staff, fleet):  # type: ignor
         ("revoked=false", 280),
     ],
 )
-def test_filters(staff, fleet, query, expected):  # type: ignore[no-untyped-def]
+def test_filters(staff, fleet, query, expected):
     results = staff.get(f"/api/v1/devices/?page_size=1000&{query}").json()["results"]
     assert len(results) == expected
 
 
-def test_bad_boolean_filter_is_malformed(staff, fleet):  # type: ignore[no-untyped-def]
+def test_bad_boolean_filter_is_malformed(staff, fleet):
     response = staff.get("/api/v1/devices/?online=maybe")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "malformed"
 
 
-def test_static_and_dynamic_groups(staff, fleet):  # type: ignore[no-untyped-def]
+def test_static_and_dynamic_groups(staff, fleet):
     assert (
         staff.post(
             "/api/v1/groups/", {"name": "canary"}, content_type="application/json"
@@ -95,7 +95,7 @@ def test_static_and_dynamic_groups(staff, fleet):  # type: ignore[no-untyped-def
     assert [d["device_id"] for d in selected] == ["pi-0001", "pi-0002"]
 
 
-def test_patch_labels(staff, fleet):  # type: ignore[no-untyped-def]
+def test_patch_labels(staff, fleet):
     response = staff.patch(
         "/api/v1/devices/esp-0003/", {"tags": ["lab"]}, content_type="application/json"
     )
@@ -107,7 +107,7 @@ def test_patch_labels(staff, fleet):  # type: ignore[no-untyped-def]
     assert bad.status_code == 400
 
 
-def test_reads_need_authentication(fleet):  # type: ignore[no-untyped-def]
+def test_reads_need_authentication(fleet):
     response = Client().get("/api/v1/devices/")
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthorized"

@@ -18,14 +18,14 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def staff(db) -> Client:  # type: ignore[no-untyped-def]
+def staff(db) -> Client:
     client = Client(raise_request_exception=False)
     client.force_login(User.objects.create_superuser("op", "op@example.com", "pw-long-123456"))
     return client
 
 
 @pytest.fixture(params=[True, False], ids=["debug", "production"])
-def debug(request, settings) -> bool:  # type: ignore[no-untyped-def]
+def debug(request, settings) -> bool:
     settings.DEBUG = request.param
     return bool(request.param)
 
@@ -39,7 +39,7 @@ class Console:
         self.handler.setStream(self.buffer)
         return type("Captured", (), {"err": err})
 
-    handler: logging.StreamHandler  # type: ignore[type-arg]
+    handler: logging.StreamHandler
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def console() -> Iterator[Console]:
     console.handler = handler
     old = handler.setStream(console.buffer)
     yield console
-    handler.setStream(old)  # type: ignore[arg-type]
+    handler.setStream(old)
 
 
 def _lines(console: Any, needle: str) -> list[str]:
@@ -64,7 +64,7 @@ def _lines(console: Any, needle: str) -> list[str]:
     return [line for line in err.splitlines() if needle in line]
 
 
-def test_tuf_probe_is_one_info_line(debug: bool, staff: Client, console) -> None:  # type: ignore[no-untyped-def]
+def test_tuf_probe_is_one_info_line(debug: bool, staff: Client, console) -> None:
     console.readouterr()
     assert staff.get("/tuf/2.root.json").status_code == 404
     lines = _lines(console, "/tuf/2.root.json")
@@ -83,7 +83,7 @@ def test_tuf_probe_is_one_info_line(debug: bool, staff: Client, console) -> None
         ("delete", "/api/v1/devices/", None, 405),
     ],
 )
-def test_client_error_is_one_line_without_traceback(  # type: ignore[no-untyped-def]
+def test_client_error_is_one_line_without_traceback(
     debug: bool, staff: Client, console, settings, method: str, path: str, body: Any, status: int
 ) -> None:
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
@@ -93,7 +93,7 @@ def test_client_error_is_one_line_without_traceback(  # type: ignore[no-untyped-
     assert len(_lines(console, path)) == 1
 
 
-def test_anonymous_is_one_line(console, db) -> None:  # type: ignore[no-untyped-def]
+def test_anonymous_is_one_line(console, db) -> None:
     console.readouterr()
     assert Client().get("/api/v1/devices/").status_code == 401
     lines = _lines(console, "/api/v1/devices/")
@@ -101,7 +101,7 @@ def test_anonymous_is_one_line(console, db) -> None:  # type: ignore[no-untyped-
     assert " WARNING " in lines[0], lines
 
 
-def test_server_fault_keeps_its_traceback(debug: bool, staff: Client, console, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_server_fault_keeps_its_traceback(debug: bool, staff: Client, console, monkeypatch) -> None:
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("boom")
 
@@ -114,7 +114,7 @@ def test_server_fault_keeps_its_traceback(debug: bool, staff: Client, console, m
     assert "RuntimeError: boom" in err
 
 
-def test_development_server_does_not_repeat_a_failed_request(console) -> None:  # type: ignore[no-untyped-def]
+def test_development_server_does_not_repeat_a_failed_request(console) -> None:
     # what runserver logs after django.request already did (a 4xx or 5xx), and for a 200
     log = logging.getLogger("django.server")
     console.readouterr()

@@ -5,7 +5,7 @@ import io
 from django.core.management import call_command
 
 
-def test_scheduler_once_runs_the_periodic_tasks(repo, settings, tmp_path):  # type: ignore[no-untyped-def]
+def test_scheduler_once_runs_the_periodic_tasks(repo, settings, tmp_path):
     settings.FLEET_CRL_PATH = tmp_path / "mqtt" / "crl.pem"
     out = io.StringIO()
     call_command("scheduler", once=True, stdout=out)

@@ -2,6 +2,7 @@
 backoff, says so, and leaves the others running (issue 16): a killed bridge used to stop
 the whole system."""
 
+import functools
 import os
 import re
 import signal
@@ -79,7 +80,7 @@ def supervised(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]
         )
         started.append(process)
         for name in names:
-            wait_for(lambda name=name: pids(tmp_path, name), f"{name} to start")
+            wait_for(functools.partial(pids, tmp_path, name), f"{name} to start")
         return process
 
     yield start
@@ -91,7 +92,7 @@ def supervised(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]
 
 def test_a_killed_child_is_restarted_and_logged_and_the_others_are_untouched(
     supervised, tmp_path: Path
-):  # type: ignore[no-untyped-def]
+):
     # given a supervisor with three children
     driver = supervised("broker", "bridge", "web")
     before = {name: pids(tmp_path, name) for name in ("broker", "bridge", "web")}
@@ -119,12 +120,12 @@ def test_a_killed_child_is_restarted_and_logged_and_the_others_are_untouched(
     out = driver.stdout.read()
     assert "bridge exited with signal 9" in out
     for pid in (before["broker"][0], before["web"][0], restarted[0]):
-        wait_for(lambda pid=pid: not alive(pid), f"pid {pid} to end")
+        wait_for(lambda pid=pid: not alive(pid), f"pid {pid} to end")  # type: ignore[misc]
 
 
 def test_a_child_that_keeps_failing_is_restarted_with_a_doubling_backoff(
     supervised, tmp_path: Path
-):  # type: ignore[no-untyped-def]
+):
     driver = supervised("flaky")
     wait_for(lambda: len(pids(tmp_path, "flaky")) >= 6, "five restarts")
     driver.send_signal(signal.SIGTERM)

@@ -99,7 +99,9 @@ class _PublishedFleet:
 
     def __init__(self) -> None:
         self.devices = [make_device(f"dev-{i:03d}") for i in range(200)]
-        versions = [ArtifactFactory(version=f"1.{n}.0", release_counter=n + 1) for n in range(3)]
+        versions = [
+            ArtifactFactory.create(version=f"1.{n}.0", release_counter=n + 1) for n in range(3)
+        ]
         self.issue_and_publish(versions[0])
         self.versions = versions[1:]
 

@@ -11,6 +11,7 @@ and sends it again until the bridge confirms its `batch_id` on `acks`
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
 from agent_link import CountingLink
@@ -84,7 +85,7 @@ class Agent:
             before = metrics.counters.accepted
             ts = (datetime.now(UTC) - timedelta(seconds=1)).timestamp()
             assert report("kws", {"seq": float(seq)}, socket_path=metrics.socket_path, ts=ts)
-            assert wait_until(lambda b=before: metrics.counters.accepted > b, 10)
+            assert wait_until(lambda b=before: metrics.counters.accepted > b, 10)  # type: ignore[misc]
         assert wait_until(lambda: metrics.batcher.queued == 0, 10)
 
     def confirmed(self) -> bool:
@@ -155,7 +156,7 @@ def test_telemetry_is_stored_once_across_a_broker_crash_the_agent_returns_from_f
         agent.send(range(30, 31))
         assert wait_until(agent.confirmed, 30)
         assert _stored() == [float(i) for i in range(31)]
-        assert metrics.stats()["resent_payloads"] > 0  # the broker did drop some
+        assert cast(int, metrics.stats()["resent_payloads"]) > 0  # the broker did drop some
     finally:
         agent.stop()
         bridge.stop()

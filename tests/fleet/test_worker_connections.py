@@ -22,7 +22,7 @@ def _around_a_task(fixup: DjangoWorkerFixup) -> None:
     signals.task_postrun.send(sender=task, task=task, task_id="t", args=(), kwargs={})
 
 
-def test_a_connection_outlives_tasks_until_it_ages(settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_connection_outlives_tasks_until_it_ages(settings) -> None:
     fixup = DjangoWorkerFixup(app)
     assert fixup.db_reuse_max  # else Celery closes the connection around every task
     connection.settings_dict["CONN_MAX_AGE"] = 60

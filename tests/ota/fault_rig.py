@@ -19,6 +19,7 @@ directory in the failure report: the system's own directory is deleted with the 
 """
 
 import base64
+import functools
 import json
 import re
 import shutil
@@ -270,7 +271,9 @@ class FaultSystem(FleetSystem):
                 {"model": MODEL, "metrics": {"latency_ms": float(i)}, "ts": time.time()}
             ).encode()
             # The socket holds a few datagrams (net.unix.max_dgram_qlen): wait for room.
-            wait_until(lambda p=payload: _sent_datagram(p, socket_path), f"{device_id} to read")
+            wait_until(
+                functools.partial(_sent_datagram, payload, socket_path), f"{device_id} to read"
+            )
 
     def _sent(self, device_id: str) -> tuple[list[EventKey], Counter[SampleKey]]:
         lines = _lines(self.sent_dir, device_id)[self._sent_from.get(device_id, 0) :]

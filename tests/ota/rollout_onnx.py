@@ -4,6 +4,7 @@ variant is really slower on the device, and a bias that makes each version's byt
 distinct."""
 
 import json
+from typing import Any, cast
 
 from service_check import require_module
 
@@ -48,7 +49,7 @@ def chain_onnx(*, layers: int, bias: float, size: int = SIZE) -> tuple[bytes, di
 def selftest_meta(selftest: dict[str, object], *, broken: bool = False) -> str:
     """`--meta selftest=...` for fleetctl; ``broken`` expects outputs the model never gives."""
     if broken:
-        output = dict(selftest["output"])  # type: ignore[call-overload]
+        output = dict(cast(dict[str, Any], selftest["output"]))
         output["data"] = [str(float(v) + 1.0) for v in output["data"]]
         selftest = {**selftest, "output": output}
     return "selftest=" + json.dumps(selftest)

@@ -6,6 +6,7 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -27,11 +28,11 @@ DATA = b"\x1c\x00\x00\x00TFL3" + b"model bytes" * 100
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
-def _admin() -> tuple[Client, object]:
+def _admin() -> tuple[Client, User]:
     account = user("boss", staff=True)
     account.is_superuser = True
     account.save()
@@ -44,7 +45,7 @@ def _rows(page: str) -> list[str]:
     return [line for line in page.split("<tr data-action=")[1:]]
 
 
-def test_each_action_writes_its_audit_row(kws, release_key, ci_token, tmp_path):  # type: ignore[no-untyped-def]
+def test_each_action_writes_its_audit_row(kws, release_key, ci_token, tmp_path):
     client, boss = _admin()
     md = signed_metadata(None, release_key.signer, DATA)
     assert post_publish(Client(), ci_token, md, DATA, tmp_path).status_code == 201
@@ -114,7 +115,7 @@ def _fill() -> None:
     audit_record(action="publish", target="kws 2.0.0 (linux-x86_64-fp32)", by=by)
 
 
-def test_filters_by_who_what_when_and_reason():  # type: ignore[no-untyped-def]
+def test_filters_by_who_what_when_and_reason():
     _fill()
     client, _ = _admin()
 
@@ -149,7 +150,7 @@ def test_filters_by_who_what_when_and_reason():  # type: ignore[no-untyped-def]
     assert "unknown action" in bad.content.decode()
 
 
-def test_rollout_readers_see_only_the_rollouts_trail():  # type: ignore[no-untyped-def]
+def test_rollout_readers_see_only_the_rollouts_trail():
     _fill()
     reader = Client()
     reader.force_login(user("reader", "ota.view_rollout", staff=True))
@@ -168,7 +169,7 @@ def _count(client: Client, params: dict[str, str] | None = None) -> int:
     return len(captured.captured_queries)
 
 
-def test_the_log_costs_the_same_whatever_its_length():  # type: ignore[no-untyped-def]
+def test_the_log_costs_the_same_whatever_its_length():
     _fill()
     client, _ = _admin()
     before = (_count(client), _count(client, {"who": "alice", "page": "1"}))

@@ -34,7 +34,7 @@ DEADLINE_MS = 15_000
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
@@ -82,7 +82,7 @@ def _logged_in(browser: Any, live_server: Any, timezone_id: str = "UTC") -> Any:
     return page
 
 
-def test_progress_bar_moves_without_reload(browser, live_server, tmp_path):  # type: ignore[no-untyped-def]
+def test_progress_bar_moves_without_reload(browser, live_server, tmp_path):
     artifact("2.0.0")
     devices(2)
     _operator()
@@ -118,7 +118,7 @@ def test_progress_bar_moves_without_reload(browser, live_server, tmp_path):  # t
     _shot(page, "dashboard-rollout", tmp_path)
 
 
-def test_abort_asks_for_confirmation_and_a_reason(browser, live_server, tmp_path):  # type: ignore[no-untyped-def]
+def test_abort_asks_for_confirmation_and_a_reason(browser, live_server, tmp_path):
     artifact("2.0.0")
     devices(2)
     _operator()
@@ -152,7 +152,7 @@ def test_abort_asks_for_confirmation_and_a_reason(browser, live_server, tmp_path
     _shot(page, "dashboard-rollout-aborted", tmp_path)
 
 
-def test_overview_matches_the_database_in_the_operators_time_zone(browser, live_server, tmp_path):  # type: ignore[no-untyped-def]
+def test_overview_matches_the_database_in_the_operators_time_zone(browser, live_server, tmp_path):
     artifact("2.0.0")
     devices(3)
     Device.objects.filter(device_id="dev-00000").update(
@@ -178,7 +178,7 @@ def test_overview_matches_the_database_in_the_operators_time_zone(browser, live_
     assert "GMT+9" in shown.inner_text() or "JST" in shown.inner_text()
 
 
-def test_the_ab_page_shows_the_losing_arm_and_why(browser, live_server, tmp_path, settings):  # type: ignore[no-untyped-def]
+def test_the_ab_page_shows_the_losing_arm_and_why(browser, live_server, tmp_path, settings):
     settings.FLEET_ROLLOUT_TELEMETRY_SOURCE = "test_dashboard_comparison.SOURCE"
     artifact("1.0.0")
     artifact("2.0.0")

@@ -23,7 +23,7 @@ def _editor() -> User:
     return account
 
 
-def test_devices_list_selects_and_revokes(browser, live_server, tmp_path):  # type: ignore[no-untyped-def]  # noqa: F811
+def test_devices_list_selects_and_revokes(browser, live_server, tmp_path):  # noqa: F811
     fleet = devices(3)
     Device.objects.filter(pk=fleet[2].pk).update(online=True)
     _editor()
@@ -59,7 +59,7 @@ def test_devices_list_selects_and_revokes(browser, live_server, tmp_path):  # ty
     page.wait_for_url(f"**/admin/fleet/device/{fleet[2].pk}/change/")
 
 
-def test_audit_log_times_in_the_operators_zone(browser, live_server, tmp_path):  # type: ignore[no-untyped-def]  # noqa: F811
+def test_audit_log_times_in_the_operators_zone(browser, live_server, tmp_path):  # noqa: F811
     _editor()
     audit_record(action="device.revoke", target="device dev-00001", reason="<b>stolen</b>")
     page: Any = _logged_in(browser, live_server, timezone_id="Asia/Tokyo")

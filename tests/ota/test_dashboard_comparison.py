@@ -20,12 +20,12 @@ B_VALUES = [_rng.lognormvariate(0, 0.2) * 1.31 for _ in range(30)]
 SOURCE_VALUES = {"A": A_VALUES, "B": B_VALUES}
 
 
-def SOURCE(query):  # type: ignore[no-untyped-def]  # noqa: N802 - a TelemetrySource by dotted path
+def SOURCE(query):  # noqa: N802 - a TelemetrySource by dotted path
     return SOURCE_VALUES
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
@@ -44,7 +44,7 @@ def _medians(page: str) -> dict[str, float]:
     }
 
 
-def test_a_quality_gate_breach_is_drawn_per_arm_and_said_in_words(settings):  # type: ignore[no-untyped-def]
+def test_a_quality_gate_breach_is_drawn_per_arm_and_said_in_words(settings):
     settings.FLEET_ROLLOUT_TELEMETRY_SOURCE = "test_dashboard_comparison.SOURCE"
     artifact("1.0.0")
     artifact("2.0.0")
@@ -84,7 +84,7 @@ def test_a_quality_gate_breach_is_drawn_per_arm_and_said_in_words(settings):  # 
     assert '{"' not in page
 
 
-def test_automatic_promotion_names_the_winner(settings):  # type: ignore[no-untyped-def]
+def test_automatic_promotion_names_the_winner(settings):
     artifact("1.0.0")
     artifact("2.0.0")
     devices(4)
@@ -117,7 +117,7 @@ def test_automatic_promotion_names_the_winner(settings):  # type: ignore[no-unty
     assert "Automatic promotion: mean latency_ms (higher is better)" in page
 
 
-def test_too_few_devices_says_so_and_draws_nothing(settings):  # type: ignore[no-untyped-def]
+def test_too_few_devices_says_so_and_draws_nothing(settings):
     artifact("1.0.0")
     artifact("2.0.0")
     devices(2)

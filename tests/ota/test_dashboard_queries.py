@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
@@ -46,7 +46,7 @@ def _grow(prefix: str, n: int) -> None:
     )
 
 
-def test_rollout_page_and_fragment_cost_the_same_whatever_the_size():  # type: ignore[no-untyped-def]
+def test_rollout_page_and_fragment_cost_the_same_whatever_the_size():
     artifact("2.0.0")
     _grow("a", 5)
     small = phased(selection={"devices": [f"a-{i:05d}" for i in range(5)]})
@@ -69,7 +69,7 @@ def test_rollout_page_and_fragment_cost_the_same_whatever_the_size():  # type: i
         assert counts[1] <= 20, suffix
 
 
-def test_overview_costs_the_same_whatever_the_size():  # type: ignore[no-untyped-def]
+def test_overview_costs_the_same_whatever_the_size():
     artifact("2.0.0")
     _grow("a", 3)
     phased(selection={"devices": ["a-00000"]})
@@ -85,7 +85,7 @@ def test_overview_costs_the_same_whatever_the_size():  # type: ignore[no-untyped
     assert after <= 20
 
 
-def test_rollouts_list_costs_the_same_whatever_the_number_of_rollouts():  # type: ignore[no-untyped-def]
+def test_rollouts_list_costs_the_same_whatever_the_number_of_rollouts():
     artifact("2.0.0")
     _grow("a", 6)
     phased(selection={"devices": ["a-00000"]})
@@ -100,7 +100,7 @@ def test_rollouts_list_costs_the_same_whatever_the_number_of_rollouts():  # type
     assert _queries(client, "/admin/ota/rollout/") == before
 
 
-def test_devices_list_checkbox_is_the_admins_own():  # type: ignore[no-untyped-def]
+def test_devices_list_checkbox_is_the_admins_own():
     """The list writes its action checkbox directly (ota/device_list.py): same HTML as the
     widget Django renders, so the admin's actions script still finds it."""
     from django.contrib import admin
@@ -117,7 +117,7 @@ def test_devices_list_checkbox_is_the_admins_own():  # type: ignore[no-untyped-d
     assert page.action_checkbox(device) in listing
 
 
-def test_last_days_failures_are_read_through_their_index():  # type: ignore[no-untyped-def]
+def test_last_days_failures_are_read_through_their_index():
     """The overview's failure chart and the devices list's "failing" filter select the
     events the partial index deviceevent_failure_time holds (same phases)."""
     require_postgresql(connection.vendor)  # PostgreSQL's plans

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
@@ -80,7 +80,7 @@ def _device_with_history() -> Device:
     return Device.objects.get(pk=device.pk)
 
 
-def test_device_page_shows_what_it_runs_and_what_happened():  # type: ignore[no-untyped-def]
+def test_device_page_shows_what_it_runs_and_what_happened():
     device = _device_with_history()
     committed_at = timezone.now().replace(microsecond=0) - timedelta(days=3)
     DeviceEvent.objects.create(
@@ -111,7 +111,7 @@ def test_device_page_shows_what_it_runs_and_what_happened():  # type: ignore[no-
     assert "Revoke device" not in page
 
 
-def test_device_page_costs_the_same_whatever_its_history():  # type: ignore[no-untyped-def]
+def test_device_page_costs_the_same_whatever_its_history():
     device = _device_with_history()
     client = _client("fleet.change_device")
     before = _count(client, f"/admin/fleet/device/{device.pk}/change/")
@@ -135,7 +135,7 @@ def test_device_page_costs_the_same_whatever_its_history():  # type: ignore[no-u
     assert after <= 20
 
 
-def test_revoking_asks_a_reason_and_audits_it():  # type: ignore[no-untyped-def]
+def test_revoking_asks_a_reason_and_audits_it():
     device = _device_with_history()
     viewer = _client()
     assert (
@@ -163,7 +163,7 @@ def test_revoking_asks_a_reason_and_audits_it():  # type: ignore[no-untyped-def]
     assert "Revoke device" not in page
 
 
-def test_tags_and_groups_are_edited_as_names():  # type: ignore[no-untyped-def]
+def test_tags_and_groups_are_edited_as_names():
     (device,) = devices(1)
     Group.objects.create(name="canary")
     client = _client("fleet.change_device")
@@ -185,7 +185,7 @@ def test_tags_and_groups_are_edited_as_names():  # type: ignore[no-untyped-def]
     assert not device.groups.exists()
 
 
-def test_devices_list_filters_the_failing_and_searches_by_id():  # type: ignore[no-untyped-def]
+def test_devices_list_filters_the_failing_and_searches_by_id():
     artifact("2.0.0")
     fleet = devices(4)
     rollout = phased()
@@ -228,7 +228,7 @@ def _model_fleet() -> Model:
     return model
 
 
-def test_model_page_shows_versions_by_hardware_devices_and_keys():  # type: ignore[no-untyped-def]
+def test_model_page_shows_versions_by_hardware_devices_and_keys():
     model = _model_fleet()
     page = _client().get(f"/admin/ota/model/{model.pk}/change/").content.decode()
 
@@ -254,7 +254,7 @@ def test_model_page_shows_versions_by_hardware_devices_and_keys():  # type: igno
     assert "Save" not in page
 
 
-def test_model_page_costs_the_same_whatever_the_size():  # type: ignore[no-untyped-def]
+def test_model_page_costs_the_same_whatever_the_size():
     model = _model_fleet()
     client = _client()
     before = _count(client, f"/admin/ota/model/{model.pk}/change/")
@@ -269,7 +269,7 @@ def test_model_page_costs_the_same_whatever_the_size():  # type: ignore[no-untyp
     assert before <= 12
 
 
-def test_devices_list_costs_the_same_whatever_the_fleet():  # type: ignore[no-untyped-def]
+def test_devices_list_costs_the_same_whatever_the_fleet():
     artifact("2.0.0")
     devices(3)
     evaluate(phased())
@@ -292,7 +292,7 @@ def test_devices_list_costs_the_same_whatever_the_fleet():  # type: ignore[no-un
     assert max(before) <= 12
 
 
-def test_device_page_draws_a_sparkline_per_model_metric():  # type: ignore[no-untyped-def]
+def test_device_page_draws_a_sparkline_per_model_metric():
     from telemetry.models import Sample
 
     (device,) = devices(1)

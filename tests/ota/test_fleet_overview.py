@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
@@ -27,7 +27,7 @@ def _card(html: str, name: str) -> int:
     return int(match[1])
 
 
-def test_overview_figures_match_the_database():  # type: ignore[no-untyped-def]
+def test_overview_figures_match_the_database():
     now = timezone.now()
     artifact("2.0.0")
     fleet = devices(5)
@@ -91,7 +91,7 @@ def test_overview_figures_match_the_database():  # type: ignore[no-untyped-def]
     assert not re.search(r'(src|href)="https?://', html)  # every asset served by the project
 
 
-def test_overview_without_device_permission_keeps_the_app_list():  # type: ignore[no-untyped-def]
+def test_overview_without_device_permission_keeps_the_app_list():
     devices(2)
     client = Client()
     client.force_login(user("tokens", "fleet.view_apitoken", staff=True))
@@ -102,13 +102,13 @@ def test_overview_without_device_permission_keeps_the_app_list():  # type: ignor
     assert "Api tokens" in html or "API tokens" in html.replace("Api", "API")
 
 
-def test_overview_needs_a_login():  # type: ignore[no-untyped-def]
+def test_overview_needs_a_login():
     response = Client().get("/admin/")
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
 
 
-def test_overview_with_an_empty_fleet():  # type: ignore[no-untyped-def]
+def test_overview_with_an_empty_fleet():
     client = Client()
     client.force_login(User.objects.create_superuser("root", "r@example.org", "x"))
     html = client.get("/admin/").content.decode()
@@ -117,7 +117,7 @@ def test_overview_with_an_empty_fleet():  # type: ignore[no-untyped-def]
     assert "No rollout is running, paused or scheduled." in html
 
 
-def test_a_hostile_reported_version_is_shown_escaped():  # type: ignore[no-untyped-def]
+def test_a_hostile_reported_version_is_shown_escaped():
     device = devices(1)[0]
     Device.objects.filter(pk=device.pk).update(
         reported={"models": [{"name": "kws", "version": '<script>alert("x")</script>'}]}

@@ -20,7 +20,7 @@ HW = "linux-x86_64-fp32"
 
 
 @pytest.fixture
-def fleet(settings, tmp_path):  # type: ignore[no-untyped-def]
+def fleet(settings, tmp_path):
     """kws 1.3.0 and 1.4.0 published, five devices, three of them in group canary."""
     use_own_director_key(settings, tmp_path)
     artifact("1.3.0")
@@ -32,14 +32,14 @@ def fleet(settings, tmp_path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def operator_token(db):  # type: ignore[no-untyped-def]
+def operator_token(db):
     """An operator's token as the docs make one: ``api_token_create --role operator``."""
     out = io.StringIO()
     call_command("api_token_create", "--user", "ops", "--role", "operator", stdout=out)
     return out.getvalue().strip()
 
 
-def _run(monkeypatch, capsys, url, token, *argv):  # type: ignore[no-untyped-def]
+def _run(monkeypatch, capsys, url, token, *argv):
     """Run fleetctl in-process: (exit status, stdout, stderr)."""
     monkeypatch.setenv("FLEET_URL", url)
     monkeypatch.setenv("FLEET_TOKEN", token)
@@ -51,11 +51,11 @@ def _run(monkeypatch, capsys, url, token, *argv):  # type: ignore[no-untyped-def
 @pytest.mark.django_db(transaction=True)
 def test_ci_opens_a_canary_and_an_operator_steers_it(
     live_server, fleet, ci_token, operator_token, monkeypatch, capsys
-):  # type: ignore[no-untyped-def]
-    def ci(*argv):  # type: ignore[no-untyped-def]
+):
+    def ci(*argv):
         return _run(monkeypatch, capsys, live_server.url, ci_token, *argv)
 
-    def ops(*argv):  # type: ignore[no-untyped-def]
+    def ops(*argv):
         return _run(monkeypatch, capsys, live_server.url, operator_token, *argv)
 
     # given CI has published 1.4.0, when it opens a canary
@@ -130,7 +130,7 @@ def test_ci_opens_a_canary_and_an_operator_steers_it(
 @pytest.mark.django_db(transaction=True)
 def test_an_operator_creates_and_starts_an_ab_rollout_in_one_command(
     live_server, fleet, operator_token, monkeypatch, capsys
-):  # type: ignore[no-untyped-def]
+):
     status, out, err = _run(
         monkeypatch, capsys, live_server.url, operator_token,
         "rollout", "create", "--model", "kws", "--arm", "A=1.3.0:50", "--arm", "B=1.4.0:50",
@@ -153,7 +153,7 @@ def test_an_operator_creates_and_starts_an_ab_rollout_in_one_command(
 @pytest.mark.django_db(transaction=True)
 def test_refusals_carry_the_api_codes(
     live_server, fleet, ci_token, operator_token, monkeypatch, capsys
-):  # type: ignore[no-untyped-def]
+):
     url = live_server.url
     # a version that is not published
     status, out, err = _run(
@@ -186,7 +186,7 @@ def test_refusals_carry_the_api_codes(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_console_script_exits_non_zero_with_the_code(live_server, fleet, ci_token):  # type: ignore[no-untyped-def]
+def test_the_console_script_exits_non_zero_with_the_code(live_server, fleet, ci_token):
     fleetctl = Path(sys.executable).parent / "fleetctl"
     env = {**os.environ, "FLEET_URL": live_server.url, "FLEET_TOKEN": ci_token}
     done = subprocess.run(
@@ -211,7 +211,7 @@ def test_the_console_script_exits_non_zero_with_the_code(live_server, fleet, ci_
 # --- arguments, without a server ------------------------------------------------------------
 
 
-def test_stages_are_percent_and_bake_minutes():  # type: ignore[no-untyped-def]
+def test_stages_are_percent_and_bake_minutes():
     assert cli.parse_stages("1:10,10:30,100:0") == [
         {"percent": 1.0, "bake_minutes": 10.0},
         {"percent": 10.0, "bake_minutes": 30.0},
@@ -238,7 +238,7 @@ def test_stages_are_percent_and_bake_minutes():  # type: ignore[no-untyped-def]
         (["--strategy", "ab"], "needs two or more --arm"),
     ],
 )
-def test_bad_create_arguments_are_usage_errors(argv, message, capsys, monkeypatch):  # type: ignore[no-untyped-def]
+def test_bad_create_arguments_are_usage_errors(argv, message, capsys, monkeypatch):
     monkeypatch.setenv("FLEET_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("FLEET_TOKEN", "t")
     base = ["rollout", "create", "--model", "kws", "--all"]
@@ -259,14 +259,14 @@ def test_bad_create_arguments_are_usage_errors(argv, message, capsys, monkeypatc
         (["--arm", "A=1.3.0:x", "--arm", "B=1.4.0"], "weight 'x' is not a number"),
     ],
 )
-def test_bad_arms_are_usage_errors(arms, message, capsys):  # type: ignore[no-untyped-def]
+def test_bad_arms_are_usage_errors(arms, message, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(["rollout", "create", "--model", "kws", "--all", *arms])
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
 
 
-def test_abort_needs_a_reason_and_promote_an_arm(capsys):  # type: ignore[no-untyped-def]
+def test_abort_needs_a_reason_and_promote_an_arm(capsys):
     for argv in (["rollout", "abort", "r-1"], ["rollout", "promote", "r-1"]):
         with pytest.raises(SystemExit) as exited:
             cli.main(argv)
@@ -274,13 +274,13 @@ def test_abort_needs_a_reason_and_promote_an_arm(capsys):  # type: ignore[no-unt
     assert "--arm" in capsys.readouterr().err
 
 
-def test_without_a_server_url_nothing_is_sent(monkeypatch, capsys):  # type: ignore[no-untyped-def]
+def test_without_a_server_url_nothing_is_sent(monkeypatch, capsys):
     monkeypatch.delenv("FLEET_URL", raising=False)
     assert cli.main(["rollout", "list"]) == 1
     assert capsys.readouterr().err == "fleetctl: malformed: set FLEET_URL\n"
 
 
-def test_the_create_body_maps_every_option():  # type: ignore[no-untyped-def]
+def test_the_create_body_maps_every_option():
     args = cli.build_parser().parse_args(
         [
             "rollout", "create", "--model", "kws", "--arm", "A=1.3.0", "--arm", "B=1.4.0:3",

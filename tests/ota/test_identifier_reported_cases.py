@@ -25,7 +25,7 @@ def _stored(repo: Path) -> tuple[int, int, list[Path]]:
 
 
 @pytest.fixture
-def staff(db):  # type: ignore[no-untyped-def]
+def staff(db):
     client = Client()
     client.force_login(User.objects.create_superuser("op", "op@example.com", "pw-long-123456"))
     return client
@@ -43,7 +43,7 @@ def staff(db):  # type: ignore[no-untyped-def]
     ],
     ids=["version-newline", "version-unicode-digit", "hardware", "format", "file", "file-dash"],
 )
-def test_publish_refuses_what_a_dollar_anchor_let_through(  # type: ignore[no-untyped-def]
+def test_publish_refuses_what_a_dollar_anchor_let_through(
     kws, release_key, ci_token, repo, tmp_path, fields, code
 ):
     client = Client()
@@ -66,7 +66,7 @@ def test_publish_refuses_what_a_dollar_anchor_let_through(  # type: ignore[no-un
 
 
 @pytest.mark.parametrize("rollout_id", ["²", "r-²", "1²", "٤٢"])
-def test_a_unicode_digit_rollout_id_is_a_400_not_a_500(staff, rollout_id):  # type: ignore[no-untyped-def]
+def test_a_unicode_digit_rollout_id_is_a_400_not_a_500(staff, rollout_id):
     encoded = quote(rollout_id)
     for path in (f"/api/v1/rollouts/{encoded}/", f"/api/v1/rollouts/{encoded}/audit"):
         response = staff.get(path)
@@ -75,21 +75,21 @@ def test_a_unicode_digit_rollout_id_is_a_400_not_a_500(staff, rollout_id):  # ty
 
 
 @pytest.mark.parametrize("name", ["a/b", "../../etc/passwd", "<script>", "canary\n", ""])
-def test_group_names_outside_the_alphabet_are_refused(staff, name):  # type: ignore[no-untyped-def]
+def test_group_names_outside_the_alphabet_are_refused(staff, name):
     response = staff.post("/api/v1/groups/", {"name": name}, content_type="application/json")
     assert response.status_code == 400, response.content
     assert response.json()["error"]["code"] == "invalid_identifier"
     assert not Group.objects.exists()
 
 
-def test_a_group_with_a_slash_from_before_answers_json_404(staff):  # type: ignore[no-untyped-def]
+def test_a_group_with_a_slash_from_before_answers_json_404(staff):
     Group.objects.create(name="a/b")  # written before the rule; identifiers_check lists it
     response = staff.delete("/api/v1/groups/a/b/")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
 
 
-def test_tuf_metadata_names_are_matched_in_full(repo, client):  # type: ignore[no-untyped-def]
+def test_tuf_metadata_names_are_matched_in_full(repo, client):
     assert client.get("/tuf/1.root.json").status_code == 200
     for name in ("1.root.json\n", "root.json\n", "\u0661.root.json"):
         assert client.get(f"/tuf/{quote(name)}").status_code == 404
@@ -105,7 +105,7 @@ def test_tuf_metadata_names_are_matched_in_full(repo, client):  # type: ignore[n
     ],
     ids=["version", "hardware", "name", "format"],
 )
-def test_fleetctl_publish_refuses_a_trailing_newline(argv, tmp_path, monkeypatch, capsys):  # type: ignore[no-untyped-def]
+def test_fleetctl_publish_refuses_a_trailing_newline(argv, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FLEET_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("FLEET_TOKEN", "t")
     monkeypatch.setenv("FLEET_RELEASE_KEY", str(tmp_path / "release.key"))
@@ -119,7 +119,7 @@ def test_fleetctl_publish_refuses_a_trailing_newline(argv, tmp_path, monkeypatch
     assert "is not a valid" in capsys.readouterr().err
 
 
-def test_the_agent_refuses_a_hardware_outside_the_alphabet(tmp_path, capsys):  # type: ignore[no-untyped-def]
+def test_the_agent_refuses_a_hardware_outside_the_alphabet(tmp_path, capsys):
     with pytest.raises(ConfigError, match="hardware"):
         AgentConfig(
             device_id="dev-1",

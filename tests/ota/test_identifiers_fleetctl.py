@@ -53,7 +53,7 @@ ARGUMENTS: list[tuple[str, IdentifierKind, list[str]]] = [
 
 
 @pytest.fixture
-def environment(monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
+def environment(monkeypatch, tmp_path):
     monkeypatch.setenv("FLEET_URL", "http://127.0.0.1:9")  # nothing listens on port 9
     monkeypatch.setenv("FLEET_TOKEN", "t")
     monkeypatch.setenv("FLEET_RELEASE_KEY", str(tmp_path / "missing.key"))
@@ -78,9 +78,7 @@ def _exit_status(argv: list[str]) -> int:
 )
 @PROPERTY
 @given(data=st.data())
-def test_bad_identifier_arguments_are_usage_errors(  # type: ignore[no-untyped-def]
-    environment, capsys, kind, template, data
-):
+def test_bad_identifier_arguments_are_usage_errors(environment, capsys, kind, template, data):
     value = data.draw(invalid(kind).filter(lambda v: "\x00" not in v and "=" not in v))
     assert _exit_status(_argv(template, value, environment)) == 2
     err = capsys.readouterr().err
@@ -93,9 +91,7 @@ def test_bad_identifier_arguments_are_usage_errors(  # type: ignore[no-untyped-d
 )
 @settings(PROPERTY, max_examples=5)
 @given(data=st.data())
-def test_valid_identifier_arguments_pass_the_parser(  # type: ignore[no-untyped-def]
-    environment, capsys, kind, template, data
-):
+def test_valid_identifier_arguments_pass_the_parser(environment, capsys, kind, template, data):
     value = data.draw(valid(kind))
     assert _exit_status(_argv(template, value, environment)) == 1, capsys.readouterr().err
 
@@ -106,9 +102,7 @@ def test_valid_identifier_arguments_pass_the_parser(  # type: ignore[no-untyped-
         lambda v: v not in ("", ".") and "/" not in v and "\x00" not in v
     )
 )
-def test_an_artifact_file_name_outside_the_alphabet_is_a_usage_error(  # type: ignore[no-untyped-def]
-    environment, capsys, name
-):
+def test_an_artifact_file_name_outside_the_alphabet_is_a_usage_error(environment, capsys, name):
     artifact = environment.parent / "odd" / name
     argv = _argv(PUBLISH, "", environment)
     argv[1] = str(artifact)

@@ -36,7 +36,7 @@ FIELDS = [
 ]
 
 
-def _metadata(release_key, client, token, **values):  # type: ignore[no-untyped-def]
+def _metadata(release_key, client, token, **values):
     fields = {"version": "1.0.0", "hardware": HW, "fmt": "onnx", "filename": "model.onnx"}
     fields.update(values)
     return signed_metadata(
@@ -53,7 +53,7 @@ def _metadata(release_key, client, token, **values):  # type: ignore[no-untyped-
 @pytest.mark.parametrize(("field", "kind"), FIELDS, ids=[f for f, _ in FIELDS])
 @PROPERTY
 @given(data=st.data())
-def test_publish_refuses_identifiers_outside_the_alphabet(  # type: ignore[no-untyped-def]
+def test_publish_refuses_identifiers_outside_the_alphabet(
     kws, release_key, ci_token, repo, tmp_path, field, kind, data
 ):
     client = Client()
@@ -73,7 +73,7 @@ def test_publish_refuses_identifiers_outside_the_alphabet(  # type: ignore[no-un
 @pytest.mark.parametrize(("field", "kind"), FIELDS, ids=[f for f, _ in FIELDS])
 @settings(PROPERTY, max_examples=3)
 @given(data=st.data())
-def test_publish_accepts_valid_identifiers(  # type: ignore[no-untyped-def]
+def test_publish_accepts_valid_identifiers(
     kws, release_key, ci_token, repo, tmp_path, field, kind, data
 ):
     client = Client()

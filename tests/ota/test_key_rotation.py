@@ -51,7 +51,7 @@ def _publish(path: Path, version: str, hardware: str = "linux-x86_64-fp32") -> i
 
 
 @pytest.fixture
-def ci_env(live_server, ci_token, release_key, monkeypatch):  # type: ignore[no-untyped-def]
+def ci_env(live_server, ci_token, release_key, monkeypatch):
     monkeypatch.setenv("FLEET_URL", live_server.url)
     monkeypatch.setenv("FLEET_TOKEN", ci_token)
     monkeypatch.setenv("FLEET_RELEASE_KEY", str(release_key.private))
@@ -59,7 +59,7 @@ def ci_env(live_server, ci_token, release_key, monkeypatch):  # type: ignore[no-
 
 
 @pytest.mark.django_db(transaction=True)
-def test_release_key_rotation(ci_env, kws, release_key, tmp_path, monkeypatch, capsys):  # type: ignore[no-untyped-def]
+def test_release_key_rotation(ci_env, kws, release_key, tmp_path, monkeypatch, capsys):
     # given a device that trusts what was published with the old key
     model = tmp_path / "model.onnx"
     model.write_bytes(b"v1" * 1000)
@@ -99,7 +99,7 @@ def test_release_key_rotation(ci_env, kws, release_key, tmp_path, monkeypatch, c
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("role", ["root", "targets", "snapshot", "timestamp"])
-def test_top_level_key_rotation_is_followed_by_existing_clients(ci_env, kws, tmp_path, role):  # type: ignore[no-untyped-def]
+def test_top_level_key_rotation_is_followed_by_existing_clients(ci_env, kws, tmp_path, role):
     # given a device that has already refreshed once with root v1
     model = tmp_path / "model.onnx"
     model.write_bytes(b"weights" * 500)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
@@ -43,7 +43,7 @@ def _metadata(role: str, version: int, *, lifetime: timedelta, left: timedelta) 
     TufMetadata.objects.filter(pk=row.pk).update(created_at=now + left - lifetime)
 
 
-def test_a_quiet_fleet_has_no_warning():  # type: ignore[no-untyped-def]
+def test_a_quiet_fleet_has_no_warning():
     _metadata("timestamp", 1, lifetime=timedelta(days=1), left=timedelta(hours=23))
     artifact("2.0.0")
     devices(2)
@@ -52,7 +52,7 @@ def test_a_quiet_fleet_has_no_warning():  # type: ignore[no-untyped-def]
     assert 'id="dash-warnings"' not in page
 
 
-def test_metadata_close_to_expiry_warns_only_for_the_newest_version():  # type: ignore[no-untyped-def]
+def test_metadata_close_to_expiry_warns_only_for_the_newest_version():
     day = timedelta(days=1)
     _metadata("timestamp", 1, lifetime=day, left=timedelta(hours=1))  # superseded
     _metadata("timestamp", 2, lifetime=day, left=timedelta(hours=20))
@@ -66,7 +66,7 @@ def test_metadata_close_to_expiry_warns_only_for_the_newest_version():  # type: 
     assert "TUF targets metadata version 9 expired" in warnings[1][1]
 
 
-def test_a_revoked_key_of_a_model_a_live_rollout_targets_warns():  # type: ignore[no-untyped-def]
+def test_a_revoked_key_of_a_model_a_live_rollout_targets_warns():
     artifact("2.0.0")
     artifact("1.0.0", name="other")
     devices(2)
@@ -90,7 +90,7 @@ def test_a_revoked_key_of_a_model_a_live_rollout_targets_warns():  # type: ignor
     assert f"rollout {rollout.public_id} still targets kws" in text
 
 
-def test_devices_without_news_for_an_hour_are_stuck():  # type: ignore[no-untyped-def]
+def test_devices_without_news_for_an_hour_are_stuck():
     artifact("2.0.0")
     devices(3)
     rollout = phased(policy={"device_timeout_minutes": 43200})
@@ -113,7 +113,7 @@ def test_devices_without_news_for_an_hour_are_stuck():  # type: ignore[no-untype
     )
 
 
-def test_warnings_cost_the_same_whatever_the_history():  # type: ignore[no-untyped-def]
+def test_warnings_cost_the_same_whatever_the_history():
     day = timedelta(days=1)
     _metadata("timestamp", 1, lifetime=day, left=timedelta(hours=1))
     artifact("2.0.0")

@@ -13,7 +13,7 @@ from ota.models import Artifact
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_publishes_both_land(
     live_server, kws, release_key, ci_token, tmp_path, monkeypatch, capsys
-):  # type: ignore[no-untyped-def]
+):
     monkeypatch.setenv("FLEET_URL", live_server.url)
     monkeypatch.setenv("FLEET_TOKEN", ci_token)
     monkeypatch.setenv("FLEET_RELEASE_KEY", str(release_key.private))
@@ -22,7 +22,7 @@ def test_concurrent_publishes_both_land(
     fetched: dict[int, int] = {}
     real_metadata = fleetctl_http.Client.metadata
 
-    def metadata_in_lockstep(self, name):  # type: ignore[no-untyped-def]
+    def metadata_in_lockstep(self, name):
         result = real_metadata(self, name)
         ident = threading.get_ident()
         fetched[ident] = fetched.get(ident, 0) + 1

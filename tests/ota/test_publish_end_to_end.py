@@ -13,7 +13,7 @@ from tuf.ngclient import Updater
 from ota import cli
 
 
-def _updater(live_server, tmp_path: Path) -> Updater:  # type: ignore[no-untyped-def]
+def _updater(live_server, tmp_path: Path) -> Updater:
     import urllib.request
 
     metadata_dir = tmp_path / "client" / "metadata"
@@ -34,7 +34,7 @@ def _updater(live_server, tmp_path: Path) -> Updater:  # type: ignore[no-untyped
 @pytest.mark.django_db(transaction=True)
 def test_fleetctl_publish_then_ngclient_downloads(
     live_server, kws, release_key, ci_token, tmp_path, monkeypatch, capsys
-):  # type: ignore[no-untyped-def]
+):
     # given a model file and CI's environment
     model_file = tmp_path / "model.onnx"
     model_file.write_bytes(os.urandom(300_000))
@@ -113,7 +113,7 @@ def test_fleetctl_publish_then_ngclient_downloads(
 @pytest.mark.django_db(transaction=True)
 def test_fleetctl_console_script_reports_errors_with_codes(
     live_server, kws, release_key, ci_token, tmp_path
-):  # type: ignore[no-untyped-def]
+):
     model_file = tmp_path / "model.onnx"
     model_file.write_bytes(b"x" * 100)
     env = {

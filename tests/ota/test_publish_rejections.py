@@ -20,7 +20,7 @@ def _stored(repo: Path) -> tuple[int, int, list[Path]]:
 
 
 @pytest.fixture
-def published(kws, release_key, ci_token, tmp_path):  # type: ignore[no-untyped-def]
+def published(kws, release_key, ci_token, tmp_path):
     """One artifact (1.0.0 for linux-x86_64-fp32) already published."""
     client = Client()
     md = signed_metadata(None, release_key.signer, DATA)
@@ -29,7 +29,7 @@ def published(kws, release_key, ci_token, tmp_path):  # type: ignore[no-untyped-
     return client
 
 
-def _refused(client, ci_token, md, data, tmp_path, repo, status, code):  # type: ignore[no-untyped-def]
+def _refused(client, ci_token, md, data, tmp_path, repo, status, code):
     before = _stored(repo)
     response = post_publish(client, ci_token, md, data, tmp_path)
     assert response.status_code == status, response.content
@@ -37,12 +37,12 @@ def _refused(client, ci_token, md, data, tmp_path, repo, status, code):  # type:
     assert _stored(repo) == before, "a refused publish must store nothing"
 
 
-def test_unsigned_metadata_is_signature_invalid(published, ci_token, tmp_path, repo):  # type: ignore[no-untyped-def]
+def test_unsigned_metadata_is_signature_invalid(published, ci_token, tmp_path, repo):
     md = signed_metadata(current_metadata(published, ci_token), None, DATA, version="1.1.0")
     _refused(published, ci_token, md, DATA, tmp_path, repo, 422, "signature_invalid")
 
 
-def test_tampered_metadata_is_signature_invalid(published, release_key, ci_token, tmp_path, repo):  # type: ignore[no-untyped-def]
+def test_tampered_metadata_is_signature_invalid(published, release_key, ci_token, tmp_path, repo):
     md = signed_metadata(
         current_metadata(published, ci_token), release_key.signer, DATA, version="1.1.0"
     )
@@ -60,7 +60,7 @@ def test_tampered_metadata_is_signature_invalid(published, release_key, ci_token
     )
 
 
-def test_unregistered_key_is_forbidden(published, ci_token, tmp_path, repo):  # type: ignore[no-untyped-def]
+def test_unregistered_key_is_forbidden(published, ci_token, tmp_path, repo):
     stranger = make_release_key(tmp_path / "stranger")
     md = signed_metadata(
         current_metadata(published, ci_token), stranger.signer, DATA, version="1.1.0"
@@ -68,7 +68,7 @@ def test_unregistered_key_is_forbidden(published, ci_token, tmp_path, repo):  # 
     _refused(published, ci_token, md, DATA, tmp_path, repo, 403, "forbidden")
 
 
-def test_revoked_key_is_forbidden(published, release_key, ci_token, tmp_path, repo):  # type: ignore[no-untyped-def]
+def test_revoked_key_is_forbidden(published, release_key, ci_token, tmp_path, repo):
     release_key_revoke(
         keyid=release_key.signer.public_key.keyid,
         reason="leaked",
@@ -82,7 +82,7 @@ def test_revoked_key_is_forbidden(published, release_key, ci_token, tmp_path, re
 
 def test_bytes_differing_from_signed_target_are_hash_mismatch(
     published, release_key, ci_token, tmp_path, repo
-):  # type: ignore[no-untyped-def]
+):
     md = signed_metadata(
         current_metadata(published, ci_token), release_key.signer, DATA, version="1.1.0"
     )
@@ -92,7 +92,7 @@ def test_bytes_differing_from_signed_target_are_hash_mismatch(
 
 def test_length_differing_from_signed_target_is_hash_mismatch(
     published, release_key, ci_token, tmp_path, repo
-):  # type: ignore[no-untyped-def]
+):
     md = signed_metadata(
         current_metadata(published, ci_token), release_key.signer, DATA, version="1.1.0"
     )
@@ -101,7 +101,7 @@ def test_length_differing_from_signed_target_is_hash_mismatch(
 
 def test_existing_version_and_hardware_is_version_exists(
     published, release_key, ci_token, tmp_path, repo
-):  # type: ignore[no-untyped-def]
+):
     other = b"other bytes"
     md = signed_metadata(
         current_metadata(published, ci_token),
@@ -114,7 +114,7 @@ def test_existing_version_and_hardware_is_version_exists(
 
 def test_changed_existing_target_is_version_exists(
     published, release_key, ci_token, tmp_path, repo
-):  # type: ignore[no-untyped-def]
+):
     other = b"replacement bytes"
     # the already-published path, signed again with other bytes
     md = signed_metadata(current_metadata(published, ci_token), release_key.signer, other)
@@ -123,7 +123,7 @@ def test_changed_existing_target_is_version_exists(
 
 def test_release_counter_not_above_previous_is_rollback_detected(
     published, release_key, ci_token, tmp_path, repo
-):  # type: ignore[no-untyped-def]
+):
     md = signed_metadata(
         current_metadata(published, ci_token),
         release_key.signer,
@@ -136,7 +136,7 @@ def test_release_counter_not_above_previous_is_rollback_detected(
 
 def test_variant_counter_differing_from_its_version_is_rollback_detected(
     published, release_key, ci_token, tmp_path, repo
-):  # type: ignore[no-untyped-def]
+):
     md = signed_metadata(
         current_metadata(published, ci_token),
         release_key.signer,
@@ -148,7 +148,7 @@ def test_variant_counter_differing_from_its_version_is_rollback_detected(
 
 
 @pytest.mark.parametrize("version", ["1.0", "v1.0.0", "01.0.0", "1.0.0-", "x.y.z", "1.0.0.0"])
-def test_bad_semver_is_invalid_version(published, release_key, ci_token, tmp_path, repo, version):  # type: ignore[no-untyped-def]
+def test_bad_semver_is_invalid_version(published, release_key, ci_token, tmp_path, repo, version):
     md = signed_metadata(
         current_metadata(published, ci_token),
         release_key.signer,
@@ -173,7 +173,7 @@ def test_bad_semver_is_invalid_version(published, release_key, ci_token, tmp_pat
 )
 def test_path_outside_the_model_is_invalid_target_path(
     published, release_key, ci_token, tmp_path, repo, path
-):  # type: ignore[no-untyped-def]
+):
     md = signed_metadata(
         current_metadata(published, ci_token),
         release_key.signer,
@@ -186,7 +186,7 @@ def test_path_outside_the_model_is_invalid_target_path(
 
 def test_body_over_the_limit_is_payload_too_large(
     published, release_key, ci_token, tmp_path, repo, settings
-):  # type: ignore[no-untyped-def]
+):
     settings.FLEET_MAX_ARTIFACT_BYTES = 100
     md = signed_metadata(
         current_metadata(published, ci_token), release_key.signer, DATA, version="1.1.0"
@@ -197,11 +197,11 @@ def test_body_over_the_limit_is_payload_too_large(
 @pytest.mark.parametrize(
     "raw", [b"not json", b"{}", b'{"signed": {"_type": "root"}, "signatures": []}', b"[]"]
 )
-def test_garbage_metadata_is_malformed(published, ci_token, tmp_path, repo, raw):  # type: ignore[no-untyped-def]
+def test_garbage_metadata_is_malformed(published, ci_token, tmp_path, repo, raw):
     _refused(published, ci_token, raw, DATA, tmp_path, repo, 400, "malformed")
 
 
-def test_missing_file_part_is_malformed(published, release_key, ci_token, repo):  # type: ignore[no-untyped-def]
+def test_missing_file_part_is_malformed(published, release_key, ci_token, repo):
     md = signed_metadata(
         current_metadata(published, ci_token), release_key.signer, DATA, version="1.1.0"
     )
@@ -217,7 +217,7 @@ def test_missing_file_part_is_malformed(published, release_key, ci_token, repo):
 
 
 @pytest.mark.parametrize("header", [None, "Bearer nope", "Bearer fleet_000000000000_wrong"])
-def test_missing_or_bad_token_is_unauthorized(published, release_key, tmp_path, repo, header):  # type: ignore[no-untyped-def]
+def test_missing_or_bad_token_is_unauthorized(published, release_key, tmp_path, repo, header):
     before = _stored(repo)
     upload = tmp_path / "f.bin"
     upload.write_bytes(DATA)
@@ -232,7 +232,7 @@ def test_missing_or_bad_token_is_unauthorized(published, release_key, tmp_path, 
     assert _stored(repo) == before
 
 
-def test_stale_metadata_version_is_conflict(published, release_key, ci_token, tmp_path, repo):  # type: ignore[no-untyped-def]
+def test_stale_metadata_version_is_conflict(published, release_key, ci_token, tmp_path, repo):
     # given two CI jobs that fetched the same metadata
     base = current_metadata(published, ci_token)
     first = signed_metadata(base, release_key.signer, DATA, version="1.1.0")
@@ -247,7 +247,7 @@ def test_stale_metadata_version_is_conflict(published, release_key, ci_token, tm
     _refused(published, ci_token, second, second_data, tmp_path, repo, 409, "conflict")
 
 
-def test_unknown_model_is_unknown_model(kws, release_key, ci_token, tmp_path, repo):  # type: ignore[no-untyped-def]
+def test_unknown_model_is_unknown_model(kws, release_key, ci_token, tmp_path, repo):
     md = signed_metadata(None, release_key.signer, DATA, name="nope")
     before = _stored(repo)
     response = post_publish(Client(), ci_token, md, DATA, tmp_path, name="nope")
@@ -258,11 +258,11 @@ def test_unknown_model_is_unknown_model(kws, release_key, ci_token, tmp_path, re
 
 def test_blob_is_deleted_when_the_commit_fails(
     published, release_key, ci_token, tmp_path, repo, monkeypatch
-):  # type: ignore[no-untyped-def]
+):
     # given a database failure after the blob was stored
     from ota import repository
 
-    def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def boom(*args, **kwargs):
         raise RuntimeError("database went away")
 
     monkeypatch.setattr(repository, "delegated_metadata_store", boom)

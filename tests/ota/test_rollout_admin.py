@@ -28,7 +28,7 @@ OPERATOR_PERMS = (*VIEWER_PERMS, "ota.control_rollout", "ota.start_rollout")
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
@@ -42,7 +42,7 @@ def _page(rollout: Rollout) -> str:
     return f"/admin/ota/rollout/{rollout.pk}/change/"
 
 
-def _act(client: Client, rollout: Rollout, action: str, reason: str = "looks wrong", **extra):  # type: ignore[no-untyped-def]
+def _act(client: Client, rollout: Rollout, action: str, reason: str = "looks wrong", **extra):
     return client.post(
         f"/admin/ota/rollout/{rollout.pk}/act/",
         {"action": action, "reason": reason, **extra},
@@ -50,7 +50,7 @@ def _act(client: Client, rollout: Rollout, action: str, reason: str = "looks wro
     )
 
 
-def test_rollout_page_reads_as_a_dashboard_not_a_form():  # type: ignore[no-untyped-def]
+def test_rollout_page_reads_as_a_dashboard_not_a_form():
     artifact("2.0.0")
     fleet = devices(4)
     rollout = phased(stages=[{"percent": 50, "bake_minutes": 30}, {"percent": 100}])
@@ -86,7 +86,7 @@ def test_rollout_page_reads_as_a_dashboard_not_a_form():  # type: ignore[no-unty
     assert "Resume</button>" not in html  # not possible while running
 
 
-def test_progress_fragment_follows_device_reports():  # type: ignore[no-untyped-def]
+def test_progress_fragment_follows_device_reports():
     artifact("2.0.0")
     devices(2)
     rollout = phased()
@@ -104,7 +104,7 @@ def test_progress_fragment_follows_device_reports():  # type: ignore[no-untyped-
     assert "<html" not in html  # a fragment, not a page
 
 
-def test_devices_table_filters_and_pages():  # type: ignore[no-untyped-def]
+def test_devices_table_filters_and_pages():
     artifact("2.0.0")
     devices(60)
     rollout = phased()
@@ -127,7 +127,7 @@ def test_devices_table_filters_and_pages():  # type: ignore[no-untyped-def]
     assert client.get(_page(rollout) + "?page=x%0A").status_code == 200  # bad page: first one
 
 
-def test_operator_pauses_resumes_and_aborts_with_reasons():  # type: ignore[no-untyped-def]
+def test_operator_pauses_resumes_and_aborts_with_reasons():
     artifact("2.0.0")
     devices(2)
     rollout = phased()
@@ -154,7 +154,7 @@ def test_operator_pauses_resumes_and_aborts_with_reasons():  # type: ignore[no-u
     assert "wrong model file" in done.content.decode()  # the audit timeline on the page
 
 
-def test_start_from_the_page_needs_start_permission():  # type: ignore[no-untyped-def]
+def test_start_from_the_page_needs_start_permission():
     artifact("2.0.0")
     devices(1)
     rollout = phased(start=False)
@@ -169,7 +169,7 @@ def test_start_from_the_page_needs_start_permission():  # type: ignore[no-untype
     assert RolloutAuditEvent.objects.filter(rollout=rollout, reason="window opened").exists()
 
 
-def test_promote_an_arm_with_a_reason():  # type: ignore[no-untyped-def]
+def test_promote_an_arm_with_a_reason():
     artifact("1.0.0")
     artifact("2.0.0")
     devices(4)
@@ -191,7 +191,7 @@ def test_promote_an_arm_with_a_reason():  # type: ignore[no-untyped-def]
     assert RolloutAuditEvent.objects.filter(rollout=rollout, reason="b is faster").exists()
 
 
-def test_without_control_permission_no_buttons_and_post_is_403():  # type: ignore[no-untyped-def]
+def test_without_control_permission_no_buttons_and_post_is_403():
     artifact("2.0.0")
     devices(1)
     rollout = phased()
@@ -206,7 +206,7 @@ def test_without_control_permission_no_buttons_and_post_is_403():  # type: ignor
     assert not RolloutAuditEvent.objects.filter(rollout=rollout, actor_name="desk").exists()
 
 
-def test_a_reason_is_required():  # type: ignore[no-untyped-def]
+def test_a_reason_is_required():
     artifact("2.0.0")
     devices(1)
     rollout = phased()
@@ -223,7 +223,7 @@ def test_a_reason_is_required():  # type: ignore[no-untyped-def]
     assert RolloutAuditEvent.objects.filter(rollout=rollout).count() == before
 
 
-def test_a_refused_action_is_reported_not_raised():  # type: ignore[no-untyped-def]
+def test_a_refused_action_is_reported_not_raised():
     artifact("2.0.0")
     devices(1)
     rollout = phased()
@@ -235,7 +235,7 @@ def test_a_refused_action_is_reported_not_raised():  # type: ignore[no-untyped-d
     assert [r.state for r in rows(rollout)] == ["pending"]
 
 
-def test_odd_requests_are_refused_cleanly():  # type: ignore[no-untyped-def]
+def test_odd_requests_are_refused_cleanly():
     artifact("2.0.0")
     devices(1)
     rollout = phased()
@@ -251,7 +251,7 @@ def test_odd_requests_are_refused_cleanly():  # type: ignore[no-untyped-def]
     assert Rollout.objects.get(pk=rollout.pk).status == RolloutStatus.RUNNING
 
 
-def test_list_page_renders():  # type: ignore[no-untyped-def]
+def test_list_page_renders():
     artifact("2.0.0")
     devices(3)
     rollout = phased(stages=[{"percent": 50}, {"percent": 100}])
@@ -262,7 +262,7 @@ def test_list_page_renders():  # type: ignore[no-untyped-def]
     assert client.get("/admin/ota/rolloutdevice/").status_code == 200
 
 
-def test_progress_fragment_carries_the_actions_the_status_allows_now():  # type: ignore[no-untyped-def]
+def test_progress_fragment_carries_the_actions_the_status_allows_now():
     artifact("2.0.0")
     devices(1)
     rollout = phased()

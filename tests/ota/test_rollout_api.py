@@ -60,7 +60,7 @@ def _code(response: Any) -> str:
 
 
 @pytest.fixture
-def published(kws, release_key, ci_token, tmp_path, settings):  # type: ignore[no-untyped-def]
+def published(kws, release_key, ci_token, tmp_path, settings):
     """kws 1.0.0 published by CI through the API, and a group of devices."""
     use_own_director_key(settings, tmp_path)
     md = signed_metadata(None, release_key.signer, DATA)
@@ -71,14 +71,14 @@ def published(kws, release_key, ci_token, tmp_path, settings):  # type: ignore[n
 
 
 @pytest.fixture
-def ci(published):  # type: ignore[no-untyped-def]
+def ci(published):
     # fleet.services.CI_PERMISSIONS does not include these yet: the deployment's choice
     user("ci", *ROLLOUT_CI_PERMISSIONS)
     return Api(published)
 
 
 @pytest.fixture
-def ops(db):  # type: ignore[no-untyped-def]
+def ops(db):
     operator()
     account = user("operator", "fleet.view_device")  # to list a rollout's devices
     return Api(
@@ -91,7 +91,7 @@ def ops(db):  # type: ignore[no-untyped-def]
     )
 
 
-def test_ci_opens_a_canary_right_after_publishing_and_an_operator_runs_it(ci, ops):  # type: ignore[no-untyped-def]
+def test_ci_opens_a_canary_right_after_publishing_and_an_operator_runs_it(ci, ops):
     # CI creates the canary scheduled (waiting for an operator)
     created = ci.post("rollouts/", CANARY)
     assert created.status_code == 201, created.content
@@ -148,7 +148,7 @@ def test_ci_opens_a_canary_right_after_publishing_and_an_operator_runs_it(ci, op
     assert [r["id"] for r in listed] == [rollout_id]
 
 
-def test_draft_then_schedule_by_ci(ci):  # type: ignore[no-untyped-def]
+def test_draft_then_schedule_by_ci(ci):
     draft = ci.post("rollouts/", {**CANARY, "schedule": False}).json()
     assert draft["status"] == "draft"
     scheduled = ci.post(f"rollouts/{draft['id']}/schedule")
@@ -171,14 +171,14 @@ def test_draft_then_schedule_by_ci(ci):  # type: ignore[no-untyped-def]
         ({"strategy": "ab"}, 400, "malformed", "an A/B rollout has arms"),
     ],
 )
-def test_bad_requests_have_stable_codes(ci, change, status, code, words):  # type: ignore[no-untyped-def]
+def test_bad_requests_have_stable_codes(ci, change, status, code, words):
     response = ci.post("rollouts/", {**CANARY, **change})
     assert (response.status_code, _code(response)) == (status, code)
     assert words in response.json()["error"]["detail"]
     assert not Rollout.objects.exists()
 
 
-def test_an_overlapping_canary_is_refused_with_409(ci, ops):  # type: ignore[no-untyped-def]
+def test_an_overlapping_canary_is_refused_with_409(ci, ops):
     first = ci.post("rollouts/", CANARY).json()
     second = ci.post("rollouts/", CANARY)
     assert (second.status_code, _code(second)) == (409, "conflict")
@@ -190,7 +190,7 @@ def test_an_overlapping_canary_is_refused_with_409(ci, ops):  # type: ignore[no-
     assert Rollout.objects.count() == 1
 
 
-def test_refused_transitions_are_409(ops, ci):  # type: ignore[no-untyped-def]
+def test_refused_transitions_are_409(ops, ci):
     rollout_id = ci.post("rollouts/", CANARY).json()["id"]
     response = ops.post(f"rollouts/{rollout_id}/resume")
     assert (response.status_code, _code(response)) == (409, "conflict")
@@ -202,7 +202,7 @@ def test_refused_transitions_are_409(ops, ci):  # type: ignore[no-untyped-def]
     assert (started.status_code, again.status_code, _code(again)) == (200, 409, "conflict")
 
 
-def test_unknown_rollout_and_no_credentials(ops, published):  # type: ignore[no-untyped-def]
+def test_unknown_rollout_and_no_credentials(ops, published):
     assert _code(ops.get("rollouts/r-424242/")) == "not_found"
     # not a rollout id at all: refused by its alphabet (docs/api.md, Identifiers)
     assert _code(ops.get("rollouts/banana/")) == "invalid_identifier"

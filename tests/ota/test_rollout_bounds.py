@@ -71,7 +71,7 @@ BOUNDS: list[tuple[dict[str, Any], tuple[Any, ...], Any, Any]] = [
 
 
 @pytest.fixture
-def seeded(settings, tmp_path) -> Seeded:  # type: ignore[no-untyped-def]
+def seeded(settings, tmp_path) -> Seeded:
     own_director_key(settings, tmp_path)
     return api_seed()
 

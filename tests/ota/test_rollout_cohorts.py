@@ -17,12 +17,12 @@ ARMS = (
 )
 
 
-def test_bucket_is_the_documented_hash():  # type: ignore[no-untyped-def]
+def test_bucket_is_the_documented_hash():
     digest = hashlib.sha256(b"r-9dev-0042").digest()
     assert cohorts.bucket("r-9", "dev-0042") == int.from_bytes(digest[:8], "big") / 2**64
 
 
-def test_bucket_is_deterministic_in_range_and_differs_between_rollouts():  # type: ignore[no-untyped-def]
+def test_bucket_is_deterministic_in_range_and_differs_between_rollouts():
     first = [cohorts.bucket("r-1", d) for d in IDS]
     assert first == [cohorts.bucket("r-1", d) for d in IDS]
     assert all(0.0 <= b < 1.0 for b in first)
@@ -34,13 +34,13 @@ def test_bucket_is_deterministic_in_range_and_differs_between_rollouts():  # typ
 
 
 @pytest.mark.parametrize("percent", [1, 10, 50, 100])
-def test_stage_share_matches_the_percentage(percent):  # type: ignore[no-untyped-def]
+def test_stage_share_matches_the_percentage(percent):
     share = sum(cohorts.in_stage(cohorts.bucket("r-7", d), percent) for d in IDS) / len(IDS)
     # binomial standard deviation at n=10 000 is at most 0.5 %; allow about 4 of them
     assert abs(share - percent / 100) < 0.02
 
 
-def test_stages_only_grow_the_exposed_set():  # type: ignore[no-untyped-def]
+def test_stages_only_grow_the_exposed_set():
     exposed = [
         {d for d in IDS if cohorts.in_stage(cohorts.bucket("r-7", d), p)} for p in (1, 10, 50, 100)
     ]
@@ -49,14 +49,14 @@ def test_stages_only_grow_the_exposed_set():  # type: ignore[no-untyped-def]
     assert exposed[-1] == set(IDS)
 
 
-def test_arm_shares_match_weights():  # type: ignore[no-untyped-def]
+def test_arm_shares_match_weights():
     arms = Counter(cohorts.assign("r-3", d, ARMS)[1].name for d in IDS)
     assert abs(arms["A"] / len(IDS) - 0.7) < 0.02
     assert abs(arms["B"] / len(IDS) - 0.2) < 0.02
     assert abs(arms["C"] / len(IDS) - 0.1) < 0.02
 
 
-def test_arm_is_independent_of_the_stage():  # type: ignore[no-untyped-def]
+def test_arm_is_independent_of_the_stage():
     # were the arm cut from the bucket, a 10 % stage would hold only arm A (weight 70 %)
     exposed = [d for d in IDS if cohorts.bucket("r-3", d) < 0.10]
     arms = Counter(cohorts.assign("r-3", d, ARMS)[1].name for d in exposed)
@@ -64,7 +64,7 @@ def test_arm_is_independent_of_the_stage():  # type: ignore[no-untyped-def]
     assert abs(arms["B"] / len(exposed) - 0.2) < 0.05
 
 
-def test_a_device_keeps_its_arm_as_stages_grow():  # type: ignore[no-untyped-def]
+def test_a_device_keeps_its_arm_as_stages_grow():
     # the arm depends on (rollout, device) only: no stage argument exists to change it
     for device_id in IDS[:200]:
         bucket, arm = cohorts.assign("r-5", device_id, ARMS)
@@ -72,7 +72,7 @@ def test_a_device_keeps_its_arm_as_stages_grow():  # type: ignore[no-untyped-def
         assert arm == cohorts.arm_for(cohorts.arm_point("r-5", device_id), ARMS)
 
 
-def test_arm_for_edges():  # type: ignore[no-untyped-def]
+def test_arm_for_edges():
     two = (Arm(name="A", version="1.0.0", weight=1), Arm(name="B", version="2.0.0", weight=3))
     assert cohorts.arm_for(0.0, two).name == "A"
     assert cohorts.arm_for(0.2499, two).name == "A"

@@ -1,13 +1,15 @@
 """Rollout documents: defaults filled in, what is stored parses back to the same thing,
 and malformed input is refused naming the field."""
 
+from typing import Any
+
 import pytest
 
 from fleet.errors import ServiceError
 from ota.rollout_config import Policy, Selection, arms_parse, stages_parse
 
 
-def test_policy_defaults_and_round_trip():  # type: ignore[no-untyped-def]
+def test_policy_defaults_and_round_trip():
     policy = Policy.from_dict(
         {
             "on_breach": "abort",
@@ -43,19 +45,22 @@ def test_policy_defaults_and_round_trip():  # type: ignore[no-untyped-def]
         ({"promotion": {"mode": "auto"}}, "policy.promotion.metric"),
     ],
 )
-def test_policy_refusals_name_the_field(policy, field):  # type: ignore[no-untyped-def]
+def test_policy_refusals_name_the_field(policy, field):
     with pytest.raises(ServiceError) as refused:
         Policy.from_dict(policy)
     assert refused.value.detail.startswith(field)
 
 
-def test_stages_arms_and_selection():  # type: ignore[no-untyped-def]
+def test_stages_arms_and_selection():
     assert [s.percent for s in stages_parse(None, require_full=True)] == [100]
     assert stages_parse([{"percent": 0.5}, {"percent": 5}], require_full=False)[0].percent == 0.5
     for bad in ([], [{"percent": 0}], [{"percent": 101}], [{"percent": 10, "bake": 1}]):
         with pytest.raises(ServiceError):
             stages_parse(bad, require_full=False)
-    arms = [{"name": "A", "version": "1.0.0", "baseline": True}, {"name": "B", "version": "2.0.0"}]
+    arms: list[dict[str, Any]] = [
+        {"name": "A", "version": "1.0.0", "baseline": True},
+        {"name": "B", "version": "2.0.0"},
+    ]
     assert [a.weight for a in arms_parse(arms)] == [1.0, 1.0]
     for bad_arms in (
         arms[:1],

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _fleet(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _fleet(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
     artifact("2.0.0")
     devices(3)
@@ -49,7 +49,7 @@ def _post(path: str, body: dict[str, Any]) -> Any:
         ({"all": True, "tags": ["nobody-has-this"]}, "tags nobody-has-this"),
     ],
 )
-def test_the_api_refuses_a_selection_that_matches_no_device(selection, named):  # type: ignore[no-untyped-def]
+def test_the_api_refuses_a_selection_that_matches_no_device(selection, named):
     # when an operator creates (and asks to start) a rollout of a selection nobody matches
     response = _post(
         "rollouts/",
@@ -72,7 +72,7 @@ def test_the_api_refuses_a_selection_that_matches_no_device(selection, named):  
     assert not RolloutAuditEvent.objects.exists()
 
 
-def test_a_draft_whose_devices_went_away_is_refused_at_schedule_and_start():  # type: ignore[no-untyped-def]
+def test_a_draft_whose_devices_went_away_is_refused_at_schedule_and_start():
     # given a draft of the fleet's only hardware, whose devices are then revoked
     draft = phased(selection={"hardware": [HW]}, start=False)
     Device.objects.update(revoked_at=timezone.now())
@@ -88,7 +88,7 @@ def test_a_draft_whose_devices_went_away_is_refused_at_schedule_and_start():  # 
     assert not draft.devices.exists()
 
 
-def test_a_scheduled_rollout_whose_devices_went_away_does_not_start():  # type: ignore[no-untyped-def]
+def test_a_scheduled_rollout_whose_devices_went_away_does_not_start():
     # given a scheduled rollout whose devices are revoked before it starts
     scheduled = phased(start=False)
     scheduled = rollouts.rollout_schedule(rollout=scheduled, by=operator())

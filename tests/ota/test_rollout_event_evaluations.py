@@ -24,7 +24,7 @@ from ota.models import RolloutDevice
 
 
 @pytest.fixture
-def queued(monkeypatch):  # type: ignore[no-untyped-def]
+def queued(monkeypatch):
     """A broker (not eager), a controlled clock, and the calls that queue evaluations."""
     monkeypatch.setitem(tasks.rollout_evaluate_task.app.conf, "task_always_eager", False)
     monkeypatch.setattr(tasks, "_events", {})
@@ -44,7 +44,7 @@ def queued(monkeypatch):  # type: ignore[no-untyped-def]
     return calls, clock
 
 
-def test_a_burst_of_event_batches_queues_one_now_and_one_after_the_interval(queued) -> None:  # type: ignore[no-untyped-def]
+def test_a_burst_of_event_batches_queues_one_now_and_one_after_the_interval(queued) -> None:
     calls, clock = queued
     interval = tasks._event_interval()
     # the first batch's evaluation is queued at once
@@ -66,7 +66,7 @@ def test_a_burst_of_event_batches_queues_one_now_and_one_after_the_interval(queu
     assert len(calls) == 4
 
 
-def test_every_event_batch_is_followed_by_an_evaluation(queued) -> None:  # type: ignore[no-untyped-def]
+def test_every_event_batch_is_followed_by_an_evaluation(queued) -> None:
     calls, clock = queued
     interval = tasks._event_interval()
     runs: list[float] = []  # when each queued evaluation runs
@@ -86,7 +86,7 @@ def test_every_event_batch_is_followed_by_an_evaluation(queued) -> None:  # type
 
 def test_the_events_that_catch_up_with_what_was_issued_are_evaluated_at_once(
     queued, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """A stage's last batch is not held to the interval; once per issued count, and the
     count is read only once the events have caught up with the value last read."""
     calls, clock = queued
@@ -125,7 +125,7 @@ def test_the_events_that_catch_up_with_what_was_issued_are_evaluated_at_once(
     assert len(calls) == 4
 
 
-def test_an_unreadable_issued_count_still_queues_at_the_interval(queued, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_an_unreadable_issued_count_still_queues_at_the_interval(queued, monkeypatch) -> None:
     calls, clock = queued
 
     def down(rollout_id: str) -> int:
@@ -138,7 +138,7 @@ def test_an_unreadable_issued_count_still_queues_at_the_interval(queued, monkeyp
     assert calls == [("r-3", 0.0), ("r-3", pytest.approx(tasks._event_interval() / 2))]
 
 
-def test_an_unknown_rollout_is_held_to_the_interval(queued, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_an_unknown_rollout_is_held_to_the_interval(queued, monkeypatch) -> None:
     calls, clock = queued
     monkeypatch.setattr(tasks.rollout_selectors, "rollout_issued_count", lambda rollout_id: None)
     tasks._queue_for_events("r-9", decisive=5)
@@ -147,7 +147,7 @@ def test_an_unknown_rollout_is_held_to_the_interval(queued, monkeypatch) -> None
     assert calls == [("r-9", 0.0), ("r-9", pytest.approx(tasks._event_interval() / 2))]
 
 
-def test_eager_tasks_evaluate_for_every_batch(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_eager_tasks_evaluate_for_every_batch(monkeypatch) -> None:
     monkeypatch.setitem(tasks.rollout_evaluate_task.app.conf, "task_always_eager", True)
     with mock.patch.object(tasks.rollout_evaluate_task, "delay") as delay:
         for _ in range(3):
@@ -158,7 +158,7 @@ def test_eager_tasks_evaluate_for_every_batch(monkeypatch) -> None:  # type: ign
 @pytest.mark.django_db
 def test_a_transaction_queues_one_evaluation_per_rollout_counting_its_decisive_events(
     django_capture_on_commit_callbacks, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     queued: list[tuple[str, int]] = []
     monkeypatch.setattr(
         tasks,
@@ -175,7 +175,7 @@ def test_a_transaction_queues_one_evaluation_per_rollout_counting_its_decisive_e
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_events_that_finish_a_stage_queue_its_evaluation_at_once(  # type: ignore[no-untyped-def]
+def test_the_events_that_finish_a_stage_queue_its_evaluation_at_once(
     settings, tmp_path, monkeypatch
 ) -> None:
     """On the database: the engine's issued_count, and events stored as the bridge stores

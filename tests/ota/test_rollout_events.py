@@ -32,19 +32,19 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
 @pytest.fixture
-def queued(monkeypatch):  # type: ignore[no-untyped-def]
+def queued(monkeypatch):
     """The rollout ids evaluations were queued for (instead of running them)."""
     ids: list[str] = []
     monkeypatch.setattr(tasks.rollout_evaluate_task, "delay", ids.append)
     return ids
 
 
-def test_a_decisive_event_evaluates_the_rollout_after_commit(django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
+def test_a_decisive_event_evaluates_the_rollout_after_commit(django_capture_on_commit_callbacks):
     artifact("2.0.0")
     (device,) = devices(1)
     rollout = phased()
@@ -63,7 +63,7 @@ def test_a_decisive_event_evaluates_the_rollout_after_commit(django_capture_on_c
 
 def test_one_transaction_queues_one_evaluation_per_rollout(
     queued, django_capture_on_commit_callbacks
-):  # type: ignore[no-untyped-def]
+):
     artifact("2.0.0")
     fleet = devices(5)
     rollout = phased()
@@ -82,7 +82,7 @@ def test_one_transaction_queues_one_evaluation_per_rollout(
 
 def test_a_rolled_back_transaction_does_not_swallow_the_next_trigger(
     queued, django_capture_on_commit_callbacks
-):  # type: ignore[no-untyped-def]
+):
     artifact("2.0.0")
     first, second = devices(2)
     rollout = phased()
@@ -100,7 +100,7 @@ def test_a_rolled_back_transaction_does_not_swallow_the_next_trigger(
     assert queued == [rollout.public_id]
 
 
-def test_a_device_already_running_the_version_succeeds_from_its_report():  # type: ignore[no-untyped-def]
+def test_a_device_already_running_the_version_succeeds_from_its_report():
     # the agent sends no event when the desired version is installed already; it only
     # publishes its state with the new last_seq
     artifact("2.0.0", counter=20)
@@ -117,7 +117,7 @@ def test_a_device_already_running_the_version_succeeds_from_its_report():  # typ
     assert states(rollout) == {device.device_id: "succeeded"}
 
 
-def test_devices_that_committed_are_decided_without_reading_their_reports():  # type: ignore[no-untyped-def]
+def test_devices_that_committed_are_decided_without_reading_their_reports():
     # given three devices that committed and reported the new version, and one that only
     # reported it (it ran the version already)
     artifact("2.0.0", counter=20)
@@ -133,7 +133,7 @@ def test_devices_that_committed_are_decided_without_reading_their_reports():  # 
     # when the rollout is evaluated
     reads: list[list[object]] = []
 
-    def record(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+    def record(execute, sql, params, many, context):
         if '"reported"' in sql and sql.lstrip().startswith("SELECT"):
             # the pks: one array literal on PostgreSQL ('{4,7}'), one parameter each elsewhere
             reads.append(
@@ -150,7 +150,7 @@ def test_devices_that_committed_are_decided_without_reading_their_reports():  # 
     assert reads == [[reported_only.pk]]
 
 
-def test_a_refused_desired_state_fails_the_device():  # type: ignore[no-untyped-def]
+def test_a_refused_desired_state_fails_the_device():
     # a whole envelope refused (e.g. expired) names neither model nor rollout
     artifact("2.0.0")
     (device,) = devices(1)
@@ -164,7 +164,7 @@ def test_a_refused_desired_state_fails_the_device():  # type: ignore[no-untyped-
     assert (row.state, row.last_phase, row.last_code) == ("failed", "rejected", "command_expired")
 
 
-def test_events_of_an_earlier_attempt_are_ignored():  # type: ignore[no-untyped-def]
+def test_events_of_an_earlier_attempt_are_ignored():
     artifact("2.0.0")
     (device,) = devices(1)
     rollout = phased(policy={"retries": 1, "min_finished": 5})
@@ -183,7 +183,7 @@ def test_events_of_an_earlier_attempt_are_ignored():  # type: ignore[no-untyped-
     assert states(rollout) == {device.device_id: "succeeded"}
 
 
-def test_retries_stop_at_the_limit():  # type: ignore[no-untyped-def]
+def test_retries_stop_at_the_limit():
     artifact("2.0.0")
     (device,) = devices(1)
     rollout = phased(policy={"retries": 2, "min_finished": 5})
@@ -196,7 +196,7 @@ def test_retries_stop_at_the_limit():  # type: ignore[no-untyped-def]
     assert desired_seq(device) == 3
 
 
-def test_the_beat_starts_scheduled_rollouts_when_their_time_comes():  # type: ignore[no-untyped-def]
+def test_the_beat_starts_scheduled_rollouts_when_their_time_comes():
     artifact("2.0.0")
     (device,) = devices(1)
     rollout = phased(start=False)
@@ -217,7 +217,7 @@ def test_the_beat_starts_scheduled_rollouts_when_their_time_comes():  # type: ig
     assert started.reason.startswith("start time")
 
 
-def test_the_beat_evaluates_running_rollouts():  # type: ignore[no-untyped-def]
+def test_the_beat_evaluates_running_rollouts():
     artifact("2.0.0")
     devices(2)
     rollout = phased()
@@ -227,6 +227,6 @@ def test_the_beat_evaluates_running_rollouts():  # type: ignore[no-untyped-def]
     assert {r.state for r in rows(rollout)} == {"notified"}
 
 
-def test_the_task_ignores_ids_that_are_not_rollouts():  # type: ignore[no-untyped-def]
+def test_the_task_ignores_ids_that_are_not_rollouts():
     assert tasks.rollout_evaluate_task("r-999999")["status"] == ""
     assert tasks.rollout_evaluate_task("canary")["status"] == ""

@@ -20,7 +20,7 @@ PREVIEW = "/admin/ota/rollout/add/preview/"
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
@@ -72,7 +72,7 @@ def fleet() -> None:
     group.devices.add(*devices(4), *devices(2, hardware=HW2, prefix="esp"))
 
 
-def test_the_page_needs_the_apis_create_permission(fleet):  # type: ignore[no-untyped-def]
+def test_the_page_needs_the_apis_create_permission(fleet):
     viewer = Client()
     viewer.force_login(user("viewer", "ota.view_rollout", staff=True))
     assert viewer.get(ADD).status_code == 403
@@ -90,7 +90,7 @@ def test_the_page_needs_the_apis_create_permission(fleet):  # type: ignore[no-un
     assert ADD in _operator().get("/admin/ota/rollout/").content.decode()
 
 
-def test_a_phased_rollout_is_created_as_typed_and_audited(fleet):  # type: ignore[no-untyped-def]
+def test_a_phased_rollout_is_created_as_typed_and_audited(fleet):
     response = _operator().post(ADD, _form())
 
     rollout = Rollout.objects.get()
@@ -119,7 +119,7 @@ def test_a_phased_rollout_is_created_as_typed_and_audited(fleet):  # type: ignor
     assert (audit.actor_name, audit.to_status, audit.reason) == ("op", "draft", "created")
 
 
-def test_start_now_starts_it_with_its_devices(fleet):  # type: ignore[no-untyped-def]
+def test_start_now_starts_it_with_its_devices(fleet):
     refused = _operator().post(ADD, _form(then="start"))
     assert refused.status_code == 200
     assert refused.context["error"] == (
@@ -138,7 +138,7 @@ def test_start_now_starts_it_with_its_devices(fleet):  # type: ignore[no-untyped
     ) == [("draft",), ("scheduled",), ("running",)]
 
 
-def test_an_ab_rollout_takes_its_arms_and_baseline(fleet):  # type: ignore[no-untyped-def]
+def test_an_ab_rollout_takes_its_arms_and_baseline(fleet):
     response = _operator().post(
         ADD,
         _form(
@@ -182,7 +182,7 @@ REFUSALS = [
 
 
 @pytest.mark.parametrize(("fields", "api_body"), REFUSALS)
-def test_the_form_refuses_what_the_api_refuses_with_its_message(fleet, fields, api_body):  # type: ignore[no-untyped-def]
+def test_the_form_refuses_what_the_api_refuses_with_its_message(fleet, fields, api_body):
     client = _operator()
     body = {
         "model": "kws",
@@ -208,7 +208,7 @@ def test_the_form_refuses_what_the_api_refuses_with_its_message(fleet, fields, a
             assert f'value="{value}"' in form.content.decode() or value in form.content.decode()
 
 
-def test_preview_counts_the_targets_and_who_can_take_the_version(fleet):  # type: ignore[no-untyped-def]
+def test_preview_counts_the_targets_and_who_can_take_the_version(fleet):
     client = _operator()
     body = client.get(
         PREVIEW, {"model": "kws", "version": "2.0.0", "select_groups": "canary"}
@@ -248,7 +248,7 @@ def _count(client: Client, url: str, params: dict[str, str] | None = None) -> in
     return len(captured.captured_queries)
 
 
-def test_form_and_preview_cost_the_same_whatever_the_size(fleet):  # type: ignore[no-untyped-def]
+def test_form_and_preview_cost_the_same_whatever_the_size(fleet):
     client = _operator()
     params = {"model": "kws", "version": "2.0.0", "select_groups": "canary", "select_tags": ""}
     before = (_count(client, ADD), _count(client, PREVIEW, params))
@@ -264,7 +264,7 @@ def test_form_and_preview_cost_the_same_whatever_the_size(fleet):  # type: ignor
     assert client.get(PREVIEW, params).json()["targets"] == 66
 
 
-def test_a_rollout_overlapping_a_running_one_is_refused_and_not_made(fleet):  # type: ignore[no-untyped-def]
+def test_a_rollout_overlapping_a_running_one_is_refused_and_not_made(fleet):
     client = _operator("ota.start_rollout")
     assert client.post(ADD, _form(then="start")).status_code == 302
     first = Rollout.objects.get()

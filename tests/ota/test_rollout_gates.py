@@ -52,7 +52,7 @@ def _ctx(outcomes: Mapping[str, Outcomes], arms: tuple[Arm, ...] = MAIN) -> Gate
 # --- install failure rate --------------------------------------------------------------------
 
 
-def test_failure_rate_is_not_judged_before_min_finished():  # type: ignore[no-untyped-def]
+def test_failure_rate_is_not_judged_before_min_finished():
     gate = InstallFailureGate(max_failure_rate=0.1, min_finished=10)
     # 5 of 9 failed: alarming, but too few finished to judge
     result = gate.check(_ctx({"main": Outcomes(succeeded=4, failed=3, timed_out=2, in_flight=20)}))
@@ -61,7 +61,7 @@ def test_failure_rate_is_not_judged_before_min_finished():  # type: ignore[no-un
     assert result.figures["arms"]["main"]["finished"] == 9
 
 
-def test_failure_rate_breaches_above_the_maximum_once_judged():  # type: ignore[no-untyped-def]
+def test_failure_rate_breaches_above_the_maximum_once_judged():
     gate = InstallFailureGate(max_failure_rate=0.1, min_finished=10)
     ok = gate.check(_ctx({"main": Outcomes(succeeded=9, failed=1)}))  # 10 %: not above
     assert ok.status is GateStatus.OK
@@ -73,7 +73,7 @@ def test_failure_rate_breaches_above_the_maximum_once_judged():  # type: ignore[
     assert bad.figures["arms"]["main"]["failure_rate"] == 0.2
 
 
-def test_failure_rate_is_judged_per_arm():  # type: ignore[no-untyped-def]
+def test_failure_rate_is_judged_per_arm():
     arms = (Arm(name="A", version="1.0.0", baseline=True), Arm(name="B", version="2.0.0"))
     gate = InstallFailureGate(max_failure_rate=0.2, min_finished=5)
     # overall 6 / 60 = 10 %, but arm B alone fails 60 %
@@ -100,7 +100,7 @@ XT = [1, 2, 2, 3, 3, 3, 4, 5, 5, 6, 7, 7, 7, 8, 9, 10, 10, 11, 12, 12]
 YT = [2, 3, 4, 4, 5, 6, 6, 7, 8, 8, 9, 9, 10, 11, 12, 13, 13, 14, 15, 15, 15, 16]
 
 
-def test_mann_whitney_matches_scipy():  # type: ignore[no-untyped-def]
+def test_mann_whitney_matches_scipy():
     u, p = mann_whitney_greater(X, Y)
     assert (u, p) == (344.0, pytest.approx(0.7027918423144333, abs=1e-12))
     assert mann_whitney_greater(Y, X)[1] == pytest.approx(0.30308643221647463, abs=1e-12)
@@ -110,7 +110,7 @@ def test_mann_whitney_matches_scipy():  # type: ignore[no-untyped-def]
     assert mann_whitney_greater(YT, XT)[1] == pytest.approx(0.014967166705566746, abs=1e-12)
 
 
-def test_mann_whitney_normal_approximation_is_close_to_the_exact_test():  # type: ignore[no-untyped-def]
+def test_mann_whitney_normal_approximation_is_close_to_the_exact_test():
     # exact one-sided p by enumerating every split of 8 + 8 distinct values
     rng = random.Random(3)  # noqa: S311 - reproducible test data
     x = [rng.gauss(10.8, 1) for _ in range(8)]
@@ -126,7 +126,7 @@ def test_mann_whitney_normal_approximation_is_close_to_the_exact_test():  # type
     assert mann_whitney_greater(x, y)[1] == pytest.approx(extreme / total, abs=0.02)
 
 
-def test_mann_whitney_without_variation_gives_no_evidence():  # type: ignore[no-untyped-def]
+def test_mann_whitney_without_variation_gives_no_evidence():
     assert mann_whitney_greater([5.0] * 30, [5.0] * 30)[1] == 1.0
 
 
@@ -138,7 +138,7 @@ def _lognormal(mu: float, n: int, seed: int) -> list[float]:
     return [rng.lognormvariate(mu, 0.3) for _ in range(n)]
 
 
-def test_compare_flags_a_clearly_slower_arm():  # type: ignore[no-untyped-def]
+def test_compare_flags_a_clearly_slower_arm():
     baseline = _lognormal(3.0, 60, 1)
     slower = [v * 1.3 for v in _lognormal(3.0, 60, 2)]  # 30 % slower per device
     c = compare(slower, baseline, better="lower", alpha=0.01, min_devices=20, max_worse=0.1)
@@ -150,7 +150,7 @@ def test_compare_flags_a_clearly_slower_arm():  # type: ignore[no-untyped-def]
     assert c.relative_change > 0.1
 
 
-def test_compare_ignores_a_significant_but_harmless_change():  # type: ignore[no-untyped-def]
+def test_compare_ignores_a_significant_but_harmless_change():
     # 2 % slower on 2 000 devices is significant, and below the 10 % tolerance
     baseline = _lognormal(3.0, 2000, 1)
     slightly = [v * 1.02 for v in _lognormal(3.0, 2000, 2)]
@@ -158,7 +158,7 @@ def test_compare_ignores_a_significant_but_harmless_change():  # type: ignore[no
     assert not c.worse
 
 
-def test_compare_is_robust_to_an_outlier_device():  # type: ignore[no-untyped-def]
+def test_compare_is_robust_to_an_outlier_device():
     # one throttled device 50x slower would move a mean (Welch's t), not the ranks
     baseline = _lognormal(3.0, 40, 1)
     same = _lognormal(3.0, 39, 2) + [1000.0]
@@ -166,7 +166,7 @@ def test_compare_is_robust_to_an_outlier_device():  # type: ignore[no-untyped-de
     assert not c.worse
 
 
-def test_compare_direction_for_higher_is_better():  # type: ignore[no-untyped-def]
+def test_compare_direction_for_higher_is_better():
     baseline = [0.9 + 0.001 * i for i in range(40)]
     worse = [0.6 + 0.001 * i for i in range(40)]
     c = compare(worse, baseline, better="higher", alpha=0.01, min_devices=20, max_worse=0.05)
@@ -177,7 +177,7 @@ def test_compare_direction_for_higher_is_better():  # type: ignore[no-untyped-de
     assert not improved.worse
 
 
-def test_compare_needs_the_minimum_number_of_devices():  # type: ignore[no-untyped-def]
+def test_compare_needs_the_minimum_number_of_devices():
     c = compare([100.0] * 19, [1.0] * 50, better="lower", alpha=0.01, min_devices=20)
     assert not c.enough
     assert not c.worse
@@ -199,7 +199,7 @@ class FakeTelemetry:
         return self.values
 
 
-def test_telemetry_gate_breaches_when_the_arm_is_worse():  # type: ignore[no-untyped-def]
+def test_telemetry_gate_breaches_when_the_arm_is_worse():
     source = FakeTelemetry(
         {"main": [v * 1.5 for v in _lognormal(3, 30, 2)], "baseline": _lognormal(3, 30, 1)}
     )
@@ -217,7 +217,7 @@ def test_telemetry_gate_breaches_when_the_arm_is_worse():  # type: ignore[no-unt
     )
 
 
-def test_telemetry_gate_without_data_holds_a_stage_only_when_required():  # type: ignore[no-untyped-def]
+def test_telemetry_gate_without_data_holds_a_stage_only_when_required():
     empty = FakeTelemetry({})
     optional = TelemetryGate(TelemetryGateConfig(metric="latency_ms"), empty).check(_ctx({}))
     assert optional.status is GateStatus.INSUFFICIENT_DATA
@@ -226,7 +226,7 @@ def test_telemetry_gate_without_data_holds_a_stage_only_when_required():  # type
     assert TelemetryGate(required, empty).check(_ctx({})).blocks_advance
 
 
-def test_the_hook_defaults_to_no_telemetry_and_takes_a_dotted_path(settings):  # type: ignore[no-untyped-def]
+def test_the_hook_defaults_to_no_telemetry_and_takes_a_dotted_path(settings):
     settings.FLEET_ROLLOUT_TELEMETRY_SOURCE = ""
     assert telemetry_source()(TelemetryQuery("r-1", "kws", "x", "mean", None, MAIN, "b")) == {}
     settings.FLEET_ROLLOUT_TELEMETRY_SOURCE = "test_rollout_gates.SLOW_SOURCE"
@@ -242,13 +242,13 @@ SLOW_SOURCE = FakeTelemetry(
 
 
 @pytest.fixture
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("_keys")
-def test_engine_pauses_on_failure_rate_only_after_min_finished():  # type: ignore[no-untyped-def]
+def test_engine_pauses_on_failure_rate_only_after_min_finished():
     artifact("2.0.0")
     fleet = devices(20)
     rollout = phased(policy={"max_failure_rate": 0.2, "min_finished": 10, "on_breach": "pause"})
@@ -279,7 +279,7 @@ def test_engine_pauses_on_failure_rate_only_after_min_finished():  # type: ignor
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("_keys")
-def test_engine_times_out_devices_stuck_in_one_phase():  # type: ignore[no-untyped-def]
+def test_engine_times_out_devices_stuck_in_one_phase():
     artifact("2.0.0")
     stuck, silent, moving = devices(3)
     rollout = phased(
@@ -310,7 +310,7 @@ def test_engine_times_out_devices_stuck_in_one_phase():  # type: ignore[no-untyp
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("_keys")
-def test_engine_pauses_on_a_telemetry_breach_through_the_hook(settings):  # type: ignore[no-untyped-def]
+def test_engine_pauses_on_a_telemetry_breach_through_the_hook(settings):
     settings.FLEET_ROLLOUT_TELEMETRY_SOURCE = "test_rollout_gates.SLOW_SOURCE"
     artifact("2.0.0")
     devices(3)

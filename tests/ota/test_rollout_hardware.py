@@ -25,11 +25,11 @@ JETSON = "jetson-orin-fp16"
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
-def test_each_hardware_gets_its_variant_and_the_rest_is_skipped():  # type: ignore[no-untyped-def]
+def test_each_hardware_gets_its_variant_and_the_rest_is_skipped():
     # given 2.0.0 built for linux and esp32, and a fleet that also has jetsons
     linux_variant = artifact("2.0.0", HW)
     esp_variant = artifact("2.0.0", HW2)
@@ -60,7 +60,7 @@ def test_each_hardware_gets_its_variant_and_the_rest_is_skipped():  # type: igno
     assert started.figures == {"devices": 8, "skipped": 2}
 
 
-def test_a_device_is_skipped_when_its_known_floor_forbids_the_version():  # type: ignore[no-untyped-def]
+def test_a_device_is_skipped_when_its_known_floor_forbids_the_version():
     # given a device that runs 3.0.0, whose floor (30) forbids anything below it
     artifact("3.0.0", counter=30, floor=30)
     artifact("2.0.0", counter=20)

@@ -28,12 +28,12 @@ from ota.models import RolloutDevice
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
 @pytest.fixture
-def _no_evaluation_after_commit(monkeypatch):  # type: ignore[no-untyped-def]
+def _no_evaluation_after_commit(monkeypatch):
     # With real commits, the operator's start queues an (eager) evaluation at once; these
     # tests want the evaluations to race each other instead.
     from ota import tasks
@@ -42,7 +42,7 @@ def _no_evaluation_after_commit(monkeypatch):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.django_db
-def test_evaluating_twice_notifies_once():  # type: ignore[no-untyped-def]
+def test_evaluating_twice_notifies_once():
     artifact("2.0.0")
     fleet = devices(20)
     rollout = phased()
@@ -57,7 +57,7 @@ def test_evaluating_twice_notifies_once():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.django_db
-def test_a_redelivered_event_is_counted_once():  # type: ignore[no-untyped-def]
+def test_a_redelivered_event_is_counted_once():
     artifact("2.0.0")
     (device,) = devices(1)
     rollout = phased()
@@ -113,7 +113,7 @@ def _in_threads(jobs: list[Callable[[], object]]) -> None:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("_no_evaluation_after_commit")
-def test_concurrent_evaluations_notify_every_device_once():  # type: ignore[no-untyped-def]
+def test_concurrent_evaluations_notify_every_device_once():
     artifact("2.0.0")
     fleet = devices(60)
     rollout = phased(policy={"rate_per_minute": 1000})
@@ -134,7 +134,7 @@ def test_concurrent_evaluations_notify_every_device_once():  # type: ignore[no-u
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("_no_evaluation_after_commit")
-def test_concurrent_evaluations_of_a_paced_rollout_respect_the_rate():  # type: ignore[no-untyped-def]
+def test_concurrent_evaluations_of_a_paced_rollout_respect_the_rate():
     artifact("2.0.0")
     devices(50)
     rollout = phased(policy={"rate_per_minute": 7})

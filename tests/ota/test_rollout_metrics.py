@@ -24,11 +24,11 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
-def test_phased_progress_has_one_arm_main_with_states_failures_and_gates():  # type: ignore[no-untyped-def]
+def test_phased_progress_has_one_arm_main_with_states_failures_and_gates():
     artifact("2.0.0")
     fleet = devices(4)
     rollout = phased(policy={"min_finished": 2, "max_failure_rate": 0.6})
@@ -60,7 +60,7 @@ def test_phased_progress_has_one_arm_main_with_states_failures_and_gates():  # t
     assert progress.created == rollout.created_at
 
 
-def test_a_gate_below_its_minimum_is_insufficient_data_not_passing():  # type: ignore[no-untyped-def]
+def test_a_gate_below_its_minimum_is_insufficient_data_not_passing():
     # given 4 devices in flight and a gate judged from 3 finished devices
     artifact("2.0.0")
     fleet = devices(4)
@@ -81,7 +81,7 @@ def test_a_gate_below_its_minimum_is_insufficient_data_not_passing():  # type: i
     assert (gate.value, gate.state, gate.passing) == (1.0, "insufficient_data", False)
 
 
-def test_a_rollout_where_every_device_failed_reads_breached_and_finished():  # type: ignore[no-untyped-def]
+def test_a_rollout_where_every_device_failed_reads_breached_and_finished():
     artifact("2.0.0")
     fleet = devices(3)
     rollout = phased(policy={"on_breach": "abort"})
@@ -98,7 +98,7 @@ def test_a_rollout_where_every_device_failed_reads_breached_and_finished():  # t
     assert (gate.value, gate.state) == (1.0, "breached")
 
 
-def test_an_aborted_ab_rollout_is_not_a_failure_of_its_arms():  # type: ignore[no-untyped-def]
+def test_an_aborted_ab_rollout_is_not_a_failure_of_its_arms():
     # given an A/B rollout whose devices all committed, then an operator's abort
     artifact("1.0.0")
     artifact("2.0.0")
@@ -127,7 +127,7 @@ def test_an_aborted_ab_rollout_is_not_a_failure_of_its_arms():  # type: ignore[n
         assert (gate.value, gate.state) == (0.0, "passing")
 
 
-def test_ab_progress_is_per_arm():  # type: ignore[no-untyped-def]
+def test_ab_progress_is_per_arm():
     artifact("1.0.0")
     artifact("2.0.0")
     devices(40)

@@ -14,7 +14,7 @@ from ota.models import Rollout, RolloutDevice, RolloutDeviceState
 
 pytestmark = pytest.mark.django_db
 D = RolloutDeviceState
-FIELD = {
+FIELD: dict[str, str] = {
     D.SUCCEEDED: "succeeded",
     D.FAILED: "failed",
     D.TIMED_OUT: "timed_out",
@@ -27,7 +27,7 @@ FINISHED = {D.SUCCEEDED, D.FAILED, D.TIMED_OUT}
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 

@@ -24,17 +24,17 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
-def _grouped(name: str, members):  # type: ignore[no-untyped-def]
+def _grouped(name: str, members):
     group = Group.objects.create(name=name)
     group.devices.add(*members)
     return group
 
 
-def test_overlapping_rollout_of_the_same_model_is_refused():  # type: ignore[no-untyped-def]
+def test_overlapping_rollout_of_the_same_model_is_refused():
     artifact("2.0.0")
     artifact("2.1.0")
     fleet = devices(10)
@@ -54,7 +54,7 @@ def test_overlapping_rollout_of_the_same_model_is_refused():  # type: ignore[no-
     assert second.status == RolloutStatus.DRAFT
 
 
-def test_a_scheduled_rollout_holds_its_devices_too():  # type: ignore[no-untyped-def]
+def test_a_scheduled_rollout_holds_its_devices_too():
     artifact("2.0.0")
     devices(3)
     first = phased(start=False)
@@ -66,7 +66,7 @@ def test_a_scheduled_rollout_holds_its_devices_too():  # type: ignore[no-untyped
     assert "(scheduled)" in refused.value.detail
 
 
-def test_disjoint_selections_and_other_models_are_fine():  # type: ignore[no-untyped-def]
+def test_disjoint_selections_and_other_models_are_fine():
     artifact("2.0.0")
     artifact("1.0.0", name="detector")
     devices(4, hardware=HW)
@@ -80,7 +80,7 @@ def test_disjoint_selections_and_other_models_are_fine():  # type: ignore[no-unt
     assert other_hw.status == other_model.status == RolloutStatus.RUNNING
 
 
-def test_devices_are_free_again_once_rolled_back_or_completed():  # type: ignore[no-untyped-def]
+def test_devices_are_free_again_once_rolled_back_or_completed():
     artifact("2.0.0")
     devices(2)
     first = phased()
@@ -91,7 +91,7 @@ def test_devices_are_free_again_once_rolled_back_or_completed():  # type: ignore
     assert second.status == RolloutStatus.RUNNING
 
 
-def test_an_aborted_rollout_holds_its_devices_until_rolled_back():  # type: ignore[no-untyped-def]
+def test_an_aborted_rollout_holds_its_devices_until_rolled_back():
     artifact("2.0.0")
     devices(2)
     first = phased()
@@ -103,7 +103,7 @@ def test_an_aborted_rollout_holds_its_devices_until_rolled_back():  # type: igno
     assert "(aborted)" in refused.value.detail
 
 
-def test_devices_skipped_by_a_rollout_are_not_held():  # type: ignore[no-untyped-def]
+def test_devices_skipped_by_a_rollout_are_not_held():
     # the first rollout has no variant for the esp32s: it skips them and does not hold them
     artifact("2.0.0", HW)
     artifact("2.1.0", HW2)
@@ -115,7 +115,7 @@ def test_devices_skipped_by_a_rollout_are_not_held():  # type: ignore[no-untyped
     assert second.status == RolloutStatus.RUNNING
 
 
-def test_a_scheduled_start_that_now_overlaps_waits_and_says_why():  # type: ignore[no-untyped-def]
+def test_a_scheduled_start_that_now_overlaps_waits_and_says_why():
     # given a rollout scheduled for group "a", and another running on group "b"
     artifact("2.0.0")
     artifact("2.1.0")

@@ -3,6 +3,7 @@ maintenance window in its own time zone - the pure functions, then the engine ob
 
 import random
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 
 import pytest
 from rollout_helpers import (
@@ -32,19 +33,19 @@ from ota.pacing import (
 from ota.rollout_config import Policy, Window
 
 
-def _policy(**fields):  # type: ignore[no-untyped-def]
+def _policy(**fields):
     return Policy.from_dict(fields)
 
 
 # --- rate ---------------------------------------------------------------------------------
 
 
-def test_constant_rate_without_growth():  # type: ignore[no-untyped-def]
+def test_constant_rate_without_growth():
     policy = _policy(rate_per_minute=10)
     assert current_rate(policy, succeeded=10_000, notified=10_000) == 10
 
 
-def test_rate_grows_by_the_factor_each_time_the_criterion_is_met():  # type: ignore[no-untyped-def]
+def test_rate_grows_by_the_factor_each_time_the_criterion_is_met():
     # AWS IoT Jobs: base 10/min, x2 every 50 succeeded devices, at most 100/min
     policy = _policy(
         rate_per_minute=10, rate_growth_factor=2, rate_growth_every=50, rate_max_per_minute=100
@@ -58,7 +59,7 @@ def test_rate_grows_by_the_factor_each_time_the_criterion_is_met():  # type: ign
     assert current_rate(policy, succeeded=10**9, notified=500) == 100
 
 
-def test_rate_can_grow_on_notified_devices():  # type: ignore[no-untyped-def]
+def test_rate_can_grow_on_notified_devices():
     policy = _policy(
         rate_per_minute=10,
         rate_growth_factor=1.5,
@@ -69,7 +70,7 @@ def test_rate_can_grow_on_notified_devices():  # type: ignore[no-untyped-def]
     assert current_rate(policy, succeeded=0, notified=40) == pytest.approx(22.5)
 
 
-def test_growth_needs_a_criterion():  # type: ignore[no-untyped-def]
+def test_growth_needs_a_criterion():
     with pytest.raises(ServiceError):
         _policy(rate_growth_factor=2)
 
@@ -77,7 +78,7 @@ def test_growth_needs_a_criterion():  # type: ignore[no-untyped-def]
 # --- budget ---------------------------------------------------------------------------------
 
 
-def test_budget_never_exceeds_the_rate_in_any_minute():  # type: ignore[no-untyped-def]
+def test_budget_never_exceeds_the_rate_in_any_minute():
     # by default a minute's worth may go at once when a stage starts
     assert (
         notify_budget(rate_per_minute=10, notified_last_minute=0, seconds_since=0, notified_since=0)
@@ -98,7 +99,7 @@ def test_budget_never_exceeds_the_rate_in_any_minute():  # type: ignore[no-untyp
     )
 
 
-def test_budget_is_what_fell_due_since_the_stage_started():  # type: ignore[no-untyped-def]
+def test_budget_is_what_fell_due_since_the_stage_started():
     # a burst of one, then one every 6 s at 10/min
     def budget(seconds: float, sent: int) -> int:
         return notify_budget(
@@ -128,7 +129,7 @@ def test_budget_is_what_fell_due_since_the_stage_started():  # type: ignore[no-u
     )
 
 
-def test_pacing_counts_from_the_stage_start_or_the_last_resume():  # type: ignore[no-untyped-def]
+def test_pacing_counts_from_the_stage_start_or_the_last_resume():
     now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     stage = now - timedelta(minutes=20)
     resumed = now - timedelta(minutes=5)
@@ -140,7 +141,7 @@ def test_pacing_counts_from_the_stage_start_or_the_last_resume():  # type: ignor
 # --- when the next device falls due -------------------------------------------------------
 
 
-def test_next_due_is_when_the_smoothing_budget_reaches_one():  # type: ignore[no-untyped-def]
+def test_next_due_is_when_the_smoothing_budget_reaches_one():
     # 10/min, a burst of one: the first device went at the stage start, the next is due 6 s on
     def wait(seconds: float, sent: int) -> float | None:
         return next_due_in(
@@ -158,12 +159,12 @@ def test_next_due_is_when_the_smoothing_budget_reaches_one():  # type: ignore[no
     # ... which is where notify_budget says one device is due, and not a moment before
     for seconds, sent in [(0, 1), (4, 1), (8, 2), (13.7, 3), (50.5, 9)]:
         at = seconds + (wait(seconds, sent) or 0)
-        args = {"rate_per_minute": 10, "notified_last_minute": sent, "burst": 1}
+        args: dict[str, Any] = {"rate_per_minute": 10, "notified_last_minute": sent, "burst": 1}
         assert notify_budget(seconds_since=at, notified_since=sent, **args) == 1
         assert notify_budget(seconds_since=at - 0.002, notified_since=sent, **args) == 0
 
 
-def test_next_due_waits_for_the_sliding_window_when_the_minute_is_full():  # type: ignore[no-untyped-def]
+def test_next_due_waits_for_the_sliding_window_when_the_minute_is_full():
     # 10/min and ten went out in the last 60 s: smoothing has long been due (the stage
     # fell behind), the hard limit holds until the oldest leaves the window in 20 s
     assert next_due_in(
@@ -197,7 +198,7 @@ def test_next_due_waits_for_the_sliding_window_when_the_minute_is_full():  # typ
     )
 
 
-def test_no_wake_up_beyond_the_beat():  # type: ignore[no-untyped-def]
+def test_no_wake_up_beyond_the_beat():
     # a minute's worth went at once: the next one only when the first leaves the window
     assert (
         next_due_in(
@@ -216,7 +217,7 @@ def test_no_wake_up_beyond_the_beat():  # type: ignore[no-untyped-def]
     assert next_due_in(seconds_since=40, notified_since=1, **slow) == pytest.approx(20, abs=0.002)
 
 
-def test_next_due_is_never_sooner_than_the_minimum_step():  # type: ignore[no-untyped-def]
+def test_next_due_is_never_sooner_than_the_minimum_step():
     # already due (a device was refused, or a fast rate): wake soon, not in a tight loop
     assert (
         next_due_in(
@@ -231,7 +232,7 @@ def test_next_due_is_never_sooner_than_the_minimum_step():  # type: ignore[no-un
     )
 
 
-def test_with_jitter_next_due_is_when_no_draw_can_hold_the_device_back():  # type: ignore[no-untyped-def]
+def test_with_jitter_next_due_is_when_no_draw_can_hold_the_device_back():
     # jitter 0.5: the release is floor(due * [0.5, 1]), sure to be 1 once 2 are due
     wait = next_due_in(
         rate_per_minute=60,
@@ -242,6 +243,7 @@ def test_with_jitter_next_due_is_when_no_draw_can_hold_the_device_back():  # typ
         jitter=0.5,
         horizon=30,
     )
+    assert wait is not None
     assert wait == pytest.approx(2, abs=0.002)
     rng = random.Random(3)  # noqa: S311 - reproducible test data
     for _ in range(100):
@@ -259,7 +261,7 @@ def test_with_jitter_next_due_is_when_no_draw_can_hold_the_device_back():  # typ
         )
 
 
-def test_burst_validation():  # type: ignore[no-untyped-def]
+def test_burst_validation():
     assert _policy().rate_burst is None
     assert _policy(rate_burst=1).rate_burst == 1
     for bad in (0, 1.5, "1"):
@@ -267,7 +269,7 @@ def test_burst_validation():  # type: ignore[no-untyped-def]
             _policy(rate_burst=bad)
 
 
-def test_jitter_scales_the_release_down_within_bounds():  # type: ignore[no-untyped-def]
+def test_jitter_scales_the_release_down_within_bounds():
     rng = random.Random(7)  # noqa: S311 - reproducible test data
     budgets = [
         notify_budget(
@@ -288,11 +290,11 @@ def test_jitter_scales_the_release_down_within_bounds():  # type: ignore[no-unty
 # --- maintenance window ----------------------------------------------------------------------
 
 
-def _window(**fields):  # type: ignore[no-untyped-def]
+def _window(**fields):
     return Window.from_dict(fields)
 
 
-def test_window_in_its_time_zone():  # type: ignore[no-untyped-def]
+def test_window_in_its_time_zone():
     # 01:00-05:00 in Berlin, weekdays; 2026-01-14 is a Wednesday (CET = UTC+1)
     window = _window(
         days=["mon", "tue", "wed", "thu", "fri"],
@@ -307,7 +309,7 @@ def test_window_in_its_time_zone():  # type: ignore[no-untyped-def]
     assert not window_open(window, datetime(2026, 1, 17, 1, 0, tzinfo=UTC))  # Saturday
 
 
-def test_window_follows_daylight_saving_time():  # type: ignore[no-untyped-def]
+def test_window_follows_daylight_saving_time():
     window = _window(start="02:30", end="03:30", timezone="America/New_York")
     # winter: EST = UTC-5, so 02:30 local is 07:30 UTC; summer: EDT = UTC-4, 06:30 UTC
     assert window_open(window, datetime(2026, 1, 15, 7, 45, tzinfo=UTC))
@@ -316,7 +318,7 @@ def test_window_follows_daylight_saving_time():  # type: ignore[no-untyped-def]
     assert not window_open(window, datetime(2026, 7, 15, 7, 45, tzinfo=UTC))
 
 
-def test_window_over_midnight_belongs_to_the_day_it_opens():  # type: ignore[no-untyped-def]
+def test_window_over_midnight_belongs_to_the_day_it_opens():
     # Fridays 22:00 to Saturday 04:00 in Tokyo (UTC+9, no DST); 2026-01-16 is a Friday
     window = _window(days=["fri"], start="22:00", end="04:00", timezone="Asia/Tokyo")
     assert window_open(window, datetime(2026, 1, 16, 13, 0, tzinfo=UTC))  # Fri 22:00
@@ -326,14 +328,14 @@ def test_window_over_midnight_belongs_to_the_day_it_opens():  # type: ignore[no-
     assert not window_open(window, datetime(2026, 1, 17, 13, 0, tzinfo=UTC))  # Sat 22:00
 
 
-def test_no_window_is_always_open_and_equal_times_mean_all_day():  # type: ignore[no-untyped-def]
+def test_no_window_is_always_open_and_equal_times_mean_all_day():
     assert window_open(None, datetime(2026, 1, 1, tzinfo=UTC))
     all_sunday = _window(days=["sun"], start="00:00", end="00:00", timezone="UTC")
     assert window_open(all_sunday, datetime(2026, 1, 18, 23, 59, tzinfo=UTC))
     assert not window_open(all_sunday, datetime(2026, 1, 19, 0, 0, tzinfo=UTC))
 
 
-def test_window_validation():  # type: ignore[no-untyped-def]
+def test_window_validation():
     for bad in (
         {"start": "25:00", "end": "01:00"},
         {"start": "01:00", "end": "02:00", "timezone": "Mars/Olympus"},
@@ -347,11 +349,11 @@ def test_window_validation():  # type: ignore[no-untyped-def]
 # --- one evaluation's pace (what the engine's _notify computes from its counts) ------------
 
 
-def _counts(*, succeeded=0, notified=0, last_minute=0, since=0):  # type: ignore[no-untyped-def]
+def _counts(*, succeeded=0, notified=0, last_minute=0, since=0):
     return PaceCounts(succeeded=succeeded, notified=notified, last_minute=last_minute, since=since)
 
 
-def test_pace_caps_the_first_evaluation_of_a_stage_lower():  # type: ignore[no-untyped-def]
+def test_pace_caps_the_first_evaluation_of_a_stage_lower():
     policy = _policy(rate_per_minute=5000)
     first = pace(policy, _counts(), seconds_since=0, cap_first=100, cap_more=1000)
     assert (first.rate, first.budget, first.capped) == (5000, 100, True)
@@ -362,7 +364,7 @@ def test_pace_caps_the_first_evaluation_of_a_stage_lower():  # type: ignore[no-u
     assert (more.budget, more.capped) == (1000, True)
 
 
-def test_pace_under_its_cap_is_the_budget_and_not_capped():  # type: ignore[no-untyped-def]
+def test_pace_under_its_cap_is_the_budget_and_not_capped():
     policy = _policy(rate_per_minute=10)
     for counts, seconds, budget in (
         (_counts(), 0, 10),  # a minute's worth at once
@@ -373,7 +375,7 @@ def test_pace_under_its_cap_is_the_budget_and_not_capped():  # type: ignore[no-u
         assert (paced.budget, paced.capped) == (budget, False)
 
 
-def test_pace_uses_the_grown_rate():  # type: ignore[no-untyped-def]
+def test_pace_uses_the_grown_rate():
     policy = _policy(
         rate_per_minute=10, rate_growth_factor=2, rate_growth_every=5, rate_max_per_minute=100
     )
@@ -388,7 +390,7 @@ def test_pace_uses_the_grown_rate():  # type: ignore[no-untyped-def]
     assert paced.budget == 40  # the hard limit: 40 in any minute
 
 
-def test_pace_draws_the_jitter_as_notify_budget_does():  # type: ignore[no-untyped-def]
+def test_pace_draws_the_jitter_as_notify_budget_does():
     policy = _policy(rate_per_minute=100, jitter=0.5)
     rng = random.Random(7)  # noqa: S311 - reproducible test data
     paced = pace(policy, _counts(), seconds_since=0, cap_first=1000, cap_more=1000, rng=rng)
@@ -404,14 +406,14 @@ def test_pace_draws_the_jitter_as_notify_budget_does():  # type: ignore[no-untyp
     assert 50 <= paced.budget < 100
 
 
-def test_counts_after_a_batch():  # type: ignore[no-untyped-def]
+def test_counts_after_a_batch():
     before = _counts(succeeded=3, notified=10, last_minute=4, since=6)
     assert before.after(issued=5, first=2) == _counts(
         succeeded=3, notified=12, last_minute=9, since=11
     )
 
 
-def test_window_leaving_is_how_many_must_leave_the_last_minute():  # type: ignore[no-untyped-def]
+def test_window_leaving_is_how_many_must_leave_the_last_minute():
     assert window_leaving(rate_per_minute=10, notified_last_minute=0) == 0
     assert window_leaving(rate_per_minute=10, notified_last_minute=9) == 0
     assert window_leaving(rate_per_minute=10, notified_last_minute=10) == 1
@@ -422,13 +424,13 @@ def test_window_leaving_is_how_many_must_leave_the_last_minute():  # type: ignor
 
 
 @pytest.fixture
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("_keys")
-def test_engine_notifies_at_most_the_rate_per_minute():  # type: ignore[no-untyped-def]
+def test_engine_notifies_at_most_the_rate_per_minute():
     artifact("2.0.0")
     devices(25)
     rollout = phased(policy={"rate_per_minute": 10})
@@ -448,7 +450,7 @@ def test_engine_notifies_at_most_the_rate_per_minute():  # type: ignore[no-untyp
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("_keys")
-def test_engine_rate_grows_as_devices_succeed():  # type: ignore[no-untyped-def]
+def test_engine_rate_grows_as_devices_succeed():
     artifact("2.0.0")
     devices(40)
     rollout = phased(
@@ -469,7 +471,7 @@ def test_engine_rate_grows_as_devices_succeed():  # type: ignore[no-untyped-def]
     assert evaluate(rollout, t0 + timedelta(seconds=122)).notified == 20
 
 
-def _paced(rollout, start, seconds, every):  # type: ignore[no-untyped-def]
+def _paced(rollout, start, seconds, every):
     """Evaluate every ``every`` seconds and at ``seconds``; the notification times."""
     for i in range(int(seconds / every) + 1):
         evaluate(rollout, start + timedelta(seconds=i * every))
@@ -477,17 +479,18 @@ def _paced(rollout, start, seconds, every):  # type: ignore[no-untyped-def]
     return sorted(r.notified_at for r in rows(rollout) if r.notified_at is not None)
 
 
-def _busiest_minute(times):  # type: ignore[no-untyped-def]
+def _busiest_minute(times):
     return max(sum(1 for t in times if at - timedelta(seconds=60) < t <= at) for at in times)
 
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("_keys")
-def test_a_burst_of_one_spreads_the_stage_evenly():  # type: ignore[no-untyped-def]
+def test_a_burst_of_one_spreads_the_stage_evenly():
     artifact("2.0.0")
     devices(25)
     rollout = phased(policy={"rate_per_minute": 10, "rate_burst": 1})
     t0 = fresh(rollout).stage_started_at
+    assert t0 is not None
 
     assert evaluate(rollout, t0).notified == 1  # not a minute's worth at once
     assert evaluate(rollout, t0 + timedelta(seconds=3)).notified == 0
@@ -502,12 +505,13 @@ def test_a_burst_of_one_spreads_the_stage_evenly():  # type: ignore[no-untyped-d
 @pytest.mark.django_db
 @pytest.mark.usefixtures("_keys")
 @pytest.mark.parametrize("every", [1, 4, 7, 30])
-def test_the_rate_holds_whatever_the_evaluations_rhythm(every):  # type: ignore[no-untyped-def]
+def test_the_rate_holds_whatever_the_evaluations_rhythm(every):
     # given 10/min and evaluations every `every` seconds (device events, or only the beat)
     artifact("2.0.0")
     devices(40)
     rollout = phased(policy={"rate_per_minute": 10, "rate_burst": 1})
     t0 = fresh(rollout).stage_started_at
+    assert t0 is not None
     # when the engine runs for three minutes
     times = _paced(rollout, t0, 180, every)
     # then 1 + 10 a minute went out (a fraction of a device is never lost between
@@ -519,7 +523,7 @@ def test_the_rate_holds_whatever_the_evaluations_rhythm(every):  # type: ignore[
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("_keys")
-def test_engine_notifies_no_new_device_outside_the_window():  # type: ignore[no-untyped-def]
+def test_engine_notifies_no_new_device_outside_the_window():
     artifact("2.0.0")
     devices(5)
     # open 01:00-02:00 UTC every day

@@ -25,11 +25,11 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
-def test_pause_stops_notifications_within_one_evaluation_and_resume_continues():  # type: ignore[no-untyped-def]
+def test_pause_stops_notifications_within_one_evaluation_and_resume_continues():
     artifact("2.0.0")
     devices(30)
     rollout = phased(policy={"rate_per_minute": 10})
@@ -57,7 +57,7 @@ def test_pause_stops_notifications_within_one_evaluation_and_resume_continues():
     assert notified == sorted(r.bucket for r in rows(rollout))[:20]
 
 
-def test_resume_after_a_breach_acknowledges_the_failures_so_far():  # type: ignore[no-untyped-def]
+def test_resume_after_a_breach_acknowledges_the_failures_so_far():
     artifact("2.0.0")
     fleet = devices(12)
     rollout = phased(policy={"min_finished": 2, "max_failure_rate": 0.5})

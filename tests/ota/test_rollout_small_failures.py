@@ -28,20 +28,20 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
-def _all_fail(rollout, at):  # type: ignore[no-untyped-def]
+def _all_fail(rollout, at):
     for row in rows(rollout, state="notified"):
         report(row.device, rollout, Phase.FAILED, code=ErrorCode.HEALTH_CHECK_FAILED, at=at)
 
 
-def _install_gate(rollout) -> dict:  # type: ignore[no-untyped-def, type-arg]
+def _install_gate(rollout) -> dict:
     (gate,) = [
         g for g in fresh(rollout).gate_figures["gates"] if g["gate"] == "install_failure_rate"
     ]
-    return gate  # type: ignore[no-any-return]
+    return gate
 
 
 @pytest.mark.parametrize(
@@ -49,7 +49,7 @@ def _install_gate(rollout) -> dict:  # type: ignore[no-untyped-def, type-arg]
     # aborted, then rolled back at once: the devices had no previous version to go back to
     [("pause", RolloutStatus.PAUSED), ("abort", RolloutStatus.ROLLED_BACK)],
 )
-def test_three_of_three_failed_breaches_the_gate_once_the_stage_is_over(on_breach, ends):  # type: ignore[no-untyped-def]
+def test_three_of_three_failed_breaches_the_gate_once_the_stage_is_over(on_breach, ends):
     # given 3 devices and the default gate (5 %, judged from 10 finished devices)
     artifact("2.0.0")
     devices(3)
@@ -81,7 +81,7 @@ def test_three_of_three_failed_breaches_the_gate_once_the_stage_is_over(on_breac
     assert progress.gates["install_failure_rate"].passing is False
 
 
-def test_a_stage_still_in_flight_is_not_judged_below_the_minimum():  # type: ignore[no-untyped-def]
+def test_a_stage_still_in_flight_is_not_judged_below_the_minimum():
     # given 3 devices, one failed and two still updating
     artifact("2.0.0")
     fleet = devices(3)
@@ -96,7 +96,7 @@ def test_a_stage_still_in_flight_is_not_judged_below_the_minimum():  # type: ign
     assert _install_gate(rollout)["status"] == "insufficient_data"
 
 
-def test_a_small_stage_within_the_threshold_goes_on():  # type: ignore[no-untyped-def]
+def test_a_small_stage_within_the_threshold_goes_on():
     # given 20 devices in a first stage of 10 % (2 devices), both succeed
     artifact("2.0.0")
     devices(20)
@@ -112,7 +112,7 @@ def test_a_small_stage_within_the_threshold_goes_on():  # type: ignore[no-untype
     assert fresh(rollout).status == RolloutStatus.RUNNING
 
 
-def test_resuming_past_the_failures_ends_completed_with_failures():  # type: ignore[no-untyped-def]
+def test_resuming_past_the_failures_ends_completed_with_failures():
     # given a 3-device rollout paused because all 3 failed
     artifact("2.0.0")
     devices(3)

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
@@ -82,9 +82,7 @@ def _notified_per_stage(n: int, percents: list[float]) -> list[int]:
         (12, [1, 25, 50, 100]),
     ],
 )
-def test_each_stage_reaches_the_ceiling_of_its_share_of_the_devices(  # type: ignore[no-untyped-def]
-    n, percents
-):
+def test_each_stage_reaches_the_ceiling_of_its_share_of_the_devices(n, percents):
     # when a phased rollout runs through its stages on a small fleet
     reached = _notified_per_stage(n, percents)
 
@@ -92,14 +90,14 @@ def test_each_stage_reaches_the_ceiling_of_its_share_of_the_devices(  # type: ig
     assert reached == [math.ceil(round(p * n / 100, 9)) for p in percents]
 
 
-def test_the_quick_starts_stages_reach_one_two_three_of_three_devices():  # type: ignore[no-untyped-def]
+def test_the_quick_starts_stages_reach_one_two_three_of_three_devices():
     from fleet.sample import STAGES
 
     reached = _notified_per_stage(3, [s["percent"] for s in STAGES])
     assert reached == [1, 2, 3]
 
 
-def test_skipped_devices_do_not_count_towards_a_stage():  # type: ignore[no-untyped-def]
+def test_skipped_devices_do_not_count_towards_a_stage():
     # given 4 devices that can take 2.0.0 and 4 whose hardware has no variant of it
     artifact("2.0.0")
     devices(4)

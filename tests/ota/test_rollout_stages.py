@@ -24,11 +24,11 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
-def test_stages_open_after_their_devices_finished_and_baked():  # type: ignore[no-untyped-def]
+def test_stages_open_after_their_devices_finished_and_baked():
     # given 200 devices on 1.0.0 and a 10 -> 50 -> 100 rollout of 2.0.0 with 30 min bakes
     artifact("1.0.0")
     target = artifact("2.0.0")
@@ -97,7 +97,7 @@ def test_stages_open_after_their_devices_finished_and_baked():  # type: ignore[n
     assert HW  # all on one hardware here
 
 
-def test_progress_events_do_not_finish_a_device():  # type: ignore[no-untyped-def]
+def test_progress_events_do_not_finish_a_device():
     artifact("2.0.0")
     (device,) = devices(1)
     rollout = phased()
@@ -115,7 +115,7 @@ def test_progress_events_do_not_finish_a_device():  # type: ignore[no-untyped-de
     assert fresh(rollout).status == RolloutStatus.RUNNING
 
 
-def test_a_stage_opens_with_a_small_batch_and_the_rest_follows_at_once():  # type: ignore[no-untyped-def]
+def test_a_stage_opens_with_a_small_batch_and_the_rest_follows_at_once():
     # given 400 devices and one unpaced stage of 100 %
     artifact("1.0.0")
     artifact("2.0.0")
@@ -135,7 +135,7 @@ def test_a_stage_opens_with_a_small_batch_and_the_rest_follows_at_once():  # typ
     assert fresh(rollout).issued_count == 400
 
 
-def test_notifying_takes_as_many_queries_for_many_devices_as_for_few():  # type: ignore[no-untyped-def]
+def test_notifying_takes_as_many_queries_for_many_devices_as_for_few():
     """No query per device (say, a deferred device field read one row at a time)."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext

@@ -31,11 +31,11 @@ DEVICES = 12
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
-def _eleven_commit_one_times_out():  # type: ignore[no-untyped-def]
+def _eleven_commit_one_times_out():
     """12 devices, one stage; 11 commit, the 12th (killed) says nothing and times out:
     1 of 12 failed, over the 5 % the gate allows, so the engine pauses the rollout."""
     artifact("2.0.0")
@@ -53,7 +53,7 @@ def _eleven_commit_one_times_out():  # type: ignore[no-untyped-def]
     return rollout, dead, t0
 
 
-def test_a_device_that_comes_back_and_commits_replaces_its_timeout_and_the_rollout_completes():  # type: ignore[no-untyped-def]
+def test_a_device_that_comes_back_and_commits_replaces_its_timeout_and_the_rollout_completes():
     rollout, dead, t0 = _eleven_commit_one_times_out()
 
     # when the device comes back and installs and commits the version
@@ -83,7 +83,7 @@ def test_a_device_that_comes_back_and_commits_replaces_its_timeout_and_the_rollo
     assert audit[-2][2].startswith("gate breach cleared: install_failure_rate")
 
 
-def test_a_device_that_comes_back_and_reports_the_version_succeeds_too():  # type: ignore[no-untyped-def]
+def test_a_device_that_comes_back_and_reports_the_version_succeeds_too():
     rollout, dead, t0 = _eleven_commit_one_times_out()
 
     # when it comes back running the version and says so only in its state report
@@ -95,7 +95,7 @@ def test_a_device_that_comes_back_and_reports_the_version_succeeds_too():  # typ
     assert fresh(rollout).status == RolloutStatus.COMPLETED
 
 
-def test_progress_after_a_timeout_does_not_reopen_it_and_a_failure_replaces_it():  # type: ignore[no-untyped-def]
+def test_progress_after_a_timeout_does_not_reopen_it_and_a_failure_replaces_it():
     rollout, dead, t0 = _eleven_commit_one_times_out()
 
     # when it comes back and only downloads, it stays timed out (still a failure)
@@ -112,7 +112,7 @@ def test_progress_after_a_timeout_does_not_reopen_it_and_a_failure_replaces_it()
     assert fresh(rollout).status == RolloutStatus.PAUSED
 
 
-def test_an_operators_pause_is_not_lifted_by_the_engine():  # type: ignore[no-untyped-def]
+def test_an_operators_pause_is_not_lifted_by_the_engine():
     # given 3 devices, one of which times out, and an operator who pauses the rollout
     artifact("2.0.0")
     fleet = devices(3)
@@ -129,7 +129,7 @@ def test_an_operators_pause_is_not_lifted_by_the_engine():  # type: ignore[no-un
     assert fresh(rollout).status == RolloutStatus.PAUSED
 
 
-def test_an_engine_pause_for_a_telemetry_gate_is_not_lifted_by_the_engine():  # type: ignore[no-untyped-def]
+def test_an_engine_pause_for_a_telemetry_gate_is_not_lifted_by_the_engine():
     # given a rollout the engine paused for a telemetry gate breach
     artifact("2.0.0")
     fleet = devices(3)

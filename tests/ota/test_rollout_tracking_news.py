@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.db_both]
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
@@ -155,14 +155,14 @@ def test_a_device_without_progress_times_out_at_a_full_pass() -> None:
     assert states(rollout) == {device.device_id: "timed_out"}
 
 
-def test_news_taken_by_an_evaluation_that_fails_stays_for_the_next(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_news_taken_by_an_evaluation_that_fails_stays_for_the_next(monkeypatch) -> None:
     artifact("2.0.0")
     (device,) = devices(1)
     rollout = phased(stages=[{"percent": 100}])
     evaluate(rollout)
     report(device, rollout, Phase.COMMITTED)
 
-    def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def boom(*args, **kwargs):
         raise RuntimeError("the gates failed")
 
     # when an evaluation takes the news and then fails
@@ -177,7 +177,7 @@ def test_news_taken_by_an_evaluation_that_fails_stays_for_the_next(monkeypatch) 
     assert _news() == []
 
 
-def test_the_beat_drops_the_news_of_rollouts_that_ended(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_beat_drops_the_news_of_rollouts_that_ended(monkeypatch) -> None:
     monkeypatch.setattr(tasks.rollout_evaluate_task, "delay", lambda rollout_id: None)
     artifact("2.0.0")
     fleet = devices(2)
@@ -209,7 +209,7 @@ def _inbound(device_id: str, channel: Channel, payload: bytes) -> InboundMessage
 
 def test_the_bridge_records_one_batch_of_news_for_its_states_and_events(
     django_assert_max_num_queries,
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     artifact("2.0.0")
     fleet = devices(3)
     rollout = phased(stages=[{"percent": 100}])
@@ -282,7 +282,7 @@ def test_the_news_look_up_reads_only_rows_in_flight_through_their_index() -> Non
     evaluate(rollout)
     statements: list[str] = []
 
-    def explain(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+    def explain(execute, sql, params, many, context):
         if sql.startswith("INSERT INTO") and "ota_trackingnews" in sql:
             select = sql[sql.index("SELECT") :]
             with connection.cursor() as cursor:

@@ -33,7 +33,7 @@ ALL_PAIRS = list(itertools.product(S, S))
 
 
 @pytest.fixture(autouse=True)
-def _keys(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _keys(settings, tmp_path):
     use_own_director_key(settings, tmp_path)
 
 
@@ -46,13 +46,13 @@ def _rollout_in(status: RolloutStatus) -> Rollout:
     return rollout
 
 
-def test_the_table_is_the_documented_lifecycle():  # type: ignore[no-untyped-def]
+def test_the_table_is_the_documented_lifecycle():
     table = {(a, b) for a, targets in rollouts.TRANSITIONS.items() for b in targets}
     assert table == ALLOWED
 
 
 @pytest.mark.parametrize(("source", "target"), sorted(ALLOWED))
-def test_allowed_transition_changes_status_and_writes_one_audit_row(source, target):  # type: ignore[no-untyped-def]
+def test_allowed_transition_changes_status_and_writes_one_audit_row(source, target):
     rollout = _rollout_in(source)
     by = operator()
     before = RolloutAuditEvent.objects.filter(rollout=rollout).count()
@@ -71,7 +71,7 @@ def test_allowed_transition_changes_status_and_writes_one_audit_row(source, targ
 
 
 @pytest.mark.parametrize(("source", "target"), [pair for pair in ALL_PAIRS if pair not in ALLOWED])
-def test_refused_transition_changes_nothing(source, target):  # type: ignore[no-untyped-def]
+def test_refused_transition_changes_nothing(source, target):
     rollout = _rollout_in(source)
     before = RolloutAuditEvent.objects.filter(rollout=rollout).count()
 
@@ -84,7 +84,7 @@ def test_refused_transition_changes_nothing(source, target):  # type: ignore[no-
     assert RolloutAuditEvent.objects.filter(rollout=rollout).count() == before
 
 
-def test_services_walk_the_lifecycle_with_an_audit_trail():  # type: ignore[no-untyped-def]
+def test_services_walk_the_lifecycle_with_an_audit_trail():
     # given a draft
     artifact("2.0.0")
     devices(3)
@@ -117,7 +117,7 @@ def test_services_walk_the_lifecycle_with_an_audit_trail():  # type: ignore[no-u
     assert rollout.finished_at is not None
 
 
-def test_starting_a_draft_schedules_it_first():  # type: ignore[no-untyped-def]
+def test_starting_a_draft_schedules_it_first():
     artifact("2.0.0")
     devices(1)
     rollout = phased(start=False)
@@ -133,7 +133,7 @@ def test_starting_a_draft_schedules_it_first():  # type: ignore[no-untyped-def]
     assert steps[-2:] == [("draft", "scheduled"), ("scheduled", "running")]
 
 
-def test_engine_changes_are_audited_as_engine():  # type: ignore[no-untyped-def]
+def test_engine_changes_are_audited_as_engine():
     rollout = _rollout_in(S.RUNNING)
 
     rollouts.rollout_pause(rollout=rollout, by=None, reason="gate breach", figures={"rate": 0.5})
@@ -143,7 +143,7 @@ def test_engine_changes_are_audited_as_engine():  # type: ignore[no-untyped-def]
     assert (last.actor, last.actor_name, last.figures) == (None, "engine", {"rate": 0.5})
 
 
-def test_an_anonymous_caller_is_refused():  # type: ignore[no-untyped-def]
+def test_an_anonymous_caller_is_refused():
     rollout = _rollout_in(S.RUNNING)
 
     with pytest.raises(ServiceError) as refused:
@@ -153,7 +153,7 @@ def test_an_anonymous_caller_is_refused():  # type: ignore[no-untyped-def]
     assert Rollout.objects.get(pk=rollout.pk).status == S.RUNNING
 
 
-def test_a_stale_instance_cannot_repeat_a_transition():  # type: ignore[no-untyped-def]
+def test_a_stale_instance_cannot_repeat_a_transition():
     # two operators load the same running rollout; both press pause
     rollout = _rollout_in(S.RUNNING)
     stale = Rollout.objects.get(pk=rollout.pk)
@@ -196,7 +196,7 @@ SERVICES = {
 
 @pytest.mark.parametrize("source", list(S))
 @pytest.mark.parametrize("service", sorted(SERVICES))
-def test_each_service_acts_only_from_its_own_statuses(service, source):  # type: ignore[no-untyped-def]
+def test_each_service_acts_only_from_its_own_statuses(service, source):
     # e.g. resuming a scheduled rollout must not start it (running without devices)
     call, moves = SERVICES[service]
     rollout = _rollout_in(source)

@@ -8,11 +8,11 @@ from ota.repository import metadata_latest
 from ota.tasks import tuf_refresh_task
 
 
-def test_fresh_metadata_needs_no_resign(repo):  # type: ignore[no-untyped-def]
+def test_fresh_metadata_needs_no_resign(repo):
     assert tuf_refresh_task() == []
 
 
-def test_timestamp_close_to_expiry_is_resigned(repo, settings):  # type: ignore[no-untyped-def]
+def test_timestamp_close_to_expiry_is_resigned(repo, settings):
     # given a timestamp whose remaining life is under half its period
     before = metadata_latest("timestamp", Timestamp)
     assert before is not None
@@ -27,7 +27,7 @@ def test_timestamp_close_to_expiry_is_resigned(repo, settings):  # type: ignore[
     assert after.signed.expires > datetime.now(UTC) + timedelta(days=29)
 
 
-def test_snapshot_close_to_expiry_is_resigned_with_timestamp(repo, settings):  # type: ignore[no-untyped-def]
+def test_snapshot_close_to_expiry_is_resigned_with_timestamp(repo, settings):
     before = metadata_latest("snapshot", Snapshot)
     assert before is not None
     settings.FLEET_TUF_SNAPSHOT_EXPIRY = timedelta(days=100)

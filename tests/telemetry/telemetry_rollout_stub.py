@@ -38,7 +38,7 @@ def _install_gate(value: float | None, state: str) -> GateFigure:
 def progress() -> list[RolloutArmProgress]:
     now = datetime.now(UTC)
 
-    def rollout(public_id: str, strategy: str, state: str, hours_ago: float) -> dict:  # type: ignore[type-arg]
+    def rollout(public_id: str, strategy: str, state: str, hours_ago: float) -> dict:
         return {
             "rollout": public_id,
             "model": "kws",

@@ -47,7 +47,7 @@ def _client_with(*perms: str) -> Client:
     return Client(HTTP_AUTHORIZATION=f"Bearer {token}")
 
 
-def test_a_devices_recent_samples_newest_first(stored) -> None:  # type: ignore[no-untyped-def]
+def test_a_devices_recent_samples_newest_first(stored) -> None:
     client = _client_with("telemetry.view_sample")
     body = client.get("/api/v1/telemetry/devices/dev-1/samples?metric=latency_ms&limit=3").json()
     assert body["device_id"] == "dev-1"
@@ -71,7 +71,7 @@ def test_a_devices_recent_samples_newest_first(stored) -> None:  # type: ignore[
     assert len(recent["samples"]) == 2 * 5  # samples at 104, 108, ..., 116 s
 
 
-def test_rollups_of_a_rollouts_arms(stored) -> None:  # type: ignore[no-untyped-def]
+def test_rollups_of_a_rollouts_arms(stored) -> None:
     client = _client_with("telemetry.view_rollup")
     since = (stored["start"] - timedelta(minutes=1)).isoformat()
     body = client.get(
@@ -89,7 +89,7 @@ def test_rollups_of_a_rollouts_arms(stored) -> None:  # type: ignore[no-untyped-
     assert all(b["p50"] <= b["p95"] <= b["p99"] <= b["max"] for b in only_b)
 
 
-def test_a_rollouts_summary_per_arm(stored) -> None:  # type: ignore[no-untyped-def]
+def test_a_rollouts_summary_per_arm(stored) -> None:
     client = _client_with("telemetry.view_rollup")
     since = (stored["start"] - timedelta(minutes=1)).isoformat()
     body = client.get(
@@ -132,14 +132,14 @@ def test_a_rollouts_summary_per_arm(stored) -> None:  # type: ignore[no-untyped-
         ("/api/v1/telemetry/devices/nobody/samples", "not_found", 404),
     ],
 )
-def test_refusals_have_a_stable_code(stored, url: str, code: str, status: int) -> None:  # type: ignore[no-untyped-def]
+def test_refusals_have_a_stable_code(stored, url: str, code: str, status: int) -> None:
     client = _client_with("telemetry.view_sample", "telemetry.view_rollup")
     response = client.get(url)
     assert response.status_code == status
     assert response.json()["error"]["code"] == code
 
 
-def test_permissions_are_required(stored) -> None:  # type: ignore[no-untyped-def]
+def test_permissions_are_required(stored) -> None:
     assert Client().get("/api/v1/telemetry/devices/dev-1/samples").status_code == 401
     no_perms = _client_with()
     response = no_perms.get("/api/v1/telemetry/rollouts/r-9/rollups?metric=latency_ms")

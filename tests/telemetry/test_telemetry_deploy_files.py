@@ -132,21 +132,21 @@ def test_dashboards_are_provisionable() -> None:
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
-def test_dashboards_are_formatted_json(path) -> None:  # type: ignore[no-untyped-def]
+def test_dashboards_are_formatted_json(path) -> None:
     text = path.read_text()
     assert text == json.dumps(json.loads(text), indent=2) + "\n"
 
 
-def _panels(name: str) -> list[dict]:  # type: ignore[type-arg]
+def _panels(name: str) -> list[dict]:
     return list(json.loads((GRAFANA_DIR / "dashboards" / name).read_text())["panels"])
 
 
-def _panel(name: str, title: str) -> dict:  # type: ignore[type-arg]
+def _panel(name: str, title: str) -> dict:
     (found,) = [p for p in _panels(name) if p["title"] == title]
-    return found  # type: ignore[no-any-return]
+    return found
 
 
-def _threshold_color(panel: dict, value: float) -> str:  # type: ignore[type-arg]
+def _threshold_color(panel: dict, value: float) -> str:
     """The color Grafana gives `value` with the panel's absolute thresholds."""
     steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
     color = steps[0]["color"]
@@ -157,7 +157,7 @@ def _threshold_color(panel: dict, value: float) -> str:  # type: ignore[type-arg
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
-def test_every_stat_has_thresholds_and_no_value_text(path) -> None:  # type: ignore[no-untyped-def]
+def test_every_stat_has_thresholds_and_no_value_text(path) -> None:
     stats = [p for p in _panels(path.name) if p["type"] == "stat"]
     for panel in stats:
         defaults = panel["fieldConfig"]["defaults"]

@@ -80,7 +80,7 @@ def _nan_payload(literal: str) -> bytes:
     )
 
 
-def _wait(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait(predicate, timeout: float = 15.0) -> bool:
     import time
 
     deadline = time.monotonic() + timeout
@@ -91,7 +91,7 @@ def _wait(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-
     return bool(predicate())
 
 
-def test_hostile_telemetry_is_dropped_by_reason_and_never_stored(mosquitto) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_telemetry_is_dropped_by_reason_and_never_stored(mosquitto) -> None:
     # given an enrolled device, a revoked one, a registered model and a running bridge
     make_device("dev-1")
     make_device("dev-2")

@@ -2,6 +2,7 @@
 counted by reason and never stored; counters move only when the batch commits."""
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.db import DatabaseError, OperationalError, transaction
@@ -30,14 +31,14 @@ def _dropped(reason: str) -> float:
     return _metric("fleet_telemetry_samples_dropped_total", reason=reason)
 
 
-def _ingest(**overrides: object) -> TelemetryIngest:
-    options: dict[str, object] = {
+def _ingest(**overrides: Any) -> TelemetryIngest:
+    options: dict[str, Any] = {
         "max_age": timedelta(days=7),
         "max_future": timedelta(minutes=10),
         "model_cache_seconds": 0,
     }
     options.update(overrides)
-    return TelemetryIngest(**options)  # type: ignore[arg-type]
+    return TelemetryIngest(**options)
 
 
 def test_valid_samples_are_stored_one_row_per_metric_value() -> None:
@@ -263,7 +264,7 @@ def test_an_unreachable_database_raises_for_a_retry_and_keeps_nothing_twice() ->
     register_model("kws")
     calls: list[int] = []
 
-    def flaky_write(rows: list) -> None:  # type: ignore[type-arg]
+    def flaky_write(rows: list) -> None:
         calls.append(len(rows))
         if len(calls) == 1:
             raise OperationalError("server closed the connection")
@@ -289,7 +290,7 @@ def test_rows_the_database_refuses_are_dropped_and_counted_not_raised() -> None:
     device = make_device("dev-1")
     register_model("kws")
 
-    def refusing_write(rows: list) -> None:  # type: ignore[type-arg]
+    def refusing_write(rows: list) -> None:
         raise DatabaseError("value out of range")
 
     ingest = _ingest(write=refusing_write)

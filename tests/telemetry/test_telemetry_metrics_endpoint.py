@@ -2,6 +2,7 @@
 from the database at scrape time (never a device id in a label)."""
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from django.db import transaction
@@ -23,14 +24,14 @@ TOKEN = "s3cret-metrics-token-0123456789"
 
 
 @pytest.fixture(autouse=True)
-def _fresh(settings, monkeypatch):  # type: ignore[no-untyped-def]
+def _fresh(settings, monkeypatch):
     settings.FLEET_METRICS_DB_CACHE_SECONDS = 0
     settings.FLEET_METRICS_ROLLOUT_SOURCE = ""
     monkeypatch.setattr(metrics, "_rollout_sources", [])
 
 
 def _scrape(
-    client: Client | None = None, **headers: str
+    client: Client | None = None, **headers: Any
 ) -> dict[str, list[tuple[dict[str, str], float]]]:
     response = (client or Client()).get("/metrics", **headers)
     assert response.status_code == 200, response.content
@@ -42,14 +43,14 @@ def _scrape(
     return families
 
 
-def _value(families: dict, name: str, **labels: str) -> float | None:  # type: ignore[type-arg]
+def _value(families: dict, name: str, **labels: str) -> float | None:
     for sample_labels, value in families.get(name, []):
         if sample_labels == labels:
             return value
     return None
 
 
-def test_loopback_is_allowed_by_default_and_others_need_the_token(settings) -> None:  # type: ignore[no-untyped-def]
+def test_loopback_is_allowed_by_default_and_others_need_the_token(settings) -> None:
     assert _scrape()["fleet_metrics_db_up"] == [({}, 1.0)]
     settings.FLEET_METRICS_TOKEN = TOKEN
     outsider = Client(REMOTE_ADDR="203.0.113.7")
@@ -62,7 +63,7 @@ def test_loopback_is_allowed_by_default_and_others_need_the_token(settings) -> N
     assert _scrape(outsider)["fleet_metrics_db_up"]
 
 
-def test_with_an_empty_allow_list_only_the_token_works(settings) -> None:  # type: ignore[no-untyped-def]
+def test_with_an_empty_allow_list_only_the_token_works(settings) -> None:
     settings.FLEET_METRICS_ALLOW = []
     settings.FLEET_METRICS_TOKEN = TOKEN
     assert Client().get("/metrics").status_code == 401
@@ -70,7 +71,7 @@ def test_with_an_empty_allow_list_only_the_token_works(settings) -> None:  # typ
     assert _scrape(HTTP_AUTHORIZATION=f"Bearer {TOKEN}")["fleet_metrics_db_up"]
 
 
-def test_the_route_can_be_switched_off(settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_route_can_be_switched_off(settings) -> None:
     settings.FLEET_METRICS_WEB = False
     assert Client().get("/metrics").status_code == 404
 
@@ -273,7 +274,7 @@ def test_a_finished_rollouts_newest_rollup_is_not_exported() -> None:
     assert abs(created - now_utc().timestamp()) < 60
 
 
-def test_a_database_failure_is_reported_not_raised(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_database_failure_is_reported_not_raised(monkeypatch) -> None:
     def broken(**kwargs: object) -> None:
         raise RuntimeError("database down")
 

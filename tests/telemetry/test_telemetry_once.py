@@ -115,7 +115,7 @@ def test_equal_samples_of_another_device_are_their_own() -> None:
     assert Sample.objects.count() == 4
 
 
-def test_retention_forgets_keys_older_than_the_sample_window(settings) -> None:  # type: ignore[no-untyped-def]
+def test_retention_forgets_keys_older_than_the_sample_window(settings) -> None:
     device = make_device("dev-1")
     now = now_utc()
     ReceivedBatch.objects.create(device=device, digest="a" * 64, received_at=now)

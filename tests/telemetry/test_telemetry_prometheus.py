@@ -200,7 +200,7 @@ def _grafana_sort(values: list[str], sort: int) -> list[str]:
 
 def _options(
     prometheus: Prometheus, dashboard: dict[str, Any], variable: dict[str, Any], resolved: dict
-) -> list[str]:  # type: ignore[type-arg]
+) -> list[str]:
     """A query variable's options as Grafana lists them: label_values() or query_result()
     (each series as `{labels} value time`), through the variable's regex and sort."""
     query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
@@ -314,7 +314,7 @@ def _wait(predicate: Any, timeout: float, what: str, every: float = 0.25) -> Non
 def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
     settings,
     tmp_path: Path,
-    mosquitto,  # type: ignore[no-untyped-def]
+    mosquitto,
 ) -> None:
     require_service(
         PROMETHEUS is not None and PROMTOOL is not None,

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 11, 22, 10, 30, tzinfo=UTC)
 
 
-def test_retention_downsamples_then_deletes(settings) -> None:  # type: ignore[no-untyped-def]
+def test_retention_downsamples_then_deletes(settings) -> None:
     settings.FLEET_TELEMETRY_RAW_RETENTION = timedelta(days=14)
     settings.FLEET_TELEMETRY_MINUTE_ROLLUP_RETENTION = timedelta(days=30)
     settings.FLEET_TELEMETRY_HOUR_ROLLUP_RETENTION = timedelta(days=400)
@@ -101,12 +101,12 @@ def test_retention_downsamples_then_deletes(settings) -> None:  # type: ignore[n
     assert Rollup.objects.get(bucket_seconds=3600).count == 2
 
 
-def test_the_task_runs_the_service(settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_task_runs_the_service(settings) -> None:
     summary = telemetry_retention_task.delay().get()
     assert summary["samples_deleted"] == 0
 
 
-def test_the_schedule_has_the_telemetry_tasks(settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_schedule_has_the_telemetry_tasks(settings) -> None:
     tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert {
         "telemetry.tasks.telemetry_rollup_task",

@@ -220,9 +220,9 @@ class Watcher:
             channel = msg.topic.rsplit("/", 1)[-1]
             with self._changed:
                 if channel == "events":
-                    self.events.append(parse_event(msg.payload))
+                    self.events.append(parse_event(bytes(msg.payload)))
                 elif channel == "state":
-                    self.states.append(parse_state(msg.payload))
+                    self.states.append(parse_state(bytes(msg.payload)))
                 else:
                     self.statuses.append(json.loads(msg.payload)["status"])
                 self._changed.notify_all()

@@ -353,9 +353,9 @@ class FleetWatcher:
                 return
             with self.changed:
                 if channel == "events":
-                    self.events.setdefault(device, []).append(parse_event(msg.payload))
+                    self.events.setdefault(device, []).append(parse_event(bytes(msg.payload)))
                 elif channel == "state":
-                    self.states.setdefault(device, []).append(parse_state(msg.payload))
+                    self.states.setdefault(device, []).append(parse_state(bytes(msg.payload)))
                 else:
                     status = json.loads(msg.payload)["status"]
                     self.statuses.setdefault(device, []).append(status)

@@ -8,6 +8,11 @@ from typing import Any
 
 import pytest
 from agent_harness import AgentProcess, Watcher, agent_cli
+from mqtt_broker import MosquittoBroker
+from pytest_django import Settings
+from release_keys import ReleaseKeyFiles
+
+from ota.models import Model
 
 
 @dataclass
@@ -28,11 +33,11 @@ class Fleet:
 @pytest.fixture
 def fleet(
     live_server: Any,
-    kws: Any,
-    release_key: Any,
+    kws: Model,
+    release_key: ReleaseKeyFiles,
     ci_token: str,
-    mosquitto: Any,
-    settings: Any,
+    mosquitto: MosquittoBroker,
+    settings: Settings,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Fleet]:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from agent_mirror import Mirror, Rule
@@ -125,7 +125,7 @@ def _stranger_director(agent: CaseAgent) -> bytes:
 def _payload(agent: CaseAgent, **model: Any) -> bytes:
     """A desired payload the protocol's own builder would refuse, signed by the director."""
     data = _desired(agent).to_dict()
-    data["models"][0].update(model)  # type: ignore[index]
+    cast(list[dict[str, Any]], data["models"])[0].update(model)
     return agent.rig.raw_envelope(data)
 
 

@@ -41,11 +41,16 @@ def test_a_trickle_ends_at_the_download_deadline(tmp_path: Path) -> None:
 
 def test_the_deadline_also_bounds_the_backoff(tmp_path: Path) -> None:
     sleeps: list[float] = []
+
+    def sleep(s: float) -> None:
+        sleeps.append(s)
+        time.sleep(s)
+
     options = DownloadOptions(
         attempts=100,
         backoff_s=30.0,
         deadline_s=0.3,
-        sleep=lambda s: (sleeps.append(s), time.sleep(s)),
+        sleep=sleep,
     )
     with (
         file_server(Behaviour(data=DATA, fail_first=100)) as url,
@@ -72,7 +77,12 @@ def test_large_parts_are_written_back_while_downloading(
     synced: list[int] = []
     real = os.fdatasync
     monkeypatch.setattr(download_module, "SYNC_EVERY", 512 * 1024)
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd)))
+
+    def fdatasync(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     part = tmp_path / "big.part"
     with file_server(Behaviour(data=big, throttle=(256 * 1024, 0.01))) as url:
         download(

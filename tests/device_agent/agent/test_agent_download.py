@@ -6,6 +6,7 @@ import time
 import tracemalloc
 from collections import namedtuple
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_http import Behaviour, file_server
@@ -23,10 +24,10 @@ DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
 
 
-def fast(**kwargs: object) -> DownloadOptions:
-    defaults: dict[str, object] = {"stall_s": 2.0, "attempts": 3, "sleep": lambda s: None}
+def fast(**kwargs: Any) -> DownloadOptions:
+    defaults: dict[str, Any] = {"stall_s": 2.0, "attempts": 3, "sleep": lambda s: None}
     defaults.update(kwargs)
-    return DownloadOptions(**defaults)  # type: ignore[arg-type]
+    return DownloadOptions(**defaults)
 
 
 def test_downloads_and_verifies(tmp_path: Path) -> None:

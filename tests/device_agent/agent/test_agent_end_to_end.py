@@ -14,7 +14,7 @@ from device_agent.protocol.messages import Phase
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_enrollment_pins_trust_with_private_modes(fleet) -> None:  # type: ignore[no-untyped-def]
+def test_enrollment_pins_trust_with_private_modes(fleet) -> None:
     for name in ("key.pem", "config.json", "trust/root.json", "trust/director.pem"):
         mode = stat.S_IMODE(os.stat(fleet.agent_dir / name).st_mode)
         assert mode == 0o600, name
@@ -26,7 +26,7 @@ def test_enrollment_pins_trust_with_private_modes(fleet) -> None:  # type: ignor
     assert fleet.watcher.states[-1].models == ()
 
 
-def test_install_commit_then_replay_changes_nothing(fleet) -> None:  # type: ignore[no-untyped-def]
+def test_install_commit_then_replay_changes_nothing(fleet) -> None:
     # given a published model
     v1 = publish(fleet.tmp_path, tflite_bytes(300_000, b"v1"), version="1.0.0", counter=1)
     envelope = desired_envelope(fleet.device_id, 1, [v1.target(fleet.server)])
@@ -93,7 +93,7 @@ def test_install_commit_then_replay_changes_nothing(fleet) -> None:  # type: ign
     assert status["models"]["kws"]["current"] == "a"
 
 
-def _install_v1(fleet):  # type: ignore[no-untyped-def]
+def _install_v1(fleet):
     v1 = publish(fleet.tmp_path, tflite_bytes(20_000, b"v1"), version="1.0.0", counter=1)
     fleet.watcher.send_desired(desired_envelope(fleet.device_id, 1, [v1.target(fleet.server)]))
     fleet.wait_for(lambda: fleet.watcher.event(1, Phase.COMMITTED), "v1 committed")
@@ -101,12 +101,12 @@ def _install_v1(fleet):  # type: ignore[no-untyped-def]
     return v1, v2
 
 
-def _refusal_cases():  # type: ignore[no-untyped-def]
-    def wrong_device(fleet, v2):  # type: ignore[no-untyped-def]
+def _refusal_cases():
+    def wrong_device(fleet, v2):
         target = v2.target(fleet.server)
         return desired_envelope("dev-other", 2, [target]), None, "wrong_device"
 
-    def expired(fleet, v2):  # type: ignore[no-untyped-def]
+    def expired(fleet, v2):
         issued = datetime.now(UTC) - timedelta(days=2)
         envelope = desired_envelope(
             fleet.device_id,
@@ -117,7 +117,7 @@ def _refusal_cases():  # type: ignore[no-untyped-def]
         )
         return envelope, None, "command_expired"
 
-    def director_tuf_mismatch(fleet, v2):  # type: ignore[no-untyped-def]
+    def director_tuf_mismatch(fleet, v2):
         # the director (compromised) names other bytes than CI signed for 2.0.0
         evil = tflite_bytes(20_000, b"evil")
         import hashlib
@@ -125,7 +125,7 @@ def _refusal_cases():  # type: ignore[no-untyped-def]
         target = v2.target(fleet.server, sha256=hashlib.sha256(evil).hexdigest())
         return desired_envelope(fleet.device_id, 2, [target]), "kws", "director_image_mismatch"
 
-    def downgrade_below_counter(fleet, v2):  # type: ignore[no-untyped-def]
+    def downgrade_below_counter(fleet, v2):
         # the director lies about the release counter
         target = v2.target(fleet.server, release_counter=9)
         return desired_envelope(fleet.device_id, 2, [target]), "kws", "director_image_mismatch"
@@ -134,7 +134,7 @@ def _refusal_cases():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("case", _refusal_cases(), ids=lambda c: c.__name__)
-def test_refusals_leave_the_old_model_in_place(fleet, case) -> None:  # type: ignore[no-untyped-def]
+def test_refusals_leave_the_old_model_in_place(fleet, case) -> None:
     # given v1 installed and v2 published
     v1, v2 = _install_v1(fleet)
     store_before = (fleet.agent_dir / "state.json").read_bytes()
@@ -158,7 +158,7 @@ def test_refusals_leave_the_old_model_in_place(fleet, case) -> None:  # type: ig
     assert store_after["models"] == json.loads(store_before)["models"]
 
 
-def test_sigkill_mid_download_resumes_with_range_after_restart(fleet) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_mid_download_resumes_with_range_after_restart(fleet) -> None:
     # given a model served by a slow mirror (the director may name any URL: the bytes
     # are checked against TUF)
     import signal
@@ -189,6 +189,7 @@ def test_sigkill_mid_download_resumes_with_range_after_restart(fleet) -> None:  
         fleet.wait_for(lambda: fleet.watcher.event(1, Phase.COMMITTED), "committed after restart")
     ranges = [r.get("range") for r in mirror.requests]
     assert ranges[0] is None
+    assert ranges[-1] is not None
     resumed_at = int(ranges[-1].removeprefix("bytes=").rstrip("-"))
     assert resumed_at >= kept > 0
     assert current_sha256(fleet.agent_dir, "kws", "model.tflite") == v1.sha256

@@ -24,7 +24,7 @@ def selftest_meta() -> str:
     return "selftest=" + json.dumps(selftest)
 
 
-def test_onnx_selftest_commits_good_and_rolls_back_broken(fleet) -> None:  # type: ignore[no-untyped-def]
+def test_onnx_selftest_commits_good_and_rolls_back_broken(fleet) -> None:
     require_module("onnxruntime", "pip install -e '.[dev]' (deploy/dev/venv.sh)")
     # given a good model and a broken one (other weights), both with the same self-test
     good = publish(
@@ -70,7 +70,7 @@ def test_onnx_selftest_commits_good_and_rolls_back_broken(fleet) -> None:  # typ
     assert (reported.version, reported.slot) == ("1.0.0", "a")
 
 
-def test_floor_raised_by_a_commit_refuses_older_releases(fleet) -> None:  # type: ignore[no-untyped-def]
+def test_floor_raised_by_a_commit_refuses_older_releases(fleet) -> None:
     # given 1.0.0 (release 1) and a security fix 2.0.0 (release 2) that sets floor 2
     old = publish(fleet.tmp_path, tflite_bytes(4_000, b"old"), version="1.0.0", counter=1)
     from ota import cli

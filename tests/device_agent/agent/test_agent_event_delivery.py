@@ -5,6 +5,7 @@ names them, and kept across a restart; a repeated report is not a new event."""
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,8 +22,8 @@ from device_agent.protocol.messages import (
 TS = datetime(2026, 12, 6, 18, 0, tzinfo=UTC)
 
 
-def _event(seq: int, phase: Phase = Phase.ACCEPTED, **changes: object) -> UpdateEvent:
-    fields: dict[str, object] = {
+def _event(seq: int, phase: Phase = Phase.ACCEPTED, **changes: Any) -> UpdateEvent:
+    fields: dict[str, Any] = {
         "seq": seq,
         "rollout_id": "r-1",
         "model": "kws",
@@ -33,7 +34,7 @@ def _event(seq: int, phase: Phase = Phase.ACCEPTED, **changes: object) -> Update
         "ts": TS,
     }
     fields.update(changes)
-    return UpdateEvent(**fields)  # type: ignore[arg-type]
+    return UpdateEvent(**fields)
 
 
 class Rig:

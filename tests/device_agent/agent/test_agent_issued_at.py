@@ -110,7 +110,7 @@ def test_a_bad_bound_is_refused_at_start(value: object) -> None:
         )
 
 
-def _wait(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait(predicate, timeout: float = 10.0) -> bool:
     deadline = datetime.now(UTC) + timedelta(seconds=timeout)
     while datetime.now(UTC) < deadline:
         if predicate():

@@ -36,7 +36,7 @@ class Bridge:
             c.subscribe(subscription_filter(Channel.EVENTS, share_group="bridge"), qos=1)
 
         def on_message(c: paho.Client, u: Any, msg: paho.MQTTMessage) -> None:
-            self.events.append(parse_event(msg.payload))
+            self.events.append(parse_event(bytes(msg.payload)))
             self.received.set()
 
         client.on_connect = on_connect

@@ -11,6 +11,7 @@ from agent_device import Device, FakeTuf, Release, tflite
 from agent_http import Behaviour, file_server
 
 from device_agent.journal import Journal
+from device_agent.protocol.errors import ErrorCode
 from device_agent.protocol.messages import Slot
 from device_agent.state import (
     AgentState,
@@ -90,7 +91,7 @@ def test_an_already_installed_model_is_not_touched_again(device: Device) -> None
         (lambda d, u: b'{"payload": 1}', "malformed"),
     ],
 )
-def test_envelope_refusals_change_nothing(device: Device, make, code: str) -> None:  # type: ignore[no-untyped-def]
+def test_envelope_refusals_change_nothing(device: Device, make, code: str) -> None:
     runner = device.runner()
     runner.handle_desired(make(device, "http://127.0.0.1:9/x"))
     (event,) = device.publisher.events
@@ -131,7 +132,7 @@ def test_expiry_is_judged_against_the_last_trusted_time(device: Device) -> None:
         ({}, {"hardware": "jetson-orin-fp16"}, "hw_mismatch"),
     ],
 )
-def test_model_refusals(device: Device, override, custom, code) -> None:  # type: ignore[no-untyped-def]
+def test_model_refusals(device: Device, override, custom, code) -> None:
     release = Release("2.0.0", 2, V2.data, custom=custom)
     device.tuf = FakeTuf([V1, release])
     with file_server(Behaviour(data=V1.data)) as url:
@@ -256,7 +257,9 @@ def test_recovery_rolls_back_a_swap_that_never_committed(device: Device, status:
     event = device.publisher.events[-1]
     assert (event.seq, event.phase, event.code) == (2, "rolled_back", "health_check_failed")
     assert not slot_b.exists()
-    assert AgentStore.load(device.layout.store).models["kws"].installed.version == "1.0.0"  # type: ignore[union-attr]
+    installed = AgentStore.load(device.layout.store).models["kws"].installed
+    assert installed is not None
+    assert installed.version == "1.0.0"
     assert not device.layout.journal.exists()
 
 
@@ -314,7 +317,7 @@ def test_recovery_finishes_a_commit(device: Device) -> None:
 def test_recovery_finishes_a_failure(device: Device) -> None:
     job = job_for(V2, "http://127.0.0.1:9/x", slot=Slot.A, previous=None)
     device.layout.part(V2.sha256).write_bytes(b"partial")
-    failure = Failure(code="download_timeout", detail="stalled")  # type: ignore[arg-type]
+    failure = Failure(code=ErrorCode.DOWNLOAD_TIMEOUT, detail="stalled")
     Journal(device.layout.journal).save(AgentState(status=Status.FAILED, job=job, failure=failure))
 
     device.runner().recover()
@@ -356,7 +359,7 @@ def run_until_crash(device: Device, envelope: bytes, crash_at: int) -> bool:
     original = runner._apply
     count = {"n": 0}
 
-    def apply(action):  # type: ignore[no-untyped-def]
+    def apply(action):
         if isinstance(action, Report) and action.progress:
             return original(action)
         if count["n"] == crash_at:
@@ -434,7 +437,7 @@ def test_stopping_mid_download_leaves_a_journal_that_resumes(device: Device) -> 
         runner.config = replace(runner.config, progress_event_interval_s=0.0)
         original = runner._feed
 
-        def feed(event):  # type: ignore[no-untyped-def]
+        def feed(event):
             # SIGTERM arrives once the first progress is reported
             if type(event).__name__ == "DownloadProgress" and event.done:
                 runner.stop.set()

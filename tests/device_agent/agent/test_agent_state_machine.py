@@ -21,6 +21,7 @@ from device_agent.state import (
     DownloadDone,
     DownloadFailed,
     DownloadProgress,
+    Event,
     Failure,
     InvalidTransition,
     PublishState,
@@ -53,7 +54,7 @@ REJECTION = Rejection(
     seq=7, model=None, rollout_id=None, code=ErrorCode.WRONG_DEVICE, detail="not me"
 )
 
-SAMPLE_EVENTS = {
+SAMPLE_EVENTS: dict[type, Event] = {
     DesiredAccepted: DesiredAccepted(seq=7, jobs=(JOB,)),
     DesiredRejected: DesiredRejected(rejection=REJECTION),
     DownloadProgress: DownloadProgress(done=50, total=200),
@@ -235,8 +236,10 @@ def test_happy_path_reports_every_phase_in_order() -> None:
 def test_progress_is_a_clamped_percentage() -> None:
     state = in_state(Status.DOWNLOADING)
     _, actions = next_step(state, DownloadProgress(done=50, total=200))
+    assert isinstance(actions[0], Report)
     assert actions[0].progress == 25
     _, actions = next_step(state, DownloadProgress(done=0, total=0))
+    assert isinstance(actions[0], Report)
     assert actions[0].progress == 100
 
 
@@ -249,9 +252,9 @@ def test_progress_is_a_clamped_percentage() -> None:
     ],
 )
 def test_failures_before_the_swap_end_failed_with_the_code(
-    status: Status, event: object, code: ErrorCode
+    status: Status, event: Event, code: ErrorCode
 ) -> None:
-    state, actions = next_step(in_state(status), event)  # type: ignore[arg-type]
+    state, actions = next_step(in_state(status), event)
     assert state.status is Status.FAILED
     assert state.failure is not None
     assert state.failure.code is code
@@ -268,8 +271,8 @@ def test_failures_before_the_swap_end_failed_with_the_code(
         (SAMPLE_EVENTS[TrialTimedOut], ErrorCode.COMMIT_TIMEOUT),
     ],
 )
-def test_trial_failures_roll_back_then_report_the_code(event: object, code: ErrorCode) -> None:
-    state, actions = next_step(in_state(Status.TRIAL), event)  # type: ignore[arg-type]
+def test_trial_failures_roll_back_then_report_the_code(event: Event, code: ErrorCode) -> None:
+    state, actions = next_step(in_state(Status.TRIAL), event)
     assert actions == [RollBack(JOB)]
     state, actions = next_step(state, RolledBack())
     assert state.status is Status.ROLLED_BACK
@@ -292,6 +295,7 @@ def test_accepting_several_jobs_queues_the_rest_and_reports_rejections() -> None
     state, actions = next_step(IDLE, DesiredAccepted(seq=7, jobs=(JOB, NEXT), rejected=(rejected,)))
     assert state == AgentState(status=Status.DOWNLOADING, job=JOB, pending=(NEXT,))
     assert phases(actions) == [Phase.REJECTED, Phase.ACCEPTED, Phase.ACCEPTED, Phase.DOWNLOADING]
+    assert isinstance(actions[0], Report)
     assert actions[0].model == "asr"
 
 

@@ -5,7 +5,7 @@ import socket
 from device_agent.systemd import Notifier
 
 
-def test_ready_and_watchdog_reach_the_socket(tmp_path):  # type: ignore[no-untyped-def]
+def test_ready_and_watchdog_reach_the_socket(tmp_path):
     path = str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(path)
@@ -19,14 +19,14 @@ def test_ready_and_watchdog_reach_the_socket(tmp_path):  # type: ignore[no-untyp
         assert not notifier.watchdog()
 
 
-def test_outside_systemd_everything_is_a_no_op():  # type: ignore[no-untyped-def]
+def test_outside_systemd_everything_is_a_no_op():
     notifier = Notifier({})
     assert not notifier.enabled
     assert not notifier.ready()
     assert not notifier.watchdog()
 
 
-def test_the_unit_restarts_and_watches_the_agent():  # type: ignore[no-untyped-def]
+def test_the_unit_restarts_and_watches_the_agent():
     from pathlib import Path
 
     unit = (Path(__file__).resolve().parents[3] / "deploy/systemd/fleet-agent.service").read_text()

@@ -8,6 +8,7 @@ import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from agent_telemetry import KWS_TAGS, ListOut, agent_config
@@ -42,7 +43,9 @@ def test_a_held_payload_is_due_again_with_doubling_delays_until_confirmed() -> N
     due_at = []
     now = 0.0
     for _ in range(7):
-        now = held.next_due()  # type: ignore[assignment]
+        due = held.next_due()
+        assert due is not None
+        now = due
         assert held.due(now - 0.001) == []
         assert held.due(now) == [p]
         held.sent(p, now)
@@ -97,7 +100,7 @@ def test_held_payloads_are_bounded_the_oldest_dropped_and_counted(
 # --- the metrics service, stepped by hand --------------------------------------------
 
 
-def service(tmp_path: Path, out: ListOut, clock: Clock, **kwargs: object) -> MetricsService:
+def service(tmp_path: Path, out: ListOut, clock: Clock, **kwargs: Any) -> MetricsService:
     layout = Layout(tmp_path)
     layout.make_dirs()
     return MetricsService(
@@ -107,7 +110,7 @@ def service(tmp_path: Path, out: ListOut, clock: Clock, **kwargs: object) -> Met
         out=out,
         clock=lambda: datetime.now(UTC),
         monotonic=clock,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
@@ -184,7 +187,9 @@ def test_nothing_goes_again_while_the_link_is_down_and_soon_after_it_is_back(
     svc = service(tmp_path, out, clock)
     report(svc, clock, 1.0)
     for _ in range(3):  # due again at +5, +15, +35: now waiting until +75
-        clock.now = svc.unconfirmed.next_due()  # type: ignore[assignment]
+        due = svc.unconfirmed.next_due()
+        assert due is not None
+        clock.now = due
         svc.step(0)
     assert len(out.payloads) == 4
 
@@ -229,7 +234,7 @@ def test_the_held_batches_are_bounded_and_the_drops_counted(
     assert len(svc.unconfirmed) == 2
     kept = [s.metrics["latency_ms"] for p in svc.unconfirmed.due(1e9) for s in _samples(p.data)]
     assert kept == [2.0, 3.0]
-    assert svc.stats()["dropped"]["unconfirmed_full"] == 2  # type: ignore[index]
+    assert cast(dict[str, int], svc.stats()["dropped"])["unconfirmed_full"] == 2
     assert caplog.text.count("unconfirmed; dropped the oldest") == 2
 
 

@@ -4,6 +4,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_device import tflite
@@ -12,8 +13,8 @@ from service_check import require_module
 from device_agent.trial import CheckFailed, check_model, parse_selftest, run_trial
 
 
-def trial(path: Path, fmt: str, **kwargs):  # type: ignore[no-untyped-def]
-    defaults = {
+def trial(path: Path, fmt: str, **kwargs):
+    defaults: dict[str, Any] = {
         "selftest": None,
         "name": "kws",
         "version": "1.0.0",

@@ -18,7 +18,7 @@ ALLOWED_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
 @PROPERTY
 @given(data=st.data())
-def test_valid_identifiers_pass(kind, data):  # type: ignore[no-untyped-def]
+def test_valid_identifiers_pass(kind, data):
     value = data.draw(valid(kind))
     assert kind.check(value, field="f") == value
     assert set(value) <= ALLOWED_CHARS  # ASCII, no separator, no markup
@@ -29,7 +29,7 @@ def test_valid_identifiers_pass(kind, data):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
 @PROPERTY
 @given(data=st.data())
-def test_anything_else_is_refused_with_the_stable_code(kind, data):  # type: ignore[no-untyped-def]
+def test_anything_else_is_refused_with_the_stable_code(kind, data):
     value = data.draw(invalid(kind))
     with pytest.raises(InvalidIdentifier) as refused:
         kind.check(value, field="the_field")
@@ -41,7 +41,7 @@ def test_anything_else_is_refused_with_the_stable_code(kind, data):  # type: ign
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
-def test_the_documented_example_is_valid(kind):  # type: ignore[no-untyped-def]
+def test_the_documented_example_is_valid(kind):
     assert kind.is_valid(kind.example)
 
 
@@ -65,24 +65,24 @@ def test_the_documented_example_is_valid(kind):  # type: ignore[no-untyped-def]
         (identifiers.DEVICE_ID, "dev-1\n"),
     ],
 )
-def test_the_reported_cases_are_refused(kind, value):  # type: ignore[no-untyped-def]
+def test_the_reported_cases_are_refused(kind, value):
     assert not kind.is_valid(value)
 
 
-def test_non_strings_are_refused():  # type: ignore[no-untyped-def]
+def test_non_strings_are_refused():
     for kind in KINDS:
         for value in (None, 5, 1.5, ["kws"], b"kws"):
             assert not kind.is_valid(value)
 
 
-def test_rollout_number_takes_ascii_digits_only():  # type: ignore[no-untyped-def]
+def test_rollout_number_takes_ascii_digits_only():
     assert rollout_number("r-42") == 42
     assert rollout_number("42") == 42
     for bad in ("²", "r-²", "٤٢", "r-42\n", "0", "r-", "", "r-1" + "0" * 18, None):
         assert rollout_number(bad) is None
 
 
-def test_patterns_are_ascii_and_never_use_dollar_anchors():  # type: ignore[no-untyped-def]
+def test_patterns_are_ascii_and_never_use_dollar_anchors():
     for kind in KINDS:
         for loose in ("$", "\\d", "\\w", "\\s"):
             assert loose not in kind.pattern
@@ -93,7 +93,7 @@ def test_patterns_are_ascii_and_never_use_dollar_anchors():  # type: ignore[no-u
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
 @settings(PROPERTY, max_examples=3000)
 @given(value=st.text(max_size=80) | st.binary(max_size=80).map(lambda b: b.decode("latin-1")))
-def test_fuzz_only_the_alphabet_passes(kind, value):  # type: ignore[no-untyped-def]
+def test_fuzz_only_the_alphabet_passes(kind, value):
     """The slow set (.ci/run, -m fuzz): arbitrary text against every rule."""
     if kind.is_valid(value):
         assert set(value) <= ALLOWED_CHARS

@@ -2,7 +2,7 @@
 parses re-encodes to something that parses to the same message."""
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -52,10 +52,11 @@ def _parse_or_refuse(parse: Callable[[bytes], Any], data: bytes) -> None:
 
 def _paths(value: object, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Every path to a member or item of a JSON value."""
+    children: Iterable[tuple[Any, Any]]
     if isinstance(value, dict):
         children = value.items()
     elif isinstance(value, list):
-        children = enumerate(value)  # type: ignore[assignment]
+        children = enumerate(value)
     else:
         return []
     paths = []
