@@ -1,6 +1,7 @@
 """Shared fixtures: an initialised TUF repository in a temporary keys/artifact directory,
 a registered model with a release key, and a CI token."""
 
+import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,3 +106,20 @@ def mosquitto(tmp_path: Path) -> Iterator["MosquittoBroker"]:
     broker = MosquittoBroker(tmp_path / "mosquitto")
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def esp32_host(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ESP32 client's host build (tests/esp32_build.py), made once for the whole run:
+    the tests that use it only run its binaries and CTest, they change nothing in it."""
+    from esp32_build import esp32_host_build
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, above each worker's own
+    build = root / "esp32-host-build"
+    with (root / "esp32-host-build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one worker builds, the others wait and reuse it
+        if not (build / "fleet-ota-posix").is_file():
+            esp32_host_build(build)
+    return build

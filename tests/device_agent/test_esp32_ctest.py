@@ -28,7 +28,6 @@ from esp32_build import (
     APT_CLANG,
     Artifacts,
     configure,
-    esp32_host_build,
     run,
     signed_desired,
 )
@@ -59,14 +58,9 @@ def _ctest(build: Path, *args: str, timeout: float = 300) -> str:
     return output
 
 
-@pytest.fixture(scope="module")
-def host_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return esp32_host_build(tmp_path_factory.mktemp("esp32") / "build")
-
-
-def test_host_build_passes_its_ctest_suite(host_build: Path) -> None:
+def test_host_build_passes_its_ctest_suite(esp32_host: Path) -> None:
     # given the component and its tests built for the host
-    build = host_build
+    build = esp32_host
     # when CTest runs them
     output = _ctest(build)
     # then the vectors, the agent's update and power-cut runs and the unit tests passed
@@ -209,7 +203,7 @@ class Watcher:
 
 
 @pytest.fixture
-def rig(host_build: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
+def rig(esp32_host: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
     broker = MosquittoBroker(tmp_path / "broker")
     server = Artifacts()
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -218,7 +212,7 @@ def rig(host_build: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
     write_public_key(tmp_path / "director.pem", key.public_key())
     fail_flag = tmp_path / "selftest-fails"
     args = [
-            str(host_build / "fleet-ota-posix"),
+            str(esp32_host / "fleet-ota-posix"),
             "--dir", str(tmp_path / "device"),
             "--device-id", DEVICE,
             "--hardware", HARDWARE,

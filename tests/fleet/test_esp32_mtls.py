@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from broker_tls import Peer, TlsBroker, enroll
-from esp32_build import Artifacts, esp32_host_build, signed_desired
+from esp32_build import Artifacts, signed_desired
 
 from device_agent.protocol.envelope import generate_director_key, write_public_key
 from device_agent.protocol.messages import Phase, Presence, parse_event, parse_status
@@ -34,11 +34,11 @@ def broker(repo: Path, settings, tmp_path: Path) -> Iterator[TlsBroker]:
 
 
 def test_the_c_client_updates_over_mutual_tls_within_the_acl(
-    broker: TlsBroker, tmp_path: Path
+    broker: TlsBroker, esp32_host: Path, tmp_path: Path
 ) -> None:
     # given a device enrolled through the real service, and the bridge watching it
     credential = enroll(DEVICE, tmp_path / "devices", hardware=HARDWARE)
-    build = esp32_host_build(tmp_path / "build")
+    build = esp32_host
     bridge = Peer(broker.port, broker.bridge_credential()).connect()
     bridge.subscribe(*(topic_for(DEVICE, c) for c in (Channel.STATUS, Channel.EVENTS)))
     server = Artifacts()
