@@ -241,9 +241,8 @@ def test_the_hot_writes_set_no_indexed_column(settings: Any, tmp_path: Path) -> 
         devices_state_record(reports=[(d, state) for d in devices])
         devices_seen_record(device_pks=[d.pk for d in devices], at=devices[0].enrolled_at)
         for artifact in versions:
-            devices_desired_set(
-                devices=devices, assignments_for=lambda _, a=artifact: [ModelAssignment(artifact=a)]
-            )
+            assignments = [ModelAssignment(artifact=artifact)]
+            devices_desired_set(devices=devices, assignments_for=lambda _: assignments)
             published = list(DesiredState.objects.values_list("pk", "seq"))
             desired_states_mark_published(published=published, at=timezone.now())
     statements = [q["sql"] for q in captured.captured_queries]
