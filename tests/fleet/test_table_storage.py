@@ -230,6 +230,12 @@ def _updated_columns(statements: list[str], table: str) -> set[str]:
     return columns
 
 
+def _issue(devices: list[Any], artifact: Artifact) -> None:
+    devices_desired_set(
+        devices=devices, assignments_for=lambda _: [ModelAssignment(artifact=artifact)]
+    )
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_hot_writes_set_no_indexed_column(settings: Any, tmp_path: Path) -> None:
     _postgresql()
@@ -241,8 +247,7 @@ def test_the_hot_writes_set_no_indexed_column(settings: Any, tmp_path: Path) -> 
         devices_state_record(reports=[(d, state) for d in devices])
         devices_seen_record(device_pks=[d.pk for d in devices], at=devices[0].enrolled_at)
         for artifact in versions:
-            assignments = [ModelAssignment(artifact=artifact)]
-            devices_desired_set(devices=devices, assignments_for=lambda _: assignments)
+            _issue(devices, artifact)
             published = list(DesiredState.objects.values_list("pk", "seq"))
             desired_states_mark_published(published=published, at=timezone.now())
     statements = [q["sql"] for q in captured.captured_queries]
