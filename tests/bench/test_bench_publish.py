@@ -260,6 +260,7 @@ def _publish(
     rc = cli.main(
         [
             "publish",
+            "--json",
             str(path),
             "--name",
             "bench",
