@@ -524,7 +524,10 @@ class DeviceAdmin(RegistryDeviceAdmin):
             return super().changelist_view(request, extra_context)
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
-        filters, number, problems = device_list.DeviceFilters.parse(request.GET)
+        actions = self.get_action_choices(request, default_choices=[("", "- Select an option -")])
+        filters, number, problems = device_list.DeviceFilters.parse(
+            request.GET, first=1 if len(actions) > 1 else 0
+        )
         selected = device_list.devices(filters)
         count = selected.count()
         pages = max(1, -(-count // device_list.PER_PAGE))
@@ -538,7 +541,6 @@ class DeviceAdmin(RegistryDeviceAdmin):
             flag: format_html('<img src="{}" alt="{}">', static(f"admin/img/icon-{name}.svg"), flag)
             for flag, name in ((True, "yes"), (False, "no"))
         }
-        actions = self.get_action_choices(request, default_choices=[("", "- Select an option -")])
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -549,6 +551,7 @@ class DeviceAdmin(RegistryDeviceAdmin):
             "filters": filters,
             "sidebar": device_list.filter_choices(filters),
             "problems": problems,
+            "headers": filters.headers(),
             "rows": device_list.rows_html(
                 rows,
                 change_prefix=changelist,

@@ -3,19 +3,25 @@ page's rows as plain values and their HTML written in one pass. The admin's Chan
 rendered each of the 100 rows cell by cell through its templates; this page costs a fixed
 number of queries (count, rows, the filters' choices) and a few string joins.
 
-The query string is the admin's own (``q``, ``p``, ``online__exact``, ``hardware``,
+The query string is the admin's own (``q``, ``p``, ``o``, ``online__exact``, ``hardware``,
 ``groups__id__exact``, ``tags__id__exact``, ``failing``), so links made for the admin's
 list (the overview's, bookmarks) keep working; the list's actions still post to the
-admin's ChangeList (ota/admin.py)."""
+admin's ChangeList (ota/admin.py).
 
-from collections.abc import Mapping
+``o`` sorts as the admin's does: column numbers joined by dots, ``-`` for descending
+(``o=6`` oldest last seen first, ``o=-6.2``), counted as the admin's ChangeList counts
+them, so the action checkbox is column 0 for those who may run actions. Every sort ends
+with the device id, so pages neither repeat nor skip a device."""
+
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.db.models import QuerySet, Value
+from django.db.models import F, OrderBy, QuerySet, Value
 from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
@@ -33,7 +39,27 @@ FAILING_CHOICES: tuple[tuple[str, str], ...] = (
 )
 _BOOLEAN = {"1": True, "true": True, "0": False, "false": False}
 # The admin's own parameters, which mean nothing here: left alone without a word.
-_ADMIN_PARAMETERS = frozenset({"o", "e", "all", "_facets", "_changelist_filters"})
+_ADMIN_PARAMETERS = frozenset({"e", "all", "_facets", "_changelist_filters"})
+
+
+class Column(NamedTuple):
+    name: str
+    label: str
+    sortable: bool
+
+
+# The registry admin's list_display (fleet/admin.py), in its order: what ``o`` counts.
+# "installed" is read from each device's JSON report: sorting by it would read them all.
+COLUMNS_SHOWN = (
+    Column("device_id", "Device id", True),
+    Column("hardware", "Hardware", True),
+    Column("installed", "Installed models", False),
+    Column("online", "Online", True),
+    Column("agent_version", "Agent version", True),
+    Column("last_seen_at", "Last seen", True),
+    Column("revoked_at", "Revoked", True),
+)
+_ORDER = re.compile(r"-?[0-9]{1,3}(?:\.-?[0-9]{1,3}){0,7}", re.ASCII)
 
 
 def failing(queryset: QuerySet[Device], which: str) -> QuerySet[Device]:
@@ -64,11 +90,16 @@ class DeviceFilters:
     hardware: str = ""
     group: int | None = None
     tag: int | None = None
+    # The admin's ``o``: (column number, descending), first key first; () is by device id.
+    sort: tuple[tuple[int, bool], ...] = ()
+    # The number ``o`` gives the first column shown: 1 when the action checkbox is column 0.
+    first: int = 0
 
     @classmethod
-    def parse(cls, query: Any) -> tuple["DeviceFilters", int, list[str]]:
+    def parse(cls, query: Any, *, first: int = 0) -> tuple["DeviceFilters", int, list[str]]:
         """The filters and the page number from the query string, and what was ignored
-        (said on the page): a bad value never fails the page."""
+        (said on the page): a bad value never fails the page. ``first`` is the number the
+        admin's ``o`` gives the device id column."""
         problems: list[str] = []
 
         def number(name: str) -> int | None:
@@ -88,7 +119,7 @@ class DeviceFilters:
         if which and which not in dict(FAILING_CHOICES):
             problems.append(f"unknown failing filter {which[:40]!r} ignored")
             which = ""
-        known = {"q", "p", "online__exact", "failing", "hardware", "hardware__exact"}
+        known = {"q", "p", "o", "online__exact", "failing", "hardware", "hardware__exact"}
         known |= {"groups__id__exact", "tags__id__exact"}
         for name in sorted(set(query) - known - _ADMIN_PARAMETERS):
             problems.append(f"unknown parameter {name[:40]!r} ignored")
@@ -100,6 +131,8 @@ class DeviceFilters:
             hardware=hardware.strip()[:MAX_SEARCH],
             group=number("groups__id__exact"),
             tag=number("tags__id__exact"),
+            sort=_sort(query.get("o", ""), first, problems),
+            first=first,
         )
         return filters, number("p") or 1, problems
 
@@ -113,6 +146,7 @@ class DeviceFilters:
             "hardware": self.hardware,
             "groups__id__exact": self.group,
             "tags__id__exact": self.tag,
+            "o": _order_value(self.sort),
         }
         values.update(change)
         return {k: str(v) for k, v in values.items() if v is not None and v != ""}
@@ -121,11 +155,89 @@ class DeviceFilters:
         return "?" + urlencode(self.as_query(**change))
 
     def active(self) -> bool:
-        return self.as_query(q=None) != {}
+        return self.as_query(q=None, o=None) != {}
+
+    def ordering(self) -> list[OrderBy]:
+        """The rows' order: the sorted columns, then the device id (unique)."""
+        out: list[OrderBy] = []
+        for number, descending in self.sort:
+            name = COLUMNS_SHOWN[number - self.first].name
+            if name == "device_id":
+                break  # unique: any key after it changes nothing
+            # Never-seen (or never-revoked) devices after the others ascending, before them
+            # descending, on every database (PostgreSQL's own default).
+            out.append(
+                F(name).desc(nulls_first=True) if descending else F(name).asc(nulls_last=True)
+            )
+        device_id = dict(self.sort).get(self.first)
+        out.append(F("device_id").desc() if device_id else F("device_id").asc())
+        return out
+
+    def headers(self) -> list["Header"]:
+        """The table's column headers, with the admin's sorting links: a click puts that
+        column first (or turns it around when it is first already); the small links
+        turn a sorted column around or take it out of the sort."""
+        current = dict(self.sort or ((self.first, False),))  # unsorted is by device id
+        out = []
+        for index, column in enumerate(COLUMNS_SHOWN):
+            number = self.first + index
+            if not column.sortable:
+                out.append(Header(column, "", "", "", "", 0))
+                continue
+            flipped = number in current and not current[number]
+            primary = [(number, flipped)] + [(n, d) for n, d in current.items() if n != number]
+            toggle = [(n, (not d) if n == number else d) for n, d in current.items()]
+            rest = [(n, d) for n, d in current.items() if n != number]
+            state = ""
+            if number in current:
+                state = "descending" if current[number] else "ascending"
+            out.append(
+                Header(
+                    column,
+                    state,
+                    self.link(o=_order_value(primary)),
+                    self.link(o=_order_value(toggle)) if state else "",
+                    self.link(o=_order_value(rest) or None) if state else "",
+                    list(current).index(number) + 1 if state and len(current) > 1 else 0,
+                )
+            )
+        return out
+
+
+class Header(NamedTuple):
+    column: Column
+    sorted: str  # "ascending", "descending" or "" (the admin's CSS classes)
+    link: str  # to sort by this column first
+    toggle: str
+    remove: str
+    priority: int  # its place in a sort by several columns, else 0
+
+
+def _order_value(sort: Iterable[tuple[int, bool]]) -> str:
+    return ".".join(f"-{n}" if descending else str(n) for n, descending in sort)
+
+
+def _sort(raw: str, first: int, problems: list[str]) -> tuple[tuple[int, bool], ...]:
+    """The admin's ``o`` (``6``, ``-6.2``): each sortable column once, or nothing at all
+    when any part is not one (said in ``problems``)."""
+    if raw == "":
+        return ()
+    if not _ORDER.fullmatch(raw):
+        problems.append(f"o must be column numbers such as 6 or -6.2: {raw[:20]!r} ignored")
+        return ()
+    sort: dict[int, bool] = {}
+    for part in raw.split("."):
+        number = int(part.lstrip("-"))
+        index = number - first
+        if not 0 <= index < len(COLUMNS_SHOWN) or not COLUMNS_SHOWN[index].sortable:
+            problems.append(f"o: no sortable column {number}: {raw[:20]!r} ignored")
+            return ()
+        sort.setdefault(number, part.startswith("-"))
+    return tuple(sort.items())
 
 
 def devices(f: DeviceFilters) -> QuerySet[Device]:
-    """The devices the filters select, in the list's order (by device id)."""
+    """The devices the filters select, in the list's order (``o``, then the device id)."""
     qs = Device.objects.all()
     if f.search:
         qs = qs.filter(device_id__icontains=f.search)
@@ -137,7 +249,7 @@ def devices(f: DeviceFilters) -> QuerySet[Device]:
         qs = qs.filter(groups__id=f.group)
     if f.tag is not None:
         qs = qs.filter(tags__id=f.tag)
-    return failing(qs, f.failing).order_by("device_id")
+    return failing(qs, f.failing).order_by(*f.ordering())
 
 
 COLUMNS = (

@@ -265,6 +265,35 @@ def test_pages_at_fleet_size_against_a_plain_select() -> None:
                 ),
             ),
         ),
+        "devices by last seen": (
+            # the superuser has actions: column 0 is their checkbox, 6 is "last seen"
+            "/admin/fleet/device/?o=6",
+            # the devices heard from longest ago first: no index, a top-100 sort
+            _selects(
+                (
+                    "SELECT count(*) FROM fleet_device",
+                    (),
+                ),
+                (
+                    "SELECT id, device_id, hardware, reported, online, agent_version, "
+                    "last_seen_at, revoked_at FROM fleet_device "
+                    "ORDER BY last_seen_at ASC NULLS LAST, device_id LIMIT 100",
+                    (),
+                ),
+                (
+                    "SELECT DISTINCT hardware FROM fleet_device ORDER BY hardware",
+                    (),
+                ),
+                (
+                    "SELECT id, name FROM fleet_group",
+                    (),
+                ),
+                (
+                    "SELECT id, name FROM fleet_tag",
+                    (),
+                ),
+            ),
+        ),
         "device page": (
             f"/admin/fleet/device/{device.pk}/change/",
             _selects(

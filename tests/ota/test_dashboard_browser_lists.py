@@ -2,10 +2,12 @@
 action script still drives the list's boxes (counter, select all, run), the filters are
 links, and the audit log's times are rewritten into the operator's time zone."""
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.utils import timezone
 from rollout_helpers import devices
 from test_dashboard_browser import _keys, _logged_in, _shot, browser  # noqa: F401 - fixtures
 
@@ -57,6 +59,38 @@ def test_devices_list_selects_and_revokes(browser, live_server, tmp_path):  # no
     assert page.locator("#result_list tbody tr").count() == 1
     page.get_by_role("link", name="dev-00002").click()
     page.wait_for_url(f"**/admin/fleet/device/{fleet[2].pk}/change/")
+
+
+def test_devices_list_sorts_by_its_headers(browser, live_server, tmp_path):  # noqa: F811
+    fleet = devices(3)
+    now = timezone.now()
+    for minutes, device in zip((5, 600, 30), fleet, strict=True):
+        Device.objects.filter(pk=device.pk).update(last_seen_at=now - timedelta(minutes=minutes))
+    Device.objects.filter(pk=fleet[1].pk).update(online=True)
+    _editor()
+    page: Any = _logged_in(browser, live_server)
+    page.goto(f"{live_server.url}/admin/fleet/device/?q=dev")
+
+    def shown() -> list[str]:
+        return page.locator("#result_list tbody th a").all_inner_texts()
+
+    header = page.locator("#result_list thead th.column-last_seen_at")
+    header.get_by_role("link", name="Last seen").click()
+    page.wait_for_url("**/admin/fleet/device/?q=dev&o=6.1")  # the checkbox is column 0
+    assert shown() == ["dev-00001", "dev-00002", "dev-00000"]  # heard from longest ago first
+    assert header.get_attribute("class") == "sortable column-last_seen_at sorted ascending"
+    header.get_by_role("link", name="Last seen").click()
+    page.wait_for_url("**/admin/fleet/device/?q=dev&o=-6.1")
+    assert shown() == ["dev-00000", "dev-00002", "dev-00001"]
+    assert header.get_attribute("class") == "sortable column-last_seen_at sorted descending"
+    _shot(page, "dashboard-devices-sorted", tmp_path)
+
+    # a filter keeps the sort and the search
+    page.locator('#changelist-filter details[data-filter-title="online"]').get_by_role(
+        "link", name="No"
+    ).click()
+    page.wait_for_url("**/admin/fleet/device/?q=dev&online__exact=0&o=-6.1")
+    assert shown() == ["dev-00000", "dev-00002"]
 
 
 def test_audit_log_times_in_the_operators_zone(browser, live_server, tmp_path):  # noqa: F811

@@ -100,6 +100,20 @@ def test_rollouts_list_costs_the_same_whatever_the_number_of_rollouts():
     assert _queries(client, "/admin/ota/rollout/") == before
 
 
+def test_devices_list_costs_the_same_sorted_and_whatever_the_size():
+    _grow("a", 3)
+    client = _client()
+    urls = ["", "?o=5", "?o=-5.1&q=a-&online__exact=0", "?o=bad", "?o=-3&p=2"]
+    before = [_queries(client, f"/admin/fleet/device/{query}") for query in urls]
+
+    _grow("b", 120)
+
+    after = [_queries(client, f"/admin/fleet/device/{query}") for query in urls]
+    assert after == before
+    assert len(set(after)) == 1
+    assert after[0] <= 10
+
+
 def test_devices_list_checkbox_is_the_admins_own():
     """The list writes its action checkbox directly (ota/device_list.py): same HTML as the
     widget Django renders, so the admin's actions script still finds it."""
