@@ -7,6 +7,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page, Paginator
 from django.db import transaction
+from django.db.models import Model as DjangoModel
 from django.db.models import QuerySet
 from django.http import (
     Http404,
@@ -163,6 +164,23 @@ def detail_pk(object_id: str, what: str) -> int:
     return int(object_id)
 
 
+def viewable[M: DjangoModel](
+    model_admin: admin.ModelAdmin[Any],
+    request: HttpRequest,
+    rows: QuerySet[M],
+    pk: int,
+    missing: str,
+) -> M:
+    """Row `pk` of `rows` for a detail page: 404 (`missing`) when there is none, 403 when the
+    user may not view it."""
+    row = rows.filter(pk=pk).first()
+    if row is None:
+        raise Http404(missing)
+    if not model_admin.has_view_permission(request, row):
+        raise PermissionDenied
+    return row
+
+
 def detail_context(
     model_admin: admin.ModelAdmin[Any], request: HttpRequest, title: str
 ) -> dict[str, Any]:
@@ -252,12 +270,8 @@ class RolloutAdmin(admin.ModelAdmin[Rollout]):
         ]
 
     def _rollout(self, request: HttpRequest, pk: int) -> Rollout:
-        rollout = Rollout.objects.select_related("model", "created_by").filter(pk=pk).first()
-        if rollout is None:
-            raise Http404(f"no rollout r-{pk}")
-        if not self.has_view_permission(request, rollout):
-            raise PermissionDenied
-        return rollout
+        rows = Rollout.objects.select_related("model", "created_by")
+        return viewable(self, request, rows, pk, f"no rollout r-{pk}")
 
     def _live(
         self, request: HttpRequest, rollout: Rollout, counts: dash.DeviceCounts
@@ -581,12 +595,8 @@ class DeviceAdmin(RegistryDeviceAdmin):
     def _device(
         self, request: HttpRequest, pk: int, devices: QuerySet[Device] | None = None
     ) -> Device:
-        device = (devices if devices is not None else Device.objects).filter(pk=pk).first()
-        if device is None:
-            raise Http404(f"no device {pk}")
-        if not self.has_view_permission(request, device):
-            raise PermissionDenied
-        return device
+        rows = devices if devices is not None else Device.objects.all()
+        return viewable(self, request, rows, pk, f"no device {pk}")
 
     def change_view(
         self,
@@ -676,11 +686,9 @@ class ModelPageAdmin(ModelAdmin):
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        model = Model.objects.filter(pk=detail_pk(object_id, "model")).first()
-        if model is None:
-            raise Http404("no such model")
-        if not self.has_view_permission(request, model):
-            raise PermissionDenied
+        model = viewable(
+            self, request, Model.objects.all(), detail_pk(object_id, "model"), "no such model"
+        )
         context = {
             **detail_context(self, request, f"Model {model.name}"),
             **fleet_pages.model_page(model),
