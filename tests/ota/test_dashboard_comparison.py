@@ -4,6 +4,7 @@ and quartiles as inline SVG) and says the result in words, with the engine's own
 import random
 import re
 import statistics
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -11,6 +12,7 @@ from django.utils.html import escape
 from rollout_helpers import ab, artifact, devices, evaluate, fresh, use_own_director_key, user
 
 from ota.gates import compare
+from ota.models import Rollout
 
 pytestmark = pytest.mark.django_db
 
@@ -37,6 +39,20 @@ def _page(rollout_pk: int) -> str:
     return response.content.decode()
 
 
+def _a_b_rollout(n_devices: int, policy: dict[str, Any]) -> Rollout:
+    """An A/B rollout of 1.0.0 (A, the baseline) against 2.0.0 (B) on `n_devices`."""
+    artifact("1.0.0")
+    artifact("2.0.0")
+    devices(n_devices)
+    return ab(
+        arms=[
+            {"name": "A", "version": "1.0.0", "baseline": True},
+            {"name": "B", "version": "2.0.0"},
+        ],
+        policy=policy,
+    )
+
+
 def _medians(page: str) -> dict[str, float]:
     return {
         arm: float(median)
@@ -46,15 +62,9 @@ def _medians(page: str) -> dict[str, float]:
 
 def test_a_quality_gate_breach_is_drawn_per_arm_and_said_in_words(settings):
     settings.FLEET_ROLLOUT_TELEMETRY_SOURCE = "test_dashboard_comparison.SOURCE"
-    artifact("1.0.0")
-    artifact("2.0.0")
-    devices(4)
-    rollout = ab(
-        arms=[
-            {"name": "A", "version": "1.0.0", "baseline": True},
-            {"name": "B", "version": "2.0.0"},
-        ],
-        policy={
+    rollout = _a_b_rollout(
+        4,
+        {
             "telemetry_gates": [
                 {"metric": "latency_ms", "statistic": "p95", "max_relative_change": 0.1}
             ]
@@ -85,15 +95,8 @@ def test_a_quality_gate_breach_is_drawn_per_arm_and_said_in_words(settings):
 
 
 def test_automatic_promotion_names_the_winner(settings):
-    artifact("1.0.0")
-    artifact("2.0.0")
-    devices(4)
-    rollout = ab(
-        arms=[
-            {"name": "A", "version": "1.0.0", "baseline": True},
-            {"name": "B", "version": "2.0.0"},
-        ],
-        policy={"promotion": {"mode": "auto", "metric": "latency_ms", "better": "higher"}},
+    rollout = _a_b_rollout(
+        4, {"promotion": {"mode": "auto", "metric": "latency_ms", "better": "higher"}}
     )
     # What the engine stores for automatic promotion: compare()'s figures, per challenger.
     cmp = compare(
@@ -118,16 +121,7 @@ def test_automatic_promotion_names_the_winner(settings):
 
 
 def test_too_few_devices_says_so_and_draws_nothing(settings):
-    artifact("1.0.0")
-    artifact("2.0.0")
-    devices(2)
-    rollout = ab(
-        arms=[
-            {"name": "A", "version": "1.0.0", "baseline": True},
-            {"name": "B", "version": "2.0.0"},
-        ],
-        policy={"telemetry_gates": [{"metric": "latency_ms"}]},
-    )
+    rollout = _a_b_rollout(2, {"telemetry_gates": [{"metric": "latency_ms"}]})
     evaluate(rollout)  # the default source: no telemetry at all
 
     page = _page(rollout.pk)
