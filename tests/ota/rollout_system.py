@@ -257,10 +257,14 @@ class FleetSystem:
         return None
 
     def reported_slot(self, device_id: str, model: str) -> str | None:
+        return self._reported(device_id, model, "slot")
+
+    def _reported(self, device_id: str, model: str, field: str) -> str | None:
+        """`field` of `model` in the device's reported state, as the bridge stored it."""
         rows = self.query("SELECT reported FROM fleet_device WHERE device_id = %s", device_id)
         for entry in (rows[0][0] or {}).get("models", []) if rows else []:
             if entry.get("name") == model:
-                return str(entry.get("slot"))
+                return str(entry.get(field))
         return None
 
     def _enroll_esp32(self) -> None:
@@ -481,11 +485,7 @@ class FleetSystem:
         return hashlib.sha256(files[0].read_bytes()).hexdigest()
 
     def reported_version(self, device_id: str, model: str) -> str | None:
-        rows = self.query("SELECT reported FROM fleet_device WHERE device_id = %s", device_id)
-        for entry in (rows[0][0] or {}).get("models", []) if rows else []:
-            if entry.get("name") == model:
-                return str(entry.get("version"))
-        return None
+        return self._reported(device_id, model, "version")
 
     def diagnostics(self) -> str:
         parts = [f"--- {c.name}\n{c.log_tail(25)}" for c in self.children.values()]
