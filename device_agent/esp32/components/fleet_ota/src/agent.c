@@ -22,6 +22,7 @@
 
 #include "fleet_ota/outbox.h"
 #include "fleet_ota/text.h"
+#include "record.h"
 #include "sha256_compat.h"
 
 #define PERSIST_MAGIC 0x41544f46u /* "FOTA" */
@@ -65,39 +66,14 @@ const char *fo_status_name(fo_status_t status)
 
 /* --- persistence ------------------------------------------------------------------ */
 
-static uint32_t crc32(const uint8_t *p, size_t n)
-{
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= p[i];
-        for (int k = 0; k < 8; k++) {
-            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-        }
-    }
-    return ~c;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 static fo_code_t persist(fo_agent_t *a)
 {
     const fo_storage_port_t *s = &a->ports->storage;
     memcpy(a->io + HEADER, &a->st, sizeof(a->st));
-    put32(a->io, PERSIST_MAGIC);
-    put32(a->io + 4, PERSIST_VERSION);
-    put32(a->io + 8, (uint32_t)sizeof(a->st));
-    put32(a->io + 12, crc32(a->io + HEADER, sizeof(a->st)));
+    fo_put_le(a->io, PERSIST_MAGIC, 4);
+    fo_put_le(a->io + 4, PERSIST_VERSION, 4);
+    fo_put_le(a->io + 8, (uint32_t)sizeof(a->st), 4);
+    fo_put_le(a->io + 12, fo_crc32(a->io + HEADER, sizeof(a->st)), 4);
     return s->record_save(s->ctx, "state", a->io, HEADER + sizeof(a->st));
 }
 
@@ -114,9 +90,9 @@ static fo_code_t load_persisted(fo_agent_t *a)
         return code;
     }
     /* A record of another layout or a torn one is refused, never half-read. */
-    if (len != HEADER + sizeof(a->st) || get32(a->io) != PERSIST_MAGIC ||
-        get32(a->io + 4) != PERSIST_VERSION || get32(a->io + 8) != sizeof(a->st) ||
-        get32(a->io + 12) != crc32(a->io + HEADER, sizeof(a->st))) {
+    if (len != HEADER + sizeof(a->st) || fo_get_le(a->io, 4) != PERSIST_MAGIC ||
+        fo_get_le(a->io + 4, 4) != PERSIST_VERSION || fo_get_le(a->io + 8, 4) != sizeof(a->st) ||
+        fo_get_le(a->io + 12, 4) != fo_crc32(a->io + HEADER, sizeof(a->st))) {
         return FO_MALFORMED;
     }
     memcpy(&a->st, a->io + HEADER, sizeof(a->st));

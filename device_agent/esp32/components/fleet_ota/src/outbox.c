@@ -4,36 +4,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "record.h"
+
 #define EVENT_MAGIC 0x31564546u /* "FEV1" */
 #define ID_TAIL 34              /* `<32 hex>"}` ends every kept event */
-
-static uint32_t crc32(const uint8_t *p, size_t n)
-{
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= p[i];
-        for (int k = 0; k < 8; k++) {
-            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-        }
-    }
-    return ~c;
-}
-
-static void put(uint8_t *p, uint64_t v, int n)
-{
-    for (int i = 0; i < n; i++) {
-        p[i] = (uint8_t)(v >> (8 * i));
-    }
-}
-
-static uint64_t get(const uint8_t *p, int n)
-{
-    uint64_t v = 0;
-    for (int i = n - 1; i >= 0; i--) {
-        v = v << 8 | p[i];
-    }
-    return v;
-}
 
 static void record_name(unsigned i, char name[8])
 {
@@ -45,13 +19,13 @@ static fo_code_t save(const fo_storage_port_t *s, unsigned i, uint64_t order, ui
                       const char *text, size_t len, uint8_t *buf)
 {
     char name[8];
-    put(buf, EVENT_MAGIC, 4);
-    put(buf + 8, order, 8);
-    put(buf + 16, key, 8);
+    fo_put_le(buf, EVENT_MAGIC, 4);
+    fo_put_le(buf + 8, order, 8);
+    fo_put_le(buf + 16, key, 8);
     if (len > 0) {
         memcpy(buf + FO_EVENT_RECORD_HEADER, text, len);
     }
-    put(buf + 4, crc32(buf + 8, FO_EVENT_RECORD_HEADER - 8 + len), 4);
+    fo_put_le(buf + 4, fo_crc32(buf + 8, FO_EVENT_RECORD_HEADER - 8 + len), 4);
     record_name(i, name);
     return s->record_save(s->ctx, name, buf, FO_EVENT_RECORD_HEADER + len);
 }
@@ -64,8 +38,8 @@ static long load(const fo_storage_port_t *s, unsigned i, uint8_t *buf)
     record_name(i, name);
     if (s->record_load(s->ctx, name, buf, FO_EVENT_RECORD_HEADER + FO_EVENT_BYTES, &len) !=
             FO_OK ||
-        len < FO_EVENT_RECORD_HEADER || get(buf, 4) != EVENT_MAGIC ||
-        get(buf + 4, 4) != crc32(buf + 8, len - 8)) {
+        len < FO_EVENT_RECORD_HEADER || fo_get_le(buf, 4) != EVENT_MAGIC ||
+        fo_get_le(buf + 4, 4) != fo_crc32(buf + 8, len - 8)) {
         return -1;
     }
     long text = (long)(len - FO_EVENT_RECORD_HEADER);
@@ -83,7 +57,7 @@ fo_code_t fo_outbox_load(fo_outbox_t *o, const fo_storage_port_t *s, const uint8
             continue; /* never written, or torn: that event is lost, not the device */
         }
         fo_event_slot_t *e = &o->slot[i];
-        e->order = get(buf + 8, 8);
+        e->order = fo_get_le(buf + 8, 8);
         e->len = (uint16_t)len;
         e->pending = len > 0;
         if (e->pending) {
@@ -91,7 +65,7 @@ fo_code_t fo_outbox_load(fo_outbox_t *o, const fo_storage_port_t *s, const uint8
         }
         if (e->order > o->order) {
             o->order = e->order;
-            o->last_key = get(buf + 16, 8);
+            o->last_key = fo_get_le(buf + 16, 8);
         }
     }
     return FO_OK;
