@@ -23,8 +23,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,18 @@ class FleetSystem:
         )
         self.start_worker()
         self._enroll_and_run()
+
+    @contextmanager
+    def running(self) -> Iterator["FleetSystem"]:
+        """Started, stopped at the end; a failure inside prints every part's log tail."""
+        try:
+            self.start()
+            yield self
+        except BaseException:
+            print(self.diagnostics())
+            raise
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         with ThreadPoolExecutor(8) as pool:

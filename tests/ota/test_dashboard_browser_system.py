@@ -31,8 +31,7 @@ REASON = "the new model mishears wake words in the cold room"
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetSystem]:
     fleet = FleetSystem(tmp_path_factory.mktemp("dashboard"), devices=DEVICES)
-    try:
-        fleet.start()
+    with fleet.running():
         fleet.manage(
             "shell",
             "-c",
@@ -41,11 +40,6 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetSystem]:
             f"u.set_password({PASSWORD!r}); u.save()",
         )
         yield fleet
-    except BaseException:
-        print(fleet.diagnostics())
-        raise
-    finally:
-        fleet.stop()
 
 
 @pytest.fixture

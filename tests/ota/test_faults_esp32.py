@@ -39,14 +39,8 @@ def system(tmp_path: Path) -> Iterator[FleetSystem]:
         esp32_devices=len(KILL_AT),
         esp32_env={d: {"FLEET_OTA_POSIX_KILL_AT": step} for d, step in KILL_AT.items()},
     )
-    try:
-        fleet.start()
+    with fleet.running():
         yield fleet
-    except BaseException:
-        print(fleet.diagnostics())
-        raise
-    finally:
-        fleet.stop()
 
 
 def _restart_the_killed(system: FleetSystem, restarted: set[str]) -> bool:

@@ -32,14 +32,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetSystem]:
         ],
         env={"FLEET_ROLLOUT_TELEMETRY_INTERVAL_SECONDS": "3"},
     )
-    try:
-        fleet.start()
+    with fleet.running():
         yield fleet
-    except BaseException:
-        print(fleet.diagnostics())
-        raise
-    finally:
-        fleet.stop()
 
 
 def _publish(system: FleetSystem, tmp_path: Path, version: str, *, layers: int, bias: float) -> str:

@@ -28,14 +28,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetSystem]:
     fleet = FleetSystem(
         tmp_path_factory.mktemp("e2e-esp32"), devices=PYTHON_DEVICES, esp32_devices=1
     )
-    try:
-        fleet.start()
+    with fleet.running():
         yield fleet
-    except BaseException:
-        print(fleet.diagnostics())
-        raise
-    finally:
-        fleet.stop()
 
 
 def _release(system: FleetSystem, tmp_path: Path, name: str, version: str, bias: float) -> str:

@@ -20,14 +20,8 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetSystem]:
     fleet = FleetSystem(tmp_path_factory.mktemp("e2e-phased"), devices=DEVICES)
-    try:
-        fleet.start()
+    with fleet.running():
         yield fleet
-    except BaseException:
-        print(fleet.diagnostics())
-        raise
-    finally:
-        fleet.stop()
 
 
 def _model(tmp_path: Path, name: str, *, bias: float) -> tuple[Path, dict[str, object]]:
